@@ -1,0 +1,29 @@
+VENV    := .venv
+PYTHON  := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PORT    ?= 8501
+
+.PHONY: setup run test bench browser clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+run: setup
+	$(VENV)/bin/prunelab dashboard --port $(PORT)
+
+test: setup browser
+	$(PYTHON) -m pytest -q
+
+bench: setup
+	$(PYTHON) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache
