@@ -1,0 +1,32 @@
+"""prunelab dashboard: start the Streamlit app, headless and bound to localhost by default."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent.parent.parent / "dashboard" / "app.py"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("dashboard", help="open the interactive dashboard")
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help="model to open (default: digits-cnn)")
+    parser.add_argument("--port", type=int, default=8501)
+    parser.add_argument("--address", default="127.0.0.1", help="interface to bind (default: localhost only)")
+    parser.set_defaults(func=run)
+
+
+def command(port: int, address: str = "127.0.0.1") -> list[str]:
+    return [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+            "--server.port", str(port), "--server.address", address, "--browser.gatherUsageStats", "false",
+            "--server.fileWatcherType", "none", "--server.maxUploadSize", "200"]
+
+
+def run(args) -> int:
+    env = dict(os.environ)
+    if args.model:
+        env["PRUNELAB_MODEL"] = args.model
+    print(f"prunelab dashboard on http://{'localhost' if args.address == '127.0.0.1' else args.address}:{args.port}",
+          flush=True)
+    return subprocess.call(command(args.port, args.address), env=env)

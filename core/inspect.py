@@ -1,0 +1,140 @@
+"""Per-layer facts about a model: the prunable layers, their weight statistics, histograms and MACs.
+
+A prunable layer is every Conv, Linear and attention input projection, named as in
+``named_modules()``. Models without module structure (a ``.pt2`` program, an ONNX graph) fall
+back to their 2-D and 4-D weight tensors, named by the prefix of the weight.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.errors import PrunelabError
+
+# Module type -> (kind, name of the weight it prunes). Subclasses match through the MRO.
+LAYER_TYPES: dict[type, tuple[str, str]] = {
+    nn.Conv1d: ("conv1d", "weight"),
+    nn.Conv2d: ("conv2d", "weight"),
+    nn.Conv3d: ("conv3d", "weight"),
+    nn.Linear: ("linear", "weight"),
+    nn.MultiheadAttention: ("attention", "in_proj_weight"),
+}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A prunable layer: its name, kind, the module that owns the weight and the weight's attribute."""
+
+    name: str
+    kind: str
+    module: nn.Module
+    weight_name: str
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self.module, self.weight_name)
+
+
+def _layer_type(module: nn.Module) -> tuple[str, str] | None:
+    for cls in type(module).__mro__:
+        if cls in LAYER_TYPES:
+            kind, weight_name = LAYER_TYPES[cls]
+            return (kind, weight_name) if isinstance(getattr(module, weight_name, None), torch.Tensor) else None
+    return None
+
+
+def prunable_layers(module: nn.Module) -> list[Layer]:
+    """The prunable layers of ``module`` in definition order; falls back to named weight tensors."""
+    layers = []
+    for name, child in module.named_modules():
+        found = _layer_type(child)
+        if found and name:
+            layers.append(Layer(name, found[0], child, found[1]))
+    if layers:
+        return layers
+    owners = dict(module.named_modules())
+    for name, parameter in module.named_parameters():
+        prefix, _, attribute = name.rpartition(".")
+        if attribute == "weight" and parameter.ndim in (2, 3, 4, 5) and prefix in owners:
+            kind = "linear" if parameter.ndim == 2 else f"conv{parameter.ndim - 2}d"
+            layers.append(Layer(prefix, kind, owners[prefix], attribute))
+    return layers
+
+
+def layer_by_name(module: nn.Module, name: str) -> Layer:
+    layers = {layer.name: layer for layer in prunable_layers(module)}
+    if name not in layers:
+        raise PrunelabError(f"no prunable layer named '{name}' (layers: {', '.join(layers) or 'none'})")
+    return layers[name]
+
+
+def weight_stats(weight: np.ndarray) -> dict:
+    """mean, std, min, max, and the 50/90/99th percentiles of |w|."""
+    flat = weight.reshape(-1).astype(np.float64)
+    magnitudes = np.abs(flat)
+    p50, p90, p99 = np.percentile(magnitudes, [50, 90, 99])
+    return {"mean": float(flat.mean()), "std": float(flat.std()), "min": float(flat.min()),
+            "max": float(flat.max()), "abs_p50": float(p50), "abs_p90": float(p90), "abs_p99": float(p99)}
+
+
+def layer_macs(module: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+    """Multiply-accumulates per prunable layer for one item, from a forward pass with hooks."""
+    macs: dict[str, int] = {}
+    handles = []
+
+    def hook_for(layer: Layer):
+        def hook(child, inputs, output):
+            output = output[0] if isinstance(output, tuple) else output
+            batch = max(1, example_input.shape[0])
+            weight = layer.weight
+            if layer.kind == "attention":
+                items = inputs[0].numel() // batch // child.embed_dim  # tokens per item
+                count = items * weight.shape[0] * weight.shape[1] + 2 * items * items * child.embed_dim
+            elif layer.kind == "linear":
+                count = output.numel() // batch * weight.shape[1]
+            else:  # convolution: each output element reads in_channels/groups * kernel weights
+                count = output.numel() // batch * int(np.prod(weight.shape[1:]))
+            macs[layer.name] = macs.get(layer.name, 0) + int(count)
+        return hook
+
+    for layer in prunable_layers(module):
+        handles.append(layer.module.register_forward_hook(hook_for(layer)))
+    try:
+        with torch.no_grad():
+            module(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return macs
+
+
+def inspect_model(module: nn.Module, example_input: torch.Tensor) -> dict:
+    """One row per prunable layer (name, kind, shape, params, nonzero, sparsity, macs, stats) and totals."""
+    macs = layer_macs(module, example_input)
+    rows = []
+    for layer in prunable_layers(module):
+        weight = layer.weight.detach().cpu().numpy()
+        nonzero = int(np.count_nonzero(weight))
+        rows.append({"name": layer.name, "kind": layer.kind, "shape": list(weight.shape),
+                     "params": int(weight.size), "nonzero": nonzero,
+                     "sparsity": 1.0 - nonzero / weight.size if weight.size else 0.0,
+                     "macs": macs.get(layer.name), "stats": weight_stats(weight)})
+    all_params = sum(p.numel() for p in module.parameters())
+    prunable = sum(row["params"] for row in rows)
+    nonzero = sum(row["nonzero"] for row in rows)
+    totals = {"layers": len(rows), "params": int(all_params), "prunable_params": int(prunable),
+              "nonzero_prunable_params": int(nonzero), "sparsity": 1.0 - nonzero / prunable if prunable else 0.0,
+              "macs": int(sum(value for value in macs.values()))}
+    return {"layers": rows, "totals": totals}
+
+
+def weight_histogram(module: nn.Module, name: str, bins: int = 60, absolute: bool = True) -> dict:
+    """Histogram of a layer's weights (of |w| when ``absolute``): ``{"edges": [...], "counts": [...]}``."""
+    weight = layer_by_name(module, name).weight.detach().cpu().numpy().reshape(-1)
+    values = np.abs(weight) if absolute else weight
+    counts, edges = np.histogram(values, bins=bins)
+    return {"edges": edges.tolist(), "counts": counts.tolist(), "absolute": absolute,
+            "zeros": int((weight == 0).sum())}

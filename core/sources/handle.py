@@ -1,0 +1,79 @@
+"""ModelHandle: a loaded model with everything prunelab needs to prune and measure it."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.data import Dataset
+from core.errors import PrunelabError
+
+# What each source can do; an operation outside its set is refused in one sentence.
+CAPABILITIES = {
+    "builtin": {"inspect", "evaluate", "unstructured", "channel", "finetune"},
+    "factory": {"inspect", "evaluate", "unstructured", "channel", "finetune"},
+    "pickle": {"inspect", "evaluate", "unstructured", "channel", "finetune"},
+    "pt2": {"inspect", "evaluate", "unstructured", "finetune"},
+    "onnx": {"inspect", "evaluate", "unstructured"},
+}
+
+WHY_NOT = {
+    ("onnx", "channel"): "an ONNX file is a fixed graph: physical channel removal needs the PyTorch model "
+                         "(pass file.py:factory, a built-in name or a trusted pickled module)",
+    ("onnx", "finetune"): "an ONNX file cannot be trained: fine-tuning needs the PyTorch model",
+    ("pt2", "channel"): "a .pt2 program has fixed tensor shapes, so channels cannot be removed physically: "
+                        "pass file.py:factory with --weights for channel pruning",
+}
+
+
+@dataclass(eq=False)
+class ModelHandle:
+    """A model ready for prunelab.
+
+    ``module`` is the PyTorch model in eval mode (``None`` for an ``.onnx`` source, whose
+    graph lives at ``onnx_path``). ``input_shape`` includes a batch dimension of 1. ``data``
+    always exists: the built-in split, the user's data, or seeded random inputs (unlabelled).
+    """
+
+    name: str
+    source: str
+    module: nn.Module | None
+    input_shape: tuple[int, ...]
+    data: Dataset
+    onnx_path: Path | None = None
+    description: str = ""
+    _digest: str | None = field(default=None, repr=False)
+
+    def can(self, operation: str) -> bool:
+        return operation in CAPABILITIES[self.source]
+
+    def require(self, operation: str) -> None:
+        """Raise PrunelabError in one sentence when this source cannot do ``operation``."""
+        if not self.can(operation):
+            reason = WHY_NOT.get((self.source, operation), f"a {self.source} source does not support {operation}")
+            raise PrunelabError(f"{self.name}: {reason}")
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        """Real inputs from the data when there are enough, shaped ``(batch, *input_shape[1:])``."""
+        x = self.data.x_test
+        if len(x) >= batch:
+            return torch.from_numpy(np.ascontiguousarray(x[:batch]))
+        return torch.zeros((batch, *self.input_shape[1:]))
+
+    @property
+    def digest(self) -> str:
+        """A fingerprint of the weights (or the ONNX file) and the input shape, for cache keys."""
+        if self._digest is None:
+            hasher = hashlib.sha256(repr((self.source, self.input_shape)).encode())
+            if self.module is not None:
+                for key, tensor in self.module.state_dict().items():
+                    hasher.update(key.encode())
+                    hasher.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            else:
+                hasher.update(Path(self.onnx_path).read_bytes())
+            self._digest = hasher.hexdigest()[:16]
+        return self._digest

@@ -1,0 +1,206 @@
+"""Turn a MODEL argument (and optional weights, input shape and data) into a ModelHandle."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.data import Dataset, load_npz, random_data
+from core.errors import PrunelabError
+from core.sources.handle import ModelHandle
+from core.zoo.registry import BUILTINS, builtin
+
+
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+    """Read ``"1,3,32,32"`` into a tuple; raise PrunelabError on anything but positive integers."""
+    if text is None or text == "":
+        return None
+    try:
+        shape = tuple(int(part) for part in str(text).replace("x", ",").split(","))
+    except ValueError:
+        raise PrunelabError(f"input shape '{text}' must be integers separated by commas, like 1,3,32,32") from None
+    if len(shape) < 2 or any(size <= 0 for size in shape):
+        raise PrunelabError(f"input shape '{text}' needs a batch size and at least one positive dimension")
+    return shape
+
+
+def load_model(spec: str, input_shape: tuple[int, ...] | str | None = None, weights: str | Path | None = None,
+               trust: bool = False, data: str | Path | Dataset | None = None) -> ModelHandle:
+    """Load ``spec`` (a built-in name, ``file.py:factory``, ``module:factory``, ``.pt2``, ``.pt`` or ``.onnx``).
+
+    ``weights`` is a state dict for a factory model, read with ``weights_only=True``. ``trust``
+    allows unpickling a full module, which runs code from the file. ``data`` is a ``.npz`` path or
+    a Dataset; without it a built-in uses its own split and anything else gets seeded random
+    inputs (agreement, not accuracy). Raises PrunelabError naming the file or value at fault.
+    """
+    shape = parse_input_shape(input_shape) if isinstance(input_shape, str) else input_shape
+    spec = str(spec).strip()
+    if spec in BUILTINS:
+        handle = _builtin(spec, weights)
+    elif ":" in spec and not Path(spec).exists() and not spec.endswith((".pt2", ".pt", ".pth", ".onnx")):
+        handle = _factory(spec, weights)
+    else:
+        handle = _file(Path(spec), trust)
+    if weights is not None and handle.source not in ("factory", "builtin"):
+        raise PrunelabError(f"--weights applies to file.py:factory models, not to {Path(spec).name}")
+    return _finish(handle, shape, data)
+
+
+def _builtin(name: str, weights) -> ModelHandle:
+    spec = builtin(name)
+    module = spec.factory()
+    module.load_state_dict(_state_dict(weights or spec.weights))
+    return ModelHandle(name=name, source="builtin", module=module.eval(), input_shape=spec.input_shape,
+                       data=spec.data(), description=spec.description)
+
+
+def _factory(spec: str, weights) -> ModelHandle:
+    location, _, function_name = spec.rpartition(":")
+    module_namespace = _import(location)
+    factory = getattr(module_namespace, function_name, None)
+    if not callable(factory):
+        raise PrunelabError(f"'{location}' has no callable named '{function_name}'")
+    try:
+        model = factory()
+    except Exception as error:
+        raise PrunelabError(f"the factory {spec} raised {error.__class__.__name__}: {error}") from None
+    if not isinstance(model, nn.Module):
+        raise PrunelabError(f"the factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        try:
+            model.load_state_dict(_state_dict(weights))
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()
+            raise PrunelabError(f"weights {weights} do not fit {spec}: {' '.join(first[:2])}") from None
+    return ModelHandle(name=function_name, source="factory", module=model.eval(), input_shape=(),
+                       data=None, description=spec)
+
+
+def _import(location: str):
+    if location.endswith(".py"):
+        path = Path(location)
+        if not path.is_file():
+            raise PrunelabError(f"model file not found: {path}")
+        name = f"prunelab_user_{abs(hash(path.resolve()))}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        namespace = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = namespace  # dataclasses and pickling look modules up by name
+        try:
+            module_spec.loader.exec_module(namespace)
+        except Exception as error:
+            raise PrunelabError(f"importing {path} raised {error.__class__.__name__}: {error}") from None
+        return namespace
+    try:
+        return importlib.import_module(location)
+    except Exception as error:
+        raise PrunelabError(f"cannot import module '{location}': {error}") from None
+
+
+def _state_dict(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise PrunelabError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        raise PrunelabError(f"cannot read weights {path}: not a state dict saved by torch.save "
+                            f"({error.__class__.__name__})") from None
+    if not isinstance(state, dict):
+        raise PrunelabError(f"weights {path} hold a {type(state).__name__}, not a state dict")
+    return state
+
+
+def _file(path: Path, trust: bool) -> ModelHandle:
+    if not path.exists():
+        hint = "" if path.suffix else f" (built-in models: {', '.join(BUILTINS)})"
+        raise PrunelabError(f"model file not found: {path}{hint}")
+    loaders = {".pt2": _pt2, ".onnx": _onnx, ".pt": _pickled, ".pth": _pickled}
+    if path.suffix not in loaders:
+        raise PrunelabError(f"unsupported model file {path.name}: use .pt2, .onnx, a trusted .pt, or file.py:factory")
+    return loaders[path.suffix](path, trust)
+
+
+def _pt2(path: Path, trust: bool) -> ModelHandle:
+    try:
+        program = torch.export.load(str(path))
+    except Exception as error:
+        raise PrunelabError(f"cannot read {path}: not a torch.export program ({error.__class__.__name__})") from None
+    shape = None
+    placeholders = [node for node in program.graph.nodes if node.op == "placeholder"
+                    and node.name in {spec.arg.name for spec in program.graph_signature.input_specs
+                                      if spec.kind.name == "USER_INPUT"}]
+    if placeholders and hasattr(placeholders[0].meta.get("val"), "shape"):
+        shape = tuple(int(size) if isinstance(size, int) else 1 for size in placeholders[0].meta["val"].shape)
+    return ModelHandle(name=path.stem, source="pt2", module=program.module(), input_shape=shape or (),
+                       data=None, description=str(path))
+
+
+def _pickled(path: Path, trust: bool) -> ModelHandle:
+    if not trust:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            raise PrunelabError(f"{path} is a pickled module; loading it runs code from the file, so pass "
+                                f"--trust only if you trust its author") from None
+        raise PrunelabError(f"{path} holds weights, not a model: pass the architecture as file.py:factory "
+                            f"with --weights {path}")
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise PrunelabError(f"cannot unpickle {path}: {error.__class__.__name__}: {error}") from None
+    if not isinstance(model, nn.Module):
+        raise PrunelabError(f"{path} holds a {type(model).__name__}, not a torch.nn.Module")
+    return ModelHandle(name=path.stem, source="pickle", module=model.eval(), input_shape=(), data=None,
+                       description=str(path))
+
+
+def _onnx(path: Path, trust: bool) -> ModelHandle:
+    import onnx
+
+    try:
+        graph = onnx.load(str(path))
+        onnx.checker.check_model(graph)
+    except Exception as error:
+        raise PrunelabError(f"cannot read {path}: not a valid ONNX model ({error.__class__.__name__})") from None
+    initializers = {tensor.name for tensor in graph.graph.initializer}
+    inputs = [value for value in graph.graph.input if value.name not in initializers]
+    dims = inputs[0].type.tensor_type.shape.dim if inputs else []
+    shape = tuple(dim.dim_value if dim.dim_value > 0 else 1 for dim in dims)
+    return ModelHandle(name=path.stem, source="onnx", module=None, input_shape=shape, data=None,
+                       onnx_path=path, description=str(path))
+
+
+def _finish(handle: ModelHandle, shape, data) -> ModelHandle:
+    dataset = load_npz(data) if isinstance(data, (str, Path)) else data
+    shape = shape or handle.input_shape or None
+    if shape is None and dataset is not None:
+        shape = (1, *dataset.x_test.shape[1:])
+    if shape is None:
+        raise PrunelabError(f"cannot tell the input shape of {handle.name}: pass --input-shape, e.g. 1,3,32,32")
+    handle.input_shape = tuple(shape)
+    if dataset is None:
+        dataset = handle.data or random_data(handle.input_shape)
+    dataset.check_shape(handle.input_shape)
+    handle.data = dataset
+    _check_forward(handle)
+    return handle
+
+
+def _check_forward(handle: ModelHandle) -> None:
+    if handle.module is None:
+        return
+    try:
+        with torch.no_grad():
+            output = handle.module(handle.example_input(2))
+    except Exception as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+        raise PrunelabError(f"{handle.name} cannot take input of shape {handle.input_shape}: {message}") from None
+    if not isinstance(output, torch.Tensor) or output.ndim != 2:
+        raise PrunelabError(f"{handle.name} must return one tensor of shape (batch, classes); "
+                            f"got {getattr(output, 'shape', type(output).__name__)}")
