@@ -93,6 +93,9 @@ def layer_macs(module: nn.Module, example_input: torch.Tensor) -> dict[str, int]
             if layer.kind == "attention":
                 items = inputs[0].numel() // batch // child.embed_dim  # tokens per item
                 count = items * weight.shape[0] * weight.shape[1] + 2 * items * items * child.embed_dim
+                # out_proj is applied inside the functional call, so its hook never fires
+                out_name = f"{layer.name}.out_proj"
+                macs[out_name] = macs.get(out_name, 0) + items * child.embed_dim * child.embed_dim
             elif layer.kind == "linear":
                 count = output.numel() // batch * weight.shape[1]
             else:  # convolution: each output element reads in_channels/groups * kernel weights
