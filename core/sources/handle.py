@@ -37,6 +37,7 @@ class ModelHandle:
     ``module`` is the PyTorch model in eval mode (``None`` for an ``.onnx`` source, whose
     graph lives at ``onnx_path``). ``input_shape`` includes a batch dimension of 1. ``data``
     always exists: the built-in split, the user's data, or seeded random inputs (unlabelled).
+    ``fixed_batch`` is set when the module only accepts that batch size (a ``.pt2`` program).
     """
 
     name: str
@@ -46,6 +47,7 @@ class ModelHandle:
     data: Dataset
     onnx_path: Path | None = None
     description: str = ""
+    fixed_batch: int | None = None  # a .pt2 program is traced for one batch size only
     _digest: str | None = field(default=None, repr=False)
 
     def can(self, operation: str) -> bool:

@@ -137,8 +137,13 @@ def _pt2(path: Path, trust: bool) -> ModelHandle:
                                       if spec.kind.name == "USER_INPUT"}]
     if placeholders and hasattr(placeholders[0].meta.get("val"), "shape"):
         shape = tuple(int(size) if isinstance(size, int) else 1 for size in placeholders[0].meta["val"].shape)
+    batch = shape[0] if shape and not _dynamic_batch(placeholders[0]) else None
     return ModelHandle(name=path.stem, source="pt2", module=program.module(), input_shape=shape or (),
-                       data=None, description=str(path))
+                       data=None, description=str(path), fixed_batch=batch)
+
+
+def _dynamic_batch(placeholder) -> bool:
+    return not isinstance(placeholder.meta["val"].shape[0], int)
 
 
 def _pickled(path: Path, trust: bool) -> ModelHandle:
@@ -197,7 +202,7 @@ def _check_forward(handle: ModelHandle) -> None:
         return
     try:
         with torch.no_grad():
-            output = handle.module(handle.example_input(2))
+            output = handle.module(handle.example_input(handle.fixed_batch or 2))
     except Exception as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
         raise PrunelabError(f"{handle.name} cannot take input of shape {handle.input_shape}: {message}") from None
