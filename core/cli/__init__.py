@@ -17,7 +17,7 @@ ORDER = ["models", "inspect", "evaluate", "prune", "sensitivity", "allocate", "r
 
 
 def command_modules() -> list[str]:
-    found = {info.name for info in pkgutil.iter_modules(__path__) if info.name != "options"}
+    found = {info.name for info in pkgutil.iter_modules(__path__) if info.name not in ("options", "__main__")}
     return [name for name in ORDER if name in found] + sorted(found - set(ORDER))
 
 

@@ -1,0 +1,4 @@
+"""``python -m core.cli``: the same as the ``prunelab`` command."""
+from core.cli import run
+
+run()
