@@ -21,12 +21,17 @@ EPOCHS = {"digits-mlp": 60, "digits-cnn": 40, "digits-resnet": 30}
 
 
 def fit(model: nn.Module, data: Dataset, epochs: int, lr: float = 3e-3, seed: int = 0,
-        batch_size: int = 64, on_epoch=None) -> nn.Module:
-    """Train ``model`` in place with AdamW, cosine learning rate and light shift augmentation."""
+        batch_size: int = 64, on_epoch=None, on_step=None) -> nn.Module:
+    """Train ``model`` in place with AdamW, cosine learning rate and light shift augmentation.
+
+    ``on_epoch(epoch, loss)`` runs after each epoch with the last batch's loss; ``on_step(step, loss)``
+    runs after every optimizer step (recovery re-applies pruning masks there).
+    """
     generator = torch.Generator().manual_seed(seed)
     x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((len(x_train) + batch_size - 1) // batch_size)
+    per_epoch = (len(x_train) + batch_size - 1) // batch_size
+    steps = epochs * per_epoch
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
     for epoch in range(epochs):
@@ -40,6 +45,8 @@ def fit(model: nn.Module, data: Dataset, epochs: int, lr: float = 3e-3, seed: in
             loss.backward()
             optimizer.step()
             schedule.step()
+            if on_step is not None:
+                on_step(epoch * per_epoch + start // batch_size, loss.item())
         if on_epoch is not None:
             on_epoch(epoch, loss.item())
     return model.eval()
