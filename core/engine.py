@@ -1,0 +1,158 @@
+"""apply_plan: read a Plan, prune a copy of a model, hand back a PruneResult.
+
+The engine resolves which layers a plan covers (the final classifier is left dense unless the
+plan's ``ignore`` says otherwise), gathers the evidence its criterion needs, then hands the copy
+to the handler registered for the plan's granularity (unstructured, N:M or channel).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from core import criteria, unstructured
+from core.data import Dataset
+from core.errors import PrunelabError
+from core.inspect import Layer, prunable_layers
+from core.plan import Plan
+
+
+@dataclass
+class PruneResult:
+    """A pruned copy of a model and what happened to each layer.
+
+    masks: {layer: bool keep-mask} for unstructured and N:M plans, None for channel plans.
+    layer_sparsity: {layer: fraction of zero weights (unstructured, N:M) or of removed output channels}.
+    groups: channel coupling groups [{"leader", "members", "channels", ...}] (channel plans).
+    notes: sentences for the report (layers left dense, hardware remarks, ...).
+    """
+
+    module: nn.Module
+    plan: Plan
+    masks: dict[str, torch.Tensor] | None = None
+    layer_sparsity: dict[str, float] = field(default_factory=dict)
+    groups: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    """Everything a granularity handler needs: the copy to prune, its layers and targets, the inputs."""
+
+    module: nn.Module
+    plan: Plan
+    layers: list[Layer]                # included layers of the copy, in definition order
+    ignored: list[str]
+    data: Dataset | None
+    example_input: torch.Tensor | None
+
+    def target(self, name: str) -> float:
+        return self.plan.layer_targets.get(name, self.plan.sparsity)
+
+
+def final_classifier(module: nn.Module, example_input: torch.Tensor | None) -> str | None:
+    """The last prunable layer whose output is the model's output (else the last one that ran)."""
+    layers = prunable_layers(module)
+    if not layers:
+        return None
+    if example_input is None:
+        return layers[-1].name
+    seen: list[tuple[str, torch.Tensor]] = []
+    handles = [layer.module.register_forward_hook(
+        lambda child, args, output, name=layer.name: seen.append(
+            (name, output[0] if isinstance(output, tuple) else output))) for layer in layers]
+    try:
+        with torch.no_grad():
+            output = module(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    output = output[0] if isinstance(output, (tuple, list)) else output
+    for name, value in reversed(seen):
+        if value is output:
+            return name
+    return seen[-1][0] if seen else layers[-1].name
+
+
+def _weight_masks(job: Job) -> dict[str, torch.Tensor]:
+    """Keep-masks for unstructured plans: per-layer targets, or one global ranking."""
+    plan = job.plan
+    evidence = criteria.gather_evidence(job.module, job.layers, plan.criterion, job.data, plan.seed)
+    scores = {layer.name: criteria.weight_scores(layer, plan.criterion, evidence[layer.name])
+              for layer in job.layers}
+    if plan.scope == "layer":
+        return {name: unstructured.layer_mask(score, job.target(name)) for name, score in scores.items()}
+    overridden = {name: score for name, score in scores.items() if name in plan.layer_targets}
+    ranked = {name: score for name, score in scores.items() if name not in overridden}
+    masks = unstructured.global_masks(ranked, plan.sparsity)
+    masks.update({name: unstructured.layer_mask(score, job.target(name)) for name, score in overridden.items()})
+    return masks
+
+
+def _apply_masks(job: Job, masks: dict[str, torch.Tensor], result: PruneResult) -> PruneResult:
+    for layer in job.layers:
+        if layer.name in masks:
+            unstructured.apply_mask(layer.weight, masks[layer.name])
+    result.masks = masks
+    result.layer_sparsity = {layer.name: float((layer.weight == 0).sum()) / layer.weight.numel()
+                             for layer in prunable_layers(job.module)}
+    return result
+
+
+def _prune_unstructured(job: Job) -> PruneResult:
+    return _apply_masks(job, _weight_masks(job), PruneResult(job.module, job.plan))
+
+
+def _prune_nm(job: Job) -> PruneResult:
+    from core import nm
+    masks, notes = nm.nm_masks(job)
+    return _apply_masks(job, masks, PruneResult(job.module, job.plan, notes=notes))
+
+
+def _prune_channels(job: Job) -> PruneResult:
+    from core import structured
+    return structured.prune_channels(job)
+
+
+HANDLERS = {"unstructured": _prune_unstructured, "N:M": _prune_nm, "channel": _prune_channels}
+OPERATIONS = {"unstructured": "unstructured", "N:M": "unstructured", "channel": "channel"}
+
+
+def _unpack(model, data, example_input):
+    """(module, data, example input) from a ModelHandle or a bare nn.Module."""
+    module = getattr(model, "module", model)
+    if not isinstance(module, nn.Module):
+        raise PrunelabError("pruning needs a PyTorch model; this source has no module "
+                            "(an ONNX file can only be pruned through the measurement fast path)")
+    if hasattr(model, "data"):
+        data = model.data if data is None else data
+        example_input = model.example_input() if example_input is None else example_input
+    return module, data, example_input
+
+
+def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=None) -> PruneResult:
+    """Prune a copy of ``model`` (a ModelHandle or an nn.Module) as ``plan`` says; the input is never mutated.
+
+    ``data`` feeds data-driven criteria (taylor, activation), defaulting to the handle's data;
+    ``example_input`` drives the dependency graph and finds the final classifier, defaulting to
+    one item of the handle's data. Raises PrunelabError for a plan the model cannot take.
+    """
+    kind = "N:M" if plan.nm else plan.granularity
+    if hasattr(model, "require"):
+        model.require(OPERATIONS[kind])
+    module, data, example_input = _unpack(model, data, example_input)
+    plan.validate_for(module)
+    working = copy.deepcopy(module).eval()
+    ignored = list(plan.ignore) if plan.ignore is not None else [
+        name for name in [final_classifier(working, example_input)] if name]
+    layers = [layer for layer in prunable_layers(working) if layer.name not in ignored]
+    result = HANDLERS[kind](Job(working, plan, layers, ignored, data, example_input))
+    if ignored:
+        result.notes.insert(0, f"left dense: {', '.join(ignored)}")
+    for parameter in result.module.parameters():
+        parameter.requires_grad_(True)
+        parameter.grad = None
+    result.module.eval()
+    return result

@@ -1,0 +1,204 @@
+"""The Plan value: what to prune and how much, validated when built, saved as YAML or JSON.
+
+A plan is data. The dashboard's sliders, the CLI's ``--plan`` file and the Python API all
+produce one frozen ``Plan``; the engine (core.engine.apply_plan) only reads it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from core.errors import PrunelabError
+
+GRANULARITIES = ("unstructured", "channel")  # plus "N:M" strings such as "2:4"
+SCOPES = ("layer", "global")
+# Criterion name -> the granularities it applies to. core.criteria registers a score function for each.
+CRITERIA = {
+    "l1": ("unstructured", "channel", "N:M"),
+    "l2": ("unstructured", "channel", "N:M"),
+    "random": ("unstructured", "channel", "N:M"),
+    "taylor": ("unstructured", "channel", "N:M"),
+    "activation": ("unstructured", "channel", "N:M"),
+    "bn_scale": ("channel",),
+    "fpgm": ("channel",),
+}
+NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
+
+
+def parse_nm(granularity: str) -> tuple[int, int] | None:
+    """``(n, m)`` for an N:M granularity such as ``"2:4"``, else None."""
+    match = NM_PATTERN.match(granularity)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _fraction(value, what: str) -> float:
+    """``value`` as a float in [0, 1), or PrunelabError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PrunelabError(f"{what} must be a number in [0, 1), got {value!r}")
+    if not 0.0 <= float(value) < 1.0:
+        raise PrunelabError(f"{what} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to prune and how much.
+
+    granularity: 'unstructured', 'channel' or 'N:M' (e.g. '2:4': at least N zeros in every M weights).
+    criterion: a name from CRITERIA ('bn_scale' and 'fpgm' rank channels only).
+    scope: 'layer' (each layer meets its own target) or 'global' (one ranking over all included layers).
+    sparsity: default target of every included layer, or the overall target in global scope; in [0, 1).
+    layers: per-layer overrides, name -> sparsity (a dict is accepted; stored as a sorted tuple of pairs).
+    ignore: layers left dense; None means "the final classifier".
+    round_to: kept channels are rounded to a multiple of this (channel plans).
+    seed: seeds the random criterion and any sampling.
+    Raises PrunelabError naming the field and the value when something is out of range.
+    """
+
+    granularity: str = "unstructured"
+    criterion: str = "l1"
+    scope: str = "layer"
+    sparsity: float = 0.5
+    layers: tuple[tuple[str, float], ...] = ()
+    ignore: tuple[str, ...] | None = None
+    round_to: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.granularity, str) or (
+                self.granularity not in GRANULARITIES and parse_nm(self.granularity) is None):
+            raise PrunelabError(f"granularity must be one of {', '.join(GRANULARITIES)} or 'N:M' "
+                                f"such as '2:4', got {self.granularity!r}")
+        nm = parse_nm(self.granularity)
+        if nm is not None and not 0 < nm[0] < nm[1]:
+            raise PrunelabError(f"granularity {self.granularity!r}: N:M needs 0 < N < M")
+        if self.criterion not in CRITERIA:
+            raise PrunelabError(f"unknown criterion {self.criterion!r} (criteria: {', '.join(CRITERIA)})")
+        kind = "N:M" if nm else self.granularity
+        if kind not in CRITERIA[self.criterion]:
+            raise PrunelabError(f"criterion {self.criterion!r} ranks channels only, not {self.granularity} weights")
+        if self.scope not in SCOPES:
+            raise PrunelabError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        object.__setattr__(self, "sparsity", _fraction(self.sparsity, "sparsity"))
+        object.__setattr__(self, "layers", self._normalized_layers(self.layers))
+        object.__setattr__(self, "ignore", self._normalized_ignore(self.ignore))
+        for name, value in (("round_to", self.round_to), ("seed", self.seed)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise PrunelabError(f"{name} must be an integer, got {value!r}")
+        if self.round_to < 1:
+            raise PrunelabError(f"round_to must be at least 1, got {self.round_to!r}")
+
+    @staticmethod
+    def _normalized_layers(layers) -> tuple[tuple[str, float], ...]:
+        pairs = layers.items() if isinstance(layers, dict) else layers
+        try:
+            pairs = [(name, value) for name, value in pairs]
+        except (TypeError, ValueError):
+            raise PrunelabError(f"layers must map layer names to sparsities, got {layers!r}") from None
+        names = [name for name, _ in pairs]
+        if len(set(names)) != len(names):
+            raise PrunelabError(f"layers names a layer twice: {names!r}")
+        for name, _ in pairs:
+            if not isinstance(name, str) or not name:
+                raise PrunelabError(f"layers: layer names must be non-empty strings, got {name!r}")
+        return tuple(sorted((name, _fraction(value, f"sparsity of layer '{name}'")) for name, value in pairs))
+
+    @staticmethod
+    def _normalized_ignore(ignore) -> tuple[str, ...] | None:
+        if ignore is None:
+            return None
+        if isinstance(ignore, str) or not all(isinstance(name, str) and name for name in ignore):
+            raise PrunelabError(f"ignore must be a list of layer names, got {ignore!r}")
+        return tuple(sorted(set(ignore)))
+
+    @property
+    def layer_targets(self) -> dict[str, float]:
+        """The per-layer overrides as a dict."""
+        return dict(self.layers)
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """``(n, m)`` for an N:M plan, else None."""
+        return parse_nm(self.granularity)
+
+    def to_dict(self) -> dict:
+        """Plain values (lists and dicts) for YAML or JSON."""
+        values = dataclasses.asdict(self)
+        values["layers"] = dict(self.layers)
+        values["ignore"] = None if self.ignore is None else list(self.ignore)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Plan":
+        """Build from plain values; unknown keys are an error naming them."""
+        if not isinstance(values, dict):
+            raise PrunelabError(f"a plan must be a mapping of fields, got {type(values).__name__}")
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise PrunelabError(f"unknown plan field(s): {', '.join(map(str, unknown))} "
+                                f"(fields: {', '.join(sorted(known))})")
+        values = dict(values)
+        if values.get("layers") is None:
+            values.pop("layers", None)
+        return cls(**values)
+
+    @property
+    def digest(self) -> str:
+        """A short, stable fingerprint for cache keys."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def replace(self, **changes) -> "Plan":
+        """A copy with ``changes`` applied (validated again)."""
+        unknown = sorted(set(changes) - {field.name for field in dataclasses.fields(self)})
+        if unknown:
+            raise PrunelabError(f"unknown plan field(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path) -> Path:
+        """Write as YAML (.yaml/.yml) or JSON (.json)."""
+        path = Path(path)
+        values = self.to_dict()
+        if path.suffix in (".yaml", ".yml"):
+            text = yaml.safe_dump(values, sort_keys=False)
+        elif path.suffix == ".json":
+            text = json.dumps(values, indent=2) + "\n"
+        else:
+            raise PrunelabError(f"plan file {path.name}: use a .yaml, .yml or .json name")
+        path.write_text(text)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Plan":
+        """Read a plan written by ``save`` (or by hand); PrunelabError on a missing or malformed file."""
+        path = Path(path)
+        if path.suffix not in (".yaml", ".yml", ".json"):
+            raise PrunelabError(f"plan file {path.name}: use a .yaml, .yml or .json name")
+        try:
+            text = path.read_text()
+        except OSError as error:
+            raise PrunelabError(f"cannot read plan file {path}: {error.strerror}") from None
+        try:
+            values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as error:
+            raise PrunelabError(f"plan file {path.name} is not valid {path.suffix[1:].upper()}: "
+                                f"{str(error).splitlines()[0]}") from None
+        return cls.from_dict(values or {})
+
+    def validate_for(self, module) -> None:
+        """Raise PrunelabError naming any layer in ``layers`` or ``ignore`` that ``module`` lacks."""
+        from core.inspect import prunable_layers
+
+        names = [layer.name for layer in prunable_layers(module)]
+        for name in [name for name, _ in self.layers] + list(self.ignore or ()):
+            if name not in names:
+                raise PrunelabError(f"plan names layer '{name}', which the model does not have "
+                                    f"(layers: {', '.join(names) or 'none'})")
