@@ -1,0 +1,45 @@
+"""The prunelab dashboard: ``prunelab dashboard`` (or ``streamlit run dashboard/app.py``).
+
+Pages live in ``dashboard/pages/`` and call the engine only through ``dashboard/session.py``.
+To add a page, put its file in ``dashboard/pages/`` and its line in ``PAGES``; a listed page
+whose file does not exist yet is left out of the menu.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
+
+# (file in pages/, menu title, icon, url path). The order here is the order of the menu.
+PAGES = [
+    ("model.py", "Model", ":material/memory:", "model"),
+    ("layers.py", "Layers", ":material/stacked_bar_chart:", "layers"),
+    ("sensitivity.py", "Sensitivity", ":material/query_stats:", "sensitivity"),
+    ("tune.py", "Tune", ":material/tune:", "tune"),
+    ("recover.py", "Recover", ":material/healing:", "recover"),
+    ("history.py", "History", ":material/history:", "history"),
+    ("export.py", "Export", ":material/download:", "export"),
+]
+DEFAULT_PAGE = "tune.py"
+
+
+def pages() -> list:
+    """The st.Page objects for every listed page whose file exists; Tune is the default."""
+    return [st.Page(PAGES_DIR / file, title=title, icon=icon, url_path=url, default=file == DEFAULT_PAGE)
+            for file, title, icon, url in PAGES if (PAGES_DIR / file).exists()]
+
+
+def run() -> None:
+    st.set_page_config(page_title="prunelab", page_icon=":material/content_cut:", layout="wide")
+    navigation = st.navigation(pages())
+    navigation.run()
+
+
+run()

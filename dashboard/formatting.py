@@ -1,0 +1,44 @@
+"""Numbers as a person reads them: sizes, counts, times, percentages, and the deltas of metric cards."""
+from __future__ import annotations
+
+
+def count(value: float | None) -> str:
+    """12_345_678 -> '12.3 M'."""
+    if value is None:
+        return "–"
+    for limit, suffix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(value) >= limit:
+            return f"{value / limit:.1f}{suffix}"
+    return f"{value:.0f}"
+
+
+def size(value: float | None) -> str:
+    """Bytes -> '1.4 MB' (powers of 1024)."""
+    if value is None:
+        return "–"
+    for limit, suffix in ((2**30, "GB"), (2**20, "MB"), (2**10, "KB")):
+        if value >= limit:
+            return f"{value / limit:.1f} {suffix}"
+    return f"{value:.0f} B"
+
+
+def milliseconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f} ms" if value < 10 else f"{value:.1f} ms"
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def change(new: float | None, old: float | None) -> str | None:
+    """Relative change as '-37%' for a metric card delta; None when there is nothing to compare."""
+    if new is None or not old:
+        return None
+    return f"{100 * (new - old) / old:+.0f}%"
+
+
+def points(new: float | None, old: float | None) -> str | None:
+    """Difference of two fractions in percentage points, '+1.2 pts'."""
+    if new is None or old is None:
+        return None
+    return f"{100 * (new - old):+.1f} pts"

@@ -1,0 +1,154 @@
+"""Tune: shape a pruning plan with one slider per layer and watch the measured metrics move."""
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import charts, formatting, session
+
+GRANULARITY_HELP = ("unstructured zeroes single weights; channel removes whole filters (and everything coupled "
+                    "to them), which is what makes ONNX Runtime faster; 2:4 zeroes 2 of every 4 weights")
+SCOPE_HELP = "layer: each layer meets its own target; global: one ranking over all layers without their own target"
+
+
+def _forget_layer_widgets() -> None:
+    for key in [key for key in st.session_state if str(key).startswith("w.layer.")]:
+        del st.session_state[key]
+
+
+def _on_granularity() -> None:
+    granularity = st.session_state["w.granularity"]
+    criterion = session.plan()["criterion"]
+    if criterion not in session.criteria_for(granularity):
+        criterion = "l1"
+        st.session_state["w.criterion"] = criterion
+    session.update_plan(granularity=granularity, criterion=criterion, layers={})
+    _forget_layer_widgets()
+
+
+def _on_global() -> None:
+    value = st.session_state["w.global"]
+    session.update_plan(sparsity=value, layers={})
+    for key in [key for key in st.session_state if str(key).startswith("w.layer.")]:
+        st.session_state[key] = value
+
+
+def _on_layer(name: str) -> None:
+    session.set_target(name, st.session_state[f"w.layer.{name}"])
+
+
+def method_ui(values: dict) -> None:
+    """Granularity, criterion and scope selects; each writes straight into the session's plan."""
+    for key, field in (("w.granularity", "granularity"), ("w.criterion", "criterion"), ("w.scope", "scope")):
+        session.seed(key, values[field])
+    first, second, third = st.columns(3)
+    first.selectbox("Granularity", session.GRANULARITIES, key="w.granularity", on_change=_on_granularity,
+                    help=GRANULARITY_HELP)
+    second.selectbox("Criterion", session.criteria_for(values["granularity"]), key="w.criterion",
+                     on_change=lambda: session.update_plan(criterion=st.session_state["w.criterion"]),
+                     help="how weights or channels are ranked before the lowest are cut")
+    third.selectbox("Scope", session.SCOPES, key="w.scope", help=SCOPE_HELP,
+                    on_change=lambda: session.update_plan(scope=st.session_state["w.scope"]))
+
+
+def rows(values: dict) -> list[tuple[str, str, str]]:
+    """(plan key, slider label, help) per slider: one per layer, or one per coupled group in channel mode."""
+    if values["granularity"] != "channel":
+        return [(name, name, "") for name in session.layer_names()]
+    result = []
+    for group in session.groups():
+        others = [name for name in group["members"] if name != group["leader"]]
+        label = group["leader"] + (f" (+{len(others)} coupled)" if others else "")
+        result.append((group["leader"], label, f"{group['channels']} channels shared by: "
+                                               f"{', '.join(group['members'])}"))
+    return result
+
+
+def sliders_ui(values: dict) -> None:
+    """The global slider, Auto-allocate, and one slider per layer (or group)."""
+    session.seed("w.global", values["sparsity"])
+    st.slider("All layers", 0.0, session.MAX_SPARSITY, step=0.05, key="w.global", on_change=_on_global,
+              help="sets every layer to this sparsity (layers you move afterwards keep their own value)")
+    available = session.allocate_available()
+    if st.button("Auto-allocate", disabled=not available, icon=":material/auto_fix_high:",
+                 help="fill the sliders from a sensitivity sweep" if available
+                 else "needs the sensitivity engine (core.allocate), which is not installed yet"):
+        with session.guard("auto-allocate"):
+            session.auto_allocate()
+            _forget_layer_widgets()
+            st.rerun()
+    nm = ":" in values["granularity"]
+    ignored = set(session.ignored_layers())
+    if nm:
+        st.caption(f"{values['granularity']} prunes a fixed share of every weight block; "
+                   f"a slider above 0 includes its layer.")
+    for name, label, help_text in rows(values):
+        key = f"w.layer.{name}"
+        session.seed(key, session.target(name))
+        dense = name in ignored
+        st.slider(label, 0.0, session.MAX_SPARSITY, step=0.05, key=key, on_change=_on_layer, args=(name,),
+                  disabled=dense, help="left dense: the final classifier" if dense else (help_text or None))
+
+
+def cards(report: dict) -> None:
+    """Metric cards of the pruned model with deltas against the dense one."""
+    pruned, dense = report["pruned"], report["baseline"]
+    label = pruned.get("label", "accuracy")
+    quality = pruned.get(label) if pruned.get(label) is not None else pruned.get("agreement")
+    speedup = dense["latency_ms"]["p50"] / pruned["latency_ms"]["p50"] if pruned["latency_ms"]["p50"] else None
+    columns = st.columns(4)
+    columns[0].metric(label.capitalize(), formatting.percent(quality),
+                      formatting.points(quality, dense.get(label)), border=True)
+    columns[1].metric("p50 latency", formatting.milliseconds(pruned["latency_ms"]["p50"]),
+                      formatting.change(pruned["latency_ms"]["p50"], dense["latency_ms"]["p50"]),
+                      delta_color="inverse", border=True, help="ONNX Runtime, CPU, batch 1, 2 threads")
+    columns[2].metric("Speedup", "–" if speedup is None else f"{speedup:.2f}×", border=True,
+                      help="dense p50 latency / pruned p50 latency")
+    columns[3].metric("MACs", formatting.count(pruned["macs"]), formatting.change(pruned["macs"], dense["macs"]),
+                      delta_color="inverse", border=True)
+    columns = st.columns(4)
+    columns[0].metric("Parameters", formatting.count(pruned["nonzero_params"]),
+                      formatting.change(pruned["nonzero_params"], dense["nonzero_params"]), delta_color="inverse",
+                      border=True, help="nonzero parameters")
+    columns[1].metric("File size", formatting.size(pruned["onnx_bytes"]),
+                      formatting.change(pruned["onnx_bytes"], dense["onnx_bytes"]), delta_color="inverse",
+                      border=True, help="the .onnx file")
+    columns[2].metric("Compressed", formatting.size(pruned["compressed_bytes"]),
+                      formatting.change(pruned["compressed_bytes"], dense["compressed_bytes"]),
+                      delta_color="inverse", border=True, help="the .onnx file after gzip")
+    columns[3].metric("Sparsity", formatting.percent(pruned.get("sparsity")), border=True,
+                      help="zero share of the prunable weights")
+
+
+@st.fragment
+def metrics_panel() -> None:
+    """Measure this session's plan and show the cards, a one-line explanation and the per-layer chart."""
+    values = session.plan()
+    with session.guard("measuring the plan"):
+        with st.spinner("Measuring on ONNX Runtime…"):
+            report = session.measure()
+        cards(report)
+        reason = session.no_speedup_reason(values, report)
+        if reason:
+            st.info(reason, icon=":material/info:")
+        names = session.layer_names()
+        measured = report.get("layer_sparsity") or {}
+        figure = charts.layer_targets(names, [session.target(name) if name not in session.ignored_layers()
+                                              else 0.0 for name in names],
+                                      [measured.get(name, 0.0) for name in names] if measured else None)
+        st.plotly_chart(figure, key="tune-targets", config={"displayModeBar": False})
+        for note in report.get("notes", []):
+            st.caption(note)
+
+
+st.title("Tune")
+st.caption("Drag a layer's slider to choose how much of it to prune; the panel measures the pruned model "
+           "on ONNX Runtime with every release.")
+with session.guard("loading the model"):
+    current = session.plan()
+    st.markdown(f"**{session.model().name}**: {session.model().description}")
+    controls, panel = st.columns([2, 3], gap="large")
+    with controls:
+        method_ui(current)
+        sliders_ui(current)
+    with panel:
+        metrics_panel()
