@@ -1,0 +1,264 @@
+"""Automatic per-layer allocation: choose each layer's sparsity from its sensitivity curve.
+
+The problem is separable: remove a required amount of a resource (weights, MACs or latency)
+while adding up as little damage as possible, where each layer's (or channel group's) damage as
+a function of its sparsity is its measured curve, linearly interpolated between levels. The
+allocation takes the lower convex hull of every curve (in resource removed vs. damage) and
+spends the budget on hull segments in order of damage per unit of resource, splitting the last
+segment. That is the exact solution for the convexified curves (a Lagrangian sweep reaches the
+same points) and is deterministic.
+
+Damage is the loss increase on the selection split plus the accuracy drop, both measured with
+every other layer dense. Weights removed add up exactly across layers, so an unstructured target
+is met directly; MACs, parameters and latency of channel plans do not (a convolution between two
+pruned groups loses both its inputs and its outputs), so channel plans are checked with the
+engine and the budget is bisected until the real figure meets the target.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.errors import PrunelabError
+from core.plan import Plan
+from core.sources import ModelHandle
+
+ACCURACY_WEIGHT = 1.0   # damage = loss increase + ACCURACY_WEIGHT * accuracy drop
+BISECTION_STEPS = 14
+TOLERANCE = 0.002       # relative slack on the reached target
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One layer's (or group's) options: sparsities with the resource each removes and its damage."""
+
+    name: str
+    sparsity: np.ndarray   # ascending levels within [min, max]
+    removed: np.ndarray    # resource removed at each level, counted from the dense model
+    damage: np.ndarray     # damage at each level (relative to the first)
+    drop: np.ndarray       # accuracy drop at each level, for the max_accuracy_drop check
+
+
+def _interpolate(levels, values, bounds: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Levels clipped to ``bounds`` (adding the interpolated end points) and the values there."""
+    low, high = bounds
+    inside = [level for level in levels if low < level < high]
+    points = np.array([low, *inside, high])
+    return points, np.interp(points, levels, values)
+
+
+def curves_for(result: dict, resource: str, bounds: tuple[float, float]) -> list[Curve]:
+    """Allocation curves from a sensitivity ``result`` for ``resource`` ('weights', 'params', 'macs', 'latency_ms').
+
+    'weights' counts zeroed weights of the layer itself; the others read the measured whole-model
+    figure at each level (channel sweeps), so the removed amount is dense minus pruned.
+    """
+    curves = []
+    for layer in result["layers"]:
+        points = layer["curve"]
+        levels = np.array([point["sparsity"] for point in points])
+        if len(levels) < 2:
+            continue
+        high = min(bounds[1], float(levels[-1]))
+        low = min(bounds[0], high)
+        accuracy = np.array([point["accuracy"] for point in points])
+        loss = np.array([point["loss"] for point in points])
+        if resource == "weights":
+            removed = levels * layer["params"]
+        else:
+            measured = np.array([point[resource] for point in points], dtype=float)
+            removed = measured[0] - measured
+        drop = accuracy[0] - accuracy
+        damage = (loss - loss[0]) + ACCURACY_WEIGHT * drop
+        sparsity, removed = _interpolate(levels, removed, (low, high))
+        _, damage = _interpolate(levels, damage, (low, high))
+        _, drop = _interpolate(levels, drop, (low, high))
+        curves.append(Curve(layer["name"], sparsity, removed, damage - damage[0], drop))
+    return curves
+
+
+def _hull(curve: Curve) -> list[int]:
+    """Indices of the lower convex hull of (removed, damage), from the first point, left to right."""
+    hull: list[int] = [0]
+    for index in range(1, len(curve.sparsity)):
+        if curve.removed[index] <= curve.removed[hull[-1]]:
+            continue  # removes nothing more (a flat or noisy measurement): never worth taking
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            cross = ((curve.removed[b] - curve.removed[a]) * (curve.damage[index] - curve.damage[a])
+                     - (curve.damage[b] - curve.damage[a]) * (curve.removed[index] - curve.removed[a]))
+            if cross > 0:
+                break
+            hull.pop()
+        hull.append(index)
+    return hull
+
+
+def greedy(curves: list[Curve], budget: float) -> dict[str, float]:
+    """Sparsity per curve that removes at least ``budget`` (or all that is possible) at the least damage."""
+    segments = []
+    for order, curve in enumerate(curves):
+        hull = _hull(curve)
+        for a, b in zip(hull, hull[1:]):
+            gain = curve.removed[b] - curve.removed[a]
+            segments.append(((curve.damage[b] - curve.damage[a]) / gain, order, a, b))
+    segments.sort()
+    chosen = {curve.name: float(curve.sparsity[0]) for curve in curves}
+    remaining = budget - sum(curve.removed[0] for curve in curves)  # the minimum sparsities remove this much
+    for _, order, a, b in segments:
+        if remaining <= 0:
+            break
+        curve = curves[order]
+        gain = curve.removed[b] - curve.removed[a]
+        share = min(1.0, remaining / gain)
+        chosen[curve.name] = float(curve.sparsity[a] + share * (curve.sparsity[b] - curve.sparsity[a]))
+        remaining -= share * gain
+    return chosen
+
+
+def predicted_drop(curves: list[Curve], chosen: dict[str, float]) -> float:
+    """The sum of the layers' own accuracy drops at their chosen sparsities (a first-order estimate)."""
+    return float(sum(np.interp(chosen[curve.name], curve.sparsity, curve.drop) for curve in curves))
+
+
+def _check_bounds(min_sparsity: float, max_sparsity: float) -> tuple[float, float]:
+    for name, value in (("min_sparsity", min_sparsity), ("max_sparsity", max_sparsity)):
+        if not 0.0 <= float(value) < 1.0:
+            raise PrunelabError(f"{name} must be in [0, 1), got {value!r}")
+    if min_sparsity > max_sparsity:
+        raise PrunelabError(f"min_sparsity {min_sparsity} is above max_sparsity {max_sparsity}")
+    return float(min_sparsity), float(max_sparsity)
+
+
+def _single_target(target_sparsity, target_latency_ms, target_mac_reduction, max_accuracy_drop) -> tuple[str, float]:
+    """``(kind, value)`` of the one target given ('sparsity', 'latency_ms', 'mac_reduction' or 'drop')."""
+    given = [(kind, value) for kind, value in (("sparsity", target_sparsity), ("latency_ms", target_latency_ms),
+                                               ("mac_reduction", target_mac_reduction)) if value is not None]
+    if len(given) > 1:
+        raise PrunelabError(f"give one target, not {' and '.join(kind for kind, _ in given)}")
+    if not given:
+        if max_accuracy_drop is None:
+            raise PrunelabError("give a target: target_sparsity, target_latency_ms, target_mac_reduction "
+                                "or max_accuracy_drop")
+        return "drop", float(max_accuracy_drop)
+    kind, value = given[0]
+    value = float(value)
+    if kind == "sparsity" and not 0.0 <= value < 1.0:
+        raise PrunelabError(f"target sparsity must be in [0, 1), got {value}")
+    if kind == "latency_ms" and value <= 0:
+        raise PrunelabError(f"target latency must be a positive number of milliseconds, got {value}")
+    if kind == "mac_reduction" and value < 1.0:
+        raise PrunelabError(f"target MAC reduction is a factor of at least 1 (2 halves the MACs), got {value}")
+    return kind, value
+
+
+def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_latency_ms: float | None = None,
+             granularity: str = "unstructured", criterion: str = "l1", max_accuracy_drop: float | None = None,
+             min_sparsity: float = 0.0, max_sparsity: float = 0.95, sensitivity: dict | None = None,
+             target_mac_reduction: float | None = None) -> Plan:
+    """A per-layer plan that reaches one target while losing as little accuracy as the curves predict.
+
+    Targets (give one): target_sparsity, the overall fraction of weights removed (zeroed weights of
+    the pruned layers for unstructured plans, parameters of the whole model for channel plans);
+    target_latency_ms, the ONNX Runtime p50 at batch 1 (channel plans); target_mac_reduction, dense
+    MACs over pruned MACs (channel plans, 2 halves them). Without a target, max_accuracy_drop (a
+    fraction: 0.01 is one point) asks for the highest sparsity whose predicted drop stays within it;
+    with a target it is a limit, and an allocation predicted to exceed it raises PrunelabError.
+    min_sparsity/max_sparsity bound every layer. sensitivity: a result of core.sensitivity with the
+    same granularity and criterion (computed on the val split when omitted). The final classifier
+    stays dense, as in every plan. Raises PrunelabError for conflicting or unreachable targets.
+    """
+    from core.sensitivity import sensitivity as sweep
+
+    bounds = _check_bounds(min_sparsity, max_sparsity)
+    kind, value = _single_target(target_sparsity, target_latency_ms, target_mac_reduction, max_accuracy_drop)
+    if granularity != "channel" and kind in ("latency_ms", "mac_reduction"):
+        raise PrunelabError("zeroed weights leave latency and MACs unchanged on ONNX Runtime: "
+                            "latency and MAC targets need --granularity channel")
+    result = sensitivity if sensitivity is not None else sweep(handle, granularity, criterion)
+    if (result.get("granularity"), result.get("criterion")) not in ((granularity, criterion), (None, None)):
+        raise PrunelabError(f"the sensitivity result is for {result.get('granularity')}/{result.get('criterion')}, "
+                            f"not {granularity}/{criterion}")
+    if granularity == "channel":
+        chosen = _allocate_channels(handle, result, kind, value, bounds, criterion)
+    else:
+        chosen = _allocate_weights(result, kind, value, bounds)
+    if max_accuracy_drop is not None and kind != "drop":
+        curves = curves_for(result, "weights" if granularity != "channel" else "params", bounds)
+        drop = predicted_drop(curves, chosen)
+        if drop > max_accuracy_drop + 1e-9:
+            raise PrunelabError(f"reaching that target is predicted to cost {drop:.1%} of {result['label']}, "
+                                f"more than the allowed {max_accuracy_drop:.1%}")
+    return Plan(granularity=granularity, criterion=criterion, scope="layer", sparsity=0.0,
+                layers={name: round(level, 4) for name, level in chosen.items()})
+
+
+def _largest_within(curves: list[Curve], limit: float, total: float) -> dict[str, float]:
+    """The greedy allocation with the largest budget whose predicted accuracy drop stays within ``limit``."""
+    low, high = 0.0, total
+    for _ in range(BISECTION_STEPS * 2):
+        middle = (low + high) / 2
+        if predicted_drop(curves, greedy(curves, middle)) <= limit:
+            low = middle
+        else:
+            high = middle
+    return greedy(curves, low)
+
+
+def _allocate_weights(result: dict, kind: str, value: float, bounds) -> dict[str, float]:
+    curves = curves_for(result, "weights", bounds)
+    params = {layer["name"]: layer["params"] for layer in result["layers"]}
+    total = float(sum(params[curve.name] for curve in curves))
+    if kind == "drop":
+        return _largest_within(curves, value, total)
+    reachable = sum(curve.removed[-1] for curve in curves) / total
+    if value > reachable + 1e-9:
+        raise PrunelabError(f"target sparsity {value:.1%} is out of reach: with at most "
+                            f"{bounds[1]:.0%} per layer the most is {reachable:.1%}")
+    return greedy(curves, value * total)
+
+
+CHANNEL_RESOURCES = {"sparsity": "params", "mac_reduction": "macs", "latency_ms": "latency_ms", "drop": "params"}
+
+
+def _allocate_channels(handle: ModelHandle, result: dict, kind: str, value: float, bounds,
+                       criterion: str) -> dict[str, float]:
+    """Group sparsities whose real (engine-measured) params, MACs or latency meet the target."""
+    resource = CHANNEL_RESOURCES[kind]
+    curves = curves_for(result, resource, bounds)
+    if not curves:
+        raise PrunelabError(f"{handle.name}: the sensitivity result has no channel groups to allocate")
+    dense = float(result["layers"][0]["curve"][0][resource])
+    if kind == "drop":
+        return _largest_within(curves, value, sum(float(curve.removed[-1]) for curve in curves))
+    needed = {"sparsity": value * dense, "mac_reduction": dense * (1.0 - 1.0 / value),
+              "latency_ms": dense - value}[kind]
+    if needed <= 0:
+        return greedy(curves, 0.0)
+
+    def removed(chosen: dict[str, float]) -> float:
+        return dense - measure_channel_plan(handle, criterion, chosen, timed=resource == "latency_ms")[resource]
+
+    most = greedy(curves, float("inf"))
+    if removed(most) < needed * (1 - TOLERANCE):
+        raise PrunelabError(f"the {kind.replace('_', ' ')} target {value:g} is out of reach: with at most "
+                            f"{bounds[1]:.0%} per group the model keeps {dense - removed(most):,.3g} {resource}")
+    low, high = 0.0, float(sum(curve.removed[-1] for curve in curves))
+    for _ in range(BISECTION_STEPS):
+        middle = (low + high) / 2
+        if removed(greedy(curves, middle)) >= needed:
+            high = middle
+        else:
+            low = middle
+    return greedy(curves, high) if removed(greedy(curves, high)) >= needed * (1 - TOLERANCE) else most
+
+
+def measure_channel_plan(handle: ModelHandle, criterion: str, chosen: dict[str, float], timed: bool = True) -> dict:
+    """Parameters, MACs per item and ORT p50 latency of the channel plan ``chosen`` (as the sweep measures)."""
+    from core.engine import apply_plan
+    from core.sensitivity import footprint
+
+    plan = Plan(granularity="channel", criterion=criterion, sparsity=0.0,
+                layers={name: round(level, 4) for name, level in chosen.items()})
+    return footprint(apply_plan(handle, plan).module, handle.example_input(1), timed=timed)

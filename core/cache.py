@@ -1,0 +1,87 @@
+"""An on-disk cache of JSON results (sensitivity sweeps, measurements), shared by CLI and dashboard.
+
+Entries live as ``<key>.json`` files under ``$PRUNELAB_HOME/cache/<kind>/`` (``~/.prunelab`` by
+default). A key is a digest of everything the result depends on (model digest, data digest,
+settings), so a stale entry is never looked up rather than invalidated. Writes go to a temporary
+file first and are moved into place with ``os.replace``, so a reader never sees half a file.
+Each kind keeps at most ``limit`` entries; the least recently used are removed first.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+DEFAULT_LIMIT = 64
+
+
+def home() -> Path:
+    """prunelab's data directory: ``$PRUNELAB_HOME`` or ``~/.prunelab``."""
+    return Path(os.environ.get("PRUNELAB_HOME") or Path.home() / ".prunelab")
+
+
+def cache_key(*parts) -> str:
+    """A stable digest of JSON-able ``parts`` (dict keys sorted), for naming an entry."""
+    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class ResultCache:
+    """JSON values by key in one directory, bounded to ``limit`` entries.
+
+    ``kind`` names the subdirectory (e.g. ``"sensitivity"``); ``root`` defaults to
+    ``home() / "cache"``, read when the cache is made so tests can point PRUNELAB_HOME elsewhere.
+    """
+
+    def __init__(self, kind: str, limit: int = DEFAULT_LIMIT, root: Path | None = None):
+        self.directory = (root or home() / "cache") / kind
+        self.limit = limit
+
+    def _path(self, key: str) -> Path:
+        return self.directory / f"{key}.json"
+
+    def get(self, key: str):
+        """The stored value, or ``None`` when absent or unreadable (a damaged entry is a miss)."""
+        path = self._path(key)
+        try:
+            value = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.utime(path)  # mark as recently used for eviction
+        except OSError:
+            pass
+        return value
+
+    def put(self, key: str, value) -> None:
+        """Store ``value`` atomically, then trim the oldest entries beyond the limit."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(descriptor, "w") as stream:
+                json.dump(value, stream)
+            os.replace(temporary, self._path(key))
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        self._trim()
+
+    def clear(self) -> int:
+        """Remove every entry of this kind; returns how many were removed."""
+        entries = list(self.directory.glob("*.json")) if self.directory.exists() else []
+        for path in entries:
+            path.unlink(missing_ok=True)
+        return len(entries)
+
+    def _trim(self) -> None:
+        entries = []
+        for path in self.directory.glob("*.json"):
+            try:
+                entries.append((path.stat().st_mtime, path))
+            except OSError:  # removed by another process meanwhile
+                continue
+        entries.sort()
+        for _, path in entries[:max(0, len(entries) - self.limit)]:
+            path.unlink(missing_ok=True)

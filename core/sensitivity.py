@@ -1,0 +1,244 @@
+"""Sensitivity analysis: prune one layer (or one coupled channel group) at a time and measure the damage.
+
+For each prunable layer and each sparsity level the rest of the model stays dense and the
+held-out split (val by default, so that selection never tunes on test) is scored in one torch
+batch: accuracy (or agreement with the dense model when the data has no labels) and loss.
+Unstructured sweeps score each layer's weights once and threshold them per level, writing the
+masked weights into a private copy of the model; this is exactly what the engine would do for a
+one-layer plan and avoids a full plan application per point. Channel sweeps apply a one-group
+plan with the engine per level and also time the exported graph on ONNX Runtime.
+
+Results are JSON-able and cached on disk by (model digest, data digest, settings).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.cache import ResultCache, cache_key
+from core.errors import PrunelabError
+from core.sources import ModelHandle
+
+DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+GRANULARITIES = ("unstructured", "channel")
+CACHE_VERSION = 1
+LATENCY_RUNS = 30
+LATENCY_SECONDS = 0.05
+LATENCY_THREADS = 1
+
+Progress = Callable[[int, int, str], None]
+
+
+class Scorer:
+    """Accuracy (or agreement) and loss of a module on one split, in one torch batch.
+
+    Without labels the dense model's top-1 predictions serve as labels, so the "accuracy" is the
+    agreement with the dense model and the loss is the cross-entropy against those predictions.
+    """
+
+    def __init__(self, handle: ModelHandle, split: str = "val", max_items: int | None = None):
+        x = getattr(handle.data, f"x_{split}", None)
+        if x is None:
+            raise PrunelabError(f"the data '{handle.data.name}' has no {split} split")
+        labels = getattr(handle.data, f"y_{split}")
+        available = len(x)
+        count = available if max_items is None else max(1, min(int(max_items), available))
+        self.split, self.items, self.available = split, count, available
+        self.inputs = torch.from_numpy(np.ascontiguousarray(x[:count]))
+        if labels is not None:
+            self.label, self.targets = "accuracy", torch.from_numpy(labels[:count])
+        else:
+            self.label, self.targets = "agreement", self._predict(handle.module).argmax(1)
+
+    def _predict(self, module: nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return module(self.inputs)
+
+    def __call__(self, module: nn.Module) -> tuple[float, float]:
+        """``(accuracy, loss)`` of ``module`` on the split."""
+        logits = self._predict(module)
+        accuracy = (logits.argmax(1) == self.targets).float().mean().item()
+        loss = F.cross_entropy(logits, self.targets).item()
+        return float(accuracy), float(loss)
+
+    def describe(self) -> dict:
+        subset = None if self.items == self.available else f"first {self.items} of {self.available}"
+        return {"split": self.split, "items": self.items, "subset": subset,
+                "workers": 1, "torch_threads": torch.get_num_threads()}
+
+
+def check_levels(levels) -> list[float]:
+    """Levels as an ascending list of distinct fractions in [0, 1) that starts at 0 (added if absent)."""
+    try:
+        values = sorted({round(float(level), 6) for level in levels})
+    except (TypeError, ValueError):
+        raise PrunelabError(f"levels must be numbers in [0, 1), got {levels!r}") from None
+    bad = [level for level in values if not 0.0 <= level < 1.0]
+    if bad:
+        raise PrunelabError(f"sparsity levels must be in [0, 1), got {bad[0]}")
+    return values if values and values[0] == 0.0 else [0.0, *values]
+
+
+def parse_levels(text: str) -> list[float]:
+    """Read ``"0,0.1,0.5"`` into levels (see check_levels); PrunelabError on anything else."""
+    try:
+        return check_levels(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise PrunelabError(f"levels '{text}' must be numbers separated by commas, like 0,0.5,0.9") from None
+
+
+def sensitivity(handle: ModelHandle, granularity: str = "unstructured", criterion: str = "l1",
+                levels=DEFAULT_LEVELS, split: str = "val", progress: Progress | None = None,
+                should_stop: Callable[[], bool] | None = None, max_items: int | None = None) -> dict:
+    """Per-layer sensitivity curves of ``handle`` as a JSON-able dict.
+
+    granularity: 'unstructured' (one layer at a time) or 'channel' (one coupled group at a time,
+    with the measured ONNX Runtime p50 latency of each level). criterion: a Plan criterion name.
+    levels: sparsities to try; returned ascending, starting at 0 (whose point equals the baseline).
+    split: the data split scored ('val' by default). progress: called as ``progress(done, total,
+    text)`` after each point. should_stop: polled between points; when it returns True the partial
+    result comes back with ``"complete": False`` (and is not cached). max_items: score only the
+    first items of the split. A second call with equal inputs reads the result from disk.
+    Raises PrunelabError for an unknown granularity or criterion, bad levels or a model source
+    that cannot be pruned this way.
+    """
+    if granularity not in GRANULARITIES:
+        raise PrunelabError(f"sensitivity granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    handle.require(granularity)
+    if handle.module is None:
+        raise PrunelabError(f"{handle.name}: sensitivity needs the PyTorch model")
+    from core.plan import Plan
+
+    Plan(granularity=granularity, criterion=criterion, sparsity=0.0)  # validates the pair
+    levels = check_levels(levels)
+    settings = {"granularity": granularity, "criterion": criterion, "levels": levels, "split": split,
+                "max_items": max_items}
+    cache = ResultCache("sensitivity")
+    key = cache_key("sensitivity", CACHE_VERSION, handle.digest, handle.data.digest, settings)
+    cached = cache.get(key)
+    if cached is not None:
+        if progress:
+            progress(1, 1, "read from cache")
+        return cached
+    result = _run(handle, settings, progress or (lambda done, total, text: None), should_stop or (lambda: False))
+    if result["complete"]:
+        cache.put(key, result)
+    return result
+
+
+def _run(handle: ModelHandle, settings: dict, progress: Progress, should_stop) -> dict:
+    started = time.perf_counter()
+    scorer = Scorer(handle, settings["split"], settings["max_items"])
+    accuracy, loss = scorer(handle.module)
+    sweep = unstructured_sweep if settings["granularity"] == "unstructured" else channel_sweep
+    layers, complete = sweep(handle, settings["criterion"], settings["levels"], scorer, progress, should_stop,
+                             baseline=(accuracy, loss))
+    evaluated_on = scorer.describe()
+    if settings["granularity"] == "channel":
+        evaluated_on["latency"] = {"runtime": "onnxruntime", "min_runs": LATENCY_RUNS, "batch": 1,
+                                   "threads": LATENCY_THREADS, "statistic": "p50"}
+    return {"model": handle.name, "granularity": settings["granularity"], "criterion": settings["criterion"],
+            "baseline_accuracy": accuracy, "baseline_loss": loss, "label": scorer.label,
+            "levels": settings["levels"], "evaluated_on": evaluated_on, "layers": layers,
+            "complete": complete, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def included_layers(module: nn.Module, example: torch.Tensor) -> list:
+    """The layers a plan prunes by default: every prunable layer but the final classifier."""
+    from core.engine import final_classifier
+    from core.inspect import prunable_layers
+
+    ignored = final_classifier(module, example)
+    return [layer for layer in prunable_layers(module) if layer.name != ignored]
+
+
+def unstructured_sweep(handle: ModelHandle, criterion: str, levels: list[float], scorer: Scorer,
+                       progress: Progress, should_stop, baseline: tuple[float, float]) -> tuple[list, bool]:
+    """One curve per prunable layer: masks from scores computed once per layer, thresholded per level."""
+    from core.criteria import gather_evidence, weight_scores
+    from core.unstructured import layer_mask
+
+    module = copy.deepcopy(handle.module).eval()  # the handle's module may be shared; never touch it
+    layers = included_layers(module, handle.example_input(1))
+    evidence = gather_evidence(module, layers, criterion, handle.data, seed=0)
+    total, done, curves = len(layers) * len(levels), 0, []
+    for layer in layers:
+        weight = layer.weight
+        original = weight.detach().clone()
+        scores = weight_scores(layer, criterion, evidence[layer.name])
+        curve = []
+        try:
+            for level in levels:
+                if should_stop():
+                    curves.append({"name": layer.name, "members": [layer.name], "params": original.numel(),
+                                   "curve": curve})
+                    return curves, False
+                if level == 0.0:
+                    accuracy, loss = baseline
+                else:
+                    with torch.no_grad():
+                        weight.copy_(original * layer_mask(scores, level))
+                    accuracy, loss = scorer(module)
+                curve.append({"sparsity": level, "accuracy": accuracy, "loss": loss})
+                done += 1
+                progress(done, total, f"{layer.name} at {level:.0%}")
+        finally:
+            with torch.no_grad():
+                weight.copy_(original)
+        curves.append({"name": layer.name, "members": [layer.name], "params": original.numel(), "curve": curve})
+    return curves, True
+
+
+def channel_sweep(handle: ModelHandle, criterion: str, levels: list[float], scorer: Scorer,
+                  progress: Progress, should_stop, baseline: tuple[float, float]) -> tuple[list, bool]:
+    """One curve per coupled channel group: the engine removes the group's channels at each level."""
+    from core.engine import apply_plan, coupled_groups
+    from core.plan import Plan
+
+    example = handle.example_input(1)
+    groups = coupled_groups(handle.module, example)
+    dense = footprint(handle.module, example)
+    total, done, curves = len(groups) * len(levels), 0, []
+    for group in groups:
+        curve = []
+        entry = {"name": group["leader"], "members": list(group["members"]), "channels": group["channels"],
+                 "curve": curve}
+        for level in levels:
+            if should_stop():
+                curves.append(entry)
+                return curves, False
+            if level == 0.0:
+                accuracy, loss = baseline
+                point = dense
+            else:
+                plan = Plan(granularity="channel", criterion=criterion, sparsity=0.0,
+                            layers={group["leader"]: level})
+                pruned = apply_plan(handle, plan).module.eval()
+                accuracy, loss = scorer(pruned)
+                point = footprint(pruned, example)
+            curve.append({"sparsity": level, "accuracy": accuracy, "loss": loss, **point})
+            done += 1
+            progress(done, total, f"{group['leader']} at {level:.0%}")
+        curves.append(entry)
+    return curves, True
+
+
+def footprint(module: nn.Module, example: torch.Tensor, timed: bool = True) -> dict:
+    """Parameters, MACs per item and ORT p50 latency (ms, batch 1) of ``module``."""
+    from core.export import export_onnx
+    from core.inspect import layer_macs
+    from core.measure import create_session, latency
+
+    figures = {"params": int(sum(parameter.numel() for parameter in module.parameters())),
+               "macs": int(sum(layer_macs(module, example).values()))}
+    if timed:
+        session, _ = create_session(export_onnx(module, example), threads=LATENCY_THREADS)
+        timing = latency(session, example.numpy(), min_runs=LATENCY_RUNS, min_seconds=LATENCY_SECONDS)
+        figures["latency_ms"] = timing["latency_ms"]["p50"]
+    return figures
