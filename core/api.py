@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from core.engine import PruneResult, apply_plan
+from core.errors import PrunelabError
 from core.inspect import inspect_model, weight_histogram
 from core.plan import Plan
 from core.sources import ModelHandle, load_model
@@ -27,5 +28,29 @@ def histogram(handle: ModelHandle, layer: str, bins: int = 60, absolute: bool = 
     return weight_histogram(handle.module, layer, bins=bins, absolute=absolute)
 
 
+def channel_importance(handle: ModelHandle, layer: str, criterion: str = "l1", sparsity: float = 0.0,
+                       seed: int = 0) -> dict:
+    """Per-output-channel importance of one layer and the lowest ``round(sparsity * n)`` channels.
+
+    Returns ``{"scores": [...], "removed": [bool, ...]}``: what the layer alone would lose at
+    ``sparsity`` (coupled layers are ranked together by the engine, so its choice can differ).
+    Raises PrunelabError for an unknown layer, or a criterion that needs evidence this view lacks.
+    """
+    from core import criteria
+    from core.inspect import layer_by_name
+
+    handle.require("channel")
+    target = layer_by_name(handle.module, layer)
+    if criterion == "bn_scale":
+        raise PrunelabError("the per-channel view does not show bn_scale; pick l1, l2, fpgm or a data criterion")
+    evidence = criteria.gather_evidence(handle.module, [target], criterion, handle.data, seed)[layer]
+    scores = criteria.criterion(criterion).channel_score(target.weight.detach(), evidence).float()
+    count = int(round(sparsity * scores.numel()))
+    removed = [False] * scores.numel()
+    for index in scores.argsort()[:count].tolist():
+        removed[index] = True
+    return {"scores": scores.tolist(), "removed": removed}
+
+
 __all__ = ["ModelHandle", "load_model", "inspect", "histogram", "Plan", "PruneResult", "apply_plan",
-           "coupled_groups"]
+           "coupled_groups", "channel_importance"]
