@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from core.engine import PruneResult, apply_plan
 from core.errors import PrunelabError
+from core.evaluate import LiveEvaluator, evaluate
+from core.export import export_onnx
 from core.inspect import inspect_model, weight_histogram
 from core.plan import Plan
 from core.sources import ModelHandle, load_model
@@ -53,4 +55,4 @@ def channel_importance(handle: ModelHandle, layer: str, criterion: str = "l1", s
 
 
 __all__ = ["ModelHandle", "load_model", "inspect", "histogram", "Plan", "PruneResult", "apply_plan",
-           "coupled_groups", "channel_importance"]
+           "coupled_groups", "channel_importance", "evaluate", "LiveEvaluator", "export_onnx"]

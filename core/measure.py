@@ -1,0 +1,151 @@
+"""Measurements on the deployed artifact: ONNX Runtime sessions, latency, accuracy, sizes and counts.
+
+Every function here takes plain values (model bytes, arrays, a module) and returns plain values;
+core.evaluate combines them into a report and decides what to cache.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.errors import PrunelabError
+from core.export import INPUT_NAME
+
+# Full measurement (CLI, API): at least this many timed runs and this many seconds.
+MIN_RUNS = 30
+MIN_SECONDS = 0.5
+WARMUP_RUNS = 5
+# Latency runs of different callers never overlap, so one measurement does not slow another.
+_TIMING_LOCK = threading.Lock()
+
+
+def session_options(threads: int = 2):
+    """ORT SessionOptions: explicit intra-op threads, all graph optimizations, no spinning threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def create_session(model_bytes: bytes, threads: int = 2):
+    """An ORT CPU session for ``model_bytes`` and its creation time in ms.
+
+    Raises PrunelabError in one line when ONNX Runtime refuses the model.
+    """
+    import onnxruntime as ort
+
+    started = time.perf_counter()
+    try:
+        session = ort.InferenceSession(model_bytes, session_options(threads), providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types
+        text = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+        raise PrunelabError(f"ONNX Runtime cannot load the model: {text[:300]}") from None
+    return session, (time.perf_counter() - started) * 1000.0
+
+
+def run_batched(session, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Outputs of ``session`` for all of ``x``, computed ``batch_size`` items at a time."""
+    name = session.get_inputs()[0].name
+    fixed = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
+    if isinstance(fixed, int) and fixed > 0:  # a graph exported with a fixed batch size
+        batch_size = fixed
+    outputs = []
+    for start in range(0, len(x), batch_size):
+        try:
+            outputs.append(session.run(None, {name: np.ascontiguousarray(x[start:start + batch_size])})[0])
+        except Exception as error:  # shape or type mismatch with the user's data
+            text = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+            raise PrunelabError(f"ONNX Runtime cannot run the model on the data: {text[:300]}") from None
+    return np.concatenate(outputs).reshape(len(x), -1)
+
+
+def latency(session, example: np.ndarray, min_runs: int = MIN_RUNS, min_seconds: float = MIN_SECONDS,
+            max_seconds: float | None = None) -> dict:
+    """Latency of one ``session.run`` on ``example`` after a warm-up.
+
+    Times at least ``min_runs`` runs and at least ``min_seconds``, stopping at ``max_seconds``
+    (if given) once ``min_runs`` are done. Returns ``{"latency_ms": {mean, p50, p90, p99},
+    "throughput": items per second, "runs": n}``.
+    """
+    name = session.get_inputs()[0].name
+    feed = {name: np.ascontiguousarray(example)}
+    times = []
+    with _TIMING_LOCK:
+        for _ in range(WARMUP_RUNS):
+            session.run(None, feed)
+        started = time.perf_counter()
+        while True:
+            before = time.perf_counter()
+            session.run(None, feed)
+            times.append(time.perf_counter() - before)
+            elapsed = time.perf_counter() - started
+            if len(times) >= min_runs and (elapsed >= min_seconds
+                                           or (max_seconds is not None and elapsed >= max_seconds)):
+                break
+    milliseconds = np.asarray(times) * 1000.0
+    p50, p90, p99 = np.percentile(milliseconds, [50, 90, 99])
+    mean = float(milliseconds.mean())
+    return {"latency_ms": {"mean": mean, "p50": float(p50), "p90": float(p90), "p99": float(p99)},
+            "throughput": float(len(example) / (mean / 1000.0)) if mean > 0 else None, "runs": len(times)}
+
+
+def quality(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None) -> dict:
+    """Top-1 accuracy and cross-entropy loss against ``labels`` (None without labels), and
+    agreement: the share of items whose top-1 class matches the ``reference`` (dense) logits."""
+    predicted = logits.argmax(axis=1)
+    agreement = 1.0 if reference is None else float((predicted == reference.argmax(axis=1)).mean())
+    if labels is None:
+        return {"accuracy": None, "loss": None, "agreement": agreement, "label": "agreement"}
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    if labels.max(initial=0) >= logits.shape[1] or labels.min(initial=0) < 0:
+        raise PrunelabError(f"the labels go up to {int(labels.max())} but the model has {logits.shape[1]} outputs")
+    loss = float(-log_probabilities[np.arange(len(labels)), labels].mean())
+    return {"accuracy": float((predicted == labels).mean()), "loss": loss, "agreement": agreement,
+            "label": "accuracy"}
+
+
+def sizes(model_bytes: bytes) -> dict:
+    """The file size and its deflate-compressed size (what unstructured zeros really save)."""
+    return {"onnx_bytes": len(model_bytes), "compressed_bytes": len(zlib.compress(model_bytes, 6))}
+
+
+def weight_counts(module: nn.Module) -> dict:
+    """Parameter counts: all, nonzero, prunable, nonzero prunable, and sparsity among prunable weights."""
+    from core.inspect import prunable_layers
+
+    with torch.no_grad():
+        params = sum(parameter.numel() for parameter in module.parameters())
+        nonzero = sum(int(torch.count_nonzero(parameter)) for parameter in module.parameters())
+        weights = [layer.weight for layer in prunable_layers(module)]
+        prunable = sum(weight.numel() for weight in weights)
+        prunable_nonzero = sum(int(torch.count_nonzero(weight)) for weight in weights)
+    return {"params": int(params), "nonzero_params": int(nonzero), "prunable_params": int(prunable),
+            "nonzero_prunable_params": int(prunable_nonzero),
+            "sparsity": 1.0 - prunable_nonzero / prunable if prunable else 0.0}
+
+
+def total_macs(module: nn.Module, example_input: torch.Tensor) -> int:
+    """Multiply-accumulates per item over the prunable layers (dense kernels: zeros still count)."""
+    from core.inspect import layer_macs
+
+    return int(sum(layer_macs(module, example_input).values()))
+
+
+def torch_outputs(module: nn.Module, x: np.ndarray) -> np.ndarray:
+    """The module's outputs for ``x`` (numpy in, numpy out), for the parity check."""
+    with torch.no_grad():
+        output = module(torch.from_numpy(np.ascontiguousarray(x)))
+    return output.detach().cpu().numpy().reshape(len(x), -1)
