@@ -153,6 +153,21 @@ def _single_target(target_sparsity, target_latency_ms, target_mac_reduction, max
     return kind, value
 
 
+def check_request(target_sparsity, target_latency_ms, target_mac_reduction, max_accuracy_drop, granularity: str,
+                  bounds: tuple[float, float]) -> tuple[str, float, tuple[float, float]]:
+    """``(target kind, value, (min, max))`` for an allocation request; PrunelabError for a bad one."""
+    bounds = _check_bounds(*bounds)
+    kind, value = _single_target(target_sparsity, target_latency_ms, target_mac_reduction, max_accuracy_drop)
+    if granularity not in ("unstructured", "channel"):
+        raise PrunelabError(f"allocation granularity must be unstructured or channel, got {granularity!r}")
+    if granularity != "channel" and kind in ("latency_ms", "mac_reduction"):
+        raise PrunelabError("zeroed weights leave latency and MACs unchanged on ONNX Runtime: "
+                            "latency and MAC targets need granularity channel")
+    if max_accuracy_drop is not None and not 0.0 <= float(max_accuracy_drop) <= 1.0:
+        raise PrunelabError(f"max accuracy drop is a fraction in [0, 1] (0.01 = one point), got {max_accuracy_drop}")
+    return kind, value, bounds
+
+
 def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_latency_ms: float | None = None,
              granularity: str = "unstructured", criterion: str = "l1", max_accuracy_drop: float | None = None,
              min_sparsity: float = 0.0, max_sparsity: float = 0.95, sensitivity: dict | None = None,
@@ -171,11 +186,8 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
     """
     from core.sensitivity import sensitivity as sweep
 
-    bounds = _check_bounds(min_sparsity, max_sparsity)
-    kind, value = _single_target(target_sparsity, target_latency_ms, target_mac_reduction, max_accuracy_drop)
-    if granularity != "channel" and kind in ("latency_ms", "mac_reduction"):
-        raise PrunelabError("zeroed weights leave latency and MACs unchanged on ONNX Runtime: "
-                            "latency and MAC targets need --granularity channel")
+    kind, value, bounds = check_request(target_sparsity, target_latency_ms, target_mac_reduction, max_accuracy_drop,
+                                        granularity, (min_sparsity, max_sparsity))
     result = sensitivity if sensitivity is not None else sweep(handle, granularity, criterion)
     if (result.get("granularity"), result.get("criterion")) not in ((granularity, criterion), (None, None)):
         raise PrunelabError(f"the sensitivity result is for {result.get('granularity')}/{result.get('criterion')}, "

@@ -1,12 +1,14 @@
 """The Python API: everything the CLI and the dashboard can do, as plain functions."""
 from __future__ import annotations
 
+from core.allocate import allocate
 from core.engine import PruneResult, apply_plan
 from core.errors import PrunelabError
 from core.evaluate import LiveEvaluator, evaluate
 from core.export import export_onnx
 from core.inspect import inspect_model, weight_histogram
 from core.plan import Plan
+from core.sensitivity import sensitivity
 from core.sources import ModelHandle, load_model
 
 
@@ -55,4 +57,5 @@ def channel_importance(handle: ModelHandle, layer: str, criterion: str = "l1", s
 
 
 __all__ = ["ModelHandle", "load_model", "inspect", "histogram", "Plan", "PruneResult", "apply_plan",
-           "coupled_groups", "channel_importance", "evaluate", "LiveEvaluator", "export_onnx"]
+           "coupled_groups", "channel_importance", "evaluate", "LiveEvaluator", "export_onnx",
+           "sensitivity", "allocate"]

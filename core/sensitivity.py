@@ -198,8 +198,9 @@ def unstructured_sweep(handle: ModelHandle, criterion: str, levels: list[float],
 def channel_sweep(handle: ModelHandle, criterion: str, levels: list[float], scorer: Scorer,
                   progress: Progress, should_stop, baseline: tuple[float, float]) -> tuple[list, bool]:
     """One curve per coupled channel group: the engine removes the group's channels at each level."""
-    from core.engine import apply_plan, coupled_groups
+    from core.engine import apply_plan
     from core.plan import Plan
+    from core.structured import coupled_groups
 
     example = handle.example_input(1)
     groups = coupled_groups(handle.module, example)

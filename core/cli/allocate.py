@@ -1,0 +1,42 @@
+"""prunelab allocate: per-layer sparsities from the sensitivity curves, written as a plan file."""
+from __future__ import annotations
+
+from core.api import allocate, sensitivity
+from core.cli.options import add_model_arguments, model_from
+from core.allocate import check_request
+from core.cli.sensitivity import ProgressBar
+from core.errors import PrunelabError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("allocate", help="choose per-layer sparsities that reach a target")
+    add_model_arguments(parser)
+    parser.add_argument("--target-sparsity", type=float, help="overall fraction of weights removed, e.g. 0.9")
+    parser.add_argument("--target-latency-ms", type=float, help="ONNX Runtime p50 at batch 1 (channel plans)")
+    parser.add_argument("--target-mac-reduction", type=float, help="dense MACs / pruned MACs, e.g. 2 (channel plans)")
+    parser.add_argument("--max-accuracy-drop", type=float,
+                        help="largest predicted drop as a fraction (0.01 = one point); alone it sets the target")
+    parser.add_argument("--granularity", choices=("unstructured", "channel"), default="unstructured")
+    parser.add_argument("--criterion", default="l1", help="how weights or channels are ranked (default l1)")
+    parser.add_argument("--min-sparsity", type=float, default=0.0, help="lowest sparsity of any layer")
+    parser.add_argument("--max-sparsity", type=float, default=0.95, help="highest sparsity of any layer")
+    parser.add_argument("--out", required=True, help="plan file to write (.yaml, .yml or .json)")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if not str(args.out).endswith((".yaml", ".yml", ".json")):  # checked before a long sweep
+        raise PrunelabError(f"plan file {args.out}: use a .yaml, .yml or .json name")
+    check_request(args.target_sparsity, args.target_latency_ms, args.target_mac_reduction, args.max_accuracy_drop,
+                  args.granularity, (args.min_sparsity, args.max_sparsity))
+    handle = model_from(args)
+    curves = sensitivity(handle, granularity=args.granularity, criterion=args.criterion, progress=ProgressBar())
+    plan = allocate(handle, target_sparsity=args.target_sparsity, target_latency_ms=args.target_latency_ms,
+                    target_mac_reduction=args.target_mac_reduction, granularity=args.granularity,
+                    criterion=args.criterion, max_accuracy_drop=args.max_accuracy_drop,
+                    min_sparsity=args.min_sparsity, max_sparsity=args.max_sparsity, sensitivity=curves)
+    plan.save(args.out)
+    print(f"wrote {args.out}")
+    for name, value in plan.layers:
+        print(f"  {name:<28} {value:>6.1%}")
+    return 0

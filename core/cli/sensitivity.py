@@ -1,0 +1,76 @@
+"""prunelab sensitivity: prune one layer (or channel group) at a time and show what each level costs."""
+from __future__ import annotations
+
+import sys
+
+from core.api import sensitivity
+from core.cli.options import add_model_arguments, model_from, print_json
+from core.sensitivity import DEFAULT_LEVELS, parse_levels
+
+SHADES = " .:-=+*#%@"  # no drop ... a drop of 50 points or more
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("sensitivity", help="per-layer accuracy and loss against sparsity")
+    add_model_arguments(parser)
+    parser.add_argument("--granularity", choices=("unstructured", "channel"), default="unstructured")
+    parser.add_argument("--criterion", default="l1", help="how weights or channels are ranked (default l1)")
+    parser.add_argument("--levels", help=f"sparsities to try (default {','.join(f'{level:g}' for level in DEFAULT_LEVELS)})")
+    parser.add_argument("--max-items", type=int, help="score only the first N items of the val split")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(func=run)
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (only drawn on a terminal, plus a final line otherwise)."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30):
+        self.stream, self.width = stream, width
+        self.live = stream.isatty()
+
+    def __call__(self, done: int, total: int, text: str) -> None:
+        if not self.live and done < total:
+            return
+        filled = int(self.width * done / max(total, 1))
+        end = "\n" if done >= total else ""
+        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} {text:<40}{end}")
+        self.stream.flush()
+
+
+def run(args) -> int:
+    levels = parse_levels(args.levels) if args.levels else DEFAULT_LEVELS
+    result = sensitivity(model_from(args), granularity=args.granularity, criterion=args.criterion, levels=levels,
+                         progress=ProgressBar(), max_items=args.max_items)
+    if args.json:
+        print_json(result)
+    else:
+        print_table(result)
+    return 0
+
+
+def print_table(result: dict) -> None:
+    """Drop in points per layer and level, with a shade per cell, and latency for channel sweeps."""
+    label, levels = result["label"], result["levels"]
+    baseline = result["baseline_accuracy"]
+    print(f"{result['model']}: {result['granularity']} sensitivity, criterion {result['criterion']}, "
+          f"baseline {label} {baseline:.2%} on {describe(result['evaluated_on'])}")
+    print(f"drop in {label} (points) when only that layer is pruned; shade {SHADES[1:]!r} = more damage:")
+    print(f"{'layer':<26}" + "".join(f"{level:>7.0%}" for level in levels))
+    for layer in result["layers"]:
+        cells = []
+        for point in layer["curve"]:
+            drop = 100 * (baseline - point["accuracy"])
+            cells.append(f"{drop:>6.1f}{SHADES[min(len(SHADES) - 1, max(0, int(drop / 5.5)))]}")
+        print(f"{layer['name'][:25]:<26}" + "".join(cells))
+        if "latency_ms" in layer["curve"][0]:
+            print(f"{'  p50 ms':<26}" + "".join(f"{point['latency_ms']:>7.3f}" for point in layer["curve"]))
+    if not result["complete"]:
+        print("(stopped early: partial result)")
+    print(f"{result['seconds']:.1f} s to compute")
+
+
+def describe(evaluated_on: dict) -> str:
+    text = f"{evaluated_on['items']} {evaluated_on['split']} items"
+    if evaluated_on.get("subset"):
+        text += f" ({evaluated_on['subset']})"
+    return text
