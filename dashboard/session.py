@@ -42,6 +42,7 @@ MODEL = "prunelab.model"        # dict: spec, weights, trust, data, input_shape 
 PLAN = "prunelab.plan"          # dict accepted by core.plan.Plan.from_dict
 LAYER = "prunelab.layer"        # the layer shown on the Layers page
 LAST_REPORT = "prunelab.report"  # the last measured report, for pages that only display it
+SENSITIVITY = "prunelab.sensitivity"  # the last sensitivity sweep result (set by the Sensitivity page)
 
 GRANULARITIES = ("unstructured", "channel", "2:4")
 SCOPES = ("layer", "global")
@@ -187,7 +188,7 @@ def threshold(layer: str, sparsity: float) -> float:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _groups(_handle, key: str) -> list[dict]:
-    from core.engine import coupled_groups
+    from core.api import coupled_groups
 
     with _lock(key):
         return coupled_groups(_handle.module, _handle.example_input())
@@ -201,8 +202,41 @@ def groups() -> list[dict]:
     return _groups(handle, model_key())
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def _channel_importance(_handle, key: str, layer: str, criterion: str, sparsity: float) -> dict:
+    with _lock(key):
+        return api.channel_importance(_handle, layer, criterion, sparsity)
+
+
+def channel_importance(layer: str) -> dict:
+    """``{"scores", "removed"}`` per output channel of ``layer`` under this session's criterion and target."""
+    values = plan()
+    return _channel_importance(model(), model_key(), layer, values["criterion"], target_of_layer(layer))
+
+
+def target_of_layer(layer: str) -> float:
+    """The target a layer gets: its own, its coupled group leader's, or the plan's default."""
+    values = plan()
+    if layer in ignored_layers():
+        return 0.0
+    if values["granularity"] == "channel":
+        for group in groups():
+            if layer in group["members"]:
+                return target(group["leader"])
+    return target(layer)
+
+
 def can(operation: str) -> bool:
     return model().can(operation)
+
+
+def capabilities() -> list[str]:
+    return [operation for operation in ("unstructured", "channel", "finetune") if can(operation)]
+
+
+def data_name() -> str:
+    data = model().data
+    return f"{data.name} ({len(data.x_test)} test items{'' if data.labelled else ', no labels'})"
 
 
 # ---------------------------------------------------------------- the plan (per session)
@@ -328,17 +362,17 @@ def no_speedup_reason(values: dict, report: dict) -> str | None:
 
 
 def allocate_available() -> bool:
-    """True once core.allocate exists (the Auto-allocate button is wired then)."""
+    """True when core.allocate exists and this session has a sensitivity sweep to allocate from."""
     try:
         import core.allocate  # noqa: F401
     except ImportError:
         return False
-    return True
+    return st.session_state.get(SENSITIVITY) is not None
 
 
 def auto_allocate() -> None:
-    """Fill this session's per-layer targets from a sensitivity sweep (wired with core.allocate)."""
-    raise PrunelabError("auto-allocation is not available yet")
+    """Fill this session's per-layer targets from its sensitivity sweep (to be wired to core.allocate)."""
+    raise PrunelabError("auto-allocation is not wired to core.allocate yet")
 
 
 # ---------------------------------------------------------------- export

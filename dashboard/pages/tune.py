@@ -28,7 +28,8 @@ def _on_granularity() -> None:
 def _on_global() -> None:
     value = st.session_state["w.global"]
     session.update_plan(sparsity=value, layers={})
-    for key in [key for key in st.session_state if str(key).startswith("w.layer.")]:
+    ignored = {f"w.layer.{name}" for name in session.ignored_layers()}
+    for key in [key for key in st.session_state if str(key).startswith("w.layer.") and key not in ignored]:
         st.session_state[key] = value
 
 
@@ -54,8 +55,9 @@ def rows(values: dict) -> list[tuple[str, str, str]]:
     """(plan key, slider label, help) per slider: one per layer, or one per coupled group in channel mode."""
     if values["granularity"] != "channel":
         return [(name, name, "") for name in session.layer_names()]
+    order = {name: index for index, name in enumerate(session.layer_names())}
     result = []
-    for group in session.groups():
+    for group in sorted(session.groups(), key=lambda group: order.get(group["leader"], len(order))):
         others = [name for name in group["members"] if name != group["leader"]]
         label = group["leader"] + (f" (+{len(others)} coupled)" if others else "")
         result.append((group["leader"], label, f"{group['channels']} channels shared by: "
@@ -71,7 +73,7 @@ def sliders_ui(values: dict) -> None:
     available = session.allocate_available()
     if st.button("Auto-allocate", disabled=not available, icon=":material/auto_fix_high:",
                  help="fill the sliders from a sensitivity sweep" if available
-                 else "needs the sensitivity engine (core.allocate), which is not installed yet"):
+                 else "run a sweep on the Sensitivity page first (needs core.allocate)"):
         with session.guard("auto-allocate"):
             session.auto_allocate()
             _forget_layer_widgets()
@@ -83,8 +85,10 @@ def sliders_ui(values: dict) -> None:
                    f"a slider above 0 includes its layer.")
     for name, label, help_text in rows(values):
         key = f"w.layer.{name}"
-        session.seed(key, session.target(name))
         dense = name in ignored
+        if dense:
+            st.session_state[key] = 0.0
+        session.seed(key, session.target(name))
         st.slider(label, 0.0, session.MAX_SPARSITY, step=0.05, key=key, on_change=_on_layer, args=(name,),
                   disabled=dense, help="left dense: the final classifier" if dense else (help_text or None))
 
