@@ -1,0 +1,136 @@
+"""A stakeholder report: one self-contained HTML file about a few chosen runs.
+
+The file holds the model, the runs with their plans, a Pareto chart (accuracy or agreement
+against p50 latency, marker size = compressed size, the front highlighted), the per-layer
+sparsity of each run and a metrics table. Plotly's JavaScript is inlined, so the file opens
+in a browser with no network. Every person-typed text (labels, notes) is escaped.
+"""
+from __future__ import annotations
+
+import html
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from core.errors import PrunelabError
+from core.runs import Run, flat_metrics, get_run, pareto_indices, planned_sparsity, write_atomic
+
+TABLE_METRICS = ["accuracy", "agreement", "loss", "latency_ms.p50", "latency_ms.p90", "throughput", "sparsity",
+                 "params", "nonzero_params", "macs", "onnx_bytes", "compressed_bytes", "max_abs_diff"]
+STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1200px}
+table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
+th:first-child,td:first-child{text-align:left}thead{background:#f3f3f3}.front{font-weight:bold}
+.muted{color:#777}"""
+
+
+def run_name(run: Run) -> str:
+    return f"#{run.id} {run.label}".strip()
+
+
+def pareto_figure(runs: list[Run], baseline: dict | None = None) -> go.Figure:
+    """Quality against p50 latency; marker area follows compressed size; the front in a separate trace.
+
+    Each point's ``customdata`` is the run id (the dashboard opens the run on click).
+    """
+    points = [(run.quality, run.latency_p50) for run in runs]
+    front = set(pareto_indices(points))
+    sizes = [run.compressed_bytes or 0 for run in runs]
+    largest = max(sizes + [1])
+    figure = go.Figure()
+    for on_front in (False, True):
+        chosen = [index for index in range(len(runs)) if (index in front) == on_front]
+        figure.add_trace(go.Scatter(
+            x=[points[index][1] for index in chosen], y=[points[index][0] for index in chosen],
+            mode="markers+text", text=[html.escape(run_name(runs[index])) for index in chosen], textposition="top center",
+            customdata=[runs[index].id for index in chosen], name="Pareto front" if on_front else "other runs",
+            marker={"size": [12 + 28 * math.sqrt(sizes[index] / largest) for index in chosen],
+                    "color": "#d62728" if on_front else "#7f7f7f", "opacity": 0.8,
+                    "line": {"width": 1, "color": "#333"}},
+            hovertemplate="run %{customdata}<br>p50 %{x:.3f} ms<br>quality %{y:.4f}<extra></extra>"))
+    ordered = sorted(front, key=lambda index: points[index][1])
+    figure.add_trace(go.Scatter(x=[points[index][1] for index in ordered], y=[points[index][0] for index in ordered],
+                                mode="lines", line={"color": "#d62728", "dash": "dot"}, hoverinfo="skip",
+                                showlegend=False))
+    if baseline and baseline.get("latency_ms"):
+        quality = baseline.get("accuracy") if baseline.get("accuracy") is not None else baseline.get("agreement")
+        figure.add_trace(go.Scatter(x=[baseline["latency_ms"].get("p50")], y=[quality], mode="markers",
+                                    name="dense baseline", marker={"symbol": "star", "size": 16, "color": "#1f77b4"}))
+    label = "accuracy" if all(run.pruned.get("accuracy") is not None for run in runs) else "accuracy / agreement"
+    figure.update_layout(xaxis_title="p50 latency (ms)", yaxis_title=label, template="plotly_white",
+                         height=480, margin={"l": 60, "r": 20, "t": 30, "b": 50})
+    return figure
+
+
+def _cell(value) -> str:
+    if value is None:
+        return '<span class="muted">–</span>'
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list], classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
+    body = "".join(f'<tr class="{(classes or [""] * len(rows))[index]}">' + "".join(f"<td>{_cell(cell)}</td>"
+                                                                                   for cell in row) + "</tr>"
+                   for index, row in enumerate(rows))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _runs_table(runs: list[Run], front: set[int]) -> str:
+    rows = [[run_name(run), run.created, run.model, run.plan.get("granularity"), run.plan.get("criterion"),
+             run.plan.get("scope"), run.plan.get("sparsity"), run.quality, run.latency_p50, run.compressed_bytes,
+             "yes" if index in front else "", run.notes] for index, run in enumerate(runs)]
+    classes = ["front" if index in front else "" for index in range(len(runs))]
+    return _table(["run", "created", "model", "granularity", "criterion", "scope", "sparsity", "quality",
+                   "p50 ms", "compressed bytes", "on front", "notes"], rows, classes)
+
+
+def _layers_table(runs: list[Run]) -> str:
+    names = list(dict.fromkeys(name for run in runs for name in [*run.layer_sparsity, *(run.plan.get("layers") or {})]))
+    per_run = [planned_sparsity(run, names) for run in runs]
+    rows = [[name, *[sparsity.get(name) for sparsity in per_run]] for name in names]
+    return _table(["layer", *[run_name(run) for run in runs]], rows)
+
+
+def _metrics_table(runs: list[Run]) -> str:
+    flat = [flat_metrics(run.pruned) for run in runs]
+    baseline = flat_metrics(runs[0].metrics.get("baseline") or {})
+    rows = [[metric, baseline.get(metric), *[values.get(metric) for values in flat]] for metric in TABLE_METRICS
+            if baseline.get(metric) is not None or any(values.get(metric) is not None for values in flat)]
+    return _table(["metric", "dense baseline", *[run_name(run) for run in runs]], rows)
+
+
+def build_report(runs: list[Run], title: str = "Pruning report") -> str:
+    """The whole HTML document for ``runs`` (at least one). Raises PrunelabError when empty."""
+    if not runs:
+        raise PrunelabError("a report needs at least one run")
+    front = set(pareto_indices([(run.quality, run.latency_p50) for run in runs]))
+    models = ", ".join(dict.fromkeys(f"{run.model} ({run.model_digest or 'no digest'})" for run in runs))
+    chart = pareto_figure(runs, runs[0].metrics.get("baseline")).to_html(
+        full_html=False, include_plotlyjs=True, config={"displaylogo": False})
+    notes = "".join(f"<li><b>{html.escape(run_name(run))}</b>: {html.escape(note)}</li>"
+                    for run in runs for note in run.metrics.get("notes") or [])
+    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<p>Model: <b>{html.escape(models)}</b>. {len(runs)} run(s); generated {generated} by prunelab.</p>
+<h2>Runs</h2>{_runs_table(runs, front)}
+<h2>Accuracy against latency</h2>
+<p class="muted">Marker size follows the compressed (gzip) model size; red points form the Pareto front.</p>
+{chart}
+<h2>Per-layer sparsity</h2>{_layers_table(runs)}
+<h2>Metrics</h2>{_metrics_table(runs)}
+{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
+</body></html>
+"""
+
+
+def write_report(run_ids: list[int], path: str | Path, title: str = "Pruning report") -> Path:
+    """Build the report for the stored runs ``run_ids`` and write it atomically to ``path``."""
+    return write_atomic(path, build_report([get_run(run_id) for run_id in run_ids], title))
