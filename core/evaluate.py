@@ -91,7 +91,7 @@ def clear_caches() -> None:
 
 
 @dataclass
-class _Artifact:
+class Artifact:
     """One model to measure: its ONNX bytes and, when it has one, the torch module it came from."""
 
     model_bytes: bytes
@@ -112,7 +112,7 @@ class _Baseline:
         else:
             module = handle.module
             example = torch.from_numpy(np.ascontiguousarray(data.x_test[:1]))
-            self.artifact = _Artifact(export_onnx(module, example), module, measure.weight_counts(module),
+            self.artifact = Artifact(export_onnx(module, example), module, measure.weight_counts(module),
                                       measure.total_macs(module, example))
         self.template = onnx.load_from_string(self.artifact.model_bytes)
         self.state = None if handle.module is None else {
@@ -123,7 +123,7 @@ class _Baseline:
                                 logits=self.logits)
 
 
-def _measure(artifact: _Artifact, data: Dataset, settings: Settings, reference: np.ndarray | None,
+def _measure(artifact: Artifact, data: Dataset, settings: Settings, reference: np.ndarray | None,
              session=None, logits: np.ndarray | None = None) -> dict:
     """All metrics of one artifact on ``data``; ``reference`` are the dense logits for agreement."""
     if session is None:
@@ -138,11 +138,12 @@ def _measure(artifact: _Artifact, data: Dataset, settings: Settings, reference: 
     metrics.update(artifact.counts)
     metrics["macs"] = artifact.macs
     metrics.update(measure.sizes(artifact.model_bytes))
-    metrics["max_abs_diff"] = None
+    metrics["max_abs_diff"], metrics["parity_ok"] = None, None
     if artifact.module is not None:
         items = data.x_test[:PARITY_ITEMS]
-        metrics["max_abs_diff"] = float(np.abs(measure.torch_outputs(artifact.module, items)
-                                               - logits[:len(items)]).max())
+        expected = measure.torch_outputs(artifact.module, items)
+        metrics["max_abs_diff"] = float(np.abs(expected - logits[:len(items)]).max())
+        metrics["parity_ok"] = metrics["max_abs_diff"] <= PARITY_TOLERANCE * max(1.0, float(np.abs(expected).max()))
     metrics["quantized"] = artifact.quantized
     return metrics
 
@@ -205,19 +206,27 @@ class LiveEvaluator:
         key = self._key(plan)
         report = _REPORTS.get(key)
         if report is None:
-            report = _REPORTS.put(key, self._report(plan))
+            report = _REPORTS.put(key, self._report(plan, *self._artifact(plan)))
         return report
 
-    def _report(self, plan: Plan | None) -> dict:
+    def measure_artifact(self, plan: Plan | None = None) -> tuple[dict, Artifact, object]:
+        """The report, the measured artifact and the engine's PruneResult (None without a plan).
+
+        For ``prunelab prune``, which writes the artifact; the report is cached like ``measure``'s.
+        """
+        artifact, result = self._artifact(plan)
+        report = _REPORTS.put(self._key(plan), self._report(plan, artifact, result))
+        return report, artifact, result
+
+    def _artifact(self, plan: Plan | None) -> tuple[Artifact, object]:
         baseline = self._baseline_state()
-        layer_sparsity, engine_notes, groups = {}, [], None
-        if plan is None:
-            artifact = baseline.artifact
-        else:
-            artifact, result = self._pruned(baseline, plan)
-            layer_sparsity, engine_notes, groups = result.layer_sparsity, list(result.notes), result.groups
+        artifact, result = (baseline.artifact, None) if plan is None else self._pruned(baseline, plan)
         if self.settings.quantize:
             artifact = self._quantized(artifact)
+        return artifact, result
+
+    def _report(self, plan: Plan | None, artifact: Artifact, result) -> dict:
+        baseline = self._baseline_state()
         if artifact is baseline.artifact:
             pruned = dict(baseline.metrics)
         else:
@@ -225,9 +234,11 @@ class LiveEvaluator:
         report = {"model": self.handle.name, "plan": None if plan is None else plan.to_dict(),
                   "settings": {"batch_size": self.settings.batch_size, "threads": self.settings.threads,
                                "quantize": self.settings.quantize, "data": self.data.name},
-                  "pruned": pruned, "baseline": baseline.metrics, "layer_sparsity": layer_sparsity,
-                  "groups": groups}
-        report["notes"] = engine_notes + report_notes(plan, pruned, baseline.metrics, self.settings.quantize)
+                  "pruned": pruned, "baseline": baseline.metrics,
+                  "layer_sparsity": {} if result is None else dict(result.layer_sparsity),
+                  "groups": None if result is None else result.groups}
+        notes = [] if result is None else list(result.notes)
+        report["notes"] = notes + report_notes(plan, pruned, baseline.metrics, self.settings.quantize)
         return report
 
     def _pruned(self, baseline: _Baseline, plan: Plan):
@@ -249,13 +260,13 @@ class LiveEvaluator:
         if model_bytes is None:
             model_bytes = export_onnx(module, example)
         macs = baseline.artifact.macs if same_shape else measure.total_macs(module, example)
-        return _Artifact(model_bytes, module, measure.weight_counts(module), macs), result
+        return Artifact(model_bytes, module, measure.weight_counts(module), macs), result
 
-    def _quantized(self, artifact: _Artifact) -> _Artifact:
+    def _quantized(self, artifact: Artifact) -> Artifact:
         from core.quantize import quantize_model
 
         model_bytes = quantize_model(artifact.model_bytes, self.data, self.settings.quantize)
-        return _Artifact(model_bytes, artifact.module, artifact.counts, artifact.macs, quantized=True)
+        return Artifact(model_bytes, artifact.module, artifact.counts, artifact.macs, quantized=True)
 
 
 def evaluate(handle: ModelHandle, plan: Plan | dict | None = None, *, batch_size: int = 1, threads: int = 2,
@@ -278,29 +289,50 @@ UNCHANGED_LATENCY = 0.8
 
 
 def report_notes(plan: Plan | None, pruned: dict, baseline: dict, quantize: str | None) -> list[str]:
-    """Plain-language notes that keep the figures honest (why latency did or did not move, parity)."""
-    notes = []
-    scale = max(1.0, float(np.abs(baseline.get("max_abs_diff") or 0.0)))
+    """Plain-language notes that keep the figures honest: parity, INT8 effect, why latency did (not) move."""
+    notes = _parity_notes(pruned)
+    if pruned.get("quantized"):
+        notes += _quantize_notes(pruned, baseline, quantize)
+    if plan is not None:
+        notes += _latency_notes(plan, pruned, baseline, quantize)
+    return notes
+
+
+def _parity_notes(pruned: dict) -> list[str]:
     diff = pruned.get("max_abs_diff")
-    if diff is not None and not pruned.get("quantized") and diff > PARITY_TOLERANCE * scale:
-        notes.append(f"warning: ONNX Runtime and torch outputs differ by up to {diff:.3g} "
-                     f"(tolerance {PARITY_TOLERANCE:g}); the exported graph may not match the model")
-    if diff is not None and pruned.get("quantized"):
-        notes.append(f"INT8 outputs differ from the FP32 torch model by up to {diff:.3g}: quantization error, "
-                     f"not an export problem")
-    if plan is None or plan.granularity == "channel":
-        if plan is not None and pruned["latency_ms"]["p50"] < baseline["latency_ms"]["p50"]:
-            ratio = baseline["latency_ms"]["p50"] / pruned["latency_ms"]["p50"]
-            notes.append(f"channel pruning removed whole filters: {ratio:.2f}x lower p50 latency, "
-                         f"MACs {baseline['macs']:,} -> {pruned['macs']:,}")
-        return notes
-    unchanged = pruned["latency_ms"]["p50"] >= UNCHANGED_LATENCY * baseline["latency_ms"]["p50"]
-    if unchanged and not quantize:
+    if diff is None:
+        return []
+    if pruned.get("quantized"):
+        return [f"INT8 outputs differ from the FP32 torch model by up to {diff:.3g}: quantization error, "
+                f"not an export problem"]
+    if pruned.get("parity_ok") is False:
+        return [f"warning: ONNX Runtime and torch outputs differ by up to {diff:.3g} (tolerance "
+                f"{PARITY_TOLERANCE:g} relative); the exported graph may not match the model"]
+    return []
+
+
+def _quantize_notes(pruned: dict, baseline: dict, quantize: str | None) -> list[str]:
+    before, after = baseline["latency_ms"]["p50"], pruned["latency_ms"]["p50"]
+    faster = before / after if after else float("inf")
+    return [f"{quantize}: p50 latency {before:.3f} -> {after:.3f} ms vs dense FP32 "
+            f"({faster:.2f}x{'' if faster >= 1 else ', slower than FP32 on this CPU'}), file "
+            f"{baseline['onnx_bytes']:,} -> {pruned['onnx_bytes']:,} bytes"]
+
+
+def _latency_notes(plan: Plan, pruned: dict, baseline: dict, quantize: str | None) -> list[str]:
+    before, after = baseline["latency_ms"]["p50"], pruned["latency_ms"]["p50"]
+    if plan.granularity == "channel":
+        if after >= before:
+            return []
+        macs = "" if pruned["macs"] is None else f", MACs {baseline['macs']:,} -> {pruned['macs']:,}"
+        return [f"channel pruning removed whole filters: {before / after:.2f}x lower p50 latency{macs}"]
+    notes = []
+    if after >= UNCHANGED_LATENCY * before and not quantize:
         notes.append(
-            f"latency is unchanged ({baseline['latency_ms']['p50']:.3f} -> {pruned['latency_ms']['p50']:.3f} ms p50): "
-            f"{plan.granularity} zeros do not speed up ONNX Runtime's dense CPU kernels; prune whole channels "
-            f"(granularity 'channel') or quantize to INT8 for speed. The compressed size shows the real gain: "
-            f"{baseline['compressed_bytes']:,} -> {pruned['compressed_bytes']:,} bytes")
+            f"latency is unchanged ({before:.3f} -> {after:.3f} ms p50): {plan.granularity} zeros do not speed up "
+            f"ONNX Runtime's dense CPU kernels; prune whole channels (granularity 'channel') or quantize to "
+            f"INT8 for speed. The compressed size shows the real gain: {baseline['compressed_bytes']:,} -> "
+            f"{pruned['compressed_bytes']:,} bytes")
     if plan.nm is not None:
         notes.append(f"{plan.granularity} sparsity runs dense on this CPU (ONNX Runtime has no N:M kernels); "
                      f"2:4 is accelerated by sparse tensor cores on NVIDIA Ampere and newer GPUs "

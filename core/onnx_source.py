@@ -90,10 +90,10 @@ def initializer_counts(model: onnx.ModelProto) -> dict:
 
 def onnx_artifact(handle):
     """The ONNX source as a measurable artifact (no torch module, so no parity check or MACs)."""
-    from core.evaluate import _Artifact
+    from core.evaluate import Artifact
 
     model = onnx.load(str(handle.onnx_path))
-    return _Artifact(model.SerializeToString(), None, initializer_counts(model), None)
+    return Artifact(model.SerializeToString(), None, initializer_counts(model), None)
 
 
 def _scores(weight: np.ndarray, criterion: str, seed: int) -> torch.Tensor:
@@ -150,7 +150,7 @@ def prune_initializers(model: onnx.ModelProto, plan: Plan) -> tuple[onnx.ModelPr
 
 def prune_onnx(handle, template: onnx.ModelProto, plan: Plan, data=None):
     """The pruned artifact of an ONNX source and what was done, for core.evaluate."""
-    from core.evaluate import _Artifact
+    from core.evaluate import Artifact
 
     pruned, result = prune_initializers(template, plan)
-    return _Artifact(pruned.SerializeToString(), None, initializer_counts(pruned), None), result
+    return Artifact(pruned.SerializeToString(), None, initializer_counts(pruned), None), result

@@ -1,0 +1,104 @@
+"""prunelab evaluate: every metric of the exported model on ONNX Runtime, dense and (with --plan) pruned."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from core.cli.options import add_model_arguments, model_from, print_json
+from core.evaluate import evaluate
+from core.plan import Plan
+from core.quantize import MODES
+
+
+def add_measure_arguments(parser) -> None:
+    """--batch-size, --threads, --quantize and --json, shared with ``prunelab prune``."""
+    parser.add_argument("--batch-size", type=int, default=1, help="items per timed run (default 1)")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    parser.add_argument("--quantize", choices=MODES,
+                        help="also quantize to INT8: int8 (static for conv models, else dynamic), "
+                             "int8-static or int8-dynamic")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("evaluate", help="measure accuracy, latency, size and MACs on ONNX Runtime")
+    add_model_arguments(parser)
+    parser.add_argument("--plan", help="a plan file (.yaml or .json) to prune with before measuring")
+    add_measure_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def load_plan(path: str) -> Plan:
+    """A plan file, including one written by ``prunelab prune`` (its ``effective_sparsity`` is a record,
+    not a setting, and is skipped)."""
+    if Path(path).suffix in (".yaml", ".yml") and Path(path).is_file():
+        try:
+            values = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError:
+            values = None  # Plan.load words the error
+        if isinstance(values, dict) and "effective_sparsity" in values:
+            values.pop("effective_sparsity")
+            return Plan.from_dict(values)
+    return Plan.load(path)
+
+
+def run(args) -> int:
+    handle = model_from(args)
+    plan = load_plan(args.plan) if args.plan else None
+    if plan is not None and handle.module is not None:
+        plan.validate_for(handle.module)
+    progress(f"measuring {handle.name} on ONNX Runtime ({args.threads} threads, batch {args.batch_size})"
+             + (f", {args.quantize}" if args.quantize else ""))
+    report = evaluate(handle, plan, batch_size=args.batch_size, threads=args.threads, quantize=args.quantize)
+    if args.json:
+        print_json(report)
+    else:
+        print_report(report)
+    return 0
+
+
+def progress(text: str) -> None:
+    print(f"prunelab: {text} ...", file=sys.stderr, flush=True)
+
+
+ROWS = [  # (label, metric key, format)
+    ("accuracy", "accuracy", "percent"), ("agreement", "agreement", "percent"), ("loss", "loss", "float"),
+    ("latency p50 (ms)", ("latency_ms", "p50"), "ms"), ("latency p90 (ms)", ("latency_ms", "p90"), "ms"),
+    ("latency p99 (ms)", ("latency_ms", "p99"), "ms"), ("throughput (items/s)", "throughput", "int"),
+    ("session (ms)", "session_ms", "ms"), ("params", "params", "int"), ("nonzero params", "nonzero_params", "int"),
+    ("sparsity", "sparsity", "percent"), ("MACs", "macs", "int"), ("ONNX bytes", "onnx_bytes", "int"),
+    ("compressed bytes", "compressed_bytes", "int"), ("max |torch - ORT|", "max_abs_diff", "float"),
+]
+
+
+def _value(metrics: dict, key):
+    if isinstance(key, tuple):
+        return metrics[key[0]][key[1]]
+    return metrics.get(key)
+
+
+def _format(value, kind: str) -> str:
+    if value is None:
+        return "-"
+    return {"percent": f"{value:.2%}", "float": f"{value:.4g}", "ms": f"{value:.3f}",
+            "int": f"{int(round(value)):,}"}[kind]
+
+
+def print_report(report: dict) -> None:
+    """A baseline / pruned table with the change as a ratio, then the notes."""
+    settings = report["settings"]
+    plan = report["plan"]
+    title = "dense" if plan is None else f"{plan['granularity']} {plan['criterion']} {plan['scope']} {plan['sparsity']:g}"
+    print(f"{report['model']}: {title}{' + ' + settings['quantize'] if settings['quantize'] else ''} on "
+          f"{settings['data']}, ONNX Runtime CPU, {settings['threads']} threads, batch {settings['batch_size']}")
+    print(f"{'metric':<22} {'baseline':>14} {'pruned':>14} {'ratio':>8}")
+    for label, key, kind in ROWS:
+        if key == "accuracy" and report["baseline"]["accuracy"] is None:
+            continue
+        before, after = _value(report["baseline"], key), _value(report["pruned"], key)
+        ratio = f"{after / before:.2f}x" if isinstance(before, (int, float)) and before and after is not None else ""
+        print(f"{label:<22} {_format(before, kind):>14} {_format(after, kind):>14} {ratio:>8}")
+    for note in report["notes"]:
+        print(f"note: {note}")

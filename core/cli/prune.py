@@ -1,0 +1,117 @@
+"""prunelab prune: apply a plan, measure the result, and write the deployable files to --out.
+
+DIR/model.onnx (one self-contained file, INT8 with --quantize), DIR/state_dict.pt (same keys as
+the original model), DIR/model.pt2 (the pruned model without its source), DIR/plan.yaml (the plan
+as applied, with the effective sparsity of every layer) and DIR/report.json (evaluate's report).
+Every file is written to a temporary name first and moved into place.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from core.cli.evaluate import add_measure_arguments, load_plan, print_report, progress
+from core.cli.options import add_model_arguments, model_from, print_json
+from core.errors import PrunelabError
+from core.evaluate import LiveEvaluator
+from core.export import write_atomic
+
+FILES = ("model.onnx", "state_dict.pt", "model.pt2", "plan.yaml", "report.json")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("prune", help="prune a model with a plan and write ONNX, weights, plan and report")
+    add_model_arguments(parser)
+    parser.add_argument("--plan", required=True, help="the plan file (.yaml or .json)")
+    parser.add_argument("--out", required=True, help="directory for the pruned model and its report")
+    add_measure_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    handle = model_from(args)
+    plan = load_plan(args.plan)
+    if handle.module is not None:
+        plan.validate_for(handle.module)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise PrunelabError(f"--out {out} exists and is not a directory")
+    progress(f"pruning {handle.name} ({plan.granularity}, {plan.criterion}, {plan.scope} {plan.sparsity:g}) "
+             f"and measuring on ONNX Runtime")
+    evaluator = LiveEvaluator(handle, threads=args.threads, batch_size=args.batch_size, quantize=args.quantize,
+                              live=False)
+    report, artifact, result = evaluator.measure_artifact(plan)
+    progress(f"writing {', '.join(FILES)} to {out}")
+    paths = write_outputs(out, handle, plan, report, artifact)
+    report["files"] = {name: str(path) for name, path in paths.items()}
+    write_atomic(out / "report.json", (json.dumps(report, indent=2, default=str) + "\n").encode())
+    record_run_hook(report, handle, plan, result, paths)
+    if args.json:
+        print_json(report)
+    else:
+        print_report(report)
+        print(f"wrote {', '.join(str(path) for path in paths.values())}")
+    return 0
+
+
+def write_outputs(out: Path, handle, plan, report: dict, artifact) -> dict[str, Path]:
+    """Write model.onnx, state_dict.pt, model.pt2 and plan.yaml (report.json is written by the caller)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"model.onnx": out / "model.onnx"}
+    write_atomic(paths["model.onnx"], artifact.model_bytes)
+    if artifact.module is not None:
+        example = handle.example_input(2)
+        for name, content in save_pruned(artifact.module, example).items():
+            paths[name] = out / name
+            write_atomic(paths[name], content)
+    paths["plan.yaml"] = out / "plan.yaml"
+    write_atomic(paths["plan.yaml"], resolved_plan_yaml(plan, report, handle).encode())
+    paths["report.json"] = out / "report.json"
+    return paths
+
+
+def save_pruned(module: torch.nn.Module, example: torch.Tensor) -> dict[str, bytes]:
+    """``state_dict.pt`` and ``model.pt2`` bytes; prefers core.artifacts.save_pruned when it exists."""
+    try:
+        from core.artifacts import save_pruned as shared_save_pruned
+    except ImportError:
+        shared_save_pruned = None
+    if shared_save_pruned is not None:
+        return shared_save_pruned(module, example)
+    weights = io.BytesIO()
+    torch.save({key: tensor.detach().clone() for key, tensor in module.state_dict().items()}, weights)
+    program = io.BytesIO()
+    try:
+        exported = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    except Exception:  # a model that cannot take a dynamic batch keeps the example's batch size
+        exported = torch.export.export(module, (example,))
+    torch.export.save(exported, program)
+    return {"state_dict.pt": weights.getvalue(), "model.pt2": program.getvalue()}
+
+
+def resolved_plan_yaml(plan, report: dict, handle) -> str:
+    """The plan as applied (the default ``ignore`` spelled out) plus the effective sparsity per layer."""
+    values = plan.to_dict()
+    sparsity = report.get("layer_sparsity") or {}
+    if values["ignore"] is None and handle.module is not None:
+        from core.engine import final_classifier
+        classifier = final_classifier(handle.module, handle.example_input(1))
+        values["ignore"] = [] if classifier is None else [classifier]
+    text = yaml.safe_dump(values, sort_keys=False)
+    text += ("# effective_sparsity: the share of zero weights (or of removed channels) in every layer, measured\n"
+             "# after pruning; prunelab reads this file back as a plan and skips this key.\n")
+    return text + yaml.safe_dump({"effective_sparsity": {name: round(float(value), 6)
+                                                         for name, value in sparsity.items()}}, sort_keys=False)
+
+
+def record_run_hook(report: dict, handle, plan, result, paths: dict[str, Path]) -> None:
+    """The hook where the run store keeps this prune run (core.runs.record_run), with the written files."""
+    from core.runs import record_run
+
+    record_run(report, model=handle, plan=plan,
+               layer_sparsity=None if result is None else dict(result.layer_sparsity),
+               artifacts={name: str(path) for name, path in paths.items()})
