@@ -38,7 +38,7 @@ def pages() -> list:
 
 def run() -> None:
     st.set_page_config(page_title="prunelab", page_icon=":material/content_cut:", layout="wide")
-    navigation = st.navigation(pages())
+    navigation = st.navigation(pages(), position="top")  # the full width for the pages at 1280 px
     navigation.run()
 
 

@@ -8,8 +8,13 @@ def count(value: float | None) -> str:
         return "–"
     for limit, suffix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
         if abs(value) >= limit:
-            return f"{value / limit:.1f}{suffix}"
+            return f"{_short(value / limit)}{suffix}"
     return f"{value:.0f}"
+
+
+def _short(value: float) -> str:
+    """Three significant digits at most: 629.9 -> '630', 15.26 -> '15.3', 1.234 -> '1.23'."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
 
 
 def size(value: float | None) -> str:
@@ -18,12 +23,15 @@ def size(value: float | None) -> str:
         return "–"
     for limit, suffix in ((2**30, "GB"), (2**20, "MB"), (2**10, "KB")):
         if value >= limit:
-            return f"{value / limit:.1f} {suffix}"
+            return f"{_short(value / limit)} {suffix}"
     return f"{value:.0f} B"
 
 
 def milliseconds(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f} ms" if value < 10 else f"{value:.1f} ms"
+    """0.0604 -> '60.4 µs', 2.65 -> '2.65 ms'."""
+    if value is None:
+        return "–"
+    return f"{_short(1000 * value)} µs" if value < 1 else f"{_short(value)} ms"
 
 
 def percent(value: float | None) -> str:

@@ -7,6 +7,7 @@ from dashboard import charts, formatting, session
 
 GRANULARITY_HELP = ("unstructured zeroes single weights; channel removes whole filters (and everything coupled "
                     "to them), which is what makes ONNX Runtime faster; 2:4 zeroes 2 of every 4 weights")
+MAX_PERCENT = round(100 * session.MAX_SPARSITY)  # sliders hold whole percents; the plan holds fractions
 SCOPE_HELP = "layer: each layer meets its own target; global: one ranking over all layers without their own target"
 
 
@@ -26,15 +27,16 @@ def _on_granularity() -> None:
 
 
 def _on_global() -> None:
-    value = st.session_state["w.global"]
+    percent = st.session_state["w.global"]
+    value = percent / 100
     session.update_plan(sparsity=value, layers={})
     ignored = {f"w.layer.{name}" for name in session.ignored_layers()}
     for key in [key for key in st.session_state if str(key).startswith("w.layer.") and key not in ignored]:
-        st.session_state[key] = value
+        st.session_state[key] = percent
 
 
 def _on_layer(name: str) -> None:
-    session.set_target(name, st.session_state[f"w.layer.{name}"])
+    session.set_target(name, st.session_state[f"w.layer.{name}"] / 100)
 
 
 def method_ui(values: dict) -> None:
@@ -67,8 +69,8 @@ def rows(values: dict) -> list[tuple[str, str, str]]:
 
 def sliders_ui(values: dict) -> None:
     """The global slider, Auto-allocate, and one slider per layer (or group)."""
-    session.seed("w.global", values["sparsity"])
-    st.slider("All layers", 0.0, session.MAX_SPARSITY, step=0.05, key="w.global", on_change=_on_global,
+    session.seed("w.global", round(100 * values["sparsity"]))
+    st.slider("All layers", 0, MAX_PERCENT, step=5, format="%d%%", key="w.global", on_change=_on_global,
               help="sets every layer to this sparsity (layers you move afterwards keep their own value)")
     available = session.allocate_available()
     if st.button("Auto-allocate", disabled=not available, icon=":material/auto_fix_high:",
@@ -87,10 +89,19 @@ def sliders_ui(values: dict) -> None:
         key = f"w.layer.{name}"
         dense = name in ignored
         if dense:
-            st.session_state[key] = 0.0
-        session.seed(key, session.target(name))
-        st.slider(label, 0.0, session.MAX_SPARSITY, step=0.05, key=key, on_change=_on_layer, args=(name,),
+            st.session_state[key] = 0
+        session.seed(key, round(100 * session.target(name)))
+        st.slider(label, 0, MAX_PERCENT, step=5, format="%d%%", key=key, on_change=_on_layer, args=(name,),
                   disabled=dense, help="left dense: the final classifier" if dense else (help_text or None))
+
+
+def _card(column, label: str, value: str, delta: str | None, lower_is_better: bool = True,
+          help: str | None = None) -> None:
+    """A metric card; a delta that rounds to zero is grey, a change is coloured by whether it helps."""
+    flat = delta is None or delta.lstrip("+-").startswith(("0%", "0.0 pts"))
+    colour = "off" if flat else ("inverse" if lower_is_better else "normal")
+    column.metric(label, value, delta, delta_color=colour, delta_arrow="off" if flat else "auto", border=True,
+                  help=help)
 
 
 def cards(report: dict) -> None:
@@ -98,29 +109,25 @@ def cards(report: dict) -> None:
     pruned, dense = report["pruned"], report["baseline"]
     label = pruned.get("label", "accuracy")
     quality = pruned.get(label) if pruned.get(label) is not None else pruned.get("agreement")
-    speedup = dense["latency_ms"]["p50"] / pruned["latency_ms"]["p50"] if pruned["latency_ms"]["p50"] else None
-    columns = st.columns(4)
-    columns[0].metric(label.capitalize(), formatting.percent(quality),
-                      formatting.points(quality, dense.get(label)), border=True)
-    columns[1].metric("p50 latency", formatting.milliseconds(pruned["latency_ms"]["p50"]),
-                      formatting.change(pruned["latency_ms"]["p50"], dense["latency_ms"]["p50"]),
-                      delta_color="inverse", border=True, help="ONNX Runtime, CPU, batch 1, 2 threads")
-    columns[2].metric("Speedup", "–" if speedup is None else f"{speedup:.2f}×", border=True,
-                      help="dense p50 latency / pruned p50 latency")
-    columns[3].metric("MACs", formatting.count(pruned["macs"]), formatting.change(pruned["macs"], dense["macs"]),
-                      delta_color="inverse", border=True)
-    columns = st.columns(4)
-    columns[0].metric("Parameters", formatting.count(pruned["nonzero_params"]),
-                      formatting.change(pruned["nonzero_params"], dense["nonzero_params"]), delta_color="inverse",
-                      border=True, help="nonzero parameters")
-    columns[1].metric("File size", formatting.size(pruned["onnx_bytes"]),
-                      formatting.change(pruned["onnx_bytes"], dense["onnx_bytes"]), delta_color="inverse",
-                      border=True, help="the .onnx file")
-    columns[2].metric("Compressed", formatting.size(pruned["compressed_bytes"]),
-                      formatting.change(pruned["compressed_bytes"], dense["compressed_bytes"]),
-                      delta_color="inverse", border=True, help="the .onnx file after gzip")
-    columns[3].metric("Sparsity", formatting.percent(pruned.get("sparsity")), border=True,
-                      help="zero share of the prunable weights")
+    latency, dense_latency = pruned["latency_ms"]["p50"], dense["latency_ms"]["p50"]
+    speedup = dense_latency / latency if latency else None
+    top, bottom = st.columns(4), st.columns(4)
+    _card(top[0], label.capitalize(), formatting.percent(quality), formatting.points(quality, dense.get(label)),
+          lower_is_better=False, help="on the test split" if label == "accuracy" else "top-1 match with the dense model")
+    _card(top[1], "p50 latency", formatting.milliseconds(latency), formatting.change(latency, dense_latency),
+          help="ONNX Runtime on CPU, batch 1, 2 threads")
+    _card(top[2], "Speedup", "–" if speedup is None else f"{speedup:.2f}×", None,
+          help="dense p50 latency / pruned p50 latency")
+    _card(top[3], "MACs", formatting.count(pruned["macs"]), formatting.change(pruned["macs"], dense["macs"]),
+          help="multiply-accumulates per item")
+    _card(bottom[0], "Parameters", formatting.count(pruned["nonzero_params"]),
+          formatting.change(pruned["nonzero_params"], dense["nonzero_params"]), help="nonzero parameters")
+    _card(bottom[1], "File size", formatting.size(pruned["onnx_bytes"]),
+          formatting.change(pruned["onnx_bytes"], dense["onnx_bytes"]), help="the .onnx file")
+    _card(bottom[2], "Compressed", formatting.size(pruned["compressed_bytes"]),
+          formatting.change(pruned["compressed_bytes"], dense["compressed_bytes"]), help="the .onnx file after gzip")
+    _card(bottom[3], "Sparsity", formatting.percent(pruned.get("sparsity")), None,
+          help="zero share of the prunable weights")
 
 
 @st.fragment
@@ -149,7 +156,7 @@ st.caption("Drag a layer's slider to choose how much of it to prune; the panel m
            "on ONNX Runtime with every release.")
 with session.guard("loading the model"):
     current = session.plan()
-    st.markdown(f"**{session.model().name}**: {session.model().description}")
+    st.caption(f"Model: **{session.model().name}**, {session.model().description} (change it on the Model page)")
     controls, panel = st.columns([2, 3], gap="large")
     with controls:
         method_ui(current)

@@ -1,0 +1,144 @@
+"""Page logic of the dashboard, driven by streamlit.testing.v1.AppTest (no browser, no server)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from streamlit.testing.v1 import AppTest
+
+from core.api import inspect
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+PLAN = "prunelab.plan"
+REPORT = "prunelab.report"
+
+
+@pytest.fixture
+def app(monkeypatch):
+    """The dashboard as a fresh visitor sees it (digits-cnn on the Tune page)."""
+    monkeypatch.delenv("PRUNELAB_MODEL", raising=False)
+    return AppTest.from_file(APP, default_timeout=120).run()
+
+
+def layer_sliders(app: AppTest) -> list:
+    return [slider for slider in app.slider if str(slider.key).startswith("w.layer.")]
+
+
+def test_opens_on_tune_with_the_demo_and_no_error(app, cnn):
+    assert not app.exception
+    assert not app.error
+    assert app.title[0].value == "Tune"
+    names = [row["name"] for row in inspect(cnn)["layers"]]
+    assert [slider.label for slider in layer_sliders(app)] == names
+    labels = [metric.label for metric in app.metric]
+    for label in ("Accuracy", "p50 latency", "Speedup", "MACs", "Parameters", "File size", "Compressed"):
+        assert label in labels
+
+
+def test_moving_a_layer_slider_changes_the_plan_and_the_measured_metrics(app):
+    before = app.session_state[REPORT]
+    app.slider(key="w.layer.features.1.0").set_value(50).run()
+    assert not app.exception and not app.error
+    assert app.session_state[PLAN]["layers"] == {"features.1.0": 0.5}
+    after = app.session_state[REPORT]
+    assert after["pruned"]["nonzero_params"] == before["pruned"]["nonzero_params"] - 32 * 64 * 9 // 2
+    parameters = next(metric for metric in app.metric if metric.label == "Parameters")
+    assert parameters.delta.startswith("-")
+
+
+def test_the_global_slider_moves_every_layer_but_the_classifier(app):
+    app.slider(key="w.global").set_value(40).run()
+    values = {slider.key: slider.value for slider in layer_sliders(app)}
+    assert values.pop("w.layer.fc2") == 0
+    assert set(values.values()) == {40}
+    assert app.slider(key="w.layer.fc2").disabled
+    assert app.session_state[PLAN]["sparsity"] == pytest.approx(0.4)
+    assert app.session_state[REPORT]["pruned"]["sparsity"] > 0.3
+    assert any("ONNX Runtime on CPU multiplies them" in info.value for info in app.info)
+
+
+def test_channel_granularity_shows_one_slider_per_group_and_removes_work(app):
+    app.selectbox(key="w.granularity").set_value("channel").run()
+    assert not app.exception and not app.error
+    assert [slider.key for slider in layer_sliders(app)] == [
+        "w.layer.features.0.0", "w.layer.features.1.0", "w.layer.features.3.0", "w.layer.fc1"]
+    app.slider(key="w.global").set_value(50).run()
+    report = app.session_state[REPORT]
+    assert report["pruned"]["macs"] < 0.5 * report["baseline"]["macs"]
+    assert not any("multiplies them" in info.value for info in app.info)
+
+
+def test_a_criterion_that_does_not_fit_the_granularity_is_replaced(app):
+    app.selectbox(key="w.granularity").set_value("channel").run()
+    app.selectbox(key="w.criterion").set_value("fpgm").run()
+    app.selectbox(key="w.granularity").set_value("unstructured").run()
+    assert app.session_state[PLAN]["criterion"] == "l1"
+    assert "fpgm" not in app.selectbox(key="w.criterion").options
+    assert not app.exception and not app.error
+
+
+def test_slider_values_survive_a_page_switch(app):
+    app.slider(key="w.layer.fc1").set_value(70).run()
+    app.switch_page("pages/layers.py").run()
+    assert not app.exception and not app.error
+    app.switch_page("pages/tune.py").run()
+    assert app.slider(key="w.layer.fc1").value == 70
+
+
+@pytest.mark.parametrize("page", ["pages/model.py", "pages/layers.py", "pages/export.py"])
+def test_every_page_loads_and_explains_itself(app, page):
+    app.switch_page(page).run()
+    assert not app.exception
+    assert not app.error
+    assert app.caption[0].value  # the one line that says what the page is for
+
+
+def test_layers_page_in_channel_mode_shows_channels(app):
+    app.selectbox(key="w.granularity").set_value("channel").run()
+    app.slider(key="w.global").set_value(50).run()
+    app.switch_page("pages/layers.py").run()
+    assert not app.exception and not app.error
+    assert app.session_state[PLAN]["granularity"] == "channel"
+
+
+def test_export_page_shows_the_plan_that_reproduces_the_sliders(app):
+    app.slider(key="w.layer.features.3.0").set_value(30).run()
+    app.switch_page("pages/export.py").run()
+    plan = yaml.safe_load(app.code[0].value)
+    assert plan["layers"] == {"features.3.0": 0.3}
+    assert app.code[1].value.startswith("prunelab prune digits-cnn --plan ")
+
+
+def test_a_pickled_module_without_trust_is_refused_with_a_message(app):
+    app.switch_page("pages/model.py").run()
+    buffer = io.BytesIO()
+    torch.save(torch.nn.Linear(64, 10), buffer)
+    app.file_uploader[0].upload("model.pt", buffer.getvalue()).run()
+    next(button for button in app.button if button.label == "Load file").click().run()
+    assert not app.exception
+    assert any("runs code from the file" in error.value for error in app.error)
+    assert app.session_state["prunelab.model"]["spec"] == "digits-cnn"  # the old model stays
+
+
+def test_a_wrong_upload_is_refused_and_names_never_escape_the_upload_dir():
+    from dashboard import session
+    from core.errors import PrunelabError
+
+    with pytest.raises(PrunelabError, match="is not one of"):
+        session.save_upload("model.exe", b"x", session.UPLOAD_SUFFIXES)
+    with pytest.raises(PrunelabError, match="empty"):
+        session.save_upload("model.onnx", b"", session.UPLOAD_SUFFIXES)
+    path = Path(session.save_upload("../../../etc/passwd.onnx", b"not onnx", session.UPLOAD_SUFFIXES))
+    assert path.parent == session._UPLOADS and path.suffix == ".onnx"
+
+
+def test_two_visitors_keep_their_own_plans(monkeypatch):
+    monkeypatch.delenv("PRUNELAB_MODEL", raising=False)
+    first, second = AppTest.from_file(APP, default_timeout=120).run(), AppTest.from_file(APP, default_timeout=120).run()
+    first.slider(key="w.layer.fc1").set_value(80).run()
+    second.run()
+    assert second.slider(key="w.layer.fc1").value == 0
+    assert second.session_state[PLAN]["layers"] == {}
