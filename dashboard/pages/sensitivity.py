@@ -1,0 +1,109 @@
+"""Sensitivity: prune one layer at a time and see which layers can be cut hard and which must be spared."""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard import session
+
+LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+QUICK_LEVELS = (0.0, 0.3, 0.5, 0.7, 0.9)
+HEIGHT = 340
+
+
+def settings_ui() -> dict | None:
+    """Granularity, criterion and level choices; returns the settings when Run is pressed."""
+    granularities = ["unstructured"] + (["channel"] if session.can("channel") else [])
+    first, second, third = st.columns(3)
+    granularity = first.selectbox("Granularity", granularities, key="w.sensitivity.granularity",
+                                  help="channel sweeps also time each level on ONNX Runtime (slower)")
+    criterion = second.selectbox("Criterion", session.criteria_for(granularity), key="w.sensitivity.criterion")
+    quick = third.toggle("Quick (5 levels)", key="w.sensitivity.quick", help=", ".join(f"{v:.0%}" for v in QUICK_LEVELS))
+    if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
+        return {"granularity": granularity, "criterion": criterion, "levels": QUICK_LEVELS if quick else LEVELS}
+    return None
+
+
+@st.fragment(run_every=0.5)
+def progress_panel() -> None:
+    """The running sweep's progress bar and Stop button; reruns the page when the sweep ends."""
+    job = session.sweep_job()
+    if job is None or not job.running:
+        st.rerun(scope="app")
+    st.progress(job.done / job.total if job.total else 0.0, text=f"{job.done}/{job.total or '?'}: {job.text}")
+    st.button("Stop", icon=":material/stop:", on_click=session.stop_sensitivity, key="sensitivity-stop",
+              disabled=job.stop.is_set())
+
+
+def heatmap(result: dict) -> go.Figure:
+    """Layers x sparsity, coloured by the drop in accuracy (points) when only that layer is pruned."""
+    baseline, label = result["baseline_accuracy"], result["label"]
+    names = [layer["name"] for layer in result["layers"]]
+    levels = result["levels"]
+    drops = [[None] * len(levels) for _ in names]
+    for row, layer in enumerate(result["layers"]):
+        for point in layer["curve"]:
+            drops[row][levels.index(point["sparsity"])] = round(100 * (baseline - point["accuracy"]), 1)
+    figure = go.Figure(go.Heatmap(
+        z=drops, x=[f"{level:.0%}" for level in levels], y=names, colorscale="Reds", zmin=0,
+        text=drops, texttemplate="%{text}", colorbar={"title": "drop (pts)"},
+        hovertemplate=f"%{{y}} at %{{x}}<br>{label} drop %{{z}} points<extra></extra>"))
+    figure.update_yaxes(autorange="reversed")
+    return _layout(figure, f"Drop in {label} when only one layer is pruned", "sparsity of that layer", "layer",
+                   height=max(HEIGHT, 28 * len(names) + 80))
+
+
+def curves(result: dict, field: str, title: str, y_title: str, scale: float = 1.0) -> go.Figure:
+    """One line per layer of ``field`` against its sparsity."""
+    figure = go.Figure()
+    for layer in result["layers"]:
+        points = [point for point in layer["curve"] if point.get(field) is not None]
+        figure.add_trace(go.Scatter(x=[100 * point["sparsity"] for point in points],
+                                    y=[scale * point[field] for point in points], mode="lines+markers",
+                                    name=layer["name"]))
+    return _layout(figure, title, "sparsity of that layer (%)", y_title)
+
+
+def _layout(figure: go.Figure, title: str, x_title: str, y_title: str, height: int = HEIGHT) -> go.Figure:
+    figure.update_layout(title={"text": title, "x": 0, "font": {"size": 14}}, height=height,
+                         margin={"l": 10, "r": 10, "t": 40, "b": 10}, xaxis_title=x_title, yaxis_title=y_title)
+    return figure
+
+
+def results_ui(result: dict) -> None:
+    where = result["evaluated_on"]
+    subset = f" ({where['subset']})" if where.get("subset") else ""
+    st.caption(f"{result['granularity']} / {result['criterion']} on {where['items']} {where['split']} items{subset}, "
+               f"baseline {result['label']} {result['baseline_accuracy']:.2%}, computed in {result['seconds']:.1f} s"
+               + ("" if result["complete"] else " — stopped early, partial result"))
+    st.plotly_chart(heatmap(result), key="sensitivity-heatmap", config={"displayModeBar": False})
+    left, right = st.columns(2)
+    left.plotly_chart(curves(result, "accuracy", f"{result['label'].capitalize()} per layer", "%", 100),
+                      key="sensitivity-accuracy", config={"displayModeBar": False})
+    right.plotly_chart(curves(result, "loss", "Loss per layer", "cross-entropy"), key="sensitivity-loss",
+                       config={"displayModeBar": False})
+    if result["granularity"] == "channel":
+        st.plotly_chart(curves(result, "latency_ms", "Latency each group buys (ONNX Runtime p50, batch 1)", "ms"),
+                        key="sensitivity-latency", config={"displayModeBar": False})
+    if result["complete"]:
+        st.info("On the Tune page, set 'All layers' to an overall target and press Auto-allocate to spread it "
+                "over the layers by these curves.", icon=":material/auto_fix_high:")
+
+
+st.title("Sensitivity")
+st.caption("Each layer is pruned alone, the rest kept dense, and scored on the validation split: "
+           "layers whose row stays pale can be cut hard, dark rows must be spared.")
+with session.guard("sensitivity"):
+    job = session.sweep_job()
+    if job is not None and job.running:
+        progress_panel()
+    else:
+        settings = settings_ui()
+        if settings is not None:
+            session.start_sensitivity(**settings)
+            st.rerun()
+        if job is not None and job.error:
+            st.error(job.error)
+        result = session.finish_sensitivity()
+        if result is not None:
+            results_ui(result)
