@@ -8,6 +8,9 @@ from core.evaluate import LiveEvaluator, evaluate
 from core.export import export_onnx
 from core.inspect import inspect_model, weight_histogram
 from core.plan import Plan
+from core.plan_formats import export_plan, plan_layers
+from core.report import build_report, write_report
+from core.runs import compare_runs, delete_run, get_run, list_runs, pareto_front, record_run
 from core.sensitivity import sensitivity
 from core.sources import ModelHandle, load_model
 
@@ -59,3 +62,5 @@ def channel_importance(handle: ModelHandle, layer: str, criterion: str = "l1", s
 __all__ = ["ModelHandle", "load_model", "inspect", "histogram", "Plan", "PruneResult", "apply_plan",
            "coupled_groups", "channel_importance", "evaluate", "LiveEvaluator", "export_onnx",
            "sensitivity", "allocate"]
+__all__ += ["record_run", "list_runs", "get_run", "delete_run", "compare_runs", "pareto_front",
+            "build_report", "write_report", "export_plan", "plan_layers"]

@@ -118,3 +118,24 @@ def test_torch_pruning_json_without_model_keeps_default_and_overrides():
     arguments = json.loads(export_plan(Plan(sparsity=0.3, layers={"a": 0.1}, ignore=["b"]), "torch-pruning")[".json"])
     assert (arguments["pruning_ratio"], arguments["pruning_ratio_dict"], arguments["ignored_layers"]) == (
         0.3, {"a": 0.1}, ["b"])
+
+
+def test_cli_exports_each_format(tmp_path, capsys):
+    from core.cli import main
+
+    plan = Plan(sparsity=0.4, layers={"fc1": 0.7})
+    plan.save(tmp_path / "plan.yaml")
+    assert main(["export-plan", str(tmp_path / "plan.yaml"), "--format", "torch-pruning",
+                 "--out", str(tmp_path / "tp.json"), "--model", "digits-mlp"]) == 0
+    assert json.loads((tmp_path / "tp.json").read_text())["pruning_ratio_dict"] == {"fc1": 0.7, "fc2": 0.4}
+    assert 'open("tp.json")' in (tmp_path / "tp.py").read_text()
+    assert main(["export-plan", str(tmp_path / "plan.yaml"), "--format", "nni", "--out", str(tmp_path / "nni.json")]) == 0
+    assert json.loads((tmp_path / "nni.json").read_text())[1] == {"sparsity_per_layer": 0.7, "op_names": ["fc1"]}
+    assert main(["export-plan", str(tmp_path / "plan.yaml"), "--format", "sparseml",
+                 "--out", str(tmp_path / "recipe.yaml"), "--model", "digits-mlp"]) == 0
+    modifiers = load_recipe((tmp_path / "recipe.yaml").read_text())["pruning_modifiers"]
+    assert [list(entry)[0] for entry in modifiers] == ["!MagnitudePruningModifier"] * 2 + ["!ConstantPruningModifier"]
+    capsys.readouterr()
+    assert main(["export-plan", str(tmp_path / "plan.yaml"), "--format", "sparseml",
+                 "--out", str(tmp_path / "recipe.yaml")]) == 2
+    assert "--model" in capsys.readouterr().err

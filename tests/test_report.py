@@ -79,3 +79,15 @@ def test_report_renders_offline_in_chromium(three_runs, tmp_path):
             assert remote == []
         finally:
             browser.close()
+
+
+def test_cli_writes_the_report(three_runs, tmp_path, capsys):
+    from core.cli import main
+
+    out = tmp_path / "out" / "report.html"
+    assert main(["report", str(three_runs[0].id), str(three_runs[1].id), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert f"#{three_runs[0].id} accurate" in text and f"#{three_runs[1].id} fast" in text
+    assert "alert(1)" not in text  # the third run was not chosen
+    assert main(["report", "999", "--out", str(out)]) == 2
+    assert "no run with id 999" in capsys.readouterr().err

@@ -235,3 +235,25 @@ def test_pareto_front_of_runs_uses_agreement_when_unlabelled():
     runs = [run(1, None, 0.99, 2.0), run(2, None, 0.95, 1.0), run(3, None, 0.94, 1.5), run(4, 0.5, 1.0, 5.0)]
     assert runs[3].quality == 0.5  # accuracy wins over agreement when the data is labelled
     assert [item.id for item in pareto_front(runs)] == [2, 1]
+
+
+def test_cli_lists_shows_compares_and_deletes(capsys):
+    from core.cli import main
+
+    first = record_run(make_report(accuracy=0.9), label="one", layer_sparsity={"fc1": 0.5})
+    second = record_run(make_report(accuracy=0.8, sparsity=0.7), label="two")
+    assert main(["runs", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(run["id"], run["label"], run["metrics"]["pruned"]["accuracy"]) for run in listed] == [
+        (second.id, "two", 0.8), (first.id, "one", 0.9)]
+    assert main(["runs"]) == 0
+    assert "two" in capsys.readouterr().out
+    assert main(["runs", "show", str(first.id), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plan"]["sparsity"] == 0.5
+    assert main(["runs", "compare", str(first.id), str(second.id), "--json"]) == 0
+    diff = json.loads(capsys.readouterr().out)
+    assert {row["metric"]: row["delta"] for row in diff["metrics"]}["accuracy"] == pytest.approx(-0.1)
+    assert main(["runs", "delete", str(first.id)]) == 0
+    capsys.readouterr()
+    assert main(["runs", "show", str(first.id)]) == 2
+    assert f"no run with id {first.id}" in capsys.readouterr().err
