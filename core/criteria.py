@@ -177,7 +177,12 @@ def collect_input_norms(module: nn.Module, layers: list[Layer], data: Dataset | 
     finally:
         for handle in handles:
             handle.remove()
-    return {name: total.sqrt().float() for name, total in sums.items()}
+    norms = {name: total.sqrt().float() for name, total in sums.items()}
+    for layer in layers:  # inputs no hook sees (an attention's out_proj is called functionally): magnitude only
+        if layer.name not in norms:
+            inputs_per_item = layer.weight.shape[1] * getattr(layer.module, "groups", 1)
+            norms[layer.name] = torch.ones(inputs_per_item * (3 if layer.kind == "attention" else 1))
+    return norms
 
 
 def gather_evidence(module: nn.Module, layers: list[Layer], name: str, data: Dataset | None,
