@@ -1,0 +1,131 @@
+"""Allocation: targets are reached, bounds hold, the cheapest layers go first, and it beats uniform pruning."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.allocate import allocate, curves_for, greedy
+from core.cli import main
+from core.engine import apply_plan
+from core.errors import PrunelabError
+from core.plan import Plan
+from core.sensitivity import Scorer, sensitivity
+
+
+@pytest.fixture
+def sweep(cnn):
+    return sensitivity(cnn)
+
+
+def overall_sparsity(handle, plan: Plan) -> float:
+    """Zeroed share of the weights of the layers the plan prunes (the classifier stays dense)."""
+    result = apply_plan(handle, plan)
+    zeros = total = 0
+    for name, mask in result.masks.items():
+        zeros += int((~mask).sum())
+        total += mask.numel()
+    return zeros / total
+
+
+def synthetic(costs: dict[str, list[float]], params: dict[str, int]) -> dict:
+    """A sensitivity result by hand: accuracy falls by ``costs`` at levels 0, 0.5, 0.9."""
+    levels = [0.0, 0.5, 0.9]
+    layers = [{"name": name, "members": [name], "params": params[name],
+               "curve": [{"sparsity": level, "accuracy": 1.0 - cost, "loss": 0.1 + cost}
+                         for level, cost in zip(levels, values)]} for name, values in costs.items()]
+    return {"granularity": "unstructured", "criterion": "l1", "baseline_accuracy": 1.0, "label": "accuracy",
+            "levels": levels, "layers": layers, "complete": True}
+
+
+def test_the_cheapest_weights_are_taken_first():
+    result = synthetic({"robust": [0.0, 0.0, 0.01], "fragile": [0.0, 0.3, 0.9]}, {"robust": 1000, "fragile": 1000})
+    curves = curves_for(result, "weights", (0.0, 0.9))
+    chosen = greedy(curves, 0.45 * 2000)
+    assert chosen["robust"] == pytest.approx(0.9)
+    assert chosen["fragile"] == pytest.approx(0.0)
+    chosen = greedy(curves, 0.6 * 2000)  # the robust layer is full; the rest comes from the fragile one
+    assert chosen["robust"] == pytest.approx(0.9) and chosen["fragile"] == pytest.approx(0.3)
+
+
+def test_a_steep_then_flat_curve_is_judged_by_its_convex_hull():
+    # 'step' costs a lot at once and nothing after; over its whole range it is cheaper than 'ramp'
+    result = synthetic({"step": [0.0, 0.4, 0.4], "ramp": [0.0, 0.25, 0.45]}, {"step": 1000, "ramp": 1000})
+    chosen = greedy(curves_for(result, "weights", (0.0, 0.9)), 900)
+    assert chosen == pytest.approx({"step": 0.9, "ramp": 0.0})
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.9])
+def test_the_target_overall_sparsity_is_reached(cnn, sweep, target):
+    plan = allocate(cnn, target_sparsity=target, sensitivity=sweep)
+    assert plan.granularity == "unstructured" and plan.scope == "layer"
+    assert overall_sparsity(cnn, plan) == pytest.approx(target, abs=0.002)
+
+
+def test_per_layer_bounds_are_respected(cnn, sweep):
+    plan = allocate(cnn, target_sparsity=0.6, min_sparsity=0.2, max_sparsity=0.8, sensitivity=sweep)
+    targets = plan.layer_targets
+    assert set(targets) == {"features.0.0", "features.1.0", "features.3.0", "fc1"}
+    assert all(0.2 - 1e-9 <= value <= 0.8 + 1e-9 for value in targets.values())
+    assert targets["features.0.0"] == pytest.approx(0.2)  # the first convolution is the most fragile
+    assert overall_sparsity(cnn, plan) == pytest.approx(0.6, abs=0.002)
+
+
+def test_allocated_beats_uniform_and_keeps_up_with_global_at_90_percent(cnn, sweep):
+    x, y = torch.from_numpy(cnn.data.x_test), torch.from_numpy(cnn.data.y_test)
+
+    def accuracy(plan: Plan) -> float:
+        with torch.no_grad():
+            return float((apply_plan(cnn, plan).module(x).argmax(1) == y).float().mean())
+
+    allocated = accuracy(allocate(cnn, target_sparsity=0.9, sensitivity=sweep))
+    assert allocated >= accuracy(Plan(sparsity=0.9)) + 0.02
+    assert allocated >= accuracy(Plan(scope="global", sparsity=0.9)) - 0.01
+
+
+def test_max_accuracy_drop_alone_sets_the_sparsity(cnn, sweep):
+    plan = allocate(cnn, max_accuracy_drop=0.01, sensitivity=sweep)
+    sparsity = overall_sparsity(cnn, plan)
+    assert 0.3 < sparsity < 0.95
+    accuracy, _ = Scorer(cnn, "val")(apply_plan(cnn, plan).module)
+    assert accuracy >= sweep["baseline_accuracy"] - 0.05
+    with pytest.raises(PrunelabError, match="predicted to cost"):
+        allocate(cnn, target_sparsity=0.9, max_accuracy_drop=0.01, sensitivity=sweep)
+
+
+def test_bad_requests_are_one_line_errors(cnn, sweep):
+    cases = [
+        ({}, "give a target"),
+        ({"target_sparsity": 0.5, "target_latency_ms": 1.0}, "one target"),
+        ({"target_latency_ms": 1.0}, "need granularity channel"),
+        ({"target_sparsity": 0.97}, "out of reach"),
+        ({"target_sparsity": 0.5, "min_sparsity": 0.6, "max_sparsity": 0.5}, "above max_sparsity"),
+        ({"target_sparsity": 1.5}, r"\[0, 1\)"),
+        ({"target_sparsity": 0.5, "granularity": "channel"}, "is for unstructured"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(PrunelabError, match=message):
+            allocate(cnn, sensitivity=sweep, **kwargs)
+
+
+def test_cli_writes_a_plan_that_loads_and_matches_the_api(cnn, sweep, tmp_path, capsys):
+    out = tmp_path / "allocated.yaml"
+    assert main(["allocate", "digits-cnn", "--target-sparsity", "0.8", "--out", str(out)]) == 0
+    assert Plan.load(out) == allocate(cnn, target_sparsity=0.8, sensitivity=sweep)
+    assert "fc1" in capsys.readouterr().out
+    assert main(["allocate", "digits-cnn", "--out", str(tmp_path / "plan.txt"), "--target-sparsity", "0.5"]) == 2
+    assert main(["allocate", "digits-cnn", "--out", str(out), "--target-mac-reduction", "2"]) == 2
+    assert "prunelab: error:" in capsys.readouterr().err
+
+
+def test_channel_allocation_reaches_a_mac_reduction(cnn):
+    result = sensitivity(cnn, granularity="channel", levels=(0.0, 0.3, 0.6, 0.9))
+    plan = allocate(cnn, target_mac_reduction=2.0, granularity="channel", sensitivity=result)
+    assert plan.granularity == "channel"
+    assert set(plan.layer_targets) <= {layer["name"] for layer in result["layers"]}
+    from core.inspect import layer_macs
+
+    example = cnn.example_input(1)
+    dense = sum(layer_macs(cnn.module, example).values())
+    pruned = sum(layer_macs(apply_plan(cnn, plan).module, example).values())
+    assert pruned <= dense / 2 * 1.01
+    assert pruned >= dense / 2 * 0.85  # not far beyond the target either
