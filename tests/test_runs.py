@@ -257,3 +257,22 @@ def test_cli_lists_shows_compares_and_deletes(capsys):
     capsys.readouterr()
     assert main(["runs", "show", str(first.id)]) == 2
     assert f"no run with id {first.id}" in capsys.readouterr().err
+
+
+def test_runs_are_logged_to_an_mlflow_file_store(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    from core.mlflow_log import log_runs
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"onnx bytes")
+    run = record_run(make_report(accuracy=0.875), artifacts={"model.onnx": onnx}, label="logged")
+    uri = (tmp_path / "mlruns").as_uri()
+    [(prunelab_id, mlflow_id)] = log_runs([run], uri).items()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    logged = client.get_run(mlflow_id)
+    assert prunelab_id == run.id and logged.data.tags["prunelab.run_id"] == str(run.id)
+    assert logged.data.metrics["accuracy"] == 0.875 and logged.data.metrics["latency_ms.p50"] == 1.0
+    assert logged.data.metrics["baseline.accuracy"] == 0.97
+    assert logged.data.params["sparsity"] == "0.5" and logged.data.params["layers.fc1"] == "0.6"
+    assert [item.path for item in client.list_artifacts(mlflow_id, "prunelab")] == ["prunelab/model.onnx"]
