@@ -1,0 +1,137 @@
+"""Recovery: masks held exactly, accuracy regained, determinism, rewinding, schedules in training."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from core import recovery
+from core.data import random_data
+from core.engine import apply_plan
+from core.errors import PrunelabError
+from core.inspect import prunable_layers
+from core.plan import Plan
+from core.schedule import PolynomialDecay
+
+GLOBAL_95 = Plan(granularity="unstructured", criterion="l1", scope="global", sparsity=0.95)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models train faster on one thread than on two contended ones; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def weights(module) -> dict[str, torch.Tensor]:
+    return {layer.name: layer.weight.detach().clone() for layer in prunable_layers(module)}
+
+
+@pytest.fixture(scope="module")
+def recovered_cnn(cnn):
+    pruned = apply_plan(cnn, GLOBAL_95)
+    return pruned, recovery.finetune(cnn, GLOBAL_95, epochs=3, pruned=pruned)
+
+
+def test_pruned_weights_stay_exactly_zero_and_survivors_train(recovered_cnn):
+    pruned, result = recovered_cnn
+    after, before = weights(result.module), weights(pruned.module)
+    assert set(result.masks) == {"features.0.0", "features.1.0", "features.3.0", "fc1"}
+    for name, mask in result.masks.items():
+        assert torch.all(after[name][~mask] == 0), name
+        assert not torch.equal(after[name][mask], before[name][mask]), name
+    assert result.summary()["pruned_layers_sparsity"] == pytest.approx(0.95, abs=1e-4)
+    assert result.sparsity >= 0.94
+
+
+def test_finetuning_beats_one_shot_at_95_percent(recovered_cnn):
+    _, result = recovered_cnn
+    assert result.accuracy["recovered"] > result.accuracy["one_shot"] + 0.3
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert all(0 <= row["val_accuracy"] <= 1 and row["loss"] > 0 for row in result.history)
+
+
+def test_finetune_does_not_touch_the_pruned_result_or_the_handle(cnn, recovered_cnn):
+    pruned, result = recovered_cnn
+    assert result.module is not pruned.module
+    assert torch.equal(weights(apply_plan(cnn, GLOBAL_95).module)["fc1"], weights(pruned.module)["fc1"])
+
+
+def test_same_seed_same_weights_other_seed_other_weights(mlp):
+    plan = Plan(sparsity=0.8)
+    runs = [recovery.finetune(mlp, plan, epochs=1, seed=seed) for seed in (3, 3, 4)]
+    states = [run.module.state_dict() for run in runs]
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+    assert not all(torch.equal(states[0][key], states[2][key]) for key in states[0])
+
+
+def test_training_needs_training_data(mlp):
+    unlabelled = dataclasses.replace(mlp, data=random_data(mlp.input_shape))
+    with pytest.raises(PrunelabError, match="x_train/y_train"):
+        recovery.finetune(unlabelled, Plan(sparsity=0.5), epochs=1)
+
+
+def test_should_stop_ends_the_run_early_with_masks_held(mlp):
+    steps = []
+    result = recovery.finetune(mlp, Plan(sparsity=0.9), epochs=3, on_step=lambda step, loss: steps.append(step),
+                               should_stop=lambda: len(steps) >= 2)
+    assert result.stopped and steps == [1, 2] and result.history == []
+    for layer in prunable_layers(result.module):
+        if layer.name in result.masks:
+            assert torch.all(layer.weight[~result.masks[layer.name]] == 0)
+
+
+def test_channel_plan_fine_tunes_the_smaller_model(mlp):
+    plan = Plan(granularity="channel", criterion="l1", sparsity=0.5)
+    pruned = apply_plan(mlp, plan)
+    result = recovery.finetune(mlp, plan, epochs=2, pruned=pruned)
+    shapes = {name: tensor.shape for name, tensor in weights(result.module).items()}
+    assert shapes == {name: tensor.shape for name, tensor in weights(pruned.module).items()}
+    assert shapes["fc1"][0] == 150 and result.masks is None
+    assert result.sparsity > 0.5
+    assert result.accuracy["recovered"] >= result.accuracy["one_shot"]
+
+
+def test_gradual_pruning_follows_the_schedule_to_the_final_sparsity(mlp):
+    per_epoch = recovery.steps_per_epoch(mlp)
+    schedule = PolynomialDecay(0.0, 0.9, begin_step=0, end_step=3 * per_epoch, frequency=per_epoch // 2)
+    result = recovery.gradual_prune(mlp, Plan(sparsity=0.9), epochs=4, schedule=schedule)
+    sparsities = [row["sparsity"] for row in result.history]
+    assert sparsities == sorted(sparsities) and 0 < sparsities[0] < 0.9 and sparsities[-1] == pytest.approx(0.9)
+    assert result.summary()["pruned_layers_sparsity"] == pytest.approx(0.9, abs=1e-3)
+    for layer in prunable_layers(result.module):
+        if layer.name in result.masks:
+            assert torch.all(layer.weight[~result.masks[layer.name]] == 0)
+
+
+def test_iterative_rounds_reach_the_target(mlp):
+    result = recovery.iterative_prune(mlp, Plan(scope="global", sparsity=0.9), rounds=3, epochs=1)
+    reached = [row["sparsity"] for row in result.details["rounds"]]
+    assert reached == sorted(reached) and len(reached) == 3
+    assert result.summary()["pruned_layers_sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert len(result.history) == 3 and result.history[-1]["phase"] == "round 3"
+
+
+def test_lottery_ticket_rewinds_survivors_to_their_initial_values(mlp, monkeypatch):
+    starts = []
+    real_fit = recovery.fit
+
+    def recording_fit(module, *args, **kwargs):
+        starts.append(weights(module))
+        return real_fit(module, *args, **kwargs)
+
+    monkeypatch.setattr(recovery, "fit", recording_fit)
+    result = recovery.lottery_ticket(mlp, Plan(scope="global", sparsity=0.8), rounds=1, epochs=2, seed=5)
+    initial = dataclasses.replace(mlp).module.__class__()
+    recovery.reinitialize(initial, 5)
+    initial = weights(initial)
+    assert len(starts) == 3  # dense training, the ticket's retraining, the random re-init control
+    assert all(torch.equal(starts[0][name], initial[name]) for name in initial)
+    for name, mask in result.masks.items():
+        assert torch.equal(starts[1][name], initial[name] * mask), name
+        assert torch.equal(starts[2][name] == 0, ~mask | (starts[2][name] == 0)), name
+        assert not torch.equal(starts[2][name], starts[1][name]), name
+    assert set(result.accuracy) == {"dense", "one_shot", "recovered", "random_reinit"}
