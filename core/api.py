@@ -64,3 +64,10 @@ __all__ = ["ModelHandle", "load_model", "inspect", "histogram", "Plan", "PruneRe
            "sensitivity", "allocate"]
 __all__ += ["record_run", "list_runs", "get_run", "delete_run", "compare_runs", "pareto_front",
             "build_report", "write_report", "export_plan", "plan_layers"]
+
+# Recovery: fine-tuning with masks held, gradual, iterative and lottery-ticket pruning (core/recovery.py).
+from core.recovery import Recovery, finetune, gradual_prune, iterative_prune, lottery_ticket  # noqa: E402
+from core.schedule import PolynomialDecay, polynomial_decay  # noqa: E402
+
+__all__ += ["Recovery", "finetune", "gradual_prune", "iterative_prune", "lottery_ticket", "PolynomialDecay",
+            "polynomial_decay"]
