@@ -6,6 +6,7 @@ multiplying the weights in place (of a copy the engine owns), so no reparametriz
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -13,19 +14,25 @@ def _prune_count(sparsity: float, total: int) -> int:
     return int(round(sparsity * total))  # as torch.nn.utils.prune does
 
 
+def _kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th smallest entry (1-based); numpy's introselect is several times faster than torch.kthvalue on CPU."""
+    values = flat.detach().cpu().numpy()
+    return torch.tensor(np.partition(values, k - 1)[k - 1], dtype=flat.dtype)
+
+
 def _lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
     """A flat keep-mask of ``scores`` with exactly ``count`` lowest entries False (ties broken by position)."""
     flat = scores.reshape(-1)
-    keep = torch.ones(flat.numel(), dtype=torch.bool)
     if count <= 0:
-        return keep
+        return torch.ones(flat.numel(), dtype=torch.bool)
     if count >= flat.numel():
-        return ~keep
-    threshold = torch.kthvalue(flat, count).values
+        return torch.zeros(flat.numel(), dtype=torch.bool)
+    threshold = _kth_smallest(flat, count)
     keep = flat > threshold
-    surplus = count - int((flat < threshold).sum())  # entries equal to the threshold still to drop
-    ties = torch.nonzero(flat == threshold).reshape(-1)
-    keep[ties[surplus:]] = True
+    dropped = flat.numel() - int(torch.count_nonzero(keep))
+    if dropped > count:  # ties at the threshold: keep the later ones
+        ties = torch.nonzero(flat == threshold).reshape(-1)
+        keep[ties[len(ties) - (dropped - count):]] = True
     return keep
 
 
@@ -50,4 +57,4 @@ def global_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, 
 def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:
     """Zero the pruned entries of ``weight`` in place."""
     with torch.no_grad():
-        weight.mul_(mask.to(weight.dtype))
+        weight.mul_(mask)
