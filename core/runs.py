@@ -135,12 +135,13 @@ class RunStore:
         report: the evaluate report (kept whole as the run's metrics).
         model: a ModelHandle or a name; defaults to ``report["model"]``.
         plan: a Plan or its dict; defaults to ``report["plan"]``.
-        layer_sparsity: effective sparsity per layer (PruneResult.layer_sparsity), if known.
+        layer_sparsity: effective sparsity per layer; defaults to ``report["layer_sparsity"]``.
         artifacts: name -> path of files that already exist (e.g. ``prune --out``), kept as given.
         files: name -> bytes for the store to keep itself, written atomically under ``artifacts/``.
         """
         model_name, digest = _model_identity(model if model is not None else report.get("model"))
         plan_values = _plan_values(plan if plan is not None else report.get("plan"))
+        layer_sparsity = report.get("layer_sparsity") if layer_sparsity is None else layer_sparsity
         paths = {name: str(Path(path).resolve()) for name, path in (artifacts or {}).items()}
         artifact_dir = None
         if files:
