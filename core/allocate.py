@@ -231,6 +231,8 @@ def _allocate_weights(result: dict, kind: str, value: float, bounds) -> dict[str
     return greedy(curves, value * total)
 
 
+TARGET_WORDS = {"sparsity": "{:.1%} of the parameters removed", "mac_reduction": "{:g}x fewer MACs",
+                "latency_ms": "p50 of {:.4g} ms"}
 CHANNEL_RESOURCES = {"sparsity": "params", "mac_reduction": "macs", "latency_ms": "latency_ms", "drop": "params"}
 
 
@@ -254,8 +256,9 @@ def _allocate_channels(handle: ModelHandle, result: dict, kind: str, value: floa
 
     most = greedy(curves, float("inf"))
     if removed(most) < needed * (1 - TOLERANCE):
-        raise PrunelabError(f"the {kind.replace('_', ' ')} target {value:g} is out of reach: with at most "
-                            f"{bounds[1]:.0%} per group the model keeps {dense - removed(most):,.3g} {resource}")
+        raise PrunelabError(f"the target ({TARGET_WORDS[kind].format(value)}) is out of reach: with at most "
+                            f"{bounds[1]:.0%} per group the model keeps {dense - removed(most):,.4g} {resource} "
+                            f"of {dense:,.4g}")
     low, high = 0.0, float(sum(curve.removed[-1] for curve in curves))
     for _ in range(BISECTION_STEPS):
         middle = (low + high) / 2
@@ -263,7 +266,7 @@ def _allocate_channels(handle: ModelHandle, result: dict, kind: str, value: floa
             high = middle
         else:
             low = middle
-    return greedy(curves, high) if removed(greedy(curves, high)) >= needed * (1 - TOLERANCE) else most
+    return greedy(curves, high)  # high always meets the target: it starts at ``most`` and only moves to passing budgets
 
 
 def measure_channel_plan(handle: ModelHandle, criterion: str, chosen: dict[str, float], timed: bool = True) -> dict:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import time
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,7 @@ from core.plan import Plan
 from core.sensitivity import Scorer, check_levels, sensitivity
 
 LEVELS = (0.0, 0.5, 0.9)
+PAGE = Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "sensitivity.py"
 # the module, not the function of the same name that the core package exports
 sensitivity_module = importlib.import_module("core.sensitivity")
 
@@ -142,3 +145,37 @@ def test_cache_is_bounded_atomic_and_tolerates_damage(tmp_path):
     (cache.directory / f"{keys[-1]}.json").write_text("{not json")
     assert cache.get(keys[-1]) is None
     assert cache_key({"b": 1, "a": 2}) == cache_key({"a": 2, "b": 1}) != cache_key({"a": 1, "b": 2})
+
+
+def test_channel_sweeps_prune_coupled_groups_and_time_each_level(cnn):
+    result = sensitivity(cnn, granularity="channel", levels=(0.0, 0.5))
+    assert result["evaluated_on"]["latency"]["runtime"] == "onnxruntime"
+    assert {layer["name"] for layer in result["layers"]} == {"features.0.0", "features.1.0", "features.3.0", "fc1"}
+    for layer in result["layers"]:
+        dense, half = layer["curve"]
+        assert layer["name"] in layer["members"]
+        assert dense["accuracy"] == result["baseline_accuracy"]
+        assert dense["latency_ms"] > 0 and half["latency_ms"] > 0
+        assert half["macs"] < dense["macs"] and half["params"] < dense["params"]
+    one = result["layers"][1]
+    plan = Plan(granularity="channel", sparsity=0.0, layers={one["name"]: 0.5})
+    accuracy, _ = Scorer(cnn, "val")(apply_plan(cnn, plan).module)
+    assert accuracy == pytest.approx(one["curve"][1]["accuracy"], abs=1e-9)
+
+
+def test_dashboard_page_runs_a_sweep_and_shows_it(prunelab_home):
+    from streamlit.testing.v1 import AppTest
+
+    page = AppTest.from_file(str(PAGE), default_timeout=60)
+    page.run()
+    page.toggle(key="w.sensitivity.quick").set_value(True)
+    page.button[0].click().run()
+    for _ in range(120):  # the sweep runs in a worker thread; each run of the page polls it
+        if "prunelab.sensitivity" in page.session_state:
+            break
+        time.sleep(0.5)
+        page.run()
+    assert not page.exception
+    result = page.session_state["prunelab.sensitivity"]
+    assert result["complete"] and result["levels"] == [0.0, 0.3, 0.5, 0.7, 0.9]
+    assert any("baseline accuracy" in caption.value for caption in page.caption)
