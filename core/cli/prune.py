@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--plan", required=True, help="the plan file (.yaml or .json)")
     parser.add_argument("--out", required=True, help="directory for the pruned model and its report")
     add_measure_arguments(parser)
+    parser.add_argument("--mlflow-uri", help="also log the run to MLflow at this tracking URI (the mlflow extra)")
+    parser.add_argument("--label", default="", help="a label for the recorded run (see prunelab runs)")
     parser.set_defaults(func=run)
 
 
@@ -49,7 +51,7 @@ def run(args) -> int:
     paths = write_outputs(out, handle, plan, report, artifact)
     report["files"] = {name: str(path) for name, path in paths.items()}
     write_atomic(out / "report.json", (json.dumps(report, indent=2, default=str) + "\n").encode())
-    record_run_hook(report, handle, plan, result, paths)
+    record_run_hook(report, handle, plan, result, paths, label=args.label, mlflow_uri=args.mlflow_uri)
     if args.json:
         print_json(report)
     else:
@@ -108,10 +110,18 @@ def resolved_plan_yaml(plan, report: dict, handle) -> str:
                                                          for name, value in sparsity.items()}}, sort_keys=False)
 
 
-def record_run_hook(report: dict, handle, plan, result, paths: dict[str, Path]) -> None:
-    """The hook where the run store keeps this prune run (core.runs.record_run), with the written files."""
+def record_run_hook(report: dict, handle, plan, result, paths: dict[str, Path], label: str = "",
+                    mlflow_uri: str | None = None) -> None:
+    """The hook where the run store keeps this prune run (core.runs.record_run), with the written files.
+
+    With ``mlflow_uri`` the recorded run is also logged to MLflow (params, metrics, the files).
+    """
     from core.runs import record_run
 
-    record_run(report, model=handle, plan=plan,
-               layer_sparsity=None if result is None else dict(result.layer_sparsity),
-               artifacts={name: str(path) for name, path in paths.items()})
+    run = record_run(report, model=handle, plan=plan,
+                     layer_sparsity=None if result is None else dict(result.layer_sparsity),
+                     artifacts={name: str(path) for name, path in paths.items()}, label=label)
+    progress(f"recorded run {run.id} (prunelab runs show {run.id})")
+    if mlflow_uri:
+        from core.mlflow_log import log_runs
+        progress(f"logged to MLflow as run {log_runs([run], mlflow_uri)[run.id]}")
