@@ -24,7 +24,7 @@ import torch
 from core import measure
 from core.data import Dataset, load_npz
 from core.errors import PrunelabError
-from core.export import export_onnx, with_weights
+from core.export import changed_tensors, export_onnx, with_weights
 from core.plan import Plan
 from core.sources import ModelHandle
 
@@ -32,6 +32,7 @@ REPORT_CACHE_ENTRIES = 128
 BASELINE_CACHE_ENTRIES = 8
 ACCURACY_BATCH = 512
 PARITY_ITEMS = 64
+LIVE_PARITY_ITEMS = 16
 # The live loop times fewer runs: at least this many, for at least this long.
 LIVE_RUNS = 20
 LIVE_SECONDS = 0.15
@@ -140,7 +141,7 @@ def _measure(artifact: Artifact, data: Dataset, settings: Settings, reference: n
     metrics.update(measure.sizes(artifact.model_bytes))
     metrics["max_abs_diff"], metrics["parity_ok"] = None, None
     if artifact.module is not None:
-        items = data.x_test[:PARITY_ITEMS]
+        items = data.x_test[:LIVE_PARITY_ITEMS if settings.live else PARITY_ITEMS]
         expected = measure.torch_outputs(artifact.module, items)
         metrics["max_abs_diff"] = float(np.abs(expected - logits[:len(items)]).max())
         metrics["parity_ok"] = metrics["max_abs_diff"] <= PARITY_TOLERANCE * max(1.0, float(np.abs(expected).max()))
@@ -182,13 +183,14 @@ class LiveEvaluator:
         self.handle = handle
         self.data = _dataset(handle, data)
         self.settings = Settings(int(batch_size), int(threads), quantize, live)
+        self._data_digest = self.data.digest  # hashes every array: once, not on every call
         self._lock = threading.Lock()
 
     def _key(self, plan: Plan | None) -> tuple:
-        return (self.handle.digest, None if plan is None else plan.digest, self.data.digest, self.settings)
+        return (self.handle.digest, None if plan is None else plan.digest, self._data_digest, self.settings)
 
     def _baseline_state(self) -> _Baseline:
-        key = (self.handle.digest, self.data.digest, self.settings.threads, self.settings.batch_size,
+        key = (self.handle.digest, self._data_digest, self.settings.threads, self.settings.batch_size,
                self.settings.live)
         with self._lock:
             baseline = _BASELINES.get(key)
@@ -253,9 +255,7 @@ class LiveEvaluator:
         example = torch.from_numpy(np.ascontiguousarray(self.data.x_test[:1]))
         model_bytes = None
         if plan.granularity != "channel":
-            changed = {key: tensor for key, tensor in module.state_dict().items()
-                       if key not in baseline.state or not torch.equal(tensor, baseline.state[key])}
-            model_bytes = with_weights(baseline.template, changed)
+            model_bytes = with_weights(baseline.template, changed_tensors(baseline.state, module.state_dict()))
         same_shape = model_bytes is not None
         if model_bytes is None:
             model_bytes = export_onnx(module, example)

@@ -40,7 +40,11 @@ def strip_reparametrizations(module: nn.Module) -> nn.Module:
     """
     from torch.nn.utils import parametrize, prune
 
-    module = copy.deepcopy(module)
+    # torch.nn.utils.prune leaves the computed weight as a non-leaf tensor, which deepcopy refuses:
+    # hand deepcopy a detached copy of each such tensor.
+    memo = {id(value): value.detach().clone() for child in module.modules() for value in vars(child).values()
+            if isinstance(value, torch.Tensor) and not value.is_leaf}
+    module = copy.deepcopy(module, memo)
     for child in module.modules():
         for hook in list(child._forward_pre_hooks.values()):
             if isinstance(hook, prune.BasePruningMethod):
@@ -74,12 +78,19 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path
 
 def _export_legacy(module: nn.Module, example_input: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example_input,), buffer, dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                          do_constant_folding=False)
+    # nn.MultiheadAttention's inference fast path (_native_multi_head_attention) has no ONNX
+    # translation; the plain path exports as MatMul/Softmax ops and keeps in_proj_weight by name.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example_input,), buffer, dynamo=False, opset_version=OPSET,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                              do_constant_folding=False)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return buffer.getvalue()
 
 
@@ -106,9 +117,7 @@ def write_atomic(path: str | Path, content: bytes) -> None:
     try:
         with os.fdopen(descriptor, "wb") as stream:
             stream.write(content)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual mode
+        os.chmod(temporary, 0o644)  # mkstemp makes the file private; give it the usual mode
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -126,6 +135,17 @@ def initializer_layers(model: onnx.ModelProto, module: nn.Module) -> dict[str, s
         if key in names:
             found[key] = layer.name
     return found
+
+
+def changed_tensors(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of state dict ``after`` that are new or differ from ``before``.
+
+    Only these go through ``with_weights``: the exporter stores identical constant tensors once
+    (two all-ones running_var buffers share one initializer), so an unchanged tensor may have no
+    initializer of its own.
+    """
+    return {key: tensor for key, tensor in after.items()
+            if key not in before or before[key].shape != tensor.shape or not torch.equal(before[key], tensor)}
 
 
 def with_weights(template: onnx.ModelProto, state: dict[str, torch.Tensor]) -> bytes | None:

@@ -1,0 +1,63 @@
+"""The live loop: time from a plan change to all metrics (what the dashboard waits for on a slider release).
+
+For each demo model: the first call (dense baseline measured and cached, then the plan), then a
+series of slider moves for an unstructured plan (fast path: new weights written into the exported
+graph) and for a channel plan (re-export), each a cache miss; then one repeated plan (a cache hit).
+Targets: <= 1 s for digits-cnn and digits-mlp, <= 3 s for digits-resnet, on 2 cores.
+
+    python -m benchmarks.live_loop [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from benchmarks.common import print_table
+from core.evaluate import LiveEvaluator, clear_caches
+from core.plan import Plan
+from core.sources import load_model
+
+MODELS = {"digits-mlp": 1.0, "digits-cnn": 1.0, "digits-resnet": 3.0}  # name -> target seconds
+SPARSITIES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def _timed(evaluator: LiveEvaluator, plan: Plan | None) -> float:
+    started = time.perf_counter()
+    evaluator.measure(plan)
+    return time.perf_counter() - started
+
+
+def loop(name: str, sparsities: tuple[float, ...]) -> dict:
+    """Round-trip seconds for one model: first call, per-granularity median and max, a cache hit."""
+    handle = load_model(name)
+    evaluator = LiveEvaluator(handle)
+    first = _timed(evaluator, Plan(sparsity=sparsities[0] / 2))
+    row = {"model": name, "first_call_s": first}
+    for granularity in ("unstructured", "channel"):
+        times = sorted(_timed(evaluator, Plan(granularity=granularity, sparsity=level)) for level in sparsities)
+        row[f"{granularity}_median_s"] = times[len(times) // 2]
+        row[f"{granularity}_max_s"] = times[-1]
+    row["cache_hit_ms"] = _timed(evaluator, Plan(granularity="channel", sparsity=sparsities[0])) * 1000.0
+    row["target_s"] = MODELS[name]
+    return row
+
+
+def main(quick: bool = False) -> list[dict]:
+    clear_caches()
+    names = ["digits-mlp"] if quick else list(MODELS)
+    sparsities = SPARSITIES[:2] if quick else SPARSITIES
+    rows = [loop(name, sparsities) for name in names]
+    print("Plan change -> all metrics (accuracy, loss, agreement, latency percentiles, sizes, MACs, parity), "
+          "LiveEvaluator, 2 ORT threads, batch 1; each plan a cache miss unless stated.\n")
+    print_table(["model", "first call s (baseline + plan)", "unstructured median s", "unstructured max s",
+                 "channel median s", "channel max s", "cache hit ms", "target s"],
+                [[row["model"], row["first_call_s"], row["unstructured_median_s"], row["unstructured_max_s"],
+                  row["channel_median_s"], row["channel_max_s"], row["cache_hit_ms"], row["target_s"]]
+                 for row in rows])
+    return rows
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    main(parser.parse_args().quick)
