@@ -129,3 +129,20 @@ def test_channel_allocation_reaches_a_mac_reduction(cnn):
     pruned = sum(layer_macs(apply_plan(cnn, plan).module, example).values())
     assert pruned <= dense / 2 * 1.01
     assert pruned >= dense / 2 * 0.85  # not far beyond the target either
+
+
+def test_the_tune_page_auto_allocate_button_fills_the_sliders(cnn, sweep):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    page = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "tune.py"),
+                             default_timeout=90)
+    page.session_state["prunelab.sensitivity"] = {**sweep, "model_key": f"{cnn.digest}-{cnn.data.digest}"}
+    page.session_state["prunelab.plan"] = {"granularity": "unstructured", "criterion": "l1", "scope": "layer",
+                                           "sparsity": 0.9, "layers": {}}
+    page.run()
+    next(button for button in page.button if button.label == "Auto-allocate").click().run()
+    assert not page.exception and not page.error
+    expected = allocate(cnn, target_sparsity=0.9, sensitivity=sweep).layer_targets
+    assert page.session_state["prunelab.plan"]["layers"] == expected
