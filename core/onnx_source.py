@@ -97,7 +97,7 @@ def onnx_artifact(handle):
 
 
 def _scores(weight: np.ndarray, criterion: str, seed: int) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(weight))
+    tensor = torch.from_numpy(np.array(weight, copy=True))
     if criterion == "l1":
         return tensor.abs()
     if criterion == "l2":
