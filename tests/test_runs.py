@@ -253,6 +253,8 @@ def test_cli_lists_shows_compares_and_deletes(capsys):
     assert main(["runs", "compare", str(first.id), str(second.id), "--json"]) == 0
     diff = json.loads(capsys.readouterr().out)
     assert {row["metric"]: row["delta"] for row in diff["metrics"]}["accuracy"] == pytest.approx(-0.1)
+    assert main(["runs", "check", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["integrity"] == "ok"
     assert main(["runs", "delete", str(first.id)]) == 0
     capsys.readouterr()
     assert main(["runs", "show", str(first.id)]) == 2

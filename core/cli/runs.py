@@ -22,12 +22,14 @@ def register(subparsers) -> None:
     delete = actions.add_parser("delete", help="forget a run and the files the store kept for it")
     delete.add_argument("id", type=int)
     delete.set_defaults(func=run_delete)
+    check = actions.add_parser("check", help="the store's schema version and PRAGMA integrity_check")
+    check.set_defaults(func=run_check)
     mlflow = actions.add_parser("mlflow", help="log runs to MLflow: params, metrics and artifacts")
     mlflow.add_argument("ids", type=int, nargs="+", metavar="ID")
     mlflow.add_argument("--mlflow-uri", required=True, help="tracking URI, e.g. file:///tmp/mlruns")
     mlflow.add_argument("--experiment", default="prunelab", help="experiment name (default prunelab)")
     mlflow.set_defaults(func=run_mlflow)
-    for sub in (show, compare, delete, mlflow):
+    for sub in (show, compare, delete, check, mlflow):
         sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
 
 
@@ -87,6 +89,18 @@ def run_delete(args) -> int:
     delete_run(args.id)
     print(f"deleted run {args.id}")
     return 0
+
+
+def run_check(args) -> int:
+    store = RunStore()
+    result = {"path": str(store.path), "schema_version": store.version(), "integrity": store.integrity(),
+              "runs": len(store.list())}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{result['path']}: schema version {result['schema_version']}, {result['runs']} runs, "
+              f"integrity {result['integrity']}")
+    return 0 if result["integrity"] == "ok" else 1
 
 
 def run_mlflow(args) -> int:
