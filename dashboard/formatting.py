@@ -35,7 +35,10 @@ def milliseconds(value: float | None) -> str:
 
 
 def percent(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}%"
+    """0.1234 -> '12.3%'; below 1% two decimals, so a small nonzero share does not read as zero."""
+    if value is None:
+        return "–"
+    return f"{100 * value:.2f}%" if 0 < abs(value) < 0.01 else f"{100 * value:.1f}%"
 
 
 def change(new: float | None, old: float | None) -> str | None:
