@@ -1,0 +1,60 @@
+"""INT8 quantization of the exported model: size, accuracy, mode choice, combined with pruning."""
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from core.errors import PrunelabError
+from core.evaluate import evaluate
+from core.export import export_onnx
+from core.plan import Plan
+from core.quantize import quantize_model, resolve_mode
+
+
+@pytest.fixture(scope="module")
+def cnn_int8(cnn):
+    return evaluate(cnn, quantize="int8")
+
+
+def test_static_int8_cnn_is_small_and_accurate(cnn_int8):
+    pruned, baseline = cnn_int8["pruned"], cnn_int8["baseline"]
+    assert pruned["quantized"] and not baseline["quantized"]
+    assert pruned["onnx_bytes"] <= 0.35 * baseline["onnx_bytes"]
+    assert abs(pruned["accuracy"] - baseline["accuracy"]) <= 0.02
+    assert pruned["latency_ms"]["p50"] <= pruned["latency_ms"]["p90"] <= pruned["latency_ms"]["p99"]
+    assert any(note.startswith("int8:") for note in cnn_int8["notes"])
+
+
+def test_static_graph_holds_qdq_nodes(cnn):
+    model_bytes = quantize_model(export_onnx(cnn.module, cnn.example_input(1)), cnn.data, "int8-static")
+    operators = {node.op_type for node in onnx.load_from_string(model_bytes).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= operators
+
+
+def test_auto_mode_picks_static_for_conv_and_dynamic_for_linear(cnn, mlp):
+    conv = onnx.load_from_string(export_onnx(cnn.module, cnn.example_input(1)))
+    linear = onnx.load_from_string(export_onnx(mlp.module, mlp.example_input(1)))
+    assert resolve_mode(conv, "int8") == "int8-static"
+    assert resolve_mode(linear, "int8") == "int8-dynamic"
+    assert resolve_mode(conv, "int8-dynamic") == "int8-dynamic"
+
+
+def test_dynamic_int8_mlp_keeps_accuracy(mlp):
+    report = evaluate(mlp, quantize="int8-dynamic")
+    assert report["pruned"]["onnx_bytes"] <= 0.35 * report["baseline"]["onnx_bytes"]
+    assert abs(report["pruned"]["accuracy"] - report["baseline"]["accuracy"]) <= 0.02
+
+
+def test_pruned_and_quantized_together(cnn):
+    plan = Plan(scope="global", sparsity=0.5)
+    fp32 = evaluate(cnn, plan)["pruned"]
+    int8 = evaluate(cnn, plan, quantize="int8-static")["pruned"]
+    assert int8["quantized"] and not fp32["quantized"]
+    assert int8["sparsity"] == fp32["sparsity"]  # counted on the pruned weights, before quantization
+    assert abs(int8["accuracy"] - fp32["accuracy"]) <= 0.02
+    assert int8["compressed_bytes"] < fp32["compressed_bytes"]
+
+
+def test_unknown_mode_is_refused(cnn):
+    with pytest.raises(PrunelabError, match="int8-static"):
+        evaluate(cnn, quantize="int4")
