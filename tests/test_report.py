@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +64,7 @@ def test_empty_report_is_refused():
 
 
 @pytest.mark.browser
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="the system Chromium is not installed")
 def test_report_renders_offline_in_chromium(three_runs, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     path = write_report([run.id for run in three_runs], tmp_path / "report.html")
