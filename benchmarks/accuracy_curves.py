@@ -34,7 +34,7 @@ def torch_global(module: torch.nn.Module, sparsity: float, ignored: str | None) 
 
 def curves(name: str, levels, finetune_epochs: int) -> list[dict]:
     """One row per (method, sparsity) with the test accuracy."""
-    from core import allocate as allocate_module
+    from core.allocate import allocate
     from core.recovery import finetune
 
     handle = load_model(name)
@@ -47,11 +47,11 @@ def curves(name: str, levels, finetune_epochs: int) -> list[dict]:
         methods = {
             "prunelab global": pruned.module,
             "prunelab layer-uniform": apply_plan(handle, Plan(criterion="l1", scope="layer", sparsity=sparsity)).module,
-            "prunelab allocated": apply_plan(handle, allocate_module.allocate(handle, target_sparsity=sparsity)).module,
+            "prunelab allocated": apply_plan(handle, allocate(handle, target_sparsity=sparsity)).module,
             "torch.nn.utils.prune global": torch_global(handle.module, sparsity, ignored),
         }
         if finetune_epochs:
-            methods["prunelab global + fine-tune"] = finetune(handle, pruned, epochs=finetune_epochs).module
+            methods["prunelab global + fine-tune"] = finetune(handle, global_plan, epochs=finetune_epochs, pruned=pruned).module
         for method, module in methods.items():
             rows.append({"model": name, "method": method, "sparsity": sparsity, "accuracy": test_accuracy(module, x, y)})
     return rows

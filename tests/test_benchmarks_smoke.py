@@ -1,0 +1,25 @@
+"""A tiny run of every benchmark, so they do not rot. Figures are printed by `make bench`, never asserted here."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from benchmarks.run import BENCHMARKS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(BENCHMARKS))
+def test_benchmark_runs_quickly(name, capsys):
+    module = importlib.import_module(f"benchmarks.{name}")
+    module.main(quick=True)
+    printed = capsys.readouterr().out
+    assert "|" in printed or printed.strip(), f"benchmarks.{name} printed nothing"
+
+
+def test_runner_writes_nothing_in_quick_mode(tmp_path, monkeypatch, capsys):
+    from benchmarks import run
+
+    monkeypatch.setattr(run, "RESULTS", tmp_path / "RESULTS.md")
+    run.main(["memory", "--quick"])
+    assert "Resident memory" in capsys.readouterr().out and not (tmp_path / "RESULTS.md").exists()
