@@ -7,8 +7,9 @@ Every file is written to a temporary name first and moved into place.
 """
 from __future__ import annotations
 
-import io
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ import yaml
 
 from core.cli.evaluate import add_measure_arguments, load_plan, print_report, progress
 from core.cli.options import add_model_arguments, model_from, print_json
+from core.cli.recover import add_finetune_arguments, finetuned
 from core.errors import PrunelabError
 from core.evaluate import LiveEvaluator
 from core.export import write_atomic
@@ -31,6 +33,7 @@ def register(subparsers) -> None:
     add_measure_arguments(parser)
     parser.add_argument("--mlflow-uri", help="also log the run to MLflow at this tracking URI (the mlflow extra)")
     parser.add_argument("--label", default="", help="a label for the recorded run (see prunelab runs)")
+    add_finetune_arguments(parser)  # recovery (core/cli/recover.py)
     parser.set_defaults(func=run)
 
 
@@ -47,6 +50,8 @@ def run(args) -> int:
     evaluator = LiveEvaluator(handle, threads=args.threads, batch_size=args.batch_size, quantize=args.quantize,
                               live=False)
     report, artifact, result = evaluator.measure_artifact(plan)
+    if args.finetune:  # recovery (core/cli/recover.py): the report and files become the fine-tuned model's
+        report, artifact = finetuned(handle, plan, result, report, args)
     progress(f"writing {', '.join(FILES)} to {out}")
     paths = write_outputs(out, handle, plan, report, artifact)
     report["files"] = {name: str(path) for name, path in paths.items()}
@@ -66,33 +71,24 @@ def write_outputs(out: Path, handle, plan, report: dict, artifact) -> dict[str, 
     paths = {"model.onnx": out / "model.onnx"}
     write_atomic(paths["model.onnx"], artifact.model_bytes)
     if artifact.module is not None:
-        example = handle.example_input(2)
-        for name, content in save_pruned(artifact.module, example).items():
-            paths[name] = out / name
-            write_atomic(paths[name], content)
+        paths.update(save_module_files(artifact.module, handle.example_input(1), out))
     paths["plan.yaml"] = out / "plan.yaml"
     write_atomic(paths["plan.yaml"], resolved_plan_yaml(plan, report, handle).encode())
     paths["report.json"] = out / "report.json"
     return paths
 
 
-def save_pruned(module: torch.nn.Module, example: torch.Tensor) -> dict[str, bytes]:
-    """``state_dict.pt`` and ``model.pt2`` bytes; prefers core.artifacts.save_pruned when it exists."""
-    try:
-        from core.artifacts import save_pruned as shared_save_pruned
-    except ImportError:
-        shared_save_pruned = None
-    if shared_save_pruned is not None:
-        return shared_save_pruned(module, example)
-    weights = io.BytesIO()
-    torch.save({key: tensor.detach().clone() for key, tensor in module.state_dict().items()}, weights)
-    program = io.BytesIO()
-    try:
-        exported = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    except Exception:  # a model that cannot take a dynamic batch keeps the example's batch size
-        exported = torch.export.export(module, (example,))
-    torch.export.save(exported, program)
-    return {"state_dict.pt": weights.getvalue(), "model.pt2": program.getvalue()}
+def save_module_files(module: torch.nn.Module, example: torch.Tensor, out: Path) -> dict[str, Path]:
+    """state_dict.pt and model.pt2 via core.artifacts.save_pruned, written in a temporary directory
+    inside ``out`` and then moved into place, so no half-written file is ever visible."""
+    from core.artifacts import save_pruned
+
+    paths = {}
+    with tempfile.TemporaryDirectory(dir=out, prefix=".prune-") as staging:
+        for written in save_pruned(module, example, staging).values():
+            paths[written.name] = out / written.name
+            os.replace(written, paths[written.name])
+    return paths
 
 
 def resolved_plan_yaml(plan, report: dict, handle) -> str:
