@@ -18,8 +18,8 @@ from core.data import Dataset
 from core.errors import PrunelabError
 from core.inspect import Layer
 
-CALIBRATION_ITEMS = 128
-CALIBRATION_BATCH = 32
+CALIBRATION_ITEMS = 64
+CALIBRATION_BATCH = 16
 
 
 @dataclass
