@@ -19,6 +19,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -188,6 +189,27 @@ class RunStore:
                 if value is not None:
                     connection.execute(f"UPDATE runs SET {column} = ? WHERE id = ?", (value, _run_id(run_id)))
         return self.get(run_id)
+
+    def orphans(self, min_age_seconds: float = 3600.0) -> list[Path]:
+        """Artifact directories no run points at (left by a killed writer), older than ``min_age_seconds``.
+
+        The age keeps a writer that is still between its files and its commit off the list.
+        """
+        if not self.artifact_root.is_dir():
+            return []
+        with self._connect() as connection:
+            owned = {row[0] for row in connection.execute(
+                "SELECT artifact_dir FROM runs WHERE artifact_dir IS NOT NULL")}
+        now = time.time()
+        return sorted(path for path in self.artifact_root.iterdir()
+                      if path.is_dir() and str(path) not in owned and now - path.stat().st_mtime >= min_age_seconds)
+
+    def remove_orphans(self, min_age_seconds: float = 3600.0) -> list[Path]:
+        """Delete the directories ``orphans`` lists; returns them."""
+        found = self.orphans(min_age_seconds)
+        for path in found:
+            shutil.rmtree(path, ignore_errors=True)
+        return found
 
     def integrity(self) -> str:
         """``PRAGMA integrity_check``: ``"ok"`` for a sound database."""

@@ -161,6 +161,10 @@ def test_killed_writer_loses_only_its_own_run(stage, prunelab_home):
     assert RunStore().integrity() == "ok"
     for run in runs:
         assert json.loads(Path(run.artifacts["report.json"]).read_text())["pruned"]["accuracy"] == 0.9
+    store = RunStore()
+    [orphan] = store.orphans(min_age_seconds=0)  # the killed run's files, which no row points at
+    assert store.orphans() == []  # too young to be sure its writer is gone
+    assert store.remove_orphans(min_age_seconds=0) == [orphan] and not orphan.exists()
     after = record_run(make_report(), label="after the crash")
     assert [run.label for run in list_runs()] == ["after the crash", "kept 1", "kept 0"]
     assert after.id > runs[0].id

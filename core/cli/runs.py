@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     delete.add_argument("id", type=int)
     delete.set_defaults(func=run_delete)
     check = actions.add_parser("check", help="the store's schema version and PRAGMA integrity_check")
+    check.add_argument("--clean", action="store_true",
+                       help="remove artifact directories of runs that never committed (older than an hour)")
     check.set_defaults(func=run_check)
     mlflow = actions.add_parser("mlflow", help="log runs to MLflow: params, metrics and artifacts")
     mlflow.add_argument("ids", type=int, nargs="+", metavar="ID")
@@ -93,13 +95,16 @@ def run_delete(args) -> int:
 
 def run_check(args) -> int:
     store = RunStore()
+    orphans = store.remove_orphans() if args.clean else store.orphans()
     result = {"path": str(store.path), "schema_version": store.version(), "integrity": store.integrity(),
-              "runs": len(store.list())}
+              "runs": len(store.list()), "orphaned_artifact_dirs": [str(path) for path in orphans],
+              "removed": bool(args.clean)}
     if args.json:
         print_json(result)
     else:
         print(f"{result['path']}: schema version {result['schema_version']}, {result['runs']} runs, "
-              f"integrity {result['integrity']}")
+              f"integrity {result['integrity']}, {len(orphans)} orphaned artifact dir(s)"
+              + (" removed" if args.clean and orphans else ""))
     return 0 if result["integrity"] == "ok" else 1
 
 
