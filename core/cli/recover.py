@@ -1,0 +1,125 @@
+"""prunelab recover: train accuracy back by gradual, iterative or lottery-ticket pruning.
+
+    prunelab recover digits-cnn --method gradual --sparsity 0.95 --epochs 8
+    prunelab recover digits-cnn --method lottery --sparsity 0.98 --rounds 3 --epochs 10 --rewind-epoch 1
+
+Also holds what ``prunelab prune --finetune EPOCHS`` uses: its arguments, the epoch progress bar
+on stderr and the measurement of the recovered model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import sys
+
+import torch
+
+from core import recovery
+from core.cli.evaluate import load_plan, progress
+from core.cli.options import add_model_arguments, model_from, print_json
+from core.errors import PrunelabError
+from core.export import write_atomic
+from core.plan import Plan
+
+METHODS = ("gradual", "iterative", "lottery")
+
+
+class EpochBar:
+    """An ``on_epoch`` callback drawing ``[#####.....] 3/5 loss 0.41 val 98.1%`` on stderr."""
+
+    def __init__(self, total: int, label: str, width: int = 24):
+        self.total, self.label, self.width = max(1, total), label, width
+
+    def __call__(self, row: dict) -> None:
+        done = min(row["epoch"], self.total)
+        filled = self.width * done // self.total
+        validation = "" if row["val_accuracy"] is None else f" val {row['val_accuracy']:.1%}"
+        phase = f" {row['phase']}" if "phase" in row else ""
+        sys.stderr.write(f"\rprunelab: {self.label}{phase} [{'#' * filled}{'.' * (self.width - filled)}] "
+                         f"{done}/{self.total} loss {row['loss']:.3f}{validation}   ")
+        if done == self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def add_finetune_arguments(parser) -> None:
+    """--finetune EPOCHS and --lr, for ``prunelab prune``."""
+    group = parser.add_argument_group("recovery")
+    group.add_argument("--finetune", type=int, default=0, metavar="EPOCHS",
+                       help="fine-tune the pruned model this many epochs with its pruned weights held at zero "
+                            "(needs training data: a built-in, or --data with x_train/y_train)")
+    group.add_argument("--lr", type=float, default=3e-3, help="peak learning rate for fine-tuning (default 3e-3)")
+
+
+def finetuned(handle, plan: Plan, pruned, report: dict, args) -> tuple[dict, object]:
+    """Fine-tune ``pruned`` for ``args.finetune`` epochs; the report now measures the recovered model.
+
+    The one-shot metrics move to ``report["one_shot"]``, the run's summary to ``report["recovery"]``.
+    Returns the report and the artifact to write.
+    """
+    from core.evaluate import LiveEvaluator
+
+    if args.finetune < 1:
+        raise PrunelabError(f"--finetune needs at least 1 epoch, got {args.finetune}")
+    progress(f"fine-tuning {args.finetune} epochs with the masks held")
+    result = recovery.finetune(handle, plan, args.finetune, lr=args.lr, seed=plan.seed, pruned=pruned,
+                               on_epoch=EpochBar(args.finetune, "fine-tuning"))
+    recovered = dataclasses.replace(handle, module=result.module, _digest=None)
+    evaluator = LiveEvaluator(recovered, threads=args.threads, batch_size=args.batch_size, quantize=args.quantize,
+                              live=False)
+    measured, artifact, _ = evaluator.measure_artifact(None)
+    accuracy = result.accuracy
+    report = {**report, "one_shot": report["pruned"], "pruned": measured["pruned"], "recovery": result.summary()}
+    if accuracy["recovered"] is not None:
+        report["notes"] = [f"fine-tuned {len(result.history)} epochs with pruned weights held at zero: test accuracy "
+                           f"one-shot {accuracy['one_shot']:.1%} -> recovered {accuracy['recovered']:.1%} "
+                           f"(dense {accuracy['dense']:.1%}); {result.sparsity:.1%} of prunable weights zero"
+                           ] + report["notes"]
+    return report, artifact
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("recover", help="gradual, iterative or lottery-ticket pruning with training")
+    add_model_arguments(parser)
+    parser.add_argument("--method", choices=METHODS, default="gradual", help="how to prune while training")
+    parser.add_argument("--plan", help="a plan file; default: global L1 unstructured at --sparsity")
+    parser.add_argument("--sparsity", type=float, default=0.9, help="target sparsity without --plan (default 0.9)")
+    parser.add_argument("--epochs", type=int, default=8, help="epochs of training (per round for iterative/lottery)")
+    parser.add_argument("--rounds", type=int, default=3, help="prune-then-train rounds (iterative, lottery)")
+    parser.add_argument("--rewind-epoch", type=int, default=0, help="lottery: rewind to weights after this epoch")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for data order and initialization")
+    parser.add_argument("--save", help="write the recovered model's state_dict.pt here")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    handle = model_from(args)
+    plan = load_plan(args.plan) if args.plan else Plan(criterion="l1", scope="global", sparsity=args.sparsity)
+    common = {"lr": args.lr, "seed": args.seed}
+    if args.method == "gradual":
+        bar = EpochBar(args.epochs, "gradual pruning")
+        result = recovery.gradual_prune(handle, plan, args.epochs, on_epoch=bar, **common)
+    elif args.method == "iterative":
+        bar = EpochBar(args.rounds * args.epochs, "iterative pruning")
+        result = recovery.iterative_prune(handle, plan, args.rounds, args.epochs, on_epoch=bar, **common)
+    else:
+        bar = EpochBar((args.rounds + 2) * args.epochs, "lottery ticket")
+        result = recovery.lottery_ticket(handle, plan, args.rounds, args.epochs, rewind_epoch=args.rewind_epoch,
+                                         on_epoch=bar, **common)
+    if args.save:
+        buffer = io.BytesIO()
+        torch.save(result.module.state_dict(), buffer)
+        write_atomic(args.save, buffer.getvalue())
+    summary = result.summary()
+    if args.json:
+        print_json(summary)
+        return 0
+    print(f"{handle.name}: {args.method} to {plan.sparsity:g} ({plan.granularity}, {plan.criterion}, {plan.scope})")
+    for name, value in summary["accuracy"].items():
+        print(f"{name.replace('_', ' ') + ' accuracy':<26} {'-' if value is None else f'{value:.1%}':>8}")
+    print(f"{'prunable weights zero':<26} {result.sparsity:>8.1%}")
+    if args.save:
+        print(f"wrote {args.save}")
+    return 0
