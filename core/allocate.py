@@ -192,6 +192,8 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
     if (result.get("granularity"), result.get("criterion")) not in ((granularity, criterion), (None, None)):
         raise PrunelabError(f"the sensitivity result is for {result.get('granularity')}/{result.get('criterion')}, "
                             f"not {granularity}/{criterion}")
+    if not result.get("complete", True):
+        raise PrunelabError("the sensitivity sweep was stopped early; allocation needs every layer's curve")
     if granularity == "channel":
         chosen = _allocate_channels(handle, result, kind, value, bounds, criterion)
     else:

@@ -13,6 +13,7 @@ Results are JSON-able and cached on disk by (model digest, data digest, settings
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from typing import Callable
 
@@ -134,6 +135,8 @@ def sensitivity(handle: ModelHandle, granularity: str = "unstructured", criterio
 
 def _run(handle: ModelHandle, settings: dict, progress: Progress, should_stop) -> dict:
     started = time.perf_counter()
+    # a private copy: the handle's module may be shared, and sweeps write weights and register hooks
+    handle = dataclasses.replace(handle, module=copy.deepcopy(handle.module).eval())
     scorer = Scorer(handle, settings["split"], settings["max_items"])
     accuracy, loss = scorer(handle.module)
     sweep = unstructured_sweep if settings["granularity"] == "unstructured" else channel_sweep
@@ -164,7 +167,7 @@ def unstructured_sweep(handle: ModelHandle, criterion: str, levels: list[float],
     from core.criteria import gather_evidence, weight_scores
     from core.unstructured import layer_mask
 
-    module = copy.deepcopy(handle.module).eval()  # the handle's module may be shared; never touch it
+    module = handle.module  # a private copy (see _run); every weight is restored after its layer
     layers = included_layers(module, handle.example_input(1))
     evidence = gather_evidence(module, layers, criterion, handle.data, seed=0)
     total, done, curves = len(layers) * len(levels), 0, []
