@@ -43,6 +43,7 @@ MODEL = "prunelab.model"        # dict: spec, weights, trust, data, input_shape 
 PLAN = "prunelab.plan"          # dict accepted by core.plan.Plan.from_dict
 LAYER = "prunelab.layer"        # the layer shown on the Layers page
 LAST_REPORT = "prunelab.report"  # the last measured report, for pages that only display it
+QUANTIZE = "prunelab.quantize"  # None, or an INT8 mode of core.quantize applied before measuring
 SENSITIVITY = "prunelab.sensitivity"  # the last sensitivity sweep result (set by the Sensitivity page)
 
 GRANULARITIES = ("unstructured", "channel", "2:4")
@@ -227,6 +228,16 @@ def target_of_layer(layer: str) -> float:
     return target(layer)
 
 
+def cut_share(layer: str) -> float:
+    """The share of ``layer``'s weights this plan removes: measured when the last report is of this plan
+    (global scope decides per layer only then), else the layer's target."""
+    report = st.session_state.get(LAST_REPORT)
+    with contextlib.suppress(PrunelabError):
+        if report and report.get("plan") == plan_object().to_dict() and layer in (report.get("layer_sparsity") or {}):
+            return float(report["layer_sparsity"][layer])
+    return target_of_layer(layer)
+
+
 def can(operation: str) -> bool:
     return model().can(operation)
 
@@ -321,11 +332,11 @@ def ignored_layers() -> list[str]:
 
 # ---------------------------------------------------------------- measurement
 
-@st.cache_resource(max_entries=6, show_spinner=False)
-def _evaluator(_handle, key: str):
+@st.cache_resource(max_entries=12, show_spinner=False)
+def _evaluator(_handle, key: str, quantize: str | None = None):
     from core.evaluate import LiveEvaluator
 
-    return LiveEvaluator(_handle, threads=2)
+    return LiveEvaluator(_handle, threads=2, quantize=quantize)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -340,15 +351,15 @@ def baseline() -> dict:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _measure(_handle, _plan, key: str, plan_digest: str) -> dict:
+def _measure(_handle, _plan, key: str, plan_digest: str, quantize: str | None) -> dict:
     with _lock(key):
-        return _evaluator(_handle, key).measure(_plan)
+        return _evaluator(_handle, key, quantize).measure(_plan)
 
 
 def measure() -> dict:
-    """Measure this session's plan on ONNX Runtime: ``{"pruned", "baseline", "notes", ...}``."""
+    """Measure this session's plan (INT8 when ``QUANTIZE`` is set) on ONNX Runtime: ``{"pruned", "baseline", ...}``."""
     current = plan_object()
-    report = _measure(model(), current, model_key(), current.digest)
+    report = _measure(model(), current, model_key(), current.digest, st.session_state.get(QUANTIZE))
     st.session_state[LAST_REPORT] = report
     return report
 
@@ -358,7 +369,7 @@ def no_speedup_reason(values: dict, report: dict) -> str | None:
     if values["granularity"] == "channel" or not report["pruned"].get("sparsity"):
         return None
     return ("Zeroed weights still sit in the dense ONNX graph and ONNX Runtime on CPU multiplies them anyway, "
-            "so latency and file size stay flat and only the compressed size shrinks; "
+            "so the zeros alone neither speed it up nor shrink the file, only its compressed size; "
             "choose channel granularity to remove work.")
 
 

@@ -60,6 +60,14 @@ def test_the_global_slider_moves_every_layer_but_the_classifier(app):
     assert any("ONNX Runtime on CPU multiplies them" in info.value for info in app.info)
 
 
+def test_the_int8_toggle_measures_a_quantized_model(app):
+    app.toggle(key="w.quantize").set_value(True).run()
+    assert not app.exception and not app.error
+    assert app.session_state["prunelab.quantize"] == "int8"
+    report = app.session_state[REPORT]
+    assert report["pruned"]["onnx_bytes"] < 0.5 * report["baseline"]["onnx_bytes"]
+
+
 def test_channel_granularity_shows_one_slider_per_group_and_removes_work(app):
     app.selectbox(key="w.granularity").set_value("channel").run()
     assert not app.exception and not app.error
@@ -102,6 +110,7 @@ def test_layers_page_in_channel_mode_shows_channels(app):
     app.switch_page("pages/layers.py").run()
     assert not app.exception and not app.error
     assert app.session_state[PLAN]["granularity"] == "channel"
+    assert app.dataframe[-1].value["leader"].tolist()  # the coupled groups table
 
 
 def test_export_page_shows_the_plan_that_reproduces_the_sliders(app):

@@ -32,7 +32,7 @@ def layer_ui(names: list[str]) -> str:
 
 
 def weights_view(layer: str) -> None:
-    sparsity = session.target_of_layer(layer)
+    sparsity = session.cut_share(layer)
     histogram = session.histogram(layer)
     cut = session.threshold(layer, sparsity) if sparsity > 0 else None
     st.plotly_chart(charts.weight_histogram(histogram, cut, layer), key="layers-histogram",

@@ -16,6 +16,13 @@ def _forget_layer_widgets() -> None:
         del st.session_state[key]
 
 
+def _forget_plan_widgets() -> None:
+    """Drop every plan widget so each reseeds from the plan (after the plan changed from elsewhere)."""
+    _forget_layer_widgets()
+    for key in ("w.granularity", "w.criterion", "w.scope", "w.global", "w.quantize"):
+        st.session_state.pop(key, None)
+
+
 def _on_granularity() -> None:
     granularity = st.session_state["w.granularity"]
     criterion = session.plan()["criterion"]
@@ -51,6 +58,11 @@ def method_ui(values: dict) -> None:
                      help="how weights or channels are ranked before the lowest are cut")
     third.selectbox("Scope", session.SCOPES, key="w.scope", help=SCOPE_HELP,
                     on_change=lambda: session.update_plan(scope=st.session_state["w.scope"]))
+    session.seed("w.quantize", st.session_state.get(session.QUANTIZE) is not None)
+    st.toggle("Quantize to INT8", key="w.quantize", help="static QDQ INT8 in ONNX Runtime after pruning: a 4× smaller "
+              "file, and on CNNs lower latency (deltas stay against the dense FP32 model)",
+              on_change=lambda: st.session_state.update({session.QUANTIZE: "int8" if st.session_state["w.quantize"]
+                                                         else None}))
 
 
 def rows(values: dict) -> list[tuple[str, str, str]]:
@@ -78,7 +90,7 @@ def sliders_ui(values: dict) -> None:
                  else "run a sweep on the Sensitivity page first (needs core.allocate)"):
         with session.guard("auto-allocate"):
             session.auto_allocate()
-            _forget_layer_widgets()
+            _forget_plan_widgets()
             st.rerun()
     nm = ":" in values["granularity"]
     ignored = set(session.ignored_layers())
