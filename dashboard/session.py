@@ -64,10 +64,10 @@ def guard(what: str = ""):
     try:
         yield
     except PrunelabError as error:
-        st.error(f"{what}: {error}" if what else str(error))
+        st.error(shown(f"{what}: {error}" if what else str(error)))
     except Exception as error:  # anything else from the engine: one line, no traceback
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        st.error(f"{what + ': ' if what else ''}{error.__class__.__name__}: {first}")
+        st.error(shown(f"{what + ': ' if what else ''}{error.__class__.__name__}: {first}"))
 
 
 def _lock(key: str) -> threading.RLock:
@@ -81,6 +81,11 @@ def default_source() -> dict:
     """The model a new visitor sees: PRUNELAB_MODEL or digits-cnn."""
     return {"spec": os.environ.get("PRUNELAB_MODEL") or DEFAULT_MODEL, "weights": None, "trust": False,
             "data": None, "input_shape": None}
+
+
+def granularities() -> list[str]:
+    """The granularities this session's model can take (no channels for .onnx and .pt2 sources)."""
+    return [name for name in GRANULARITIES if name != "channel" or can("channel")]
 
 
 def builtin_names() -> list[str]:
@@ -128,25 +133,33 @@ def use_source(spec: str, weights: str | None = None, trust: bool = False, data:
 
 
 def save_upload(name: str, content: bytes, allowed: set[str]) -> str:
-    """Write an uploaded file under a private temp dir, named by its content hash; return the path.
+    """Write an uploaded file to ``<private temp dir>/<content hash>/<cleaned name>``; return the path.
 
-    The person's file name only contributes its (checked) suffix, never a path component.
-    Raises PrunelabError for a file that is too large or has the wrong extension.
+    Only the last component of the person's file name is kept, reduced to letters, digits, ``._-``
+    and without leading dots, so it can never point outside that directory.
+    Raises PrunelabError for a file that is empty, too large or has the wrong extension.
     """
-    suffix = Path(re.sub(r"[^A-Za-z0-9._-]", "_", name or "")).suffix.lower()
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", Path(str(name or "").replace("\\", "/")).name).lstrip(".")[-80:]
+    suffix = Path(cleaned).suffix.lower()
     if suffix not in allowed:
         raise PrunelabError(f"'{name}' is not one of {', '.join(sorted(allowed))}")
     if len(content) > MAX_UPLOAD_BYTES:
         raise PrunelabError(f"'{name}' is {len(content) / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB")
     if not content:
         raise PrunelabError(f"'{name}' is empty")
-    _UPLOADS.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = _UPLOADS / f"{hashlib.sha256(content).hexdigest()[:20]}{suffix}"
+    folder = _UPLOADS / hashlib.sha256(content).hexdigest()[:20]
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / (Path(cleaned).stem + suffix)
     if not path.exists():
-        temporary = path.with_suffix(path.suffix + ".part")
+        temporary = folder / f".{path.name}.part"
         temporary.write_bytes(content)
         temporary.replace(path)
     return str(path)
+
+
+def shown(text: str) -> str:
+    """``text`` with the private upload directory left out, for messages a person reads."""
+    return re.sub(re.escape(str(_UPLOADS)) + r"/[0-9a-f]+/", "", text)
 
 
 # ---------------------------------------------------------------- facts about the model

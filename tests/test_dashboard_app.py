@@ -140,8 +140,11 @@ def test_a_wrong_upload_is_refused_and_names_never_escape_the_upload_dir():
         session.save_upload("model.exe", b"x", session.UPLOAD_SUFFIXES)
     with pytest.raises(PrunelabError, match="empty"):
         session.save_upload("model.onnx", b"", session.UPLOAD_SUFFIXES)
-    path = Path(session.save_upload("../../../etc/passwd.onnx", b"not onnx", session.UPLOAD_SUFFIXES))
-    assert path.parent == session._UPLOADS and path.suffix == ".onnx"
+    for name in ("../../../etc/passwd.onnx", "..\\..\\evil.onnx", "/abs/.hidden.onnx"):
+        path = Path(session.save_upload(name, b"not onnx", session.UPLOAD_SUFFIXES))
+        assert path.parent.parent == session._UPLOADS and path.suffix == ".onnx"
+        assert not path.name.startswith(".")
+    assert session.shown(f"cannot read {path}") == f"cannot read {path.name}"
 
 
 def test_two_visitors_keep_their_own_plans(monkeypatch):
@@ -151,3 +154,18 @@ def test_two_visitors_keep_their_own_plans(monkeypatch):
     second.run()
     assert second.slider(key="w.layer.fc1").value == 0
     assert second.session_state[PLAN]["layers"] == {}
+
+
+def test_an_uploaded_onnx_model_is_tuned_without_channel_granularity(app, cnn):
+    from core.export import export_onnx
+
+    app.switch_page("pages/model.py").run()
+    app.file_uploader[0].upload("my model.onnx", export_onnx(cnn.module, cnn.example_input())).run()
+    next(button for button in app.button if button.label == "Load file").click().run()
+    assert not app.exception and not app.error
+    assert app.subheader[0].value == "my_model"
+    app.switch_page("pages/tune.py").run()
+    assert "channel" not in app.selectbox(key="w.granularity").options
+    app.slider(key="w.global").set_value(50).run()
+    assert not app.exception and not app.error
+    assert app.session_state[REPORT]["pruned"]["sparsity"] > 0.4

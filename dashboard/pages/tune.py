@@ -51,7 +51,7 @@ def method_ui(values: dict) -> None:
     for key, field in (("w.granularity", "granularity"), ("w.criterion", "criterion"), ("w.scope", "scope")):
         session.seed(key, values[field])
     first, second, third = st.columns(3)
-    first.selectbox("Granularity", session.GRANULARITIES, key="w.granularity", on_change=_on_granularity,
+    first.selectbox("Granularity", session.granularities(), key="w.granularity", on_change=_on_granularity,
                     help=GRANULARITY_HELP)
     second.selectbox("Criterion", session.criteria_for(values["granularity"]), key="w.criterion",
                      on_change=lambda: session.update_plan(criterion=st.session_state["w.criterion"]),
