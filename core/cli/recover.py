@@ -69,13 +69,22 @@ def finetuned(handle, plan: Plan, pruned, report: dict, args) -> tuple[dict, obj
                               live=False)
     measured, artifact, _ = evaluator.measure_artifact(None)
     accuracy = result.accuracy
-    report = {**report, "one_shot": report["pruned"], "pruned": measured["pruned"], "recovery": result.summary()}
+    metrics = {**measured["pruned"], "agreement": _agreement(handle, result.module)}
+    report = {**report, "one_shot": report["pruned"], "pruned": metrics, "recovery": result.summary()}
     if accuracy["recovered"] is not None:
         report["notes"] = [f"fine-tuned {len(result.history)} epochs with pruned weights held at zero: test accuracy "
                            f"one-shot {accuracy['one_shot']:.1%} -> recovered {accuracy['recovered']:.1%} "
                            f"(dense {accuracy['dense']:.1%}); {result.sparsity:.1%} of prunable weights zero"
                            ] + report["notes"]
     return report, artifact
+
+
+def _agreement(handle, module) -> float:
+    """Top-1 match of ``module`` with the dense model on the test inputs."""
+    from core.measure import torch_outputs
+
+    dense, recovered = torch_outputs(handle.module, handle.data.x_test), torch_outputs(module, handle.data.x_test)
+    return float((dense.argmax(1) == recovered.argmax(1)).mean())
 
 
 def register(subparsers) -> None:
