@@ -47,6 +47,7 @@ class Job:
     ignored: list[str]
     data: Dataset | None
     example_input: torch.Tensor | None
+    notes: list[str] = field(default_factory=list)
 
     def target(self, name: str) -> float:
         return self.plan.layer_targets.get(name, self.plan.sparsity)

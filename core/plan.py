@@ -29,6 +29,8 @@ CRITERIA = {
     "bn_scale": ("channel",),
     "fpgm": ("channel",),
 }
+# Keys a resolved plan file (``prunelab prune``'s plan.yaml) carries as a record; read back, they are skipped.
+RECORD_KEYS = ("effective_sparsity",)
 NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -141,11 +143,11 @@ class Plan:
         if not isinstance(values, dict):
             raise PrunelabError(f"a plan must be a mapping of fields, got {type(values).__name__}")
         known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - known - set(RECORD_KEYS))
         if unknown:
             raise PrunelabError(f"unknown plan field(s): {', '.join(map(str, unknown))} "
                                 f"(fields: {', '.join(sorted(known))})")
-        values = dict(values)
+        values = {key: value for key, value in values.items() if key not in RECORD_KEYS}
         if values.get("layers") is None:
             values.pop("layers", None)
         return cls(**values)

@@ -251,6 +251,12 @@ def _group_targets(job, groups: list[Group], scores: dict) -> dict[str, float]:
     for group in groups:
         named = [name for name in [group.leader, *group.members] if name in targets]
         chosen[group.leader] = targets[named[0]] if named else None
+        if len({targets[name] for name in named}) > 1:
+            job.notes.append(f"coupled layers {', '.join(named)} have different targets; the group led by "
+                             f"'{group.leader}' uses {targets[named[0]]} ('{named[0]}')")
+    grouped = {name for group in groups for name in group.members}
+    for name in sorted(set(targets) - grouped):
+        job.notes.append(f"target for '{name}' not applied: its output channels are not in a prunable group")
     if job.plan.scope == "global":
         ranked = [group for group in groups if chosen[group.leader] is None]
         chosen.update(_global_sparsities(ranked, scores, job.plan.sparsity))
@@ -270,7 +276,7 @@ def prune_channels(job):
     groups = [group for group in dependency_groups(module, graph, job.ignored)
               if included & set(group.members)]
     evidence = criteria.gather_evidence(module, job.layers, plan.criterion, job.data, plan.seed)
-    notes: list[str] = []
+    notes = job.notes
     scores = {group.leader: _scores_or_fallback(group, graph, plan.criterion, evidence, names, notes)
               for group in groups}
     targets = _group_targets(job, groups, scores)

@@ -71,3 +71,9 @@ def test_an_unknown_layer_is_named(mlp):
         Plan(layers={"fc9": 0.5}).validate_for(mlp.module)
     with pytest.raises(PrunelabError, match="nope"):
         Plan(ignore=["nope"]).validate_for(mlp.module)
+
+
+def test_a_resolved_plan_file_reads_back_skipping_its_record(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text("granularity: channel\nsparsity: 0.5\neffective_sparsity:\n  fc1: 0.5\n")
+    assert Plan.load(path) == Plan(granularity="channel", sparsity=0.5)

@@ -143,3 +143,12 @@ def test_saved_artifacts_reload_without_source(tmp_path, cnn):
     inputs = cnn.example_input(3)
     with torch.no_grad():
         assert torch.allclose(load_pruned(tmp_path)(inputs), result.module(inputs), atol=1e-5)
+
+
+def test_targets_on_coupled_layers_are_reported(resnet):
+    plan = Plan(granularity="channel", sparsity=0.5, layers={"stem.0": 0.25, "layer1.conv2": 0.75, "fc": 0.5})
+    result = apply_plan(resnet, plan)
+    group = next(group for group in result.groups if group["leader"] == "stem.0")
+    assert group["target"] == 0.25 and group["kept"] == 24
+    assert any("different targets" in note for note in result.notes)
+    assert any("'fc' not applied" in note for note in result.notes)
