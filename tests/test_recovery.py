@@ -135,3 +135,35 @@ def test_lottery_ticket_rewinds_survivors_to_their_initial_values(mlp, monkeypat
         assert torch.equal(starts[2][name] == 0, ~mask | (starts[2][name] == 0)), name
         assert not torch.equal(starts[2][name], starts[1][name]), name
     assert set(result.accuracy) == {"dense", "one_shot", "recovered", "random_reinit"}
+
+
+def test_prune_cli_finetune_reports_one_shot_and_recovered_and_writes_zeros(capsys, tmp_path):
+    import json
+
+    from core.cli import main
+
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text("granularity: unstructured\ncriterion: l1\nscope: global\nsparsity: 0.9\n")
+    code = main(["prune", "digits-mlp", "--plan", str(plan_file), "--out", str(tmp_path / "out"),
+                 "--finetune", "2", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0 and "fine-tuning [" in captured.err and "2/2" in captured.err
+    report = json.loads(captured.out)
+    assert report["recovery"]["accuracy"]["recovered"] > report["recovery"]["accuracy"]["one_shot"]
+    assert report["pruned"]["accuracy"] == pytest.approx(report["recovery"]["accuracy"]["recovered"], abs=1e-6)
+    assert report["one_shot"]["accuracy"] == pytest.approx(report["recovery"]["accuracy"]["one_shot"], abs=1e-6)
+    state = torch.load(tmp_path / "out" / "state_dict.pt")
+    masked = [state[f"{name}.weight"] for name in ("fc1", "fc2")]
+    zeros = sum(int((weight == 0).sum()) for weight in masked) / sum(weight.numel() for weight in masked)
+    assert zeros == pytest.approx(0.9, abs=1e-3)
+
+
+def test_recover_cli_needs_training_data(capsys, tmp_path):
+    import numpy as np
+
+    from core.cli import main
+
+    data = tmp_path / "test-only.npz"
+    np.savez(data, x=np.zeros((8, 1, 8, 8), np.float32), y=np.zeros(8, np.int64))
+    code = main(["recover", "digits-mlp", "--data", str(data), "--epochs", "1"])
+    assert code == 2 and "x_train/y_train" in capsys.readouterr().err

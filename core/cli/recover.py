@@ -127,7 +127,8 @@ def run(args) -> int:
         return 0
     print(f"{handle.name}: {args.method} to {plan.sparsity:g} ({plan.granularity}, {plan.criterion}, {plan.scope})")
     for name, value in summary["accuracy"].items():
-        print(f"{name.replace('_', ' ') + ' accuracy':<26} {'-' if value is None else f'{value:.1%}':>8}")
+        name = "ticket" if args.method == "lottery" and name == "recovered" else name.replace("_", " ")
+        print(f"{name + ' accuracy':<26} {'-' if value is None else f'{value:.1%}':>8}")
     print(f"{'prunable weights zero':<26} {result.sparsity:>8.1%}")
     if args.save:
         print(f"wrote {args.save}")
