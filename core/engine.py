@@ -146,6 +146,8 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     module, data, example_input = _unpack(model, data, example_input)
     plan.validate_for(module)
     working = copy.deepcopy(module).eval()
+    for parameter in working.parameters():  # gradients for taylor, even where the original is frozen
+        parameter.requires_grad_(True)
     ignored = list(plan.ignore) if plan.ignore is not None else [
         name for name in [final_classifier(working, example_input)] if name]
     layers = [layer for layer in prunable_layers(working) if layer.name not in ignored]
@@ -153,7 +155,6 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     if ignored:
         result.notes.insert(0, f"left dense: {', '.join(ignored)}")
     for parameter in result.module.parameters():
-        parameter.requires_grad_(True)
         parameter.grad = None
     result.module.eval()
     return result

@@ -57,11 +57,11 @@ def test_layer_l1_equals_torch_l1_unstructured(sparsity):
 
 @pytest.mark.parametrize("criterion", ["l1", "l2", "random", "taylor", "activation"])
 @pytest.mark.parametrize("scope", ["layer", "global"])
-def test_exact_counts_surviving_weights_and_input_untouched(resnet, criterion, scope):
-    before = {key: value.clone() for key, value in resnet.module.state_dict().items()}
-    plan = Plan(criterion=criterion, scope=scope, sparsity=0.6, layers={"layer2.conv1": 0.3})
-    result = apply_plan(resnet, plan)
-    dense = dict(resnet.module.named_modules())
+def test_exact_counts_surviving_weights_and_input_untouched(cnn, criterion, scope):
+    before = {key: value.clone() for key, value in cnn.module.state_dict().items()}
+    plan = Plan(criterion=criterion, scope=scope, sparsity=0.6, layers={"features.1.0": 0.3})
+    result = apply_plan(cnn, plan)
+    dense = dict(cnn.module.named_modules())
     pruned = dict(result.module.named_modules())
     ranked_total, ranked_zeros = 0, 0
     for name, keep in result.masks.items():
@@ -69,17 +69,17 @@ def test_exact_counts_surviving_weights_and_input_untouched(resnet, criterion, s
         assert torch.equal(weight[keep], original[keep])          # survivors unchanged
         assert int((weight[~keep] != 0).sum()) == 0
         zeros = int((~keep).sum())
-        if scope == "layer" or name == "layer2.conv1":
+        if scope == "layer" or name == "features.1.0":
             assert zeros == round(plan.layer_targets.get(name, 0.6) * keep.numel())
         else:
             ranked_total, ranked_zeros = ranked_total + keep.numel(), ranked_zeros + zeros
     if scope == "global":
         assert ranked_zeros == round(0.6 * ranked_total)
-    assert "fc" not in result.masks and result.layer_sparsity["fc"] == 0.0  # final classifier left dense
-    after = resnet.module.state_dict()
+    assert "fc2" not in result.masks and result.layer_sparsity["fc2"] == 0.0  # final classifier left dense
+    after = cnn.module.state_dict()
     assert all(torch.equal(before[key], after[key]) for key in before)
     assert not any(hasattr(module, "weight_orig") for module in result.module.modules())
-    result.module(resnet.example_input())
+    result.module(cnn.example_input())
 
 
 def test_data_criteria_without_data_say_so():
