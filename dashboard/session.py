@@ -17,8 +17,10 @@ sensitivity, recover, history):
   the page seeds the widget from that key (``seed``) before drawing it.
 - Work that can fail goes inside ``with session.guard():`` so the person sees one ``st.error``
   line, never a stack trace, and the rest of the page keeps working.
-- Long jobs (sensitivity, fine-tuning) run in the script thread with ``st.status``/``st.progress``;
-  no ``st.*`` calls from worker threads.
+- Long jobs (sensitivity, fine-tuning) run in a worker thread that never calls ``st.*``; the page
+  polls its progress from the script thread into ``st.status``/``st.progress`` (see ``start_sensitivity``).
+- A new page: add its file to ``dashboard/pages/`` and one line to ``PAGES`` in ``dashboard/app.py``
+  (file, title, icon, url path); start it with ``st.title`` and one ``st.caption`` saying what it is for.
 """
 from __future__ import annotations
 
