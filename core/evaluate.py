@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,7 @@ class Artifact:
     counts: dict
     macs: int | None
     quantized: bool = False
+    timings_ms: dict = field(default_factory=dict)  # prune, export, quantize: where a plan change spends time
 
 
 class _Baseline:
@@ -229,16 +231,18 @@ class LiveEvaluator:
 
     def _report(self, plan: Plan | None, artifact: Artifact, result) -> dict:
         baseline = self._baseline_state()
+        started = time.perf_counter()
         if artifact is baseline.artifact:
             pruned = dict(baseline.metrics)
         else:
             pruned = _measure(artifact, self.data, self.settings, reference=baseline.logits)
+        timings = dict(artifact.timings_ms, measure=(time.perf_counter() - started) * 1000.0)
         report = {"model": self.handle.name, "plan": None if plan is None else plan.to_dict(),
                   "settings": {"batch_size": self.settings.batch_size, "threads": self.settings.threads,
                                "quantize": self.settings.quantize, "data": self.data.name},
                   "pruned": pruned, "baseline": baseline.metrics,
                   "layer_sparsity": {} if result is None else dict(result.layer_sparsity),
-                  "groups": None if result is None else result.groups}
+                  "groups": None if result is None else result.groups, "timings_ms": timings}
         notes = [] if result is None else list(result.notes)
         report["notes"] = notes + report_notes(plan, pruned, baseline.metrics, self.settings.quantize)
         return report
@@ -250,8 +254,10 @@ class LiveEvaluator:
             return prune_onnx(self.handle, baseline.template, plan, self.data)
         from core.engine import apply_plan
 
+        started = time.perf_counter()
         result = apply_plan(self.handle, plan, data=self.data)
         module = result.module.eval()
+        pruned_at = time.perf_counter()
         example = torch.from_numpy(np.ascontiguousarray(self.data.x_test[:1]))
         model_bytes = None
         if plan.granularity != "channel":
@@ -260,13 +266,18 @@ class LiveEvaluator:
         if model_bytes is None:
             model_bytes = export_onnx(module, example)
         macs = baseline.artifact.macs if same_shape else measure.total_macs(module, example)
-        return Artifact(model_bytes, module, measure.weight_counts(module), macs), result
+        timings = {"prune": (pruned_at - started) * 1000.0, "export": (time.perf_counter() - pruned_at) * 1000.0,
+                   "fast_path": same_shape}
+        return Artifact(model_bytes, module, measure.weight_counts(module), macs, timings_ms=timings), result
 
     def _quantized(self, artifact: Artifact) -> Artifact:
         from core.quantize import quantize_model
 
+        started = time.perf_counter()
         model_bytes = quantize_model(artifact.model_bytes, self.data, self.settings.quantize)
-        return Artifact(model_bytes, artifact.module, artifact.counts, artifact.macs, quantized=True)
+        timings = dict(artifact.timings_ms, quantize=(time.perf_counter() - started) * 1000.0)
+        return Artifact(model_bytes, artifact.module, artifact.counts, artifact.macs, quantized=True,
+                        timings_ms=timings)
 
 
 def evaluate(handle: ModelHandle, plan: Plan | dict | None = None, *, batch_size: int = 1, threads: int = 2,
