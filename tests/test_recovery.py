@@ -167,3 +167,28 @@ def test_recover_cli_needs_training_data(capsys, tmp_path):
     np.savez(data, x=np.zeros((8, 1, 8, 8), np.float32), y=np.zeros(8, np.int64))
     code = main(["recover", "digits-mlp", "--data", str(data), "--epochs", "1"])
     assert code == 2 and "x_train/y_train" in capsys.readouterr().err
+
+
+def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(monkeypatch):
+    import time
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("PRUNELAB_MODEL", "digits-mlp")
+    page = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "recover.py"),
+                             default_timeout=60)
+    page.session_state["prunelab.plan"] = {"granularity": "unstructured", "criterion": "l1", "scope": "global",
+                                           "sparsity": 0.9, "layers": {}}
+    page.run()
+    page.number_input(key="w.recover.epochs").set_value(2)
+    page.run()
+    page.button[0].click().run()
+    job = page.session_state["prunelab.recovery"]
+    job.thread.join(timeout=50)
+    page.run()
+    assert not page.error and [row["epoch"] for row in job.history] == [1, 2]
+    recovered = job.history and page.session_state["prunelab.recovered"]["report"]
+    labels = {metric.label: metric.value for metric in page.metric}
+    assert labels["recovered accuracy"] == f"{recovered['pruned']['accuracy']:.2%}"
+    assert recovered["baseline"]["accuracy"] > recovered["pruned"]["accuracy"] > 0.5
