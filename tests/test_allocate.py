@@ -12,9 +12,12 @@ from core.plan import Plan
 from core.sensitivity import Scorer, sensitivity
 
 
-@pytest.fixture
-def sweep(cnn):
-    return sensitivity(cnn)
+@pytest.fixture(scope="module")
+def sweep(cnn, tmp_path_factory):
+    """One default sweep for the whole file (its cache in a private home, never the person's)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PRUNELAB_HOME", str(tmp_path_factory.mktemp("sweep-home")))
+        return sensitivity(cnn)
 
 
 def overall_sparsity(handle, plan: Plan) -> float:
