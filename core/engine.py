@@ -97,7 +97,7 @@ def _apply_masks(job: Job, masks: dict[str, torch.Tensor], result: PruneResult) 
         if layer.name in masks:
             unstructured.apply_mask(layer.weight, masks[layer.name])
     result.masks = masks
-    result.layer_sparsity = {layer.name: 1.0 - int(torch.count_nonzero(layer.weight)) / layer.weight.numel()
+    result.layer_sparsity = {layer.name: unstructured.zero_fraction(layer.weight)
                              for layer in prunable_layers(job.module)}
     return result
 

@@ -14,47 +14,60 @@ def _prune_count(sparsity: float, total: int) -> int:
     return int(round(sparsity * total))  # as torch.nn.utils.prune does
 
 
-def _kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th smallest entry (1-based); numpy's introselect is several times faster than torch.kthvalue on CPU."""
-    values = flat.detach().cpu().numpy()
-    return torch.tensor(np.partition(values, k - 1)[k - 1], dtype=flat.dtype)
+def _kth_smallest(scratch: np.ndarray, k: int) -> float:
+    """The k-th smallest entry (1-based) of a flat array, which this reorders in place (introselect)."""
+    scratch.partition(k - 1)
+    return float(scratch[k - 1])
 
 
-def _lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """A flat keep-mask of ``scores`` with exactly ``count`` lowest entries False (ties broken by position)."""
-    flat = scores.reshape(-1)
-    if count <= 0:
-        return torch.ones(flat.numel(), dtype=torch.bool)
-    if count >= flat.numel():
-        return torch.zeros(flat.numel(), dtype=torch.bool)
-    threshold = _kth_smallest(flat, count)
-    keep = flat > threshold
-    dropped = flat.numel() - int(torch.count_nonzero(keep))
-    if dropped > count:  # ties at the threshold: keep the later ones
-        ties = torch.nonzero(flat == threshold).reshape(-1)
-        keep[ties[len(ties) - (dropped - count):]] = True
-    return keep
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().float().numpy().reshape(-1)
+
+
+# The selection and masking below run on numpy views of the tensors: numpy's single-threaded
+# kernels stay fast when the machine is busy, where torch's elementwise CPU ops slow down ~10x
+# under thread contention (measured on two shared cores). Same results either way.
+def _lowest(scores: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+    """Keep-masks with exactly ``count`` lowest scores over all of ``scores`` False (ties: earlier ones go)."""
+    total = sum(score.numel() for score in scores.values())
+    if count <= 0 or count >= total:
+        return {name: torch.full(score.shape, count <= 0, dtype=torch.bool) for name, score in scores.items()}
+    flats = {name: _numpy(score) for name, score in scores.items()}
+    threshold = _kth_smallest(np.concatenate(list(flats.values())), count)  # (total,) scratch copy
+    keeps = {name: flat > threshold for name, flat in flats.items()}
+    surplus = total - sum(int(np.count_nonzero(keep)) for keep in keeps.values()) - count
+    for name in reversed(list(flats)):  # ties at the threshold: keep the last ones
+        if surplus <= 0:
+            break
+        ties = np.flatnonzero(flats[name] == threshold)[-surplus:]
+        keeps[name][ties] = True
+        surplus -= len(ties)
+    return {name: torch.from_numpy(keep).reshape(scores[name].shape) for name, keep in keeps.items()}
 
 
 def layer_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Keep-mask shaped like ``scores`` with round(sparsity * n) lowest entries pruned."""
-    return _lowest(scores.float(), _prune_count(sparsity, scores.numel())).reshape(scores.shape)
+    return _lowest({"layer": scores}, _prune_count(sparsity, scores.numel()))["layer"]
 
 
 def global_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
     """One threshold over all layers' scores: round(sparsity * total) lowest pruned across them."""
     if not scores:
         return {}
-    flat = torch.cat([score.reshape(-1).float() for score in scores.values()])  # (total weights,)
-    keep = _lowest(flat, _prune_count(sparsity, flat.numel()))
-    masks, start = {}, 0
-    for name, score in scores.items():
-        masks[name] = keep[start:start + score.numel()].reshape(score.shape)
-        start += score.numel()
-    return masks
+    return _lowest(scores, _prune_count(sparsity, sum(score.numel() for score in scores.values())))
 
 
 def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:
     """Zero the pruned entries of ``weight`` in place."""
     with torch.no_grad():
-        weight.mul_(mask)
+        if weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.is_contiguous():
+            values = weight.detach().numpy()
+            np.multiply(values, mask.numpy().reshape(values.shape), out=values)
+        else:
+            weight.mul_(mask.to(weight.device))
+
+
+def zero_fraction(weight: torch.Tensor) -> float:
+    """The share of exactly-zero entries of ``weight``."""
+    values = weight.detach().cpu().numpy()
+    return 1.0 - np.count_nonzero(values) / values.size if values.size else 0.0
