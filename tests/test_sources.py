@@ -121,3 +121,14 @@ def test_parse_input_shape():
     assert parse_input_shape(None) is None
     with pytest.raises(PrunelabError):
         parse_input_shape("0,3")
+
+
+def test_pt2_program_of_fixed_batch_is_measured_item_by_item(tmp_path, mlp):
+    from core.api import evaluate
+    from core.plan import Plan
+
+    path = tmp_path / "mlp.pt2"
+    torch.export.save(torch.export.export(mlp.module, (mlp.example_input(),)), str(path))
+    report = evaluate(load_model(str(path)), Plan(sparsity=0.5))
+    assert report["pruned"]["max_abs_diff"] < 1e-4 and report["pruned"]["accuracy"] is None
+    assert 0.0 <= report["pruned"]["agreement"] <= 1.0
