@@ -13,8 +13,6 @@ import argparse
 import os
 import time
 
-import torch
-
 from benchmarks.common import print_table
 from core.evaluate import LiveEvaluator, clear_caches
 from core.plan import Plan
@@ -58,6 +56,8 @@ def loop(name: str, sparsities: tuple[float, ...]) -> dict:
 
 
 def main(quick: bool = False) -> list[dict]:
+    import torch  # after core, which sets OMP_WAIT_POLICY before torch loads
+
     clear_caches()
     names = ["digits-mlp"] if quick else list(MODELS)
     sparsities = SPARSITIES[:2] if quick else SPARSITIES

@@ -134,7 +134,8 @@ def _measure(artifact: Artifact, data: Dataset, settings: Settings, reference: n
     session, session_ms = session
     if logits is None:
         logits = measure.run_batched(session, data.x_test, ACCURACY_BATCH)
-    example = _example(data, settings.batch_size)
+    fixed = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
+    example = _example(data, fixed if isinstance(fixed, int) and fixed > 0 else settings.batch_size)
     metrics = measure.quality(logits, data.y_test, reference)
     metrics.update(measure.latency(session, example, **settings.timing()))
     metrics["session_ms"] = session_ms
@@ -239,13 +240,19 @@ class LiveEvaluator:
         timings = dict(artifact.timings_ms, measure=(time.perf_counter() - started) * 1000.0)
         report = {"model": self.handle.name, "plan": None if plan is None else plan.to_dict(),
                   "settings": {"batch_size": self.settings.batch_size, "threads": self.settings.threads,
-                               "quantize": self.settings.quantize, "data": self.data.name},
+                               "quantize": self._quantize_mode(baseline), "data": self.data.name},
                   "pruned": pruned, "baseline": baseline.metrics,
                   "layer_sparsity": {} if result is None else dict(result.layer_sparsity),
                   "groups": None if result is None else result.groups, "timings_ms": timings}
         notes = [] if result is None else list(result.notes)
-        report["notes"] = notes + report_notes(plan, pruned, baseline.metrics, self.settings.quantize)
+        report["notes"] = notes + report_notes(plan, pruned, baseline.metrics, self._quantize_mode(baseline))
         return report
+
+    def _quantize_mode(self, baseline: _Baseline) -> str | None:
+        """The INT8 mode as applied ('int8' resolved to static or dynamic), or None."""
+        from core.quantize import resolve_mode
+
+        return None if self.settings.quantize is None else resolve_mode(baseline.template, self.settings.quantize)
 
     def _pruned(self, baseline: _Baseline, plan: Plan):
         """The pruned artifact: new weights written into the exported graph, or a fresh export."""

@@ -93,7 +93,8 @@ def print_report(report: dict) -> None:
     title = "dense" if plan is None else f"{plan['granularity']} {plan['criterion']} {plan['scope']} {plan['sparsity']:g}"
     print(f"{report['model']}: {title}{' + ' + settings['quantize'] if settings['quantize'] else ''} on "
           f"{settings['data']}, ONNX Runtime CPU, {settings['threads']} threads, batch {settings['batch_size']}")
-    print(f"{'metric':<22} {'baseline':>14} {'pruned':>14} {'ratio':>8}")
+    measured = "pruned" if plan is not None else (settings["quantize"] or "measured")
+    print(f"{'metric':<22} {'baseline':>14} {measured:>14} {'ratio':>8}")
     for label, key, kind in ROWS:
         if key == "accuracy" and report["baseline"]["accuracy"] is None:
             continue

@@ -50,6 +50,7 @@ def run(args) -> int:
     evaluator = LiveEvaluator(handle, threads=args.threads, batch_size=args.batch_size, quantize=args.quantize,
                               live=False)
     report, artifact, result = evaluator.measure_artifact(plan)
+    report = dict(report)  # the cached report stays as measured; this copy also lists the files
     if args.finetune:  # recovery (core/cli/recover.py): the report and files become the fine-tuned model's
         report, artifact = finetuned(handle, plan, result, report, args)
     progress(f"writing {', '.join(FILES)} to {out}")
