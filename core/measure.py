@@ -137,11 +137,15 @@ def weight_counts(module: nn.Module) -> dict:
             "sparsity": 1.0 - prunable_nonzero / prunable if prunable else 0.0}
 
 
-def total_macs(module: nn.Module, example_input: torch.Tensor) -> int:
-    """Multiply-accumulates per item over the prunable layers (dense kernels: zeros still count)."""
+def total_macs(module: nn.Module, example_input: torch.Tensor) -> int | None:
+    """Multiply-accumulates per item over the prunable layers (dense kernels: zeros still count).
+
+    None when no layer reports any (a .pt2 program calls its weights without module hooks).
+    """
     from core.inspect import layer_macs
 
-    return int(sum(layer_macs(module, example_input).values()))
+    macs = layer_macs(module, example_input)
+    return int(sum(macs.values())) if any(macs.values()) else None
 
 
 def torch_outputs(module: nn.Module, x: np.ndarray) -> np.ndarray:
