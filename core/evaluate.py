@@ -353,8 +353,4 @@ def _latency_notes(plan: Plan, pruned: dict, baseline: dict, quantize: str | Non
             f"ONNX Runtime's dense CPU kernels; prune whole channels (granularity 'channel') or quantize to "
             f"INT8 for speed. The compressed size shows the real gain: {baseline['compressed_bytes']:,} -> "
             f"{pruned['compressed_bytes']:,} bytes")
-    if plan.nm is not None:
-        notes.append(f"{plan.granularity} sparsity runs dense on this CPU (ONNX Runtime has no N:M kernels); "
-                     f"2:4 is accelerated by sparse tensor cores on NVIDIA Ampere and newer GPUs "
-                     f"(TensorRT, cuSPARSELt)")
-    return notes
+    return notes  # the engine's own notes say which hardware runs N:M sparsity
