@@ -16,6 +16,26 @@ def ort_p50_ms(module: nn.Module, example: torch.Tensor, threads: int = 2, secon
     return latency(session, example.numpy(), min_runs=50, min_seconds=seconds)["latency_ms"]["p50"]
 
 
+def paired_p50_ms(dense: nn.Module, pruned: nn.Module, example: torch.Tensor, threads: int = 2,
+                  rounds: int = 200) -> tuple[float, float]:
+    """Median ORT latency of two modules timed alternately, so machine noise hits both alike."""
+    import time
+
+    sessions = [create_session(export_onnx(module, example), threads=threads)[0] for module in (dense, pruned)]
+    feed = example.numpy()
+    name = sessions[0].get_inputs()[0].name
+    times: list[list[float]] = [[], []]
+    for index, session in enumerate(sessions):  # warm-up
+        for _ in range(10):
+            session.run(None, {name: feed})
+    for _ in range(rounds):
+        for index, session in enumerate(sessions):
+            started = time.perf_counter()
+            session.run(None, {name: feed})
+            times[index].append((time.perf_counter() - started) * 1000.0)
+    return float(np.median(times[0])), float(np.median(times[1]))
+
+
 def macs(module: nn.Module, example: torch.Tensor) -> int:
     return sum(layer_macs(module, example).values())
 
