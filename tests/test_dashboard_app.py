@@ -79,6 +79,16 @@ def test_channel_granularity_shows_one_slider_per_group_and_removes_work(app):
     assert not any("multiplies them" in info.value for info in app.info)
 
 
+def test_channel_rounding_reaches_the_plan_and_keeps_multiples(app):
+    app.selectbox(key="w.granularity").set_value("channel").run()
+    app.selectbox(key="w.round_to").set_value(8).run()
+    app.slider(key="w.global").set_value(30).run()
+    assert not app.exception and not app.error
+    report = app.session_state[REPORT]
+    assert report["plan"]["round_to"] == 8
+    assert report["pruned"]["macs"] < report["baseline"]["macs"]
+
+
 def test_a_criterion_that_does_not_fit_the_granularity_is_replaced(app):
     app.selectbox(key="w.granularity").set_value("channel").run()
     app.selectbox(key="w.criterion").set_value("fpgm").run()

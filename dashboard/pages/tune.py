@@ -11,6 +11,9 @@ MAX_PERCENT = round(100 * session.MAX_SPARSITY)  # sliders hold whole percents; 
 SCOPE_HELP = "layer: each layer meets its own target; global: one ranking over all layers without their own target"
 
 
+ROUND_TO = (1, 4, 8, 16)
+
+
 def _forget_layer_widgets() -> None:
     for key in [key for key in st.session_state if str(key).startswith("w.layer.")]:
         del st.session_state[key]
@@ -19,7 +22,7 @@ def _forget_layer_widgets() -> None:
 def _forget_plan_widgets() -> None:
     """Drop every plan widget so each reseeds from the plan (after the plan changed from elsewhere)."""
     _forget_layer_widgets()
-    for key in ("w.granularity", "w.criterion", "w.scope", "w.global", "w.quantize"):
+    for key in ("w.granularity", "w.criterion", "w.scope", "w.global", "w.quantize", "w.round_to"):
         st.session_state.pop(key, None)
 
 
@@ -58,6 +61,12 @@ def method_ui(values: dict) -> None:
                      help="how weights or channels are ranked before the lowest are cut")
     third.selectbox("Scope", session.SCOPES, key="w.scope", help=SCOPE_HELP,
                     on_change=lambda: session.update_plan(scope=st.session_state["w.scope"]))
+    if values["granularity"] == "channel":
+        session.seed("w.round_to", int(values.get("round_to", 1)))
+        st.selectbox("Round kept channels to a multiple of", ROUND_TO, key="w.round_to",
+                     help="ONNX Runtime's convolution kernels work in blocks of 8 channels: odd counts can run "
+                          "slower than the dense model, so 8 usually buys the most speed",
+                     on_change=lambda: session.update_plan(round_to=int(st.session_state["w.round_to"])))
     session.seed("w.quantize", st.session_state.get(session.QUANTIZE) is not None)
     st.toggle("Quantize to INT8", key="w.quantize", help="static QDQ INT8 in ONNX Runtime after pruning: a 4× smaller "
               "file, and on CNNs lower latency (deltas stay against the dense FP32 model)",
