@@ -127,8 +127,12 @@ class _Baseline:
 
 
 def _measure(artifact: Artifact, data: Dataset, settings: Settings, reference: np.ndarray | None,
-             session=None, logits: np.ndarray | None = None) -> dict:
-    """All metrics of one artifact on ``data``; ``reference`` are the dense logits for agreement."""
+             session=None, logits: np.ndarray | None = None, reference_session=None) -> dict:
+    """All metrics of one artifact on ``data``; ``reference`` are the dense logits for agreement.
+
+    With ``reference_session`` (the dense model's), both are timed in alternation and the dense
+    model's latency from that same run is kept under ``"reference_latency"``.
+    """
     if session is None:
         session = measure.create_session(artifact.model_bytes, settings.threads)
     session, session_ms = session
@@ -137,7 +141,12 @@ def _measure(artifact: Artifact, data: Dataset, settings: Settings, reference: n
     fixed = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
     example = _example(data, fixed if isinstance(fixed, int) and fixed > 0 else settings.batch_size)
     metrics = measure.quality(logits, data.y_test, reference)
-    metrics.update(measure.latency(session, example, **settings.timing()))
+    if reference_session is None:
+        metrics.update(measure.latency(session, example, **settings.timing()))
+    else:
+        dense, pruned = measure.paired_latency([reference_session, session], example, **settings.timing())
+        metrics.update(pruned)
+        metrics["reference_latency"] = dense
     metrics["session_ms"] = session_ms
     metrics.update(artifact.counts)
     metrics["macs"] = artifact.macs
@@ -236,16 +245,19 @@ class LiveEvaluator:
         if artifact is baseline.artifact:
             pruned = dict(baseline.metrics)
         else:
-            pruned = _measure(artifact, self.data, self.settings, reference=baseline.logits)
+            pruned = _measure(artifact, self.data, self.settings, reference=baseline.logits,
+                              reference_session=baseline.session)
+        dense = dict(baseline.metrics)
+        dense.update(pruned.pop("reference_latency", {}))  # the dense latency from the same timed run
         timings = dict(artifact.timings_ms, measure=(time.perf_counter() - started) * 1000.0)
         report = {"model": self.handle.name, "plan": None if plan is None else plan.to_dict(),
                   "settings": {"batch_size": self.settings.batch_size, "threads": self.settings.threads,
                                "quantize": self._quantize_mode(baseline), "data": self.data.name},
-                  "pruned": pruned, "baseline": baseline.metrics,
+                  "pruned": pruned, "baseline": dense,
                   "layer_sparsity": {} if result is None else dict(result.layer_sparsity),
                   "groups": None if result is None else result.groups, "timings_ms": timings}
         notes = [] if result is None else list(result.notes)
-        report["notes"] = notes + report_notes(plan, pruned, baseline.metrics, self._quantize_mode(baseline))
+        report["notes"] = notes + report_notes(plan, pruned, dense, self._quantize_mode(baseline))
         return report
 
     def _quantize_mode(self, baseline: _Baseline) -> str | None:

@@ -79,26 +79,42 @@ def latency(session, example: np.ndarray, min_runs: int = MIN_RUNS, min_seconds:
     (if given) once ``min_runs`` are done. Returns ``{"latency_ms": {mean, p50, p90, p99},
     "throughput": items per second, "runs": n}``.
     """
-    name = session.get_inputs()[0].name
-    feed = {name: np.ascontiguousarray(example)}
-    times = []
+    return paired_latency([session], example, min_runs, min_seconds, max_seconds)[0]
+
+
+def paired_latency(sessions: list, example: np.ndarray, min_runs: int = MIN_RUNS, min_seconds: float = MIN_SECONDS,
+                   max_seconds: float | None = None) -> list[dict]:
+    """Latency of several sessions timed in alternation, one run each in turn.
+
+    On a shared machine, load comes and goes; alternating makes it fall on every session alike,
+    so ratios between them (the speedup) are measured in one run. Each session gets at least
+    ``min_runs`` runs; together they take at least ``min_seconds``. Returns one dict per session,
+    shaped as ``latency`` returns.
+    """
+    feeds = [{session.get_inputs()[0].name: np.ascontiguousarray(example)} for session in sessions]
+    times: list[list[float]] = [[] for _ in sessions]
     with _TIMING_LOCK:
-        for _ in range(WARMUP_RUNS):
-            session.run(None, feed)
+        for session, feed in zip(sessions, feeds):
+            for _ in range(WARMUP_RUNS):
+                session.run(None, feed)
         started = time.perf_counter()
         while True:
-            before = time.perf_counter()
-            session.run(None, feed)
-            times.append(time.perf_counter() - before)
+            for session, feed, record in zip(sessions, feeds, times):
+                before = time.perf_counter()
+                session.run(None, feed)
+                record.append(time.perf_counter() - before)
             elapsed = time.perf_counter() - started
-            if len(times) >= min_runs and (elapsed >= min_seconds
-                                           or (max_seconds is not None and elapsed >= max_seconds)):
+            if len(times[0]) >= min_runs and (elapsed >= min_seconds
+                                              or (max_seconds is not None and elapsed >= max_seconds)):
                 break
-    milliseconds = np.asarray(times) * 1000.0
+    return [_latency_summary(np.asarray(record) * 1000.0, len(example)) for record in times]
+
+
+def _latency_summary(milliseconds: np.ndarray, items: int) -> dict:
     p50, p90, p99 = np.percentile(milliseconds, [50, 90, 99])
     mean = float(milliseconds.mean())
     return {"latency_ms": {"mean": mean, "p50": float(p50), "p90": float(p90), "p99": float(p99)},
-            "throughput": float(len(example) / (mean / 1000.0)) if mean > 0 else None, "runs": len(times)}
+            "throughput": float(items / (mean / 1000.0)) if mean > 0 else None, "runs": len(milliseconds)}
 
 
 def quality(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None) -> dict:

@@ -135,3 +135,17 @@ def test_onnx_source_is_measured_and_pruned(cnn, tmp_path):
     assert set(report["layer_sparsity"]) == {"features.0.0", "features.1.0", "features.3.0", "fc1", "fc2"}
     with pytest.raises(PrunelabError, match="channel"):
         LiveEvaluator(handle, data=cnn.data).measure(Plan(granularity="channel", sparsity=0.5))
+
+
+def test_pruned_and_dense_are_timed_in_the_same_run(cnn):
+    from core import measure
+    from core.evaluate import LiveEvaluator
+    from core.export import export_onnx
+    from core.plan import Plan
+
+    session, _ = measure.create_session(export_onnx(cnn.module, cnn.example_input()), threads=1)
+    first, second = measure.paired_latency([session, session], cnn.data.x_test[:1], min_runs=7, min_seconds=0.0)
+    assert first["runs"] == second["runs"] >= 7
+    report = LiveEvaluator(cnn).measure(Plan(sparsity=0.4))
+    assert report["baseline"]["runs"] == report["pruned"]["runs"]
+    assert "reference_latency" not in report["pruned"]
