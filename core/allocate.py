@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.engine import apply_plan
 from core.errors import PrunelabError
 from core.plan import Plan
 from core.sources import ModelHandle
@@ -198,6 +199,8 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
         chosen = _allocate_channels(handle, result, kind, value, bounds, criterion)
     else:
         chosen = _allocate_weights(result, kind, value, bounds)
+        if kind == "sparsity":
+            chosen = _best_on_val(handle, criterion, _weight_candidates(handle, criterion, chosen, value, bounds))
     if max_accuracy_drop is not None and kind != "drop":
         curves = curves_for(result, "weights" if granularity != "channel" else "params", bounds)
         drop = predicted_drop(curves, chosen)
@@ -206,6 +209,45 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
                                 f"more than the allowed {max_accuracy_drop:.1%}")
     return Plan(granularity=granularity, criterion=criterion, scope="layer", sparsity=0.0,
                 layers={name: round(level, 4) for name, level in chosen.items()})
+
+
+def _weight_candidates(handle: ModelHandle, criterion: str, chosen: dict[str, float], target: float,
+                       bounds: tuple[float, float]) -> list[dict[str, float]]:
+    """The curve allocation, the split a global ranking makes at the same target, and their mean.
+
+    Curves measure one layer at a time; a global ranking sees every layer at once. Both reach the
+    same overall sparsity (the target is a parameter-weighted sum), and so does their mean.
+    """
+    spread = apply_plan(handle, Plan(criterion=criterion, scope="global", sparsity=target)).layer_sparsity
+    spread = {name: spread.get(name, 0.0) for name in chosen}
+    if not all(bounds[0] <= level <= bounds[1] for level in spread.values()):
+        return [chosen]
+    mean = {name: (chosen[name] + spread[name]) / 2 for name in chosen}
+    return [chosen, mean, spread]
+
+
+def _best_on_val(handle: ModelHandle, criterion: str, candidates: list[dict[str, float]]) -> dict[str, float]:
+    """The candidate with the best accuracy (then loss) once applied: the curves propose, measurement decides.
+
+    Scored on the val and training splits together (never test): one small split alone is too
+    noisy to tell plans a point apart.
+    """
+    from core.sensitivity import Scorer
+
+    if len(candidates) == 1:
+        return candidates[0]
+    splits = ["val"] + (["train"] if handle.data.x_train is not None else [])
+    scorers = [(Scorer(handle, split), len(getattr(handle.data, f"x_{split}"))) for split in splits]
+    items = sum(count for _, count in scorers)
+
+    def score(chosen: dict[str, float]) -> tuple[float, float]:
+        module = apply_plan(handle, Plan(criterion=criterion, scope="layer", sparsity=0.0, layers=chosen)).module
+        results = [(scorer(module), count) for scorer, count in scorers]
+        accuracy = sum(result[0] * count for result, count in results) / items
+        loss = sum(result[1] * count for result, count in results) / items
+        return accuracy, -loss
+
+    return max(candidates, key=score)
 
 
 def _largest_within(curves: list[Curve], limit: float, total: float) -> dict[str, float]:

@@ -30,6 +30,7 @@ class Dataset:
     y_val: np.ndarray | None
     x_train: np.ndarray | None = None
     y_train: np.ndarray | None = None
+    synthetic: bool = False  # seeded random inputs: fit for agreement, not for statistics
 
     @property
     def labelled(self) -> bool:
@@ -158,4 +159,4 @@ def random_data(input_shape: tuple[int, ...], count: int = 256, seed: int = 0) -
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((count, *input_shape[1:])).astype(np.float32)
     half = count // 2
-    return Dataset(name=f"random-{seed}", x_test=x[half:], y_test=None, x_val=x[:half], y_val=None)
+    return Dataset(name=f"random-{seed}", x_test=x[half:], y_test=None, x_val=x[:half], y_val=None, synthetic=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from core import criteria, unstructured
+from core import batchnorm, criteria, unstructured
 from core.data import Dataset
 from core.errors import PrunelabError
 from core.inspect import Layer, prunable_layers
@@ -133,6 +133,16 @@ def _unpack(model, data, example_input):
     return module, data, example_input
 
 
+def _recalibrate(result: PruneResult, data: Dataset | None) -> None:
+    """Re-estimate BatchNorm statistics of the pruned copy on real inputs, and say so in the notes."""
+    inputs = batchnorm.calibration_inputs(data)
+    if inputs is None or not batchnorm.batchnorm_layers(result.module):
+        return
+    count = batchnorm.recalibrate(result.module, inputs)
+    result.notes.append(f"BatchNorm statistics of {count} layers re-estimated on {len(inputs)} inputs "
+                        f"(set recalibrate: false to keep the dense model's)")
+
+
 def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=None) -> PruneResult:
     """Prune a copy of ``model`` (a ModelHandle or an nn.Module) as ``plan`` says; the input is never mutated.
 
@@ -154,6 +164,8 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     result = HANDLERS[kind](Job(working, plan, layers, ignored, data, example_input))
     if ignored:
         result.notes.insert(0, f"left dense: {', '.join(ignored)}")
+    if plan.recalibrate:
+        _recalibrate(result, data)
     for parameter in result.module.parameters():
         parameter.grad = None
     result.module.eval()

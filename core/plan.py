@@ -61,6 +61,8 @@ class Plan:
     ignore: layers left dense; None means "the final classifier".
     round_to: kept channels are rounded to a multiple of this (channel plans).
     seed: seeds the random criterion and any sampling.
+    recalibrate: re-estimate BatchNorm statistics on the model's real inputs after pruning
+        (no labels needed; skipped for synthetic data and models without BatchNorm).
     Raises PrunelabError naming the field and the value when something is out of range.
     """
 
@@ -72,6 +74,7 @@ class Plan:
     ignore: tuple[str, ...] | None = None
     round_to: int = 1
     seed: int = 0
+    recalibrate: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.granularity, str) or (
@@ -94,6 +97,8 @@ class Plan:
         for name, value in (("round_to", self.round_to), ("seed", self.seed)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise PrunelabError(f"{name} must be an integer, got {value!r}")
+        if not isinstance(self.recalibrate, bool):
+            raise PrunelabError(f"recalibrate must be true or false, got {self.recalibrate!r}")
         if self.round_to < 1:
             raise PrunelabError(f"round_to must be at least 1, got {self.round_to!r}")
 

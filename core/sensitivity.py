@@ -23,12 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.cache import ResultCache, cache_key
+from core import batchnorm
 from core.errors import PrunelabError
 from core.sources import ModelHandle
 
 DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 GRANULARITIES = ("unstructured", "channel")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+SWEEP_RECALIBRATION_ITEMS = 128  # fewer than the engine's: a sweep re-estimates once per point
 LATENCY_RUNS = 30
 LATENCY_SECONDS = 0.05
 LATENCY_THREADS = 1
@@ -170,6 +172,9 @@ def unstructured_sweep(handle: ModelHandle, criterion: str, levels: list[float],
     module = handle.module  # a private copy (see _run); every weight is restored after its layer
     layers = included_layers(module, handle.example_input(1))
     evidence = gather_evidence(module, layers, criterion, handle.data, seed=0)
+    # as the engine does by default: BatchNorm statistics re-estimated after each cut, then restored
+    recalibration = batchnorm.calibration_inputs(handle.data, count=SWEEP_RECALIBRATION_ITEMS)
+    dense_statistics = batchnorm.snapshot(module)
     total, done, curves = len(layers) * len(levels), 0, []
     for layer in layers:
         weight = layer.weight
@@ -187,13 +192,17 @@ def unstructured_sweep(handle: ModelHandle, criterion: str, levels: list[float],
                 else:
                     with torch.no_grad():
                         weight.copy_(original * layer_mask(scores, level))
+                    if recalibration is not None:
+                        batchnorm.recalibrate(module, recalibration)
                     accuracy, loss = scorer(module)
+                    batchnorm.restore(module, dense_statistics)
                 curve.append({"sparsity": level, "accuracy": accuracy, "loss": loss})
                 done += 1
                 progress(done, total, f"{layer.name} at {level:.0%}")
         finally:
             with torch.no_grad():
                 weight.copy_(original)
+            batchnorm.restore(module, dense_statistics)
         curves.append({"name": layer.name, "members": [layer.name], "params": original.numel(), "curve": curve})
     return curves, True
 

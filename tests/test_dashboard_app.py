@@ -89,6 +89,16 @@ def test_channel_rounding_reaches_the_plan_and_keeps_multiples(app):
     assert report["pruned"]["macs"] < report["baseline"]["macs"]
 
 
+def test_batchnorm_toggle_reaches_the_plan_and_changes_accuracy(app):
+    app.slider(key="w.global").set_value(90).run()
+    with_statistics = app.session_state[REPORT]
+    app.toggle(key="w.recalibrate").set_value(False).run()
+    without = app.session_state[REPORT]
+    assert not app.exception and not app.error
+    assert with_statistics["plan"]["recalibrate"] is True and without["plan"]["recalibrate"] is False
+    assert with_statistics["pruned"]["accuracy"] != without["pruned"]["accuracy"]
+
+
 def test_a_criterion_that_does_not_fit_the_granularity_is_replaced(app):
     app.selectbox(key="w.granularity").set_value("channel").run()
     app.selectbox(key="w.criterion").set_value("fpgm").run()

@@ -64,8 +64,6 @@ def test_unchanged_latency_is_explained(global_80):
     assert explained and "channel" in explained[0] and "INT8" in explained[0] and "compressed" in explained[0]
 
 
-@pytest.mark.xfail(strict=True, reason="one-shot 80% global L1 loses about 9 points on digits-cnn; "
-                                       "the 3-point target needs fine-tuning (recovery)")
 def test_global_l1_80_stays_within_three_points(global_80):
     assert global_80["baseline"]["accuracy"] - global_80["pruned"]["accuracy"] <= 0.03
 

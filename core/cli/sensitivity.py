@@ -24,9 +24,9 @@ def register(subparsers) -> None:
 class ProgressBar:
     """A one-line progress bar on stderr (only drawn on a terminal, plus a final line otherwise)."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream, self.width = stream, width
-        self.live = stream.isatty()
+    def __init__(self, stream=None, width: int = 30):
+        self.stream, self.width = stream or sys.stderr, width
+        self.live = self.stream.isatty()
 
     def __call__(self, done: int, total: int, text: str) -> None:
         if not self.live and done < total:

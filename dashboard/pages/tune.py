@@ -22,7 +22,7 @@ def _forget_layer_widgets() -> None:
 def _forget_plan_widgets() -> None:
     """Drop every plan widget so each reseeds from the plan (after the plan changed from elsewhere)."""
     _forget_layer_widgets()
-    for key in ("w.granularity", "w.criterion", "w.scope", "w.global", "w.quantize", "w.round_to"):
+    for key in ("w.granularity", "w.criterion", "w.scope", "w.global", "w.quantize", "w.round_to", "w.recalibrate"):
         st.session_state.pop(key, None)
 
 
@@ -67,6 +67,11 @@ def method_ui(values: dict) -> None:
                      help="ONNX Runtime's convolution kernels work in blocks of 8 channels: odd counts can run "
                           "slower than the dense model, so 8 usually buys the most speed",
                      on_change=lambda: session.update_plan(round_to=int(st.session_state["w.round_to"])))
+    session.seed("w.recalibrate", bool(values.get("recalibrate", True)))
+    st.toggle("Re-estimate BatchNorm statistics", key="w.recalibrate",
+              help="after pruning, a few forward passes over the model's own inputs (no labels) refresh each "
+                   "BatchNorm's mean and variance; often most of the lost accuracy comes back",
+              on_change=lambda: session.update_plan(recalibrate=bool(st.session_state["w.recalibrate"])))
     session.seed("w.quantize", st.session_state.get(session.QUANTIZE) is not None)
     st.toggle("Quantize to INT8", key="w.quantize", help="static QDQ INT8 in ONNX Runtime after pruning: a 4× smaller "
               "file, and on CNNs lower latency (deltas stay against the dense FP32 model)",
