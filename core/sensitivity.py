@@ -30,7 +30,6 @@ from core.sources import ModelHandle
 DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 GRANULARITIES = ("unstructured", "channel")
 CACHE_VERSION = 2
-SWEEP_RECALIBRATION_ITEMS = 128  # fewer than the engine's: a sweep re-estimates once per point
 LATENCY_RUNS = 30
 LATENCY_SECONDS = 0.05
 LATENCY_THREADS = 1
@@ -173,7 +172,7 @@ def unstructured_sweep(handle: ModelHandle, criterion: str, levels: list[float],
     layers = included_layers(module, handle.example_input(1))
     evidence = gather_evidence(module, layers, criterion, handle.data, seed=0)
     # as the engine does by default: BatchNorm statistics re-estimated after each cut, then restored
-    recalibration = batchnorm.calibration_inputs(handle.data, count=SWEEP_RECALIBRATION_ITEMS)
+    recalibration = batchnorm.calibration_inputs(handle.data)
     dense_statistics = batchnorm.snapshot(module)
     total, done, curves = len(layers) * len(levels), 0, []
     for layer in layers:
