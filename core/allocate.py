@@ -171,7 +171,7 @@ def check_request(target_sparsity, target_latency_ms, target_mac_reduction, max_
 
 def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_latency_ms: float | None = None,
              granularity: str = "unstructured", criterion: str = "l1", max_accuracy_drop: float | None = None,
-             min_sparsity: float = 0.0, max_sparsity: float = 0.95, sensitivity: dict | None = None,
+             min_sparsity: float = 0.0, max_sparsity: float = 0.99, sensitivity: dict | None = None,
              target_mac_reduction: float | None = None) -> Plan:
     """A per-layer plan that reaches one target while losing as little accuracy as the curves predict.
 

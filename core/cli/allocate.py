@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     parser.add_argument("--granularity", choices=("unstructured", "channel"), default="unstructured")
     parser.add_argument("--criterion", default="l1", help="how weights or channels are ranked (default l1)")
     parser.add_argument("--min-sparsity", type=float, default=0.0, help="lowest sparsity of any layer")
-    parser.add_argument("--max-sparsity", type=float, default=0.95, help="highest sparsity of any layer")
+    parser.add_argument("--max-sparsity", type=float, default=0.99, help="highest sparsity of any layer")
     parser.add_argument("--out", required=True, help="plan file to write (.yaml, .yml or .json)")
     parser.set_defaults(func=run)
 
