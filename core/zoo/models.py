@@ -99,9 +99,13 @@ class DepthwiseBlock(nn.Module):
 
 
 class DigitsResNet(nn.Module):
-    """ResNet-style net for 32x32 digits with residual, concat and depthwise blocks."""
+    """ResNet-style net for 32x32 digits with residual, concat and depthwise blocks.
 
-    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), classes: int = 10):
+    Wide enough (about 250M MACs) that ONNX Runtime's time goes to arithmetic rather than to
+    per-operator overhead, so removing channels shows up in the measured latency.
+    """
+
+    def __init__(self, widths: tuple[int, int, int] = (64, 128, 256), classes: int = 10):
         super().__init__()
         self.stem = conv_bn(1, widths[0])                             # 32x32
         self.layer1 = BasicBlock(widths[0], widths[0])                # 32x32

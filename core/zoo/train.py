@@ -17,7 +17,7 @@ from torch import nn
 from core.data import DIGITS_FILE, Dataset, write_digits_file
 from core.zoo.registry import BUILTINS, CARDS, WEIGHTS
 
-EPOCHS = {"digits-mlp": 60, "digits-cnn": 40, "digits-resnet": 30}
+EPOCHS = {"digits-mlp": 60, "digits-cnn": 40, "digits-resnet": 20}
 
 
 def fit(model: nn.Module, data: Dataset, epochs: int, lr: float = 3e-3, seed: int = 0,
