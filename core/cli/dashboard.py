@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,4 +29,8 @@ def run(args) -> int:
         env["PRUNELAB_MODEL"] = args.model
     print(f"prunelab dashboard on http://{'localhost' if args.address == '127.0.0.1' else args.address}:{args.port}",
           flush=True)
-    return subprocess.call(command(args.port, args.address), env=env)
+    # Become the server process, so a signal to `prunelab dashboard` reaches Streamlit itself
+    # and no orphaned server keeps the port.
+    arguments = command(args.port, args.address)
+    os.execve(arguments[0], arguments, env)
+    return 0
