@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -56,3 +57,15 @@ def test_console_script_exits_2_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "core.cli.__main__", "inspect", str(corrupt)],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "Traceback" not in result.stderr and str(corrupt) in result.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(monkeypatch):
+    # `prunelab inspect ... --json | head -1`: the reading end of stdout is already closed
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    stdout = os.fdopen(write_end, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    try:
+        assert main(["inspect", "digits-mlp", "--json"]) == 1
+    finally:
+        stdout.close()

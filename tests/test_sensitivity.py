@@ -13,7 +13,7 @@ from core.cli import main
 from core.engine import apply_plan
 from core.errors import PrunelabError
 from core.plan import Plan
-from core.sensitivity import Scorer, check_levels, sensitivity
+from core.sensitivity import Scorer, check_levels, scored_items, sensitivity
 
 LEVELS = (0.0, 0.5, 0.9)
 PAGE = Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "sensitivity.py"
@@ -98,6 +98,24 @@ def test_max_items_scores_a_subset_and_says_so(cnn):
     result = sensitivity(cnn, levels=(0.0, 0.5), max_items=40)
     assert result["evaluated_on"]["items"] == 40
     assert result["evaluated_on"]["subset"] == f"first 40 of {len(cnn.data.x_val)}"
+
+
+def test_large_models_score_a_subset_automatically_and_say_why(cnn, monkeypatch):
+    assert scored_items(10_000_000, 359, "auto") == (359, "")
+    count, reason = scored_items(250_000_000, 359, "auto")
+    assert count == 160 and "250M MACs" in reason and "'all'" in reason
+    assert scored_items(250_000_000, 359, "all") == (359, "")
+    assert scored_items(250_000_000, 359, 50) == (50, "")
+    assert scored_items(10**12, 359, None)[0] == sensitivity_module.MIN_AUTO_ITEMS
+    for bad in (0, -3, "some"):
+        with pytest.raises(PrunelabError, match="max items"):
+            scored_items(1, 359, bad)
+    monkeypatch.setattr(sensitivity_module, "SCORING_BUDGET_MACS", 1.0)
+    monkeypatch.setattr(sensitivity_module, "MIN_AUTO_ITEMS", 30)
+    result = sensitivity(cnn, levels=(0.0, 0.5))
+    assert result["evaluated_on"]["items"] == 30
+    assert result["evaluated_on"]["subset"].startswith(f"first 30 of {len(cnn.data.x_val)}, chosen for a model of")
+    assert result["evaluated_on"]["batchnorm_items"] == 256
 
 
 def test_unlabelled_data_reports_agreement(user_model):

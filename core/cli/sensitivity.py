@@ -16,7 +16,9 @@ def register(subparsers) -> None:
     parser.add_argument("--granularity", choices=("unstructured", "channel"), default="unstructured")
     parser.add_argument("--criterion", default="l1", help="how weights or channels are ranked (default l1)")
     parser.add_argument("--levels", help=f"sparsities to try (default {','.join(f'{level:g}' for level in DEFAULT_LEVELS)})")
-    parser.add_argument("--max-items", type=int, help="score only the first N items of the val split")
+    parser.add_argument("--max-items", default="auto", metavar="N|all|auto",
+                        help="score the first N items of the val split, all of them, or auto (default: all, "
+                             "unless the model is large enough that a subset keeps the sweep to minutes)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(func=run)
 
@@ -73,4 +75,6 @@ def describe(evaluated_on: dict) -> str:
     text = f"{evaluated_on['items']} {evaluated_on['split']} items"
     if evaluated_on.get("subset"):
         text += f" ({evaluated_on['subset']})"
+    if evaluated_on.get("batchnorm_items"):
+        text += f"; BatchNorm re-estimated on {evaluated_on['batchnorm_items']} training items per point"
     return text
