@@ -91,14 +91,18 @@ def main(quick: bool = False) -> None:
     resnet_sweep, resnet_seconds = timed_sweep(resnet, "unstructured", levels, items)
     channel_sweep, channel_seconds = timed_sweep(resnet, "channel", levels, items)
     print(f"Sweep times ({len(levels)} levels, val split, one process, torch threads "
-          f"{cnn_sweep['evaluated_on']['torch_threads']}):\n")
-    print_table(["model", "granularity", "layers or groups", "points", "seconds"], [
-        ["digits-cnn", "unstructured", len(cnn_sweep["layers"]), len(cnn_sweep["layers"]) * len(levels), cnn_seconds],
-        ["digits-cnn", "unstructured (cached)", len(cnn_sweep["layers"]), 0, cached_seconds],
-        ["digits-resnet", "unstructured", len(resnet_sweep["layers"]), len(resnet_sweep["layers"]) * len(levels),
-         resnet_seconds],
-        ["digits-resnet", "channel (+ ORT timing)", len(channel_sweep["layers"]),
-         len(channel_sweep["layers"]) * len(levels), channel_seconds]])
+          f"{cnn_sweep['evaluated_on']['torch_threads']}, BatchNorm re-estimated on "
+          f"{cnn_sweep['evaluated_on']['batchnorm_items']} training items per point):\n")
+    rows = []
+    for model, kind, sweep, seconds in (("digits-cnn", "unstructured", cnn_sweep, cnn_seconds),
+                                        ("digits-cnn", "unstructured (cached)", cnn_sweep, cached_seconds),
+                                        ("digits-resnet", "unstructured", resnet_sweep, resnet_seconds),
+                                        ("digits-resnet", "channel (+ ORT timing)", channel_sweep, channel_seconds)):
+        where = sweep["evaluated_on"]
+        scored = where["subset"].split(",")[0] if where["subset"] else str(where["items"])  # "first 161 of 359"
+        points = 0 if "cached" in kind else len(sweep["layers"]) * len(levels)
+        rows.append([model, kind, len(sweep["layers"]), points, scored, seconds])
+    print_table(["model", "granularity", "layers or groups", "points", "val items scored", "seconds"], rows)
     print("\ndigits-cnn at 90% unstructured sparsity (test split):\n")
     print_table(["plan", "sparsity", "test accuracy"], unstructured_comparison(cnn_sweep))
     print("\ndigits-resnet channel plans at a 2x MAC reduction (test split, ORT p50 at batch 1, 2 threads):\n")

@@ -53,7 +53,7 @@ def _sweep(job: SweepJob, handle) -> None:
         job.error = f"{error.__class__.__name__}: {first}"
 
 
-def start_sensitivity(granularity: str, criterion: str, levels: list[float], max_items: int | None = None) -> None:
+def start_sensitivity(granularity: str, criterion: str, levels: list[float], max_items: int | str = "auto") -> None:
     """Start a sweep of this session's model (read from the disk cache when it was run before)."""
     import copy
 

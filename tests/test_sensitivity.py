@@ -187,6 +187,7 @@ def test_dashboard_page_runs_a_sweep_and_shows_it(prunelab_home):
     page = AppTest.from_file(str(PAGE), default_timeout=60)
     page.run()
     page.toggle(key="w.sensitivity.quick").set_value(True)
+    page.toggle(key="w.sensitivity.every").set_value(True)
     page.button[0].click().run()
     for _ in range(120):  # the sweep runs in a worker thread; each run of the page polls it
         if "prunelab.sensitivity" in page.session_state:
@@ -196,4 +197,6 @@ def test_dashboard_page_runs_a_sweep_and_shows_it(prunelab_home):
     assert not page.exception
     result = page.session_state["prunelab.sensitivity"]
     assert result["complete"] and result["levels"] == [0.0, 0.3, 0.5, 0.7, 0.9]
-    assert any("baseline accuracy" in caption.value for caption in page.caption)
+    assert result["evaluated_on"]["subset"] is None
+    assert any("baseline accuracy" in caption.value and "BatchNorm re-estimated on 256" in caption.value
+               for caption in page.caption)

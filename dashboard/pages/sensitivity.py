@@ -14,13 +14,17 @@ HEIGHT = 340
 def settings_ui() -> dict | None:
     """Granularity, criterion and level choices; returns the settings when Run is pressed."""
     granularities = ["unstructured"] + (["channel"] if session.can("channel") else [])
-    first, second, third = st.columns(3)
+    first, second, third, fourth = st.columns(4)
     granularity = first.selectbox("Granularity", granularities, key="w.sensitivity.granularity",
                                   help="channel sweeps also time each level on ONNX Runtime (slower)")
     criterion = second.selectbox("Criterion", session.criteria_for(granularity), key="w.sensitivity.criterion")
     quick = third.toggle("Quick (5 levels)", key="w.sensitivity.quick", help=", ".join(f"{v:.0%}" for v in QUICK_LEVELS))
+    every = fourth.toggle("Every val item", key="w.sensitivity.every",
+                          help="large models score the first val items only, which keeps a sweep to minutes; "
+                               "the caption above the results says how many were scored")
     if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
-        return {"granularity": granularity, "criterion": criterion, "levels": QUICK_LEVELS if quick else LEVELS}
+        return {"granularity": granularity, "criterion": criterion, "levels": QUICK_LEVELS if quick else LEVELS,
+                "max_items": "all" if every else "auto"}
     return None
 
 
@@ -75,6 +79,8 @@ def results_ui(result: dict) -> None:
     subset = f" ({where['subset']})" if where.get("subset") else ""
     st.caption(f"{result['granularity']} / {result['criterion']} on {where['items']} {where['split']} items{subset}, "
                f"baseline {result['label']} {result['baseline_accuracy']:.2%}, computed in {result['seconds']:.1f} s"
+               + (f"; BatchNorm re-estimated on {where['batchnorm_items']} training items per point"
+                  if where.get("batchnorm_items") else "")
                + ("" if result["complete"] else " — stopped early, partial result"))
     st.plotly_chart(heatmap(result), key="sensitivity-heatmap", config={"displayModeBar": False})
     left, right = st.columns(2)
