@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import uuid
 
 import streamlit as st
 
 from core.errors import PrunelabError
 from dashboard.session import _evaluator, _lock, baseline, model, model_key, plan, plan_object
 
-__all__ = ['RECOVERED', 'RECOVERY', 'RECOVERY_METHODS', 'RecoveryJob', '_recover', '_recovered_metrics', 'discard_recovered', 'finish_recovery', 'recovered_active', 'recovered_report', 'recovery_epochs', 'recovery_job', 'schedule_curve', 'start_recovery', 'stop_recovery']
+__all__ = ['RECOVERED', 'RECOVERY', 'RECOVERY_METHODS', 'RecoveryJob', '_recover', '_recovered_metrics', 'discard_recovered', 'finish_recovery', 'recovered_active', 'recovered_artifact', 'recovered_report', 'recovery_epochs', 'recovery_job', 'schedule_curve', 'start_recovery', 'stop_recovery']
 
 RECOVERY = "prunelab.recovery"      # this session's RecoveryJob (running or finished)
-RECOVERED = "prunelab.recovered"    # {"model_key", "plan_digest", "report"} of the adopted recovered model
+RECOVERED = "prunelab.recovered"    # {"model_key", "plan_digest", "report", "module", "id"} of the adopted recovered model
 RECOVERY_METHODS = ("finetune", "gradual", "iterative", "lottery")
 
 
@@ -37,6 +38,7 @@ class RecoveryJob:
     history: list = dataclasses.field(default_factory=list)
     summary: dict | None = None
     report: dict | None = None
+    module: object = None  # the recovered nn.Module, handed to the session when the run ends
     error: str | None = None
     thread: threading.Thread | None = None
 
@@ -85,6 +87,7 @@ def _recover(job: RecoveryJob, handle, key: str) -> None:
                                              rewind_epoch=settings["rewind_epoch"], lr=settings["lr"], **callbacks)
         job.summary = result.summary()
         job.report = _recovered_metrics(handle, result, plan, key)
+        job.module = result.module
     except PrunelabError as error:
         job.error = str(error)
     except Exception as error:  # anything else from the engine: one line for the page
@@ -164,8 +167,8 @@ def finish_recovery() -> dict | None:
         return None
     if job.report is not None and RECOVERED not in st.session_state:
         st.session_state[RECOVERED] = {"model_key": model_key(), "plan_digest": Plan.from_dict(job.plan).digest,
-                                       "report": job.report}
-        job.report = None
+                                       "report": job.report, "module": job.module, "id": uuid.uuid4().hex}
+        job.report, job.module = None, None
     return job.summary
 
 
@@ -178,6 +181,21 @@ def recovered_report(plan_digest: str) -> dict | None:
         st.session_state.pop(RECOVERED, None)
         return None
     return adopted["report"]
+
+
+def recovered_artifact(kind: str, plan_digest: str) -> bytes | None:
+    """The adopted recovered model as ``kind`` (see module_bytes), or None when none is in use."""
+    if recovered_report(plan_digest) is None:
+        return None
+    adopted = st.session_state[RECOVERED]
+    return _recovered_bytes(adopted["module"], model().example_input(), adopted["id"], kind)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _recovered_bytes(_module, _example, recovery_id: str, kind: str) -> bytes:
+    from dashboard.session import module_bytes
+
+    return module_bytes(_module, _example, kind)
 
 
 def recovered_active() -> bool:

@@ -360,30 +360,37 @@ def no_speedup_reason(values: dict, report: dict) -> str | None:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _artifact(_handle, _plan, key: str, plan_digest: str, kind: str) -> bytes:
-    import torch
-
     from core.engine import apply_plan
-    from core.export import export_onnx
 
     with _lock(key):
         result = apply_plan(_handle, _plan, data=_handle.data)
-        example = _handle.example_input()
-        if kind == "onnx":
-            return export_onnx(result.module, example)
-        buffer = io.BytesIO()
-        if kind == "state_dict":
-            torch.save(result.module.state_dict(), buffer)
-        elif kind == "pt2":
-            torch.export.save(torch.export.export(result.module, (example,)), buffer)
-        else:
-            raise PrunelabError(f"unknown export kind '{kind}'")
-        return buffer.getvalue()
+        return module_bytes(result.module, _handle.example_input(), kind)
+
+
+def module_bytes(module, example, kind: str) -> bytes:
+    """``module`` as ONNX, a state dict or a torch.export program."""
+    import torch
+
+    from core.export import export_onnx
+
+    if kind == "onnx":
+        return export_onnx(module, example)
+    buffer = io.BytesIO()
+    if kind == "state_dict":
+        torch.save(module.state_dict(), buffer)
+    elif kind == "pt2":
+        torch.export.save(torch.export.export(module, (example,)), buffer)
+    else:
+        raise PrunelabError(f"unknown export kind '{kind}'")
+    return buffer.getvalue()
 
 
 def artifact(kind: str) -> bytes:
-    """Bytes of the pruned model as ``onnx``, ``state_dict`` or ``pt2``. Raises PrunelabError."""
+    """Bytes of the pruned model as ``onnx``, ``state_dict`` or ``pt2`` (the fine-tuned weights while a
+    recovered model is in use). Raises PrunelabError."""
     current = plan_object()
-    return _artifact(model(), current, model_key(), current.digest, kind)
+    recovered = recovered_artifact(kind, current.digest)
+    return recovered if recovered is not None else _artifact(model(), current, model_key(), current.digest, kind)
 
 
 # The long-job and history parts of the session layer, re-exported so pages keep one module.

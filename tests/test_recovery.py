@@ -192,3 +192,34 @@ def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(m
     labels = {metric.label: metric.value for metric in page.metric}
     assert labels["recovered accuracy"] == f"{recovered['pruned']['accuracy']:.2%}"
     assert recovered["baseline"]["accuracy"] > recovered["pruned"]["accuracy"] > 0.5
+
+    # the Export page now hands out the fine-tuned weights, not the one-shot ones
+    pages = Path(__file__).resolve().parent.parent / "dashboard" / "pages"
+    export_page = AppTest.from_file(str(pages / "export.py"), default_timeout=60)
+    for key in ("prunelab.plan", "prunelab.recovered"):
+        export_page.session_state[key] = page.session_state[key]
+    export_page.run()
+    assert not export_page.exception and not export_page.error
+    assert any("fine-tuned weights" in info.value for info in export_page.info)
+
+    def export_state_dict():
+        import io
+
+        import streamlit as st
+        import torch
+
+        from dashboard import session
+
+        weights = torch.load(io.BytesIO(session.artifact("state_dict")), weights_only=True)
+        module = st.session_state["prunelab.recovered"]["module"]
+        st.session_state["same"] = all(weights[name].equal(value) for name, value in module.state_dict().items())
+        one_shot = session._artifact(session.model(), session.plan_object(), session.model_key(),
+                                     session.plan_object().digest, "state_dict")
+        st.session_state["differs"] = one_shot != session.artifact("state_dict")
+
+    export = AppTest.from_function(export_state_dict, default_timeout=60)
+    for key in ("prunelab.plan", "prunelab.recovered"):
+        export.session_state[key] = page.session_state[key]
+    export.run()
+    assert not export.exception
+    assert export.session_state["same"] and export.session_state["differs"]

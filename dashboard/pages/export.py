@@ -40,6 +40,8 @@ with session.guard("preparing the export"):
     handle = session.model()
     values = session.plan()
     stem = f"{handle.name}-{values['granularity'].replace(':', 'of')}-{round(100 * values['sparsity'])}"
+    if session.recovered_report(session.plan_object().digest) is not None:
+        st.info("The downloads hold the fine-tuned weights from the Recover page.", icon=":material/model_training:")
     report = st.session_state.get(session.LAST_REPORT)
     if report:
         pruned = report["pruned"]
