@@ -218,12 +218,42 @@ def _weight_candidates(handle: ModelHandle, criterion: str, chosen: dict[str, fl
     Curves measure one layer at a time; a global ranking sees every layer at once. Both reach the
     same overall sparsity (the target is a parameter-weighted sum), and so does their mean.
     """
-    spread = apply_plan(handle, Plan(criterion=criterion, scope="global", sparsity=target)).layer_sparsity
-    spread = {name: spread.get(name, 0.0) for name in chosen}
-    if not all(bounds[0] <= level <= bounds[1] for level in spread.values()):
+    spread = _global_within(handle, criterion, list(chosen), target, bounds)
+    if spread is None:
         return [chosen]
     mean = {name: (chosen[name] + spread[name]) / 2 for name in chosen}
     return [chosen, mean, spread]
+
+
+def _global_within(handle: ModelHandle, criterion: str, names: list[str], target: float,
+                   bounds: tuple[float, float]) -> dict[str, float] | None:
+    """Per-layer sparsities of one global ranking at ``target`` with every layer kept inside ``bounds``.
+
+    A layer the ranking would take past a bound is pinned at it and the rest are ranked again for
+    the remaining weights (so the overall target still holds). None when no such split exists.
+    """
+    from core.inspect import prunable_layers
+
+    sizes = {layer.name: layer.weight.numel() for layer in prunable_layers(handle.module) if layer.name in names}
+    total = float(sum(sizes.values()))
+    pinned: dict[str, float] = {}
+    for _ in range(len(names) + 1):
+        free = [name for name in names if name not in pinned]
+        free_size = float(sum(sizes[name] for name in free))
+        if not free or free_size == 0:
+            return None
+        remaining = (target * total - sum(level * sizes[name] for name, level in pinned.items())) / free_size
+        if not 0.0 <= remaining < 1.0:
+            return None
+        plan = Plan(criterion=criterion, scope="global", sparsity=round(remaining, 6), layers=pinned,
+                    ignore=[layer.name for layer in prunable_layers(handle.module) if layer.name not in names])
+        reached = apply_plan(handle, plan).layer_sparsity
+        outside = {name: min(max(reached[name], bounds[0]), bounds[1]) for name in free
+                   if not bounds[0] <= reached[name] <= bounds[1]}
+        if not outside:
+            return {name: pinned.get(name, reached[name]) for name in names}
+        pinned.update(outside)
+    return None
 
 
 def _best_on_val(handle: ModelHandle, criterion: str, candidates: list[dict[str, float]]) -> dict[str, float]:

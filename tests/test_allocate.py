@@ -149,3 +149,32 @@ def test_the_tune_page_auto_allocate_button_fills_the_sliders(cnn, sweep):
     assert not page.exception and not page.error
     expected = allocate(cnn, target_sparsity=0.9, sensitivity=sweep).layer_targets
     assert page.session_state["prunelab.plan"]["layers"] == expected
+
+
+def test_the_global_candidate_keeps_every_layer_within_its_bounds(cnn):
+    from core.allocate import _global_within
+    from core.engine import final_classifier
+    from core.inspect import prunable_layers
+
+    classifier = final_classifier(cnn.module, cnn.example_input(1))
+    sizes = {layer.name: layer.weight.numel() for layer in prunable_layers(cnn.module) if layer.name != classifier}
+    free = apply_plan(cnn, Plan(scope="global", sparsity=0.9)).layer_sparsity
+    assert max(free[name] for name in sizes) > 0.91  # unbounded, the ranking takes some layers past 0.91
+    spread = _global_within(cnn, "l1", list(sizes), 0.9, (0.0, 0.91))
+    assert max(spread.values()) <= 0.91 + 1e-9
+    reached = sum(spread[name] * size for name, size in sizes.items()) / sum(sizes.values())
+    assert reached == pytest.approx(0.9, abs=1e-4)  # the pinned layers' share went to the others
+    assert overall_sparsity(cnn, Plan(sparsity=0.0, layers=spread)) == pytest.approx(0.9, abs=1e-3)
+    assert _global_within(cnn, "l1", list(sizes), 0.9, (0.0, 0.5)) is None  # out of reach within 50% each
+
+
+def test_a_target_at_the_end_of_the_curves_is_not_forced_to_uniform(cnn):
+    # curves that end at 90% leave a 90% target no choice but uniform; the global candidate,
+    # with its layers past the 91% bound pinned there, is another plan and the better one
+    short = sensitivity(cnn, levels=(0.0, 0.5, 0.9))
+    scorer = Scorer(cnn, "test")
+    plan = allocate(cnn, target_sparsity=0.9, max_sparsity=0.91, sensitivity=short)
+    assert max(plan.layer_targets.values()) <= 0.91 + 1e-9
+    allocated = scorer(apply_plan(cnn, plan).module)[0]
+    uniform = scorer(apply_plan(cnn, Plan(sparsity=0.9)).module)[0]
+    assert allocated >= uniform + 0.2
