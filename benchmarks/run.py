@@ -1,4 +1,4 @@
-"""Run every benchmark, print its figures, and rewrite benchmarks/RESULTS.md with them and the machine.
+"""Run the benchmarks, print their figures, and write them and the machine into benchmarks/RESULTS.md.
 
     python -m benchmarks.run [--quick] [NAME ...]
 """
@@ -51,9 +51,9 @@ def machine() -> str:
     return f"{cpu}; {os.cpu_count()} cores; Python {platform.python_version()}; {versions}"
 
 
-def run(names: list[str], quick: bool) -> str:
-    sections = [f"# Benchmark results\n\nMachine: {machine()}\n\nRun: `python -m benchmarks.run"
-                f"{' --quick' if quick else ''}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n"]
+def run(names: list[str], quick: bool) -> dict[str, str]:
+    """Run the named benchmarks in order; their printed output as RESULTS.md sections, by name."""
+    sections = {}
     for name in names:
         print(f"\n## {BENCHMARKS[name]}\n", flush=True)
         captured = io.StringIO()
@@ -64,22 +64,45 @@ def run(names: list[str], quick: bool) -> str:
             except Exception as error:  # one broken benchmark must not hide the others
                 print(f"FAILED: {error.__class__.__name__}: {error}")
         elapsed = time.perf_counter() - started
-        sections.append(f"## {BENCHMARKS[name]}\n\n`python -m benchmarks.{name}` ({elapsed:.0f} s)\n\n"
-                        f"{captured.getvalue().strip()}\n")
-    return "\n".join(sections)
+        sections[name] = (f"## {BENCHMARKS[name]}\n\n`python -m benchmarks.{name}` ({elapsed:.0f} s, "
+                          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\n{captured.getvalue().strip()}\n")
+    return sections
+
+
+def earlier_sections(text: str) -> dict[str, str]:
+    """The sections of an existing RESULTS.md, by benchmark name (unknown headings are dropped)."""
+    names = {title: name for name, title in BENCHMARKS.items()}
+    found = {}
+    for chunk in text.split("\n## ")[1:]:
+        title = chunk.split("\n", 1)[0].strip()
+        if title in names:
+            found[names[title]] = f"## {chunk.rstrip()}\n"
+    return found
+
+
+def document(sections: dict[str, str], names: list[str]) -> str:
+    """RESULTS.md: the machine, then every benchmark's section in BENCHMARKS order."""
+    head = (f"# Benchmark results\n\nMachine: {machine()}\n\nWritten by `python -m benchmarks.run` "
+            f"(`make bench`); this time {'all of them' if set(names) == set(BENCHMARKS) else ', '.join(names)} "
+            f"ran on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, each section says when it ran.\n")
+    return "\n".join([head, *(sections[name] for name in BENCHMARKS if name in sections)])
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"some of: {', '.join(BENCHMARKS)}")
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"some of: {', '.join(BENCHMARKS)} (their sections of RESULTS.md are replaced, "
+                             f"the others kept)")
     parser.add_argument("--quick", action="store_true", help="tiny versions, for a smoke test")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.names) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)} (choose from {', '.join(BENCHMARKS)})")
-    text = run(args.names or list(BENCHMARKS), args.quick)
+    names = args.names or list(BENCHMARKS)
+    sections = run(names, args.quick)
     if not args.quick:
-        RESULTS.write_text(text)
+        kept = earlier_sections(RESULTS.read_text()) if RESULTS.exists() and args.names else {}
+        RESULTS.write_text(document({**kept, **sections}, names))
         print(f"\nwrote {RESULTS}")
 
 

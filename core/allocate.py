@@ -172,7 +172,7 @@ def check_request(target_sparsity, target_latency_ms, target_mac_reduction, max_
 def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_latency_ms: float | None = None,
              granularity: str = "unstructured", criterion: str = "l1", max_accuracy_drop: float | None = None,
              min_sparsity: float = 0.0, max_sparsity: float = 0.99, sensitivity: dict | None = None,
-             target_mac_reduction: float | None = None) -> Plan:
+             target_mac_reduction: float | None = None, round_to: int = 1) -> Plan:
     """A per-layer plan that reaches one target while losing as little accuracy as the curves predict.
 
     Targets (give one): target_sparsity, the overall fraction of weights removed (zeroed weights of
@@ -182,8 +182,9 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
     fraction: 0.01 is one point) asks for the highest sparsity whose predicted drop stays within it;
     with a target it is a limit, and an allocation predicted to exceed it raises PrunelabError.
     min_sparsity/max_sparsity bound every layer. sensitivity: a result of core.sensitivity with the
-    same granularity and criterion (computed on the val split when omitted). The final classifier
-    stays dense, as in every plan. Raises PrunelabError for conflicting or unreachable targets.
+    same granularity and criterion (computed on the val split when omitted). round_to (channel
+    plans): kept channels rounded to a multiple, as in Plan; the target is checked on the rounded
+    model and the plan carries the rounding. The final classifier stays dense, as in every plan. Raises PrunelabError for conflicting or unreachable targets.
     """
     from core.sensitivity import sensitivity as sweep
 
@@ -196,7 +197,7 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
     if not result.get("complete", True):
         raise PrunelabError("the sensitivity sweep was stopped early; allocation needs every layer's curve")
     if granularity == "channel":
-        chosen = _allocate_channels(handle, result, kind, value, bounds, criterion)
+        chosen = _allocate_channels(handle, result, kind, value, bounds, criterion, round_to)
     else:
         chosen = _allocate_weights(result, kind, value, bounds)
         if kind == "sparsity":
@@ -208,7 +209,8 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
             raise PrunelabError(f"reaching that target is predicted to cost {drop:.1%} of {result['label']}, "
                                 f"more than the allowed {max_accuracy_drop:.1%}")
     return Plan(granularity=granularity, criterion=criterion, scope="layer", sparsity=0.0,
-                layers={name: round(level, 4) for name, level in chosen.items()})
+                layers={name: round(level, 4) for name, level in chosen.items()},
+                round_to=round_to if granularity == "channel" else 1)
 
 
 def _weight_candidates(handle: ModelHandle, criterion: str, chosen: dict[str, float], target: float,
@@ -311,7 +313,7 @@ CHANNEL_RESOURCES = {"sparsity": "params", "mac_reduction": "macs", "latency_ms"
 
 
 def _allocate_channels(handle: ModelHandle, result: dict, kind: str, value: float, bounds,
-                       criterion: str) -> dict[str, float]:
+                       criterion: str, round_to: int = 1) -> dict[str, float]:
     """Group sparsities whose real (engine-measured) params, MACs or latency meet the target."""
     resource = CHANNEL_RESOURCES[kind]
     curves = curves_for(result, resource, bounds)
@@ -326,7 +328,8 @@ def _allocate_channels(handle: ModelHandle, result: dict, kind: str, value: floa
         return greedy(curves, 0.0)
 
     def removed(chosen: dict[str, float]) -> float:
-        return dense - measure_channel_plan(handle, criterion, chosen, timed=resource == "latency_ms")[resource]
+        return dense - measure_channel_plan(handle, criterion, chosen, timed=resource == "latency_ms",
+                                            round_to=round_to)[resource]
 
     most = greedy(curves, float("inf"))
     if removed(most) < needed * (1 - TOLERANCE):
@@ -343,11 +346,12 @@ def _allocate_channels(handle: ModelHandle, result: dict, kind: str, value: floa
     return greedy(curves, high)  # high always meets the target: it starts at ``most`` and only moves to passing budgets
 
 
-def measure_channel_plan(handle: ModelHandle, criterion: str, chosen: dict[str, float], timed: bool = True) -> dict:
+def measure_channel_plan(handle: ModelHandle, criterion: str, chosen: dict[str, float], timed: bool = True,
+                         round_to: int = 1) -> dict:
     """Parameters, MACs per item and ORT p50 latency of the channel plan ``chosen`` (as the sweep measures)."""
     from core.engine import apply_plan
     from core.sensitivity import footprint
 
     plan = Plan(granularity="channel", criterion=criterion, sparsity=0.0,
-                layers={name: round(level, 4) for name, level in chosen.items()})
+                layers={name: round(level, 4) for name, level in chosen.items()}, round_to=round_to)
     return footprint(apply_plan(handle, plan).module, handle.example_input(1), timed=timed)

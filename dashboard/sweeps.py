@@ -111,5 +111,6 @@ def auto_allocate() -> None:
         raise PrunelabError("set 'All layers' to the overall sparsity you want, then auto-allocate")
     with _lock(model_key()):
         allocated = api.allocate(model(), target_sparsity=values["sparsity"], granularity=values["granularity"],
-                                 criterion=values["criterion"], max_sparsity=MAX_SPARSITY, sensitivity=result)
+                                 criterion=values["criterion"], max_sparsity=MAX_SPARSITY, sensitivity=result,
+                                 round_to=int(values.get("round_to") or 1))
     update_plan(scope="layer", layers=allocated.layer_targets)

@@ -134,6 +134,19 @@ def test_channel_allocation_reaches_a_mac_reduction(cnn):
     assert pruned >= dense / 2 * 0.85  # not far beyond the target either
 
 
+def test_channel_allocation_with_rounding_checks_the_target_on_the_rounded_model(cnn):
+    from core.inspect import layer_macs, prunable_layers
+
+    result = sensitivity(cnn, granularity="channel", levels=(0.0, 0.3, 0.6, 0.9))
+    plan = allocate(cnn, target_mac_reduction=2.0, granularity="channel", sensitivity=result, round_to=8)
+    assert plan.round_to == 8
+    example = cnn.example_input(1)
+    module = apply_plan(cnn, plan).module
+    assert sum(layer_macs(module, example).values()) <= sum(layer_macs(cnn.module, example).values()) / 2 * 1.01
+    convolutions = [layer for layer in prunable_layers(module) if layer.kind.startswith("conv")]
+    assert convolutions and all(layer.weight.shape[0] % 8 == 0 for layer in convolutions)
+
+
 def test_the_tune_page_auto_allocate_button_fills_the_sliders(cnn, sweep):
     from pathlib import Path
 

@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--criterion", default="l1", help="how weights or channels are ranked (default l1)")
     parser.add_argument("--min-sparsity", type=float, default=0.0, help="lowest sparsity of any layer")
     parser.add_argument("--max-sparsity", type=float, default=0.99, help="highest sparsity of any layer")
+    parser.add_argument("--round-to", type=int, default=1,
+                        help="channel plans: kept channels rounded to a multiple (8 suits ONNX Runtime's CPU kernels)")
     parser.add_argument("--out", required=True, help="plan file to write (.yaml, .yml or .json)")
     parser.set_defaults(func=run)
 
@@ -34,7 +36,8 @@ def run(args) -> int:
     plan = allocate(handle, target_sparsity=args.target_sparsity, target_latency_ms=args.target_latency_ms,
                     target_mac_reduction=args.target_mac_reduction, granularity=args.granularity,
                     criterion=args.criterion, max_accuracy_drop=args.max_accuracy_drop,
-                    min_sparsity=args.min_sparsity, max_sparsity=args.max_sparsity, sensitivity=curves)
+                    min_sparsity=args.min_sparsity, max_sparsity=args.max_sparsity, sensitivity=curves,
+                    round_to=args.round_to)
     plan.save(args.out)
     print(f"wrote {args.out}")
     for name, value in plan.layers:
