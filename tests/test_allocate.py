@@ -117,6 +117,7 @@ def test_cli_writes_a_plan_that_loads_and_matches_the_api(cnn, sweep, tmp_path, 
     assert "fc1" in capsys.readouterr().out
     assert main(["allocate", "digits-cnn", "--out", str(tmp_path / "plan.txt"), "--target-sparsity", "0.5"]) == 2
     assert main(["allocate", "digits-cnn", "--out", str(out), "--target-mac-reduction", "2"]) == 2
+    assert main(["allocate", "digits-cnn", "--out", str(out), "--target-sparsity", "0.5", "--round-to", "0"]) == 2
     assert "prunelab: error:" in capsys.readouterr().err
 
 

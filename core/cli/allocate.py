@@ -29,6 +29,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     if not str(args.out).endswith((".yaml", ".yml", ".json")):  # checked before a long sweep
         raise PrunelabError(f"plan file {args.out}: use a .yaml, .yml or .json name")
+    if args.round_to < 1:
+        raise PrunelabError(f"--round-to must be at least 1, got {args.round_to}")
     check_request(args.target_sparsity, args.target_latency_ms, args.target_mac_reduction, args.max_accuracy_drop,
                   args.granularity, (args.min_sparsity, args.max_sparsity))
     handle = model_from(args)
