@@ -101,7 +101,7 @@ def main(quick: bool = False) -> None:
                                         ("digits-resnet", "unstructured", resnet_sweep, resnet_seconds),
                                         ("digits-resnet", "channel (+ ORT timing)", channel_sweep, channel_seconds)):
         where = sweep["evaluated_on"]
-        scored = where["subset"].split(",")[0] if where["subset"] else str(where["items"])  # "first 161 of 359"
+        scored = f"first {where['items']} of {where['available']}" if where["subset"] else str(where["items"])
         points = 0 if "cached" in kind else len(sweep["layers"]) * len(levels)
         rows.append([model, kind, len(sweep["layers"]), points, scored, seconds])
     print_table(["model", "granularity", "layers or groups", "points", "val items scored", "seconds"], rows)

@@ -27,11 +27,12 @@ from torch import nn
 from core.cache import ResultCache, cache_key
 from core import batchnorm
 from core.errors import PrunelabError
+from core.measure import total_macs
 from core.sources import ModelHandle
 
 DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 GRANULARITIES = ("unstructured", "channel")
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 LATENCY_RUNS = 30
 LATENCY_SECONDS = 0.05
 LATENCY_THREADS = 1
@@ -50,10 +51,7 @@ class Scorer:
     """
 
     def __init__(self, handle: ModelHandle, split: str = "val", max_items: int | None = None, reason: str = ""):
-        x = getattr(handle.data, f"x_{split}", None)
-        if x is None:
-            raise PrunelabError(f"the data '{handle.data.name}' has no {split} split")
-        labels = getattr(handle.data, f"y_{split}")
+        x, labels = split_arrays(handle, split)
         available = len(x)
         count = available if max_items is None else max(1, min(int(max_items), available))
         self.split, self.items, self.available, self.reason = split, count, available, reason
@@ -79,7 +77,7 @@ class Scorer:
         subset = None
         if self.items != self.available:
             subset = f"first {self.items} of {self.available}" + (f", {self.reason}" if self.reason else "")
-        return {"split": self.split, "items": self.items, "subset": subset,
+        return {"split": self.split, "items": self.items, "available": self.available, "subset": subset,
                 "workers": 1, "torch_threads": torch.get_num_threads()}
 
 
@@ -151,8 +149,8 @@ def sensitivity(handle: ModelHandle, granularity: str = "unstructured", criterio
 
     Plan(granularity=granularity, criterion=criterion, sparsity=0.0)  # validates the pair
     levels = check_levels(levels)
-    available = _split_size(handle, split)
-    macs = _macs_per_item(handle) if max_items in (None, "auto") else 0
+    available = len(split_arrays(handle, split)[0])
+    macs = (total_macs(handle.module, handle.example_input(1)) or 0) if max_items in (None, "auto") else 0
     items, reason = scored_items(macs, available, max_items)
     settings = {"granularity": granularity, "criterion": criterion, "levels": levels, "split": split,
                 "max_items": items, "reason": reason}
@@ -191,17 +189,12 @@ def _run(handle: ModelHandle, settings: dict, progress: Progress, should_stop) -
             "complete": complete, "seconds": round(time.perf_counter() - started, 3)}
 
 
-def _split_size(handle: ModelHandle, split: str) -> int:
+def split_arrays(handle: ModelHandle, split: str):
+    """``(inputs, labels or None)`` of one split of the handle's data; PrunelabError when it has none."""
     x = getattr(handle.data, f"x_{split}", None)
     if x is None:
         raise PrunelabError(f"the data '{handle.data.name}' has no {split} split")
-    return len(x)
-
-
-def _macs_per_item(handle: ModelHandle) -> int:
-    from core.inspect import layer_macs
-
-    return int(sum(layer_macs(handle.module, handle.example_input(1)).values()))
+    return x, getattr(handle.data, f"y_{split}")
 
 
 def included_layers(module: nn.Module, example: torch.Tensor) -> list:
@@ -295,11 +288,10 @@ def channel_sweep(handle: ModelHandle, criterion: str, levels: list[float], scor
 def footprint(module: nn.Module, example: torch.Tensor, timed: bool = True) -> dict:
     """Parameters, MACs per item and ORT p50 latency (ms, batch 1) of ``module``."""
     from core.export import export_onnx
-    from core.inspect import layer_macs
     from core.measure import create_session, latency
 
     figures = {"params": int(sum(parameter.numel() for parameter in module.parameters())),
-               "macs": int(sum(layer_macs(module, example).values()))}
+               "macs": total_macs(module, example) or 0}
     if timed:
         session, _ = create_session(export_onnx(module, example), threads=LATENCY_THREADS)
         timing = latency(session, example.numpy(), min_runs=LATENCY_RUNS, min_seconds=LATENCY_SECONDS)
