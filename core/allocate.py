@@ -184,7 +184,8 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
     min_sparsity/max_sparsity bound every layer. sensitivity: a result of core.sensitivity with the
     same granularity and criterion (computed on the val split when omitted). round_to (channel
     plans): kept channels rounded to a multiple, as in Plan; the target is checked on the rounded
-    model and the plan carries the rounding. The final classifier stays dense, as in every plan. Raises PrunelabError for conflicting or unreachable targets.
+    model and the plan carries the rounding. The final classifier stays dense, as in every plan.
+    Raises PrunelabError for conflicting or unreachable targets.
     """
     from core.sensitivity import sensitivity as sweep
 
