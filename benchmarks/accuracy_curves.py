@@ -14,9 +14,9 @@ import torch
 from torch.nn.utils import prune
 
 from benchmarks.common import print_table, test_accuracy
-from core.engine import apply_plan, final_classifier
+from core.prune.engine import apply_plan, final_classifier
 from core.inspect import prunable_layers
-from core.plan import Plan
+from core.prune.plan import Plan
 from core.sources import load_model
 
 PLOT = Path(__file__).resolve().parent.parent / "assets" / "accuracy_curves.png"
@@ -34,8 +34,8 @@ def torch_global(module: torch.nn.Module, sparsity: float, ignored: str | None) 
 
 def curves(name: str, levels, finetune_epochs: int) -> list[dict]:
     """One row per (method, sparsity) with the test accuracy."""
-    from core.allocate import allocate
-    from core.recovery import finetune
+    from core.search.allocate import allocate
+    from core.train.recovery import finetune
 
     handle = load_model(name)
     x, y = handle.data.x_test, handle.data.y_test

@@ -16,10 +16,10 @@ import tempfile
 import time
 
 from benchmarks.common import macs, ort_p50_ms, print_table, test_accuracy
-from core.allocate import allocate
-from core.engine import apply_plan
-from core.plan import Plan
-from core.sensitivity import DEFAULT_LEVELS, sensitivity
+from core.search.allocate import allocate
+from core.prune.engine import apply_plan
+from core.prune.plan import Plan
+from core.search.sensitivity import DEFAULT_LEVELS, sensitivity
 from core.sources import load_model
 
 QUICK_LEVELS = (0.0, 0.3, 0.6, 0.9)

@@ -12,8 +12,8 @@ import torch
 import torch_pruning as tp
 
 from benchmarks.common import macs, paired_p50_ms, print_table, test_accuracy
-from core.engine import apply_plan
-from core.plan import Plan
+from core.prune.engine import apply_plan
+from core.prune.plan import Plan
 from core.sources import load_model
 
 

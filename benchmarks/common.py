@@ -5,9 +5,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.export import export_onnx
+from core.deploy.export import export_onnx
 from core.inspect import layer_macs
-from core.measure import create_session, latency
+from core.deploy.measure import create_session, latency
 
 
 def ort_p50_ms(module: nn.Module, example: torch.Tensor, threads: int = 2, seconds: float = 1.0) -> float:

@@ -19,8 +19,8 @@ from torch.nn.utils import prune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.engine import apply_plan  # noqa: E402
-from core.plan import Plan  # noqa: E402
+from core.prune.engine import apply_plan  # noqa: E402
+from core.prune.plan import Plan  # noqa: E402
 
 
 def build_model(width: int = 1024, depth: int = 10, channels: int = 256) -> nn.Sequential:

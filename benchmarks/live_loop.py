@@ -14,8 +14,8 @@ import os
 import time
 
 from benchmarks.common import print_table
-from core.evaluate import LiveEvaluator, clear_caches
-from core.plan import Plan
+from core.deploy.evaluate import LiveEvaluator, clear_caches
+from core.prune.plan import Plan
 from core.sources import load_model
 
 MODELS = {"digits-mlp": 1.0, "digits-cnn": 1.0, "digits-resnet": 3.0}  # name -> target seconds

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import print_table
-from core.evaluate import REPORT_CACHE_ENTRIES, LiveEvaluator, clear_caches
+from core.deploy.evaluate import REPORT_CACHE_ENTRIES, LiveEvaluator, clear_caches
 from core.inspect import prunable_layers
-from core.plan import Plan
+from core.prune.plan import Plan
 from core.sources import load_model
 
 

@@ -1,17 +1,17 @@
 """The Python API: everything the CLI and the dashboard can do, as plain functions."""
 from __future__ import annotations
 
-from core.allocate import allocate
-from core.engine import PruneResult, apply_plan
+from core.search.allocate import allocate
+from core.prune.engine import PruneResult, apply_plan
 from core.errors import PrunelabError
-from core.evaluate import LiveEvaluator, evaluate
-from core.export import export_onnx
+from core.deploy.evaluate import LiveEvaluator, evaluate
+from core.deploy.export import export_onnx
 from core.inspect import inspect_model, weight_histogram
-from core.plan import Plan
-from core.plan_formats import export_plan, plan_layers
-from core.report import build_report, write_report
-from core.runs import compare_runs, delete_run, get_run, list_runs, pareto_front, record_run
-from core.sensitivity import sensitivity
+from core.prune.plan import Plan
+from core.history.plan_formats import export_plan, plan_layers
+from core.history.report import build_report, write_report
+from core.history.runs import compare_runs, delete_run, get_run, list_runs, pareto_front, record_run
+from core.search.sensitivity import sensitivity
 from core.sources import ModelHandle, load_model
 
 
@@ -19,14 +19,14 @@ def inspect(handle: ModelHandle) -> dict:
     """Per-layer table and totals for ``handle`` (see core.inspect.inspect_model)."""
     handle.require("inspect")
     if handle.module is None:
-        from core.onnx_source import inspect_onnx  # ONNX sources have no module structure
+        from core.deploy.onnx_source import inspect_onnx  # ONNX sources have no module structure
         return inspect_onnx(handle)
     return inspect_model(handle.module, handle.example_input())
 
 
 def coupled_groups(module, example_input) -> list[dict]:
-    """Channel dependency groups of ``module`` (see core.structured.coupled_groups)."""
-    from core.structured import coupled_groups as groups
+    """Channel dependency groups of ``module`` (see core.prune.channel.coupled_groups)."""
+    from core.prune.channel import coupled_groups as groups
     return groups(module, example_input)
 
 
@@ -43,7 +43,7 @@ def channel_importance(handle: ModelHandle, layer: str, criterion: str = "l1", s
     ``sparsity`` (coupled layers are ranked together by the engine, so its choice can differ).
     Raises PrunelabError for an unknown layer, or a criterion that needs evidence this view lacks.
     """
-    from core import criteria
+    from core.prune import criteria
     from core.inspect import layer_by_name
 
     handle.require("channel")
@@ -65,9 +65,9 @@ __all__ = ["ModelHandle", "load_model", "inspect", "histogram", "Plan", "PruneRe
 __all__ += ["record_run", "list_runs", "get_run", "delete_run", "compare_runs", "pareto_front",
             "build_report", "write_report", "export_plan", "plan_layers"]
 
-# Recovery: fine-tuning with masks held, gradual, iterative and lottery-ticket pruning (core/recovery.py).
-from core.recovery import Recovery, finetune, gradual_prune, iterative_prune, lottery_ticket  # noqa: E402
-from core.schedule import PolynomialDecay, polynomial_decay  # noqa: E402
+# Recovery: fine-tuning with masks held, gradual, iterative and lottery-ticket pruning (core/train/recovery.py).
+from core.train.recovery import Recovery, finetune, gradual_prune, iterative_prune, lottery_ticket  # noqa: E402
+from core.train.schedule import PolynomialDecay, polynomial_decay  # noqa: E402
 
 __all__ += ["Recovery", "finetune", "gradual_prune", "iterative_prune", "lottery_ticket", "PolynomialDecay",
             "polynomial_decay"]

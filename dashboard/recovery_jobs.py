@@ -56,8 +56,8 @@ def recovery_epochs(method: str, epochs: int, rounds: int) -> int:
 def schedule_curve(final_sparsity: float, epochs: int, initial_sparsity: float = 0.0, end_fraction: float = 0.75,
                    power: float = 3.0) -> list[dict]:
     """``[{"epoch", "step", "sparsity"}]`` of the gradual schedule the run would use, for plotting before it runs."""
-    from core.recovery import steps_per_epoch
-    from core.schedule import PolynomialDecay
+    from core.train.recovery import steps_per_epoch
+    from core.train.schedule import PolynomialDecay
 
     per_epoch = steps_per_epoch(model())
     total = max(2, epochs * per_epoch)
@@ -67,8 +67,8 @@ def schedule_curve(final_sparsity: float, epochs: int, initial_sparsity: float =
 
 
 def _recover(job: RecoveryJob, handle, key: str) -> None:
-    from core import recovery
-    from core.plan import Plan
+    from core.train import recovery
+    from core.prune.plan import Plan
 
     plan = Plan.from_dict(job.plan)
     settings, callbacks = dict(job.settings), {"on_epoch": job.history.append, "should_stop": job.stop.is_set}
@@ -99,8 +99,8 @@ def _recovered_metrics(handle, result, plan, key: str) -> dict:
     """A report shaped like ``measure()``'s: the recovered model against the dense baseline."""
     import numpy as np
 
-    from core.evaluate import LiveEvaluator
-    from core.measure import torch_outputs
+    from core.deploy.evaluate import LiveEvaluator
+    from core.deploy.measure import torch_outputs
 
     recovered = dataclasses.replace(handle, module=result.module, _digest=None)
     metrics = dict(LiveEvaluator(recovered, threads=2).baseline())
@@ -124,7 +124,7 @@ def start_recovery(method: str, epochs: int, lr: float = 3e-3, rounds: int = 3, 
     or the model cannot be trained (no training split)."""
     import copy
 
-    from core.schedule import PolynomialDecay
+    from core.train.schedule import PolynomialDecay
 
     if method not in RECOVERY_METHODS:
         raise PrunelabError(f"unknown recovery method '{method}' (choose from {', '.join(RECOVERY_METHODS)})")
@@ -160,7 +160,7 @@ def stop_recovery() -> None:
 
 def finish_recovery() -> dict | None:
     """When the run has ended, make its recovered model the one the metric panel measures; return the summary."""
-    from core.plan import Plan
+    from core.prune.plan import Plan
 
     job = recovery_job()
     if job is None or job.running:

@@ -1,6 +1,6 @@
 """The run history for the dashboard.
 
-The run store (core.runs) is one SQLite file shared by every session and the CLI; each call
+The run store (core.history.runs) is one SQLite file shared by every session and the CLI; each call
 opens its own connection, so nothing here is cached. Values out are plain dicts and lists.
 
 Part of the session layer: pages reach these names as ``session.<name>``.
@@ -16,7 +16,7 @@ __all__ = ['compare_runs', 'delete_run', 'load_run_plan', 'run_details', 'run_pl
 
 def runs(this_model_only: bool = False) -> list[dict]:
     """Recorded runs, newest first: one row per run with the plan and headline metrics."""
-    from core.runs import list_runs
+    from core.history.runs import list_runs
 
     chosen = list_runs(model().name if this_model_only else None)
     return [{"id": run.id, "label": run.label, "created": run.created, "model": run.model,
@@ -27,16 +27,16 @@ def runs(this_model_only: bool = False) -> list[dict]:
 
 
 def run_details(run_id: int) -> dict:
-    """Everything stored about one run (see core.runs.Run.to_dict). Raises PrunelabError."""
-    from core.runs import get_run
+    """Everything stored about one run (see core.history.runs.Run.to_dict). Raises PrunelabError."""
+    from core.history.runs import get_run
 
     return get_run(run_id).to_dict()
 
 
 def runs_pareto_chart(run_ids: list[int]):
     """The report's Pareto figure for these runs (customdata = run id, for click-to-open)."""
-    from core.report import pareto_figure
-    from core.runs import get_run
+    from core.history.report import pareto_figure
+    from core.history.runs import get_run
 
     chosen = [get_run(run_id) for run_id in run_ids]
     return pareto_figure(chosen, chosen[0].metrics.get("baseline") if chosen else None)
@@ -44,7 +44,7 @@ def runs_pareto_chart(run_ids: list[int]):
 
 def compare_runs(first: int, second: int) -> dict:
     """``{"layers": [...], "metrics": [...], "plan": [...]}`` rows with a, b and delta."""
-    from core.runs import compare_runs as compare
+    from core.history.runs import compare_runs as compare
 
     return compare(first, second)
 
@@ -53,7 +53,7 @@ def save_run(label: str = "", notes: str = "") -> int:
     """Measure this session's plan (cached) and keep it in the run store with its plan and report."""
     import json
 
-    from core.runs import record_run
+    from core.history.runs import record_run
 
     report = measure()
     current = plan_object()
@@ -62,7 +62,7 @@ def save_run(label: str = "", notes: str = "") -> int:
 
 
 def delete_run(run_id: int) -> None:
-    from core.runs import delete_run as delete
+    from core.history.runs import delete_run as delete
 
     delete(run_id)
 
@@ -72,8 +72,8 @@ def load_run_plan(run_id: int) -> str | None:
 
     Raises PrunelabError when the plan does not fit this session's model.
     """
-    from core.plan import Plan
-    from core.runs import get_run
+    from core.prune.plan import Plan
+    from core.history.runs import get_run
 
     run = get_run(run_id)
     values = Plan.from_dict(run.plan).to_dict()
@@ -92,8 +92,8 @@ def load_run_plan(run_id: int) -> str | None:
 
 def runs_report_html(run_ids: list[int]) -> bytes:
     """The self-contained HTML report of these runs."""
-    from core.report import build_report
-    from core.runs import get_run
+    from core.history.report import build_report
+    from core.history.runs import get_run
 
     return build_report([get_run(run_id) for run_id in run_ids]).encode()
 
@@ -103,9 +103,9 @@ def run_plan_export(run_id: int, format: str) -> dict[str, str]:
 
     Per-layer targets are resolved on this session's model when the run was made on it.
     """
-    from core.plan import Plan
-    from core.plan_formats import export_plan, plan_layers
-    from core.runs import get_run
+    from core.prune.plan import Plan
+    from core.history.plan_formats import export_plan, plan_layers
+    from core.history.runs import get_run
 
     run = get_run(run_id)
     plan = Plan.from_dict(run.plan)

@@ -41,10 +41,10 @@ from dashboard.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, _UPLOADS, save_
 
 # Plain per-session keys (widget state is mirrored into these).
 MODEL = "prunelab.model"        # dict: spec, weights, trust, data, input_shape (all str or None)
-PLAN = "prunelab.plan"          # dict accepted by core.plan.Plan.from_dict
+PLAN = "prunelab.plan"          # dict accepted by core.prune.plan.Plan.from_dict
 LAYER = "prunelab.layer"        # the layer shown on the Layers page
 LAST_REPORT = "prunelab.report"  # the last measured report, for pages that only display it
-QUANTIZE = "prunelab.quantize"  # None, or an INT8 mode of core.quantize applied before measuring
+QUANTIZE = "prunelab.quantize"  # None, or an INT8 mode of core.deploy.quantize applied before measuring
 SENSITIVITY = "prunelab.sensitivity"  # the last sensitivity sweep result (set by the Sensitivity page)
 
 GRANULARITIES = ("unstructured", "channel", "2:4")
@@ -270,7 +270,7 @@ def seed(widget_key: str, value) -> None:
 
 def plan_object(values: dict | None = None):
     """The validated core Plan for ``values`` (default: this session's plan). Raises PrunelabError."""
-    from core.plan import Plan
+    from core.prune.plan import Plan
 
     values = plan() if values is None else values
     layers = {name: value for name, value in values["layers"].items() if value != values["sparsity"]}
@@ -285,7 +285,7 @@ def plan_yaml() -> str:
 
 def criteria_for(granularity: str) -> list[str]:
     """The criteria that can rank weights at ``granularity`` (bn_scale and fpgm rank channels only)."""
-    from core.plan import CRITERIA
+    from core.prune.plan import CRITERIA
 
     kind = "N:M" if ":" in granularity else granularity
     return [name for name, kinds in CRITERIA.items() if kind in kinds]
@@ -293,7 +293,7 @@ def criteria_for(granularity: str) -> list[str]:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _final_classifier(_handle, key: str) -> str | None:
-    from core.engine import final_classifier
+    from core.prune.engine import final_classifier
 
     with _lock(key):
         return final_classifier(_handle.module, _handle.example_input())
@@ -315,7 +315,7 @@ def ignored_layers() -> list[str]:
 
 @st.cache_resource(max_entries=12, show_spinner=False)
 def _evaluator(_handle, key: str, quantize: str | None = None):
-    from core.evaluate import LiveEvaluator
+    from core.deploy.evaluate import LiveEvaluator
 
     return LiveEvaluator(_handle, threads=2, quantize=quantize)
 
@@ -360,7 +360,7 @@ def no_speedup_reason(values: dict, report: dict) -> str | None:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _artifact(_handle, _plan, key: str, plan_digest: str, kind: str) -> bytes:
-    from core.engine import apply_plan
+    from core.prune.engine import apply_plan
 
     with _lock(key):
         result = apply_plan(_handle, _plan, data=_handle.data)
@@ -371,7 +371,7 @@ def module_bytes(module, example, kind: str) -> bytes:
     """``module`` as ONNX, a state dict or a torch.export program."""
     import torch
 
-    from core.export import export_onnx
+    from core.deploy.export import export_onnx
 
     if kind == "onnx":
         return export_onnx(module, example)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.allocate import allocate, curves_for, greedy
+from core.search.allocate import allocate, curves_for, greedy
 from core.cli import main
-from core.engine import apply_plan
+from core.prune.engine import apply_plan
 from core.errors import PrunelabError
-from core.plan import Plan
-from core.sensitivity import Scorer, sensitivity
+from core.prune.plan import Plan
+from core.search.sensitivity import Scorer, sensitivity
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +166,8 @@ def test_the_tune_page_auto_allocate_button_fills_the_sliders(cnn, sweep):
 
 
 def test_the_global_candidate_keeps_every_layer_within_its_bounds(cnn):
-    from core.allocate import _global_within
-    from core.engine import final_classifier
+    from core.search.allocate import _global_within
+    from core.prune.engine import final_classifier
     from core.inspect import prunable_layers
 
     classifier = final_classifier(cnn.module, cnn.example_input(1))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from core.engine import apply_plan
-from core.plan import Plan
+from core.prune.engine import apply_plan
+from core.prune.plan import Plan
 
 
 def batchnorm_buffers(module):

@@ -11,8 +11,8 @@ import yaml
 
 from core.cli import main
 from core.cli.evaluate import load_plan
-from core.measure import create_session, run_batched
-from core.plan import Plan
+from core.deploy.measure import create_session, run_batched
+from core.prune.plan import Plan
 
 PLAN = Plan(granularity="unstructured", criterion="l1", scope="global", sparsity=0.6)
 

@@ -177,7 +177,7 @@ def test_two_visitors_keep_their_own_plans(monkeypatch):
 
 
 def test_an_uploaded_onnx_model_is_tuned_without_channel_granularity(app, cnn):
-    from core.export import export_onnx
+    from core.deploy.export import export_onnx
 
     app.switch_page("pages/model.py").run()
     app.file_uploader[0].upload("my model.onnx", export_onnx(cnn.module, cnn.example_input())).run()

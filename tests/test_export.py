@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.nn.utils import prune
 
-from core.engine import apply_plan
-from core.export import changed_tensors, export_onnx, initializer_layers, strip_reparametrizations, with_weights
+from core.prune.engine import apply_plan
+from core.deploy.export import changed_tensors, export_onnx, initializer_layers, strip_reparametrizations, with_weights
 from core.inspect import prunable_layers
-from core.measure import create_session, run_batched, torch_outputs
-from core.plan import Plan
+from core.deploy.measure import create_session, run_batched, torch_outputs
+from core.prune.plan import Plan
 
 
 def ort_outputs(model_bytes: bytes, x: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.runs import list_runs, record_run
+from core.history.runs import list_runs, record_run
 from tests.test_runs import make_report
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")

@@ -9,10 +9,10 @@ import pytest
 from core.api import inspect
 from core.data import random_data
 from core.errors import PrunelabError
-from core.evaluate import LiveEvaluator, evaluate
-from core.export import export_onnx
-from core.measure import create_session, latency, quality, sizes
-from core.plan import Plan
+from core.deploy.evaluate import LiveEvaluator, evaluate
+from core.deploy.export import export_onnx
+from core.deploy.measure import create_session, latency, quality, sizes
+from core.prune.plan import Plan
 from core.sources import load_model
 
 METRICS = {"accuracy", "loss", "agreement", "latency_ms", "throughput", "session_ms", "params", "nonzero_params",
@@ -136,10 +136,10 @@ def test_onnx_source_is_measured_and_pruned(cnn, tmp_path):
 
 
 def test_pruned_and_dense_are_timed_in_the_same_run(cnn):
-    from core import measure
-    from core.evaluate import LiveEvaluator
-    from core.export import export_onnx
-    from core.plan import Plan
+    from core.deploy import measure
+    from core.deploy.evaluate import LiveEvaluator
+    from core.deploy.export import export_onnx
+    from core.prune.plan import Plan
 
     session, _ = measure.create_session(export_onnx(cnn.module, cnn.example_input()), threads=1)
     first, second = measure.paired_latency([session, session], cnn.data.x_test[:1], min_runs=7, min_seconds=0.0)

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from core.engine import apply_plan
-from core.nm import nm_mask
-from core.plan import Plan
+from core.prune.engine import apply_plan
+from core.prune.nm import nm_mask
+from core.prune.plan import Plan
 
 
 def groups_of(weight: torch.Tensor, m: int) -> torch.Tensor:

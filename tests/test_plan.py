@@ -2,7 +2,7 @@
 import pytest
 
 from core.errors import PrunelabError
-from core.plan import Plan
+from core.prune.plan import Plan
 
 FULL = Plan(granularity="channel", criterion="fpgm", scope="global", sparsity=0.4,
             layers={"layer2.conv1": 0.25, "stem.0": 0.1}, ignore=["fc", "stem.0"], round_to=8, seed=3)

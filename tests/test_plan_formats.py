@@ -9,8 +9,8 @@ import pytest
 import torch_pruning as tp
 
 from core.errors import PrunelabError
-from core.plan import Plan
-from core.plan_formats import (DEFAULT_OP_TYPES, FORMATS, export_plan, load_recipe, plan_layers, to_nni,
+from core.prune.plan import Plan
+from core.history.plan_formats import (DEFAULT_OP_TYPES, FORMATS, export_plan, load_recipe, plan_layers, to_nni,
                                to_sparseml, to_torch_pruning)
 
 # NNI 2.x pruners accept these config_list keys.

@@ -7,12 +7,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.engine import apply_plan
+from core.prune.engine import apply_plan
 from core.errors import PrunelabError
-from core.export import export_onnx
+from core.deploy.export import export_onnx
 from core.inspect import prunable_layers
-from core.measure import create_session, run_batched
-from core.plan import Plan
+from core.deploy.measure import create_session, run_batched
+from core.prune.plan import Plan
 
 CNN_LAYERS = ["features.0.0", "features.1.0", "features.3.0", "fc1"]
 FIELD_VALUES = {

@@ -5,10 +5,10 @@ import onnx
 import pytest
 
 from core.errors import PrunelabError
-from core.evaluate import evaluate
-from core.export import export_onnx
-from core.plan import Plan
-from core.quantize import quantize_model, resolve_mode
+from core.deploy.evaluate import evaluate
+from core.deploy.export import export_onnx
+from core.prune.plan import Plan
+from core.deploy.quantize import quantize_model, resolve_mode
 
 
 @pytest.fixture(scope="module")

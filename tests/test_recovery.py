@@ -6,13 +6,13 @@ import dataclasses
 import pytest
 import torch
 
-from core import recovery
+from core.train import recovery
 from core.data import random_data
-from core.engine import apply_plan
+from core.prune.engine import apply_plan
 from core.errors import PrunelabError
 from core.inspect import prunable_layers
-from core.plan import Plan
-from core.schedule import PolynomialDecay
+from core.prune.plan import Plan
+from core.train.schedule import PolynomialDecay
 
 GLOBAL_95 = Plan(granularity="unstructured", criterion="l1", scope="global", sparsity=0.95)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import PrunelabError
-from core.report import build_report, pareto_figure, write_report
-from core.runs import get_run, record_run
+from core.history.report import build_report, pareto_figure, write_report
+from core.history.runs import get_run, record_run
 from tests.test_runs import make_report
 
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from core.errors import PrunelabError
-from core.runs import (MIGRATIONS, SCHEMA_VERSION, Run, RunStore, compare_runs, delete_run, get_run, list_runs,
+from core.history.runs import (MIGRATIONS, SCHEMA_VERSION, Run, RunStore, compare_runs, delete_run, get_run, list_runs,
                        pareto_front, pareto_indices, record_run)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_report(accuracy=0.9, p50=1.0, compressed=1000, sparsity=0.5, model="digits-mlp") -> dict:
-    """A report shaped like core.evaluate.evaluate's."""
+    """A report shaped like core.deploy.evaluate.evaluate's."""
     metrics = {"accuracy": accuracy, "loss": 0.3, "agreement": 0.95, "label": "accuracy",
                "latency_ms": {"mean": p50 * 1.1, "p50": p50, "p90": p50 * 1.5, "p99": p50 * 2},
                "throughput": 1000 / p50, "session_ms": 5.0, "params": 10_000, "nonzero_params": 5_000,
@@ -116,7 +116,7 @@ def test_nan_metrics_are_stored_as_null():
 CHILD = textwrap.dedent("""
     import json, os, sys, time
     sys.path.insert(0, {root!r})
-    import core.runs as runs
+    import core.history.runs as runs
     report = json.loads({report!r})
     for index in range(2):
         runs.record_run(report, files={{"report.json": json.dumps(report)}}, label=f"kept {{index}}")
@@ -267,7 +267,7 @@ def test_cli_lists_shows_compares_and_deletes(capsys):
 
 def test_runs_are_logged_to_an_mlflow_file_store(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
-    from core.mlflow_log import log_runs
+    from core.history.mlflow_log import log_runs
 
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     onnx = tmp_path / "model.onnx"

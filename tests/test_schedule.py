@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from torch.ao.pruning.scheduler.cubic_scheduler import CubicSL
 
 from core.errors import PrunelabError
-from core.schedule import PolynomialDecay, constant, is_pruning_step, polynomial_decay
+from core.train.schedule import PolynomialDecay, constant, is_pruning_step, polynomial_decay
 
 
 def test_values_at_begin_middle_and_end():

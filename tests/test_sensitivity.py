@@ -10,15 +10,15 @@ import pytest
 
 from core.cache import ResultCache, cache_key
 from core.cli import main
-from core.engine import apply_plan
+from core.prune.engine import apply_plan
 from core.errors import PrunelabError
-from core.plan import Plan
-from core.sensitivity import Scorer, check_levels, scored_items, sensitivity
+from core.prune.plan import Plan
+from core.search.sensitivity import Scorer, check_levels, scored_items, sensitivity
 
 LEVELS = (0.0, 0.5, 0.9)
 PAGE = Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "sensitivity.py"
 # the module, not the function of the same name that the core package exports
-sensitivity_module = importlib.import_module("core.sensitivity")
+sensitivity_module = importlib.import_module("core.search.sensitivity")
 
 
 @pytest.fixture

@@ -125,7 +125,7 @@ def test_parse_input_shape():
 
 def test_pt2_program_of_fixed_batch_is_measured_item_by_item(tmp_path, mlp):
     from core.api import evaluate
-    from core.plan import Plan
+    from core.prune.plan import Plan
 
     path = tmp_path / "mlp.pt2"
     torch.export.save(torch.export.export(mlp.module, (mlp.example_input(),)), str(path))

@@ -11,10 +11,10 @@ from torch import nn
 from torch.nn.utils import prune
 
 from core.api import coupled_groups
-from core.artifacts import load_pruned, load_state, save_pruned
-from core.engine import apply_plan
+from core.deploy.artifacts import load_pruned, load_state, save_pruned
+from core.prune.engine import apply_plan
 from core.errors import PrunelabError
-from core.plan import Plan
+from core.prune.plan import Plan
 
 
 def chain() -> nn.Module:

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from core.engine import apply_plan
+from core.prune.engine import apply_plan
 from core.errors import PrunelabError
-from core.plan import Plan
+from core.prune.plan import Plan
 
 
 def tie_free_mlp() -> nn.Module:

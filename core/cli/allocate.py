@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from core.api import allocate, sensitivity
 from core.cli.options import add_model_arguments, model_from
-from core.allocate import check_request
+from core.search.allocate import check_request
 from core.cli.sensitivity import ProgressBar
 from core.errors import PrunelabError
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import yaml
 
 from core.cli.options import add_model_arguments, model_from, print_json
-from core.evaluate import evaluate
-from core.plan import Plan
-from core.quantize import MODES
+from core.deploy.evaluate import evaluate
+from core.prune.plan import Plan
+from core.deploy.quantize import MODES
 
 
 def add_measure_arguments(parser) -> None:

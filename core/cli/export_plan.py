@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.plan import Plan
-from core.plan_formats import FORMATS, export_plan, plan_layers
-from core.runs import write_atomic
+from core.prune.plan import Plan
+from core.history.plan_formats import FORMATS, export_plan, plan_layers
+from core.history.runs import write_atomic
 
 
 def register(subparsers) -> None:

@@ -19,8 +19,8 @@ from core.cli.evaluate import add_measure_arguments, load_plan, print_report, pr
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.cli.recover import add_finetune_arguments, finetuned
 from core.errors import PrunelabError
-from core.evaluate import LiveEvaluator
-from core.export import write_atomic
+from core.deploy.evaluate import LiveEvaluator
+from core.deploy.export import write_atomic
 
 FILES = ("model.onnx", "state_dict.pt", "model.pt2", "plan.yaml", "report.json")
 
@@ -80,9 +80,9 @@ def write_outputs(out: Path, handle, plan, report: dict, artifact) -> dict[str, 
 
 
 def save_module_files(module: torch.nn.Module, example: torch.Tensor, out: Path) -> dict[str, Path]:
-    """state_dict.pt and model.pt2 via core.artifacts.save_pruned, written in a temporary directory
+    """state_dict.pt and model.pt2 via core.deploy.artifacts.save_pruned, written in a temporary directory
     inside ``out`` and then moved into place, so no half-written file is ever visible."""
-    from core.artifacts import save_pruned
+    from core.deploy.artifacts import save_pruned
 
     paths = {}
     with tempfile.TemporaryDirectory(dir=out, prefix=".prune-") as staging:
@@ -97,7 +97,7 @@ def resolved_plan_yaml(plan, report: dict, handle) -> str:
     values = plan.to_dict()
     sparsity = report.get("layer_sparsity") or {}
     if values["ignore"] is None and handle.module is not None:
-        from core.engine import final_classifier
+        from core.prune.engine import final_classifier
         classifier = final_classifier(handle.module, handle.example_input(1))
         values["ignore"] = [] if classifier is None else [classifier]
     text = yaml.safe_dump(values, sort_keys=False)
@@ -109,16 +109,16 @@ def resolved_plan_yaml(plan, report: dict, handle) -> str:
 
 def record_run_hook(report: dict, handle, plan, result, paths: dict[str, Path], label: str = "",
                     mlflow_uri: str | None = None) -> None:
-    """The hook where the run store keeps this prune run (core.runs.record_run), with the written files.
+    """The hook where the run store keeps this prune run (core.history.runs.record_run), with the written files.
 
     With ``mlflow_uri`` the recorded run is also logged to MLflow (params, metrics, the files).
     """
-    from core.runs import record_run
+    from core.history.runs import record_run
 
     run = record_run(report, model=handle, plan=plan,
                      layer_sparsity=None if result is None else dict(result.layer_sparsity),
                      artifacts={name: str(path) for name, path in paths.items()}, label=label)
     progress(f"recorded run {run.id} (prunelab runs show {run.id})")
     if mlflow_uri:
-        from core.mlflow_log import log_runs
+        from core.history.mlflow_log import log_runs
         progress(f"logged to MLflow as run {log_runs([run], mlflow_uri)[run.id]}")

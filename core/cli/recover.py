@@ -14,12 +14,12 @@ import sys
 
 import torch
 
-from core import recovery
+from core.train import recovery
 from core.cli.evaluate import load_plan, progress
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.errors import PrunelabError
-from core.export import write_atomic
-from core.plan import Plan
+from core.deploy.export import write_atomic
+from core.prune.plan import Plan
 
 METHODS = ("gradual", "iterative", "lottery")
 
@@ -57,7 +57,7 @@ def finetuned(handle, plan: Plan, pruned, report: dict, args) -> tuple[dict, obj
     The one-shot metrics move to ``report["one_shot"]``, the run's summary to ``report["recovery"]``.
     Returns the report and the artifact to write.
     """
-    from core.evaluate import LiveEvaluator
+    from core.deploy.evaluate import LiveEvaluator
 
     if args.finetune < 1:
         raise PrunelabError(f"--finetune needs at least 1 epoch, got {args.finetune}")
@@ -81,7 +81,7 @@ def finetuned(handle, plan: Plan, pruned, report: dict, args) -> tuple[dict, obj
 
 def _agreement(handle, module) -> float:
     """Top-1 match of ``module`` with the dense model on the test inputs."""
-    from core.measure import torch_outputs
+    from core.deploy.measure import torch_outputs
 
     dense, recovered = torch_outputs(handle.module, handle.data.x_test), torch_outputs(module, handle.data.x_test)
     return float((dense.argmax(1) == recovered.argmax(1)).mean())

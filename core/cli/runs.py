@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from core.cli.options import print_json
-from core.runs import RunStore, compare_runs, delete_run, get_run, list_runs
+from core.history.runs import RunStore, compare_runs, delete_run, get_run, list_runs
 
 
 def register(subparsers) -> None:
@@ -109,7 +109,7 @@ def run_check(args) -> int:
 
 
 def run_mlflow(args) -> int:
-    from core.mlflow_log import log_runs
+    from core.history.mlflow_log import log_runs
 
     logged = log_runs([get_run(run_id) for run_id in args.ids], args.mlflow_uri, args.experiment)
     if args.json:

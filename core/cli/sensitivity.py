@@ -5,7 +5,7 @@ import sys
 
 from core.api import sensitivity
 from core.cli.options import add_model_arguments, model_from, print_json
-from core.sensitivity import DEFAULT_LEVELS, parse_levels
+from core.search.sensitivity import DEFAULT_LEVELS, parse_levels
 
 SHADES = " .:-=+*#%@"  # no drop ... a drop of 50 points or more
 

@@ -101,7 +101,7 @@ def sliders_ui(values: dict) -> None:
     available = session.allocate_available()
     if st.button("Auto-allocate", disabled=not available, icon=":material/auto_fix_high:",
                  help="fill the sliders from a sensitivity sweep" if available
-                 else "run a sweep on the Sensitivity page first (needs core.allocate)"):
+                 else "run a sweep on the Sensitivity page first (needs core.search.allocate)"):
         with session.guard("auto-allocate"):
             session.auto_allocate()
             _forget_plan_widgets()

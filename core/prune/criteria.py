@@ -3,7 +3,7 @@
 A criterion turns one layer's weight, plus the evidence it needs (gradients, input-activation
 norms, the scale of a following BatchNorm), into scores: one per weight for unstructured and
 N:M plans, one per output channel for channel plans. Low scores are pruned first. Selection
-(core.unstructured, core.nm, core.structured) and application live elsewhere.
+(core.prune.unstructured, core.prune.nm, core.prune.channel) and application live elsewhere.
 """
 from __future__ import annotations
 

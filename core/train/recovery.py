@@ -25,13 +25,13 @@ import torch
 from torch import nn
 
 from core.data import Dataset
-from core.engine import PruneResult, apply_plan
+from core.prune.engine import PruneResult, apply_plan
 from core.errors import PrunelabError
 from core.inspect import prunable_layers
-from core.plan import Plan
-from core.schedule import PolynomialDecay
+from core.prune.plan import Plan
+from core.train.schedule import PolynomialDecay
 from core.sources import ModelHandle
-from core.unstructured import apply_mask
+from core.prune.unstructured import apply_mask
 from core.zoo.train import accuracy, fit
 
 Masks = dict[str, torch.Tensor]

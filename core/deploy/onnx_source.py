@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from core.errors import PrunelabError
 from core.inspect import weight_stats
-from core.plan import Plan
+from core.prune.plan import Plan
 
 # Node type -> (layer kind for a weight of that rank, index of the weight input).
 WEIGHT_INPUTS = {"Conv": 1, "Gemm": 1, "MatMul": 1}
@@ -73,7 +73,7 @@ def inspect_onnx(handle) -> dict:
 
 
 def initializer_counts(model: onnx.ModelProto) -> dict:
-    """The parameter counts of core.measure.weight_counts, read from the graph's float initializers."""
+    """The parameter counts of core.deploy.measure.weight_counts, read from the graph's float initializers."""
     params = nonzero = 0
     for tensor in model.graph.initializer:
         array = numpy_helper.to_array(tensor)
@@ -90,7 +90,7 @@ def initializer_counts(model: onnx.ModelProto) -> dict:
 
 def onnx_artifact(handle):
     """The ONNX source as a measurable artifact (no torch module, so no parity check or MACs)."""
-    from core.evaluate import Artifact
+    from core.deploy.evaluate import Artifact
 
     model = onnx.load(str(handle.onnx_path))
     return Artifact(model.SerializeToString(), None, initializer_counts(model), None)
@@ -122,7 +122,7 @@ def _check(plan: Plan, layers: list[str]) -> list[str]:
 
 def prune_initializers(model: onnx.ModelProto, plan: Plan) -> tuple[onnx.ModelProto, OnnxPruneResult]:
     """A copy of ``model`` with the plan's zeros written into its weight initializers."""
-    from core import unstructured
+    from core.prune import unstructured
 
     weights = weight_initializers(model)
     included = _check(plan, list(weights))
@@ -149,8 +149,8 @@ def prune_initializers(model: onnx.ModelProto, plan: Plan) -> tuple[onnx.ModelPr
 
 
 def prune_onnx(handle, template: onnx.ModelProto, plan: Plan, data=None):
-    """The pruned artifact of an ONNX source and what was done, for core.evaluate."""
-    from core.evaluate import Artifact
+    """The pruned artifact of an ONNX source and what was done, for core.deploy.evaluate."""
+    from core.deploy.evaluate import Artifact
 
     pruned, result = prune_initializers(template, plan)
     return Artifact(pruned.SerializeToString(), None, initializer_counts(pruned), None), result

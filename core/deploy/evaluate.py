@@ -8,7 +8,7 @@ sparsity, macs, onnx_bytes, compressed_bytes, max_abs_diff and label ('accuracy'
 LiveEvaluator is what the dashboard calls on every slider release. It measures the dense model
 once, caches reports by (model, plan, data, settings) in a bounded LRU shared by all threads,
 and for unstructured and N:M plans writes the new weights into the exported graph instead of
-exporting again (see core.export.with_weights).
+exporting again (see core.deploy.export.with_weights).
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ import numpy as np
 import onnx
 import torch
 
-from core import measure
+from core.deploy import measure
 from core.data import Dataset, load_npz
 from core.errors import PrunelabError
-from core.export import changed_tensors, export_onnx, with_weights
-from core.plan import Plan
+from core.deploy.export import changed_tensors, export_onnx, with_weights
+from core.prune.plan import Plan
 from core.sources import ModelHandle
 
 REPORT_CACHE_ENTRIES = 128
@@ -108,7 +108,7 @@ class _Baseline:
     """The dense model, measured once: its exported graph, state, logits on the data and metrics."""
 
     def __init__(self, handle: ModelHandle, data: Dataset, settings: Settings):
-        from core.onnx_source import onnx_artifact
+        from core.deploy.onnx_source import onnx_artifact
 
         if handle.module is None:
             self.artifact = onnx_artifact(handle)
@@ -180,14 +180,14 @@ class LiveEvaluator:
     """Measures plans on one model, fast enough for a slider, safe to share between threads.
 
     ``threads`` are ONNX Runtime's intra-op threads, ``batch_size`` the items per timed run,
-    ``quantize`` None or an INT8 mode of core.quantize, ``data`` a Dataset or .npz path (default:
+    ``quantize`` None or an INT8 mode of core.deploy.quantize, ``data`` a Dataset or .npz path (default:
     the model's data). ``live=False`` times the full >= 30 runs / 0.5 s (what ``evaluate`` uses).
     """
 
     def __init__(self, handle: ModelHandle, threads: int = 2, batch_size: int = 1, quantize: str | None = None,
                  data: Dataset | str | Path | None = None, live: bool = True):
         if quantize is not None:
-            from core.quantize import check_mode
+            from core.deploy.quantize import check_mode
             check_mode(quantize)
         if int(batch_size) < 1 or int(threads) < 1:
             raise PrunelabError(f"batch size and threads must be at least 1, got {batch_size} and {threads}")
@@ -262,16 +262,16 @@ class LiveEvaluator:
 
     def _quantize_mode(self, baseline: _Baseline) -> str | None:
         """The INT8 mode as applied ('int8' resolved to static or dynamic), or None."""
-        from core.quantize import resolve_mode
+        from core.deploy.quantize import resolve_mode
 
         return None if self.settings.quantize is None else resolve_mode(baseline.template, self.settings.quantize)
 
     def _pruned(self, baseline: _Baseline, plan: Plan):
         """The pruned artifact: new weights written into the exported graph, or a fresh export."""
         if self.handle.module is None:
-            from core.onnx_source import prune_onnx
+            from core.deploy.onnx_source import prune_onnx
             return prune_onnx(self.handle, baseline.template, plan, self.data)
-        from core.engine import apply_plan
+        from core.prune.engine import apply_plan
 
         started = time.perf_counter()
         result = apply_plan(self.handle, plan, data=self.data)
@@ -290,7 +290,7 @@ class LiveEvaluator:
         return Artifact(model_bytes, module, measure.weight_counts(module), macs, timings_ms=timings), result
 
     def _quantized(self, artifact: Artifact) -> Artifact:
-        from core.quantize import quantize_model
+        from core.deploy.quantize import quantize_model
 
         started = time.perf_counter()
         model_bytes = quantize_model(artifact.model_bytes, self.data, self.settings.quantize)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.engine import apply_plan
+from core.prune.engine import apply_plan
 from core.errors import PrunelabError
-from core.plan import Plan
+from core.prune.plan import Plan
 from core.sources import ModelHandle
 
 ACCURACY_WEIGHT = 1.0   # damage = loss increase + ACCURACY_WEIGHT * accuracy drop
@@ -181,13 +181,13 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
     MACs over pruned MACs (channel plans, 2 halves them). Without a target, max_accuracy_drop (a
     fraction: 0.01 is one point) asks for the highest sparsity whose predicted drop stays within it;
     with a target it is a limit, and an allocation predicted to exceed it raises PrunelabError.
-    min_sparsity/max_sparsity bound every layer. sensitivity: a result of core.sensitivity with the
+    min_sparsity/max_sparsity bound every layer. sensitivity: a result of core.search.sensitivity with the
     same granularity and criterion (computed on the val split when omitted). round_to (channel
     plans): kept channels rounded to a multiple, as in Plan; the target is checked on the rounded
     model and the plan carries the rounding. The final classifier stays dense, as in every plan.
     Raises PrunelabError for conflicting or unreachable targets.
     """
-    from core.sensitivity import sensitivity as sweep
+    from core.search.sensitivity import sensitivity as sweep
 
     kind, value, bounds = check_request(target_sparsity, target_latency_ms, target_mac_reduction, max_accuracy_drop,
                                         granularity, (min_sparsity, max_sparsity))
@@ -265,7 +265,7 @@ def _best_on_val(handle: ModelHandle, criterion: str, candidates: list[dict[str,
     Scored on the val and training splits together (never test): one small split alone is too
     noisy to tell plans a point apart.
     """
-    from core.sensitivity import Scorer
+    from core.search.sensitivity import Scorer
 
     if len(candidates) == 1:
         return candidates[0]
@@ -350,8 +350,8 @@ def _allocate_channels(handle: ModelHandle, result: dict, kind: str, value: floa
 def measure_channel_plan(handle: ModelHandle, criterion: str, chosen: dict[str, float], timed: bool = True,
                          round_to: int = 1) -> dict:
     """Parameters, MACs per item and ORT p50 latency of the channel plan ``chosen`` (as the sweep measures)."""
-    from core.engine import apply_plan
-    from core.sensitivity import footprint
+    from core.prune.engine import apply_plan
+    from core.search.sensitivity import footprint
 
     plan = Plan(granularity="channel", criterion=criterion, sparsity=0.0,
                 layers={name: round(level, 4) for name, level in chosen.items()}, round_to=round_to)

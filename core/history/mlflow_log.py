@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from core.errors import PrunelabError
-from core.runs import Run, flat_metrics
+from core.history.runs import Run, flat_metrics
 
 
 def _client(uri: str):

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from core import batchnorm, criteria, unstructured
+from core.prune import batchnorm, criteria, unstructured
 from core.data import Dataset
 from core.errors import PrunelabError
 from core.inspect import Layer, prunable_layers
-from core.plan import Plan
+from core.prune.plan import Plan
 
 
 @dataclass
@@ -107,14 +107,14 @@ def _prune_unstructured(job: Job) -> PruneResult:
 
 
 def _prune_nm(job: Job) -> PruneResult:
-    from core import nm
+    from core.prune import nm
     masks, notes = nm.nm_masks(job)
     return _apply_masks(job, masks, PruneResult(job.module, job.plan, notes=notes))
 
 
 def _prune_channels(job: Job) -> PruneResult:
-    from core import structured
-    return structured.prune_channels(job)
+    from core.prune import channel
+    return channel.prune_channels(job)
 
 
 HANDLERS = {"unstructured": _prune_unstructured, "N:M": _prune_nm, "channel": _prune_channels}

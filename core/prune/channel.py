@@ -17,7 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from core import criteria
+from core.prune import criteria
 from core.errors import PrunelabError
 
 ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -145,7 +145,7 @@ def coupled_groups(module: nn.Module, example_input: torch.Tensor, ignore: list[
 
     ``ignore`` names layers whose groups are left out; None means the final classifier.
     """
-    from core.engine import final_classifier
+    from core.prune.engine import final_classifier
 
     if ignore is None:
         ignore = [name for name in [final_classifier(module, example_input)] if name]
@@ -265,7 +265,7 @@ def _group_targets(job, groups: list[Group], scores: dict) -> dict[str, float]:
 
 def prune_channels(job):
     """Physically remove channels of ``job.module`` as ``job.plan`` says; returns a PruneResult."""
-    from core.engine import PruneResult
+    from core.prune.engine import PruneResult
 
     module, plan = job.module, job.plan
     dense_output = _run(module, job.example_input)

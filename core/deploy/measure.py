@@ -1,7 +1,7 @@
 """Measurements on the deployed artifact: ONNX Runtime sessions, latency, accuracy, sizes and counts.
 
 Every function here takes plain values (model bytes, arrays, a module) and returns plain values;
-core.evaluate combines them into a report and decides what to cache.
+core.deploy.evaluate combines them into a report and decides what to cache.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from core.errors import PrunelabError
-from core.export import INPUT_NAME
+from core.deploy.export import INPUT_NAME
 
 # Full measurement (CLI, API): at least this many timed runs and this many seconds.
 MIN_RUNS = 30

@@ -1,7 +1,7 @@
 """The Plan value: what to prune and how much, validated when built, saved as YAML or JSON.
 
 A plan is data. The dashboard's sliders, the CLI's ``--plan`` file and the Python API all
-produce one frozen ``Plan``; the engine (core.engine.apply_plan) only reads it.
+produce one frozen ``Plan``; the engine (core.prune.engine.apply_plan) only reads it.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from core.errors import PrunelabError
 
 GRANULARITIES = ("unstructured", "channel")  # plus "N:M" strings such as "2:4"
 SCOPES = ("layer", "global")
-# Criterion name -> the granularities it applies to. core.criteria registers a score function for each.
+# Criterion name -> the granularities it applies to. core.prune.criteria registers a score function for each.
 CRITERIA = {
     "l1": ("unstructured", "channel", "N:M"),
     "l2": ("unstructured", "channel", "N:M"),

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.cache import ResultCache, cache_key
-from core import batchnorm
+from core.prune import batchnorm
 from core.errors import PrunelabError
-from core.measure import total_macs
+from core.deploy.measure import total_macs
 from core.sources import ModelHandle
 
 DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -145,7 +145,7 @@ def sensitivity(handle: ModelHandle, granularity: str = "unstructured", criterio
     handle.require(granularity)
     if handle.module is None:
         raise PrunelabError(f"{handle.name}: sensitivity needs the PyTorch model")
-    from core.plan import Plan
+    from core.prune.plan import Plan
 
     Plan(granularity=granularity, criterion=criterion, sparsity=0.0)  # validates the pair
     levels = check_levels(levels)
@@ -199,7 +199,7 @@ def split_arrays(handle: ModelHandle, split: str):
 
 def included_layers(module: nn.Module, example: torch.Tensor) -> list:
     """The layers a plan prunes by default: every prunable layer but the final classifier."""
-    from core.engine import final_classifier
+    from core.prune.engine import final_classifier
     from core.inspect import prunable_layers
 
     ignored = final_classifier(module, example)
@@ -209,8 +209,8 @@ def included_layers(module: nn.Module, example: torch.Tensor) -> list:
 def unstructured_sweep(handle: ModelHandle, criterion: str, levels: list[float], scorer: Scorer,
                        progress: Progress, should_stop, baseline: tuple[float, float]) -> tuple[list, bool]:
     """One curve per prunable layer: masks from scores computed once per layer, thresholded per level."""
-    from core.criteria import gather_evidence, weight_scores
-    from core.unstructured import layer_mask
+    from core.prune.criteria import gather_evidence, weight_scores
+    from core.prune.unstructured import layer_mask
 
     module = handle.module  # a private copy (see _run); every weight is restored after its layer
     layers = included_layers(module, handle.example_input(1))
@@ -253,9 +253,9 @@ def unstructured_sweep(handle: ModelHandle, criterion: str, levels: list[float],
 def channel_sweep(handle: ModelHandle, criterion: str, levels: list[float], scorer: Scorer,
                   progress: Progress, should_stop, baseline: tuple[float, float]) -> tuple[list, bool]:
     """One curve per coupled channel group: the engine removes the group's channels at each level."""
-    from core.engine import apply_plan
-    from core.plan import Plan
-    from core.structured import coupled_groups
+    from core.prune.engine import apply_plan
+    from core.prune.plan import Plan
+    from core.prune.channel import coupled_groups
 
     example = handle.example_input(1)
     groups = coupled_groups(handle.module, example)
@@ -287,8 +287,8 @@ def channel_sweep(handle: ModelHandle, criterion: str, levels: list[float], scor
 
 def footprint(module: nn.Module, example: torch.Tensor, timed: bool = True) -> dict:
     """Parameters, MACs per item and ORT p50 latency (ms, batch 1) of ``module``."""
-    from core.export import export_onnx
-    from core.measure import create_session, latency
+    from core.deploy.export import export_onnx
+    from core.deploy.measure import create_session, latency
 
     figures = {"params": int(sum(parameter.numel() for parameter in module.parameters())),
                "macs": total_macs(module, example) or 0}

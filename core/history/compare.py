@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from core.runs import Run, get_run
+from core.history.runs import Run, get_run
 
 def flat_metrics(metrics: dict) -> dict[str, float]:
     """Numeric metrics with nested ones flattened: ``{"latency_ms": {"p50": 2}}`` -> ``{"latency_ms.p50": 2}``."""

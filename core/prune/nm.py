@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from core import criteria
+from core.prune import criteria
 
 HARDWARE_NOTE = ("N:M sparsity gives no speed-up on ONNX Runtime's CPU kernels (no sparse kernels for it), so "
                  "latency here is unchanged; NVIDIA Ampere and later GPUs run 2:4 sparse weights on sparse "
