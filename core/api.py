@@ -10,7 +10,8 @@ from core.inspect import inspect_model, weight_histogram
 from core.prune.plan import Plan
 from core.history.plan_formats import export_plan, plan_layers
 from core.history.report import build_report, write_report
-from core.history.runs import compare_runs, delete_run, get_run, list_runs, pareto_front, record_run
+from core.history.compare import compare_runs, pareto_front
+from core.history.runs import delete_run, get_run, list_runs, record_run
 from core.search.sensitivity import sensitivity
 from core.sources import ModelHandle, load_model
 

@@ -293,7 +293,7 @@ def criteria_for(granularity: str) -> list[str]:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _final_classifier(_handle, key: str) -> str | None:
-    from core.prune.engine import final_classifier
+    from core.inspect import final_classifier
 
     with _lock(key):
         return final_classifier(_handle.module, _handle.example_input())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,6 +23,18 @@ MIN_SECONDS = 0.5
 WARMUP_RUNS = 5
 # Latency runs of different callers never overlap, so one measurement does not slow another.
 _TIMING_LOCK = threading.Lock()
+
+
+@dataclass
+class Artifact:
+    """One model to measure: its ONNX bytes and, when it has one, the torch module it came from."""
+
+    model_bytes: bytes
+    module: torch.nn.Module | None
+    counts: dict
+    macs: int | None
+    quantized: bool = False
+    timings_ms: dict = field(default_factory=dict)  # prune, export, quantize: where a plan change spends time
 
 
 def session_options(threads: int = 2):

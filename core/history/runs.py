@@ -347,7 +347,3 @@ def get_run(run_id: int) -> Run:
 def delete_run(run_id: int) -> None:
     RunStore().delete(run_id)
 
-
-# Comparing runs lives in core.history.compare; these names stay importable from here.
-from core.history.compare import (compare_runs, flat_metrics, pareto_front, pareto_indices,  # noqa: E402,F401
-                          planned_sparsity)

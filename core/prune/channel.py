@@ -19,6 +19,8 @@ from torch import nn
 
 from core.prune import criteria
 from core.errors import PrunelabError
+from core.inspect import final_classifier
+from core.prune.result import PruneResult
 
 ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 SCORED_TYPES = ROOT_TYPES
@@ -145,8 +147,6 @@ def coupled_groups(module: nn.Module, example_input: torch.Tensor, ignore: list[
 
     ``ignore`` names layers whose groups are left out; None means the final classifier.
     """
-    from core.prune.engine import final_classifier
-
     if ignore is None:
         ignore = [name for name in [final_classifier(module, example_input)] if name]
     return [group.as_dict() for group in dependency_groups(module, build_graph(module, example_input), ignore)]
@@ -265,8 +265,6 @@ def _group_targets(job, groups: list[Group], scores: dict) -> dict[str, float]:
 
 def prune_channels(job):
     """Physically remove channels of ``job.module`` as ``job.plan`` says; returns a PruneResult."""
-    from core.prune.engine import PruneResult
-
     module, plan = job.module, job.plan
     dense_output = _run(module, job.example_input)
     before = {layer.name: _out_channels(layer.module) for layer in job.layers}
