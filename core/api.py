@@ -31,6 +31,16 @@ def coupled_groups(module, example_input) -> list[dict]:
     return groups(module, example_input)
 
 
+def layer_graph(handle: ModelHandle, max_nodes: int | None = None) -> dict:
+    """The prunable layers as a directed graph with coupled groups (see core.model_graph.layer_graph)."""
+    from core.model_graph import MAX_NODES, layer_graph as graph
+
+    handle.require("inspect")
+    if handle.module is None:
+        raise PrunelabError(f"{handle.name}: the layer graph needs the PyTorch model")
+    return graph(handle.module, handle.example_input(), MAX_NODES if max_nodes is None else max_nodes)
+
+
 def histogram(handle: ModelHandle, layer: str, bins: int = 60, absolute: bool = True) -> dict:
     """Histogram data of one layer's weights, for the dashboard."""
     return weight_histogram(handle.module, layer, bins=bins, absolute=absolute)
@@ -61,7 +71,7 @@ def channel_importance(handle: ModelHandle, layer: str, criterion: str = "l1", s
 
 
 __all__ = ["ModelHandle", "load_model", "inspect", "histogram", "Plan", "PruneResult", "apply_plan",
-           "coupled_groups", "channel_importance", "evaluate", "LiveEvaluator", "export_onnx",
+           "coupled_groups", "layer_graph", "channel_importance", "evaluate", "LiveEvaluator", "export_onnx",
            "sensitivity", "allocate"]
 __all__ += ["record_run", "list_runs", "get_run", "delete_run", "compare_runs", "pareto_front",
             "build_report", "write_report", "export_plan", "plan_layers"]

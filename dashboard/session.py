@@ -197,6 +197,17 @@ def channel_importance(layer: str) -> dict:
     return _channel_importance(model(), model_key(), layer, values["criterion"], target_of_layer(layer))
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def _layer_graph(_handle, key: str) -> dict:
+    with _lock(key):
+        return api.layer_graph(_handle)
+
+
+def layer_graph() -> dict:
+    """This session's model as a graph of its prunable layers (see core.api.layer_graph). Raises PrunelabError."""
+    return _layer_graph(model(), model_key())
+
+
 def target_of_layer(layer: str) -> float:
     """The target a layer gets: its own, its coupled group leader's, or the plan's default."""
     values = plan()
@@ -345,6 +356,18 @@ def measure() -> dict:
         report = _measure(model(), current, model_key(), current.digest, st.session_state.get(QUANTIZE))
     st.session_state[LAST_REPORT] = report
     return report
+
+
+def measured_already() -> bool:
+    """True when the last report is of this session's plan and INT8 choice (no measurement to wait for)."""
+    report = st.session_state.get(LAST_REPORT)
+    if not report:
+        return False
+    try:
+        same_plan = report.get("plan") == plan_object().to_dict()
+    except PrunelabError:
+        return False
+    return same_plan and bool(report["settings"].get("quantize")) == bool(st.session_state.get(QUANTIZE))
 
 
 def no_speedup_reason(values: dict, report: dict) -> str | None:
