@@ -16,10 +16,10 @@ QUICK_LEVELS = (0.0, 0.3, 0.5, 0.7, 0.9)
 
 # name -> (label, unit shown next to the number, (min, max, default, step), channel plans only)
 GOALS = {
-    "macs": ("Fewer MACs (x times less work)", "x fewer MACs", (1.1, 20.0, 2.0, 0.1), True),
-    "latency": ("Latency at most (ms)", "ms p50", (0.001, 1000.0, 1.0, 0.01), True),
-    "drop": ("Largest accepted accuracy drop (pts)", "pts", (0.0, 50.0, 1.0, 0.1), False),
-    "sparsity": ("Smaller model (share of weights removed, %)", "%", (1.0, 95.0, 50.0, 1.0), False),
+    "macs": ("Fewer MACs", "times fewer MACs", (1.1, 20.0, 2.0, 0.1), True),
+    "latency": ("Faster", "p50 latency at most (ms)", (0.001, 1000.0, 1.0, 0.01), True),
+    "drop": ("Accuracy drop at most", "largest drop (pts)", (0.0, 50.0, 1.0, 0.1), False),
+    "sparsity": ("Smaller", "weights removed (%)", (1.0, 95.0, 50.0, 1.0), False),
 }
 
 

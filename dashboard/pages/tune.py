@@ -61,12 +61,11 @@ def method_ui(values: dict) -> None:
         session.seed("w.round_to", int(values.get("round_to", 1)))
         st.selectbox("Round kept channels to a multiple of", ROUND_TO, key="w.round_to", help=TERMS["round_to"],
                      on_change=lambda: session.update_plan(round_to=int(st.session_state["w.round_to"])))
-    left, right = st.columns(2)
     session.seed("w.recalibrate", bool(values.get("recalibrate", True)))
-    left.toggle("Re-estimate BatchNorm statistics", key="w.recalibrate", help=TERMS["batchnorm"],
+    st.toggle("Re-estimate BatchNorm statistics", key="w.recalibrate", help=TERMS["batchnorm"],
                 on_change=lambda: session.update_plan(recalibrate=bool(st.session_state["w.recalibrate"])))
     session.seed("w.quantize", st.session_state.get(session.QUANTIZE) is not None)
-    right.toggle("Quantize to INT8", key="w.quantize", help=TERMS["quantize"],
+    st.toggle("Quantize to INT8", key="w.quantize", help=TERMS["quantize"],
                  on_change=lambda: st.session_state.update({session.QUANTIZE: "int8" if st.session_state["w.quantize"]
                                                             else None}))
 
