@@ -44,7 +44,7 @@ def runs_pareto_chart(run_ids: list[int]):
 
 def compare_runs(first: int, second: int) -> dict:
     """``{"layers": [...], "metrics": [...], "plan": [...]}`` rows with a, b and delta."""
-    from core.history.runs import compare_runs as compare
+    from core.history.compare import compare_runs as compare
 
     return compare(first, second)
 

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
 from core.limits import PLAN_BYTES, brief, check_plan_size, gib, read_plan_text
 
-GRANULARITIES = ("unstructured", "channel")  # plus "N:M" strings such as "2:4"
+# Every granularity a plan takes, in the order they are offered; "2:4" stands for any "N:M" string
+# (at least N zeros in every M weights).
+GRANULARITIES = ("unstructured", "channel", "2:4")
 SCOPES = ("layer", "global")
 # Criterion name -> the granularities it applies to. core.prune.criteria registers a score function for each.
 CRITERIA = {
@@ -39,6 +41,11 @@ def parse_nm(granularity: str) -> tuple[int, int] | None:
     """``(n, m)`` for an N:M granularity such as ``"2:4"``, else None."""
     match = NM_PATTERN.match(granularity)
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def granularity_kind(granularity: str) -> str:
+    """``"N:M"`` for an N:M granularity, else the granularity itself (the keys of CRITERIA's values)."""
+    return "N:M" if parse_nm(granularity) else granularity
 
 
 def _fraction(value, what: str) -> float:
@@ -80,15 +87,14 @@ class Plan:
     def __post_init__(self) -> None:
         if not isinstance(self.granularity, str) or (
                 self.granularity not in GRANULARITIES and parse_nm(self.granularity) is None):
-            raise PrunelabError(f"granularity must be one of {', '.join(GRANULARITIES)} or 'N:M' "
-                                f"such as '2:4', got {brief(self.granularity)}")
+            raise PrunelabError(f"granularity must be one of {', '.join(GRANULARITIES)} (or any 'N:M'), "
+                                f"got {brief(self.granularity)}")
         nm = parse_nm(self.granularity)
         if nm is not None and not 0 < nm[0] < nm[1]:
             raise PrunelabError(f"granularity {brief(self.granularity)}: N:M needs 0 < N < M")
         if self.criterion not in CRITERIA:
             raise PrunelabError(f"unknown criterion {brief(self.criterion)} (criteria: {', '.join(CRITERIA)})")
-        kind = "N:M" if nm else self.granularity
-        if kind not in CRITERIA[self.criterion]:
+        if granularity_kind(self.granularity) not in CRITERIA[self.criterion]:
             raise PrunelabError(f"criterion {brief(self.criterion)} ranks channels only, not {self.granularity} weights")
         if self.scope not in SCOPES:
             raise PrunelabError(f"scope must be one of {', '.join(SCOPES)}, got {brief(self.scope)}")
@@ -201,7 +207,7 @@ class Plan:
             values = read_plan_text(text, f"plan file {path.name}", path.suffix)
         except (json.JSONDecodeError, yaml.YAMLError) as error:
             raise PrunelabError(f"plan file {path.name} is not valid {path.suffix[1:].upper()}: "
-                                f"{str(error).splitlines()[0]}") from None
+                                f"{error_line(error)}") from None
         return cls.from_dict(values or {})
 
     def validate_for(self, module) -> None:
