@@ -14,7 +14,8 @@ import torch
 from torch.nn.utils import prune
 
 from benchmarks.common import print_table, test_accuracy
-from core.prune.engine import apply_plan, final_classifier
+from core.inspect import final_classifier
+from core.prune.engine import apply_plan
 from core.inspect import prunable_layers
 from core.prune.plan import Plan
 from core.sources import load_model

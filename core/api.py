@@ -7,11 +7,12 @@ from core.errors import PrunelabError
 from core.deploy.evaluate import LiveEvaluator, evaluate
 from core.deploy.export import export_onnx
 from core.inspect import inspect_model, weight_histogram
-from core.prune.plan import Plan
+from core.prune.plan import CRITERIA, GRANULARITIES, SCOPES, Plan, granularity_kind
 from core.history.plan_formats import export_plan, plan_layers
 from core.history.report import build_report, write_report
-from core.history.runs import compare_runs, delete_run, get_run, list_runs, pareto_front, record_run
-from core.search.sensitivity import sensitivity
+from core.history.compare import compare_runs, pareto_front
+from core.history.runs import delete_run, get_run, list_runs, record_run
+from core.search.sensitivity import SWEPT_GRANULARITIES, sensitivity
 from core.sources import ModelHandle, load_model
 
 
@@ -64,7 +65,8 @@ def channel_importance(handle: ModelHandle, layer: str, criterion: str = "l1", s
     return {"scores": scores.tolist(), "removed": removed}
 
 
-__all__ = ["ModelHandle", "load_model", "inspect", "histogram", "Plan", "PruneResult", "apply_plan",
+__all__ = ["ModelHandle", "load_model", "inspect", "histogram", "Plan", "GRANULARITIES", "CRITERIA", "SCOPES",
+           "granularity_kind", "SWEPT_GRANULARITIES", "PruneResult", "apply_plan",
            "coupled_groups", "channel_importance", "evaluate", "LiveEvaluator", "export_onnx",
            "sensitivity", "allocate"]
 __all__ += ["record_run", "list_runs", "get_run", "delete_run", "compare_runs", "pareto_front",
@@ -93,14 +95,13 @@ def default_model() -> str:
 
 def final_classifier(handle: ModelHandle) -> str | None:
     """The layer plans leave dense by default (the model's last classifier), or None."""
-    from core.prune.engine import final_classifier as find
+    from core.inspect import final_classifier as find
     return find(handle.module, handle.example_input()) if handle.module is not None else None
 
 
 def criteria_for(granularity: str) -> list[str]:
     """The criteria that can rank weights at ``granularity`` (bn_scale and fpgm rank channels only)."""
-    from core.prune.plan import CRITERIA
-    kind = "N:M" if ":" in granularity else granularity
+    kind = granularity_kind(granularity)
     return [name for name, kinds in CRITERIA.items() if kind in kinds]
 
 

@@ -141,3 +141,27 @@ def weight_histogram(module: nn.Module, name: str, bins: int = 60, absolute: boo
     counts, edges = np.histogram(values, bins=bins)
     return {"edges": edges.tolist(), "counts": counts.tolist(), "absolute": absolute,
             "zeros": int((weight == 0).sum())}
+
+
+def final_classifier(module: nn.Module, example_input: torch.Tensor | None) -> str | None:
+    """The last prunable layer whose output is the model's output (else the last one that ran)."""
+    layers = prunable_layers(module)
+    if not layers:
+        return None
+    if example_input is None:
+        return layers[-1].name
+    seen: list[tuple[str, torch.Tensor]] = []
+    handles = [layer.module.register_forward_hook(
+        lambda child, args, output, name=layer.name: seen.append(
+            (name, output[0] if isinstance(output, tuple) else output))) for layer in layers]
+    try:
+        with torch.no_grad():
+            output = module(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    output = output[0] if isinstance(output, (tuple, list)) else output
+    for name, value in reversed(seen):
+        if value is output:
+            return name
+    return seen[-1][0] if seen else layers[-1].name

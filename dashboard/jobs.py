@@ -14,17 +14,9 @@ from typing import Callable
 
 import streamlit as st
 
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
 
 PREFIX = "prunelab.job."
-
-
-def error_line(error: BaseException) -> str:
-    """One line for a person: the message of our own errors, the type and first line of anything else."""
-    if isinstance(error, PrunelabError):
-        return str(error)
-    text = str(error).strip()
-    return f"{error.__class__.__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
 @dataclasses.dataclass
@@ -57,7 +49,7 @@ class Job:
         try:
             self.result = work(self)
         except Exception as error:  # anything from the engine: one line for the page
-            self.error = error_line(error)
+            self.error = str(error) if isinstance(error, PrunelabError) else error_line(error, with_type=True)
 
 
 def start(name: str, work: Callable[[Job], object], settings: dict | None = None, total: int = 0) -> Job:

@@ -26,13 +26,12 @@ import contextlib
 import streamlit as st
 
 from core import api
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
 from dashboard import state
-from dashboard.jobs import error_line
 from dashboard.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, save_upload, shown  # noqa: F401 (pages use them)
 
-GRANULARITIES = ("unstructured", "channel", "2:4")
-SCOPES = ("layer", "global")
+GRANULARITIES = api.GRANULARITIES
+SCOPES = api.SCOPES
 MAX_SPARSITY = 0.95
 
 
@@ -42,7 +41,8 @@ def guard(what: str = ""):
     try:
         yield
     except Exception as error:  # anything from the engine: one line, no traceback
-        st.error(shown(f"{what + ': ' if what else ''}{error_line(error)}"))
+        text = str(error) if isinstance(error, PrunelabError) else error_line(error, with_type=True)
+        st.error(shown(f"{what + ': ' if what else ''}{text}"))
 
 
 # ---------------------------------------------------------------- the model

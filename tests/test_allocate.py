@@ -167,7 +167,7 @@ def test_the_tune_page_auto_allocate_button_fills_the_sliders(cnn, sweep):
 
 def test_the_global_candidate_keeps_every_layer_within_its_bounds(cnn):
     from core.search.allocate import _global_within
-    from core.prune.engine import final_classifier
+    from core.inspect import final_classifier
     from core.inspect import prunable_layers
 
     classifier = final_classifier(cnn.module, cnn.example_input(1))

@@ -20,7 +20,7 @@ from core.cli.options import add_model_arguments, model_from, print_json
 from core.cli.recover import add_finetune_arguments, finetuned
 from core.errors import PrunelabError
 from core.deploy.evaluate import LiveEvaluator
-from core.deploy.export import write_atomic
+from core.files import write_atomic
 
 FILES = ("model.onnx", "state_dict.pt", "model.pt2", "plan.yaml", "report.json")
 
@@ -97,7 +97,7 @@ def resolved_plan_yaml(plan, report: dict, handle) -> str:
     values = plan.to_dict()
     sparsity = report.get("layer_sparsity") or {}
     if values["ignore"] is None and handle.module is not None:
-        from core.prune.engine import final_classifier
+        from core.inspect import final_classifier
         classifier = final_classifier(handle.module, handle.example_input(1))
         values["ignore"] = [] if classifier is None else [classifier]
     text = yaml.safe_dump(values, sort_keys=False)

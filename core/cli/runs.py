@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from core.cli.options import print_json
-from core.history.runs import RunStore, compare_runs, delete_run, get_run, list_runs
+from core.history.compare import compare_runs
+from core.history.runs import RunStore, delete_run, get_run, list_runs
 
 
 def register(subparsers) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from core.deploy import measure
 from core.data import Dataset, load_npz
 from core.errors import PrunelabError
 from core.deploy.export import changed_tensors, export_onnx, with_weights
+from core.deploy.onnx_source import onnx_artifact, prune_onnx
 from core.prune.plan import Plan
 from core.sources import ModelHandle
 
@@ -97,30 +98,16 @@ def clear_caches() -> None:
     _BASELINES.clear()
 
 
-@dataclass
-class Artifact:
-    """One model to measure: its ONNX bytes and, when it has one, the torch module it came from."""
-
-    model_bytes: bytes
-    module: torch.nn.Module | None
-    counts: dict
-    macs: int | None
-    quantized: bool = False
-    timings_ms: dict = field(default_factory=dict)  # prune, export, quantize: where a plan change spends time
-
-
 class _Baseline:
     """The dense model, measured once: its exported graph, state, logits on the data and metrics."""
 
     def __init__(self, handle: ModelHandle, data: Dataset, settings: Settings):
-        from core.deploy.onnx_source import onnx_artifact
-
         if handle.module is None:
             self.artifact = onnx_artifact(handle)
         else:
             module = handle.module
             example = torch.from_numpy(np.ascontiguousarray(data.x_test[:1]))
-            self.artifact = Artifact(export_onnx(module, example), module, measure.weight_counts(module),
+            self.artifact = measure.Artifact(export_onnx(module, example), module, measure.weight_counts(module),
                                       measure.total_macs(module, example))
         self.template = onnx.load_from_string(self.artifact.model_bytes)
         self.state = None if handle.module is None else {
@@ -131,7 +118,7 @@ class _Baseline:
                                 logits=self.logits)
 
 
-def _measure(artifact: Artifact, data: Dataset, settings: Settings, reference: np.ndarray | None,
+def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, reference: np.ndarray | None,
              session=None, logits: np.ndarray | None = None, reference_session=None) -> dict:
     """All metrics of one artifact on ``data``; ``reference`` are the dense logits for agreement.
 
@@ -238,7 +225,7 @@ class LiveEvaluator:
             report = _REPORTS.put(key, self._report(plan, *self._artifact(plan)))
         return report
 
-    def measure_artifact(self, plan: Plan | None = None) -> tuple[dict, Artifact, object]:
+    def measure_artifact(self, plan: Plan | None = None) -> tuple[dict, measure.Artifact, object]:
         """The report, the measured artifact and the engine's PruneResult (None without a plan).
 
         For ``prunelab prune``, which writes the artifact; the report is cached like ``measure``'s.
@@ -247,7 +234,7 @@ class LiveEvaluator:
         report = _REPORTS.put(self._key(plan), self._report(plan, artifact, result))
         return report, artifact, result
 
-    def artifact(self, plan: Plan | None = None, module=None) -> Artifact:
+    def artifact(self, plan: Plan | None = None, module=None) -> measure.Artifact:
         """The artifact ``measure`` measures for ``plan`` (INT8 when this evaluator quantizes): the same
         bytes, built again. With ``module`` (a fine-tuned copy of this model), that module instead."""
         if module is not None:
@@ -259,21 +246,21 @@ class LiveEvaluator:
         baseline (INT8 when this evaluator quantizes). Not cached: the caller keeps the report."""
         return self._report(plan, self._module_artifact(module), None)
 
-    def _module_artifact(self, module) -> Artifact:
+    def _module_artifact(self, module) -> measure.Artifact:
         module = module.eval()
         example = torch.from_numpy(np.ascontiguousarray(self.data.x_test[:1]))
-        artifact = Artifact(export_onnx(module, example), module, measure.weight_counts(module),
+        artifact = measure.Artifact(export_onnx(module, example), module, measure.weight_counts(module),
                             measure.total_macs(module, example))
         return self._quantized(artifact) if self.settings.quantize else artifact
 
-    def _artifact(self, plan: Plan | None) -> tuple[Artifact, object]:
+    def _artifact(self, plan: Plan | None) -> tuple[measure.Artifact, object]:
         baseline = self._baseline_state()
         artifact, result = (baseline.artifact, None) if plan is None else self._pruned(baseline, plan)
         if self.settings.quantize:
             artifact = self._quantized(artifact)
         return artifact, result
 
-    def _report(self, plan: Plan | None, artifact: Artifact, result) -> dict:
+    def _report(self, plan: Plan | None, artifact: measure.Artifact, result) -> dict:
         baseline = self._baseline_state()
         started = time.perf_counter()
         if artifact is baseline.artifact:
@@ -309,7 +296,6 @@ class LiveEvaluator:
     def _pruned(self, baseline: _Baseline, plan: Plan):
         """The pruned artifact: new weights written into the exported graph, or a fresh export."""
         if self.handle.module is None:
-            from core.deploy.onnx_source import prune_onnx
             return prune_onnx(self.handle, baseline.template, plan, self.data)
         from core.prune.engine import apply_plan
 
@@ -327,15 +313,15 @@ class LiveEvaluator:
         macs = baseline.artifact.macs if same_shape else measure.total_macs(module, example)
         timings = {"prune": (pruned_at - started) * 1000.0, "export": (time.perf_counter() - pruned_at) * 1000.0,
                    "fast_path": same_shape}
-        return Artifact(model_bytes, module, measure.weight_counts(module), macs, timings_ms=timings), result
+        return measure.Artifact(model_bytes, module, measure.weight_counts(module), macs, timings_ms=timings), result
 
-    def _quantized(self, artifact: Artifact) -> Artifact:
+    def _quantized(self, artifact: measure.Artifact) -> measure.Artifact:
         from core.deploy.quantize import quantize_model
 
         started = time.perf_counter()
         model_bytes = quantize_model(artifact.model_bytes, self.data, self.settings.quantize)
         timings = dict(artifact.timings_ms, quantize=(time.perf_counter() - started) * 1000.0)
-        return Artifact(model_bytes, artifact.module, artifact.counts, artifact.macs, quantized=True,
+        return measure.Artifact(model_bytes, artifact.module, artifact.counts, artifact.macs, quantized=True,
                         timings_ms=timings)
 
 

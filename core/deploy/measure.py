@@ -8,13 +8,13 @@ from __future__ import annotations
 import threading
 import time
 import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from core.errors import PrunelabError
-from core.deploy.export import INPUT_NAME
+from core.errors import PrunelabError, error_line
 
 # Full measurement (CLI, API): at least this many timed runs and this many seconds.
 MIN_RUNS = 30
@@ -22,6 +22,18 @@ MIN_SECONDS = 0.5
 WARMUP_RUNS = 5
 # Latency runs of different callers never overlap, so one measurement does not slow another.
 _TIMING_LOCK = threading.Lock()
+
+
+@dataclass
+class Artifact:
+    """One model to measure: its ONNX bytes and, when it has one, the torch module it came from."""
+
+    model_bytes: bytes
+    module: torch.nn.Module | None
+    counts: dict
+    macs: int | None
+    quantized: bool = False
+    timings_ms: dict = field(default_factory=dict)  # prune, export, quantize: where a plan change spends time
 
 
 def session_options(threads: int = 2):
@@ -50,8 +62,7 @@ def create_session(model_bytes: bytes, threads: int = 2):
     try:
         session = ort.InferenceSession(model_bytes, session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types
-        text = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        raise PrunelabError(f"ONNX Runtime cannot load the model: {text[:300]}") from None
+        raise PrunelabError(f"ONNX Runtime cannot load the model: {error_line(error)[:300]}") from None
     return session, (time.perf_counter() - started) * 1000.0
 
 
@@ -66,8 +77,7 @@ def run_batched(session, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
         try:
             outputs.append(session.run(None, {name: np.ascontiguousarray(x[start:start + batch_size])})[0])
         except Exception as error:  # shape or type mismatch with the user's data
-            text = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-            raise PrunelabError(f"ONNX Runtime cannot run the model on the data: {text[:300]}") from None
+            raise PrunelabError(f"ONNX Runtime cannot run the model on the data: {error_line(error)[:300]}") from None
     return np.concatenate(outputs).reshape(len(x), -1)
 
 

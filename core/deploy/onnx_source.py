@@ -14,6 +14,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from core.deploy.measure import Artifact
 from core.errors import PrunelabError
 from core.inspect import weight_stats
 from core.prune.plan import Plan
@@ -90,7 +91,6 @@ def initializer_counts(model: onnx.ModelProto) -> dict:
 
 def onnx_artifact(handle):
     """The ONNX source as a measurable artifact (no torch module, so no parity check or MACs)."""
-    from core.deploy.evaluate import Artifact
 
     model = onnx.load(str(handle.onnx_path))
     return Artifact(model.SerializeToString(), None, initializer_counts(model), None)
@@ -150,7 +150,6 @@ def prune_initializers(model: onnx.ModelProto, plan: Plan) -> tuple[onnx.ModelPr
 
 def prune_onnx(handle, template: onnx.ModelProto, plan: Plan, data=None):
     """The pruned artifact of an ONNX source and what was done, for core.deploy.evaluate."""
-    from core.deploy.evaluate import Artifact
 
     pruned, result = prune_initializers(template, plan)
     return Artifact(pruned.SerializeToString(), None, initializer_counts(pruned), None), result

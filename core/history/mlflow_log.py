@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 from core.errors import PrunelabError
-from core.history.runs import Run, flat_metrics
+from core.history.compare import flat_metrics
+from core.history.runs import Run
 
 
 def _client(uri: str):

@@ -53,7 +53,7 @@ def plan_layers(plan, handle) -> list[LayerTarget]:
 
     ``ignore=None`` resolves to the final classifier, as the engine does.
     """
-    from core.prune.engine import final_classifier
+    from core.inspect import final_classifier
     from core.inspect import prunable_layers
 
     plan.validate_for(handle.module)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from core.data import Dataset, load_npz, random_data
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
 from core.sources.handle import ModelHandle
 from core.zoo.registry import BUILTINS, builtin
 
@@ -69,7 +69,7 @@ def _factory(spec: str, weights) -> ModelHandle:
     try:
         model = factory()
     except Exception as error:
-        raise PrunelabError(f"the factory {spec} raised {error.__class__.__name__}: {error}") from None
+        raise PrunelabError(f"the factory {spec} raised {error_line(error, with_type=True)}") from None
     if not isinstance(model, nn.Module):
         raise PrunelabError(f"the factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
@@ -94,7 +94,7 @@ def _import(location: str):
         try:
             module_spec.loader.exec_module(namespace)
         except Exception as error:
-            raise PrunelabError(f"importing {path} raised {error.__class__.__name__}: {error}") from None
+            raise PrunelabError(f"importing {path} raised {error_line(error, with_type=True)}") from None
         return namespace
     try:
         return importlib.import_module(location)
@@ -158,7 +158,7 @@ def _pickled(path: Path, trust: bool) -> ModelHandle:
     try:
         model = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
-        raise PrunelabError(f"cannot unpickle {path}: {error.__class__.__name__}: {error}") from None
+        raise PrunelabError(f"cannot unpickle {path}: {error_line(error, with_type=True)}") from None
     if not isinstance(model, nn.Module):
         raise PrunelabError(f"{path} holds a {type(model).__name__}, not a torch.nn.Module")
     return ModelHandle(name=path.stem, source="pickle", module=model.eval(), input_shape=(), data=None,
@@ -204,8 +204,7 @@ def _check_forward(handle: ModelHandle) -> None:
         with torch.no_grad():
             output = handle.module(handle.example_input(handle.fixed_batch or 2))
     except Exception as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        raise PrunelabError(f"{handle.name} cannot take input of shape {handle.input_shape}: {message}") from None
+        raise PrunelabError(f"{handle.name} cannot take input of shape {handle.input_shape}: {error_line(error)}") from None
     if not isinstance(output, torch.Tensor) or output.ndim != 2:
         raise PrunelabError(f"{handle.name} must return one tensor of shape (batch, classes); "
                             f"got {getattr(output, 'shape', type(output).__name__)}")
