@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import PrunelabError
+from core.limits import check_npz, random_count
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DIGITS_FILE = ASSETS / "digits.npz"
@@ -132,6 +133,7 @@ def load_npz(path: str | Path, input_shape: tuple[int, ...] | None = None) -> Da
     path = Path(path)
     if not path.is_file():
         raise PrunelabError(f"data file not found: {path}")
+    check_npz(path)  # sizes and types from the headers, before anything is decompressed
     try:
         with np.load(path, allow_pickle=False) as stored:
             arrays = {key: stored[key] for key in stored.files}
@@ -196,8 +198,13 @@ def _labels(labels, count: int, path: Path, key: str) -> np.ndarray | None:
 
 def random_data(input_shape: tuple[int, ...], count: int = 256, seed: int = 0) -> Dataset:
     """Seeded random inputs with no labels: prunelab then reports agreement, never accuracy."""
+    item_shape = tuple(input_shape[1:])
+    count = random_count(item_shape, count)  # fewer items for big inputs; refuses one that cannot fit
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((count, *input_shape[1:])).astype(np.float32)
+    x = np.empty((count, *item_shape), dtype=np.float32)
+    step = max(1, 2**24 // max(1, 8 * x[0].size))  # float64 draws in ~16 MB slices: the same values, bounded memory
+    for start in range(0, count, step):
+        x[start:start + step] = rng.standard_normal((min(step, count - start), *item_shape))
     half = count // 2
     origin = {"test": f"seeded random inputs (seed {seed})", "val": "other seeded random inputs"}
     return Dataset(name=f"random-{seed}", x_test=x[half:], y_test=None, x_val=x[:half], y_val=None, synthetic=True,

@@ -9,10 +9,31 @@ import os
 import tempfile
 from pathlib import Path
 
+from core.errors import PrunelabError
+
 
 def home() -> Path:
     """prunelab's data directory: ``$PRUNELAB_HOME`` or ``~/.prunelab``, read at each call."""
     return Path(os.environ.get("PRUNELAB_HOME") or Path.home() / ".prunelab")
+
+
+def writable_home() -> Path:
+    """``home()``, created if needed and checked with a probe file, before a long job relies on it.
+
+    Raises PrunelabError in one line when PRUNELAB_HOME is a file, cannot be created or is read-only.
+    """
+    path = home()
+    if path.exists() and not path.is_dir():
+        raise PrunelabError(f"PRUNELAB_HOME {path} is a file, not a folder: point PRUNELAB_HOME at a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        descriptor, probe = tempfile.mkstemp(dir=path, prefix=".probe-")
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        raise PrunelabError(f"cannot write to PRUNELAB_HOME {path}: {error.strerror or error} "
+                            f"(point PRUNELAB_HOME at a writable folder)") from None
+    return path
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> Path:

@@ -109,8 +109,12 @@ class RunStore:
     @contextmanager
     def _connect(self):
         """A fresh connection, migrated to SCHEMA_VERSION, closed on exit."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        except (OSError, sqlite3.Error) as error:
+            raise PrunelabError(f"cannot open the run store {self.path}: {getattr(error, 'strerror', None) or error} "
+                                f"(PRUNELAB_HOME must be a writable folder)") from None
         try:
             connection.row_factory = sqlite3.Row
             connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
