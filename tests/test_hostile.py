@@ -241,7 +241,8 @@ def test_prune_never_overwrites_an_earlier_run_and_check_verifies_digests(cli, t
 def test_stale_staging_of_a_killed_prune_is_cleaned(cli, tmp_path):
     from core.prune.plan import Plan
 
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                              check=True)
     stale = tmp_path / f".out.prune-{finished.stdout.strip()}-0a1b2c3d"  # its process has exited
     stale.mkdir()
     (stale / "model.onnx").write_bytes(b"half")

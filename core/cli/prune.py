@@ -19,8 +19,8 @@ import yaml
 from core.cli.evaluate import add_measure_arguments, load_plan, print_report, progress
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.cli.recover import add_finetune_arguments, finetuned
-from core.errors import PrunelabError
 from core.deploy.evaluate import LiveEvaluator
+from core.errors import PrunelabError
 from core.files import sha256_file, write_atomic
 from core.history.runs import RunStore
 
