@@ -1,6 +1,7 @@
 """The prunelab dashboard: ``prunelab dashboard`` (or ``streamlit run dashboard/app.py``).
 
-Pages live in ``dashboard/pages/`` and call the engine only through ``dashboard/session.py``.
+Pages live in ``dashboard/pages/``; per-person state is in ``dashboard/state.py``, the engine is
+reached only through ``dashboard/session.py`` (and the job modules built on it).
 To add a page, put its file in ``dashboard/pages/`` and its line in ``PAGES``; a listed page
 whose file does not exist yet is left out of the menu.
 """
@@ -42,11 +43,12 @@ STYLE = """<style>[data-testid=stMetricValue]{font-size:1.6rem}
 
 
 def run() -> None:
-    from dashboard import url_state
+    from dashboard import state, url_state
 
     st.set_page_config(page_title="prunelab", page_icon=":material/content_cut:", layout="wide")
     st.html(STYLE)
-    url_state.restore()
+    state.keep_widgets()  # settings of pages not drawn in this run survive the page switch
+    url_state.restore()  # a link's model, data and plan, on a session's first run
     navigation = st.navigation(pages(), position="top")  # the full width for the pages at 1280 px
     url_state.problem_ui()
     navigation.run()

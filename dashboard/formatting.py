@@ -36,13 +36,3 @@ def note(text: str) -> str:
     for words, control in CONTROLS.items():
         text = text.replace(words, control)
     return text
-
-
-def speed(dense_ms: float | None, pruned_ms: float | None) -> str:
-    """'1.4x faster', '1.2x slower' or 'same speed' from two latencies."""
-    if not dense_ms or not pruned_ms:
-        return ""
-    ratio = dense_ms / pruned_ms
-    if 0.95 <= ratio <= 1.05:
-        return "about the same speed"
-    return f"{times(ratio)} faster" if ratio > 1 else f"{times(1 / ratio)} slower"

@@ -26,6 +26,7 @@ TERMS = {
     "compressed": "the .onnx file after gzip: zeros compress well, so this shows what unstructured pruning saves "
                   "in download size",
     "sparsity": "share of the prunable weights that are zero",
+    "removed": "share of the dense model's prunable weights that are zero or gone (channel pruning removes them)",
     "pts": "pts: percentage points, the plain difference of two percentages (99.2% -> 98.1% is -1.1 pts)",
     "granularity": "what is cut. unstructured: single weights; channel: whole filters together with everything "
                    "coupled to them, which is what makes ONNX Runtime faster; 2:4: 2 of every 4 weights",

@@ -10,7 +10,7 @@ import streamlit as st
 
 from core import api
 from core.errors import PrunelabError
-from dashboard import session
+from dashboard import session, state, sweeps
 
 QUICK_LEVELS = (0.0, 0.3, 0.5, 0.7, 0.9)
 
@@ -30,7 +30,7 @@ def goals_for(granularity: str) -> list[str]:
 
 def matching_sweep() -> dict | None:
     """This session's complete sweep when it matches the plan's granularity and criterion, else None."""
-    result, values = session.finish_sensitivity(), session.plan()
+    result, values = sweeps.finish_sensitivity(), state.plan()
     if result is None or not result.get("complete"):
         return None
     if (result["granularity"], result["criterion"]) != (values["granularity"], values["criterion"]):
@@ -40,7 +40,7 @@ def matching_sweep() -> dict | None:
 
 def needs_sweep() -> str | None:
     """What the page must say before Auto-allocate can work, or None when it can."""
-    values = session.plan()
+    values = state.plan()
     if ":" in values["granularity"]:
         return f"{values['granularity']} fixes every layer's sparsity; Auto-allocate works for unstructured and channel."
     if matching_sweep() is None:
@@ -51,8 +51,8 @@ def needs_sweep() -> str | None:
 
 def start_quick_sweep() -> None:
     """Start the 5-level sweep the plan's granularity and criterion need (progress shows on the page)."""
-    values = session.plan()
-    session.start_sensitivity(values["granularity"], values["criterion"], list(QUICK_LEVELS))
+    values = state.plan()
+    sweeps.start_sensitivity(values["granularity"], values["criterion"], list(QUICK_LEVELS))
 
 
 def _request(goal: str, value: float) -> dict:
@@ -72,12 +72,12 @@ def allocate_to_goal(goal: str, value: float) -> dict[str, float]:
 
     Raises PrunelabError without a matching sweep, or for a goal the curves cannot reach.
     """
-    result, values = matching_sweep(), session.plan()
+    result, values = matching_sweep(), state.plan()
     if result is None:
         raise PrunelabError(needs_sweep() or "run a sensitivity sweep first")
-    with session._lock(session.model_key()):
+    with state.lock(session.model_key()):
         allocated = api.allocate(session.model(), granularity=values["granularity"], criterion=values["criterion"],
                                  max_sparsity=session.MAX_SPARSITY, sensitivity=result,
                                  round_to=int(values.get("round_to") or 1), **_request(goal, value))
-    session.update_plan(scope="layer", sparsity=0.0, layers=dict(allocated.layer_targets))
+    state.update_plan(scope="layer", sparsity=0.0, layers=dict(allocated.layer_targets))
     return dict(allocated.layer_targets)

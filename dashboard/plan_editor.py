@@ -11,18 +11,18 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import session
+from dashboard import session, state
 
 UNDO = "prunelab.undo"          # list of earlier plans, newest last
 SEEN = "prunelab.undo.seen"     # (model key, plan) as of the last Tune run
 UNDO_DEPTH = 50
-TABLE_KEY = "w.tune.table"
+TABLE_KEY = "tune-table"  # not a "w." key: a data editor's state cannot be written back
 SENSITIVITY_LEVELS = ((0.005, "🟢 low"), (0.02, "🟠 medium"), (float("inf"), "🔴 high"))
 
 
 def track() -> None:
     """Keep the previous plan when the plan changed since the last run (a new model starts afresh)."""
-    key, current = session.model_key(), session.plan()
+    key, current = session.model_key(), state.plan()
     seen = st.session_state.get(SEEN)
     if seen is not None and seen[0] != key:
         st.session_state[UNDO] = []
@@ -33,24 +33,25 @@ def track() -> None:
     st.session_state[SEEN] = (key, current)
 
 
-def _replace_plan(values: dict, forget) -> None:
-    st.session_state[session.PLAN] = values
-    st.session_state[SEEN] = (session.model_key(), session.plan())
-    forget()
+def forget_widgets() -> None:
+    """Drop the plan's widgets (sliders, selects, the table's edits) so each reseeds from the plan."""
+    state.forget_plan_widgets()
+    st.session_state.pop(TABLE_KEY, None)
 
 
-def undo(forget) -> None:
-    """Go back to the plan before the last change (``forget`` drops the plan widgets so they reseed)."""
+def undo() -> None:
+    """Go back to the plan before the last change (on_click of Undo)."""
     stack = st.session_state.get(UNDO) or []
     if stack:
-        _replace_plan(stack.pop(), forget)
+        st.session_state[state.PLAN] = stack.pop()
+        st.session_state[SEEN] = (session.model_key(), state.plan())
+        forget_widgets()
 
 
-def reset_to_dense(forget) -> None:
-    """Every slider back to 0% (undo brings the plan back)."""
-    values = session.plan()
-    st.session_state[session.PLAN] = {**values, "sparsity": 0.0, "layers": {}}
-    forget()
+def reset_to_dense() -> None:
+    """Every slider back to 0% (Undo brings the plan back)."""
+    state.update_plan(sparsity=0.0, layers={})
+    forget_widgets()
 
 
 def can_undo() -> bool:
@@ -78,28 +79,28 @@ def sensitivity_word(drop: float | None) -> str:
 def table_rows(report: dict | None, sweep: dict | None) -> pd.DataFrame:
     """One row per prunable layer: size, work, sensitivity at its target, target and measured sparsity (%)."""
     measured = (report or {}).get("layer_sparsity") or {}
-    ignored = set(session.ignored_layers())
+    dense = session.left_dense()
     rows = []
     for layer in session.layer_table()["layers"]:
         name = layer["name"]
         target = session.target_of_layer(name)
         drop = predicted_drop(sweep, name, target)
         rows.append({"layer": name, "parameters": layer.get("params"), "MACs": layer.get("macs"),
-                     "sensitivity": "– (left dense)" if name in ignored else sensitivity_word(drop),
+                     "sensitivity": "– (left dense)" if name in dense else sensitivity_word(drop),
                      "drop (pts)": None if drop is None else round(100 * drop, 2),
                      "target (%)": round(100 * target, 1),
                      "measured (%)": round(100 * measured[name], 1) if name in measured else None})
     return pd.DataFrame(rows)
 
 
-def apply_edits(frame: pd.DataFrame, forget) -> None:
+def apply_edits(frame: pd.DataFrame) -> None:
     """on_change of the table: every edited Target becomes that layer's (or its group leader's) target."""
     edited = st.session_state.get(TABLE_KEY, {}).get("edited_rows", {})
     leaders = {member: group["leader"] for group in session.groups() for member in group["members"]} \
-        if session.plan()["granularity"] == "channel" else {}
+        if state.plan()["granularity"] == "channel" else {}
     for row, changes in edited.items():
         if "target (%)" in changes and changes["target (%)"] is not None:
             name = frame.iloc[int(row)]["layer"]
             value = min(max(float(changes["target (%)"]), 0.0), 100 * session.MAX_SPARSITY) / 100
-            session.set_target(leaders.get(name, name), value)
-    forget()
+            state.set_target(leaders.get(name, name), value)
+    forget_widgets()

@@ -27,6 +27,17 @@ def _size_pair(report: dict) -> tuple[str, str, str]:
     return ("Size", "size", "onnx_bytes") if shrinks else ("Size (gzip)", "compressed", "compressed_bytes")
 
 
+def _speed_words(pruned: dict) -> str:
+    """'1.4x faster' when the paired runs show a change, 'no measurable change' when they do not."""
+    speedup = pruned.get("speedup")
+    if not speedup:
+        return ""
+    if speedup.get("same_model") or not speedup.get("measurable"):
+        return "no measurable change"
+    ratio = speedup["p50"]
+    return f"{formatting.times(ratio)} faster" if ratio > 1 else f"{formatting.times(1 / ratio)} slower"
+
+
 def strip_items(report: dict) -> list[tuple[str, str, str]]:
     """(label, 'dense -> pruned' text, help) for accuracy, latency, size and MACs."""
     pruned, dense = report["pruned"], report["baseline"]
@@ -34,11 +45,11 @@ def strip_items(report: dict) -> list[tuple[str, str, str]]:
     _, dense_quality = _quality(dense)
     latency, dense_latency = pruned["latency_ms"]["p50"], dense["latency_ms"]["p50"]
     size_label, size_help, field = _size_pair(report)
-    speed = formatting.speed(dense_latency, latency)
+    speed = _speed_words(pruned)
+    after = speed if speed == "no measurable change" else formatting.milliseconds(latency) + (f" ({speed})" if speed else "")
     return [
         (label.capitalize(), f"{formatting.percent(dense_quality)} → {formatting.percent(quality)}", TERMS[label]),
-        ("Latency (p50)", f"{formatting.milliseconds(dense_latency)} → {formatting.milliseconds(latency)}"
-                          + (f" ({speed})" if speed else ""), TERMS["p50"]),
+        ("Latency (p50)", f"{formatting.milliseconds(dense_latency)} → {after}", TERMS["p50"]),
         (size_label, f"{formatting.size(dense[field])} → {formatting.size(pruned[field])}", TERMS[size_help]),
         ("Work per input", f"{formatting.count(dense['macs'])} → {formatting.count(pruned['macs'])} MACs",
          TERMS["macs"]),
@@ -57,34 +68,50 @@ def strip(report: dict) -> None:
 
 def _card(column, label: str, value: str, delta: str | None, lower_is_better: bool = True,
           help: str | None = None) -> None:
-    """A metric card; a delta that rounds to zero is grey, a change is coloured by whether it helps."""
-    flat = delta is None or delta.lstrip("+-").startswith(("0%", "0.0 pts"))
+    """A metric card; a delta that rounds to zero or is noise is grey, a change is coloured by whether it helps."""
+    flat = delta is None or delta.lstrip("+-").startswith(("0%", "0.0 pts", "no measurable", "same graph"))
     colour = "off" if flat else ("inverse" if lower_is_better else "normal")
     column.metric(label, value, delta, delta_color=colour, delta_arrow="off" if flat else "auto", border=True,
                   help=help)
 
 
+def speed_values(pruned: dict) -> tuple[str, str | None, str | None]:
+    """(speedup value, speedup delta, latency delta) from the paired runs: 'no measurable change' within noise."""
+    speedup = pruned.get("speedup")
+    if not speedup:
+        return "–", None, None
+    if speedup.get("same_model"):
+        return "1.00×", "same graph", None
+    interval = f"{speedup['low']:.2f}–{speedup['high']:.2f}× (95%)"
+    if not speedup["measurable"]:
+        return f"{speedup['p50']:.2f}×", f"no measurable change, {interval}", "no measurable change"
+    return f"{speedup['p50']:.2f}×", interval, f"{100 * (1 / speedup['p50'] - 1):+.0f}%"
+
+
 def cards(report: dict) -> None:
-    """Metric cards of the pruned model with deltas against the dense one."""
+    """Metric cards of the pruned model with deltas against the dense one (the one dense measurement)."""
     pruned, dense = report["pruned"], report["baseline"]
     label, quality = _quality(pruned)
-    latency, dense_latency = pruned["latency_ms"]["p50"], dense["latency_ms"]["p50"]
-    speedup = dense_latency / latency if latency else None
-    top, bottom = st.columns(4), st.columns(4)
+    speedup, speedup_delta, latency_delta = speed_values(pruned)
+    top, middle, bottom = st.columns(3), st.columns(3), st.columns(3)
+    splits = report.get("settings", {}).get("splits")
     _card(top[0], label.capitalize(), formatting.percent(quality), formatting.points(quality, dense.get(label)),
-          lower_is_better=False, help=f"{TERMS[label]}. {TERMS['pts']}")
-    _card(top[1], "p50 latency", formatting.milliseconds(latency), formatting.change(latency, dense_latency),
-          help=TERMS["p50"])
-    _card(top[2], "Speedup", "–" if speedup is None else f"{speedup:.2f}×", None, help=TERMS["speedup"])
-    _card(top[3], "MACs", formatting.count(pruned["macs"]), formatting.change(pruned["macs"], dense["macs"]),
+          lower_is_better=False, help=f"{TERMS[label]}{f' ({splits})' if splits else ''}. {TERMS['pts']}")
+    _card(top[1], "p50 latency", formatting.milliseconds(pruned["latency_ms"]["p50"]), latency_delta,
+          help=f"{TERMS['p50']}. Dense: {formatting.milliseconds(dense['latency_ms']['p50'])}; the change comes "
+               "from runs timed in alternation with the dense model")
+    _card(top[2], "Speedup", speedup, speedup_delta, lower_is_better=False,
+          help=f"{TERMS['speedup']}: the median over pairs of runs timed in alternation, with its 95% interval; "
+               "'no measurable change' when the interval holds 1x or it is within 5% of 1x")
+    _card(middle[0], "MACs", formatting.count(pruned["macs"]), formatting.change(pruned["macs"], dense["macs"]),
           help=TERMS["macs"])
-    _card(bottom[0], "Parameters", formatting.count(pruned["nonzero_params"]),
+    _card(middle[1], "Parameters", formatting.count(pruned["nonzero_params"]),
           formatting.change(pruned["nonzero_params"], dense["nonzero_params"]), help=TERMS["params"])
-    _card(bottom[1], "File size", formatting.size(pruned["onnx_bytes"]),
+    _card(middle[2], "Weights removed", formatting.percent(pruned.get("removed")), None, help=TERMS["removed"])
+    _card(bottom[0], "File size", formatting.size(pruned["onnx_bytes"]),
           formatting.change(pruned["onnx_bytes"], dense["onnx_bytes"]), help=TERMS["size"])
-    _card(bottom[2], "Compressed", formatting.size(pruned["compressed_bytes"]),
+    _card(bottom[1], "Compressed", formatting.size(pruned["compressed_bytes"]),
           formatting.change(pruned["compressed_bytes"], dense["compressed_bytes"]), help=TERMS["compressed"])
-    _card(bottom[3], "Sparsity", formatting.percent(pruned.get("sparsity")), None, help=TERMS["sparsity"])
 
 
 def read_out(report: dict, stale: bool = False) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import session
+from dashboard import session, state
 
 READ = "prunelab.url.read"       # set once the address was read in this session
 PROBLEM = "prunelab.url.problem"  # a line saying what in the address could not be used
@@ -25,7 +25,7 @@ def _percent(value: float) -> str:
 
 
 def encode(source: dict, values: dict, quantize: str | None) -> dict[str, str]:
-    """Query parameters for a model source, a plan (as session.plan holds it) and the INT8 switch."""
+    """Query parameters for a model source, a plan (as state.plan holds it) and the INT8 switch."""
     params = {"model": source["spec"]}
     if source.get("data"):
         params["data"] = source["data"]
@@ -45,7 +45,7 @@ def encode(source: dict, values: dict, quantize: str | None) -> dict[str, str]:
 
 def decode(params: dict[str, str]) -> dict:
     """A plan dict from query parameters (missing fields take the default plan's). Raises ValueError."""
-    values = session.default_plan()
+    values = state.default_plan()
     values.update({field: params[field] for field in FIELDS if params.get(field)})
     if params.get("sparsity"):
         values["sparsity"] = float(params["sparsity"]) / 100
@@ -74,8 +74,8 @@ def restore() -> None:
             session.use_source(params["model"], data=params.get("data") or None)
         values = decode(params)
         session.plan_object(values)  # validates every field and layer value
-        st.session_state[session.PLAN] = values
-        st.session_state[session.QUANTIZE] = "int8" if params.get("int8") == "1" else None
+        state.set_plan(values)
+        state.set_quantize(params.get("int8") == "1")
     except Exception as error:  # anything in a hand-edited address: one line on the page, defaults stay
         st.session_state[PROBLEM] = f"The link's settings could not all be used: {str(error).splitlines()[0]}"
 
@@ -83,7 +83,7 @@ def restore() -> None:
 def publish() -> None:
     """Write this session's model, data and plan into the address when they changed."""
     try:
-        wanted = encode(session.source(), session.plan(), st.session_state.get(session.QUANTIZE))
+        wanted = encode(session.source(), state.plan(), state.quantize())
     except Exception:  # nothing to publish before a model loads
         return
     if st.query_params.to_dict() != wanted:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import session
+from dashboard import run_history, session, state
 
 OPEN_RUN = "prunelab.history.open"  # the run shown in detail (set by a chart click or the table)
 FORMATS = [("torch-pruning", "Torch-Pruning"), ("nni", "NNI config_list"), ("sparseml", "SparseML recipe")]
@@ -17,7 +17,7 @@ def save_ui() -> None:
         notes = st.text_area("Notes", key="w.history.notes", max_chars=2000)
         if st.button("Save run", icon=":material/save:", key="history-save"):
             with session.guard("saving the run"), st.spinner("Measuring the plan…"):
-                run_id = session.save_run(label, notes)
+                run_id = run_history.save_run(label, notes)
                 st.session_state[OPEN_RUN] = run_id
                 st.success(f"Saved run {run_id}.")
 
@@ -35,7 +35,7 @@ def table_ui(rows: list[dict]) -> list[int]:
 
 def chart_ui(run_ids: list[int]) -> None:
     """The Pareto chart; clicking a point opens that run."""
-    event = st.plotly_chart(session.runs_pareto_chart(run_ids), key="history-pareto", on_select="rerun",
+    event = st.plotly_chart(run_history.runs_pareto_chart(run_ids), key="history-pareto", on_select="rerun",
                             selection_mode="points", width="stretch")
     points = event.selection.points if event else []
     if points and points[0].get("customdata") is not None:
@@ -44,7 +44,7 @@ def chart_ui(run_ids: list[int]) -> None:
 
 
 def details_ui(run_id: int) -> None:
-    details = session.run_details(run_id)
+    details = run_history.run_details(run_id)
     st.subheader(f"Run {run_id} {details['label']}".strip())
     st.caption(f"{details['created']} · {details['model']} · {details['notes']}")
     left, right = st.columns(2)
@@ -53,13 +53,13 @@ def details_ui(run_id: int) -> None:
     load, delete = st.columns(2)
     if load.button("Load this plan into the sliders", icon=":material/tune:", key="history-load"):
         with session.guard("loading the plan"):
-            warning = session.load_run_plan(run_id)
+            warning = run_history.load_run_plan(run_id)
             if warning:
                 st.warning(warning)
             st.success("Plan loaded; open Tune to adjust it.")
     if delete.button("Delete this run", icon=":material/delete:", key="history-delete"):
         with session.guard("deleting the run"):
-            session.delete_run(run_id)
+            run_history.delete_run(run_id)
             st.session_state.pop(OPEN_RUN, None)
             st.rerun()
     export_ui(run_id)
@@ -69,7 +69,7 @@ def export_ui(run_id: int) -> None:
     st.caption("This run's plan for other pruning tools:")
     for column, (format, title) in zip(st.columns(len(FORMATS)), FORMATS):
         with column, session.guard(title):
-            for suffix, text in session.run_plan_export(run_id, format).items():
+            for suffix, text in run_history.run_plan_export(run_id, format).items():
                 column.download_button(f"{title} ({suffix})", text, file_name=f"run-{run_id}-plan{suffix}",
                                        mime=MIME[suffix], key=f"history-export-{format}{suffix}")
 
@@ -80,14 +80,14 @@ def compare_ui(ids: list[int], selected: list[int]) -> None:
     first_column, second_column = st.columns(2)
     first = first_column.selectbox("Run A", ids, index=ids.index(chosen[0]), key="w.history.a")
     second = second_column.selectbox("Run B", ids, index=ids.index(chosen[-1]), key="w.history.b")
-    diff = session.compare_runs(first, second)
+    diff = run_history.compare_runs(first, second)
     layers, metrics = st.columns(2)
     layers.dataframe(pd.DataFrame(diff["layers"]), hide_index=True, key="history-diff-layers")
     metrics.dataframe(pd.DataFrame(diff["metrics"]), hide_index=True, key="history-diff-metrics")
 
 
 def report_ui(run_ids: list[int]) -> None:
-    st.download_button(f"HTML report of {len(run_ids)} run(s)", data=lambda: session.runs_report_html(run_ids),
+    st.download_button(f"HTML report of {len(run_ids)} run(s)", data=lambda: run_history.runs_report_html(run_ids),
                        file_name="prunelab-report.html", mime="text/html", icon=":material/summarize:",
                        key="history-report", help="one self-contained file; opens without a network")
 
@@ -97,7 +97,7 @@ st.caption("Saved runs of every model: pick the best trade-off, compare two, han
 save_ui()
 with session.guard("reading the run history"):
     only_this = st.toggle("Only this model's runs", key="w.history.only", value=True)
-    rows = session.runs(this_model_only=only_this)
+    rows = run_history.runs(this_model_only=only_this)
     if not rows:
         st.info("No runs yet. Save one above, or run `prunelab prune MODEL --plan PLAN --out DIR`.")
     else:

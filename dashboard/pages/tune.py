@@ -3,77 +3,66 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, formatting, goals, graph_view, plan_editor, session, summary
+from dashboard import charts, formatting, goals, graph_view, plan_editor, session, state, summary, sweeps
 from dashboard.glossary import TERMS
 
 MAX_PERCENT = round(100 * session.MAX_SPARSITY)  # sliders hold whole percents; the plan holds fractions
 ROUND_TO = (1, 4, 8, 16)
 
 
-def _forget_layer_widgets() -> None:
-    for key in [key for key in st.session_state if str(key).startswith("w.layer.")]:
-        del st.session_state[key]
-
-
-def _forget_plan_widgets() -> None:
-    """Drop every plan widget so each reseeds from the plan (after the plan changed from elsewhere)."""
-    _forget_layer_widgets()
-    for key in ("w.granularity", "w.criterion", "w.scope", "w.global", "w.quantize", "w.round_to", "w.recalibrate",
-                plan_editor.TABLE_KEY):
-        st.session_state.pop(key, None)
-
-
 def _on_granularity() -> None:
     granularity = st.session_state["w.granularity"]
-    criterion = session.plan()["criterion"]
+    criterion = state.plan()["criterion"]
     if criterion not in session.criteria_for(granularity):
         criterion = "l1"
         st.session_state["w.criterion"] = criterion
-    session.update_plan(granularity=granularity, criterion=criterion, layers={})
-    _forget_layer_widgets()
+    previous = state.plan()["granularity"]
+    if state.switch_granularity(granularity, criterion):
+        st.toast(f"Per-layer targets of {previous} are kept: switch back to {previous} to get them again.",
+                 icon=":material/undo:")
+    st.session_state.pop(plan_editor.TABLE_KEY, None)
 
 
 def _on_global() -> None:
     percent = st.session_state["w.global"]
-    session.update_plan(sparsity=percent / 100, layers={})
-    ignored = {f"w.layer.{name}" for name in session.ignored_layers()}
+    state.update_plan(sparsity=percent / 100, layers={})
+    ignored = {f"w.layer.{name}" for name in session.left_dense()}
     for key in [key for key in st.session_state if str(key).startswith("w.layer.") and key not in ignored]:
         st.session_state[key] = percent
 
 
 def _on_layer(name: str) -> None:
-    session.set_target(name, st.session_state[f"w.layer.{name}"] / 100)
+    state.set_target(name, st.session_state[f"w.layer.{name}"] / 100)
 
 
 def method_ui(values: dict) -> None:
     """Granularity, criterion and scope selects and the two toggles; each writes straight into the plan."""
     for key, field in (("w.granularity", "granularity"), ("w.criterion", "criterion"), ("w.scope", "scope")):
-        session.seed(key, values[field])
+        state.seed(key, values[field])
     first, second, third = st.columns(3)
     first.selectbox("Granularity", session.granularities(), key="w.granularity", on_change=_on_granularity,
                     help=TERMS["granularity"])
     second.selectbox("Criterion", session.criteria_for(values["granularity"]), key="w.criterion",
-                     on_change=lambda: session.update_plan(criterion=st.session_state["w.criterion"]),
+                     on_change=lambda: state.update_plan(criterion=st.session_state["w.criterion"]),
                      help=TERMS["criterion"])
     third.selectbox("Scope", session.SCOPES, key="w.scope", help=TERMS["scope"],
-                    on_change=lambda: session.update_plan(scope=st.session_state["w.scope"]))
+                    on_change=lambda: state.update_plan(scope=st.session_state["w.scope"]))
     if values["granularity"] == "channel":
-        session.seed("w.round_to", int(values.get("round_to", 1)))
+        state.seed("w.round_to", int(values.get("round_to", 1)))
         st.selectbox("Round kept channels to a multiple of", ROUND_TO, key="w.round_to", help=TERMS["round_to"],
-                     on_change=lambda: session.update_plan(round_to=int(st.session_state["w.round_to"])))
-    session.seed("w.recalibrate", bool(values.get("recalibrate", True)))
+                     on_change=lambda: state.update_plan(round_to=int(st.session_state["w.round_to"])))
+    state.seed("w.recalibrate", bool(values.get("recalibrate", True)))
     st.toggle("Re-estimate BatchNorm statistics", key="w.recalibrate", help=TERMS["batchnorm"],
-                on_change=lambda: session.update_plan(recalibrate=bool(st.session_state["w.recalibrate"])))
-    session.seed("w.quantize", st.session_state.get(session.QUANTIZE) is not None)
+                on_change=lambda: state.update_plan(recalibrate=bool(st.session_state["w.recalibrate"])))
+    state.seed("w.quantize", state.quantize() is not None)
     st.toggle("Quantize to INT8", key="w.quantize", help=TERMS["quantize"],
-                 on_change=lambda: st.session_state.update({session.QUANTIZE: "int8" if st.session_state["w.quantize"]
-                                                            else None}))
+                 on_change=lambda: state.set_quantize(bool(st.session_state["w.quantize"])))
 
 
 @st.fragment(run_every=1.0)
 def sweep_progress() -> None:
     """The quick sweep's progress while it runs; the page reruns when it ends."""
-    job = session.sweep_job()
+    job = sweeps.sweep_job()
     if job is None or not job.running:
         st.rerun(scope="app")
     st.progress(job.done / job.total if job.total else 0.0,
@@ -83,7 +72,7 @@ def sweep_progress() -> None:
 def _allocate(goal: str, value: float) -> None:
     with session.guard("auto-allocate"):
         goals.allocate_to_goal(goal, value)
-        _forget_plan_widgets()
+        plan_editor.forget_widgets()
 
 
 def goal_ui(values: dict) -> None:
@@ -96,7 +85,7 @@ def goal_ui(values: dict) -> None:
                                      "latency need Granularity: channel, since zeroed weights do not change them")
         low, high, default, step = goals.GOALS[goal][2]
         value = value_column.number_input(goals.GOALS[goal][1], low, high, default, step, key=f"w.tune.goal.{goal}")
-        job = session.sweep_job()
+        job = sweeps.sweep_job()
         missing = goals.needs_sweep()
         if job is not None and job.running:
             sweep_progress()
@@ -119,9 +108,9 @@ def edit_ui() -> None:
     """Undo and reset-to-dense buttons."""
     left, right = st.columns(2)
     left.button("Undo", icon=":material/undo:", disabled=not plan_editor.can_undo(), key="tune-undo",
-                on_click=plan_editor.undo, args=(_forget_plan_widgets,), help="back to the plan before the last change")
+                on_click=plan_editor.undo, help="back to the plan before the last change")
     right.button("Reset to dense", icon=":material/restart_alt:", key="tune-reset",
-                 on_click=plan_editor.reset_to_dense, args=(_forget_plan_widgets,),
+                 on_click=plan_editor.reset_to_dense,
                  help="every slider back to 0% (Undo brings the plan back)")
 
 
@@ -141,46 +130,41 @@ def rows(values: dict) -> list[tuple[str, str, str]]:
 
 def sliders_ui(values: dict) -> None:
     """The global slider and one slider per layer (or group)."""
-    session.seed("w.global", round(100 * values["sparsity"]))
+    state.seed("w.global", round(100 * values["sparsity"]))
     st.slider("All layers", 0, MAX_PERCENT, step=5, format="%d%%", key="w.global", on_change=_on_global,
               help="sets every layer to this sparsity (layers you move afterwards keep their own value)")
-    ignored = set(session.ignored_layers())
+    dense = session.left_dense(values["granularity"])
     if ":" in values["granularity"]:
         st.caption(f"{values['granularity']} prunes a fixed share of every weight block; "
                    f"a slider above 0 includes its layer.")
     for name, label, help_text in rows(values):
         key = f"w.layer.{name}"
-        dense = name in ignored
-        if dense:
+        if name in dense:
             st.session_state[key] = 0
-        session.seed(key, round(100 * session.target(name)))
+        state.seed(key, round(100 * state.target(name)))
         st.slider(label, 0, MAX_PERCENT, step=5, format="%d%%", key=key, on_change=_on_layer, args=(name,),
-                  disabled=dense, help="left dense: the final classifier" if dense else (help_text or None))
+                  disabled=name in dense, help=dense.get(name) or help_text or None)
 
 
 @st.fragment
 def metrics_panel() -> None:
     """Measure this session's plan: the previous figures stay, faded, until the new ones are in."""
-    values = session.plan()
     with session.guard("measuring the plan"):
-        previous = st.session_state.get(session.LAST_REPORT)
+        previous = st.session_state.get(state.LAST_REPORT)
         slot = st.empty()
-        if previous is not None and not session.measured_already():
+        if previous is not None and session.last_report() is None:
             with slot.container():
                 summary.read_out(previous, stale=True)
         report = session.measure()
         with slot.container():
             summary.read_out(report)
-            reason = session.no_speedup_reason(values, report)
-            if reason:
-                st.info(reason, icon=":material/info:")
             for note in report.get("notes", []):
                 st.caption(formatting.note(note))
 
 
 def layers_ui() -> None:
     """The per-layer views: bars, the editable table and the model graph."""
-    report = st.session_state.get(session.LAST_REPORT)
+    report = session.last_report()
     bars, table, graph = st.tabs(["Sparsity per layer", "Per-layer table", "Model graph"])
     with bars:
         names = session.layer_names()
@@ -194,10 +178,10 @@ def layers_ui() -> None:
                    "Sensitivity: the sweep's accuracy drop for that layer alone at its target.")
         st.data_editor(frame, key=plan_editor.TABLE_KEY, hide_index=True, num_rows="fixed", width="stretch",
                        disabled=[column for column in frame.columns if column != "target (%)"],
-                       on_change=plan_editor.apply_edits, args=(frame, _forget_plan_widgets),
+                       on_change=plan_editor.apply_edits, args=(frame,),
                        column_config=_table_columns())
     with graph:
-        graph_view.graph_ui(_forget_plan_widgets)
+        graph_view.graph_ui()
 
 
 def _table_columns() -> dict:
@@ -216,7 +200,7 @@ st.caption("Drag a layer's slider (or pick a goal) to choose how much of each la
            "measured on the exported model in ONNX Runtime after each change.")
 with session.guard("loading the model"):
     plan_editor.track()
-    current = session.plan()
+    current = state.plan()
     st.caption(f"Model: **{session.model().name}**, {session.model().description} (change it on the Model page)")
     controls, panel = st.columns([2, 3], gap="large")
     with controls:
