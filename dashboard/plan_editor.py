@@ -90,7 +90,8 @@ def table_rows(report: dict | None, sweep: dict | None) -> pd.DataFrame:
                      "drop (pts)": None if drop is None else round(100 * drop, 2),
                      "target (%)": round(100 * target, 1),
                      "measured (%)": round(100 * measured[name], 1) if name in measured else None})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    return frame if sweep is not None else frame.drop(columns=["drop (pts)"])
 
 
 def apply_edits(frame: pd.DataFrame) -> None:
