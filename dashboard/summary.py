@@ -88,11 +88,22 @@ def speed_values(pruned: dict) -> tuple[str, str | None, str | None]:
     return f"{speedup['p50']:.2f}×", interval, f"{100 * (1 / speedup['p50'] - 1):+.0f}%"
 
 
+def _speed_card(column, pruned: dict) -> None:
+    """The Speedup card: its interval in green when faster, red when slower, grey when within noise."""
+    value, delta, _ = speed_values(pruned)
+    measurable = delta is not None and delta[0].isdigit()
+    slower = measurable and pruned["speedup"]["p50"] < 1.0
+    column.metric("Speedup", value, delta, border=True, delta_color="inverse" if slower else
+                  ("normal" if measurable else "off"), delta_arrow=("down" if slower else "up") if measurable else "off",
+                  help=f"{TERMS['speedup']}: the median over pairs of runs timed in alternation, with its 95% "
+                       "interval; 'no measurable change' when the interval holds 1x or it is within 5% of 1x")
+
+
 def cards(report: dict) -> None:
     """Metric cards of the pruned model with deltas against the dense one (the one dense measurement)."""
     pruned, dense = report["pruned"], report["baseline"]
     label, quality = _quality(pruned)
-    speedup, speedup_delta, latency_delta = speed_values(pruned)
+    _, _, latency_delta = speed_values(pruned)
     top, middle, bottom = st.columns(3), st.columns(3), st.columns(3)
     splits = report.get("settings", {}).get("splits")
     _card(top[0], label.capitalize(), formatting.percent(quality), formatting.points(quality, dense.get(label)),
@@ -100,9 +111,7 @@ def cards(report: dict) -> None:
     _card(top[1], "p50 latency", formatting.milliseconds(pruned["latency_ms"]["p50"]), latency_delta,
           help=f"{TERMS['p50']}. Dense: {formatting.milliseconds(dense['latency_ms']['p50'])}; the change comes "
                "from runs timed in alternation with the dense model")
-    _card(top[2], "Speedup", speedup, speedup_delta, lower_is_better=False,
-          help=f"{TERMS['speedup']}: the median over pairs of runs timed in alternation, with its 95% interval; "
-               "'no measurable change' when the interval holds 1x or it is within 5% of 1x")
+    _speed_card(top[2], pruned)
     _card(middle[0], "MACs", formatting.count(pruned["macs"]), formatting.change(pruned["macs"], dense["macs"]),
           help=TERMS["macs"])
     _card(middle[1], "Parameters", formatting.count(pruned["nonzero_params"]),
