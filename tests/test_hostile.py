@@ -6,6 +6,8 @@ resident size, which must stay under 1 GiB above the importing process's size.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -205,3 +207,78 @@ def test_old_format_pickle_loads_without_torch_warnings(cli, tmp_path):
     refused(cli("inspect", "old.pt", cwd=tmp_path, env=environment), "pickled module", "--trust")
     trusted = cli("inspect", "old.pt", "--trust", "--input-shape", "1,4", cwd=tmp_path, env=environment)
     assert trusted["code"] == 0 and "Warning" not in trusted["stderr"], trusted["stderr"]
+
+
+# ---------------------------------------------------------------- 5. earlier runs' files
+
+def digests_of(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_prune_never_overwrites_an_earlier_run_and_check_verifies_digests(cli, tmp_path):
+    from core.prune.plan import Plan
+
+    plan = Plan(sparsity=0.5).save(tmp_path / "plan.yaml")
+    out = tmp_path / "out"
+    first = cli("prune", "digits-mlp", "--plan", plan, "--out", out)
+    assert first["code"] == 0, first["stderr"]
+    before = digests_of(out)
+    assert set(before) == {"model.onnx", "state_dict.pt", "model.pt2", "plan.yaml", "report.json"}
+    again = Plan(sparsity=0.9).save(tmp_path / "other.yaml")
+    refused(cli("prune", "digits-mlp", "--plan", again, "--out", out), "already holds files", "model.onnx")
+    assert digests_of(out) == before
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no staging left
+    check = cli("runs", "check", "--json")
+    assert check["code"] == 0, check["stdout"]
+    assert json.loads(check["stdout"])["artifacts"]["checked"] == 5
+    (out / "model.onnx").write_bytes(before["model.onnx"] + b"\0")
+    check = cli("runs", "check")
+    assert check["code"] == 1 and "changed: run 1: model.onnx" in check["stdout"], check["stdout"]
+    (out / "plan.yaml").unlink()
+    assert "missing: run 1: plan.yaml" in cli("runs", "check")["stdout"]
+
+
+def test_stale_staging_of_a_killed_prune_is_cleaned(cli, tmp_path):
+    from core.prune.plan import Plan
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                              check=True)
+    stale = tmp_path / f".out.prune-{finished.stdout.strip()}-0a1b2c3d"  # its process has exited
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"half")
+    plan = Plan(sparsity=0.5).save(tmp_path / "plan.yaml")
+    result = cli("prune", "digits-mlp", "--plan", plan, "--out", tmp_path / "out")
+    assert result["code"] == 0, result["stderr"]
+    assert not stale.exists() and not list((tmp_path / "out").glob(".*"))
+
+
+def test_prune_with_a_corrupt_store_refuses_before_its_work(cli, tmp_path, prunelab_home):
+    from core.prune.plan import Plan
+
+    prunelab_home.mkdir(parents=True)
+    (prunelab_home / "runs.db").write_bytes(b"this is not an SQLite database" * 100)
+    plan = Plan(sparsity=0.5).save(tmp_path / "plan.yaml")
+    result = cli("prune", "digits-mlp", "--plan", plan, "--out", tmp_path / "out")
+    refused(result, "runs.db")
+    assert "measuring" not in result["stderr"] and not (tmp_path / "out").exists()
+
+
+def test_older_store_gains_digests_and_older_runs_count_as_unverified(tmp_path):
+    import sqlite3
+
+    from core.history.runs import MIGRATIONS, SCHEMA_VERSION, RunStore
+
+    path = tmp_path / "runs.db"
+    artifact = tmp_path / "model.onnx"
+    artifact.write_bytes(b"onnx")
+    with sqlite3.connect(path) as connection:
+        for step in MIGRATIONS[:2]:
+            connection.executescript(step)
+        connection.execute("PRAGMA user_version = 2")
+        connection.execute("INSERT INTO runs (created, model, plan, metrics, artifacts) VALUES (?, ?, ?, ?, ?)",
+                           ("2026-01-01T00:00:00+00:00", "digits-mlp", "{}", "{}", json.dumps({"model.onnx": str(artifact)})))
+    store = RunStore(path)
+    assert store.version() == SCHEMA_VERSION and store.get(1).digests == {}
+    assert store.check_artifacts() == {"checked": 0, "unverified": 1, "missing": [], "changed": []}
+    recorded = store.record({"model": "digits-mlp"}, artifacts={"model.onnx": artifact})
+    assert recorded.digests["model.onnx"] == hashlib.sha256(b"onnx").hexdigest()
