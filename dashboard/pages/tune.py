@@ -92,7 +92,7 @@ def sliders_ui(values: dict) -> None:
     available = sweeps.allocate_available()
     if st.button("Auto-allocate", disabled=not available, icon=":material/auto_fix_high:",
                  help="fill the sliders from a sensitivity sweep" if available
-                 else "run a sweep on the Sensitivity page first (needs core.search.allocate)"):
+                 else "run a complete sweep on the Sensitivity page first"):
         with session.guard("auto-allocate"):
             sweeps.auto_allocate()
             state.forget_plan_widgets()
@@ -114,7 +114,7 @@ def sliders_ui(values: dict) -> None:
 def _card(column, label: str, value: str, delta: str | None, lower_is_better: bool = True,
           help: str | None = None) -> None:
     """A metric card; a delta that rounds to zero or is noise is grey, a change is coloured by whether it helps."""
-    flat = delta is None or delta.lstrip("+-").startswith(("0%", "0.0 pts", "no measurable"))
+    flat = delta is None or delta.lstrip("+-").startswith(("0%", "0.0 pts", "no measurable", "same graph"))
     colour = "off" if flat else ("inverse" if lower_is_better else "normal")
     column.metric(label, value, delta, delta_color=colour, delta_arrow="off" if flat else "auto", border=True,
                   help=help)
