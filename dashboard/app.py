@@ -38,10 +38,7 @@ def pages() -> list:
 
 
 def run() -> None:
-    from dashboard import state
-
     st.set_page_config(page_title="prunelab", page_icon=":material/content_cut:", layout="wide")
-    state.keep_widgets()  # settings of pages not drawn in this run survive the page switch
     navigation = st.navigation(pages(), position="top")  # the full width for the pages at 1280 px
     navigation.run()
 

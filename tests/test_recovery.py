@@ -191,6 +191,7 @@ def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(m
     summary = page.session_state["prunelab.recovered"]["summary"]
     labels = {metric.label: metric.value for metric in page.metric}
     assert labels["recovered accuracy"] == f"{summary['accuracy']['recovered']:.2%}"
+    assert page.number_input(key="w.recover.epochs").value == 2  # the form keeps its settings after a run
 
     # the Export page measures and hands out the fine-tuned model, not the one-shot one
     pages = Path(__file__).resolve().parent.parent / "dashboard" / "pages"
