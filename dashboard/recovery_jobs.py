@@ -17,12 +17,17 @@ import uuid
 import streamlit as st
 
 from core.errors import PrunelabError, error_line
-from dashboard.session import _evaluator, _lock, baseline, model, model_key, plan, plan_object
+from dashboard.session import _evaluator, _lock, model, model_key, plan_object
 
-__all__ = ['RECOVERED', 'RECOVERY', 'RECOVERY_METHODS', 'RecoveryJob', '_recover', '_recovered_metrics', 'discard_recovered', 'finish_recovery', 'recovered_active', 'recovered_artifact', 'recovered_report', 'recovery_epochs', 'recovery_job', 'schedule_curve', 'start_recovery', 'stop_recovery']
+__all__ = [
+    "RECOVERED", "RECOVERY", "RECOVERY_METHODS", "RecoveryJob", "_recover", "_recovered_metrics",
+    "discard_recovered", "finish_recovery", "recovered_active", "recovered_artifact", "recovered_report",
+    "recovery_epochs", "recovery_job", "schedule_curve", "start_recovery", "stop_recovery",
+]
 
 RECOVERY = "prunelab.recovery"      # this session's RecoveryJob (running or finished)
-RECOVERED = "prunelab.recovered"    # {"model_key", "plan_digest", "report", "module", "id"} of the adopted recovered model
+# the adopted recovered model: {"model_key", "plan_digest", "report", "module", "id"}
+RECOVERED = "prunelab.recovered"
 RECOVERY_METHODS = ("finetune", "gradual", "iterative", "lottery")
 
 
@@ -67,8 +72,8 @@ def schedule_curve(final_sparsity: float, epochs: int, initial_sparsity: float =
 
 
 def _recover(job: RecoveryJob, handle, key: str) -> None:
-    from core.train import recovery
     from core.prune.plan import Plan
+    from core.train import recovery
 
     plan = Plan.from_dict(job.plan)
     settings, callbacks = dict(job.settings), {"on_epoch": job.history.append, "should_stop": job.stop.is_set}

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import streamlit as st
 
+from dashboard.session import PLAN, _lock, measure, model, model_key, plan_object, plan_yaml
 
-from dashboard.session import PLAN, _lock, measure, model, model_key, plan, plan_object, plan_yaml
-
-__all__ = ['compare_runs', 'delete_run', 'load_run_plan', 'run_details', 'run_plan_export', 'runs', 'runs_pareto_chart', 'runs_report_html', 'save_run']
+__all__ = [
+    "compare_runs", "delete_run", "load_run_plan", "run_details", "run_plan_export", "runs",
+    "runs_pareto_chart", "runs_report_html", "save_run",
+]
 
 def runs(this_model_only: bool = False) -> list[dict]:
     """Recorded runs, newest first: one row per run with the plan and headline metrics."""
@@ -72,8 +74,8 @@ def load_run_plan(run_id: int) -> str | None:
 
     Raises PrunelabError when the plan does not fit this session's model.
     """
-    from core.prune.plan import Plan
     from core.history.runs import get_run
+    from core.prune.plan import Plan
 
     run = get_run(run_id)
     values = Plan.from_dict(run.plan).to_dict()
@@ -103,9 +105,9 @@ def run_plan_export(run_id: int, format: str) -> dict[str, str]:
 
     Per-layer targets are resolved on this session's model when the run was made on it.
     """
-    from core.prune.plan import Plan
     from core.history.plan_formats import export_plan, plan_layers
     from core.history.runs import get_run
+    from core.prune.plan import Plan
 
     run = get_run(run_id)
     plan = Plan.from_dict(run.plan)

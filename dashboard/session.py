@@ -37,7 +37,7 @@ import streamlit as st
 from core import api
 from core.errors import PrunelabError, error_line
 from core.zoo.registry import BUILTINS, DEFAULT_MODEL
-from dashboard.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, _UPLOADS, save_upload, shown  # noqa: F401
+from dashboard.uploads import _UPLOADS, MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, save_upload, shown  # noqa: F401
 
 # Plain per-session keys (widget state is mirrored into these).
 MODEL = "prunelab.model"        # dict: spec, weights, trust, data, input_shape (all str or None)
@@ -134,11 +134,11 @@ def use_source(spec: str, weights: str | None = None, trust: bool = False, data:
 @st.cache_data(max_entries=16, show_spinner=False)
 def _inspect(_handle, key: str) -> dict:
     with _lock(key):
-        return api.inspect(_handle)
+        return api.layer_table(_handle)
 
 
 def layer_table() -> dict:
-    """``{"layers": [rows], "totals": {...}}`` for this session's model (see core.api.inspect)."""
+    """``{"layers": [rows], "totals": {...}}`` for this session's model (see core.api.layer_table)."""
     return _inspect(model(), model_key())
 
 
@@ -337,7 +337,7 @@ def _measure(_handle, _plan, key: str, plan_digest: str, quantize: str | None) -
 def measure() -> dict:
     """Measure this session's plan (INT8 when ``QUANTIZE`` is set) on ONNX Runtime: ``{"pruned", "baseline", ...}``."""
     current = plan_object()
-    report = recovered_report(current.digest)  # the Recover page's model, while this plan stays (see below)
+    report = recovered_report(current.digest)  # noqa: F405 - the Recover page's model, while this plan stays (see below)
     if report is None:
         report = _measure(model(), current, model_key(), current.digest, st.session_state.get(QUANTIZE))
     st.session_state[LAST_REPORT] = report
@@ -386,11 +386,11 @@ def artifact(kind: str) -> bytes:
     """Bytes of the pruned model as ``onnx``, ``state_dict`` or ``pt2`` (the fine-tuned weights while a
     recovered model is in use). Raises PrunelabError."""
     current = plan_object()
-    recovered = recovered_artifact(kind, current.digest)
+    recovered = recovered_artifact(kind, current.digest)  # noqa: F405 (from recovery_jobs, below)
     return recovered if recovered is not None else _artifact(model(), current, model_key(), current.digest, kind)
 
 
 # The long-job and history parts of the session layer, re-exported so pages keep one module.
-from dashboard.sweeps import *  # noqa: E402,F401,F403
-from dashboard.run_history import *  # noqa: E402,F401,F403
 from dashboard.recovery_jobs import *  # noqa: E402,F401,F403
+from dashboard.run_history import *  # noqa: E402,F401,F403
+from dashboard.sweeps import *  # noqa: E402,F401,F403

@@ -17,7 +17,10 @@ from core import api
 from core.errors import PrunelabError, error_line
 from dashboard.session import MAX_SPARSITY, SENSITIVITY, _lock, model, model_key, plan, update_plan
 
-__all__ = ['SWEEP', 'SweepJob', '_sweep', 'allocate_available', 'auto_allocate', 'finish_sensitivity', 'start_sensitivity', 'stop_sensitivity', 'sweep_job']
+__all__ = [
+    "SWEEP", "SweepJob", "_sweep", "allocate_available", "auto_allocate", "finish_sensitivity",
+    "start_sensitivity", "stop_sensitivity", "sweep_job",
+]
 
 SWEEP = "prunelab.sweep"  # this session's SweepJob (running or finished)
 

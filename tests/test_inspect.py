@@ -1,7 +1,6 @@
 """Layer inspection: names, counts, MACs and histograms checked against hand computation."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from core.api import histogram, inspect

@@ -15,12 +15,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from core.api import LiveEvaluator, final_classifier, log_runs, record_run, save_pruned, write_atomic
 from core.cli.evaluate import add_measure_arguments, load_plan, print_report, progress
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.cli.recover import add_finetune_arguments, finetuned
 from core.errors import PrunelabError
-from core.deploy.evaluate import LiveEvaluator
-from core.files import write_atomic
 
 FILES = ("model.onnx", "state_dict.pt", "model.pt2", "plan.yaml", "report.json")
 
@@ -82,8 +81,6 @@ def write_outputs(out: Path, handle, plan, report: dict, artifact) -> dict[str, 
 def save_module_files(module: torch.nn.Module, example: torch.Tensor, out: Path) -> dict[str, Path]:
     """state_dict.pt and model.pt2 via core.deploy.artifacts.save_pruned, written in a temporary directory
     inside ``out`` and then moved into place, so no half-written file is ever visible."""
-    from core.deploy.artifacts import save_pruned
-
     paths = {}
     with tempfile.TemporaryDirectory(dir=out, prefix=".prune-") as staging:
         for written in save_pruned(module, example, staging).values():
@@ -97,7 +94,6 @@ def resolved_plan_yaml(plan, report: dict, handle) -> str:
     values = plan.to_dict()
     sparsity = report.get("layer_sparsity") or {}
     if values["ignore"] is None and handle.module is not None:
-        from core.inspect import final_classifier
         classifier = final_classifier(handle.module, handle.example_input(1))
         values["ignore"] = [] if classifier is None else [classifier]
     text = yaml.safe_dump(values, sort_keys=False)
@@ -113,12 +109,9 @@ def record_run_hook(report: dict, handle, plan, result, paths: dict[str, Path], 
 
     With ``mlflow_uri`` the recorded run is also logged to MLflow (params, metrics, the files).
     """
-    from core.history.runs import record_run
-
     run = record_run(report, model=handle, plan=plan,
                      layer_sparsity=None if result is None else dict(result.layer_sparsity),
                      artifacts={name: str(path) for name, path in paths.items()}, label=label)
     progress(f"recorded run {run.id} (prunelab runs show {run.id})")
     if mlflow_uri:
-        from core.history.mlflow_log import log_runs
         progress(f"logged to MLflow as run {log_runs([run], mlflow_uri)[run.id]}")

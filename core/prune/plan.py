@@ -149,7 +149,7 @@ class Plan:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Plan":
+    def from_dict(cls, values: dict) -> Plan:
         """Build from plain values; unknown keys are an error naming them."""
         if not isinstance(values, dict):
             raise PrunelabError(f"a plan must be a mapping of fields, got {type(values).__name__}")
@@ -169,7 +169,7 @@ class Plan:
         text = json.dumps(self.to_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def replace(self, **changes) -> "Plan":
+    def replace(self, **changes) -> Plan:
         """A copy with ``changes`` applied (validated again)."""
         unknown = sorted(set(changes) - {field.name for field in dataclasses.fields(self)})
         if unknown:
@@ -190,7 +190,7 @@ class Plan:
         return path
 
     @classmethod
-    def load(cls, path) -> "Plan":
+    def load(cls, path) -> Plan:
         """Read a plan written by ``save`` (or by hand); PrunelabError on a missing or malformed file."""
         path = Path(path)
         if path.suffix not in (".yaml", ".yml", ".json"):
@@ -208,7 +208,7 @@ class Plan:
 
     def validate_for(self, module) -> None:
         """Raise PrunelabError naming any layer in ``layers`` or ``ignore`` that ``module`` lacks."""
-        from core.inspect import prunable_layers
+        from core.inspect import prunable_layers  # plans stay readable without torch; it loads here
 
         names = [layer.name for layer in prunable_layers(module)]
         for name in [name for name, _ in self.layers] + list(self.ignore or ()):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,11 @@ class ModelHandle:
         if not self.can(operation):
             reason = WHY_NOT.get((self.source, operation), f"a {self.source} source does not support {operation}")
             raise PrunelabError(f"{self.name}: {reason}")
+
+    def with_module(self, module: nn.Module) -> ModelHandle:
+        """The same model source, data and input shape around another ``module`` (a pruned or
+        fine-tuned copy); its digest is computed afresh from the new weights."""
+        return replace(self, module=module, _digest=None)
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """Real inputs from the data when there are enough, shaped ``(batch, *input_shape[1:])``."""

@@ -18,7 +18,8 @@ def settings_ui() -> dict | None:
     granularity = first.selectbox("Granularity", granularities, key="w.sensitivity.granularity",
                                   help="channel sweeps also time each level on ONNX Runtime (slower)")
     criterion = second.selectbox("Criterion", session.criteria_for(granularity), key="w.sensitivity.criterion")
-    quick = third.toggle("Quick (5 levels)", key="w.sensitivity.quick", help=", ".join(f"{v:.0%}" for v in QUICK_LEVELS))
+    quick = third.toggle("Quick (5 levels)", key="w.sensitivity.quick",
+                         help=", ".join(f"{v:.0%}" for v in QUICK_LEVELS))
     every = fourth.toggle("Every val item", key="w.sensitivity.every",
                           help="large models score the first val items only, which keeps a sweep to minutes; "
                                "the caption above the results says how many were scored")

@@ -139,7 +139,8 @@ def cards(report: dict) -> None:
     speedup = dense_latency / latency if latency else None
     top, bottom = st.columns(4), st.columns(4)
     _card(top[0], label.capitalize(), formatting.percent(quality), formatting.points(quality, dense.get(label)),
-          lower_is_better=False, help="on the test split" if label == "accuracy" else "top-1 match with the dense model")
+          lower_is_better=False,
+          help="on the test split" if label == "accuracy" else "top-1 match with the dense model")
     _card(top[1], "p50 latency", formatting.milliseconds(latency), formatting.change(latency, dense_latency),
           help="ONNX Runtime on CPU, batch 1, 2 threads")
     _card(top[2], "Speedup", "–" if speedup is None else f"{speedup:.2f}×", None,
