@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import PrunelabError
+from core.limits import check_npz, random_count
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DIGITS_FILE = ASSETS / "digits.npz"
@@ -33,6 +34,16 @@ class Dataset:
     x_train: np.ndarray | None = None
     y_train: np.ndarray | None = None
     synthetic: bool = False  # seeded random inputs: fit for agreement, not for statistics
+    origin: dict = field(default_factory=dict)  # split -> where its items come from, in words
+
+    def describe_splits(self) -> str:
+        """Where each split's items come from, e.g. 'test: x (300 items); val: 20% of x_train held out (96 items)'."""
+        parts = []
+        for split in ("test", "val", "train"):
+            x = getattr(self, f"x_{split}")
+            if x is not None:
+                parts.append(f"{split}: {self.origin.get(split, f'the {split} split')} ({len(x)} items)")
+        return "; ".join(parts)
 
     @property
     def labelled(self) -> bool:
@@ -105,18 +116,23 @@ def digits(size: int = 8) -> Dataset:
             images = stored[f"x_{split}"].astype(np.float32)[:, None] / 16.0  # (n, 1, 8, 8)
             arrays[f"x_{split}"] = images if size == 8 else _upsample(images, size)
             arrays[f"y_{split}"] = stored[f"y_{split}"].astype(np.int64)
-    return Dataset(name=f"digits-{size}x{size}", **arrays)
+    origin = {split: f"the digits {split} split (seeded 60/20/20)" for split in ("train", "val", "test")}
+    return Dataset(name=f"digits-{size}x{size}", origin=origin, **arrays)
 
 
 def load_npz(path: str | Path, input_shape: tuple[int, ...] | None = None) -> Dataset:
     """Read a user's ``.npz`` with ``x`` (and ``y``; optionally ``x_train``/``y_train``, ``x_val``/``y_val``).
 
-    Without a val split, the first half of the test data doubles as val.
+    Tuning (sensitivity, allocation, BatchNorm re-estimation, calibration) never sees the items
+    accuracy is measured on: without ``x_val``, a seeded VAL_SHARE of ``x_train`` is held out as val
+    (and not trained on); without either, VAL_SHARE of ``x`` is held out as val and the test split is
+    the rest. ``Dataset.describe_splits`` says which happened.
     Raises PrunelabError naming the file for a missing, unreadable or ill-shaped file.
     """
     path = Path(path)
     if not path.is_file():
         raise PrunelabError(f"data file not found: {path}")
+    check_npz(path)  # sizes and types from the headers, before anything is decompressed
     try:
         with np.load(path, allow_pickle=False) as stored:
             arrays = {key: stored[key] for key in stored.files}
@@ -129,9 +145,6 @@ def load_npz(path: str | Path, input_shape: tuple[int, ...] | None = None) -> Da
     if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape[1:]):
         raise PrunelabError(f"data file {path}: x has items of shape {tuple(x.shape[1:])}, "
                             f"the model takes {tuple(input_shape[1:])}")
-    half = max(1, len(x) // 2)
-    x_val = np.asarray(arrays.get("x_val", x[:half]), dtype=np.float32)
-    y_val = _labels(arrays.get("y_val", None if y is None else y[:half]), len(x_val), path, "y_val")
     x_train = arrays.get("x_train")
     y_train = _labels(arrays.get("y_train"), 0 if x_train is None else len(x_train), path, "y_train")
     if x_train is not None:
@@ -139,8 +152,37 @@ def load_npz(path: str | Path, input_shape: tuple[int, ...] | None = None) -> Da
         if x_train.shape[1:] != x.shape[1:]:
             raise PrunelabError(f"data file {path}: x_train items {x_train.shape[1:]} differ from x items "
                                 f"{x.shape[1:]}")
+    origin = {"test": "x", "train": "x_train"}
+    if "x_val" in arrays:
+        x_val = np.asarray(arrays["x_val"], dtype=np.float32)
+        y_val = _labels(arrays.get("y_val"), len(x_val), path, "y_val")
+        origin["val"] = "x_val"
+    elif x_train is not None and len(x_train) >= 2:
+        keep, held = _hold_out(len(x_train))
+        x_val, y_val = x_train[held], None if y_train is None else y_train[held]
+        x_train, y_train = x_train[keep], None if y_train is None else y_train[keep]
+        origin.update(val=f"{VAL_SHARE:.0%} of x_train held out", train="the rest of x_train")
+    elif len(x) >= 2:
+        keep, held = _hold_out(len(x))
+        x_val, y_val = x[held], None if y is None else y[held]
+        x, y = x[keep], None if y is None else y[keep]
+        origin.update(val=f"{VAL_SHARE:.0%} of x held out (no x_val or x_train in the file)",
+                      test=f"the other {1 - VAL_SHARE:.0%} of x")
+    else:
+        raise PrunelabError(f"data file {path} has {len(x)} item(s) and no x_val or x_train: add x_val/y_val "
+                            f"(or x_train/y_train) so tuning never uses the test items")
     return Dataset(name=path.name, x_test=x, y_test=y, x_val=x_val, y_val=y_val,
-                   x_train=x_train, y_train=y_train)
+                   x_train=x_train, y_train=y_train, origin=origin)
+
+
+VAL_SHARE = 0.2
+
+
+def _hold_out(count: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded indices ``(kept, held out)`` holding out VAL_SHARE of ``count`` items (at least one) as val."""
+    order = np.random.default_rng(seed).permutation(count)
+    held = max(1, int(round(VAL_SHARE * count)))
+    return np.sort(order[held:]), np.sort(order[:held])
 
 
 def _labels(labels, count: int, path: Path, key: str) -> np.ndarray | None:
@@ -157,7 +199,14 @@ def _labels(labels, count: int, path: Path, key: str) -> np.ndarray | None:
 
 def random_data(input_shape: tuple[int, ...], count: int = 256, seed: int = 0) -> Dataset:
     """Seeded random inputs with no labels: prunelab then reports agreement, never accuracy."""
+    item_shape = tuple(input_shape[1:])
+    count = random_count(item_shape, count)  # fewer items for big inputs; refuses one that cannot fit
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((count, *input_shape[1:])).astype(np.float32)
+    x = np.empty((count, *item_shape), dtype=np.float32)
+    step = max(1, 2**24 // max(1, 8 * x[0].size))  # float64 draws in ~16 MB slices: the same values, bounded memory
+    for start in range(0, count, step):
+        x[start:start + step] = rng.standard_normal((min(step, count - start), *item_shape))
     half = count // 2
-    return Dataset(name=f"random-{seed}", x_test=x[half:], y_test=None, x_val=x[:half], y_val=None, synthetic=True)
+    origin = {"test": f"seeded random inputs (seed {seed})", "val": "other seeded random inputs"}
+    return Dataset(name=f"random-{seed}", x_test=x[half:], y_test=None, x_val=x[:half], y_val=None, synthetic=True,
+                   origin=origin)

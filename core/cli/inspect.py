@@ -25,5 +25,6 @@ def run(args) -> int:
               f"{macs:>12} {row['stats']['abs_p50']:>8.4f}")
     totals = report["totals"]
     print(f"{totals['layers']} layers, {totals['params']:,} parameters ({totals['prunable_params']:,} prunable, "
-          f"{totals['sparsity']:.1%} zero), {totals['macs']:,} MACs per item")
+          f"{totals['sparsity']:.1%} zero), {'-' if totals['macs'] is None else format(totals['macs'], ',')} "
+          "MACs per item")
     return 0

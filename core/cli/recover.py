@@ -13,7 +13,16 @@ import sys
 
 import torch
 
-from core.api import Plan, finetune, gradual_prune, iterative_prune, lottery_ticket, measure_recovered, write_atomic
+from core.api import (
+    LiveEvaluator,
+    Plan,
+    finetune,
+    gradual_prune,
+    iterative_prune,
+    lottery_ticket,
+    torch_outputs,
+    write_atomic,
+)
 from core.cli.evaluate import load_plan, progress
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.errors import PrunelabError
@@ -59,9 +68,11 @@ def finetuned(handle, plan: Plan, pruned, report: dict, args) -> tuple[dict, obj
     progress(f"fine-tuning {args.finetune} epochs with the masks held")
     result = finetune(handle, plan, args.finetune, lr=args.lr, seed=plan.seed, pruned=pruned,
                                on_epoch=EpochBar(args.finetune, "fine-tuning"))
-    metrics, artifact = measure_recovered(handle, result.module, threads=args.threads, batch_size=args.batch_size,
-                                          quantize=args.quantize, live=False)
+    evaluator = LiveEvaluator(handle.with_module(result.module), threads=args.threads, batch_size=args.batch_size,
+                              quantize=args.quantize, live=False)
+    measured, artifact, _ = evaluator.measure_artifact(None)
     accuracy = result.accuracy
+    metrics = {**measured["pruned"], "agreement": _agreement(handle, result.module)}
     report = {**report, "one_shot": report["pruned"], "pruned": metrics, "recovery": result.summary()}
     if accuracy["recovered"] is not None:
         report["notes"] = [f"fine-tuned {len(result.history)} epochs with pruned weights held at zero: test accuracy "
@@ -69,6 +80,12 @@ def finetuned(handle, plan: Plan, pruned, report: dict, args) -> tuple[dict, obj
                            f"(dense {accuracy['dense']:.1%}); {result.sparsity:.1%} of prunable weights zero"
                            ] + report["notes"]
     return report, artifact
+
+
+def _agreement(handle, module) -> float:
+    """Top-1 match of ``module`` with the dense model on the test inputs."""
+    dense, recovered = torch_outputs(handle.module, handle.data.x_test), torch_outputs(module, handle.data.x_test)
+    return float((dense.argmax(1) == recovered.argmax(1)).mean())
 
 
 def register(subparsers) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from core.api import DEFAULT_LEVELS, SWEPT_GRANULARITIES, parse_levels, sensitivity
+from core.api import DEFAULT_LEVELS, SWEPT_GRANULARITIES, parse_levels, sensitivity, writable_home
 from core.cli.options import add_model_arguments, model_from, print_json
 
 SHADES = " .:-=+*#%@"  # no drop ... a drop of 50 points or more
@@ -41,6 +41,7 @@ class ProgressBar:
 
 def run(args) -> int:
     levels = parse_levels(args.levels) if args.levels else DEFAULT_LEVELS
+    writable_home()  # the sweep is cached there: a read-only home should fail now, not after the sweep
     result = sensitivity(model_from(args), granularity=args.granularity, criterion=args.criterion, levels=levels,
                          progress=ProgressBar(), max_items=args.max_items)
     if args.json:

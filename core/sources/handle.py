@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +60,9 @@ class ModelHandle:
             raise PrunelabError(f"{self.name}: {reason}")
 
     def with_module(self, module: nn.Module) -> ModelHandle:
-        """The same model source, data and input shape around another ``module`` (a pruned or
-        fine-tuned copy); its digest is computed afresh from the new weights."""
-        return replace(self, module=module, _digest=None)
+        """This handle with another module of the same model (a fine-tuned copy), digested afresh."""
+        return ModelHandle(self.name, self.source, module, self.input_shape, self.data, self.onnx_path,
+                           self.description, self.fixed_batch)
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """Real inputs from the data when there are enough, shaped ``(batch, *input_shape[1:])``."""

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import pickle
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from torch import nn
 
 from core.data import Dataset, load_npz, random_data
 from core.errors import PrunelabError, error_line
+from core.limits import clip
 from core.sources.handle import ModelHandle
 from core.zoo.registry import BUILTINS, builtin
 
@@ -56,7 +57,7 @@ def load_model(spec: str, input_shape: tuple[int, ...] | str | None = None, weig
 def _builtin(name: str, weights) -> ModelHandle:
     spec = builtin(name)
     module = spec.factory()
-    module.load_state_dict(_state_dict(weights or spec.weights))
+    _load_weights(module, weights or spec.weights, name)
     return ModelHandle(name=name, source="builtin", module=module.eval(), input_shape=spec.input_shape,
                        data=spec.data(), description=spec.description)
 
@@ -74,11 +75,7 @@ def _factory(spec: str, weights) -> ModelHandle:
     if not isinstance(model, nn.Module):
         raise PrunelabError(f"the factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
-        try:
-            model.load_state_dict(_state_dict(weights))
-        except RuntimeError as error:
-            first = str(error).strip().splitlines()
-            raise PrunelabError(f"weights {weights} do not fit {spec}: {' '.join(first[:2])}") from None
+        _load_weights(model, weights, spec)
     return ModelHandle(name=function_name, source="factory", module=model.eval(), input_shape=(),
                        data=None, description=spec)
 
@@ -103,13 +100,38 @@ def _import(location: str):
         raise PrunelabError(f"cannot import module '{location}': {error}") from None
 
 
+def _load_weights(model: nn.Module, weights, spec: str) -> None:
+    """Load a state dict file into ``model``; PrunelabError naming the first keys or shapes that differ."""
+    try:
+        model.load_state_dict(_state_dict(weights))
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).strip().splitlines()[1:3]]
+        raise PrunelabError(f"weights {weights} do not fit {spec}: {clip(' '.join(lines))}") from None
+
+
+def _torch_load(path: Path, weights_only: bool):
+    """torch.load on the CPU with torch's warnings (old formats, changed sources) kept off the terminal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+
+
+def _looks_like_torch(path: Path) -> bool:
+    """True for a zip archive (torch.save's format) or a pickle stream (its older format)."""
+    with open(path, "rb") as stream:
+        head = stream.read(2)
+    return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
 def _state_dict(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise PrunelabError(f"weights file not found: {path}")
+    if not _looks_like_torch(path):
+        raise PrunelabError(f"cannot read weights {path}: not a PyTorch file (torch.save writes a zip archive)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        state = _torch_load(path, weights_only=True)
+    except Exception as error:  # torch raises many kinds for a damaged or foreign file
         raise PrunelabError(f"cannot read weights {path}: not a state dict saved by torch.save "
                             f"({error.__class__.__name__})") from None
     if not isinstance(state, dict):
@@ -148,18 +170,20 @@ def _dynamic_batch(placeholder) -> bool:
 
 
 def _pickled(path: Path, trust: bool) -> ModelHandle:
+    if not _looks_like_torch(path):
+        raise PrunelabError(f"cannot read {path}: not a PyTorch file (neither torch.save's zip archive nor a pickle)")
     if not trust:
         try:
-            torch.load(path, map_location="cpu", weights_only=True)
+            _torch_load(path, weights_only=True)
         except Exception:
             raise PrunelabError(f"{path} is a pickled module; loading it runs code from the file, so pass "
                                 f"--trust only if you trust its author") from None
         raise PrunelabError(f"{path} holds weights, not a model: pass the architecture as file.py:factory "
                             f"with --weights {path}")
     try:
-        model = torch.load(path, map_location="cpu", weights_only=False)
+        model = _torch_load(path, weights_only=False)
     except Exception as error:
-        raise PrunelabError(f"cannot unpickle {path}: {error_line(error, with_type=True)}") from None
+        raise PrunelabError(f"cannot unpickle {path}: {clip(error_line(error, with_type=True))}") from None
     if not isinstance(model, nn.Module):
         raise PrunelabError(f"{path} holds a {type(model).__name__}, not a torch.nn.Module")
     return ModelHandle(name=path.stem, source="pickle", module=model.eval(), input_shape=(), data=None,
@@ -192,8 +216,19 @@ def _finish(handle: ModelHandle, shape, data) -> ModelHandle:
         dataset = handle.data or random_data(handle.input_shape)
     dataset.check_shape(handle.input_shape)
     handle.data = dataset
+    _check_finite(handle)
     _check_forward(handle)
     return handle
+
+
+def _check_finite(handle: ModelHandle) -> None:
+    """Refuse weights holding NaN or infinity: every measurement of such a model would be meaningless."""
+    if handle.module is None:
+        return
+    for name, tensor in handle.module.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise PrunelabError(f"{handle.name}: weight '{clip(name, 80)}' holds NaN or infinite values; "
+                                f"prunelab measures finite weights only")
 
 
 def _check_forward(handle: ModelHandle) -> None:
