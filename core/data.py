@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import PrunelabError
+from core.files import ASSETS
 from core.limits import check_npz, random_count
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DIGITS_FILE = ASSETS / "digits.npz"
 SPLIT_SEED = 0
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from torch import nn
 
-from core.data import ASSETS, Dataset, digits
+from core.data import Dataset, digits
 from core.errors import PrunelabError
+from core.files import ASSETS
 from core.zoo.models import DigitsCNN, DigitsMLP, DigitsResNet
 
 WEIGHTS = ASSETS / "weights"
