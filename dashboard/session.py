@@ -86,7 +86,8 @@ def use_source(spec: str, weights: str | None = None, trust: bool = False, data:
         consent.check_source(candidate, current, api.builtin_models())  # code needs --allow-code and a tick
         _load(**candidate)
     except Exception:
-        uploads.discard(*(candidate[key] for key in ("spec", "weights", "data") if candidate[key] not in current.values()))
+        uploads.discard(*(candidate[key] for key in ("spec", "weights", "data")
+                          if candidate[key] not in current.values()))
         raise
     state.set_source(candidate)
 
