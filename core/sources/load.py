@@ -8,6 +8,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
@@ -190,8 +191,6 @@ def _pickled(path: Path, trust: bool) -> ModelHandle:
 
 
 def _onnx(path: Path, trust: bool) -> ModelHandle:
-    import onnx
-
     try:
         graph = onnx.load(str(path))
         onnx.checker.check_model(graph)
@@ -239,7 +238,8 @@ def _check_forward(handle: ModelHandle) -> None:
         with torch.no_grad():
             output = handle.module(handle.example_input(handle.fixed_batch or 2))
     except Exception as error:
-        raise PrunelabError(f"{handle.name} cannot take input of shape {handle.input_shape}: {error_line(error)}") from None
+        raise PrunelabError(f"{handle.name} cannot take input of shape {handle.input_shape}: "
+                            f"{error_line(error)}") from None
     if not isinstance(output, torch.Tensor) or output.ndim != 2:
         raise PrunelabError(f"{handle.name} must return one tensor of shape (batch, classes); "
                             f"got {getattr(output, 'shape', type(output).__name__)}")
