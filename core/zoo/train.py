@@ -68,7 +68,7 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", default=list(BUILTINS))
+    parser.add_argument("names", nargs="*", default=[name for name, spec in BUILTINS.items() if spec.trainable])
     parser.add_argument("--epochs", type=int, default=None)
     args = parser.parse_args(argv)
     if not DIGITS_FILE.exists():
