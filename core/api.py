@@ -7,12 +7,12 @@ from core.errors import PrunelabError
 from core.deploy.evaluate import LiveEvaluator, evaluate
 from core.deploy.export import export_onnx
 from core.inspect import inspect_model, weight_histogram
-from core.prune.plan import Plan
+from core.prune.plan import CRITERIA, GRANULARITIES, SCOPES, Plan, granularity_kind
 from core.history.plan_formats import export_plan, plan_layers
 from core.history.report import build_report, write_report
 from core.history.compare import compare_runs, pareto_front
 from core.history.runs import delete_run, get_run, list_runs, record_run
-from core.search.sensitivity import sensitivity
+from core.search.sensitivity import SWEPT_GRANULARITIES, sensitivity
 from core.sources import ModelHandle, load_model
 
 
@@ -60,7 +60,8 @@ def channel_importance(handle: ModelHandle, layer: str, criterion: str = "l1", s
     return {"scores": scores.tolist(), "removed": removed}
 
 
-__all__ = ["ModelHandle", "load_model", "inspect", "histogram", "Plan", "PruneResult", "apply_plan",
+__all__ = ["ModelHandle", "load_model", "inspect", "histogram", "Plan", "GRANULARITIES", "CRITERIA", "SCOPES",
+           "granularity_kind", "SWEPT_GRANULARITIES", "PruneResult", "apply_plan",
            "coupled_groups", "channel_importance", "evaluate", "LiveEvaluator", "export_onnx",
            "sensitivity", "allocate"]
 __all__ += ["record_run", "list_runs", "get_run", "delete_run", "compare_runs", "pareto_front",

@@ -16,7 +16,7 @@ import uuid
 
 import streamlit as st
 
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
 from dashboard.session import _evaluator, _lock, baseline, model, model_key, plan, plan_object
 
 __all__ = ['RECOVERED', 'RECOVERY', 'RECOVERY_METHODS', 'RecoveryJob', '_recover', '_recovered_metrics', 'discard_recovered', 'finish_recovery', 'recovered_active', 'recovered_artifact', 'recovered_report', 'recovery_epochs', 'recovery_job', 'schedule_curve', 'start_recovery', 'stop_recovery']
@@ -91,8 +91,7 @@ def _recover(job: RecoveryJob, handle, key: str) -> None:
     except PrunelabError as error:
         job.error = str(error)
     except Exception as error:  # anything else from the engine: one line for the page
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        job.error = f"{error.__class__.__name__}: {first}"
+        job.error = error_line(error, with_type=True)
 
 
 def _recovered_metrics(handle, result, plan, key: str) -> dict:

@@ -35,7 +35,7 @@ import threading
 import streamlit as st
 
 from core import api
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
 from core.zoo.registry import BUILTINS, DEFAULT_MODEL
 from dashboard.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, _UPLOADS, save_upload, shown  # noqa: F401
 
@@ -47,8 +47,8 @@ LAST_REPORT = "prunelab.report"  # the last measured report, for pages that only
 QUANTIZE = "prunelab.quantize"  # None, or an INT8 mode of core.deploy.quantize applied before measuring
 SENSITIVITY = "prunelab.sensitivity"  # the last sensitivity sweep result (set by the Sensitivity page)
 
-GRANULARITIES = ("unstructured", "channel", "2:4")
-SCOPES = ("layer", "global")
+GRANULARITIES = api.GRANULARITIES
+SCOPES = api.SCOPES
 MAX_SPARSITY = 0.95
 _LOCKS: dict[str, threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()
@@ -64,8 +64,7 @@ def guard(what: str = ""):
     except PrunelabError as error:
         st.error(shown(f"{what}: {error}" if what else str(error)))
     except Exception as error:  # anything else from the engine: one line, no traceback
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        st.error(shown(f"{what + ': ' if what else ''}{error.__class__.__name__}: {first}"))
+        st.error(shown(f"{what + ': ' if what else ''}{error_line(error, with_type=True)}"))
 
 
 def _lock(key: str) -> threading.RLock:
@@ -285,10 +284,8 @@ def plan_yaml() -> str:
 
 def criteria_for(granularity: str) -> list[str]:
     """The criteria that can rank weights at ``granularity`` (bn_scale and fpgm rank channels only)."""
-    from core.prune.plan import CRITERIA
-
-    kind = "N:M" if ":" in granularity else granularity
-    return [name for name, kinds in CRITERIA.items() if kind in kinds]
+    kind = api.granularity_kind(granularity)
+    return [name for name, kinds in api.CRITERIA.items() if kind in kinds]
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

@@ -14,7 +14,7 @@ import threading
 import streamlit as st
 
 from core import api
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
 from dashboard.session import MAX_SPARSITY, SENSITIVITY, _lock, model, model_key, plan, update_plan
 
 __all__ = ['SWEEP', 'SweepJob', '_sweep', 'allocate_available', 'auto_allocate', 'finish_sensitivity', 'start_sensitivity', 'stop_sensitivity', 'sweep_job']
@@ -49,8 +49,7 @@ def _sweep(job: SweepJob, handle) -> None:
     except PrunelabError as error:
         job.error = str(error)
     except Exception as error:  # anything else from the engine: one line for the page
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        job.error = f"{error.__class__.__name__}: {first}"
+        job.error = error_line(error, with_type=True)
 
 
 def start_sensitivity(granularity: str, criterion: str, levels: list[float], max_items: int | str = "auto") -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from core.prune.plan import Plan
 from core.history.plan_formats import FORMATS, export_plan, plan_layers
-from core.history.runs import write_atomic
+from core.files import write_atomic
 
 
 def register(subparsers) -> None:

@@ -20,7 +20,7 @@ from core.cli.options import add_model_arguments, model_from, print_json
 from core.cli.recover import add_finetune_arguments, finetuned
 from core.errors import PrunelabError
 from core.deploy.evaluate import LiveEvaluator
-from core.deploy.export import write_atomic
+from core.files import write_atomic
 
 FILES = ("model.onnx", "state_dict.pt", "model.pt2", "plan.yaml", "report.json")
 

@@ -18,7 +18,7 @@ from core.train import recovery
 from core.cli.evaluate import load_plan, progress
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.errors import PrunelabError
-from core.deploy.export import write_atomic
+from core.files import write_atomic
 from core.prune.plan import Plan
 
 METHODS = ("gradual", "iterative", "lottery")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from core.api import sensitivity
+from core.api import SWEPT_GRANULARITIES, sensitivity
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.search.sensitivity import DEFAULT_LEVELS, parse_levels
 
@@ -13,7 +13,7 @@ SHADES = " .:-=+*#%@"  # no drop ... a drop of 50 points or more
 def register(subparsers) -> None:
     parser = subparsers.add_parser("sensitivity", help="per-layer accuracy and loss against sparsity")
     add_model_arguments(parser)
-    parser.add_argument("--granularity", choices=("unstructured", "channel"), default="unstructured")
+    parser.add_argument("--granularity", choices=SWEPT_GRANULARITIES, default="unstructured")
     parser.add_argument("--criterion", default="l1", help="how weights or channels are ranked (default l1)")
     parser.add_argument("--levels", help=f"sparsities to try (default {','.join(f'{level:g}' for level in DEFAULT_LEVELS)})")
     parser.add_argument("--max-items", default="auto", metavar="N|all|auto",

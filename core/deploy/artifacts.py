@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
 
 STATE_FILE = "state_dict.pt"
 PROGRAM_FILE = "model.pt2"
@@ -47,7 +47,7 @@ def _export(module: nn.Module, example_input: torch.Tensor):
         except Exception as failure:  # arbitrary user code may not be exportable
             error = failure
     raise PrunelabError(f"torch.export cannot capture the pruned model for {PROGRAM_FILE}: "
-                        f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+                        f"{error_line(error, with_type=True)}") from None
 
 
 def load_pruned(out_dir) -> nn.Module:

@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.errors import PrunelabError
-from core.deploy.export import INPUT_NAME
+from core.errors import PrunelabError, error_line
 
 # Full measurement (CLI, API): at least this many timed runs and this many seconds.
 MIN_RUNS = 30
@@ -63,8 +62,7 @@ def create_session(model_bytes: bytes, threads: int = 2):
     try:
         session = ort.InferenceSession(model_bytes, session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types
-        text = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        raise PrunelabError(f"ONNX Runtime cannot load the model: {text[:300]}") from None
+        raise PrunelabError(f"ONNX Runtime cannot load the model: {error_line(error)[:300]}") from None
     return session, (time.perf_counter() - started) * 1000.0
 
 
@@ -79,8 +77,7 @@ def run_batched(session, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
         try:
             outputs.append(session.run(None, {name: np.ascontiguousarray(x[start:start + batch_size])})[0])
         except Exception as error:  # shape or type mismatch with the user's data
-            text = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-            raise PrunelabError(f"ONNX Runtime cannot run the model on the data: {text[:300]}") from None
+            raise PrunelabError(f"ONNX Runtime cannot run the model on the data: {error_line(error)[:300]}") from None
     return np.concatenate(outputs).reshape(len(x), -1)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from core.data import Dataset
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
 
 MODES = ("int8", "int8-static", "int8-dynamic")
 CALIBRATION_ITEMS = 128
@@ -85,6 +85,5 @@ def quantize_model(model_bytes: bytes, data: Dataset, mode: str = "int8") -> byt
             else:
                 quantize_dynamic(str(prepared), str(output), weight_type=QuantType.QInt8)
         except Exception as error:  # the quantizer raises many kinds for graphs it cannot handle
-            text = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-            raise PrunelabError(f"{resolved} quantization failed: {text[:300]}") from None
+            raise PrunelabError(f"{resolved} quantization failed: {error_line(error)[:300]}") from None
         return output.read_bytes()

@@ -16,7 +16,8 @@ import plotly.graph_objects as go
 
 from core.errors import PrunelabError
 from core.history.compare import flat_metrics, pareto_indices, planned_sparsity
-from core.history.runs import Run, get_run, write_atomic
+from core.files import write_atomic
+from core.history.runs import Run, get_run
 
 TABLE_METRICS = ["accuracy", "agreement", "loss", "latency_ms.p50", "latency_ms.p90", "throughput", "sparsity",
                  "params", "nonzero_params", "macs", "onnx_bytes", "compressed_bytes", "max_abs_diff"]

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sqlite3
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -27,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from core.errors import PrunelabError
+from core.files import home, write_atomic
 
 BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -53,11 +52,6 @@ MIGRATIONS = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def home() -> Path:
-    """prunelab's data directory: ``$PRUNELAB_HOME`` or ``~/.prunelab``, read at each call."""
-    return Path(os.environ.get("PRUNELAB_HOME") or Path.home() / ".prunelab")
 
 
 @dataclass(frozen=True)
@@ -304,28 +298,6 @@ def _finite(value):
     if isinstance(value, (list, tuple)):
         return [_finite(item) for item in value]
     return value
-
-
-def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``.
-
-    A reader sees the old file or the whole new one, never a part; a crash leaves at most a
-    ``.tmp`` file beside it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode() if isinstance(data, str) else bytes(data)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # The module-level API uses the store under home(), looked up at each call.

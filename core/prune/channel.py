@@ -18,7 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from core.prune import criteria
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
 from core.inspect import final_classifier
 from core.prune.result import PruneResult
 
@@ -53,8 +53,8 @@ def build_graph(module: nn.Module, example_input: torch.Tensor):
             warnings.simplefilter("ignore")
             return tp.DependencyGraph().build_dependency(module, example_inputs=example_input)
     except Exception as error:  # tracing of arbitrary user code: report, never crash
-        raise PrunelabError(f"the dependency graph cannot trace this model: {type(error).__name__}: "
-                            f"{str(error).splitlines()[0] if str(error) else ''}") from None
+        raise PrunelabError(f"the dependency graph cannot trace this model: "
+                            f"{error_line(error, with_type=True)}") from None
 
 
 def _module_names(module: nn.Module, graph) -> dict:
@@ -305,8 +305,7 @@ def _check_output(module: nn.Module, example_input: torch.Tensor, dense_output) 
     try:
         output = _run(module, example_input)
     except Exception as error:
-        raise PrunelabError(f"the channel-pruned model fails to run ({type(error).__name__}: "
-                            f"{str(error).splitlines()[0] if str(error) else ''}); ignore the layers "
+        raise PrunelabError(f"the channel-pruned model fails to run ({error_line(error, with_type=True)}); ignore the layers "
                             "involved or use unstructured pruning") from None
     shape = lambda value: tuple(value.shape) if isinstance(value, torch.Tensor) else None  # noqa: E731
     if shape(output) != shape(dense_output):

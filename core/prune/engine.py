@@ -15,7 +15,7 @@ from core.prune import batchnorm, channel, criteria, nm, unstructured
 from core.data import Dataset
 from core.errors import PrunelabError
 from core.inspect import final_classifier, prunable_layers
-from core.prune.plan import Plan
+from core.prune.plan import Plan, granularity_kind
 from core.prune.result import Job, PruneResult
 
 
@@ -90,7 +90,7 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     ``example_input`` drives the dependency graph and finds the final classifier, defaulting to
     one item of the handle's data. Raises PrunelabError for a plan the model cannot take.
     """
-    kind = "N:M" if plan.nm else plan.granularity
+    kind = granularity_kind(plan.granularity)
     if hasattr(model, "require"):
         model.require(OPERATIONS[kind])
     module, data, example_input = _unpack(model, data, example_input)

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import yaml
 
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
 
-GRANULARITIES = ("unstructured", "channel")  # plus "N:M" strings such as "2:4"
+# Every granularity a plan takes, in the order they are offered; "2:4" stands for any "N:M" string
+# (at least N zeros in every M weights).
+GRANULARITIES = ("unstructured", "channel", "2:4")
 SCOPES = ("layer", "global")
 # Criterion name -> the granularities it applies to. core.prune.criteria registers a score function for each.
 CRITERIA = {
@@ -38,6 +40,11 @@ def parse_nm(granularity: str) -> tuple[int, int] | None:
     """``(n, m)`` for an N:M granularity such as ``"2:4"``, else None."""
     match = NM_PATTERN.match(granularity)
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def granularity_kind(granularity: str) -> str:
+    """``"N:M"`` for an N:M granularity, else the granularity itself (the keys of CRITERIA's values)."""
+    return "N:M" if parse_nm(granularity) else granularity
 
 
 def _fraction(value, what: str) -> float:
@@ -79,15 +86,14 @@ class Plan:
     def __post_init__(self) -> None:
         if not isinstance(self.granularity, str) or (
                 self.granularity not in GRANULARITIES and parse_nm(self.granularity) is None):
-            raise PrunelabError(f"granularity must be one of {', '.join(GRANULARITIES)} or 'N:M' "
-                                f"such as '2:4', got {self.granularity!r}")
+            raise PrunelabError(f"granularity must be one of {', '.join(GRANULARITIES)} (or any 'N:M'), "
+                                f"got {self.granularity!r}")
         nm = parse_nm(self.granularity)
         if nm is not None and not 0 < nm[0] < nm[1]:
             raise PrunelabError(f"granularity {self.granularity!r}: N:M needs 0 < N < M")
         if self.criterion not in CRITERIA:
             raise PrunelabError(f"unknown criterion {self.criterion!r} (criteria: {', '.join(CRITERIA)})")
-        kind = "N:M" if nm else self.granularity
-        if kind not in CRITERIA[self.criterion]:
+        if granularity_kind(self.granularity) not in CRITERIA[self.criterion]:
             raise PrunelabError(f"criterion {self.criterion!r} ranks channels only, not {self.granularity} weights")
         if self.scope not in SCOPES:
             raise PrunelabError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
@@ -197,7 +203,7 @@ class Plan:
             values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as error:
             raise PrunelabError(f"plan file {path.name} is not valid {path.suffix[1:].upper()}: "
-                                f"{str(error).splitlines()[0]}") from None
+                                f"{error_line(error)}") from None
         return cls.from_dict(values or {})
 
     def validate_for(self, module) -> None:

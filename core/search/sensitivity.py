@@ -28,10 +28,12 @@ from core.cache import ResultCache, cache_key
 from core.prune import batchnorm
 from core.errors import PrunelabError
 from core.deploy.measure import total_macs
+from core.prune.plan import GRANULARITIES, Plan, granularity_kind
 from core.sources import ModelHandle
 
 DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-GRANULARITIES = ("unstructured", "channel")
+# Sweeps cut one layer or channel group at a time; N:M patterns are not swept.
+SWEPT_GRANULARITIES = tuple(name for name in GRANULARITIES if granularity_kind(name) != "N:M")
 CACHE_VERSION = 4
 LATENCY_RUNS = 30
 LATENCY_SECONDS = 0.05
@@ -140,13 +142,12 @@ def sensitivity(handle: ModelHandle, granularity: str = "unstructured", criterio
     Raises PrunelabError for an unknown granularity or criterion, bad levels or a model source
     that cannot be pruned this way.
     """
-    if granularity not in GRANULARITIES:
-        raise PrunelabError(f"sensitivity granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    if granularity not in SWEPT_GRANULARITIES:
+        raise PrunelabError(f"sensitivity granularity must be one of {', '.join(SWEPT_GRANULARITIES)}, "
+                            f"got {granularity!r}")
     handle.require(granularity)
     if handle.module is None:
         raise PrunelabError(f"{handle.name}: sensitivity needs the PyTorch model")
-    from core.prune.plan import Plan
-
     Plan(granularity=granularity, criterion=criterion, sparsity=0.0)  # validates the pair
     levels = check_levels(levels)
     available = len(split_arrays(handle, split)[0])

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from core.data import Dataset, load_npz, load_text, random_data
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
 from core.sources import huggingface
 from core.sources.handle import ModelHandle
 from core.zoo.registry import BUILTINS, builtin
@@ -99,7 +99,7 @@ def seeded_call(factory, spec: str):
         try:
             return factory()
         except Exception as error:
-            raise PrunelabError(f"the factory {spec} raised {error.__class__.__name__}: {error}") from None
+            raise PrunelabError(f"the factory {spec} raised {error_line(error, with_type=True)}") from None
 
 
 def _load_weights(model: nn.Module, state: dict, failure: str) -> None:
@@ -131,7 +131,7 @@ def _import(location: str):
         try:
             module_spec.loader.exec_module(namespace)
         except Exception as error:
-            raise PrunelabError(f"importing {path} raised {error.__class__.__name__}: {error}") from None
+            raise PrunelabError(f"importing {path} raised {error_line(error, with_type=True)}") from None
         return namespace
     try:
         return importlib.import_module(location)
@@ -200,7 +200,7 @@ def _pickled(path: Path, trust: bool) -> ModelHandle:
     try:
         model = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
-        raise PrunelabError(f"cannot unpickle {path}: {error.__class__.__name__}: {error}") from None
+        raise PrunelabError(f"cannot unpickle {path}: {error_line(error, with_type=True)}") from None
     if not isinstance(model, nn.Module):
         raise PrunelabError(f"{path} holds a {type(model).__name__}, not a torch.nn.Module")
     return ModelHandle(name=path.stem, source="pickle", module=model.eval(), input_shape=(), data=None,
@@ -264,7 +264,7 @@ def _check_forward(handle: ModelHandle) -> None:
     try:
         output = _forward(handle)
     except Exception as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+        message = error_line(error)
         if not any(word in message for word in DTYPE_WORDS):
             raise PrunelabError(f"{handle.name} cannot take input of shape {handle.input_shape}: {message}") from None
         if not handle.data.integer or handle.vocab_size is not None:
