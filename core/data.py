@@ -66,6 +66,14 @@ class Dataset:
         """True for token ids (int64 inputs), False for float32 inputs."""
         return bool(np.issubdtype(self.x_test.dtype, np.integer))
 
+    def head(self, count: int) -> "Dataset":
+        """The first ``count`` test items (everything else kept), for measuring big models within bounds."""
+        if count >= len(self.x_test):
+            return self
+        y_test = None if self.y_test is None else self.y_test[:count]
+        return Dataset(f"{self.name}, first {count} of {len(self.x_test)} items", self.x_test[:count], y_test,
+                       self.x_val, self.y_val, self.x_train, self.y_train, self.synthetic)
+
     def as_float(self) -> "Dataset":
         """The same data with float32 inputs (integer features fed to a float model)."""
         def cast(x):

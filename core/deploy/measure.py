@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.deploy import fidelity
 from core.errors import PrunelabError, error_line
 
 # Full measurement (CLI, API): at least this many timed runs and this many seconds.
@@ -127,20 +128,32 @@ def _latency_summary(milliseconds: np.ndarray, items: int) -> dict:
             "throughput": float(items / (mean / 1000.0)) if mean > 0 else None, "runs": len(milliseconds)}
 
 
-def quality(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None) -> dict:
-    """Top-1 accuracy and cross-entropy loss against ``labels`` (None without labels), and
-    agreement: the share of items whose top-1 class matches the ``reference`` (dense) logits."""
+def quality(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None,
+            kind: str = "logits") -> dict:
+    """How good the outputs are: against ``labels`` when there are any, and against the ``reference``
+    (dense) outputs always (None: these are the dense outputs).
+
+    Logits: top-1 accuracy and cross-entropy loss (None without labels), top-1 ``agreement``,
+    ``output_error`` and ``kl`` (see core.deploy.fidelity) and ``classes_predicted``; ``label`` names
+    the headline figure, 'accuracy' or 'agreement'. Embeddings (``kind="embedding"``): ``cosine``
+    (the headline), ``cosine_p5`` and ``neighbour_agreement``, which ``agreement`` repeats.
+    """
+    if kind == "embedding":
+        values = fidelity.embedding_fidelity(logits, reference)
+        return {"accuracy": None, "loss": None, "agreement": values["neighbour_agreement"], **values,
+                "label": "cosine"}
     predicted = logits.argmax(axis=1)
     agreement = 1.0 if reference is None else float((predicted == reference.argmax(axis=1)).mean())
+    extra = {**fidelity.output_fidelity(logits, reference), "classes_predicted": fidelity.classes_predicted(logits)}
     if labels is None:
-        return {"accuracy": None, "loss": None, "agreement": agreement, "label": "agreement"}
+        return {"accuracy": None, "loss": None, "agreement": agreement, "label": "agreement", **extra}
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     if labels.max(initial=0) >= logits.shape[1] or labels.min(initial=0) < 0:
         raise PrunelabError(f"the labels go up to {int(labels.max())} but the model has {logits.shape[1]} outputs")
     loss = float(-log_probabilities[np.arange(len(labels)), labels].mean())
     return {"accuracy": float((predicted == labels).mean()), "loss": loss, "agreement": agreement,
-            "label": "accuracy"}
+            "label": "accuracy", **extra}
 
 
 def sizes(model_bytes: bytes) -> dict:
