@@ -177,14 +177,11 @@ def weight_counts(module: nn.Module) -> dict:
 
 
 def total_macs(module: nn.Module, example_input: torch.Tensor) -> int | None:
-    """Multiply-accumulates per item over the prunable layers (dense kernels: zeros still count).
+    """Multiply-accumulates per item of the whole forward pass (dense kernels: zeros still count),
+    attention matmuls included (see core.inspect.count_macs); None when nothing countable runs."""
+    from core.inspect import count_macs
 
-    None when no layer reports any (a .pt2 program calls its weights without module hooks).
-    """
-    from core.inspect import layer_macs
-
-    macs = layer_macs(module, example_input)
-    return int(sum(macs.values())) if any(macs.values()) else None
+    return count_macs(module, example_input) or None
 
 
 def torch_outputs(module: nn.Module, x: np.ndarray) -> np.ndarray:
