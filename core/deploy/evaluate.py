@@ -46,12 +46,12 @@ LIVE_PARITY_ITEMS = 16
 LIVE_RUNS = 20
 LIVE_SECONDS = 0.15
 # Bounds for big models (a ViT-B/16 is 17.6 GMACs per item): score at most this much work...
-EVALUATION_BUDGET_MACS = 5e11
-MIN_EVALUATION_ITEMS = 16
+EVALUATION_BUDGET_MACS = 2.5e11
+MIN_EVALUATION_ITEMS = 8
 PARITY_BUDGET_MACS = 1e11
 MIN_PARITY_ITEMS = 2
-TIMING_BUDGET_MACS = 3e11  # ... and time fewer runs (at least MIN_BIG_RUNS) when the usual count costs more
-MIN_BIG_RUNS = 10
+TIMING_BUDGET_MACS = 1.5e11  # ... and time fewer runs (at least MIN_BIG_RUNS) when the usual count costs more
+MIN_BIG_RUNS = 8
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def load_model(spec: str, input_shape: tuple[int, ...] | str | None = None, weig
     shape = parse_input_shape(input_shape) if isinstance(input_shape, str) else input_shape
     spec = str(spec).strip()
     if spec in BUILTINS:
-        handle = _builtin(spec, weights)
+        handle = _builtin(spec, weights, shape)
     elif ":" in spec and not Path(spec).exists() and not spec.endswith((".pt2", ".pt", ".pth", ".onnx")):
         handle = _factory(spec, weights)
     else:
@@ -56,14 +56,14 @@ def load_model(spec: str, input_shape: tuple[int, ...] | str | None = None, weig
     return _finish(handle, shape, data)
 
 
-def _builtin(name: str, weights) -> ModelHandle:
+def _builtin(name: str, weights, shape: tuple[int, ...] | None) -> ModelHandle:
     spec = builtin(name)
     if spec.directory is not None:
         if weights is not None:
             raise PrunelabError(f"--weights does not apply to {name}: its weights come with it")
         handle = _adapted(huggingface.load_directory(spec.directory()), name, "builtin", spec.description)
-        handle.input_shape = spec.input_shape
-        handle.data = load_text(spec.text, handle.encode, spec.input_shape[1])
+        handle.input_shape = tuple(shape) if shape and len(shape) == 2 else spec.input_shape
+        handle.data = load_text(spec.text, handle.encode, handle.input_shape[1])
         return handle
     module = spec.factory()
     module.load_state_dict(_state_dict(weights or spec.weights))
