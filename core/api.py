@@ -25,10 +25,13 @@ def inspect(handle: ModelHandle) -> dict:
     return inspect_model(handle.module, handle.example_input())
 
 
-def coupled_groups(module, example_input) -> list[dict]:
-    """Channel dependency groups of ``module`` (see core.prune.channel.coupled_groups)."""
+def coupled_groups(model, example_input=None) -> list[dict]:
+    """Channel dependency groups of a ModelHandle (or of a module and its example input), as
+    ``[{"leader", "members", "channels"}]`` (see core.prune.channel.coupled_groups)."""
     from core.prune.channel import coupled_groups as groups
-    return groups(module, example_input)
+    if isinstance(model, ModelHandle):
+        return groups(model.module, model.example_input())
+    return groups(model, example_input)
 
 
 def histogram(handle: ModelHandle, layer: str, bins: int = 60, absolute: bool = True) -> dict:
@@ -37,8 +40,9 @@ def histogram(handle: ModelHandle, layer: str, bins: int = 60, absolute: bool = 
 
 
 def channel_importance(handle: ModelHandle, layer: str, criterion: str = "l1", sparsity: float = 0.0,
-                       seed: int = 0) -> dict:
-    """Per-output-channel importance of one layer and the lowest ``round(sparsity * n)`` channels.
+                       seed: int = 0, round_to: int = 1) -> dict:
+    """Per-output-channel importance of one layer and the channels ``sparsity`` removes: the lowest
+    ``n - kept``, where ``kept`` is rounded to a multiple of ``round_to`` as the engine rounds it.
 
     Returns ``{"scores": [...], "removed": [bool, ...]}``: what the layer alone would lose at
     ``sparsity`` (coupled layers are ranked together by the engine, so its choice can differ).
@@ -53,7 +57,8 @@ def channel_importance(handle: ModelHandle, layer: str, criterion: str = "l1", s
         raise PrunelabError("the per-channel view does not show bn_scale; pick l1, l2, fpgm or a data criterion")
     evidence = criteria.gather_evidence(handle.module, [target], criterion, handle.data, seed)[layer]
     scores = criteria.criterion(criterion).channel_score(target.weight.detach(), evidence).float()
-    count = int(round(sparsity * scores.numel()))
+    from core.prune.channel import kept_channels
+    count = scores.numel() - kept_channels(scores.numel(), sparsity, max(1, int(round_to)), 1)
     removed = [False] * scores.numel()
     for index in scores.argsort()[:count].tolist():
         removed[index] = True
@@ -73,3 +78,145 @@ from core.train.schedule import PolynomialDecay, polynomial_decay  # noqa: E402
 
 __all__ += ["Recovery", "finetune", "gradual_prune", "iterative_prune", "lottery_ticket", "PolynomialDecay",
             "polynomial_decay"]
+
+# What the dashboard asks for besides the above: plain values in and out, no torch on its side.
+
+
+def builtin_models() -> dict[str, str]:
+    """Built-in model names and their one-line descriptions, in menu order."""
+    from core.zoo.registry import BUILTINS
+    return {name: entry.description for name, entry in BUILTINS.items()}
+
+
+def default_model() -> str:
+    from core.zoo.registry import DEFAULT_MODEL
+    return DEFAULT_MODEL
+
+
+def final_classifier(handle: ModelHandle) -> str | None:
+    """The layer plans leave dense by default (the model's last classifier), or None."""
+    from core.inspect import final_classifier as find
+    return find(handle.module, handle.example_input()) if handle.module is not None else None
+
+
+def criteria_for(granularity: str) -> list[str]:
+    """The criteria that can rank weights at ``granularity`` (bn_scale and fpgm rank channels only)."""
+    kind = granularity_kind(granularity)
+    return [name for name, kinds in CRITERIA.items() if kind in kinds]
+
+
+def plan_text(plan: Plan) -> str:
+    """``plan`` as the YAML text ``Plan.load`` reads back."""
+    import yaml
+    return yaml.safe_dump(plan.to_dict(), sort_keys=False)
+
+
+def recovered_handle(handle: ModelHandle, module) -> ModelHandle:
+    """``handle`` holding ``module``, a retrained copy of its model (a Recovery's ``module``)."""
+    return handle.with_module(module)
+
+
+def export_file(evaluator: LiveEvaluator, kind: str, plan: Plan | None = None,
+                recovered: ModelHandle | None = None) -> bytes:
+    """The file a person downloads: the model ``evaluator.measure(plan)`` measured, as ``onnx`` (the very
+    bytes measured, INT8 when the evaluator quantizes), ``state_dict`` or ``pt2`` (dynamic batch, as
+    ``prunelab prune`` writes). With ``recovered`` (see ``recover``), that model instead of the plan's.
+    Raises PrunelabError for an unknown kind or a model torch.export cannot capture.
+    """
+    from core.deploy.artifacts import module_bytes
+
+    artifact = evaluator.artifact(plan, None if recovered is None else recovered.module)
+    if kind == "onnx":
+        return artifact.model_bytes
+    if artifact.module is None:
+        raise PrunelabError(f"an ONNX source has no PyTorch weights to save as {kind}")
+    return module_bytes(artifact.module, evaluator.handle.example_input(), kind)
+
+
+def schedule_curve(handle: ModelHandle, final_sparsity: float, epochs: int, initial_sparsity: float = 0.0,
+                   end_fraction: float = 0.75, power: float = 3.0) -> tuple[dict, list[dict]]:
+    """The gradual-pruning schedule a run of ``epochs`` would use, and its ``[{"epoch", "step", "sparsity"}]``.
+
+    The first value holds PolynomialDecay's arguments (pass them to ``start_recovery``).
+    """
+    from core.train.recovery import steps_per_epoch
+    per_epoch = steps_per_epoch(handle)
+    total = max(2, epochs * per_epoch)
+    schedule = PolynomialDecay(initial_sparsity, final_sparsity, 0, max(1, int(end_fraction * total)),
+                               max(1, per_epoch // 4), power)
+    return schedule.to_dict(), [{**point, "epoch": point["step"] / per_epoch} for point in schedule.curve(total)]
+
+
+__all__ += ["builtin_models", "default_model", "final_classifier", "criteria_for", "plan_text", "recovered_handle",
+            "export_file", "schedule_curve"]
+
+
+def recover(handle: ModelHandle, plan: Plan, method: str, *, epochs: int, lr: float = 3e-3, rounds: int = 3,
+            rewind_epoch: int = 0, schedule: dict | None = None, on_epoch=None,
+            should_stop=None) -> tuple[dict, ModelHandle]:
+    """Train ``handle`` back after pruning by ``plan`` with recovery ``method`` (finetune, gradual, iterative,
+    lottery); ``schedule`` holds PolynomialDecay's arguments for gradual. Returns the run's summary and the
+    recovered model as a handle (measure it with ``LiveEvaluator.measure_module``). Raises PrunelabError.
+    """
+    from core.train.recovery import recover as run
+
+    result = run(handle, plan, method, epochs=epochs, lr=lr, rounds=rounds, rewind_epoch=rewind_epoch,
+                 schedule=PolynomialDecay(**schedule) if schedule else None, seed=plan.seed, on_epoch=on_epoch,
+                 should_stop=should_stop)
+    return result.summary(), handle.with_module(result.module)
+
+
+def measure_recovered(evaluator: LiveEvaluator, recovered: ModelHandle, plan: Plan | None = None) -> dict:
+    """The report of a recovered model (see ``recover``) against the dense baseline of ``evaluator``'s
+    model, measured like a plan (INT8 when the evaluator quantizes)."""
+    return evaluator.measure_module(recovered.module, plan)
+
+
+def recovery_epochs(method: str, epochs: int, rounds: int) -> int:
+    """Epochs a recovery run trains in all (lottery: dense, each round, and the random re-init control)."""
+    from core.train.recovery import total_epochs
+    return total_epochs(method, epochs, rounds)
+
+
+__all__ += ["recover", "measure_recovered", "recovery_epochs"]
+
+
+def private_copy(handle: ModelHandle) -> ModelHandle:
+    """``handle`` with its own deep copy of the module, for a long job that must not hold the shared one."""
+    import copy
+    return handle if handle.module is None else handle.with_module(copy.deepcopy(handle.module))
+
+
+__all__ += ["private_copy"]
+
+
+def check_plan(handle: ModelHandle, plan: Plan) -> None:
+    """Raise PrunelabError naming a layer of ``plan`` that ``handle``'s model lacks (ONNX sources: no check)."""
+    if handle.module is not None:
+        plan.validate_for(handle.module)
+
+
+def pareto_figure(runs: list, baseline: dict | None = None):
+    """The accuracy/latency Pareto figure of stored runs (see core.history.report.pareto_figure)."""
+    from core.history.report import pareto_figure as figure
+    return figure(runs, baseline)
+
+
+__all__ += ["check_plan", "pareto_figure"]
+
+
+def layers_left_dense(handle: ModelHandle, granularity: str) -> dict[str, str]:
+    """Layers an N:M ``granularity`` cannot prune (no groups of M along their input), with the reason;
+    {} for other granularities and for ONNX sources (whose pruning checks each initializer itself)."""
+    from core.prune.plan import parse_nm
+    nm = parse_nm(granularity)
+    if nm is None or handle.module is None:
+        return {}
+    from core.inspect import prunable_layers
+    from core.prune.nm import layout
+    m = nm[1]
+    return {layer.name: f"stays dense: its inputs do not split into groups of {m}"
+            for layer in prunable_layers(handle.module) if layout(layer.weight, m) is None}
+
+
+__all__ += ["layers_left_dense"]

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import PrunelabError
+from core.limits import check_npz, random_count
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DIGITS_FILE = ASSETS / "digits.npz"
@@ -31,6 +32,16 @@ class Dataset:
     x_train: np.ndarray | None = None
     y_train: np.ndarray | None = None
     synthetic: bool = False  # seeded random inputs: fit for agreement, not for statistics
+    origin: dict = field(default_factory=dict)  # split -> where its items come from, in words
+
+    def describe_splits(self) -> str:
+        """Where each split's items come from, e.g. 'test: x (300 items); val: 20% of x_train held out (96 items)'."""
+        parts = []
+        for split in ("test", "val", "train"):
+            x = getattr(self, f"x_{split}")
+            if x is not None:
+                parts.append(f"{split}: {self.origin.get(split, f'the {split} split')} ({len(x)} items)")
+        return "; ".join(parts)
 
     @property
     def labelled(self) -> bool:
@@ -72,14 +83,14 @@ class Dataset:
             return self
         y_test = None if self.y_test is None else self.y_test[:count]
         return Dataset(f"{self.name}, first {count} of {len(self.x_test)} items", self.x_test[:count], y_test,
-                       self.x_val, self.y_val, self.x_train, self.y_train, self.synthetic)
+                       self.x_val, self.y_val, self.x_train, self.y_train, self.synthetic, self.origin)
 
     def as_float(self) -> "Dataset":
         """The same data with float32 inputs (integer features fed to a float model)."""
         def cast(x):
             return None if x is None else x.astype(np.float32)
         return Dataset(self.name, cast(self.x_test), self.y_test, cast(self.x_val), self.y_val,
-                       cast(self.x_train), self.y_train, self.synthetic)
+                       cast(self.x_train), self.y_train, self.synthetic, self.origin)
 
     def check_shape(self, input_shape: tuple[int, ...]) -> None:
         """Raise when the per-item shape of the inputs differs from the model's input shape."""
@@ -127,7 +138,8 @@ def digits(size: int = 8) -> Dataset:
             images = stored[f"x_{split}"].astype(np.float32)[:, None] / 16.0  # (n, 1, 8, 8)
             arrays[f"x_{split}"] = images if size == 8 else _upsample(images, size)
             arrays[f"y_{split}"] = stored[f"y_{split}"].astype(np.int64)
-    return Dataset(name=f"digits-{size}x{size}", **arrays)
+    origin = {split: f"the digits {split} split (seeded 60/20/20)" for split in ("train", "val", "test")}
+    return Dataset(name=f"digits-{size}x{size}", origin=origin, **arrays)
 
 
 def load_npz(path: str | Path, input_shape: tuple[int, ...] | None = None, pad_id: int = 0) -> Dataset:
@@ -136,12 +148,17 @@ def load_npz(path: str | Path, input_shape: tuple[int, ...] | None = None, pad_i
     Token models may name their inputs ``input_ids`` (with an optional ``attention_mask``, and
     ``input_ids_val``/``input_ids_train`` for the other splits): integer inputs stay int64, floats
     become float32. Positions a mask leaves out are set to ``pad_id``, because prunelab's token
-    models derive the mask from the padding. Without a val split, the first half of the test data
-    doubles as val. Raises PrunelabError naming the file for a missing, unreadable or ill-shaped file.
+    models derive the mask from the padding.
+    Tuning (sensitivity, allocation, BatchNorm re-estimation, calibration) never sees the items
+    accuracy is measured on: without ``x_val``, a seeded VAL_SHARE of ``x_train`` is held out as val
+    (and not trained on); without either, VAL_SHARE of ``x`` is held out as val and the test split is
+    the rest. ``Dataset.describe_splits`` says which happened.
+    Raises PrunelabError naming the file for a missing, unreadable or ill-shaped file.
     """
     path = Path(path)
     if not path.is_file():
         raise PrunelabError(f"data file not found: {path}")
+    check_npz(path)  # sizes and types from the headers, before anything is decompressed
     try:
         with np.load(path, allow_pickle=False) as stored:
             arrays = {key: stored[key] for key in stored.files}
@@ -156,17 +173,43 @@ def load_npz(path: str | Path, input_shape: tuple[int, ...] | None = None, pad_i
     if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape[1:]):
         raise PrunelabError(f"data file {path}: x has items of shape {tuple(x.shape[1:])}, "
                             f"the model takes {tuple(input_shape[1:])}")
-    half = max(1, len(x) // 2)
-    x_val = _inputs(arrays.get("x_val", x[:half]), path, "x_val")
-    y_val = _labels(arrays.get("y_val", None if y is None else y[:half]), len(x_val), path, "y_val")
     x_train = arrays.get("x_train")
     y_train = _labels(arrays.get("y_train"), 0 if x_train is None else len(x_train), path, "y_train")
     if x_train is not None:
         x_train = _inputs(x_train, path, "x_train")
         if x_train.shape[1:] != x.shape[1:]:
             raise PrunelabError(f"data file {path}: x_train items {x_train.shape[1:]} differ from x items {x.shape[1:]}")
+    origin = {"test": "x", "train": "x_train"}
+    if "x_val" in arrays:
+        x_val = _inputs(arrays["x_val"], path, "x_val")
+        y_val = _labels(arrays.get("y_val"), len(x_val), path, "y_val")
+        origin["val"] = "x_val"
+    elif x_train is not None and len(x_train) >= 2:
+        keep, held = _hold_out(len(x_train))
+        x_val, y_val = x_train[held], None if y_train is None else y_train[held]
+        x_train, y_train = x_train[keep], None if y_train is None else y_train[keep]
+        origin.update(val=f"{VAL_SHARE:.0%} of x_train held out", train="the rest of x_train")
+    elif len(x) >= 2:
+        keep, held = _hold_out(len(x))
+        x_val, y_val = x[held], None if y is None else y[held]
+        x, y = x[keep], None if y is None else y[keep]
+        origin.update(val=f"{VAL_SHARE:.0%} of x held out (no x_val or x_train in the file)",
+                      test=f"the other {1 - VAL_SHARE:.0%} of x")
+    else:
+        raise PrunelabError(f"data file {path} has {len(x)} item(s) and no x_val or x_train: add x_val/y_val "
+                            f"(or x_train/y_train) so tuning never uses the test items")
     return Dataset(name=path.name, x_test=x, y_test=y, x_val=x_val, y_val=y_val,
-                   x_train=x_train, y_train=y_train)
+                   x_train=x_train, y_train=y_train, origin=origin)
+
+
+VAL_SHARE = 0.2
+
+
+def _hold_out(count: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded indices ``(kept, held out)`` holding out VAL_SHARE of ``count`` items (at least one) as val."""
+    order = np.random.default_rng(seed).permutation(count)
+    held = max(1, int(round(VAL_SHARE * count)))
+    return np.sort(order[held:]), np.sort(order[:held])
 
 
 def _inputs(values, path: Path, key: str) -> np.ndarray:
@@ -213,7 +256,7 @@ def load_text(path: str | Path, encode, seq_len: int) -> Dataset:
     """Read a ``.txt`` with one sentence per line (blank lines skipped) and tokenize it with ``encode``.
 
     ``encode(sentences, seq_len)`` returns int64 ids shaped ``(n, seq_len)``, padded and truncated.
-    Every sentence serves as test data; the first half doubles as val (sentences carry no labels).
+    A seeded VAL_SHARE of the sentences is held out as val, the rest is the test split.
     """
     path = Path(path)
     if not path.is_file():
@@ -228,7 +271,9 @@ def load_text(path: str | Path, encode, seq_len: int) -> Dataset:
     if len(sentences) < 2:
         raise PrunelabError(f"text file {path} needs at least two non-empty lines, one sentence each")
     ids = np.asarray(encode(sentences, seq_len), dtype=np.int64)
-    return Dataset(name=path.name, x_test=ids, y_test=None, x_val=ids[:max(1, len(ids) // 2)], y_val=None)
+    keep, held = _hold_out(len(ids))
+    origin = {"test": f"{len(keep)} sentences of {path.name}", "val": f"{VAL_SHARE:.0%} of the sentences held out"}
+    return Dataset(name=path.name, x_test=ids[keep], y_test=None, x_val=ids[held], y_val=None, origin=origin)
 
 
 def _labels(labels, count: int, path: Path, key: str) -> np.ndarray | None:
@@ -249,11 +294,18 @@ def random_data(input_shape: tuple[int, ...], count: int = 256, seed: int = 0,
     With ``vocab_size`` the inputs are int64 token ids drawn from the vocabulary (never ``pad_id``,
     so every position counts); otherwise standard normal float32 values.
     """
+    item_shape = tuple(input_shape[1:])
+    count = random_count(item_shape, count)  # fewer items for big inputs; refuses one that cannot fit
     rng = np.random.default_rng(seed)
     if vocab_size is not None:
-        x = rng.integers(0, vocab_size - 1, size=(count, *input_shape[1:]), dtype=np.int64)
+        x = rng.integers(0, vocab_size - 1, size=(count, *item_shape), dtype=np.int64)
         x[x >= pad_id] += 1  # skip the padding id
     else:
-        x = rng.standard_normal((count, *input_shape[1:])).astype(np.float32)
+        x = np.empty((count, *item_shape), dtype=np.float32)
+        step = max(1, 2**24 // max(1, 8 * x[0].size))  # float64 draws in ~16 MB slices: the same values, bounded memory
+        for start in range(0, count, step):
+            x[start:start + step] = rng.standard_normal((min(step, count - start), *item_shape))
     half = count // 2
-    return Dataset(name=f"random-{seed}", x_test=x[half:], y_test=None, x_val=x[:half], y_val=None, synthetic=True)
+    origin = {"test": f"seeded random inputs (seed {seed})", "val": "other seeded random inputs"}
+    return Dataset(name=f"random-{seed}", x_test=x[half:], y_test=None, x_val=x[:half], y_val=None, synthetic=True,
+                   origin=origin)

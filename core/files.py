@@ -5,14 +5,36 @@ prunelab writes a file a reader may open at the same time.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+from core.errors import PrunelabError
 
 
 def home() -> Path:
     """prunelab's data directory: ``$PRUNELAB_HOME`` or ``~/.prunelab``, read at each call."""
     return Path(os.environ.get("PRUNELAB_HOME") or Path.home() / ".prunelab")
+
+
+def writable_home() -> Path:
+    """``home()``, created if needed and checked with a probe file, before a long job relies on it.
+
+    Raises PrunelabError in one line when PRUNELAB_HOME is a file, cannot be created or is read-only.
+    """
+    path = home()
+    if path.exists() and not path.is_dir():
+        raise PrunelabError(f"PRUNELAB_HOME {path} is a file, not a folder: point PRUNELAB_HOME at a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        descriptor, probe = tempfile.mkstemp(dir=path, prefix=".probe-")
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        raise PrunelabError(f"cannot write to PRUNELAB_HOME {path}: {error.strerror or error} "
+                            f"(point PRUNELAB_HOME at a writable folder)") from None
+    return path
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> Path:
@@ -38,3 +60,12 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(2**20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()

@@ -182,8 +182,9 @@ def inspect_model(module: nn.Module, example_input: torch.Tensor) -> dict:
     nonzero = sum(row["nonzero"] for row in rows)
     totals = {"layers": len(rows), "params": int(all_params), "prunable_params": int(prunable),
               "nonzero_prunable_params": int(nonzero), "sparsity": 1.0 - nonzero / prunable if prunable else 0.0,
-              "macs": count_macs(module, example_input)}
-    totals["other_macs"] = max(0, totals["macs"] - int(sum(row["macs"] or 0 for row in rows)))
+              "macs": count_macs(module, example_input) or None}
+    totals["other_macs"] = None if totals["macs"] is None else \
+        max(0, totals["macs"] - int(sum(row["macs"] or 0 for row in rows)))
     return {"layers": rows, "totals": totals}
 
 

@@ -1,10 +1,9 @@
 """prunelab evaluate: every metric of the exported model on ONNX Runtime, dense and (with --plan) pruned."""
 from __future__ import annotations
 
+import math
 import sys
-from pathlib import Path
 
-import yaml
 
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.deploy.evaluate import evaluate
@@ -32,15 +31,7 @@ def register(subparsers) -> None:
 
 def load_plan(path: str) -> Plan:
     """A plan file, including one written by ``prunelab prune`` (its ``effective_sparsity`` is a record,
-    not a setting, and is skipped)."""
-    if Path(path).suffix in (".yaml", ".yml") and Path(path).is_file():
-        try:
-            values = yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError:
-            values = None  # Plan.load words the error
-        if isinstance(values, dict) and "effective_sparsity" in values:
-            values.pop("effective_sparsity")
-            return Plan.from_dict(values)
+    not a setting, and is skipped by Plan.from_dict)."""
     return Plan.load(path)
 
 
@@ -85,6 +76,8 @@ def _value(metrics: dict, key):
 def _format(value, kind: str) -> str:
     if value is None:
         return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     return {"percent": f"{value:.2%}", "float": f"{value:.4g}", "ms": f"{value:.3f}",
             "int": f"{int(round(value)):,}"}[kind]
 

@@ -33,5 +33,6 @@ def run(args) -> int:
     other = totals.get("other_macs") or 0
     outside = f" ({other:,} outside the layers above: attention matmuls and the like)" if other else ""
     print(f"{totals['layers']} layers, {totals['params']:,} parameters ({totals['prunable_params']:,} prunable, "
-          f"{totals['sparsity']:.1%} zero), {totals['macs']:,} MACs per item{outside}")
+          f"{totals['sparsity']:.1%} zero), {'-' if totals['macs'] is None else format(totals['macs'], ',')} "
+          f"MACs per item{outside}")
     return 0

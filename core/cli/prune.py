@@ -3,24 +3,26 @@
 DIR/model.onnx (one self-contained file, INT8 with --quantize), DIR/state_dict.pt (same keys as
 the original model), DIR/model.pt2 (the pruned model without its source), DIR/plan.yaml (the plan
 as applied, with the effective sparsity of every layer) and DIR/report.json (evaluate's report).
-Every file is written to a temporary name first and moved into place.
+All files are written into a staging folder beside DIR that is renamed to DIR at the end, so DIR
+holds one whole run or nothing; a DIR that already holds files is refused, never overwritten.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import shutil
+import uuid
 from pathlib import Path
 
-import torch
 import yaml
 
 from core.cli.evaluate import add_measure_arguments, load_plan, print_report, progress
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.cli.recover import add_finetune_arguments, finetuned
-from core.errors import PrunelabError
 from core.deploy.evaluate import LiveEvaluator
-from core.files import write_atomic
+from core.errors import PrunelabError
+from core.files import sha256_file, write_atomic
+from core.history.runs import RunStore
 
 FILES = ("model.onnx", "state_dict.pt", "model.pt2", "plan.yaml", "report.json")
 
@@ -38,13 +40,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    out = Path(args.out)
+    claim_out(out)
+    RunStore().require_writable()  # a corrupt or read-only store is refused before the work, not after
     handle = model_from(args)
     plan = load_plan(args.plan)
     if handle.module is not None:
         plan.validate_for(handle.module)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise PrunelabError(f"--out {out} exists and is not a directory")
     progress(f"pruning {handle.name} ({plan.granularity}, {plan.criterion}, {plan.scope} {plan.sparsity:g}) "
              f"and measuring on ONNX Runtime")
     evaluator = LiveEvaluator(handle, threads=args.threads, batch_size=args.batch_size, quantize=args.quantize,
@@ -54,10 +56,9 @@ def run(args) -> int:
     if args.finetune:  # recovery (core/cli/recover.py): the report and files become the fine-tuned model's
         report, artifact = finetuned(handle, plan, result, report, args)
     progress(f"writing {', '.join(FILES)} to {out}")
-    paths = write_outputs(out, handle, plan, report, artifact)
-    report["files"] = {name: str(path) for name, path in paths.items()}
-    write_atomic(out / "report.json", (json.dumps(report, indent=2, default=str) + "\n").encode())
-    record_run_hook(report, handle, plan, result, paths, label=args.label, mlflow_uri=args.mlflow_uri)
+    paths, digests = write_outputs(out, handle, plan, report, artifact)
+    record_run_hook(report, handle, plan, result, paths, label=args.label, mlflow_uri=args.mlflow_uri,
+                    digests=digests)
     if args.json:
         print_json(report)
     else:
@@ -66,30 +67,63 @@ def run(args) -> int:
     return 0
 
 
-def write_outputs(out: Path, handle, plan, report: dict, artifact) -> dict[str, Path]:
-    """Write model.onnx, state_dict.pt, model.pt2 and plan.yaml (report.json is written by the caller)."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"model.onnx": out / "model.onnx"}
-    write_atomic(paths["model.onnx"], artifact.model_bytes)
-    if artifact.module is not None:
-        paths.update(save_module_files(artifact.module, handle.example_input(1), out))
-    paths["plan.yaml"] = out / "plan.yaml"
-    write_atomic(paths["plan.yaml"], resolved_plan_yaml(plan, report, handle).encode())
-    paths["report.json"] = out / "report.json"
-    return paths
+def claim_out(out: Path) -> None:
+    """Refuse an --out that is a file or a folder with anything in it: an earlier run's files are never replaced.
+
+    Staging folders of killed prunes into the same place (``.NAME.prune-PID-*`` beside it, whose
+    process is gone) are removed first.
+    """
+    for stale in out.parent.glob(f".{out.name}.prune-*"):
+        if stale.is_dir() and not _alive(stale.name.split(".prune-", 1)[1].split("-")[0]):
+            shutil.rmtree(stale, ignore_errors=True)
+    if out.exists() and not out.is_dir():
+        raise PrunelabError(f"--out {out} exists and is not a directory")
+    if out.is_dir():
+        entries = sorted(entry.name for entry in out.iterdir())
+        if entries:
+            shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+            raise PrunelabError(f"--out {out} already holds files ({shown}); prunelab never replaces an earlier "
+                                f"run's files: choose a new folder")
 
 
-def save_module_files(module: torch.nn.Module, example: torch.Tensor, out: Path) -> dict[str, Path]:
-    """state_dict.pt and model.pt2 via core.deploy.artifacts.save_pruned, written in a temporary directory
-    inside ``out`` and then moved into place, so no half-written file is ever visible."""
-    from core.deploy.artifacts import save_pruned
+def _alive(pid_text: str) -> bool:
+    try:
+        os.kill(int(pid_text), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
-    paths = {}
-    with tempfile.TemporaryDirectory(dir=out, prefix=".prune-") as staging:
-        for written in save_pruned(module, example, staging).values():
-            paths[written.name] = out / written.name
-            os.replace(written, paths[written.name])
-    return paths
+
+def write_outputs(out: Path, handle, plan, report: dict, artifact) -> tuple[dict[str, Path], dict[str, str]]:
+    """Write model.onnx, state_dict.pt, model.pt2, plan.yaml and report.json into a staging folder beside
+    ``out``, then rename it to ``out`` in one step: ``out`` holds all of this run's files or none.
+
+    Sets ``report["files"]``; returns the final paths and the sha256 of each file as written.
+    Raises PrunelabError when ``out`` gained files meanwhile (it is never replaced).
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.prune-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        write_atomic(staging / "model.onnx", artifact.model_bytes)
+        if artifact.module is not None:
+            from core.deploy.artifacts import save_pruned
+            save_pruned(artifact.module, handle.example_input(1), staging)
+        write_atomic(staging / "plan.yaml", resolved_plan_yaml(plan, report, handle).encode())
+        names = [name for name in FILES if name == "report.json" or (staging / name).is_file()]
+        report["files"] = {name: str(out / name) for name in names}
+        write_atomic(staging / "report.json", (json.dumps(report, indent=2, default=str) + "\n").encode())
+        digests = {name: sha256_file(staging / name) for name in names}
+        try:
+            os.rename(staging, out)  # replaces only a missing or empty folder
+        except OSError:
+            raise PrunelabError(f"--out {out} gained files while pruning; this run's files were not written") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {name: out / name for name in names}, digests
 
 
 def resolved_plan_yaml(plan, report: dict, handle) -> str:
@@ -108,7 +142,7 @@ def resolved_plan_yaml(plan, report: dict, handle) -> str:
 
 
 def record_run_hook(report: dict, handle, plan, result, paths: dict[str, Path], label: str = "",
-                    mlflow_uri: str | None = None) -> None:
+                    mlflow_uri: str | None = None, digests: dict[str, str] | None = None) -> None:
     """The hook where the run store keeps this prune run (core.history.runs.record_run), with the written files.
 
     With ``mlflow_uri`` the recorded run is also logged to MLflow (params, metrics, the files).
@@ -117,7 +151,7 @@ def record_run_hook(report: dict, handle, plan, result, paths: dict[str, Path], 
 
     run = record_run(report, model=handle, plan=plan,
                      layer_sparsity=None if result is None else dict(result.layer_sparsity),
-                     artifacts={name: str(path) for name, path in paths.items()}, label=label)
+                     artifacts={name: str(path) for name, path in paths.items()}, label=label, digests=digests)
     progress(f"recorded run {run.id} (prunelab runs show {run.id})")
     if mlflow_uri:
         from core.history.mlflow_log import log_runs

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from core.api import SWEPT_GRANULARITIES, sensitivity
+from core.files import writable_home
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.search.sensitivity import DEFAULT_LEVELS, parse_levels
 
@@ -41,6 +42,7 @@ class ProgressBar:
 
 def run(args) -> int:
     levels = parse_levels(args.levels) if args.levels else DEFAULT_LEVELS
+    writable_home()  # the sweep is cached there: a read-only home should fail now, not after the sweep
     result = sensitivity(model_from(args), granularity=args.granularity, criterion=args.criterion, levels=levels,
                          progress=ProgressBar(), max_items=args.max_items)
     if args.json:

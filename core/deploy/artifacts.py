@@ -6,6 +6,7 @@ channel plans) and loads with ``torch.load(..., weights_only=True)``; ``model.pt
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -33,6 +34,20 @@ def save_pruned(module: nn.Module, example_input: torch.Tensor, out_dir) -> dict
     torch.save(state, out / STATE_FILE)
     torch.export.save(_export(module, example_input), out / PROGRAM_FILE)
     return {"state_dict": out / STATE_FILE, "program": out / PROGRAM_FILE}
+
+
+def module_bytes(module: nn.Module, example_input: torch.Tensor, kind: str) -> bytes:
+    """``module`` as the bytes of one file: ``state_dict`` (what ``state_dict.pt`` holds) or ``pt2`` (what
+    ``model.pt2`` holds, with the same dynamic batch dimension). Raises PrunelabError for another kind."""
+    buffer = io.BytesIO()
+    module = module.eval()
+    if kind == "state_dict":
+        torch.save({key: value.detach().clone() for key, value in module.state_dict().items()}, buffer)
+    elif kind == "pt2":
+        torch.export.save(_export(module, example_input), buffer)
+    else:
+        raise PrunelabError(f"unknown file kind '{kind}' (choose from state_dict, pt2)")
+    return buffer.getvalue()
 
 
 def _export(module: nn.Module, example_input: torch.Tensor):

@@ -3,6 +3,7 @@
 A report is ``{"model", "plan", "settings", "pruned": metrics, "baseline": metrics, "notes",
 "layer_sparsity"}`` where metrics hold accuracy (None without labels), loss, agreement with the
 dense model, latency_ms {mean, p50, p90, p99}, throughput, session_ms, params, nonzero_params,
+<<<<<<< HEAD
 sparsity, macs, onnx_bytes, compressed_bytes, max_abs_diff and label ('accuracy' or 'agreement';
 'cosine' for embedding models, whose metrics hold cosine, cosine_p5 and neighbour_agreement; see
 core.deploy.measure.quality).
@@ -10,6 +11,14 @@ core.deploy.measure.quality).
 Big models are measured within bounds: the test items scored, the items checked against torch
 and the timed runs shrink so each stays near a budget of multiply-accumulates (EVALUATION_BUDGET_MACS,
 PARITY_BUDGET_MACS, TIMING_BUDGET_MACS); the report's data name says when a subset was scored.
+=======
+sparsity (zero share of the model's own prunable weights), removed (share of the dense model's
+prunable weights zero or gone: the figure for every granularity), macs, onnx_bytes,
+compressed_bytes, max_abs_diff and label ('accuracy' or 'agreement'). The pruned metrics also hold
+``speedup``: the median ratio of runs timed in alternation with the dense model, its 95% interval
+and whether it is measurable at all (core.deploy.measure.speedup). ``baseline`` is the one dense
+measurement per model and settings, the same in every report.
+>>>>>>> main
 
 LiveEvaluator is what the dashboard calls on every slider release. It measures the dense model
 once, caches reports by (model, plan, data, settings) in a bounded LRU shared by all threads,
@@ -147,8 +156,8 @@ def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, refe
              session=None, logits: np.ndarray | None = None, reference_session=None) -> dict:
     """All metrics of one artifact on ``data``; ``reference`` are the dense logits for agreement.
 
-    With ``reference_session`` (the dense model's), both are timed in alternation and the dense
-    model's latency from that same run is kept under ``"reference_latency"``.
+    With ``reference_session`` (the dense model's), both are timed in alternation and
+    ``"speedup"`` holds the paired speedup with its interval (see core.deploy.measure.speedup).
     """
     if session is None:
         session = measure.create_session(artifact.model_bytes, settings.threads)
@@ -161,10 +170,17 @@ def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, refe
     if reference_session is None:
         metrics.update(measure.latency(session, example, **settings.timing(artifact.macs)))
     else:
+<<<<<<< HEAD
         dense, pruned = measure.paired_latency([reference_session, session], example,
                                                **settings.timing(artifact.macs))
         metrics.update(pruned)
         metrics["reference_latency"] = dense
+=======
+        dense_ms, pruned_ms = measure.paired_times([reference_session, session], example, **settings.timing())
+        metrics.update(measure.latency_summary(pruned_ms, len(example)))
+        metrics["speedup"] = {**measure.speedup(dense_ms, pruned_ms),
+                              "reference_p50": measure.latency_summary(dense_ms, len(example))["latency_ms"]["p50"]}
+>>>>>>> main
     metrics["session_ms"] = session_ms
     metrics.update(artifact.counts)
     metrics["macs"] = artifact.macs
@@ -177,6 +193,15 @@ def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, refe
         metrics["parity_ok"] = metrics["max_abs_diff"] <= PARITY_TOLERANCE * max(1.0, float(np.abs(expected).max()))
     metrics["quantized"] = artifact.quantized
     return metrics
+
+
+def removed_share(pruned: dict, dense: dict) -> float | None:
+    """The share of the dense model's prunable weights that are zero or gone, for every granularity
+    (channel pruning removes weights, so the pruned model's own zero share stays near 0)."""
+    total, left = dense.get("prunable_params"), pruned.get("nonzero_prunable_params")
+    if not total or left is None:
+        return None
+    return max(0.0, 1.0 - left / total)
 
 
 def _example(data: Dataset, batch_size: int) -> np.ndarray:
@@ -250,6 +275,25 @@ class LiveEvaluator:
         report = _REPORTS.put(self._key(plan), self._report(plan, artifact, result))
         return report, artifact, result
 
+    def artifact(self, plan: Plan | None = None, module=None) -> measure.Artifact:
+        """The artifact ``measure`` measures for ``plan`` (INT8 when this evaluator quantizes): the same
+        bytes, built again. With ``module`` (a fine-tuned copy of this model), that module instead."""
+        if module is not None:
+            return self._module_artifact(module)
+        return self._artifact(plan)[0]
+
+    def measure_module(self, module, plan: Plan | None = None) -> dict:
+        """The report of ``module``, a retrained copy of this model made for ``plan``, against the dense
+        baseline (INT8 when this evaluator quantizes). Not cached: the caller keeps the report."""
+        return self._report(plan, self._module_artifact(module), None)
+
+    def _module_artifact(self, module) -> measure.Artifact:
+        module = module.eval()
+        example = torch.from_numpy(np.ascontiguousarray(self.data.x_test[:1]))
+        artifact = measure.Artifact(export_onnx(module, example), module, measure.weight_counts(module),
+                            measure.total_macs(module, example))
+        return self._quantized(artifact) if self.settings.quantize else artifact
+
     def _artifact(self, plan: Plan | None) -> tuple[measure.Artifact, object]:
         baseline = self._baseline_state()
         artifact, result = (baseline.artifact, None) if plan is None else self._pruned(baseline, plan)
@@ -265,12 +309,22 @@ class LiveEvaluator:
         else:
             pruned = _measure(artifact, baseline.data, self.settings, reference=baseline.logits,
                               reference_session=baseline.session)
-        dense = dict(baseline.metrics)
-        dense.update(pruned.pop("reference_latency", {}))  # the dense latency from the same timed run
+        dense = dict(baseline.metrics)  # one dense measurement per model and settings, shown everywhere
+        if artifact is baseline.artifact:
+            pruned["speedup"] = {"p50": 1.0, "low": 1.0, "high": 1.0, "measurable": False, "pairs": 0,
+                                 "reference_p50": dense["latency_ms"]["p50"], "same_model": True}
+        pruned["removed"] = removed_share(pruned, dense)
         timings = dict(artifact.timings_ms, measure=(time.perf_counter() - started) * 1000.0)
         report = {"model": self.handle.name, "plan": None if plan is None else plan.to_dict(),
                   "settings": {"batch_size": self.settings.batch_size, "threads": self.settings.threads,
+<<<<<<< HEAD
                                "quantize": self._quantize_mode(baseline), "data": baseline.data.name},
+=======
+                               "quantize": self._quantize_mode(baseline), "data": self.data.name,
+                               "splits": self.data.describe_splits(),
+                               "measured_on": f"accuracy, loss and agreement on the test split "
+                                              f"({len(self.data.x_test)} items); tuning never uses it"},
+>>>>>>> main
                   "pruned": pruned, "baseline": dense,
                   "layer_sparsity": {} if result is None else dict(result.layer_sparsity),
                   "groups": None if result is None else result.groups, "timings_ms": timings}
@@ -331,18 +385,37 @@ def evaluate(handle: ModelHandle, plan: Plan | dict | None = None, *, batch_size
 
 # Relative tolerance of the torch vs ONNX Runtime parity check (FP32 artifacts).
 PARITY_TOLERANCE = 1e-3
-# Latency "does not move" when the pruned p50 is at least this share of the dense p50 (else: noise).
-UNCHANGED_LATENCY = 0.8
 
 
 def report_notes(plan: Plan | None, pruned: dict, baseline: dict, quantize: str | None) -> list[str]:
+<<<<<<< HEAD
     """Plain-language notes that keep the figures honest: parity, INT8 effect, why latency did (not) move."""
     notes = _parity_notes(pruned) + fidelity.constant_class_note(baseline)
+=======
+    """Plain-language notes that keep the figures honest: parity, INT8 effect, why latency did (not) move.
+
+    The one place the "zeros do not speed up" explanation is written; the CLI and the dashboard show these.
+    """
+    notes = _parity_notes(pruned)
+>>>>>>> main
     if pruned.get("quantized"):
         notes += _quantize_notes(pruned, baseline, quantize)
     if plan is not None:
         notes += _latency_notes(plan, pruned, baseline, quantize)
     return notes
+
+
+def speed_text(pruned: dict) -> str:
+    """'faster than dense (1.83x, 95% interval 1.71-1.95x)' or 'no measurable change in latency (...)'."""
+    speedup = pruned.get("speedup")
+    if not speedup:
+        return "latency not compared"
+    if speedup.get("same_model"):
+        return "the same graph as the dense model"
+    interval = f"{speedup['p50']:.2f}x, 95% interval {speedup['low']:.2f}-{speedup['high']:.2f}x"
+    if not speedup["measurable"]:
+        return f"no measurable change in latency ({interval}: run-to-run noise)"
+    return f"{'faster' if speedup['p50'] > 1 else 'slower'} than dense ({interval})"
 
 
 def _parity_notes(pruned: dict) -> list[str]:
@@ -359,27 +432,23 @@ def _parity_notes(pruned: dict) -> list[str]:
 
 
 def _quantize_notes(pruned: dict, baseline: dict, quantize: str | None) -> list[str]:
-    before, after = baseline["latency_ms"]["p50"], pruned["latency_ms"]["p50"]
-    faster = before / after if after else float("inf")
-    return [f"{quantize}: p50 latency {before:.3f} -> {after:.3f} ms vs dense FP32 "
-            f"({faster:.2f}x{'' if faster >= 1 else ', slower than FP32 on this CPU'}), file "
-            f"{baseline['onnx_bytes']:,} -> {pruned['onnx_bytes']:,} bytes"]
+    return [f"{quantize} against dense FP32: {speed_text(pruned)}; file {baseline['onnx_bytes']:,} -> "
+            f"{pruned['onnx_bytes']:,} bytes"]
 
 
 def _latency_notes(plan: Plan, pruned: dict, baseline: dict, quantize: str | None) -> list[str]:
-    before, after = baseline["latency_ms"]["p50"], pruned["latency_ms"]["p50"]
     if plan.granularity == "channel":
-        if after >= before:
+        if pruned["macs"] is None or baseline["macs"] is None or pruned["macs"] >= baseline["macs"]:
             return []
-        macs = "" if pruned["macs"] is None else f", MACs {baseline['macs']:,} -> {pruned['macs']:,}"
-        return [f"channel pruning removed whole filters: {before / after:.2f}x lower p50 latency{macs}"]
-    notes = []
-    if not quantize:
-        change = ("unchanged" if after >= UNCHANGED_LATENCY * before
-                  else "different only by run-to-run noise, since the graph does the same work")
-        notes.append(
-            f"latency is {change} ({before:.3f} -> {after:.3f} ms p50): {plan.granularity} zeros do not speed up "
-            f"ONNX Runtime's dense CPU kernels; prune whole channels (granularity 'channel') or quantize to "
-            f"INT8 for speed. The compressed size shows the real gain: {baseline['compressed_bytes']:,} -> "
-            f"{pruned['compressed_bytes']:,} bytes")
-    return notes  # the engine's own notes say which hardware runs N:M sparsity
+        return [f"channel pruning removed whole filters: MACs {baseline['macs']:,} -> {pruned['macs']:,}; "
+                f"{speed_text(pruned)}"]
+    if not pruned.get("removed"):
+        return []
+    compressed = f"{baseline['compressed_bytes']:,} -> {pruned['compressed_bytes']:,} bytes"
+    if quantize:
+        return [f"{plan.granularity} zeros add no speed of their own: the latency and file size above change "
+                f"because of INT8; the zeros only make the file compress better ({compressed} compressed)"]
+    return [f"{speed_text(pruned)}: {plan.granularity} zeros stay in the dense ONNX graph and ONNX Runtime's CPU "
+            f"kernels multiply them anyway, so they neither speed it up nor shrink the .onnx file, only its "
+            f"compressed size ({compressed}); prune whole channels (granularity 'channel') or quantize to "
+            f"INT8 for speed"]

@@ -102,6 +102,13 @@ def paired_latency(sessions: list, example: np.ndarray, min_runs: int = MIN_RUNS
     ``min_runs`` runs; together they take at least ``min_seconds``. Returns one dict per session,
     shaped as ``latency`` returns.
     """
+    times = paired_times(sessions, example, min_runs, min_seconds, max_seconds)
+    return [latency_summary(record, len(example)) for record in times]
+
+
+def paired_times(sessions: list, example: np.ndarray, min_runs: int = MIN_RUNS, min_seconds: float = MIN_SECONDS,
+                 max_seconds: float | None = None) -> list[np.ndarray]:
+    """The milliseconds of every timed run of each session, run in alternation (see ``paired_latency``)."""
     feeds = [{session.get_inputs()[0].name: np.ascontiguousarray(example)} for session in sessions]
     times: list[list[float]] = [[] for _ in sessions]
     with _TIMING_LOCK:
@@ -118,10 +125,32 @@ def paired_latency(sessions: list, example: np.ndarray, min_runs: int = MIN_RUNS
             if len(times[0]) >= min_runs and (elapsed >= min_seconds
                                               or (max_seconds is not None and elapsed >= max_seconds)):
                 break
-    return [_latency_summary(np.asarray(record) * 1000.0, len(example)) for record in times]
+    return [np.asarray(record) * 1000.0 for record in times]
 
 
-def _latency_summary(milliseconds: np.ndarray, items: int) -> dict:
+# A speedup counts as measured only when its interval excludes 1 and it is at least this far from 1.
+SPEEDUP_FLOOR = 0.05
+BOOTSTRAP_SAMPLES = 1000
+
+
+def speedup(reference_ms: np.ndarray, ms: np.ndarray, seed: int = 0) -> dict:
+    """The speedup of one model over a reference from runs timed in alternation.
+
+    Each pair of neighbouring runs gives one ratio (reference / model); the speedup is their
+    median, with a 95% interval from a seeded bootstrap over the pairs. ``measurable`` is False
+    when the interval holds 1 or the median is within SPEEDUP_FLOOR of 1: the difference is
+    run-to-run noise. Returns ``{"p50", "low", "high", "measurable", "pairs"}``.
+    """
+    ratios = np.asarray(reference_ms, dtype=float) / np.asarray(ms, dtype=float)  # (pairs,)
+    resampled = np.random.default_rng(seed).choice(ratios, size=(BOOTSTRAP_SAMPLES, len(ratios)))
+    medians = np.median(resampled, axis=1)
+    p50, low, high = float(np.median(ratios)), float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+    measurable = not (low <= 1.0 <= high) and abs(p50 - 1.0) >= SPEEDUP_FLOOR
+    return {"p50": p50, "low": low, "high": high, "measurable": bool(measurable), "pairs": int(len(ratios))}
+
+
+def latency_summary(milliseconds: np.ndarray, items: int) -> dict:
+    """Mean and percentiles of timed runs (ms), throughput for ``items`` per run, and the run count."""
     p50, p90, p99 = np.percentile(milliseconds, [50, 90, 99])
     mean = float(milliseconds.mean())
     return {"latency_ms": {"mean": mean, "p50": float(p50), "p90": float(p90), "p99": float(p99)},

@@ -19,8 +19,8 @@ from core.history.compare import flat_metrics, pareto_indices, planned_sparsity
 from core.files import write_atomic
 from core.history.runs import Run, get_run
 
-TABLE_METRICS = ["accuracy", "agreement", "loss", "latency_ms.p50", "latency_ms.p90", "throughput", "sparsity",
-                 "params", "nonzero_params", "macs", "onnx_bytes", "compressed_bytes", "max_abs_diff"]
+TABLE_METRICS = ["accuracy", "agreement", "loss", "latency_ms.p50", "latency_ms.p90", "throughput", "removed",
+                 "sparsity", "params", "nonzero_params", "macs", "onnx_bytes", "compressed_bytes", "max_abs_diff"]
 STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
 th:first-child,td:first-child{text-align:left}thead{background:#f3f3f3}.front{font-weight:bold}
@@ -85,10 +85,10 @@ def _table(header: list[str], rows: list[list], classes: list[str] | None = None
 
 def _runs_table(runs: list[Run], front: set[int]) -> str:
     rows = [[run_name(run), run.created, run.model, run.plan.get("granularity"), run.plan.get("criterion"),
-             run.plan.get("scope"), run.plan.get("sparsity"), run.quality, run.latency_p50, run.compressed_bytes,
+             run.plan.get("scope"), run.removed, run.quality, run.latency_p50, run.compressed_bytes,
              "yes" if index in front else "", run.notes] for index, run in enumerate(runs)]
     classes = ["front" if index in front else "" for index in range(len(runs))]
-    return _table(["run", "created", "model", "granularity", "criterion", "scope", "sparsity", "quality",
+    return _table(["run", "created", "model", "granularity", "criterion", "scope", "weights removed", "quality",
                    "p50 ms", "compressed bytes", "on front", "notes"], rows, classes)
 
 

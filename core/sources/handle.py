@@ -68,6 +68,11 @@ class ModelHandle:
             reason = WHY_NOT.get((self.source, operation), f"a {self.source} source does not support {operation}")
             raise PrunelabError(f"{self.name}: {reason}")
 
+    def with_module(self, module: nn.Module) -> "ModelHandle":
+        """This handle with another module of the same model (a fine-tuned copy), digested afresh."""
+        return ModelHandle(self.name, self.source, module, self.input_shape, self.data, self.onnx_path,
+                           self.description, self.fixed_batch)
+
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """Real inputs from the data when there are enough, shaped ``(batch, *input_shape[1:])``."""
         x = self.data.x_test

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import pickle
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -13,6 +13,7 @@ from torch import nn
 
 from core.data import Dataset, load_npz, load_text, random_data
 from core.errors import PrunelabError, error_line
+from core.limits import clip
 from core.sources import huggingface
 from core.sources.handle import ModelHandle
 from core.zoo.registry import BUILTINS, builtin
@@ -66,7 +67,7 @@ def _builtin(name: str, weights, shape: tuple[int, ...] | None) -> ModelHandle:
         handle.data = load_text(spec.text, handle.encode, handle.input_shape[1])
         return handle
     module = spec.factory()
-    module.load_state_dict(_state_dict(weights or spec.weights))
+    _load_weights(module, weights or spec.weights, name)
     return ModelHandle(name=name, source="builtin", module=module.eval(), input_shape=spec.input_shape,
                        data=spec.data(), description=spec.description)
 
@@ -81,10 +82,9 @@ def _factory(spec: str, weights) -> ModelHandle:
     if not isinstance(model, nn.Module):
         raise PrunelabError(f"the factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
-        _load_weights(model, _state_dict(weights), f"weights {weights} do not fit {spec}")
+        _load_weights(model, weights, spec)
     if huggingface.is_pretrained(model):
-        handle = _adapted(huggingface.adapt(model), function_name, "factory", spec)
-        return handle
+        return _adapted(huggingface.adapt(model), function_name, "factory", spec)
     return ModelHandle(name=function_name, source="factory", module=model.eval(), input_shape=(),
                        data=None, description=spec)
 
@@ -100,17 +100,6 @@ def seeded_call(factory, spec: str):
             return factory()
         except Exception as error:
             raise PrunelabError(f"the factory {spec} raised {error_line(error, with_type=True)}") from None
-
-
-def _load_weights(model: nn.Module, state: dict, failure: str) -> None:
-    """Load ``state`` into ``model``; a state saved from prunelab's wrapper (keys ``model.*``) fits too."""
-    if huggingface.is_pretrained(model) and state and all(key.startswith("model.") for key in state):
-        state = {key[len("model."):]: value for key, value in state.items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()
-        raise PrunelabError(f"{failure}: {' '.join(first[:2])}") from None
 
 
 def _adapted(adapted, name: str, source: str, description: str) -> ModelHandle:
@@ -139,13 +128,44 @@ def _import(location: str):
         raise PrunelabError(f"cannot import module '{location}': {error}") from None
 
 
+def _load_weights(model: nn.Module, weights, spec: str) -> None:
+    """Load a state dict file into ``model``; PrunelabError naming the first keys or shapes that differ.
+
+    A state saved from prunelab's wrapper of a Hugging Face model (keys ``model.*``) fits the model too.
+    """
+    state = _state_dict(weights)
+    if huggingface.is_pretrained(model) and state and all(key.startswith("model.") for key in state):
+        state = {key[len("model."):]: value for key, value in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).strip().splitlines()[1:3]]
+        raise PrunelabError(f"weights {weights} do not fit {spec}: {clip(' '.join(lines))}") from None
+
+
+def _torch_load(path: Path, weights_only: bool):
+    """torch.load on the CPU with torch's warnings (old formats, changed sources) kept off the terminal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+
+
+def _looks_like_torch(path: Path) -> bool:
+    """True for a zip archive (torch.save's format) or a pickle stream (its older format)."""
+    with open(path, "rb") as stream:
+        head = stream.read(2)
+    return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
 def _state_dict(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise PrunelabError(f"weights file not found: {path}")
+    if not _looks_like_torch(path):
+        raise PrunelabError(f"cannot read weights {path}: not a PyTorch file (torch.save writes a zip archive)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        state = _torch_load(path, weights_only=True)
+    except Exception as error:  # torch raises many kinds for a damaged or foreign file
         raise PrunelabError(f"cannot read weights {path}: not a state dict saved by torch.save "
                             f"({error.__class__.__name__})") from None
     if not isinstance(state, dict):
@@ -189,18 +209,20 @@ def _dynamic_batch(placeholder) -> bool:
 
 
 def _pickled(path: Path, trust: bool) -> ModelHandle:
+    if not _looks_like_torch(path):
+        raise PrunelabError(f"cannot read {path}: not a PyTorch file (neither torch.save's zip archive nor a pickle)")
     if not trust:
         try:
-            torch.load(path, map_location="cpu", weights_only=True)
+            _torch_load(path, weights_only=True)
         except Exception:
             raise PrunelabError(f"{path} is a pickled module; loading it runs code from the file, so pass "
                                 f"--trust only if you trust its author") from None
         raise PrunelabError(f"{path} holds weights, not a model: pass the architecture as file.py:factory "
                             f"with --weights {path}")
     try:
-        model = torch.load(path, map_location="cpu", weights_only=False)
+        model = _torch_load(path, weights_only=False)
     except Exception as error:
-        raise PrunelabError(f"cannot unpickle {path}: {error_line(error, with_type=True)}") from None
+        raise PrunelabError(f"cannot unpickle {path}: {clip(error_line(error, with_type=True))}") from None
     if not isinstance(model, nn.Module):
         raise PrunelabError(f"{path} holds a {type(model).__name__}, not a torch.nn.Module")
     return ModelHandle(name=path.stem, source="pickle", module=model.eval(), input_shape=(), data=None,
@@ -237,6 +259,7 @@ def _finish(handle: ModelHandle, shape, data) -> ModelHandle:
         dataset = handle.data or random_data(handle.input_shape, vocab_size=handle.vocab_size, pad_id=handle.pad_id)
     dataset.check_shape(handle.input_shape)
     handle.data = dataset
+    _check_finite(handle)
     _check_forward(handle)
     return handle
 
@@ -256,6 +279,16 @@ def _read_data(handle: ModelHandle, data, shape) -> Dataset | None:
 
 
 DTYPE_WORDS = ("scalar type", "dtype", "Long", "expected scalar", "indices")
+
+
+def _check_finite(handle: ModelHandle) -> None:
+    """Refuse weights holding NaN or infinity: every measurement of such a model would be meaningless."""
+    if handle.module is None:
+        return
+    for name, tensor in handle.module.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise PrunelabError(f"{handle.name}: weight '{clip(name, 80)}' holds NaN or infinite values; "
+                                f"prunelab measures finite weights only")
 
 
 def _check_forward(handle: ModelHandle) -> None:

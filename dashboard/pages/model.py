@@ -76,11 +76,13 @@ def summary_ui() -> None:
                  help="on the test split" if label == "accuracy" else
                  "no labels: top-1 agreement with the dense model (100% until pruned)")
     fourth.metric("p50 latency", formatting.milliseconds(dense["latency_ms"]["p50"]), border=True,
-                  help="ONNX Runtime, CPU, batch 1")
+                  help="ONNX Runtime, CPU, batch 1, 2 threads: the dense figure the Tune page compares against")
     fifth.metric("ONNX file", formatting.size(dense["onnx_bytes"]), border=True,
                  help=f"gzip: {formatting.size(dense['compressed_bytes'])}")
     st.caption(f"{totals['layers']} prunable layers · data: {session.data_name()} · "
                f"can prune: {', '.join(session.capabilities())}")
+    st.caption(f"Splits: {session.data_splits()}. Accuracy is measured on test; sensitivity, allocation, "
+               f"BatchNorm re-estimation and INT8 calibration use val and train only.")
 
 
 st.title("Model")
