@@ -62,7 +62,7 @@ def test_token_npz_applies_the_attention_mask_as_padding(bert_dir, tmp_path):
     ids = np.random.default_rng(0).integers(1, 100, size=(6, 12))
     mask = np.ones_like(ids)
     mask[:, 8:] = 0
-    np.savez(tmp_path / "tokens.npz", input_ids=ids, attention_mask=mask)
+    np.savez(tmp_path / "tokens.npz", input_ids=ids, attention_mask=mask, input_ids_val=ids[:2])
     handle = load_model(str(bert_dir), data=tmp_path / "tokens.npz")
     assert handle.input_shape == (1, 12) and handle.data.x_test.dtype == np.int64
     assert (handle.data.x_test[:, 8:] == 0).all() and (handle.data.x_test[:, :8] == ids[:, :8]).all()
@@ -90,11 +90,14 @@ def test_text_file_is_tokenized_with_the_models_tokenizer(tmp_path):
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(source / name, directory / name)
     text = tmp_path / "sentences.txt"
-    text.write_text("The cat sat on the mat.\n\nA dog barked at the postman all morning long.\n")
+    text.write_text("The cat sat.\n\nA dog barked.\nRain fell.\nThe sun set.\n"
+                    "A dog barked at the postman all morning long and then slept.\n")
     handle = load_model(str(directory), data=text, input_shape="1,10")
-    ids = handle.data.x_test
-    assert ids.shape == (2, 10) and ids.dtype == np.int64
-    assert ids[0, 0] == 101 and (ids[0] == 0).any() and not (ids[1] == 0).any()  # [CLS]; padded; truncated
+    ids = np.concatenate([handle.data.x_test, handle.data.x_val])
+    assert ids.shape == (5, 10) and ids.dtype == np.int64 and len(handle.data.x_val) == 1  # blank line skipped
+    assert (ids[:, 0] == 101).all()  # [CLS] first: the model's own tokenizer
+    padded = (ids == 0).any(axis=1)
+    assert padded.sum() == 4 and (ids[~padded][0, -1] == 102)  # short ones padded, the long one truncated
 
 
 def test_text_data_needs_a_tokenizer(bert_dir, tmp_path):

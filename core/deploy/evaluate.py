@@ -3,22 +3,18 @@
 A report is ``{"model", "plan", "settings", "pruned": metrics, "baseline": metrics, "notes",
 "layer_sparsity"}`` where metrics hold accuracy (None without labels), loss, agreement with the
 dense model, latency_ms {mean, p50, p90, p99}, throughput, session_ms, params, nonzero_params,
-<<<<<<< HEAD
-sparsity, macs, onnx_bytes, compressed_bytes, max_abs_diff and label ('accuracy' or 'agreement';
-'cosine' for embedding models, whose metrics hold cosine, cosine_p5 and neighbour_agreement; see
-core.deploy.measure.quality).
+sparsity (zero share of the model's own prunable weights), removed (share of the dense model's
+prunable weights zero or gone: the figure for every granularity), macs, onnx_bytes,
+compressed_bytes, max_abs_diff and label ('accuracy' or 'agreement'; 'cosine' for embedding
+models, whose metrics hold cosine, cosine_p5 and neighbour_agreement; classifiers also get
+output_error and kl: see core.deploy.measure.quality). The pruned metrics also hold
+``speedup``: the median ratio of runs timed in alternation with the dense model, its 95% interval
+and whether it is measurable at all (core.deploy.measure.speedup). ``baseline`` is the one dense
+measurement per model and settings, the same in every report.
 
 Big models are measured within bounds: the test items scored, the items checked against torch
 and the timed runs shrink so each stays near a budget of multiply-accumulates (EVALUATION_BUDGET_MACS,
 PARITY_BUDGET_MACS, TIMING_BUDGET_MACS); the report's data name says when a subset was scored.
-=======
-sparsity (zero share of the model's own prunable weights), removed (share of the dense model's
-prunable weights zero or gone: the figure for every granularity), macs, onnx_bytes,
-compressed_bytes, max_abs_diff and label ('accuracy' or 'agreement'). The pruned metrics also hold
-``speedup``: the median ratio of runs timed in alternation with the dense model, its 95% interval
-and whether it is measurable at all (core.deploy.measure.speedup). ``baseline`` is the one dense
-measurement per model and settings, the same in every report.
->>>>>>> main
 
 LiveEvaluator is what the dashboard calls on every slider release. It measures the dense model
 once, caches reports by (model, plan, data, settings) in a bounded LRU shared by all threads,
@@ -170,17 +166,11 @@ def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, refe
     if reference_session is None:
         metrics.update(measure.latency(session, example, **settings.timing(artifact.macs)))
     else:
-<<<<<<< HEAD
-        dense, pruned = measure.paired_latency([reference_session, session], example,
-                                               **settings.timing(artifact.macs))
-        metrics.update(pruned)
-        metrics["reference_latency"] = dense
-=======
-        dense_ms, pruned_ms = measure.paired_times([reference_session, session], example, **settings.timing())
+        dense_ms, pruned_ms = measure.paired_times([reference_session, session], example,
+                                                   **settings.timing(artifact.macs))
         metrics.update(measure.latency_summary(pruned_ms, len(example)))
         metrics["speedup"] = {**measure.speedup(dense_ms, pruned_ms),
                               "reference_p50": measure.latency_summary(dense_ms, len(example))["latency_ms"]["p50"]}
->>>>>>> main
     metrics["session_ms"] = session_ms
     metrics.update(artifact.counts)
     metrics["macs"] = artifact.macs
@@ -317,14 +307,10 @@ class LiveEvaluator:
         timings = dict(artifact.timings_ms, measure=(time.perf_counter() - started) * 1000.0)
         report = {"model": self.handle.name, "plan": None if plan is None else plan.to_dict(),
                   "settings": {"batch_size": self.settings.batch_size, "threads": self.settings.threads,
-<<<<<<< HEAD
-                               "quantize": self._quantize_mode(baseline), "data": baseline.data.name},
-=======
-                               "quantize": self._quantize_mode(baseline), "data": self.data.name,
+                               "quantize": self._quantize_mode(baseline), "data": baseline.data.name,
                                "splits": self.data.describe_splits(),
-                               "measured_on": f"accuracy, loss and agreement on the test split "
-                                              f"({len(self.data.x_test)} items); tuning never uses it"},
->>>>>>> main
+                               "measured_on": f"{_measured(dense)} on the test split "
+                                              f"({len(baseline.data.x_test)} items); tuning never uses it"},
                   "pruned": pruned, "baseline": dense,
                   "layer_sparsity": {} if result is None else dict(result.layer_sparsity),
                   "groups": None if result is None else result.groups, "timings_ms": timings}
@@ -370,6 +356,10 @@ class LiveEvaluator:
                         timings_ms=timings)
 
 
+def _measured(dense: dict) -> str:
+    return "fidelity to the dense embeddings" if dense.get("label") == "cosine" else "accuracy, loss and agreement"
+
+
 def evaluate(handle: ModelHandle, plan: Plan | dict | None = None, *, batch_size: int = 1, threads: int = 2,
              quantize: str | None = None, data: Dataset | str | Path | None = None) -> dict:
     """Measure ``handle`` pruned by ``plan`` (and quantized when ``quantize`` is an INT8 mode) against
@@ -388,16 +378,11 @@ PARITY_TOLERANCE = 1e-3
 
 
 def report_notes(plan: Plan | None, pruned: dict, baseline: dict, quantize: str | None) -> list[str]:
-<<<<<<< HEAD
-    """Plain-language notes that keep the figures honest: parity, INT8 effect, why latency did (not) move."""
-    notes = _parity_notes(pruned) + fidelity.constant_class_note(baseline)
-=======
     """Plain-language notes that keep the figures honest: parity, INT8 effect, why latency did (not) move.
 
     The one place the "zeros do not speed up" explanation is written; the CLI and the dashboard show these.
     """
-    notes = _parity_notes(pruned)
->>>>>>> main
+    notes = _parity_notes(pruned) + fidelity.constant_class_note(baseline)
     if pruned.get("quantized"):
         notes += _quantize_notes(pruned, baseline, quantize)
     if plan is not None:
