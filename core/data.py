@@ -77,7 +77,7 @@ class Dataset:
         """True for token ids (int64 inputs), False for float32 inputs."""
         return bool(np.issubdtype(self.x_test.dtype, np.integer))
 
-    def head(self, count: int) -> "Dataset":
+    def head(self, count: int) -> Dataset:
         """The first ``count`` test items (everything else kept), for measuring big models within bounds."""
         if count >= len(self.x_test):
             return self
@@ -85,7 +85,7 @@ class Dataset:
         return Dataset(f"{self.name}, first {count} of {len(self.x_test)} items", self.x_test[:count], y_test,
                        self.x_val, self.y_val, self.x_train, self.y_train, self.synthetic, self.origin)
 
-    def as_float(self) -> "Dataset":
+    def as_float(self) -> Dataset:
         """The same data with float32 inputs (integer features fed to a float model)."""
         def cast(x):
             return None if x is None else x.astype(np.float32)

@@ -193,7 +193,8 @@ def test_inspect_table_stays_aligned_with_long_names(bert_dir, capsys):
 @pytest.mark.slow
 def test_minilm_demo_reports_embedding_fidelity():
     handle = load_model("minilm", input_shape="1,16")  # the sentences, truncated to 16 tokens for speed
-    assert handle.data.x_test.shape == (300, 16) and handle.data.x_test.dtype == np.int64
+    assert handle.data.x_test.shape == (240, 16) and handle.data.x_val.shape == (60, 16)  # 20% held out as val
+    assert handle.data.x_test.dtype == np.int64
     assert handle.module(handle.example_input(1)).shape == (1, 384)
     dense = evaluate(handle)["baseline"]
     assert dense["cosine"] == 1.0 and dense["cosine_p5"] == 1.0 and dense["neighbour_agreement"] == 1.0

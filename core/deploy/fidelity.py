@@ -64,14 +64,17 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def classes_predicted(logits: np.ndarray) -> int:
     """How many distinct top-1 classes the outputs give (1: agreement tells nothing)."""
-    return int(len(np.unique(logits.argmax(axis=1)))) if len(logits) else 0
+    return len(np.unique(logits.argmax(axis=1))) if len(logits) else 0
 
 
 def constant_class_note(baseline: dict) -> list[str]:
     """A plain warning when the dense model gives every input the same class."""
     if baseline.get("classes_predicted") != 1 or baseline.get("label") == "cosine":
         return []
-    what = "accuracy is just that class's share of the labels" if baseline.get("label") == "accuracy" \
-        else "top-1 agreement tells nothing"
-    return [f"the dense model predicts the same class for every input ({what}, typical of randomly initialized "
-            f"weights); judge fidelity by the relative output error and KL divergence instead"]
+    if baseline.get("label") == "accuracy":
+        what = "accuracy is just that class's share of the labels"
+    else:
+        what = "top-1 agreement tells nothing"
+    note = (f"the dense model predicts the same class for every input ({what}, typical of randomly initialized "
+            f"weights); judge fidelity by the relative output error and KL divergence instead")
+    return [note]

@@ -68,7 +68,7 @@ class ModelHandle:
             reason = WHY_NOT.get((self.source, operation), f"a {self.source} source does not support {operation}")
             raise PrunelabError(f"{self.name}: {reason}")
 
-    def with_module(self, module: nn.Module) -> "ModelHandle":
+    def with_module(self, module: nn.Module) -> ModelHandle:
         """This handle with another module of the same model (a fine-tuned copy), digested afresh."""
         return ModelHandle(self.name, self.source, module, self.input_shape, self.data, self.onnx_path,
                            self.description, self.fixed_batch)
