@@ -27,7 +27,8 @@ import streamlit as st
 
 from core import api
 from core.errors import PrunelabError, error_line
-from dashboard import state
+from dashboard import consent, state, uploads
+from dashboard.consent import code_allowed  # noqa: F401 (pages use it)
 from dashboard.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, save_upload, shown  # noqa: F401 (pages use them)
 
 GRANULARITIES = api.GRANULARITIES
@@ -80,7 +81,13 @@ def use_source(spec: str, weights: str | None = None, trust: bool = False, data:
                input_shape: str | None = None) -> None:
     """Switch this session to another model; loads it first, so a bad file leaves the old one in place."""
     candidate = {"spec": spec, "weights": weights, "trust": bool(trust), "data": data, "input_shape": input_shape}
-    _load(**candidate)
+    current = source()
+    try:
+        consent.check_source(candidate, current, api.builtin_models())  # code needs --allow-code and a tick
+        _load(**candidate)
+    except Exception:
+        uploads.discard(*(candidate[key] for key in ("spec", "weights", "data") if candidate[key] not in current.values()))
+        raise
     state.set_source(candidate)
 
 
