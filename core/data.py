@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from core.errors import PrunelabError
+from core.files import ASSETS
 from core.limits import check_npz, random_count
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DIGITS_FILE = ASSETS / "digits.npz"
 SPLIT_SEED = 0
 
@@ -121,9 +123,6 @@ def write_digits_file(path: Path = DIGITS_FILE) -> None:
 
 
 def _upsample(images: np.ndarray, size: int) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
-
     tensor = torch.from_numpy(images)
     return F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False).numpy()
 
@@ -178,7 +177,8 @@ def load_npz(path: str | Path, input_shape: tuple[int, ...] | None = None, pad_i
     if x_train is not None:
         x_train = _inputs(x_train, path, "x_train")
         if x_train.shape[1:] != x.shape[1:]:
-            raise PrunelabError(f"data file {path}: x_train items {x_train.shape[1:]} differ from x items {x.shape[1:]}")
+            raise PrunelabError(f"data file {path}: x_train items {x_train.shape[1:]} differ from x items "
+                                f"{x.shape[1:]}")
     origin = {"test": "x", "train": "x_train"}
     if "x_val" in arrays:
         x_val = _inputs(arrays["x_val"], path, "x_val")
@@ -281,7 +281,8 @@ def _labels(labels, count: int, path: Path, key: str) -> np.ndarray | None:
         return None
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != count:
-        raise PrunelabError(f"data file {path}: '{key}' must be a 1-D array of {count} labels, got shape {labels.shape}")
+        raise PrunelabError(f"data file {path}: '{key}' must be a 1-D array of {count} labels, "
+                            f"got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise PrunelabError(f"data file {path}: '{key}' must hold integer class labels, got {labels.dtype}")
     return labels.astype(np.int64)

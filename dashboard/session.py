@@ -86,7 +86,8 @@ def use_source(spec: str, weights: str | None = None, trust: bool = False, data:
         consent.check_source(candidate, current, api.builtin_models())  # code needs --allow-code and a tick
         _load(**candidate)
     except Exception:
-        uploads.discard(*(candidate[key] for key in ("spec", "weights", "data") if candidate[key] not in current.values()))
+        uploads.discard(*(candidate[key] for key in ("spec", "weights", "data")
+                          if candidate[key] not in current.values()))
         raise
     state.set_source(candidate)
 
@@ -119,11 +120,11 @@ def data_splits() -> str:
 @st.cache_data(max_entries=16, show_spinner=False)
 def _inspect(_handle, key: str) -> dict:
     with state.lock(key):
-        return api.inspect(_handle)
+        return api.layer_table(_handle)
 
 
 def layer_table() -> dict:
-    """``{"layers": [rows], "totals": {...}}`` for this session's model (see core.api.inspect)."""
+    """``{"layers": [rows], "totals": {...}}`` for this session's model (see core.api.layer_table)."""
     return _inspect(model(), model_key())
 
 

@@ -13,8 +13,17 @@ import pytest
 import torch
 
 from core.api import LiveEvaluator, Plan, apply_plan, export_file, load_model
-from tests.test_browser import (CHROMIUM, TIMEOUT_MS, VIEWPORT, launch, open_tune, slider, start_server, stop_server,
-                                wait_idle)
+from tests.test_browser import (
+    CHROMIUM,
+    TIMEOUT_MS,
+    VIEWPORT,
+    launch,
+    open_tune,
+    slider,
+    start_server,
+    stop_server,
+    wait_idle,
+)
 
 pytestmark = [
     pytest.mark.browser,

@@ -50,7 +50,8 @@ def onnx_with_input(path: Path, shape: tuple[int, ...]) -> Path:
     import onnx
     from onnx import TensorProto, helper
 
-    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["flat"]),
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
              helper.make_node("MatMul", ["flat", "w"], ["y"])]
     weight = helper.make_tensor("w", TensorProto.FLOAT, [shape[1], 2], [1.0] * (2 * shape[1]))
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
@@ -276,7 +277,8 @@ def test_older_store_gains_digests_and_older_runs_count_as_unverified(tmp_path):
             connection.executescript(step)
         connection.execute("PRAGMA user_version = 2")
         connection.execute("INSERT INTO runs (created, model, plan, metrics, artifacts) VALUES (?, ?, ?, ?, ?)",
-                           ("2026-01-01T00:00:00+00:00", "digits-mlp", "{}", "{}", json.dumps({"model.onnx": str(artifact)})))
+                           ("2026-01-01T00:00:00+00:00", "digits-mlp", "{}", "{}",
+                            json.dumps({"model.onnx": str(artifact)})))
     store = RunStore(path)
     assert store.version() == SCHEMA_VERSION and store.get(1).digests == {}
     assert store.check_artifacts() == {"checked": 0, "unverified": 1, "missing": [], "changed": []}

@@ -156,7 +156,8 @@ def test_macs_include_attention_matmuls(bert_dir):
     feed_forward = 2 * tokens * hidden * ffn
     attention = 2 * tokens * tokens * hidden             # Q·K^T and attention·V over all heads
     pooler = hidden * hidden
-    assert count_macs(handle.module, handle.example_input()) == layers * (projections + feed_forward + attention) + pooler
+    expected = layers * (projections + feed_forward + attention) + pooler
+    assert count_macs(handle.module, handle.example_input()) == expected
 
 
 def test_macs_of_multihead_attention_and_sdpa():

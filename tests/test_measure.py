@@ -6,12 +6,12 @@ import threading
 import numpy as np
 import pytest
 
-from core.api import inspect
+from core.api import layer_table
 from core.data import random_data
-from core.errors import PrunelabError
 from core.deploy.evaluate import LiveEvaluator, evaluate
 from core.deploy.export import export_onnx
 from core.deploy.measure import create_session, latency, quality, sizes
+from core.errors import PrunelabError
 from core.prune.plan import Plan
 from core.sources import load_model
 
@@ -124,9 +124,9 @@ def test_onnx_source_is_measured_and_pruned(cnn, tmp_path):
     path = tmp_path / "cnn.onnx"
     export_onnx(cnn.module, cnn.example_input(1), path)
     handle = load_model(str(path), data=None)
-    table = inspect(handle)
-    assert [row["name"] for row in table["layers"]] == [row["name"] for row in inspect(cnn)["layers"]]
-    assert table["totals"]["prunable_params"] == inspect(cnn)["totals"]["prunable_params"]
+    table = layer_table(handle)
+    assert [row["name"] for row in table["layers"]] == [row["name"] for row in layer_table(cnn)["layers"]]
+    assert table["totals"]["prunable_params"] == layer_table(cnn)["totals"]["prunable_params"]
     report = LiveEvaluator(handle, data=cnn.data).measure(Plan(sparsity=0.5))
     assert report["baseline"]["accuracy"] == pytest.approx(0.99, abs=0.02)
     assert report["pruned"]["sparsity"] == pytest.approx(0.5 * 158624 / 159264, abs=0.02)

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import os
 import sys
+from importlib import resources
 from pathlib import Path
 
-APP = Path(__file__).resolve().parent.parent.parent / "dashboard" / "app.py"
+APP = Path(str(resources.files("dashboard").joinpath("app.py")))
 
 
 def register(subparsers) -> None:

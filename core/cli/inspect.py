@@ -1,8 +1,8 @@
 """prunelab inspect: one row per prunable layer, with weight statistics and MACs."""
 from __future__ import annotations
 
+from core.api import layer_table
 from core.cli.options import add_model_arguments, model_from, print_json
-from core.api import inspect
 
 
 def register(subparsers) -> None:
@@ -13,7 +13,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    report = inspect(model_from(args))
+    report = layer_table(model_from(args))
     if args.json:
         print_json(report)
         return 0

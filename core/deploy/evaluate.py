@@ -24,8 +24,8 @@ exporting again (see core.deploy.export.with_weights).
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +33,13 @@ import numpy as np
 import onnx
 import torch
 
-from core.deploy import fidelity, measure
 from core.data import Dataset
-from core.errors import PrunelabError
+from core.deploy import fidelity, measure
 from core.deploy.export import changed_tensors, export_onnx, with_weights
 from core.deploy.onnx_source import onnx_artifact, prune_onnx
+from core.deploy.quantize import check_mode, quantize_model, resolve_mode
+from core.errors import PrunelabError
+from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 from core.sources import ModelHandle
 from core.sources.load import read_data
@@ -220,7 +222,6 @@ class LiveEvaluator:
     def __init__(self, handle: ModelHandle, threads: int = 2, batch_size: int = 1, quantize: str | None = None,
                  data: Dataset | str | Path | None = None, live: bool = True):
         if quantize is not None:
-            from core.deploy.quantize import check_mode
             check_mode(quantize)
         if int(batch_size) < 1 or int(threads) < 1:
             raise PrunelabError(f"batch size and threads must be at least 1, got {batch_size} and {threads}")
@@ -320,15 +321,12 @@ class LiveEvaluator:
 
     def _quantize_mode(self, baseline: _Baseline) -> str | None:
         """The INT8 mode as applied ('int8' resolved to static or dynamic), or None."""
-        from core.deploy.quantize import resolve_mode
-
         return None if self.settings.quantize is None else resolve_mode(baseline.template, self.settings.quantize)
 
     def _pruned(self, baseline: _Baseline, plan: Plan):
         """The pruned artifact: new weights written into the exported graph, or a fresh export."""
         if self.handle.module is None:
             return prune_onnx(self.handle, baseline.template, plan, self.data)
-        from core.prune.engine import apply_plan
 
         started = time.perf_counter()
         result = apply_plan(self.handle, plan, data=self.data)
@@ -347,8 +345,6 @@ class LiveEvaluator:
         return measure.Artifact(model_bytes, module, measure.weight_counts(module), macs, timings_ms=timings), result
 
     def _quantized(self, artifact: measure.Artifact) -> measure.Artifact:
-        from core.deploy.quantize import quantize_model
-
         started = time.perf_counter()
         model_bytes = quantize_model(artifact.model_bytes, self.data, self.settings.quantize)
         timings = dict(artifact.timings_ms, quantize=(time.perf_counter() - started) * 1000.0)

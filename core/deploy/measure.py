@@ -11,11 +11,13 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 
 from core.deploy import fidelity
 from core.errors import PrunelabError, error_line
+from core.inspect import count_macs, prunable_layers
 
 # Full measurement (CLI, API): at least this many timed runs and this many seconds.
 MIN_RUNS = 30
@@ -39,8 +41,6 @@ class Artifact:
 
 def session_options(threads: int = 2):
     """ORT SessionOptions: explicit intra-op threads, all graph optimizations, no spinning threads."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, int(threads))
     options.inter_op_num_threads = 1
@@ -57,8 +57,6 @@ def create_session(model_bytes: bytes, threads: int = 2):
 
     Raises PrunelabError in one line when ONNX Runtime refuses the model.
     """
-    import onnxruntime as ort
-
     started = time.perf_counter()
     try:
         session = ort.InferenceSession(model_bytes, session_options(threads), providers=["CPUExecutionProvider"])
@@ -210,8 +208,6 @@ def sizes(model_bytes: bytes) -> dict:
 
 def weight_counts(module: nn.Module) -> dict:
     """Parameter counts: all, nonzero, prunable, nonzero prunable, and sparsity among prunable weights."""
-    from core.inspect import prunable_layers
-
     with torch.no_grad():
         params = sum(parameter.numel() for parameter in module.parameters())
         nonzero = sum(int(torch.count_nonzero(parameter)) for parameter in module.parameters())
@@ -226,8 +222,6 @@ def weight_counts(module: nn.Module) -> dict:
 def total_macs(module: nn.Module, example_input: torch.Tensor) -> int | None:
     """Multiply-accumulates per item of the whole forward pass (dense kernels: zeros still count),
     attention matmuls included (see core.inspect.count_macs); None when nothing countable runs."""
-    from core.inspect import count_macs
-
     return count_macs(module, example_input) or None
 
 

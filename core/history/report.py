@@ -15,8 +15,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from core.errors import PrunelabError
-from core.history.compare import flat_metrics, pareto_indices, planned_sparsity
 from core.files import write_atomic
+from core.history.compare import flat_metrics, pareto_indices, planned_sparsity
 from core.history.runs import Run, get_run
 
 TABLE_METRICS = ["accuracy", "agreement", "loss", "latency_ms.p50", "latency_ms.p90", "throughput", "removed",
@@ -45,7 +45,8 @@ def pareto_figure(runs: list[Run], baseline: dict | None = None) -> go.Figure:
         chosen = [index for index in range(len(runs)) if (index in front) == on_front]
         figure.add_trace(go.Scatter(
             x=[points[index][1] for index in chosen], y=[points[index][0] for index in chosen],
-            mode="markers+text", text=[html.escape(run_name(runs[index])) for index in chosen], textposition="top center",
+            mode="markers+text", text=[html.escape(run_name(runs[index])) for index in chosen],
+            textposition="top center",
             customdata=[runs[index].id for index in chosen], name="Pareto front" if on_front else "other runs",
             marker={"size": [12 + 28 * math.sqrt(sizes[index] / largest) for index in chosen],
                     "color": "#d62728" if on_front else "#7f7f7f", "opacity": 0.8,

@@ -7,8 +7,8 @@ N:M plans, one per output channel for channel plans. Low scores are pruned first
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch

@@ -11,10 +11,10 @@ import copy
 import torch
 from torch import nn
 
-from core.prune import batchnorm, channel, criteria, nm, unstructured
 from core.data import Dataset
 from core.errors import PrunelabError
 from core.inspect import final_classifier, prunable_layers
+from core.prune import batchnorm, channel, criteria, nm, unstructured
 from core.prune.plan import Plan, granularity_kind
 from core.prune.result import Job, PruneResult
 

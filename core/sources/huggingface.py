@@ -178,7 +178,8 @@ def _pooling(directory: Path | None) -> Pooling:
         if pooling.is_file() and json.loads(pooling.read_text()).get("pooling_mode_cls_token"):
             mode = "cls"
         if modules.is_file():
-            normalize = any(str(entry.get("type", "")).endswith("Normalize") for entry in json.loads(modules.read_text()))
+            entries = json.loads(modules.read_text())
+            normalize = any(str(entry.get("type", "")).endswith("Normalize") for entry in entries)
     except (ValueError, AttributeError):
         pass  # unreadable sentence-transformers files: plain mean pooling
     return Pooling(mode, normalize)

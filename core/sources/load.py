@@ -8,6 +8,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
@@ -230,8 +231,6 @@ def _pickled(path: Path, trust: bool) -> ModelHandle:
 
 
 def _onnx(path: Path, trust: bool) -> ModelHandle:
-    import onnx
-
     try:
         graph = onnx.load(str(path))
         onnx.checker.check_model(graph)

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 
-from core.data import ASSETS, Dataset, digits
+from core.data import Dataset, digits
+from core.errors import PrunelabError
+from core.files import ASSETS
 from core.zoo.models import DigitsCNN, DigitsMLP, DigitsResNet
 
 WEIGHTS = ASSETS / "weights"
@@ -74,8 +76,6 @@ DEFAULT_MODEL = "digits-cnn"
 
 
 def builtin(name: str) -> Builtin:
-    from core.errors import PrunelabError
-
     if name not in BUILTINS:
         raise PrunelabError(f"unknown built-in model '{name}' (choose from: {', '.join(BUILTINS)})")
     return BUILTINS[name]

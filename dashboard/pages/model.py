@@ -30,7 +30,8 @@ def upload_ui() -> None:
     uploaded = st.file_uploader("Model file", type=["pt2", "onnx", "pt", "pth"],
                                 help=".pt2 from torch.export.save, an .onnx graph, or a pickled nn.Module (.pt)")
     trust = st.checkbox(TRUST_TEXT, value=False, disabled=not session.code_allowed(),
-                        help="state dicts never need this: use the factory tab" if session.code_allowed() else CODE_OFF_TEXT)
+                        help=("state dicts never need this: use the factory tab" if session.code_allowed()
+                              else CODE_OFF_TEXT))
     shape = st.text_input("Input shape (with batch)", placeholder="1,3,32,32", key="upload-shape",
                           help="only needed when the file does not record it")
     if st.button("Load file", disabled=uploaded is None):
