@@ -8,8 +8,11 @@ A visitor is not the person who started the server. So on the dashboard:
 - Files named by path must lie in the server's model folder (``--model-root``,
   ``PRUNELAB_MODEL_ROOT``) or be the visitor's own uploads. A path outside gets the same answer
   whether it exists or not.
-- The model the server was started with and the source already loaded in this session were
-  agreed to before; loading them again (with new data, say) asks nothing.
+- The model the server was started with was agreed to by whoever started it.
+
+``check_source`` runs every time a session's model is looked up, not only when a visitor picks
+one, so a source that reaches the session another way (a link, restored state) is held to the
+same rules.
 
 Nothing here touches Streamlit or torch.
 """
@@ -58,17 +61,17 @@ def check_path(path: str | None, what: str) -> None:
         raise PrunelabError(f"{what}: only files under {root} (the dashboard's --model-root) can be opened")
 
 
-def check_source(candidate: dict, current: dict, builtins) -> None:
-    """Raise PrunelabError when this visitor may not make the server load ``candidate``.
+def check_source(candidate: dict, builtins) -> None:
+    """Raise PrunelabError when a visitor may not make the server load ``candidate``.
 
-    ``candidate`` and ``current`` are source dicts (spec, weights, trust, data, input_shape);
-    ``current`` is what this session has loaded already. The model named when the server was
-    started (``PRUNELAB_MODEL``) counts as agreed to.
+    ``candidate`` is a source dict (spec, weights, trust, data, input_shape). It holds no memory
+    of earlier consent beyond its own ``trust``, so it is checked wherever a source is loaded,
+    however the source reached the session. The model named when the server was started
+    (``PRUNELAB_MODEL``) counts as agreed to.
     """
-    agreed = {(current["spec"], current["trust"]), (os.environ.get("PRUNELAB_MODEL"), False)}
     for key in ("weights", "data"):
         check_path(candidate.get(key), f"the {key} file")
-    if (candidate["spec"], bool(candidate["trust"])) in agreed:
+    if candidate["spec"] == os.environ.get("PRUNELAB_MODEL") and not candidate["trust"]:
         return
     path, imports = describe(candidate["spec"], builtins)
     check_path(path, "the model file")

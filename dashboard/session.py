@@ -68,6 +68,7 @@ def source() -> dict:
 def model():
     """This session's ModelHandle (shared, read-only: pass it back to core, never look inside)."""
     current = source()
+    consent.check_source(current, api.builtin_models())
     return _load(current["spec"], current["weights"], current["trust"], current["data"], current["input_shape"])
 
 
@@ -83,7 +84,7 @@ def use_source(spec: str, weights: str | None = None, trust: bool = False, data:
     candidate = {"spec": spec, "weights": weights, "trust": bool(trust), "data": data, "input_shape": input_shape}
     current = source()
     try:
-        consent.check_source(candidate, current, api.builtin_models())  # code needs --allow-code and a tick
+        consent.check_source(candidate, api.builtin_models())  # code needs --allow-code and a tick
         _load(**candidate)
     except Exception:
         uploads.discard(*(candidate[key] for key in ("spec", "weights", "data")

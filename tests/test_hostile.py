@@ -396,3 +396,21 @@ def test_dashboard_warns_when_bound_beyond_localhost(monkeypatch, capsys, tmp_pa
     assert started["env"]["PRUNELAB_ALLOW_CODE"] == "0" and started["env"]["PRUNELAB_MODEL_ROOT"] == str(tmp_path)
     main(["dashboard", "--allow-code"])
     assert "warning" not in capsys.readouterr().err and started["env"]["PRUNELAB_ALLOW_CODE"] == "1"
+
+
+def test_naming_a_factory_on_the_command_line_is_consent(cli, tmp_path):
+    marker = tmp_path / "imported"
+    (tmp_path / "mine.py").write_text(FACTORY.format(marker=str(marker)))
+    result = cli("inspect", f"{tmp_path / 'mine.py'}:factory", "--input-shape", "1,1,8,8")
+    assert result["code"] == 0 and marker.exists(), result["stderr"]
+
+
+def test_a_source_that_reaches_the_session_another_way_is_checked_too(model_page, tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "evil.py").write_text(FACTORY.format(marker=str(marker)))
+    monkeypatch.setenv("PRUNELAB_MODEL_ROOT", str(tmp_path))
+    model_page.session_state["prunelab.model"] = {"spec": f"{tmp_path / 'evil.py'}:factory", "weights": None,
+                                                  "trust": True, "data": None, "input_shape": "1,1,8,8"}
+    model_page.run()
+    assert not model_page.exception and not marker.exists()
+    assert any("--allow-code" in error.value for error in model_page.error)
