@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from core.deploy.export import export_onnx
-from core.inspect import layer_macs
 from core.deploy.measure import create_session, latency, paired_latency
+from core.inspect import layer_macs
 
 
 def ort_p50_ms(module: nn.Module, example: torch.Tensor, threads: int = 2, seconds: float = 1.0) -> float:

@@ -1,16 +1,22 @@
 """Where prunelab keeps its files and how it writes them.
 
-``home()`` is the data directory (run store, artifacts, caches); ``write_atomic`` is the one way
-prunelab writes a file a reader may open at the same time.
+``ASSETS`` holds what the package ships (the demo models' data, weights and cards);
+``home()`` is the person's data directory (run store, artifacts, caches); ``write_atomic`` is
+the one way prunelab writes a file a reader may open at the same time.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 from core.errors import PrunelabError
+
+# Package data (see [tool.setuptools.package-data] in pyproject.toml), found through the import
+# system so that an installed prunelab works from any folder, not only a checkout.
+ASSETS = Path(str(resources.files("core").joinpath("zoo", "assets")))
 
 
 def home() -> Path:

@@ -43,11 +43,10 @@ STYLE = """<style>[data-testid=stMetricValue]{font-size:1.6rem}
 
 
 def run() -> None:
-    from dashboard import state, url_state
+    from dashboard import url_state
 
     st.set_page_config(page_title="prunelab", page_icon=":material/content_cut:", layout="wide")
     st.html(STYLE)
-    state.keep_widgets()  # settings of pages not drawn in this run survive the page switch
     url_state.restore()  # a link's model, data and plan, on a session's first run
     navigation = st.navigation(pages(), position="top")  # the full width for the pages at 1280 px
     url_state.problem_ui()

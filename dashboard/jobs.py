@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import streamlit as st
 
@@ -45,7 +45,7 @@ class Job:
     def report(self, done: int, total: int, text: str = "") -> None:
         self.done, self.total, self.text = done, total, text
 
-    def _run(self, work: Callable[["Job"], object]) -> None:
+    def _run(self, work: Callable[[Job], object]) -> None:
         try:
             self.result = work(self)
         except Exception as error:  # anything from the engine: one line for the page

@@ -14,20 +14,14 @@ from dashboard import session, state
 def runs(this_model_only: bool = False) -> list[dict]:
     """Recorded runs, newest first: one row per run with the plan and headline metrics.
 
-    ``removed`` is the measured share of the dense model's prunable weights removed (any granularity).
+    ``removed`` is the measured share of the prunable weights zero or gone (any granularity).
     """
     chosen = api.list_runs(session.model().name if this_model_only else None)
     return [{"id": run.id, "label": run.label, "created": run.created, "model": run.model,
              "granularity": run.plan.get("granularity"), "criterion": run.plan.get("criterion"),
-             "scope": run.plan.get("scope"), "removed": removed_share(run.metrics), "quality": run.quality,
+             "scope": run.plan.get("scope"), "removed": run.removed, "quality": run.quality,
              "p50_ms": run.latency_p50, "compressed_bytes": run.compressed_bytes, "notes": run.notes}
             for run in chosen]
-
-
-def removed_share(metrics: dict) -> float | None:
-    """The share of prunable weights a stored report says were removed (older runs: their zero share)."""
-    pruned = (metrics or {}).get("pruned") or {}
-    return pruned.get("removed", pruned.get("sparsity"))
 
 
 def run_details(run_id: int) -> dict:

@@ -27,7 +27,8 @@ import streamlit as st
 
 from core import api
 from core.errors import PrunelabError, error_line
-from dashboard import state
+from dashboard import consent, state, uploads
+from dashboard.consent import code_allowed  # noqa: F401 (pages use it)
 from dashboard.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, save_upload, shown  # noqa: F401 (pages use them)
 
 GRANULARITIES = api.GRANULARITIES
@@ -67,6 +68,7 @@ def source() -> dict:
 def model():
     """This session's ModelHandle (shared, read-only: pass it back to core, never look inside)."""
     current = source()
+    consent.check_source(current, api.builtin_models())
     return _load(current["spec"], current["weights"], current["trust"], current["data"], current["input_shape"])
 
 
@@ -80,7 +82,14 @@ def use_source(spec: str, weights: str | None = None, trust: bool = False, data:
                input_shape: str | None = None) -> None:
     """Switch this session to another model; loads it first, so a bad file leaves the old one in place."""
     candidate = {"spec": spec, "weights": weights, "trust": bool(trust), "data": data, "input_shape": input_shape}
-    _load(**candidate)
+    current = source()
+    try:
+        consent.check_source(candidate, api.builtin_models())  # code needs --allow-code and a tick
+        _load(**candidate)
+    except Exception:
+        uploads.discard(*(candidate[key] for key in ("spec", "weights", "data")
+                          if candidate[key] not in current.values()))
+        raise
     state.set_source(candidate)
 
 
@@ -112,11 +121,11 @@ def data_splits() -> str:
 @st.cache_data(max_entries=16, show_spinner=False)
 def _inspect(_handle, key: str) -> dict:
     with state.lock(key):
-        return api.inspect(_handle)
+        return api.layer_table(_handle)
 
 
 def layer_table() -> dict:
-    """``{"layers": [rows], "totals": {...}}`` for this session's model (see core.api.inspect)."""
+    """``{"layers": [rows], "totals": {...}}`` for this session's model (see core.api.layer_table)."""
     return _inspect(model(), model_key())
 
 
@@ -202,11 +211,22 @@ def left_dense(granularity: str | None = None) -> dict[str, str]:
     return {**_left_dense(model(), model_key(), granularity), **reasons}
 
 
+def nm_share(granularity: str) -> float | None:
+    """n/m for an N:M granularity (every layer that can take it loses exactly that share), else None."""
+    if api.granularity_kind(granularity) != "N:M":
+        return None
+    n, m = (int(part) for part in granularity.split(":"))
+    return n / m
+
+
 def target_of_layer(layer: str) -> float:
     """The target a layer gets: 0 when left dense, else its own, its coupled group leader's, or the plan's."""
     values = state.plan()
     if layer in left_dense():
         return 0.0
+    pattern = nm_share(values["granularity"])
+    if pattern is not None:
+        return pattern
     if values["granularity"] == "channel":
         for group in groups():
             if layer in group["members"]:

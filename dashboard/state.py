@@ -1,10 +1,10 @@
 """Per-person state of the dashboard: the model source, the plan, remembered settings, the one lock per model.
 
 Everything here lives in ``st.session_state`` under the plain keys below; nothing here calls the
-engine (``dashboard/session.py`` does that). Widgets use keys starting with ``w.``: Streamlit drops
-a widget's value when its page is not drawn, so ``keep_widgets`` (called by ``app.run`` before
-every page) writes each one back, and settings survive a page switch. A widget is drawn without a
-``value=`` argument and seeded first (``seed``), so its value has one source.
+engine (``dashboard/session.py`` does that). Widgets use keys starting with ``w.``. A setting a
+person chooses is drawn with ``persist_state="session"`` (Streamlit otherwise drops a widget's
+value when its page is not drawn), without a ``value=`` argument, seeded first (``seed``) from its
+default or from the plan, so its value has one source.
 """
 from __future__ import annotations
 
@@ -33,12 +33,6 @@ def lock(key: str) -> threading.RLock:
     """The lock of one shared model (a forward pass with hooks on a shared module is not thread-safe)."""
     with _LOCKS_GUARD:
         return _LOCKS.setdefault(key, threading.RLock())
-
-
-def keep_widgets() -> None:
-    """Write every ``w.`` widget value back, so Streamlit keeps it while its page is not drawn."""
-    for key in [key for key in st.session_state if str(key).startswith(WIDGET_PREFIX)]:
-        st.session_state[key] = st.session_state[key]
 
 
 def seed(widget_key: str, value) -> None:
@@ -79,7 +73,8 @@ def set_source(candidate: dict) -> None:
     st.session_state[PLAN] = default_plan()
     for key in (LAYER, LAST_REPORT, RECOVERED, SAVED_LAYERS):
         st.session_state.pop(key, None)
-    forget_widgets("w.layer.")
+    forget_plan_widgets()
+    forget_widgets("w.layers.")
 
 
 # ---------------------------------------------------------------- the plan

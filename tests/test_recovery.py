@@ -6,12 +6,12 @@ import dataclasses
 import pytest
 import torch
 
-from core.train import recovery
 from core.data import random_data
-from core.prune.engine import apply_plan
 from core.errors import PrunelabError
 from core.inspect import prunable_layers
+from core.prune.engine import apply_plan
 from core.prune.plan import Plan
+from core.train import recovery
 from core.train.schedule import PolynomialDecay
 
 GLOBAL_95 = Plan(granularity="unstructured", criterion="l1", scope="global", sparsity=0.95)
@@ -170,7 +170,6 @@ def test_recover_cli_needs_training_data(capsys, tmp_path):
 
 
 def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(monkeypatch):
-    import time
     from pathlib import Path
 
     from streamlit.testing.v1 import AppTest
@@ -191,6 +190,7 @@ def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(m
     summary = page.session_state["prunelab.recovered"]["summary"]
     labels = {metric.label: metric.value for metric in page.metric}
     assert labels["recovered accuracy"] == f"{summary['accuracy']['recovered']:.2%}"
+    assert page.number_input(key="w.recover.epochs").value == 2  # the form keeps its settings after a run
 
     # the Export page measures and hands out the fine-tuned model, not the one-shot one
     pages = Path(__file__).resolve().parent.parent / "dashboard" / "pages"

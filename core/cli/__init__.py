@@ -23,7 +23,8 @@ def command_modules() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prunelab", description="Prune PyTorch models and measure them on ONNX Runtime.")
+    parser = argparse.ArgumentParser(prog="prunelab",
+                                     description="Prune PyTorch models and measure them on ONNX Runtime.")
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in command_modules():

@@ -1,9 +1,8 @@
 """prunelab allocate: per-layer sparsities from the sensitivity curves, written as a plan file."""
 from __future__ import annotations
 
-from core.api import SWEPT_GRANULARITIES, allocate, sensitivity
+from core.api import SWEPT_GRANULARITIES, allocate, check_request, sensitivity
 from core.cli.options import add_model_arguments, model_from
-from core.search.allocate import check_request
 from core.cli.sensitivity import ProgressBar
 from core.errors import PrunelabError
 

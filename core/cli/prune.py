@@ -16,13 +16,20 @@ from pathlib import Path
 
 import yaml
 
+from core.api import (
+    LiveEvaluator,
+    RunStore,
+    final_classifier,
+    log_runs,
+    record_run,
+    save_pruned,
+    sha256_file,
+    write_atomic,
+)
 from core.cli.evaluate import add_measure_arguments, load_plan, print_report, progress
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.cli.recover import add_finetune_arguments, finetuned
-from core.deploy.evaluate import LiveEvaluator
 from core.errors import PrunelabError
-from core.files import sha256_file, write_atomic
-from core.history.runs import RunStore
 
 FILES = ("model.onnx", "state_dict.pt", "model.pt2", "plan.yaml", "report.json")
 
@@ -109,7 +116,6 @@ def write_outputs(out: Path, handle, plan, report: dict, artifact) -> tuple[dict
     try:
         write_atomic(staging / "model.onnx", artifact.model_bytes)
         if artifact.module is not None:
-            from core.deploy.artifacts import save_pruned
             save_pruned(artifact.module, handle.example_input(1), staging)
         write_atomic(staging / "plan.yaml", resolved_plan_yaml(plan, report, handle).encode())
         names = [name for name in FILES if name == "report.json" or (staging / name).is_file()]
@@ -131,8 +137,7 @@ def resolved_plan_yaml(plan, report: dict, handle) -> str:
     values = plan.to_dict()
     sparsity = report.get("layer_sparsity") or {}
     if values["ignore"] is None and handle.module is not None:
-        from core.inspect import final_classifier
-        classifier = final_classifier(handle.module, handle.example_input(1))
+        classifier = final_classifier(handle)
         values["ignore"] = [] if classifier is None else [classifier]
     text = yaml.safe_dump(values, sort_keys=False)
     text += ("# effective_sparsity: the share of zero weights (or of removed channels) in every layer, measured\n"
@@ -147,12 +152,9 @@ def record_run_hook(report: dict, handle, plan, result, paths: dict[str, Path], 
 
     With ``mlflow_uri`` the recorded run is also logged to MLflow (params, metrics, the files).
     """
-    from core.history.runs import record_run
-
     run = record_run(report, model=handle, plan=plan,
                      layer_sparsity=None if result is None else dict(result.layer_sparsity),
                      artifacts={name: str(path) for name, path in paths.items()}, label=label, digests=digests)
     progress(f"recorded run {run.id} (prunelab runs show {run.id})")
     if mlflow_uri:
-        from core.history.mlflow_log import log_runs
         progress(f"logged to MLflow as run {log_runs([run], mlflow_uri)[run.id]}")

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from core.api import RunStore, compare_runs, delete_run, get_run, list_runs, log_runs
 from core.cli.options import print_json
-from core.history.compare import compare_runs
-from core.history.runs import RunStore, delete_run, get_run, list_runs
 
 
 def register(subparsers) -> None:
@@ -118,8 +117,6 @@ def run_check(args) -> int:
 
 
 def run_mlflow(args) -> int:
-    from core.history.mlflow_log import log_runs
-
     logged = log_runs([get_run(run_id) for run_id in args.ids], args.mlflow_uri, args.experiment)
     if args.json:
         print_json(logged)

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from core.api import SWEPT_GRANULARITIES, sensitivity
-from core.files import writable_home
+from core.api import DEFAULT_LEVELS, SWEPT_GRANULARITIES, parse_levels, sensitivity, writable_home
 from core.cli.options import add_model_arguments, model_from, print_json
-from core.search.sensitivity import DEFAULT_LEVELS, parse_levels
 
 SHADES = " .:-=+*#%@"  # no drop ... a drop of 50 points or more
 
@@ -16,7 +14,8 @@ def register(subparsers) -> None:
     add_model_arguments(parser)
     parser.add_argument("--granularity", choices=SWEPT_GRANULARITIES, default="unstructured")
     parser.add_argument("--criterion", default="l1", help="how weights or channels are ranked (default l1)")
-    parser.add_argument("--levels", help=f"sparsities to try (default {','.join(f'{level:g}' for level in DEFAULT_LEVELS)})")
+    default_levels = ",".join(f"{level:g}" for level in DEFAULT_LEVELS)
+    parser.add_argument("--levels", help=f"sparsities to try (default {default_levels})")
     parser.add_argument("--max-items", default="auto", metavar="N|all|auto",
                         help="score the first N items of the val split, all of them, or auto (default: all, "
                              "unless the model is large enough that a subset keeps the sweep to minutes)")

@@ -22,9 +22,11 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
+from torch.nn.utils import parametrize, prune
 
 from core.errors import PrunelabError, error_line
 from core.files import write_atomic
+from core.inspect import prunable_layers
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -37,8 +39,6 @@ def strip_reparametrizations(module: nn.Module) -> nn.Module:
     Without this the graph would carry ``weight_orig`` and ``weight_mask`` (twice the size)
     and lose the layer names.
     """
-    from torch.nn.utils import parametrize, prune
-
     # torch.nn.utils.prune leaves the computed weight as a non-leaf tensor, which deepcopy refuses:
     # hand deepcopy a detached copy of each such tensor.
     memo = {id(value): value.detach().clone() for child in module.modules() for value in vars(child).values()
@@ -105,8 +105,6 @@ def _export_dynamo(module: nn.Module, example_input: torch.Tensor) -> bytes:
 
 def initializer_layers(model: onnx.ModelProto, module: nn.Module) -> dict[str, str]:
     """Initializer name -> prunable layer name, for every layer weight the graph carries by name."""
-    from core.inspect import prunable_layers
-
     names = {initializer.name for initializer in model.graph.initializer}
     found = {}
     for layer in prunable_layers(module):

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from core.data import Dataset
 from core.errors import PrunelabError, error_line
@@ -63,9 +65,6 @@ def quantize_model(model_bytes: bytes, data: Dataset, mode: str = "int8") -> byt
     ``data`` supplies calibration inputs for static quantization. Raises PrunelabError for an
     unknown mode or a graph onnxruntime.quantization cannot handle.
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     model = onnx.load_from_string(model_bytes)
     resolved = resolve_mode(model, mode)
     with tempfile.TemporaryDirectory(prefix="prunelab-int8-") as directory, warnings.catch_warnings():

@@ -91,6 +91,11 @@ class Run:
         return self.pruned.get("agreement") if value is None else value
 
     @property
+    def removed(self) -> float | None:
+        """The measured share of the prunable weights zero or gone, any granularity (older runs: zero share)."""
+        return self.pruned.get("removed", self.pruned.get("sparsity"))
+
+    @property
     def latency_p50(self) -> float | None:
         return (self.pruned.get("latency_ms") or {}).get("p50")
 

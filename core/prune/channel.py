@@ -17,9 +17,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from core.prune import criteria
 from core.errors import PrunelabError, error_line
 from core.inspect import final_classifier
+from core.prune import criteria
 from core.prune.result import PruneResult
 
 ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -287,8 +287,8 @@ def prune_channels(job):
         report.append({**group.as_dict(), "target": targets[group.leader], "kept": kept, "pruned": pruned})
     _check_output(module, job.example_input, dense_output)
     result = PruneResult(module, plan, masks=None, groups=report, notes=notes)
-    result.layer_sparsity = {name: 1.0 - _out_channels(layer.module) / count
-                             for name, layer, count in ((l.name, l, before[l.name]) for l in job.layers) if count}
+    result.layer_sparsity = {layer.name: 1.0 - _out_channels(layer.module) / before[layer.name]
+                             for layer in job.layers if before[layer.name]}
     untouched = sorted(included - {name for group in groups for name in group.members})
     if untouched:
         result.notes.append("left dense (coupled with an ignored layer, or outside the traced graph): "
@@ -305,8 +305,8 @@ def _check_output(module: nn.Module, example_input: torch.Tensor, dense_output) 
     try:
         output = _run(module, example_input)
     except Exception as error:
-        raise PrunelabError(f"the channel-pruned model fails to run ({error_line(error, with_type=True)}); ignore the layers "
-                            "involved or use unstructured pruning") from None
+        raise PrunelabError(f"the channel-pruned model fails to run ({error_line(error, with_type=True)}); "
+                            "ignore the layers involved or use unstructured pruning") from None
     shape = lambda value: tuple(value.shape) if isinstance(value, torch.Tensor) else None  # noqa: E731
     if shape(output) != shape(dense_output):
         raise PrunelabError(f"channel pruning changed the model's output shape from {shape(dense_output)} "

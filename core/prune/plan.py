@@ -95,7 +95,8 @@ class Plan:
         if self.criterion not in CRITERIA:
             raise PrunelabError(f"unknown criterion {brief(self.criterion)} (criteria: {', '.join(CRITERIA)})")
         if granularity_kind(self.granularity) not in CRITERIA[self.criterion]:
-            raise PrunelabError(f"criterion {brief(self.criterion)} ranks channels only, not {self.granularity} weights")
+            raise PrunelabError(f"criterion {brief(self.criterion)} ranks channels only, "
+                                f"not {self.granularity} weights")
         if self.scope not in SCOPES:
             raise PrunelabError(f"scope must be one of {', '.join(SCOPES)}, got {brief(self.scope)}")
         object.__setattr__(self, "sparsity", _fraction(self.sparsity, "sparsity"))
@@ -150,7 +151,7 @@ class Plan:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Plan":
+    def from_dict(cls, values: dict) -> Plan:
         """Build from plain values; unknown keys are an error naming them."""
         if not isinstance(values, dict):
             raise PrunelabError(f"a plan must be a mapping of fields, got {type(values).__name__}")
@@ -171,7 +172,7 @@ class Plan:
         text = json.dumps(self.to_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def replace(self, **changes) -> "Plan":
+    def replace(self, **changes) -> Plan:
         """A copy with ``changes`` applied (validated again)."""
         unknown = sorted(set(changes) - {field.name for field in dataclasses.fields(self)})
         if unknown:
@@ -192,7 +193,7 @@ class Plan:
         return path
 
     @classmethod
-    def load(cls, path) -> "Plan":
+    def load(cls, path) -> Plan:
         """Read a plan written by ``save`` (or by hand); PrunelabError on a missing or malformed file."""
         path = Path(path)
         if path.suffix not in (".yaml", ".yml", ".json"):
@@ -202,7 +203,8 @@ class Plan:
                 raise PrunelabError(f"plan file {path} is {gib(path.stat().st_size)}; a plan is a few KB")
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as error:
-            raise PrunelabError(f"cannot read plan file {path}: {getattr(error, 'strerror', None) or 'not text'}") from None
+            reason = getattr(error, "strerror", None) or "not text"
+            raise PrunelabError(f"cannot read plan file {path}: {reason}") from None
         try:
             values = read_plan_text(text, f"plan file {path.name}", path.suffix)
         except (json.JSONDecodeError, yaml.YAMLError) as error:
@@ -212,7 +214,7 @@ class Plan:
 
     def validate_for(self, module) -> None:
         """Raise PrunelabError naming any layer in ``layers`` or ``ignore`` that ``module`` lacks."""
-        from core.inspect import prunable_layers
+        from core.inspect import prunable_layers  # plans stay readable without torch; it loads here
 
         names = [layer.name for layer in prunable_layers(module)]
         for name in [name for name, _ in self.layers] + list(self.ignore or ()):

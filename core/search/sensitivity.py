@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -25,10 +25,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.cache import ResultCache, cache_key
-from core.prune import batchnorm
+from core.deploy.export import export_onnx
+from core.deploy.measure import create_session, latency, total_macs
 from core.errors import PrunelabError
-from core.deploy.measure import total_macs
+from core.inspect import final_classifier, prunable_layers
+from core.prune import batchnorm
+from core.prune.channel import coupled_groups
+from core.prune.criteria import gather_evidence, weight_scores
+from core.prune.engine import apply_plan
 from core.prune.plan import GRANULARITIES, Plan, granularity_kind
+from core.prune.unstructured import layer_mask
 from core.sources import ModelHandle
 
 DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -200,9 +206,6 @@ def split_arrays(handle: ModelHandle, split: str):
 
 def included_layers(module: nn.Module, example: torch.Tensor) -> list:
     """The layers a plan prunes by default: every prunable layer but the final classifier."""
-    from core.inspect import final_classifier
-    from core.inspect import prunable_layers
-
     ignored = final_classifier(module, example)
     return [layer for layer in prunable_layers(module) if layer.name != ignored]
 
@@ -210,9 +213,6 @@ def included_layers(module: nn.Module, example: torch.Tensor) -> list:
 def unstructured_sweep(handle: ModelHandle, criterion: str, levels: list[float], scorer: Scorer,
                        progress: Progress, should_stop, baseline: tuple[float, float]) -> tuple[list, bool]:
     """One curve per prunable layer: masks from scores computed once per layer, thresholded per level."""
-    from core.prune.criteria import gather_evidence, weight_scores
-    from core.prune.unstructured import layer_mask
-
     module = handle.module  # a private copy (see _run); every weight is restored after its layer
     layers = included_layers(module, handle.example_input(1))
     evidence = gather_evidence(module, layers, criterion, handle.data, seed=0)
@@ -254,10 +254,6 @@ def unstructured_sweep(handle: ModelHandle, criterion: str, levels: list[float],
 def channel_sweep(handle: ModelHandle, criterion: str, levels: list[float], scorer: Scorer,
                   progress: Progress, should_stop, baseline: tuple[float, float]) -> tuple[list, bool]:
     """One curve per coupled channel group: the engine removes the group's channels at each level."""
-    from core.prune.engine import apply_plan
-    from core.prune.plan import Plan
-    from core.prune.channel import coupled_groups
-
     example = handle.example_input(1)
     groups = coupled_groups(handle.module, example)
     dense = footprint(handle.module, example)
@@ -288,9 +284,6 @@ def channel_sweep(handle: ModelHandle, criterion: str, levels: list[float], scor
 
 def footprint(module: nn.Module, example: torch.Tensor, timed: bool = True) -> dict:
     """Parameters, MACs per item and ORT p50 latency (ms, batch 1) of ``module``."""
-    from core.deploy.export import export_onnx
-    from core.deploy.measure import create_session, latency
-
     figures = {"params": int(sum(parameter.numel() for parameter in module.parameters())),
                "macs": total_macs(module, example) or 0}
     if timed:

@@ -8,7 +8,7 @@
   retraining the surviving weights are rewound to their values at initialization (or after an
   early epoch). A control trains a random re-initialization under the same masks.
 
-All of them train with ``core.zoo.train.fit`` and re-apply the masks after every optimizer step,
+All of them train with ``core.train.loop.fit`` and re-apply the masks after every optimizer step,
 so AdamW's momentum and weight decay never move a pruned weight off zero. They are deterministic
 for a seed and never mutate the ModelHandle. Progress reaches the caller through
 ``on_epoch(row)`` (row is the new history entry), ``on_step(step, loss)``, and ``should_stop()``,
@@ -18,21 +18,21 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
 from core.data import Dataset
-from core.prune.engine import PruneResult, apply_plan
 from core.errors import PrunelabError
 from core.inspect import prunable_layers
+from core.prune.engine import PruneResult, apply_plan
 from core.prune.plan import Plan
-from core.train.schedule import PolynomialDecay
-from core.sources import ModelHandle
 from core.prune.unstructured import apply_mask
-from core.zoo.train import accuracy, fit
+from core.sources import ModelHandle
+from core.train.loop import accuracy, fit
+from core.train.schedule import PolynomialDecay
 
 Masks = dict[str, torch.Tensor]
 

@@ -13,8 +13,8 @@ MIME = {".json": "application/json", ".py": "text/x-python", ".yaml": "text/yaml
 
 def save_ui() -> None:
     with st.expander("Save the current plan as a run", icon=":material/save:"):
-        label = st.text_input("Label", key="w.history.label", max_chars=80)
-        notes = st.text_area("Notes", key="w.history.notes", max_chars=2000)
+        label = st.text_input("Label", key="w.history.label", persist_state="session", max_chars=80)
+        notes = st.text_area("Notes", key="w.history.notes", persist_state="session", max_chars=2000)
         if st.button("Save run", icon=":material/save:", key="history-save"):
             with session.guard("saving the run"), st.spinner("Measuring the plan…"):
                 run_id = run_history.save_run(label, notes)
@@ -27,7 +27,9 @@ def table_ui(rows: list[dict]) -> list[int]:
     frame = pd.DataFrame(rows).set_index("id")
     event = st.dataframe(frame, key="history-table", on_select="rerun", selection_mode="multi-row",
                          column_config={"quality": st.column_config.NumberColumn("accuracy / agreement", format="%.4f"),
-                                        "sparsity": st.column_config.NumberColumn(format="%.2f"),
+                                        "removed": st.column_config.NumberColumn(
+                                            "weights removed", format="percent",
+                                            help="share of the prunable weights zero or gone, measured"),
                                         "p50_ms": st.column_config.NumberColumn("p50 ms", format="%.3f"),
                                         "compressed_bytes": st.column_config.NumberColumn("compressed", format="%d")})
     return [int(frame.index[row]) for row in event.selection.rows]
@@ -77,9 +79,12 @@ def export_ui(run_id: int) -> None:
 def compare_ui(ids: list[int], selected: list[int]) -> None:
     st.subheader("Compare two runs")
     chosen = (selected + [run_id for run_id in ids if run_id not in selected])[:2]
+    for key, run_id in (("w.history.a", chosen[0]), ("w.history.b", chosen[-1])):
+        if st.session_state.get(key) not in ids:  # first visit, or that run was deleted
+            st.session_state[key] = run_id
     first_column, second_column = st.columns(2)
-    first = first_column.selectbox("Run A", ids, index=ids.index(chosen[0]), key="w.history.a")
-    second = second_column.selectbox("Run B", ids, index=ids.index(chosen[-1]), key="w.history.b")
+    first = first_column.selectbox("Run A", ids, key="w.history.a", persist_state="session")
+    second = second_column.selectbox("Run B", ids, key="w.history.b", persist_state="session")
     diff = run_history.compare_runs(first, second)
     layers, metrics = st.columns(2)
     layers.dataframe(pd.DataFrame(diff["layers"]), hide_index=True, key="history-diff-layers")
@@ -96,7 +101,8 @@ st.title("History")
 st.caption("Saved runs of every model: pick the best trade-off, compare two, hand on a report or the plan.")
 save_ui()
 with session.guard("reading the run history"):
-    only_this = st.toggle("Only this model's runs", key="w.history.only", value=True)
+    state.seed("w.history.only", True)
+    only_this = st.toggle("Only this model's runs", key="w.history.only", persist_state="session")
     rows = run_history.runs(this_model_only=only_this)
     if not rows:
         st.info("No runs yet. Save one above, or run `prunelab prune MODEL --plan PLAN --out DIR`.")

@@ -27,7 +27,7 @@ def layer_ui(names: list[str]) -> str:
     state.seed("w.layers.layer", st.session_state.get(state.LAYER, names[0]))
     if st.session_state["w.layers.layer"] not in names:
         st.session_state["w.layers.layer"] = names[0]
-    return st.selectbox("Layer", names, key="w.layers.layer",
+    return st.selectbox("Layer", names, key="w.layers.layer", persist_state="session",
                         on_change=lambda: st.session_state.update({state.LAYER: st.session_state["w.layers.layer"]}))
 
 

@@ -19,13 +19,17 @@ def settings_ui(values: dict) -> dict | None:
     """Method and training settings (kept across page switches and runs); returns them when Run is pressed."""
     for key, value in DEFAULTS.items():
         state.seed(key, value)
-    method = st.selectbox("Method", list(METHODS), format_func=METHODS.get, key="w.recover.method")
+    method = st.selectbox("Method", list(METHODS), format_func=METHODS.get, key="w.recover.method",
+                          persist_state="session")
     first, second, third, fourth = st.columns(4)
     epochs = first.number_input("Epochs" + (" per round" if method in ("iterative", "lottery") else ""),
-                                1, 100, key="w.recover.epochs")
-    lr = second.number_input("Peak learning rate", 1e-4, 1e-1, format="%.4f", key="w.recover.lr")
-    rounds = third.number_input("Rounds", 1, 10, key="w.recover.rounds", disabled=method in ("finetune", "gradual"))
-    rewind = fourth.number_input("Rewind to epoch", 0, 99, key="w.recover.rewind", disabled=method != "lottery",
+                                1, 100, key="w.recover.epochs", persist_state="session")
+    lr = second.number_input("Peak learning rate", 1e-4, 1e-1, format="%.4f", key="w.recover.lr",
+                             persist_state="session")
+    rounds = third.number_input("Rounds", 1, 10, key="w.recover.rounds", persist_state="session",
+                                disabled=method in ("finetune", "gradual"))
+    rewind = fourth.number_input("Rewind to epoch", 0, 99, key="w.recover.rewind", persist_state="session",
+                                 disabled=method != "lottery",
                                  help="0 rewinds to the initialization; 1 or 2 (late rewinding) helps at high sparsity")
     schedule, ready = None, True
     if method == "gradual":
@@ -50,9 +54,11 @@ def schedule_ui(final: float, epochs: int) -> dict:
     if st.session_state["w.recover.initial"] > final:
         st.session_state["w.recover.initial"] = 0.0
     left, middle, right = st.columns(3)
-    initial = left.slider("Initial sparsity", 0.0, float(final), step=0.01, key="w.recover.initial")
-    end = middle.slider("Ramp ends at (share of training)", 0.1, 1.0, step=0.05, key="w.recover.end")
-    power = right.slider("Power", 1.0, 5.0, step=0.5, key="w.recover.power")
+    initial = left.slider("Initial sparsity", 0.0, float(final), step=0.01, key="w.recover.initial",
+                          persist_state="session")
+    end = middle.slider("Ramp ends at (share of training)", 0.1, 1.0, step=0.05, key="w.recover.end",
+                        persist_state="session")
+    power = right.slider("Power", 1.0, 5.0, step=0.5, key="w.recover.power", persist_state="session")
     schedule, curve = recovery.schedule_curve(final, epochs, initial, end, power)
     st.plotly_chart(schedule_figure(curve), key="recover-schedule", config={"displayModeBar": False})
     return schedule

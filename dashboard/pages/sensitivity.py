@@ -16,13 +16,15 @@ def settings_ui() -> dict | None:
     granularities = ["unstructured"] + (["channel"] if session.can("channel") else [])
     first, second, third, fourth = st.columns(4)
     granularity = first.selectbox("Granularity", granularities, key="w.sensitivity.granularity",
+                                  persist_state="session",
                                   help="channel sweeps also time each level on ONNX Runtime (slower)")
     criteria = session.criteria_for(granularity)
     if st.session_state.get("w.sensitivity.criterion") not in criteria:
         st.session_state["w.sensitivity.criterion"] = criteria[0]
-    criterion = second.selectbox("Criterion", criteria, key="w.sensitivity.criterion")
-    quick = third.toggle("Quick (5 levels)", key="w.sensitivity.quick", help=", ".join(f"{v:.0%}" for v in QUICK_LEVELS))
-    every = fourth.toggle("Every val item", key="w.sensitivity.every",
+    criterion = second.selectbox("Criterion", criteria, key="w.sensitivity.criterion", persist_state="session")
+    quick = third.toggle("Quick (5 levels)", key="w.sensitivity.quick", persist_state="session",
+                         help=", ".join(f"{v:.0%}" for v in QUICK_LEVELS))
+    every = fourth.toggle("Every val item", key="w.sensitivity.every", persist_state="session",
                           help="large models score the first val items only, which keeps a sweep to minutes; "
                                "the caption above the results says how many were scored")
     if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
