@@ -6,8 +6,6 @@ which spends the sensitivity sweep's curves where they hurt least. Part of the s
 """
 from __future__ import annotations
 
-import streamlit as st
-
 from core import api
 from core.errors import PrunelabError
 from dashboard import session, state, sweeps
@@ -42,9 +40,10 @@ def needs_sweep() -> str | None:
     """What the page must say before Auto-allocate can work, or None when it can."""
     values = state.plan()
     if ":" in values["granularity"]:
-        return f"{values['granularity']} fixes every layer's sparsity; Auto-allocate works for unstructured and channel."
+        return f"{values['granularity']} fixes every layer's sparsity; Auto-allocate works for unstructured "\
+               "and channel."
     if matching_sweep() is None:
-        return (f"Auto-allocate spends the goal where a sensitivity sweep says it hurts least, so it needs a "
+        return ("Auto-allocate spends the goal where a sensitivity sweep says it hurts least, so it needs a "
                 f"{values['granularity']} / {values['criterion']} sweep of this model first.")
     return None
 

@@ -43,8 +43,8 @@ def selected_ui(node: dict) -> None:
     layer = node["layers"][0]
     if values["granularity"] == "channel":
         layer = next((group["leader"] for group in session.groups() if layer in group["members"]), layer)
-    inside = f" ({len(node['layers'])} layers: {', '.join(node['layers'][:6])}{'…' if len(node['layers']) > 6 else ''})" \
-        if len(node["layers"]) > 1 else ""
+    shown = ", ".join(node["layers"][:6]) + ("…" if len(node["layers"]) > 6 else "")
+    inside = f" ({len(node['layers'])} layers: {shown})" if len(node["layers"]) > 1 else ""
     st.markdown(f"**{node['id']}**{inside}: {formatting.count(node['params'])} weights, "
                 f"{formatting.count(node['macs'])} MACs")
     dense = session.left_dense()

@@ -46,7 +46,8 @@ def strip_items(report: dict) -> list[tuple[str, str, str]]:
     latency, dense_latency = pruned["latency_ms"]["p50"], dense["latency_ms"]["p50"]
     size_label, size_help, field = _size_pair(report)
     speed = _speed_words(pruned)
-    after = speed if speed == "no measurable change" else formatting.milliseconds(latency) + (f" ({speed})" if speed else "")
+    after = speed if speed == "no measurable change" else \
+        formatting.milliseconds(latency) + (f" ({speed})" if speed else "")
     return [
         (label.capitalize(), f"{formatting.percent(dense_quality)} → {formatting.percent(quality)}", TERMS[label]),
         ("Latency (p50)", f"{formatting.milliseconds(dense_latency)} → {after}", TERMS["p50"]),
@@ -93,8 +94,9 @@ def _speed_card(column, pruned: dict) -> None:
     value, delta, _ = speed_values(pruned)
     measurable = delta is not None and delta[0].isdigit()
     slower = measurable and pruned["speedup"]["p50"] < 1.0
+    arrow = ("down" if slower else "up") if measurable else "off"
     column.metric("Speedup", value, delta, border=True, delta_color="inverse" if slower else
-                  ("normal" if measurable else "off"), delta_arrow=("down" if slower else "up") if measurable else "off",
+                  ("normal" if measurable else "off"), delta_arrow=arrow,
                   help=f"{TERMS['speedup']}: the median over pairs of runs timed in alternation, with its 95% "
                        "interval; 'no measurable change' when the interval holds 1x or it is within 5% of 1x")
 

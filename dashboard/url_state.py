@@ -19,7 +19,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard import session, state
-from dashboard.uploads import _UPLOADS
+from dashboard import uploads
 
 READ = "prunelab.url.read"       # set once the address was read in this session
 PROBLEM = "prunelab.url.problem"  # a line saying what in the address could not be used
@@ -75,7 +75,7 @@ def allowed_source(params: dict[str, str]) -> str | None:
     spec, data = params.get("model", ""), params.get("data")
     if spec not in session.builtin_names() and spec != os.environ.get("PRUNELAB_MODEL"):
         return f"a link opens a built-in model or the one this server was started with, not '{spec}'"
-    if data and not (Path(data).resolve().is_relative_to(_UPLOADS.resolve()) and Path(data).is_file()):
+    if data and not (Path(data).resolve().is_relative_to(uploads.folder().resolve()) and Path(data).is_file()):
         return "the link's data file is not one uploaded to this server (upload it on the Model page)"
     return None
 

@@ -10,8 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_browser import (CHROMIUM, READY, TIMEOUT_MS, VIEWPORT, launch, metric, open_tune, slider,
-                                start_server, stop_server, wait_changed, wait_idle)
+from tests.test_browser import (
+    CHROMIUM,
+    READY,
+    TIMEOUT_MS,
+    VIEWPORT,
+    launch,
+    metric,
+    open_tune,
+    slider,
+    start_server,
+    stop_server,
+    wait_changed,
+    wait_idle,
+)
 
 pytestmark = [
     pytest.mark.browser,
