@@ -65,6 +65,7 @@ METRICS = {
     "latency_ms.mean": ("Latency, mean", milliseconds),
     "throughput": ("Throughput (items/s)", lambda value: MISSING if value is None else f"{value:,.0f}"),
     "sparsity": ("Sparsity (zero share of prunable weights)", percent),
+    "removed": ("Weights removed (zero or gone)", percent),
     "params": ("Parameters", count), "nonzero_params": ("Nonzero parameters", count),
     "macs": ("MACs per item (multiply-accumulates)", count),
     "onnx_bytes": ("File size (.onnx)", size), "compressed_bytes": ("Compressed size (gzip)", size),

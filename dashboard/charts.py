@@ -134,3 +134,42 @@ def _node_hover(node: dict, cut: float) -> str:
     inside = f"<br>{len(node['layers'])} layers" if len(node["layers"]) > 1 else ""
     return (f"<b>{node['id']}</b><br>{node['kind']}{inside}<br>{node['params']:,} weights, "
             f"{node['macs']:,} MACs<br>{group}<br>cut {100 * cut:.0f}%")
+
+
+def sensitivity_heatmap(result: dict) -> go.Figure:
+    """Layers x sparsity level, coloured by the accuracy drop (percentage points) when only that layer is pruned.
+
+    The levels are categories ('10%' ... '95%'): one column each, all of equal width, labelled as written.
+    """
+    baseline, label = result["baseline_accuracy"], result["label"]
+    names = [layer["name"] for layer in result["layers"]]
+    levels = result["levels"]
+    drops = [[None] * len(levels) for _ in names]
+    for row, layer in enumerate(result["layers"]):
+        for point in layer["curve"]:
+            drops[row][levels.index(point["sparsity"])] = round(100 * (baseline - point["accuracy"]), 1)
+    columns = [f"{100 * level:g}%" for level in levels]
+    figure = go.Figure(go.Heatmap(
+        z=drops, x=columns, y=names, colorscale="Reds", zmin=0, xgap=1, ygap=1,
+        text=drops, texttemplate="%{text}", colorbar={"title": {"text": f"{label} drop<br>(pts)"}},
+        hovertemplate=f"%{{y}} pruned to %{{x}}<br>{label} drop %{{z}} percentage points<extra></extra>"))
+    figure.update_xaxes(type="category", categoryorder="array", categoryarray=columns, side="top")
+    figure.update_yaxes(type="category", autorange="reversed")
+    title = f"Drop in {label} (percentage points) when only one layer is pruned"
+    return _layout(figure, title, "sparsity of that layer", "", height=max(HEIGHT, 28 * len(names) + 110))
+
+
+def training_curves(history: list[dict]) -> tuple[go.Figure, go.Figure]:
+    """Two small charts per epoch, one y-axis each: mean training loss, and validation accuracy (%)."""
+    epochs = [row["epoch"] for row in history]
+    loss = go.Figure(go.Scatter(x=epochs, y=[row["loss"] for row in history], mode="lines+markers",
+                                marker_color=KEPT, text=[row.get("phase", "") for row in history],
+                                hovertemplate="epoch %{x}<br>loss %{y:.4f}<extra>%{text}</extra>"))
+    accuracy = go.Figure(go.Scatter(
+        x=epochs, y=[None if row.get("val_accuracy") is None else 100 * row["val_accuracy"] for row in history],
+        mode="lines+markers", marker_color=EFFECTIVE, text=[row.get("phase", "") for row in history],
+        hovertemplate="epoch %{x}<br>%{y:.1f}%<extra>%{text}</extra>"))
+    for figure in (loss, accuracy):
+        figure.update_xaxes(tickmode="linear", dtick=1, tickformat="d", rangemode="tozero")
+    return (_layout(loss, "Training loss", "epoch", "mean cross-entropy", height=280),
+            _layout(accuracy, "Validation accuracy", "epoch", "accuracy (%)", height=280))

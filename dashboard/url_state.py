@@ -18,8 +18,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import session, state
-from dashboard import uploads
+from dashboard import session, state, uploads
 
 READ = "prunelab.url.read"       # set once the address was read in this session
 PROBLEM = "prunelab.url.problem"  # a line saying what in the address could not be used
