@@ -251,6 +251,12 @@ def test_stale_staging_of_a_killed_prune_is_cleaned(cli, tmp_path):
     result = cli("prune", "digits-mlp", "--plan", plan, "--out", tmp_path / "out")
     assert result["code"] == 0, result["stderr"]
     assert not stale.exists() and not list((tmp_path / "out").glob(".*"))
+    here = tmp_path / "here"  # an empty folder that exists, named "."; earlier versions staged inside it
+    (here / ".prune-k2x9q1w7").mkdir(parents=True)
+    result = cli("prune", "digits-mlp", "--plan", plan, "--out", ".", cwd=here)
+    assert result["code"] == 0, result["stderr"]
+    assert sorted(path.name for path in here.iterdir()) == sorted(
+        ["model.onnx", "state_dict.pt", "model.pt2", "plan.yaml", "report.json"])
 
 
 def test_prune_with_a_corrupt_store_refuses_before_its_work(cli, tmp_path, prunelab_home):
