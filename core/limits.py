@@ -7,6 +7,7 @@ size is checked here against a limit before anything is allocated. The data limi
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import reprlib
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from numpy.lib import format as npy
 
 from core.errors import PrunelabError
 
@@ -94,8 +96,6 @@ def _key(member: zipfile.ZipInfo) -> str:
 
 def _npy_header(archive: zipfile.ZipFile, member: zipfile.ZipInfo, path: Path) -> tuple[tuple, np.dtype]:
     """The declared shape and dtype of one ``.npy`` member, reading only its first bytes."""
-    from numpy.lib import format as npy
-
     try:
         with archive.open(member) as stream:
             version = npy.read_magic(stream)
@@ -154,8 +154,6 @@ def read_plan_text(text: str, what: str, suffix: str):
     Raises PrunelabError naming ``what`` for text too large, too deep or expanding too far,
     before the expansion is built; YAML and JSON syntax errors are left to the caller.
     """
-    import json
-
     if len(text) > PLAN_BYTES:
         raise PrunelabError(f"{what} is {gib(len(text))}; a plan is a few KB (limit {gib(PLAN_BYTES)})")
     try:

@@ -53,6 +53,9 @@ def progress(text: str) -> None:
 
 ROWS = [  # (label, metric key, format)
     ("accuracy", "accuracy", "percent"), ("agreement", "agreement", "percent"), ("loss", "loss", "float"),
+    ("cosine to dense", "cosine", "float"), ("cosine p5", "cosine_p5", "float"),
+    ("nearest-neighbour agr.", "neighbour_agreement", "percent"),
+    ("output error (rel L2)", "output_error", "float"), ("KL to dense", "kl", "float"),
     ("latency p50 (ms)", ("latency_ms", "p50"), "ms"), ("latency p90 (ms)", ("latency_ms", "p90"), "ms"),
     ("latency p99 (ms)", ("latency_ms", "p99"), "ms"), ("throughput (items/s)", "throughput", "int"),
     ("session (ms)", "session_ms", "ms"), ("params", "params", "int"), ("nonzero params", "nonzero_params", "int"),
@@ -86,11 +89,16 @@ def print_report(report: dict) -> None:
           f"{settings['data']}, ONNX Runtime CPU, {settings['threads']} threads, batch {settings['batch_size']}")
     measured = "pruned" if plan is not None else (settings["quantize"] or "measured")
     print(f"{'metric':<22} {'baseline':>14} {measured:>14} {'ratio':>8}")
+    embedding = report["baseline"].get("label") == "cosine"
     for label, key, kind in ROWS:
         if key == "accuracy" and report["baseline"]["accuracy"] is None:
             continue
+        missing = not isinstance(key, tuple) and key not in report["baseline"]  # older reports lack new rows
+        if missing or (key in ("agreement", "loss") and embedding):
+            continue  # an embedding's agreement is its nearest-neighbour row
         before, after = _value(report["baseline"], key), _value(report["pruned"], key)
         ratio = f"{after / before:.2f}x" if isinstance(before, (int, float)) and before and after is not None else ""
+        ratio = "" if key in ("output_error", "kl") else ratio
         print(f"{label:<22} {_format(before, kind):>14} {_format(after, kind):>14} {ratio:>8}")
     for note in report["notes"]:
         print(f"note: {note}")

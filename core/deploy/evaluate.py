@@ -5,10 +5,16 @@ A report is ``{"model", "plan", "settings", "pruned": metrics, "baseline": metri
 dense model, latency_ms {mean, p50, p90, p99}, throughput, session_ms, params, nonzero_params,
 sparsity (zero share of the model's own prunable weights), removed (share of the dense model's
 prunable weights zero or gone: the figure for every granularity), macs, onnx_bytes,
-compressed_bytes, max_abs_diff and label ('accuracy' or 'agreement'). The pruned metrics also hold
+compressed_bytes, max_abs_diff and label ('accuracy' or 'agreement'; 'cosine' for embedding
+models, whose metrics hold cosine, cosine_p5 and neighbour_agreement; classifiers also get
+output_error and kl: see core.deploy.measure.quality). The pruned metrics also hold
 ``speedup``: the median ratio of runs timed in alternation with the dense model, its 95% interval
 and whether it is measurable at all (core.deploy.measure.speedup). ``baseline`` is the one dense
 measurement per model and settings, the same in every report.
+
+Big models are measured within bounds: the test items scored, the items checked against torch
+and the timed runs shrink so each stays near a budget of multiply-accumulates (EVALUATION_BUDGET_MACS,
+PARITY_BUDGET_MACS, TIMING_BUDGET_MACS); the report's data name says when a subset was scored.
 
 LiveEvaluator is what the dashboard calls on every slider release. It measures the dense model
 once, caches reports by (model, plan, data, settings) in a bounded LRU shared by all threads,
@@ -27,8 +33,8 @@ import numpy as np
 import onnx
 import torch
 
-from core.data import Dataset, load_npz
-from core.deploy import measure
+from core.data import Dataset
+from core.deploy import fidelity, measure
 from core.deploy.export import changed_tensors, export_onnx, with_weights
 from core.deploy.onnx_source import onnx_artifact, prune_onnx
 from core.deploy.quantize import check_mode, quantize_model, resolve_mode
@@ -36,6 +42,7 @@ from core.errors import PrunelabError
 from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 from core.sources import ModelHandle
+from core.sources.load import read_data
 
 REPORT_CACHE_ENTRIES = 128
 BASELINE_CACHE_ENTRIES = 8
@@ -45,6 +52,13 @@ LIVE_PARITY_ITEMS = 16
 # The live loop times fewer runs: at least this many, for at least this long.
 LIVE_RUNS = 20
 LIVE_SECONDS = 0.15
+# Bounds for big models (a ViT-B/16 is 17.6 GMACs per item): score at most this much work...
+EVALUATION_BUDGET_MACS = 2.5e11
+MIN_EVALUATION_ITEMS = 8
+PARITY_BUDGET_MACS = 1e11
+MIN_PARITY_ITEMS = 2
+TIMING_BUDGET_MACS = 1.5e11  # ... and time fewer runs (at least MIN_BIG_RUNS) when the usual count costs more
+MIN_BIG_RUNS = 8
 
 
 @dataclass(frozen=True)
@@ -55,11 +69,26 @@ class Settings:
     threads: int = 2
     quantize: str | None = None
     live: bool = True
+    kind: str = "logits"  # the model's output: logits or embedding (see ModelHandle.output_kind)
 
-    def timing(self) -> dict:
-        if self.live:
-            return {"min_runs": LIVE_RUNS, "min_seconds": LIVE_SECONDS}
-        return {"min_runs": measure.MIN_RUNS, "min_seconds": measure.MIN_SECONDS}
+    def timing(self, macs: int | None = None) -> dict:
+        """Timed runs and seconds; fewer runs for a model whose usual count would exceed TIMING_BUDGET_MACS."""
+        runs, seconds = (LIVE_RUNS, LIVE_SECONDS) if self.live else (measure.MIN_RUNS, measure.MIN_SECONDS)
+        if macs and macs * self.batch_size * runs > TIMING_BUDGET_MACS:
+            runs = max(MIN_BIG_RUNS, int(TIMING_BUDGET_MACS // (macs * self.batch_size)))
+            seconds = 0.0
+        return {"min_runs": runs, "min_seconds": seconds}
+
+    def parity_items(self, macs: int | None = None) -> int:
+        items = LIVE_PARITY_ITEMS if self.live else PARITY_ITEMS
+        return items if not macs else max(MIN_PARITY_ITEMS, min(items, int(PARITY_BUDGET_MACS // macs)))
+
+
+def evaluation_items(macs: int | None, available: int) -> int:
+    """How many test items to score: all of them, unless that exceeds EVALUATION_BUDGET_MACS."""
+    if not macs:
+        return available
+    return min(available, max(MIN_EVALUATION_ITEMS, int(EVALUATION_BUDGET_MACS // macs)))
 
 
 class _LRU:
@@ -114,10 +143,11 @@ class _Baseline:
         self.template = onnx.load_from_string(self.artifact.model_bytes)
         self.state = None if handle.module is None else {
             key: tensor.detach().clone() for key, tensor in handle.module.state_dict().items()}
+        self.data = data.head(evaluation_items(self.artifact.macs, len(data.x_test)))  # what gets scored
         self.session, session_ms = measure.create_session(self.artifact.model_bytes, settings.threads)
-        self.logits = measure.run_batched(self.session, data.x_test, ACCURACY_BATCH)
-        self.metrics = _measure(self.artifact, data, settings, reference=None, session=(self.session, session_ms),
-                                logits=self.logits)
+        self.logits = measure.run_batched(self.session, self.data.x_test, ACCURACY_BATCH)
+        self.metrics = _measure(self.artifact, self.data, settings, reference=None,
+                                session=(self.session, session_ms), logits=self.logits)
 
 
 def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, reference: np.ndarray | None,
@@ -134,11 +164,12 @@ def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, refe
         logits = measure.run_batched(session, data.x_test, ACCURACY_BATCH)
     fixed = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
     example = _example(data, fixed if isinstance(fixed, int) and fixed > 0 else settings.batch_size)
-    metrics = measure.quality(logits, data.y_test, reference)
+    metrics = measure.quality(logits, data.y_test, reference, settings.kind)
     if reference_session is None:
-        metrics.update(measure.latency(session, example, **settings.timing()))
+        metrics.update(measure.latency(session, example, **settings.timing(artifact.macs)))
     else:
-        dense_ms, pruned_ms = measure.paired_times([reference_session, session], example, **settings.timing())
+        dense_ms, pruned_ms = measure.paired_times([reference_session, session], example,
+                                                   **settings.timing(artifact.macs))
         metrics.update(measure.latency_summary(pruned_ms, len(example)))
         metrics["speedup"] = {**measure.speedup(dense_ms, pruned_ms),
                               "reference_p50": measure.latency_summary(dense_ms, len(example))["latency_ms"]["p50"]}
@@ -148,7 +179,7 @@ def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, refe
     metrics.update(measure.sizes(artifact.model_bytes))
     metrics["max_abs_diff"], metrics["parity_ok"] = None, None
     if artifact.module is not None:
-        items = data.x_test[:LIVE_PARITY_ITEMS if settings.live else PARITY_ITEMS]
+        items = data.x_test[:settings.parity_items(artifact.macs)]
         expected = measure.torch_outputs(artifact.module, items)
         metrics["max_abs_diff"] = float(np.abs(expected - logits[:len(items)]).max())
         metrics["parity_ok"] = metrics["max_abs_diff"] <= PARITY_TOLERANCE * max(1.0, float(np.abs(expected).max()))
@@ -175,7 +206,7 @@ def _example(data: Dataset, batch_size: int) -> np.ndarray:
 def _dataset(handle: ModelHandle, data) -> Dataset:
     if data is None:
         return handle.data
-    dataset = load_npz(data, handle.input_shape) if isinstance(data, (str, Path)) else data
+    dataset = read_data(handle, data) if isinstance(data, (str, Path)) else data
     dataset.check_shape(handle.input_shape)
     return dataset
 
@@ -197,7 +228,7 @@ class LiveEvaluator:
         handle.require("evaluate")
         self.handle = handle
         self.data = _dataset(handle, data)
-        self.settings = Settings(int(batch_size), int(threads), quantize, live)
+        self.settings = Settings(int(batch_size), int(threads), quantize, live, handle.output_kind)
         self._data_digest = self.data.digest  # hashes every array: once, not on every call
         self._lock = threading.Lock()
 
@@ -267,7 +298,7 @@ class LiveEvaluator:
         if artifact is baseline.artifact:
             pruned = dict(baseline.metrics)
         else:
-            pruned = _measure(artifact, self.data, self.settings, reference=baseline.logits,
+            pruned = _measure(artifact, baseline.data, self.settings, reference=baseline.logits,
                               reference_session=baseline.session)
         dense = dict(baseline.metrics)  # one dense measurement per model and settings, shown everywhere
         if artifact is baseline.artifact:
@@ -277,10 +308,10 @@ class LiveEvaluator:
         timings = dict(artifact.timings_ms, measure=(time.perf_counter() - started) * 1000.0)
         report = {"model": self.handle.name, "plan": None if plan is None else plan.to_dict(),
                   "settings": {"batch_size": self.settings.batch_size, "threads": self.settings.threads,
-                               "quantize": self._quantize_mode(baseline), "data": self.data.name,
+                               "quantize": self._quantize_mode(baseline), "data": baseline.data.name,
                                "splits": self.data.describe_splits(),
-                               "measured_on": f"accuracy, loss and agreement on the test split "
-                                              f"({len(self.data.x_test)} items); tuning never uses it"},
+                               "measured_on": f"{_measured(dense)} on the test split "
+                                              f"({len(baseline.data.x_test)} items); tuning never uses it"},
                   "pruned": pruned, "baseline": dense,
                   "layer_sparsity": {} if result is None else dict(result.layer_sparsity),
                   "groups": None if result is None else result.groups, "timings_ms": timings}
@@ -321,6 +352,10 @@ class LiveEvaluator:
                         timings_ms=timings)
 
 
+def _measured(dense: dict) -> str:
+    return "fidelity to the dense embeddings" if dense.get("label") == "cosine" else "accuracy, loss and agreement"
+
+
 def evaluate(handle: ModelHandle, plan: Plan | dict | None = None, *, batch_size: int = 1, threads: int = 2,
              quantize: str | None = None, data: Dataset | str | Path | None = None) -> dict:
     """Measure ``handle`` pruned by ``plan`` (and quantized when ``quantize`` is an INT8 mode) against
@@ -343,7 +378,7 @@ def report_notes(plan: Plan | None, pruned: dict, baseline: dict, quantize: str 
 
     The one place the "zeros do not speed up" explanation is written; the CLI and the dashboard show these.
     """
-    notes = _parity_notes(pruned)
+    notes = _parity_notes(pruned) + fidelity.constant_class_note(baseline)
     if pruned.get("quantized"):
         notes += _quantize_notes(pruned, baseline, quantize)
     if plan is not None:

@@ -15,8 +15,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from core.deploy import fidelity
 from core.errors import PrunelabError, error_line
-from core.inspect import layer_macs, prunable_layers
+from core.inspect import count_macs, prunable_layers
 
 # Full measurement (CLI, API): at least this many timed runs and this many seconds.
 MIN_RUNS = 30
@@ -154,25 +155,55 @@ def latency_summary(milliseconds: np.ndarray, items: int) -> dict:
             "throughput": float(items / (mean / 1000.0)) if mean > 0 else None, "runs": len(milliseconds)}
 
 
-def quality(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None) -> dict:
-    """Top-1 accuracy and cross-entropy loss against ``labels`` (None without labels), and
-    agreement: the share of items whose top-1 class matches the ``reference`` (dense) logits."""
+def quality(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None,
+            kind: str = "logits") -> dict:
+    """How good the outputs are: against ``labels`` when there are any, and against the ``reference``
+    (dense) outputs always (None: these are the dense outputs).
+
+    Logits: top-1 accuracy and cross-entropy loss (None without labels), top-1 ``agreement``,
+    ``output_error`` and ``kl`` (see core.deploy.fidelity) and ``classes_predicted``; ``label`` names
+    the headline figure, 'accuracy' or 'agreement'. Embeddings (``kind="embedding"``): ``cosine``
+    (the headline), ``cosine_p5`` and ``neighbour_agreement``, which ``agreement`` repeats.
+    """
+    if kind == "embedding":
+        values = fidelity.embedding_fidelity(logits, reference)
+        return {"accuracy": None, "loss": None, "agreement": values["neighbour_agreement"], **values,
+                "label": "cosine"}
     predicted = logits.argmax(axis=1)
     agreement = 1.0 if reference is None else float((predicted == reference.argmax(axis=1)).mean())
+    extra = {**fidelity.output_fidelity(logits, reference), "classes_predicted": fidelity.classes_predicted(logits)}
     if labels is None:
-        return {"accuracy": None, "loss": None, "agreement": agreement, "label": "agreement"}
+        return {"accuracy": None, "loss": None, "agreement": agreement, "label": "agreement", **extra}
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     if labels.max(initial=0) >= logits.shape[1] or labels.min(initial=0) < 0:
         raise PrunelabError(f"the labels go up to {int(labels.max())} but the model has {logits.shape[1]} outputs")
     loss = float(-log_probabilities[np.arange(len(labels)), labels].mean())
     return {"accuracy": float((predicted == labels).mean()), "loss": loss, "agreement": agreement,
-            "label": "accuracy"}
+            "label": "accuracy", **extra}
+
+
+EXACT_COMPRESSION_BYTES = 32 << 20   # larger files get a sampled estimate (deflating 350 MB takes ~20 s)
+SAMPLE_CHUNKS = 16
+SAMPLE_CHUNK_BYTES = 1 << 20
 
 
 def sizes(model_bytes: bytes) -> dict:
-    """The file size and its deflate-compressed size (what unstructured zeros really save)."""
-    return {"onnx_bytes": len(model_bytes), "compressed_bytes": len(zlib.compress(model_bytes, 6))}
+    """The file size and its deflate-compressed size (what unstructured zeros really save).
+
+    Files over EXACT_COMPRESSION_BYTES are estimated from SAMPLE_CHUNKS evenly spaced 1 MB chunks
+    (``compressed_estimated`` is then True).
+    """
+    if len(model_bytes) <= EXACT_COMPRESSION_BYTES:
+        return {"onnx_bytes": len(model_bytes), "compressed_bytes": len(zlib.compress(model_bytes, 6)),
+                "compressed_estimated": False}
+    step = len(model_bytes) // SAMPLE_CHUNKS
+    view = memoryview(model_bytes)
+    compressed = sum(len(zlib.compress(view[start:start + SAMPLE_CHUNK_BYTES], 6))
+                     for start in range(0, step * SAMPLE_CHUNKS, step))
+    ratio = compressed / (SAMPLE_CHUNKS * SAMPLE_CHUNK_BYTES)
+    return {"onnx_bytes": len(model_bytes), "compressed_bytes": int(round(ratio * len(model_bytes))),
+            "compressed_estimated": True}
 
 
 def weight_counts(module: nn.Module) -> dict:
@@ -189,12 +220,9 @@ def weight_counts(module: nn.Module) -> dict:
 
 
 def total_macs(module: nn.Module, example_input: torch.Tensor) -> int | None:
-    """Multiply-accumulates per item over the prunable layers (dense kernels: zeros still count).
-
-    None when no layer reports any (a .pt2 program calls its weights without module hooks).
-    """
-    macs = layer_macs(module, example_input)
-    return int(sum(macs.values())) if any(macs.values()) else None
+    """Multiply-accumulates per item of the whole forward pass (dense kernels: zeros still count),
+    attention matmuls included (see core.inspect.count_macs); None when nothing countable runs."""
+    return count_macs(module, example_input) or None
 
 
 def torch_outputs(module: nn.Module, x: np.ndarray) -> np.ndarray:

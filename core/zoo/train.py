@@ -21,7 +21,7 @@ EPOCHS = {"digits-mlp": 60, "digits-cnn": 40, "digits-resnet": 20}
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", default=list(BUILTINS))
+    parser.add_argument("names", nargs="*", default=[name for name, spec in BUILTINS.items() if spec.trainable])
     parser.add_argument("--epochs", type=int, default=None)
     args = parser.parse_args(argv)
     if not DIGITS_FILE.exists():
