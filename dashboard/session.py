@@ -211,11 +211,22 @@ def left_dense(granularity: str | None = None) -> dict[str, str]:
     return {**_left_dense(model(), model_key(), granularity), **reasons}
 
 
+def nm_share(granularity: str) -> float | None:
+    """n/m for an N:M granularity (every layer that can take it loses exactly that share), else None."""
+    if api.granularity_kind(granularity) != "N:M":
+        return None
+    n, m = (int(part) for part in granularity.split(":"))
+    return n / m
+
+
 def target_of_layer(layer: str) -> float:
     """The target a layer gets: 0 when left dense, else its own, its coupled group leader's, or the plan's."""
     values = state.plan()
     if layer in left_dense():
         return 0.0
+    pattern = nm_share(values["granularity"])
+    if pattern is not None:
+        return pattern
     if values["granularity"] == "channel":
         for group in groups():
             if layer in group["members"]:

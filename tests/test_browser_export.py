@@ -91,10 +91,16 @@ def set_channel_plan(page) -> None:
     page.get_by_text("channel pruning removed whole filters").first.wait_for(timeout=TIMEOUT_MS)
 
 
+TRUNCATED = """() => [...document.querySelectorAll('[data-testid=stMetricValue], [data-testid=stMetricDelta]')]
+  .filter(card => [card, ...card.querySelectorAll('*')].some(part => part.scrollWidth > part.clientWidth + 1))
+  .map(card => card.innerText)"""
+
+
 def test_export_downloads_are_the_measured_channel_plan_then_its_int8_model(browser, server, cnn):
     context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
     page = open_tune(context, server)
     set_channel_plan(page)
+    assert page.evaluate(TRUNCATED) == []  # at 1280x800 no metric card cuts its value or unit
     open_page(page, "Export")
     expected = apply_plan(cnn, CHANNEL_PLAN).module.eval()
 

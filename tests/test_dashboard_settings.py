@@ -115,14 +115,16 @@ def test_the_layers_page_prints_no_stray_values_and_previews_rounded_channels(cn
     assert sum(channel_importance(cnn, "features.0.0", "l1", 0.3)["removed"]) != sum(preview["removed"])
 
 
-def test_layers_that_2_of_4_leaves_dense_have_disabled_sliders_at_zero(cnn_app):
+def test_2_of_4_sliders_show_the_fixed_pattern_and_the_layers_it_leaves_dense(cnn_app):
     app = cnn_app
     app.selectbox(key="w.granularity").set_value("2:4").run()
-    app.slider(key="w.global").set_value(50).run()
     assert not app.exception and not app.error
     first = app.slider(key="w.layer.features.0.0")  # 1 input channel x 3x3: no groups of 4
     assert first.disabled and first.value == 0 and "groups of 4" in first.help
-    assert not app.slider(key="w.layer.features.1.0").disabled
+    second = app.slider(key="w.layer.features.1.0")
+    assert second.disabled and second.value == 50
+    measured = app.session_state["prunelab.report"]["layer_sparsity"]
+    assert measured["features.0.0"] == 0 and measured["features.1.0"] == pytest.approx(0.5)
 
 
 def test_channel_mode_shows_the_share_of_weights_removed(cnn_app):

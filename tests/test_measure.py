@@ -149,3 +149,26 @@ def test_pruned_and_dense_are_timed_in_the_same_run(cnn):
     assert report["pruned"]["speedup"]["pairs"] == report["pruned"]["runs"] >= 7
     assert report["baseline"] == evaluator.baseline()  # one dense measurement, shown everywhere
     assert "reference_latency" not in report["pruned"]
+
+
+def test_speedup_within_noise_is_not_measurable_and_a_real_one_is():
+    from core.deploy.measure import speedup
+
+    rng = np.random.default_rng(0)
+    dense = rng.gamma(20.0, 0.05, 300)  # (runs,) ms
+    noisy = speedup(dense, dense * rng.normal(1.0, 0.1, 300))
+    assert not noisy["measurable"] and noisy["low"] <= 1.0 <= noisy["high"]
+    faster = speedup(dense, dense / 1.8 * rng.normal(1.0, 0.1, 300))
+    assert faster["measurable"] and faster["low"] < 1.8 < faster["high"] * 1.05
+
+
+def test_a_plan_that_changes_nothing_is_the_dense_measurement(cnn):
+    from core.deploy.evaluate import LiveEvaluator
+    from core.prune.plan import Plan
+
+    evaluator = LiveEvaluator(cnn)
+    for granularity in ("unstructured", "channel"):
+        report = evaluator.measure(Plan(granularity=granularity, sparsity=0.0))
+        assert report["pruned"]["speedup"]["same_model"] and report["pruned"]["speedup"]["p50"] == 1.0
+        assert report["pruned"]["latency_ms"] == report["baseline"]["latency_ms"]
+        assert report["pruned"]["removed"] == 0.0

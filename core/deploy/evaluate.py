@@ -295,13 +295,14 @@ class LiveEvaluator:
     def _report(self, plan: Plan | None, artifact: measure.Artifact, result) -> dict:
         baseline = self._baseline_state()
         started = time.perf_counter()
-        if artifact is baseline.artifact:
+        same = artifact is baseline.artifact or artifact.model_bytes == baseline.artifact.model_bytes
+        if same:  # the plan changed nothing (0% everywhere): the dense model's own measurement
             pruned = dict(baseline.metrics)
         else:
             pruned = _measure(artifact, baseline.data, self.settings, reference=baseline.logits,
                               reference_session=baseline.session)
         dense = dict(baseline.metrics)  # one dense measurement per model and settings, shown everywhere
-        if artifact is baseline.artifact:
+        if same:
             pruned["speedup"] = {"p50": 1.0, "low": 1.0, "high": 1.0, "measurable": False, "pairs": 0,
                                  "reference_p50": dense["latency_ms"]["p50"], "same_model": True}
         pruned["removed"] = removed_share(pruned, dense)
@@ -335,7 +336,8 @@ class LiveEvaluator:
         example = torch.from_numpy(np.ascontiguousarray(self.data.x_test[:1]))
         model_bytes = None
         if plan.granularity != "channel":
-            model_bytes = with_weights(baseline.template, changed_tensors(baseline.state, module.state_dict()))
+            changed = changed_tensors(baseline.state, module.state_dict())
+            model_bytes = with_weights(baseline.template, changed) if changed else baseline.artifact.model_bytes
         same_shape = model_bytes is not None
         if model_bytes is None:
             model_bytes = export_onnx(module, example)

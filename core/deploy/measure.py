@@ -106,19 +106,24 @@ def paired_latency(sessions: list, example: np.ndarray, min_runs: int = MIN_RUNS
 
 def paired_times(sessions: list, example: np.ndarray, min_runs: int = MIN_RUNS, min_seconds: float = MIN_SECONDS,
                  max_seconds: float | None = None) -> list[np.ndarray]:
-    """The milliseconds of every timed run of each session, run in alternation (see ``paired_latency``)."""
+    """The milliseconds of every timed run of each session, run in alternation (see ``paired_latency``).
+
+    The order turns around every round (A B, B A, ...), so running first or second favours no session.
+    """
     feeds = [{session.get_inputs()[0].name: np.ascontiguousarray(example)} for session in sessions]
     times: list[list[float]] = [[] for _ in sessions]
+    order = list(range(len(sessions)))
     with _TIMING_LOCK:
         for session, feed in zip(sessions, feeds):
             for _ in range(WARMUP_RUNS):
                 session.run(None, feed)
         started = time.perf_counter()
         while True:
-            for session, feed, record in zip(sessions, feeds, times):
+            for index in order:
                 before = time.perf_counter()
-                session.run(None, feed)
-                record.append(time.perf_counter() - before)
+                sessions[index].run(None, feeds[index])
+                times[index].append(time.perf_counter() - before)
+            order.reverse()
             elapsed = time.perf_counter() - started
             if len(times[0]) >= min_runs and (elapsed >= min_seconds
                                               or (max_seconds is not None and elapsed >= max_seconds)):
@@ -135,12 +140,17 @@ def speedup(reference_ms: np.ndarray, ms: np.ndarray, seed: int = 0) -> dict:
     """The speedup of one model over a reference from runs timed in alternation.
 
     Each pair of neighbouring runs gives one ratio (reference / model); the speedup is their
-    median, with a 95% interval from a seeded bootstrap over the pairs. ``measurable`` is False
-    when the interval holds 1 or the median is within SPEEDUP_FLOOR of 1: the difference is
+    median, with a 95% interval from a seeded bootstrap over blocks of consecutive pairs (load on a
+    shared machine comes in bursts, so neighbouring pairs are not independent). ``measurable`` is
+    False when the interval holds 1 or the median is within SPEEDUP_FLOOR of 1: the difference is
     run-to-run noise. Returns ``{"p50", "low", "high", "measurable", "pairs"}``.
     """
     ratios = np.asarray(reference_ms, dtype=float) / np.asarray(ms, dtype=float)  # (pairs,)
-    resampled = np.random.default_rng(seed).choice(ratios, size=(BOOTSTRAP_SAMPLES, len(ratios)))
+    block = max(1, int(round(np.sqrt(len(ratios)))))
+    starts = np.arange(len(ratios) - block + 1)  # (blocks,)
+    blocks = -(-len(ratios) // block)
+    chosen = np.random.default_rng(seed).choice(starts, size=(BOOTSTRAP_SAMPLES, blocks))  # (samples, blocks)
+    resampled = ratios[(chosen[:, :, None] + np.arange(block)).reshape(BOOTSTRAP_SAMPLES, -1)]
     medians = np.median(resampled, axis=1)
     p50, low, high = float(np.median(ratios)), float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
     measurable = not (low <= 1.0 <= high) and abs(p50 - 1.0) >= SPEEDUP_FLOOR

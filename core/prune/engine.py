@@ -104,7 +104,7 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     result = HANDLERS[kind](Job(working, plan, layers, ignored, data, example_input))
     if ignored:
         result.notes.insert(0, f"left dense: {', '.join(ignored)}")
-    if plan.recalibrate:
+    if plan.recalibrate and any(result.layer_sparsity.values()):  # nothing removed: the dense statistics hold
         _recalibrate(result, data)
     for parameter in result.module.parameters():
         parameter.grad = None

@@ -84,35 +84,37 @@ def rows(values: dict) -> list[tuple[str, str, str]]:
 
 def sliders_ui(values: dict) -> None:
     """The global slider, Auto-allocate, and one slider per layer (or group)."""
+    pattern = session.nm_share(values["granularity"])
     state.seed("w.global", round(100 * values["sparsity"]))
     st.slider("All layers", 0, MAX_PERCENT, step=5, format="%d%%", key="w.global", on_change=_on_global,
+              disabled=pattern is not None,
               help="sets every layer to this sparsity (layers you move afterwards keep their own value)")
     available = sweeps.allocate_available()
     if st.button("Auto-allocate", disabled=not available, icon=":material/auto_fix_high:",
                  help="fill the sliders from a sensitivity sweep" if available
-                 else "run a sweep on the Sensitivity page first (needs core.search.allocate)"):
+                 else "run a complete sweep on the Sensitivity page first"):
         with session.guard("auto-allocate"):
             sweeps.auto_allocate()
             state.forget_plan_widgets()
             st.rerun()
-    nm = ":" in values["granularity"]
     dense = session.left_dense(values["granularity"])
-    if nm:
-        st.caption(f"{values['granularity']} prunes a fixed share of every weight block; "
-                   f"a slider above 0 includes its layer.")
+    if pattern is not None:
+        st.caption(f"{values['granularity']} zeroes a fixed {pattern:.0%} of every layer that can take it (the "
+                   f"sliders show which); per-layer values do not apply.")
     for name, label, help_text in rows(values):
         key = f"w.layer.{name}"
-        if name in dense:
-            st.session_state[key] = 0
+        if name in dense or pattern is not None:  # a value the person cannot change: shown as it is
+            st.session_state[key] = round(100 * session.target_of_layer(name))
         state.seed(key, round(100 * state.target(name)))
+        fixed = f"{values['granularity']}: a fixed pattern" if pattern is not None else None
         st.slider(label, 0, MAX_PERCENT, step=5, format="%d%%", key=key, on_change=_on_layer, args=(name,),
-                  disabled=name in dense, help=dense.get(name) or help_text or None)
+                  disabled=name in dense or pattern is not None, help=dense.get(name) or fixed or help_text or None)
 
 
 def _card(column, label: str, value: str, delta: str | None, lower_is_better: bool = True,
           help: str | None = None) -> None:
     """A metric card; a delta that rounds to zero or is noise is grey, a change is coloured by whether it helps."""
-    flat = delta is None or delta.lstrip("+-").startswith(("0%", "0.0 pts", "no measurable"))
+    flat = delta is None or delta.lstrip("+-").startswith(("0%", "0.0 pts", "no measurable", "same graph"))
     colour = "off" if flat else ("inverse" if lower_is_better else "normal")
     column.metric(label, value, delta, delta_color=colour, delta_arrow="off" if flat else "auto", border=True,
                   help=help)
