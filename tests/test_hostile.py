@@ -420,3 +420,22 @@ def test_a_source_that_reaches_the_session_another_way_is_checked_too(model_page
     model_page.run()
     assert not model_page.exception and not marker.exists()
     assert any("--allow-code" in error.value for error in model_page.error)
+
+
+def test_dashboard_refuses_an_input_too_big_and_draws_a_big_one_in_bounded_memory(model_page, tmp_path):
+    import resource
+
+    from dashboard import uploads
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    errors = []
+    for name, shape in (("huge.onnx", (1, 3, 100_000, 100_000)), ("big.onnx", (1, 3, 1024, 1024))):
+        content = onnx_with_input(tmp_path / name, shape).read_bytes()
+        model_page.file_uploader[0].upload(name, content).run()
+        next(button for button in model_page.button if button.label == "Load file").click().run()
+        assert not model_page.exception
+        errors.append([error.value for error in model_page.error])
+    assert ["per item" in error and "huge.onnx" in error for error in errors[0]] == [True] and errors[1] == []
+    assert model_page.session_state["prunelab.model"]["spec"].endswith("big.onnx")
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < LIMIT_MIB
+    assert [path.name for path in uploads.folder().glob("*/*")] == ["big.onnx"]  # the refused file is gone
