@@ -195,6 +195,15 @@ def test_unwritable_prunelab_home(cli, tmp_path):
         refused(cli("runs", env={"PRUNELAB_HOME": str(home)}), "PRUNELAB_HOME")
 
 
+def test_any_other_file_system_fault_is_one_line(cli, tmp_path):
+    from core.prune.plan import Plan
+
+    readonly = Path("/sys/kernel") if os.geteuid() == 0 else tmp_path / "readonly"
+    readonly.mkdir(mode=0o555, exist_ok=True)
+    plan = Plan(sparsity=0.5).save(tmp_path / "plan.yaml")
+    refused(cli("export-plan", plan, "--format", "nni", "--out", readonly / "nni.json"), str(readonly))
+
+
 # ---------------------------------------------------------------- 7. smaller ones
 
 def test_old_format_pickle_loads_without_torch_warnings(cli, tmp_path):
