@@ -7,18 +7,15 @@ after every run (only when it changed). The address reads like the plan file:
          &layers=layer5.conv2:40,layer1.conv1:20&round_to=8&int8=1
 
 Sparsities are whole or decimal percents. A value the dashboard cannot use is reported once on
-the page and the rest of the address still applies. An address never makes the server import code
-or read a file it was not given: ``model`` must be a built-in name or the model the server was
-started with, ``data`` a file uploaded to this server.
+the page and the rest of the address still applies. A link is held to the same rules as the Model
+page (dashboard/consent.py): it never carries the trust that importing code needs, and files must
+be uploads or lie under the server's model folder.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import streamlit as st
 
-from dashboard import session, state, uploads
+from dashboard import session, state
 
 READ = "prunelab.url.read"       # set once the address was read in this session
 PROBLEM = "prunelab.url.problem"  # a line saying what in the address could not be used
@@ -69,16 +66,6 @@ def decode(params: dict[str, str]) -> dict:
     return values
 
 
-def allowed_source(params: dict[str, str]) -> str | None:
-    """Why the address's model or data may not be opened here, or None when they may."""
-    spec, data = params.get("model", ""), params.get("data")
-    if spec not in session.builtin_names() and spec != os.environ.get("PRUNELAB_MODEL"):
-        return f"a link opens a built-in model or the one this server was started with, not '{spec}'"
-    if data and not (Path(data).resolve().is_relative_to(uploads.folder().resolve()) and Path(data).is_file()):
-        return "the link's data file is not one uploaded to this server (upload it on the Model page)"
-    return None
-
-
 def restore() -> None:
     """Apply the address to a new session (once); a bad model or plan leaves the default in place."""
     if st.session_state.get(READ):
@@ -86,10 +73,6 @@ def restore() -> None:
     st.session_state[READ] = True
     params = st.query_params.to_dict()
     if not params.get("model"):
-        return
-    refused = allowed_source(params)
-    if refused:
-        st.session_state[PROBLEM] = f"The link's model was not opened: {refused}."
         return
     try:
         if params["model"] != session.source()["spec"] or params.get("data") or params.get("shape"):
