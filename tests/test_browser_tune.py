@@ -66,7 +66,8 @@ def release(page, layer: str, presses: int = 1, label: str = "Parameters") -> No
 
 
 def open_tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
+    """Show one of the Tune page's per-layer views."""
+    page.locator("[data-testid=stButtonGroup] button", has_text=name).first.click()
     wait_idle(page)
 
 

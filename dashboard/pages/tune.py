@@ -165,26 +165,30 @@ def metrics_panel() -> None:
                 st.caption(formatting.note(note))
 
 
+VIEWS = ("Sparsity per layer", "Per-layer table", "Model graph")
+
+
 def layers_ui() -> None:
-    """The per-layer views: bars, the editable table and the model graph."""
+    """One per-layer view at a time (only the chosen one is drawn, which keeps a slider release quick)."""
     report = session.last_report()
-    bars, table, graph = st.tabs(["Sparsity per layer", "Per-layer table", "Model graph"])
-    with bars:
-        names = session.layer_names()
-        measured = (report or {}).get("layer_sparsity") or {}
-        figure = charts.layer_targets(names, [session.target_of_layer(name) for name in names],
-                                      [measured.get(name, 0.0) for name in names] if measured else None)
-        st.plotly_chart(figure, key="tune-targets", config={"displayModeBar": False})
-    with table:
+    state.seed("w.tune.view", VIEWS[0])
+    view = st.segmented_control("Per-layer view", VIEWS, key="w.tune.view", label_visibility="collapsed",
+                                required=True)
+    if view == "Per-layer table":
         frame = plan_editor.table_rows(report, goals.matching_sweep())
         st.caption("Click a column title to sort; type a target to set it exactly. "
                    "Sensitivity: the sweep's accuracy drop for that layer alone at its target.")
         st.data_editor(frame, key=plan_editor.TABLE_KEY, hide_index=True, num_rows="fixed", width="stretch",
                        disabled=[column for column in frame.columns if column != "target (%)"],
-                       on_change=plan_editor.apply_edits, args=(frame,),
-                       column_config=_table_columns())
-    with graph:
+                       on_change=plan_editor.apply_edits, args=(frame,), column_config=_table_columns())
+    elif view == "Model graph":
         graph_view.graph_ui()
+    else:
+        names = session.layer_names()
+        measured = (report or {}).get("layer_sparsity") or {}
+        figure = charts.layer_targets(names, [session.target_of_layer(name) for name in names],
+                                      [measured.get(name, 0.0) for name in names] if measured else None)
+        st.plotly_chart(figure, key="tune-targets", config={"displayModeBar": False})
 
 
 def _table_columns() -> dict:
