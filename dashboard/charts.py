@@ -125,8 +125,11 @@ def model_graph(graph: dict, cut: dict[str, float], colour_by: str = "cut", sele
 
 
 def _short_name(name: str) -> str:
-    parts = name.split(".")
-    return ".".join(parts[-2:]) if len(parts) > 2 else name
+    """A node label that fits: the whole name when short, else its last two words (numbers stay attached)."""
+    if len(name) <= 16:
+        return name
+    words = [part for part in name.split(".") if not part.isdigit()]
+    return ".".join(words[-2:]) if words else name[-16:]
 
 
 def _node_hover(node: dict, cut: float) -> str:
