@@ -158,6 +158,29 @@ def test_random_inputs_keep_their_values_and_shrink_for_big_shapes():
 
 # ---------------------------------------------------------------- 6. faults that used to be tracebacks
 
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot write to: mode 0555, or for root (who ignores modes) /sys/kernel."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "readonly"
+        folder.mkdir(mode=0o555)
+        return folder
+    if not os.path.isdir("/sys/kernel") or _writable("/sys/kernel"):
+        pytest.skip("running as root without a read-only /sys/kernel")
+    return Path("/sys/kernel")
+
+
+def _writable(folder: str) -> bool:
+    import tempfile
+
+    try:
+        descriptor, path = tempfile.mkstemp(dir=folder)
+    except OSError:
+        return False
+    os.close(descriptor)
+    os.unlink(path)
+    return True
+
+
 def test_weights_of_the_wrong_shape_for_a_builtin(cli, tmp_path):
     weights = tmp_path / "wrong_shape.pt"
     torch.save({"fc1.weight": torch.zeros(3, 3)}, weights)
@@ -183,9 +206,7 @@ def test_nan_weights_are_refused_by_evaluate(cli, tmp_path, mlp):
 
 
 def test_unwritable_prunelab_home(cli, tmp_path):
-    readonly = Path("/sys/kernel") if os.geteuid() == 0 else tmp_path / "readonly"
-    if readonly != Path("/sys/kernel"):
-        readonly.mkdir(mode=0o555)
+    readonly = read_only_folder(tmp_path)
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     for home, words in ((readonly, ("cannot write to PRUNELAB_HOME",)),
@@ -198,8 +219,7 @@ def test_unwritable_prunelab_home(cli, tmp_path):
 def test_any_other_file_system_fault_is_one_line(cli, tmp_path):
     from core.prune.plan import Plan
 
-    readonly = Path("/sys/kernel") if os.geteuid() == 0 else tmp_path / "readonly"
-    readonly.mkdir(mode=0o555, exist_ok=True)
+    readonly = read_only_folder(tmp_path)
     plan = Plan(sparsity=0.5).save(tmp_path / "plan.yaml")
     refused(cli("export-plan", plan, "--format", "nni", "--out", readonly / "nni.json"), str(readonly))
 
