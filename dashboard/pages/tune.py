@@ -148,7 +148,7 @@ def cards(report: dict) -> None:
                " (the Model page's figure); the change comes from runs timed in alternation with the dense model")
     _card(top[2], "Speedup", speedup, speedup_delta, lower_is_better=False,
           help="median of dense/pruned time over pairs of runs timed in alternation, with its 95% interval; "
-               "'no measurable change' when the interval holds 1× or it is within 5% of 1×")
+               "'no measurable change' when the interval holds 1× or it is within 10% of 1×")
     _card(middle[0], "MACs", formatting.count(pruned["macs"]), formatting.change(pruned["macs"], dense["macs"]),
           help="multiply-accumulates per item")
     _card(middle[1], "Parameters", formatting.count(pruned["nonzero_params"]),
