@@ -10,6 +10,7 @@ import copy
 
 import yaml
 
+from core import run_folder
 from core.deploy.artifacts import module_bytes, save_pruned
 from core.deploy.evaluate import LiveEvaluator, evaluate
 from core.deploy.export import export_onnx
@@ -215,7 +216,7 @@ def private_copy(handle: ModelHandle) -> ModelHandle:
 
 __all__ = [
     # errors and files
-    "PrunelabError", "error_line", "home", "writable_home", "write_atomic", "sha256_file",
+    "PrunelabError", "error_line", "home", "writable_home", "write_atomic", "sha256_file", "run_folder",
     # models and layers
     "ModelHandle", "load_model", "BUILTINS", "DEFAULT_MODEL", "builtin_models", "default_model", "layer_table",
     "histogram", "final_classifier", "coupled_groups", "channel_importance",

@@ -9,9 +9,6 @@ holds one whole run or nothing; a DIR that already holds files is refused, never
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import yaml
@@ -22,6 +19,7 @@ from core.api import (
     final_classifier,
     log_runs,
     record_run,
+    run_folder,
     save_pruned,
     sha256_file,
     write_atomic,
@@ -29,7 +27,6 @@ from core.api import (
 from core.cli.evaluate import add_measure_arguments, load_plan, print_report, progress
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.cli.recover import add_finetune_arguments, finetuned
-from core.errors import PrunelabError
 
 FILES = ("model.onnx", "state_dict.pt", "model.pt2", "plan.yaml", "report.json")
 
@@ -48,7 +45,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     out = Path(args.out)
-    claim_out(out)
+    run_folder.claim(out)
     RunStore().require_writable()  # a corrupt or read-only store is refused before the work, not after
     handle = model_from(args)
     plan = load_plan(args.plan)
@@ -74,45 +71,13 @@ def run(args) -> int:
     return 0
 
 
-def claim_out(out: Path) -> None:
-    """Refuse an --out that is a file or a folder with anything in it: an earlier run's files are never replaced.
-
-    Staging folders of killed prunes into the same place (``.NAME.prune-PID-*`` beside it, whose
-    process is gone) are removed first.
-    """
-    for stale in out.parent.glob(f".{out.name}.prune-*"):
-        if stale.is_dir() and not _alive(stale.name.split(".prune-", 1)[1].split("-")[0]):
-            shutil.rmtree(stale, ignore_errors=True)
-    if out.exists() and not out.is_dir():
-        raise PrunelabError(f"--out {out} exists and is not a directory")
-    if out.is_dir():
-        entries = sorted(entry.name for entry in out.iterdir())
-        if entries:
-            shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
-            raise PrunelabError(f"--out {out} already holds files ({shown}); prunelab never replaces an earlier "
-                                f"run's files: choose a new folder")
-
-
-def _alive(pid_text: str) -> bool:
-    try:
-        os.kill(int(pid_text), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def write_outputs(out: Path, handle, plan, report: dict, artifact) -> tuple[dict[str, Path], dict[str, str]]:
-    """Write model.onnx, state_dict.pt, model.pt2, plan.yaml and report.json into a staging folder beside
-    ``out``, then rename it to ``out`` in one step: ``out`` holds all of this run's files or none.
+    """Write model.onnx, state_dict.pt, model.pt2, plan.yaml and report.json into a staging folder, then
+    publish them to ``out`` (core.run_folder): ``out`` gets all of this run's files or none, replacing nothing.
 
     Sets ``report["files"]``; returns the final paths and the sha256 of each file as written.
-    Raises PrunelabError when ``out`` gained files meanwhile (it is never replaced).
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.prune-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    staging = run_folder.staging(out)
     try:
         write_atomic(staging / "model.onnx", artifact.model_bytes)
         if artifact.module is not None:
@@ -122,13 +87,9 @@ def write_outputs(out: Path, handle, plan, report: dict, artifact) -> tuple[dict
         report["files"] = {name: str(out / name) for name in names}
         write_atomic(staging / "report.json", (json.dumps(report, indent=2, default=str) + "\n").encode())
         digests = {name: sha256_file(staging / name) for name in names}
-        try:
-            os.rename(staging, out)  # replaces only a missing or empty folder
-        except OSError:
-            raise PrunelabError(f"--out {out} gained files while pruning; this run's files were not written") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        run_folder.publish(staging, out, names)
+    finally:
+        run_folder.discard(staging)
     return {name: out / name for name in names}, digests
 
 

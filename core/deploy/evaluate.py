@@ -349,7 +349,7 @@ class LiveEvaluator:
 
     def _quantized(self, artifact: measure.Artifact) -> measure.Artifact:
         started = time.perf_counter()
-        model_bytes = quantize_model(artifact.model_bytes, self.data, self.settings.quantize)
+        model_bytes = quantize_model(artifact.model_bytes, self.data, self.settings.quantize, artifact.macs)
         timings = dict(artifact.timings_ms, quantize=(time.perf_counter() - started) * 1000.0)
         return measure.Artifact(model_bytes, artifact.module, artifact.counts, artifact.macs, quantized=True,
                         timings_ms=timings)
