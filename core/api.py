@@ -201,7 +201,7 @@ def recovered_handle(handle: ModelHandle, module) -> ModelHandle:
 def measure_recovered(evaluator: LiveEvaluator, recovered: ModelHandle, plan: Plan | None = None) -> dict:
     """The report of a recovered model (see ``recover``) against the dense baseline of ``evaluator``'s
     model, measured like a plan (INT8 when the evaluator quantizes)."""
-    return evaluator.measure_module(recovered.module, plan)
+    return evaluator.measure_module(recovered.module, plan)[0]
 
 
 def recovery_epochs(method: str, epochs: int, rounds: int) -> int:

@@ -274,10 +274,12 @@ class LiveEvaluator:
             return self._module_artifact(module)
         return self._artifact(plan)[0]
 
-    def measure_module(self, module, plan: Plan | None = None) -> dict:
+    def measure_module(self, module, plan: Plan | None = None) -> tuple[dict, measure.Artifact]:
         """The report of ``module``, a retrained copy of this model made for ``plan``, against the dense
-        baseline (INT8 when this evaluator quantizes). Not cached: the caller keeps the report."""
-        return self._report(plan, self._module_artifact(module), None)
+        baseline (INT8 when this evaluator quantizes), and the artifact measured. Not cached: the
+        caller keeps the report. The one path that measures a recovered model (CLI and dashboard)."""
+        artifact = self._module_artifact(module)
+        return self._report(plan, artifact, None), artifact
 
     def _module_artifact(self, module) -> measure.Artifact:
         module = module.eval()
