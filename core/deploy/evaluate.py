@@ -242,6 +242,7 @@ class LiveEvaluator:
                                "quantize": self._quantize_mode(baseline), "data": self.data.name},
                   "pruned": pruned, "baseline": dense,
                   "layer_sparsity": {} if result is None else dict(result.layer_sparsity),
+                  "kept": {} if result is None else dict(result.kept),
                   "groups": None if result is None else result.groups, "timings_ms": timings}
         notes = [] if result is None else list(result.notes)
         report["notes"] = notes + report_notes(plan, pruned, dense, self._quantize_mode(baseline))

@@ -39,7 +39,7 @@ class Group:
     others: list[str]               # norms and other coupled modules
 
     def as_dict(self) -> dict:
-        return {"leader": self.leader, "members": self.members, "channels": self.channels,
+        return {"leader": self.leader, "members": self.members, "channels": self.channels, "unit": "channel",
                 "consumers": self.consumers, "coupled": self.others, "blocks": self.blocks}
 
 
@@ -179,7 +179,8 @@ def dependency_groups(module: nn.Module, graph, ignored: list[str], attention=()
 
 
 def coupled_groups(module: nn.Module, example_input: torch.Tensor, ignore: list[str] | None = None) -> list[dict]:
-    """Channel dependency groups as dicts {leader, members, channels, consumers, coupled, blocks}.
+    """The units a channel plan prunes, as dicts {leader, members, channels, unit, consumers, coupled, blocks}:
+    channel groups (``unit`` 'channel') and attention layers (``unit`` 'head', ``channels`` = heads).
 
     ``ignore`` names layers whose groups are left out; None means the final classifier.
     """
@@ -187,7 +188,12 @@ def coupled_groups(module: nn.Module, example_input: torch.Tensor, ignore: list[
         ignore = [name for name in [final_classifier(module, example_input)] if name]
     attention = find_attention(module, example_input)
     groups, _ = dependency_groups(module, build_graph(module, example_input), ignore, attention)
-    return [group.as_dict() for group in groups]
+    units = [group.as_dict() for group in groups]
+    units += [{"leader": unit.leader, "members": list(unit.projections), "channels": unit.heads, "unit": "head",
+               "consumers": [unit.output] if unit.output else [], "coupled": [], "blocks": unit.heads // unit.kv_heads}
+              for unit in attention if not set(unit.projections) & set(ignore)]
+    order = {name: index for index, name in enumerate(dict(module.named_modules()))}
+    return sorted(units, key=lambda unit: order.get(unit["leader"], len(order)))
 
 
 # ---- score ---------------------------------------------------------------------------------------

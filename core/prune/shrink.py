@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from core.errors import PrunelabError
+from core.inspect import final_classifier
 from core.prune import channel, criteria, heads, select
 from core.prune.result import PruneResult
 
@@ -37,6 +38,9 @@ def _targets(job, units: dict[str, list[str]], scores: dict) -> dict[str, float]
         if len({targets[name] for name in named}) > 1:
             job.notes.append(f"coupled layers {', '.join(named)} have different targets; the group led by "
                              f"'{leader}' uses {targets[named[0]]} ('{named[0]}')")
+    grouped = {name for leader, layers in units.items() for name in [leader, *layers]}
+    for name in sorted(set(targets) - grouped):
+        job.notes.append(f"target for '{name}' not applied: its output channels are not in a prunable group")
     if job.plan.scope == "global":
         ranked = {leader: scores[leader] for leader, value in chosen.items() if value is None}
         chosen.update(select.global_sparsities(ranked, job.plan.sparsity))
@@ -179,3 +183,15 @@ def _check_output(module: nn.Module, example_input, dense_output) -> None:
     if shape(output) != shape(dense_output):
         raise PrunelabError(f"channel pruning changed the model's output shape from {shape(dense_output)} "
                             f"to {shape(output)}; add the final layer to the plan's ignore list")
+
+
+def check_structure(module: nn.Module, plan, example_input) -> None:
+    """Raise, within seconds and before anything is exported or measured, the PrunelabError a channel
+    plan would meet: one message listing every coupling it cannot restructure. No-op for other plans."""
+    if plan.granularity != "channel" or example_input is None:
+        return
+    ignored = list(plan.ignore) if plan.ignore is not None else [
+        name for name in [final_classifier(module, example_input)] if name]
+    found = heads.find_attention(module, example_input)
+    channel.dependency_groups(module, channel.build_graph(module, example_input), ignored, found,
+                              keep_width=not plan.prune_width)
