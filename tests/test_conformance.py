@@ -16,12 +16,14 @@ from core.inspect import inspect_model  # noqa: E402
 from core.prune.engine import apply_plan  # noqa: E402
 from core.prune.heads import find_attention  # noqa: E402
 from core.prune.plan import Plan  # noqa: E402
+from core.prune.resize import fit_to  # noqa: E402
 from core.sources.load import load_model  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 IMAGE, TOKENS = "1,3,32,32", "1,16"
 FAST = [("hf_models.py:bert", TOKENS), ("hf_models.py:vit", IMAGE), ("hf_models.py:resnet", IMAGE),
-        ("hf_models.py:convnext", IMAGE), ("hf_models.py:regnet", IMAGE), ("ghost.py:ghostnet", IMAGE)]
+        ("hf_models.py:convnext", IMAGE), ("hf_models.py:regnet", IMAGE), ("ghost.py:ghostnet", IMAGE),
+        ("hf_models.py:llama_gqa", TOKENS), ("hf_models.py:fused_vit", IMAGE)]
 SLOW = [("hf_models.py:swin", IMAGE), ("hf_models.py:mobilenet_v2", IMAGE), ("hf_models.py:efficientnet", IMAGE)]
 CASES = [pytest.param(*case, id=case[0]) for case in FAST] + [
     pytest.param(*case, id=case[0], marks=pytest.mark.slow) for case in SLOW]
@@ -103,3 +105,16 @@ def test_width_is_pruned_only_when_asked():
     embeddings = result.module.model.vit.embeddings
     assert embeddings.position_embeddings.shape[-1] == 32 and embeddings.cls_token.shape[-1] == 32
     assert ort_gap(result.module, handle.example_input(2)) < 1e-3
+
+
+@pytest.mark.parametrize("spec, shape", [("hf_models.py:bert", TOKENS), ("hf_models.py:swin", IMAGE),
+                                         ("hf_models.py:llama_gqa", TOKENS), ("hf_models.py:fused_vit", IMAGE),
+                                         ("ghost.py:ghostnet", IMAGE)])
+def test_pruned_state_dict_reloads_into_a_rebuilt_model(spec, shape):
+    handle = load(spec, shape)
+    result = apply_plan(handle, Plan(granularity="channel", sparsity=0.5))
+    rebuilt = load(spec, shape).module
+    inputs = handle.example_input(2)
+    fit_to(rebuilt, result.module.state_dict(), inputs).load_state_dict(result.module.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(inputs), result.module(inputs), atol=1e-5)

@@ -156,12 +156,14 @@ def dependency_groups(module: nn.Module, graph, ignored: list[str], attention=()
     names = module_names(module, graph)
     by_name = dict(module.named_modules())
     projections = {name for unit in attention for name in unit.projections}
-    skipped = [by_name[name] for name in [*ignored, *projections] if name in by_name]
+    skipped = [by_name[name] for name in projections if name in by_name]
     groups, width, conflicts, leaders = [], [], [], []
     for tp_group in graph.get_all_groups(ignored_layers=skipped, root_module_types=ROOT_TYPES):
         members, consumers, others = _describe(module, graph, tp_group, names, by_name)
         if keep_width and projections & set(consumers):
             width += [name for name in members if name not in width]
+            continue
+        if set(ignored) & set(members):
             continue
         root, tp_group = _reroot(graph, tp_group, members, by_name)
         channels = len(tp_group[0].idxs)

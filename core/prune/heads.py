@@ -242,17 +242,16 @@ def remove_heads(root: nn.Module, attention: Attention, dropped: list[int]) -> N
     index = torch.tensor(query_heads, dtype=torch.long)
     for owner, attribute in _per_head_parameters(attention, inside):
         setattr(owner, attribute, nn.Parameter(getattr(owner, attribute).detach()[..., index].clone()))
-    _set_head_counts(attention, len(query_heads), len(kept_groups))
+    set_head_counts(attention, len(query_heads), len(kept_groups))
 
 
-def _set_head_counts(attention: Attention, heads: int, kv_heads: int) -> None:
+def set_head_counts(attention: Attention, heads: int, kv_heads: int) -> None:
+    """Write the new head counts into the module (and into ``attention``) so its forward pass agrees."""
     module = attention.module
-    for name in HEAD_ATTRIBUTES:
-        if isinstance(getattr(module, name, None), int):
-            setattr(module, name, heads)
-    for name in KV_HEAD_ATTRIBUTES:
-        if isinstance(getattr(module, name, None), int):
-            setattr(module, name, kv_heads)
+    for names, value in ((HEAD_ATTRIBUTES, heads), (KV_HEAD_ATTRIBUTES, kv_heads)):
+        present = [name for name in names if isinstance(getattr(module, name, None), int)]
+        for name in present or names[:1]:  # a module that read its count from a shared config gets its own
+            setattr(module, name, value)
     if isinstance(getattr(module, "all_head_size", None), int):
         module.all_head_size = heads * attention.head_size
     attention.heads, attention.kv_heads = heads, kv_heads
