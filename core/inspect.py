@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from core.errors import PrunelabError
 
@@ -126,13 +127,62 @@ def attention_heads(module: nn.Module, example_input=None) -> dict[str, tuple[in
     return found
 
 
+def _mac_formulas() -> dict:
+    """torch's flop formulas by op, plus CPU flash attention (which torch's table leaves out)."""
+    from torch.utils import flop_counter
+
+    formulas = dict(flop_counter.flop_registry)
+    cpu_attention = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    attention = formulas.get(torch.ops.aten._scaled_dot_product_efficient_attention)
+    if cpu_attention is not None and attention is not None and cpu_attention not in formulas:
+        formulas[cpu_attention] = attention  # same inputs (query, key, value, ...), same work
+    return formulas
+
+
+class _MacCounter(TorchDispatchMode):
+    """Adds up the FLOPs of every matmul, convolution and attention kernel a forward pass dispatches."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+        self.formulas = _mac_formulas()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        formula = self.formulas.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += int(formula(*args, **kwargs, out_val=output))
+        return output
+
+
+def count_macs(module: nn.Module, example_input: torch.Tensor) -> int:
+    """Multiply-accumulates per item of the whole forward pass, counted the same way for every architecture.
+
+    Every matrix multiply, convolution and attention kernel that runs is counted from its shapes
+    (half of torch.utils.flop_counter's FLOPs): Linear and Conv layers, and also the attention
+    matmuls (Q·K^T and attention·V) of nn.MultiheadAttention, Hugging Face attention and
+    F.scaled_dot_product_attention. Elementwise work (activations, norms, softmax) is not counted.
+    """
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no formula; the plain path does
+    try:
+        with torch.no_grad(), _MacCounter() as counter:
+            module(example_input)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return counter.flops // 2 // max(1, example_input.shape[0])
+
+
 def inspect_model(module: nn.Module, example_input: torch.Tensor) -> dict:
     """One row per prunable layer and totals.
 
     A row holds name, kind, shape, params, nonzero, sparsity, macs, stats, ``unit`` ('head' for
     attention projections, whose channel plans remove whole heads, else 'channel'), ``heads`` and
     ``attention`` (the head count and the attention layer, None for other layers). The totals'
-    ``sparsity`` counts prunable weights only (``sparsity_counts`` says so).
+    ``sparsity`` counts prunable weights only (``sparsity_counts`` says so); ``totals["macs"]`` is the
+    whole forward pass (``count_macs``), ``totals["other_macs"]`` the part outside the prunable
+    layers' rows (attention matmuls and the like).
     """
     macs = layer_macs(module, example_input)
     heads = attention_heads(module, example_input)
@@ -152,7 +202,9 @@ def inspect_model(module: nn.Module, example_input: torch.Tensor) -> dict:
     totals = {"layers": len(rows), "params": int(all_params), "prunable_params": int(prunable),
               "nonzero_prunable_params": int(nonzero), "sparsity": 1.0 - nonzero / prunable if prunable else 0.0,
               "sparsity_counts": "prunable weights (Conv, Linear and attention projections), not all parameters",
-              "macs": int(sum(value for value in macs.values()))}
+              "macs": count_macs(module, example_input) or None}
+    totals["other_macs"] = None if totals["macs"] is None else \
+        max(0, totals["macs"] - int(sum(row["macs"] or 0 for row in rows)))
     return {"layers": rows, "totals": totals}
 
 

@@ -17,6 +17,7 @@ from onnx import numpy_helper
 from core.deploy.measure import Artifact
 from core.errors import PrunelabError
 from core.inspect import weight_stats
+from core.prune import unstructured
 from core.prune.plan import Plan
 
 # Node type -> (layer kind for a weight of that rank, index of the weight input).
@@ -122,8 +123,6 @@ def _check(plan: Plan, layers: list[str]) -> list[str]:
 
 def prune_initializers(model: onnx.ModelProto, plan: Plan) -> tuple[onnx.ModelProto, OnnxPruneResult]:
     """A copy of ``model`` with the plan's zeros written into its weight initializers."""
-    from core.prune import unstructured
-
     weights = weight_initializers(model)
     included = _check(plan, list(weights))
     scores = {name: _scores(weights[name][1], plan.criterion, plan.seed + index)

@@ -16,10 +16,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from core.errors import PrunelabError, error_line
+from core.inspect import final_classifier
 from core.prune import criteria, select
 from core.prune.heads import find_attention
-from core.errors import PrunelabError
-from core.inspect import final_classifier
 
 ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 SCORED_TYPES = ROOT_TYPES
@@ -52,8 +52,8 @@ def build_graph(module: nn.Module, example_input: torch.Tensor):
             warnings.simplefilter("ignore")
             return tp.DependencyGraph().build_dependency(module, example_inputs=example_input)
     except Exception as error:  # tracing of arbitrary user code: report, never crash
-        raise PrunelabError(f"the dependency graph cannot trace this model: {type(error).__name__}: "
-                            f"{str(error).splitlines()[0] if str(error) else ''}") from None
+        raise PrunelabError(f"the dependency graph cannot trace this model: "
+                            f"{error_line(error, with_type=True)}") from None
 
 
 def module_names(module: nn.Module, graph) -> dict:

@@ -11,11 +11,11 @@ import copy
 import torch
 from torch import nn
 
-from core.prune import batchnorm, criteria, nm, shrink, unstructured
 from core.data import Dataset
 from core.errors import PrunelabError
 from core.inspect import final_classifier, prunable_layers
-from core.prune.plan import Plan
+from core.prune import batchnorm, criteria, nm, shrink, unstructured
+from core.prune.plan import Plan, granularity_kind
 from core.prune.result import Job, PruneResult
 
 
@@ -90,7 +90,7 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     ``example_input`` drives the dependency graph and finds the final classifier, defaulting to
     one item of the handle's data. Raises PrunelabError for a plan the model cannot take.
     """
-    kind = "N:M" if plan.nm else plan.granularity
+    kind = granularity_kind(plan.granularity)
     if hasattr(model, "require"):
         model.require(OPERATIONS[kind])
     module, data, example_input = _unpack(model, data, example_input)
@@ -104,7 +104,7 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     result = HANDLERS[kind](Job(working, plan, layers, ignored, data, example_input))
     if ignored:
         result.notes.insert(0, f"left dense: {', '.join(ignored)}")
-    if plan.recalibrate:
+    if plan.recalibrate and any(result.layer_sparsity.values()):  # nothing removed: the dense statistics hold
         _recalibrate(result, data)
     for parameter in result.module.parameters():
         parameter.grad = None

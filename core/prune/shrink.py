@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
 from core.inspect import final_classifier
 from core.prune import channel, criteria, heads, select
 from core.prune.result import PruneResult
@@ -176,9 +176,8 @@ def _check_output(module: nn.Module, example_input, dense_output) -> None:
     try:
         output = _run(module, example_input)
     except Exception as error:
-        raise PrunelabError(f"the channel-pruned model fails to run ({type(error).__name__}: "
-                            f"{str(error).splitlines()[0] if str(error) else ''}); ignore the layers "
-                            "involved or use unstructured pruning") from None
+        raise PrunelabError(f"the channel-pruned model fails to run ({error_line(error, with_type=True)}); "
+                            "ignore the layers involved or use unstructured pruning") from None
     shape = lambda value: tuple(value.shape) if isinstance(value, torch.Tensor) else None  # noqa: E731
     if shape(output) != shape(dense_output):
         raise PrunelabError(f"channel pruning changed the model's output shape from {shape(dense_output)} "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -25,13 +25,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.cache import ResultCache, cache_key
-from core.prune import batchnorm
+from core.deploy.export import export_onnx
+from core.deploy.measure import create_session, latency, total_macs
 from core.errors import PrunelabError
-from core.deploy.measure import total_macs
+from core.inspect import final_classifier, prunable_layers
+from core.prune import batchnorm
+from core.prune.channel import coupled_groups
+from core.prune.criteria import gather_evidence, weight_scores
+from core.prune.engine import apply_plan
+from core.prune.plan import GRANULARITIES, Plan, granularity_kind
+from core.prune.unstructured import layer_mask
 from core.sources import ModelHandle
 
 DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-GRANULARITIES = ("unstructured", "channel")
+# Sweeps cut one layer or channel group at a time; N:M patterns are not swept.
+SWEPT_GRANULARITIES = tuple(name for name in GRANULARITIES if granularity_kind(name) != "N:M")
 CACHE_VERSION = 4
 LATENCY_RUNS = 30
 LATENCY_SECONDS = 0.05
@@ -140,13 +148,12 @@ def sensitivity(handle: ModelHandle, granularity: str = "unstructured", criterio
     Raises PrunelabError for an unknown granularity or criterion, bad levels or a model source
     that cannot be pruned this way.
     """
-    if granularity not in GRANULARITIES:
-        raise PrunelabError(f"sensitivity granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    if granularity not in SWEPT_GRANULARITIES:
+        raise PrunelabError(f"sensitivity granularity must be one of {', '.join(SWEPT_GRANULARITIES)}, "
+                            f"got {granularity!r}")
     handle.require(granularity)
     if handle.module is None:
         raise PrunelabError(f"{handle.name}: sensitivity needs the PyTorch model")
-    from core.prune.plan import Plan
-
     Plan(granularity=granularity, criterion=criterion, sparsity=0.0)  # validates the pair
     levels = check_levels(levels)
     available = len(split_arrays(handle, split)[0])
@@ -199,9 +206,6 @@ def split_arrays(handle: ModelHandle, split: str):
 
 def included_layers(module: nn.Module, example: torch.Tensor) -> list:
     """The layers a plan prunes by default: every prunable layer but the final classifier."""
-    from core.inspect import final_classifier
-    from core.inspect import prunable_layers
-
     ignored = final_classifier(module, example)
     return [layer for layer in prunable_layers(module) if layer.name != ignored]
 
@@ -209,9 +213,6 @@ def included_layers(module: nn.Module, example: torch.Tensor) -> list:
 def unstructured_sweep(handle: ModelHandle, criterion: str, levels: list[float], scorer: Scorer,
                        progress: Progress, should_stop, baseline: tuple[float, float]) -> tuple[list, bool]:
     """One curve per prunable layer: masks from scores computed once per layer, thresholded per level."""
-    from core.prune.criteria import gather_evidence, weight_scores
-    from core.prune.unstructured import layer_mask
-
     module = handle.module  # a private copy (see _run); every weight is restored after its layer
     layers = included_layers(module, handle.example_input(1))
     evidence = gather_evidence(module, layers, criterion, handle.data, seed=0)
@@ -253,10 +254,6 @@ def unstructured_sweep(handle: ModelHandle, criterion: str, levels: list[float],
 def channel_sweep(handle: ModelHandle, criterion: str, levels: list[float], scorer: Scorer,
                   progress: Progress, should_stop, baseline: tuple[float, float]) -> tuple[list, bool]:
     """One curve per coupled channel group: the engine removes the group's channels at each level."""
-    from core.prune.engine import apply_plan
-    from core.prune.plan import Plan
-    from core.prune.channel import coupled_groups
-
     example = handle.example_input(1)
     groups = coupled_groups(handle.module, example)
     dense = footprint(handle.module, example)
@@ -287,9 +284,6 @@ def channel_sweep(handle: ModelHandle, criterion: str, levels: list[float], scor
 
 def footprint(module: nn.Module, example: torch.Tensor, timed: bool = True) -> dict:
     """Parameters, MACs per item and ORT p50 latency (ms, batch 1) of ``module``."""
-    from core.deploy.export import export_onnx
-    from core.deploy.measure import create_session, latency
-
     figures = {"params": int(sum(parameter.numel() for parameter in module.parameters())),
                "macs": total_macs(module, example) or 0}
     if timed:
