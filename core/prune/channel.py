@@ -9,6 +9,7 @@ behind this module: the rest of prunelab sees groups as plain dicts of layer nam
 """
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from core.prune import criteria, select
 from core.prune.heads import find_attention
 
 ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+GROUP_SECONDS = 45  # finding the groups of a model stops here, so a channel plan ends within a minute
 SCORED_TYPES = ROOT_TYPES
 
 
@@ -158,7 +160,12 @@ def dependency_groups(module: nn.Module, graph, ignored: list[str], attention=()
     projections = {name for unit in attention for name in unit.projections}
     skipped = [by_name[name] for name in projections if name in by_name]
     groups, width, conflicts, leaders = [], [], [], []
+    deadline = time.monotonic() + GROUP_SECONDS
     for tp_group in graph.get_all_groups(ignored_layers=skipped, root_module_types=ROOT_TYPES):
+        if time.monotonic() > deadline:
+            raise PrunelabError(f"channel pruning gave up: finding the coupled channel groups took over "
+                                f"{GROUP_SECONDS} s ({len(groups) + len(leaders)} groups so far); use unstructured "
+                                f"pruning, or ignore the layers of the largest blocks")
         members, consumers, others = _describe(module, graph, tp_group, names, by_name)
         if keep_width and projections & set(consumers):
             width += [name for name in members if name not in width]

@@ -58,6 +58,33 @@ def _restore_head_sizes(sizes: dict[nn.MultiheadAttention, int]) -> None:
         attention.head_dim, attention.num_heads = size, attention.embed_dim // size
 
 
+def _remove_groups(groups, graph, names, scores: dict, targets: dict, round_to: int, notes: list) -> list[dict]:
+    """Cut every channel group as chosen on the dense copy; one report entry per group."""
+    sizes, report = _multihead_sizes(graph.model), []
+    for group in groups:
+        pruned = channel.choose_channels(group, graph, names, scores[group.leader], targets[group.leader], round_to)
+        if not channel.remove_channels(group, graph, pruned):
+            notes.append(f"the group led by '{group.leader}' was left as it is: an earlier coupled group "
+                         f"already changed it")
+            pruned = []
+        report.append({**group.as_dict(), "target": targets[group.leader], "kept": group.channels - len(pruned),
+                       "pruned": pruned})
+    _restore_head_sizes(sizes)
+    return report
+
+
+def _remove_heads(module: nn.Module, attention, dropped: dict, targets: dict) -> list[dict]:
+    """Remove the chosen heads of every attention layer; one report entry per layer (in key/value heads)."""
+    report = []
+    for unit in attention:
+        entry = {"leader": unit.leader, "attention": unit.name, "members": list(unit.projections),
+                 "unit": "head", "heads": unit.kv_heads, "target": targets[unit.leader],
+                 "pruned_heads": dropped[unit.leader]}
+        heads.remove_heads(module, unit, dropped[unit.leader])
+        report.append({**entry, "kept_heads": unit.kv_heads})
+    return report
+
+
 def prune_structure(job) -> PruneResult:
     """Physically remove channels and attention heads of ``job.module`` as ``job.plan`` says."""
     module, plan, notes = job.module, job.plan, job.notes
@@ -79,22 +106,8 @@ def prune_structure(job) -> PruneResult:
     targets = _targets(job, units, scores)
     dropped = {unit.leader: heads.select_heads(scores[unit.leader], heads.kept_heads(unit, targets[unit.leader]))
                for unit in attention}
-    sizes, report = _multihead_sizes(module), []
-    for group in groups:
-        pruned = channel.choose_channels(group, graph, names, scores[group.leader], targets[group.leader],
-                                         plan.round_to)
-        if not channel.remove_channels(group, graph, pruned):
-            notes.append(f"the group led by '{group.leader}' was left as it is: an earlier coupled group "
-                         f"already changed it")
-            pruned = []
-        report.append({**group.as_dict(), "target": targets[group.leader], "kept": group.channels - len(pruned),
-                       "pruned": pruned})
-    _restore_head_sizes(sizes)
-    for unit in attention:
-        report.append({"leader": unit.leader, "attention": unit.name, "members": list(unit.projections),
-                       "heads": unit.kv_heads, "target": targets[unit.leader], "pruned_heads": dropped[unit.leader]})
-        heads.remove_heads(module, unit, dropped[unit.leader])
-        report[-1]["kept_heads"] = unit.kv_heads
+    report = _remove_groups(groups, graph, names, scores, targets, plan.round_to, notes)
+    report += _remove_heads(module, attention, dropped, targets)
     _check_output(module, job.example_input, dense_output)
     result = PruneResult(module, plan, masks=None, groups=report, notes=notes)
     after = _units(module, job.layers, found)
