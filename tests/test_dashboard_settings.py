@@ -98,6 +98,10 @@ def test_gradual_pruning_without_a_target_explains_itself_and_uses_the_per_layer
     assert app.slider(key="w.recover.initial").max == pytest.approx(0.5)  # the schedule ends at the layer's target
     assert not next(button for button in app.button if button.label == "Run").disabled
     assert "per-layer targets" in app.caption[1].value
+    app.session_state[PLAN] = {**app.session_state[PLAN], "granularity": "channel"}
+    app.run()
+    assert any("cannot: use fine-tuning or iterative pruning" in info.value for info in app.info)
+    assert next(button for button in app.button if button.label == "Run").disabled
 
 
 def test_the_layers_page_prints_no_stray_values_and_previews_rounded_channels(cnn_app, cnn):

@@ -158,6 +158,29 @@ def test_random_inputs_keep_their_values_and_shrink_for_big_shapes():
 
 # ---------------------------------------------------------------- 6. faults that used to be tracebacks
 
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot write to: mode 0555, or for root (who ignores modes) /sys/kernel."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "readonly"
+        folder.mkdir(mode=0o555)
+        return folder
+    if not os.path.isdir("/sys/kernel") or _writable("/sys/kernel"):
+        pytest.skip("running as root without a read-only /sys/kernel")
+    return Path("/sys/kernel")
+
+
+def _writable(folder: str) -> bool:
+    import tempfile
+
+    try:
+        descriptor, path = tempfile.mkstemp(dir=folder)
+    except OSError:
+        return False
+    os.close(descriptor)
+    os.unlink(path)
+    return True
+
+
 def test_weights_of_the_wrong_shape_for_a_builtin(cli, tmp_path):
     weights = tmp_path / "wrong_shape.pt"
     torch.save({"fc1.weight": torch.zeros(3, 3)}, weights)
@@ -183,9 +206,7 @@ def test_nan_weights_are_refused_by_evaluate(cli, tmp_path, mlp):
 
 
 def test_unwritable_prunelab_home(cli, tmp_path):
-    readonly = Path("/sys/kernel") if os.geteuid() == 0 else tmp_path / "readonly"
-    if readonly != Path("/sys/kernel"):
-        readonly.mkdir(mode=0o555)
+    readonly = read_only_folder(tmp_path)
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     for home, words in ((readonly, ("cannot write to PRUNELAB_HOME",)),
@@ -193,6 +214,14 @@ def test_unwritable_prunelab_home(cli, tmp_path):
                         (a_file / "below", ("PRUNELAB_HOME",))):
         refused(cli("sensitivity", "digits-mlp", env={"PRUNELAB_HOME": str(home)}), *words)
         refused(cli("runs", env={"PRUNELAB_HOME": str(home)}), "PRUNELAB_HOME")
+
+
+def test_any_other_file_system_fault_is_one_line(cli, tmp_path):
+    from core.prune.plan import Plan
+
+    readonly = read_only_folder(tmp_path)
+    plan = Plan(sparsity=0.5).save(tmp_path / "plan.yaml")
+    refused(cli("export-plan", plan, "--format", "nni", "--out", readonly / "nni.json"), str(readonly))
 
 
 # ---------------------------------------------------------------- 7. smaller ones
@@ -420,3 +449,22 @@ def test_a_source_that_reaches_the_session_another_way_is_checked_too(model_page
     model_page.run()
     assert not model_page.exception and not marker.exists()
     assert any("--allow-code" in error.value for error in model_page.error)
+
+
+def test_dashboard_refuses_an_input_too_big_and_draws_a_big_one_in_bounded_memory(model_page, tmp_path):
+    import resource
+
+    from dashboard import uploads
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    errors = []
+    for name, shape in (("huge.onnx", (1, 3, 100_000, 100_000)), ("big.onnx", (1, 3, 1024, 1024))):
+        content = onnx_with_input(tmp_path / name, shape).read_bytes()
+        model_page.file_uploader[0].upload(name, content).run()
+        next(button for button in model_page.button if button.label == "Load file").click().run()
+        assert not model_page.exception
+        errors.append([error.value for error in model_page.error])
+    assert ["per item" in error and "huge.onnx" in error for error in errors[0]] == [True] and errors[1] == []
+    assert model_page.session_state["prunelab.model"]["spec"].endswith("big.onnx")
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < LIMIT_MIB
+    assert [path.name for path in uploads.folder().glob("*/*")] == ["big.onnx"]  # the refused file is gone
