@@ -318,6 +318,7 @@ class LiveEvaluator:
                                               f"({len(baseline.data.x_test)} items); tuning never uses it"},
                   "pruned": pruned, "baseline": dense,
                   "layer_sparsity": {} if result is None else dict(result.layer_sparsity),
+                  "kept": {} if result is None else dict(result.kept),
                   "groups": None if result is None else result.groups, "timings_ms": timings}
         notes = [] if result is None else list(result.notes)
         report["notes"] = notes + report_notes(plan, pruned, dense, self._quantize_mode(baseline))
