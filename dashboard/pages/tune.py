@@ -76,8 +76,10 @@ def rows(values: dict) -> list[tuple[str, str, str]]:
     result = []
     for group in sorted(session.groups(), key=lambda group: order.get(group["leader"], len(order))):
         others = [name for name in group["members"] if name != group["leader"]]
-        label = group["leader"] + (f" (+{len(others)} coupled)" if others else "")
-        result.append((group["leader"], label, f"{group['channels']} channels shared by: "
+        label = group["leader"] + (f" ({group['channels']} heads, with q/k/v)" if group.get("unit") == "head" else
+                                   f" (+{len(others)} coupled)" if others else "")
+        unit = "heads" if group.get("unit") == "head" else "channels"
+        result.append((group["leader"], label, f"{group['channels']} {unit} shared by: "
                                                f"{', '.join(group['members'])}"))
     return result
 
@@ -114,7 +116,7 @@ def sliders_ui(values: dict) -> None:
 def _card(column, label: str, value: str, delta: str | None, lower_is_better: bool = True,
           help: str | None = None) -> None:
     """A metric card; a delta that rounds to zero or is noise is grey, a change is coloured by whether it helps."""
-    flat = delta is None or delta.lstrip("+-").startswith(("0%", "0.0 pts", "no measurable", "same graph"))
+    flat = delta is None or delta.lstrip("+-").startswith(("0%", "0.0 pts", "no measurable", "same graph", "noise"))
     colour = "off" if flat else ("inverse" if lower_is_better else "normal")
     column.metric(label, value, delta, delta_color=colour, delta_arrow="off" if flat else "auto", border=True,
                   help=help)
@@ -127,10 +129,10 @@ def speed_values(pruned: dict) -> tuple[str, str | None, str | None]:
         return "–", None, None
     if speedup.get("same_model"):
         return "1.00×", "same graph", None
-    interval = f"{speedup['low']:.2f}–{speedup['high']:.2f}× (95%)"
+    interval = f"{speedup['low']:.2f}–{speedup['high']:.2f}×"
     if not speedup["measurable"]:
-        return f"{speedup['p50']:.2f}×", f"no measurable change, {interval}", "no measurable change"
-    return f"{speedup['p50']:.2f}×", interval, f"{100 * (1 / speedup['p50'] - 1):+.0f}%"
+        return f"{speedup['p50']:.2f}×", f"noise: {interval}", "no measurable change"
+    return f"{speedup['p50']:.2f}×", f"{interval} (95%)", f"{100 * (1 / speedup['p50'] - 1):+.0f}%"
 
 
 def cards(report: dict) -> None:
@@ -147,7 +149,7 @@ def cards(report: dict) -> None:
                " (the Model page's figure); the change comes from runs timed in alternation with the dense model")
     _card(top[2], "Speedup", speedup, speedup_delta, lower_is_better=False,
           help="median of dense/pruned time over pairs of runs timed in alternation, with its 95% interval; "
-               "'no measurable change' when the interval holds 1× or it is within 5% of 1×")
+               "'noise' (no measurable change) when the interval holds 1× or it is within 10% of 1×")
     _card(middle[0], "MACs", formatting.count(pruned["macs"]), formatting.change(pruned["macs"], dense["macs"]),
           help="multiply-accumulates per item")
     _card(middle[1], "Parameters", formatting.count(pruned["nonzero_params"]),
