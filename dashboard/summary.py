@@ -14,12 +14,6 @@ from dashboard.glossary import TERMS
 STALE_STYLE = "<style>.st-key-tune-stale{opacity:.45;filter:grayscale(1)}</style>"
 
 
-def _quality(metrics: dict) -> tuple[str, float | None]:
-    label = metrics.get("label", "accuracy")
-    value = metrics.get(label) if metrics.get(label) is not None else metrics.get("agreement")
-    return label, value
-
-
 def _size_pair(report: dict) -> tuple[str, str, str]:
     """(label, help key, field): gzip size when the file itself cannot shrink (zeros only), else the file."""
     plan = report.get("plan") or {}
@@ -41,15 +35,15 @@ def _speed_words(pruned: dict) -> str:
 def strip_items(report: dict) -> list[tuple[str, str, str]]:
     """(label, 'dense -> pruned' text, help) for accuracy, latency, size and MACs."""
     pruned, dense = report["pruned"], report["baseline"]
-    label, quality = _quality(pruned)
-    _, dense_quality = _quality(dense)
+    quality = formatting.quality(pruned, dense)
+    dense_quality = formatting.quality(dense)
     latency, dense_latency = pruned["latency_ms"]["p50"], dense["latency_ms"]["p50"]
     size_label, size_help, field = _size_pair(report)
     speed = _speed_words(pruned)
     after = speed if speed == "no measurable change" else \
         formatting.milliseconds(latency) + (f" ({speed})" if speed else "")
     return [
-        (label.capitalize(), f"{formatting.percent(dense_quality)} → {formatting.percent(quality)}", TERMS[label]),
+        (quality["title"], f"{dense_quality['value']} → {quality['value']}", quality["help"]),
         ("Latency (p50)", f"{formatting.milliseconds(dense_latency)} → {after}", TERMS["p50"]),
         (size_label, f"{formatting.size(dense[field])} → {formatting.size(pruned[field])}", TERMS[size_help]),
         ("Work per input", f"{formatting.count(dense['macs'])} → {formatting.count(pruned['macs'])} MACs",
@@ -70,7 +64,7 @@ def strip(report: dict) -> None:
 def _card(column, label: str, value: str, delta: str | None, lower_is_better: bool = True,
           help: str | None = None) -> None:
     """A metric card; a delta that rounds to zero or is noise is grey, a change is coloured by whether it helps."""
-    flat = delta is None or delta.lstrip("+-").startswith(("0%", "0.0 pts", "no measurable", "same graph"))
+    flat = delta is None or delta.lstrip("+-").startswith(("0%", "0.0 pts", "no measurable", "same graph", "noise"))
     colour = "off" if flat else ("inverse" if lower_is_better else "normal")
     column.metric(label, value, delta, delta_color=colour, delta_arrow="off" if flat else "auto", border=True,
                   help=help)
@@ -83,16 +77,16 @@ def speed_values(pruned: dict) -> tuple[str, str | None, str | None]:
         return "–", None, None
     if speedup.get("same_model"):
         return "1.00×", "same graph", None
-    interval = f"{speedup['low']:.2f}–{speedup['high']:.2f}× (95%)"
+    interval = f"{speedup['low']:.2f}–{speedup['high']:.2f}×"
     if not speedup["measurable"]:
-        return f"{speedup['p50']:.2f}×", f"no measurable change, {interval}", "no measurable change"
-    return f"{speedup['p50']:.2f}×", interval, f"{100 * (1 / speedup['p50'] - 1):+.0f}%"
+        return f"{speedup['p50']:.2f}×", f"noise: {interval}", "no measurable change"
+    return f"{speedup['p50']:.2f}×", f"{interval} (95%)", f"{100 * (1 / speedup['p50'] - 1):+.0f}%"
 
 
 def _speed_card(column, pruned: dict) -> None:
     """The Speedup card: its interval in green when faster, red when slower, grey when within noise."""
     value, delta, _ = speed_values(pruned)
-    measurable = delta is not None and delta[0].isdigit()
+    measurable = delta is not None and delta[0].isdigit()  # an interval, not 'noise' or 'same graph'
     slower = measurable and pruned["speedup"]["p50"] < 1.0
     arrow = ("down" if slower else "up") if measurable else "off"
     column.metric("Speedup", value, delta, border=True, delta_color="inverse" if slower else
@@ -104,12 +98,12 @@ def _speed_card(column, pruned: dict) -> None:
 def cards(report: dict) -> None:
     """Metric cards of the pruned model with deltas against the dense one (the one dense measurement)."""
     pruned, dense = report["pruned"], report["baseline"]
-    label, quality = _quality(pruned)
+    quality = formatting.quality(pruned, dense)
     _, _, latency_delta = speed_values(pruned)
     top, middle, bottom = st.columns(3), st.columns(3), st.columns(3)
     splits = report.get("settings", {}).get("splits")
-    _card(top[0], label.capitalize(), formatting.percent(quality), formatting.points(quality, dense.get(label)),
-          lower_is_better=False, help=f"{TERMS[label]}{f' ({splits})' if splits else ''}. {TERMS['pts']}")
+    _card(top[0], quality["title"], quality["value"], quality["delta"], lower_is_better=False,
+          help=quality["help"] + (f". {splits}" if splits else "") + f". {TERMS['pts']}")
     _card(top[1], "p50 latency", formatting.milliseconds(pruned["latency_ms"]["p50"]), latency_delta,
           help=f"{TERMS['p50']}. Dense: {formatting.milliseconds(dense['latency_ms']['p50'])}; the change comes "
                "from runs timed in alternation with the dense model")
@@ -123,6 +117,9 @@ def cards(report: dict) -> None:
           formatting.change(pruned["onnx_bytes"], dense["onnx_bytes"]), help=TERMS["size"])
     _card(bottom[1], "Compressed", formatting.size(pruned["compressed_bytes"]),
           formatting.change(pruned["compressed_bytes"], dense["compressed_bytes"]), help=TERMS["compressed"])
+    second = formatting.fidelity(pruned)
+    if second is not None:
+        _card(bottom[2], second[0], second[1], None, help=second[2])
 
 
 def read_out(report: dict, stale: bool = False) -> None:

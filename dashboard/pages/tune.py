@@ -122,8 +122,10 @@ def rows(values: dict) -> list[tuple[str, str, str]]:
     result = []
     for group in sorted(session.groups(), key=lambda group: order.get(group["leader"], len(order))):
         others = [name for name in group["members"] if name != group["leader"]]
-        label = group["leader"] + (f" (+{len(others)} coupled)" if others else "")
-        result.append((group["leader"], label, f"{group['channels']} channels shared by: "
+        label = group["leader"] + (f" ({group['channels']} heads, with q/k/v)" if group.get("unit") == "head" else
+                                   f" (+{len(others)} coupled)" if others else "")
+        unit = "heads" if group.get("unit") == "head" else "channels"
+        result.append((group["leader"], label, f"{group['channels']} {unit} shared by: "
                                                f"{', '.join(group['members'])}. {TERMS['coupled']}"))
     return result
 
