@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from core.errors import PrunelabError
-from core.inspect import final_classifier, layer_macs, prunable_layers
+from core.inspect import layer_macs, prunable_layers
 
 MAX_NODES = 48
 _BLOCK = re.compile(r"^(?P<stem>.*?\.)(?P<index>\d+)(?:\.|$)")
@@ -60,18 +60,15 @@ def _call_order(module: nn.Module, example_input: torch.Tensor, names: dict) -> 
     return list(zip(ran, ran[1:]))
 
 
-def _groups(module: nn.Module, graph, example_input) -> dict[str, int]:
-    """Layer name -> index of its coupled channel group (members only)."""
-    if graph is None:
-        return {}
-    from core.prune.channel import dependency_groups
+def _groups(module: nn.Module, example_input) -> dict[str, int]:
+    """Layer name -> index of the unit a channel plan prunes it with (coupled channels or attention heads)."""
+    from core.prune.channel import coupled_groups
 
-    ignored = [name for name in [final_classifier(module, example_input)] if name]
     try:
-        groups = dependency_groups(module, graph, ignored)
-    except PrunelabError:
+        groups = coupled_groups(module, example_input)
+    except PrunelabError:  # a model channel pruning cannot restructure still has a graph
         return {}
-    return {name: index for index, group in enumerate(groups) for name in group.members}
+    return {name: index for index, group in enumerate(groups) for name in group["members"]}
 
 
 def _depths(nodes: list[str], edges: list[tuple[str, str]]) -> dict[str, int]:
@@ -146,7 +143,7 @@ def layer_graph(module: nn.Module, example_input: torch.Tensor, max_nodes: int =
         traced = "data flow"
     except PrunelabError:
         edges, graph, traced = _call_order(module, example_input, names), None, "call order"
-    groups = _groups(module, graph, example_input)
+    groups = _groups(module, example_input) if graph is not None else {}
     macs = layer_macs(module, example_input)
     order = [layer.name for layer in layers]
     stems = _repeated_stems(order) if len(order) > max_nodes else set()
