@@ -138,13 +138,12 @@ def speed_values(pruned: dict) -> tuple[str, str | None, str | None]:
 def cards(report: dict) -> None:
     """Metric cards of the pruned model with deltas against the dense one (the one dense measurement)."""
     pruned, dense = report["pruned"], report["baseline"]
-    label = pruned.get("label", "accuracy")
-    quality = pruned.get(label) if pruned.get(label) is not None else pruned.get("agreement")
+    quality = formatting.quality(pruned, dense)
     speedup, speedup_delta, latency_delta = speed_values(pruned)
     top, middle, bottom = st.columns(3), st.columns(3), st.columns(3)
-    _card(top[0], label.capitalize(), formatting.percent(quality), formatting.points(quality, dense.get(label)),
-          lower_is_better=False, help=report.get("settings", {}).get("splits")
-          or ("on the test split" if label == "accuracy" else "top-1 match with the dense model"))
+    splits = report.get("settings", {}).get("splits")
+    _card(top[0], quality["title"], quality["value"], quality["delta"], lower_is_better=False,
+          help=quality["help"] + (f". {splits}" if splits else ""))
     _card(top[1], "p50 latency", formatting.milliseconds(pruned["latency_ms"]["p50"]), latency_delta,
           help=f"ONNX Runtime on CPU, batch 1, 2 threads; dense: {formatting.milliseconds(dense['latency_ms']['p50'])}"
                " (the Model page's figure); the change comes from runs timed in alternation with the dense model")
@@ -161,6 +160,9 @@ def cards(report: dict) -> None:
           formatting.change(pruned["onnx_bytes"], dense["onnx_bytes"]), help="the .onnx file")
     _card(bottom[1], "Compressed", formatting.size(pruned["compressed_bytes"]),
           formatting.change(pruned["compressed_bytes"], dense["compressed_bytes"]), help="the .onnx file after gzip")
+    second = formatting.fidelity(pruned)
+    if second is not None:
+        _card(bottom[2], second[0], second[1], None, help=second[2])
 
 
 @st.fragment
