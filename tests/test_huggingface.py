@@ -214,3 +214,13 @@ def test_sensitivity_and_allocation_score_embeddings_by_cosine(bert_dir):
     plan = allocate(handle, target_sparsity=0.5, sensitivity=result)
     targets = dict(plan.layers)
     assert targets and all(0.0 <= value <= 0.99 for value in targets.values()) and max(targets.values()) > 0
+
+
+def test_minilm_is_listed_with_the_demos(capsys):
+    from core.cli import main
+
+    assert main(["models", "--json"]) == 0
+    import json
+
+    cards = {card["name"]: card for card in json.loads(capsys.readouterr().out)}
+    assert cards["minilm"]["input_shape"] == [1, 64] and cards["minilm"]["params"] == 22_713_216
