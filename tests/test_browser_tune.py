@@ -149,12 +149,15 @@ def test_the_table_takes_an_exact_target(browser, cnn_server):
     context.close()
 
 
+GRAPH_NODES = """() => { const graph = [...document.querySelectorAll('.js-plotly-plot')].find(plot =>
+    ((plot.layout && plot.layout.title && plot.layout.title.text) || '').includes('Layers and how data flows'));
+    return graph && graph.data ? graph.data[graph.data.length - 1].x.length : 0; }"""
+
+
 def _graph_nodes(page) -> int:
-    chart = page.locator(".st-key-tune-graph .js-plotly-plot, [data-testid=stPlotlyChart] .js-plotly-plot").last
-    chart.wait_for(timeout=TIMEOUT_MS)
-    return page.evaluate("""() => { const plots = [...document.querySelectorAll('.js-plotly-plot')];
-        const graph = plots.find(p => (p.layout?.title?.text || '').startsWith('Layers and how data flows'));
-        return graph ? graph.data[graph.data.length - 1].x.length : 0; }""")
+    """Nodes drawn in the model graph (waits until plotly has drawn it)."""
+    page.wait_for_function(GRAPH_NODES, timeout=TIMEOUT_MS)
+    return page.evaluate(GRAPH_NODES)
 
 
 @pytest.mark.slow
