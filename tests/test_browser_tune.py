@@ -177,6 +177,7 @@ def test_the_graph_view_draws_digits_resnet_and_a_transformer_and_selects_a_laye
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a channel sweep and an allocation of digits-resnet: about 3 minutes on an idle machine
 def test_a_goal_of_2x_fewer_macs_on_digits_resnet_gives_a_plan_that_meets_it(browser, tmp_path):
     process, url = start_server("digits-resnet", tmp_path / "home")
     try:
