@@ -221,7 +221,7 @@ def test_four_people_on_one_server_each_keep_their_own_sliders(browser, server):
 
 # ---------------------------------------------------------------- measurement script
 
-def measure(model: str, layer: str, presses: int = 8) -> list[float]:
+def measure(model: str, layer: str, presses: int = 10) -> list[float]:
     """Seconds from each slider release to updated metrics, on a fresh server for ``model``."""
     import tempfile
 
