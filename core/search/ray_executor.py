@@ -101,8 +101,7 @@ def _ray_job(key: str, build, run, payload_box: list, job, threads: int):
     import ray
 
     state = cached_state(key, build, _Lazy(ray, payload_box[0]), threads)
-    context = ray.get_runtime_context()
-    return run(state, job), f"{ray.util.get_node_ip_address()} ({context.get_node_id()[:8]})"
+    return run(state, job), ray.get_runtime_context().get_node_id()
 
 
 class _Lazy:
@@ -151,6 +150,8 @@ class RayExecutor:
             for unfinished in running:
                 ray.cancel(unfinished, force=True)
         outcome.missing.sort()
+        addresses = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
+        outcome.nodes = {index: f"{addresses.get(node, '?')} ({node[:8]})" for index, node in outcome.nodes.items()}
         return outcome
 
     @staticmethod
