@@ -3,7 +3,7 @@ PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PORT    ?= 8501
 
-.PHONY: setup run test bench browser clean
+.PHONY: setup run test test-fast lint bench browser clean
 
 setup: $(STAMP)
 
@@ -19,8 +19,14 @@ browser:
 run: setup
 	$(VENV)/bin/prunelab dashboard --port $(PORT)
 
-test: setup browser
+lint: setup
+	$(PYTHON) -m ruff check .
+
+test: setup browser lint
 	$(PYTHON) -m pytest -q
+
+test-fast: setup
+	$(PYTHON) -m pytest -q -m "not slow and not browser"
 
 bench: setup
 	$(PYTHON) -m benchmarks.run

@@ -14,8 +14,8 @@ import torch
 from torch.nn.utils import prune
 
 from benchmarks.common import print_table, test_accuracy
-from core.prune.engine import apply_plan, final_classifier
-from core.inspect import prunable_layers
+from core.inspect import final_classifier, prunable_layers
+from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 from core.sources import load_model
 
@@ -51,9 +51,11 @@ def curves(name: str, levels, finetune_epochs: int) -> list[dict]:
             "torch.nn.utils.prune global": torch_global(handle.module, sparsity, ignored),
         }
         if finetune_epochs:
-            methods["prunelab global + fine-tune"] = finetune(handle, global_plan, epochs=finetune_epochs, pruned=pruned).module
+            recovered = finetune(handle, global_plan, epochs=finetune_epochs, pruned=pruned)
+            methods["prunelab global + fine-tune"] = recovered.module
         for method, module in methods.items():
-            rows.append({"model": name, "method": method, "sparsity": sparsity, "accuracy": test_accuracy(module, x, y)})
+            rows.append({"model": name, "method": method, "sparsity": sparsity,
+                         "accuracy": test_accuracy(module, x, y)})
     return rows
 
 
@@ -69,7 +71,8 @@ def plot(rows: list[dict], path: Path = PLOT) -> None:
         dense = next(row["accuracy"] for row in rows if row["model"] == model and row["method"] == "dense")
         axis.axhline(dense, color="grey", linestyle=":", label="dense")
         for method in sorted({row["method"] for row in rows} - {"dense"}):
-            points = [(row["sparsity"], row["accuracy"]) for row in rows if row["model"] == model and row["method"] == method]
+            points = [(row["sparsity"], row["accuracy"]) for row in rows
+                      if row["model"] == model and row["method"] == method]
             if points:
                 axis.plot(*zip(*points), marker="o", label=method)
         axis.set(title=model, xlabel="sparsity (share of prunable weights set to zero)", ylabel="test accuracy")

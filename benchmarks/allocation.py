@@ -16,9 +16,9 @@ import tempfile
 import time
 
 from benchmarks.common import macs, ort_p50_ms, print_table, test_accuracy
-from core.search.allocate import allocate
 from core.prune.engine import apply_plan
 from core.prune.plan import Plan
+from core.search.allocate import allocate
 from core.search.sensitivity import DEFAULT_LEVELS, sensitivity
 from core.sources import load_model
 

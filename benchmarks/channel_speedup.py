@@ -17,7 +17,8 @@ from core.prune.plan import Plan
 from core.sources import load_model
 
 
-def torch_pruning_default(module: torch.nn.Module, example: torch.Tensor, ratio: float, ignored: str) -> torch.nn.Module:
+def torch_pruning_default(module: torch.nn.Module, example: torch.Tensor, ratio: float,
+                          ignored: str) -> torch.nn.Module:
     """Torch-Pruning's documented default: MetaPruner with group L2 magnitude importance."""
     module = copy.deepcopy(module)
     pruner = tp.pruner.MetaPruner(module, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
@@ -50,8 +51,9 @@ def main(quick: bool = False) -> list[dict]:
                 mac_ratio = dense_macs / macs(module, handle.example_input(1))
                 speedup = dense_ms / pruned_ms
                 rows.append({"pruner": name, "batch": batch, "threads": threads, "ratio": ratio,
-                             "mac_reduction": mac_ratio, "speedup": speedup, "speedup_per_mac_ratio": speedup / mac_ratio,
-                             "dense_ms": dense_ms, "p50_ms": pruned_ms, "one_shot_accuracy": test_accuracy(module, x, y)})
+                             "mac_reduction": mac_ratio, "speedup": speedup,
+                             "speedup_per_mac_ratio": speedup / mac_ratio, "dense_ms": dense_ms, "p50_ms": pruned_ms,
+                             "one_shot_accuracy": test_accuracy(module, x, y)})
     print(f"digits-resnet dense: {dense_macs:,} MACs per item; ONNX Runtime (no spinning threads), dense and pruned "
           f"timed alternately ({rounds} rounds), medians\n")
     print_table(["pruner", "batch", "ORT threads", "channel ratio", "MAC reduction", "measured speedup",

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from core.deploy.export import export_onnx
+from core.deploy.measure import create_session, latency, paired_latency
 from core.inspect import layer_macs
-from core.deploy.measure import create_session, latency
 
 
 def ort_p50_ms(module: nn.Module, example: torch.Tensor, threads: int = 2, seconds: float = 1.0) -> float:
@@ -18,22 +18,10 @@ def ort_p50_ms(module: nn.Module, example: torch.Tensor, threads: int = 2, secon
 
 def paired_p50_ms(dense: nn.Module, pruned: nn.Module, example: torch.Tensor, threads: int = 2,
                   rounds: int = 200) -> tuple[float, float]:
-    """Median ORT latency of two modules timed alternately, so machine noise hits both alike."""
-    import time
-
+    """Median ORT latency of two modules timed alternately (``rounds`` runs each), so machine noise hits both alike."""
     sessions = [create_session(export_onnx(module, example), threads=threads)[0] for module in (dense, pruned)]
-    feed = example.numpy()
-    name = sessions[0].get_inputs()[0].name
-    times: list[list[float]] = [[], []]
-    for index, session in enumerate(sessions):  # warm-up
-        for _ in range(10):
-            session.run(None, {name: feed})
-    for _ in range(rounds):
-        for index, session in enumerate(sessions):
-            started = time.perf_counter()
-            session.run(None, {name: feed})
-            times[index].append((time.perf_counter() - started) * 1000.0)
-    return float(np.median(times[0])), float(np.median(times[1]))
+    dense_latency, pruned_latency = paired_latency(sessions, example.numpy(), min_runs=rounds, min_seconds=0.0)
+    return dense_latency["latency_ms"]["p50"], pruned_latency["latency_ms"]["p50"]
 
 
 def macs(module: nn.Module, example: torch.Tensor) -> int:

@@ -18,9 +18,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import print_table  # noqa: E402
-from core.train import recovery  # noqa: E402
 from core.prune.plan import Plan  # noqa: E402
 from core.sources import load_model  # noqa: E402
+from core.train import recovery  # noqa: E402
 
 UNSTRUCTURED_95 = Plan(granularity="unstructured", criterion="l1", scope="global", sparsity=0.95)
 CHANNEL_50 = Plan(granularity="channel", criterion="l1", sparsity=0.5)

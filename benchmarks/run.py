@@ -20,8 +20,10 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 # Module name -> what it measures; run in this order.
 BENCHMARKS = {
     "memory": "Resident memory across 200 plan changes",  # first: a fresh process
-    "global_unstructured": "Global unstructured magnitude pruning of an 11M-parameter model against torch.nn.utils.prune",
-    "channel_speedup": "Channel pruning of digits-resnet: measured ONNX Runtime speedup against MAC reduction and Torch-Pruning",
+    "global_unstructured": "Global unstructured magnitude pruning of an 11M-parameter model "
+                           "against torch.nn.utils.prune",
+    "channel_speedup": "Channel pruning of digits-resnet: measured ONNX Runtime speedup against MAC reduction "
+                       "and Torch-Pruning",
     "live_loop": "The live loop: time from a plan change to all metrics, per demo model",
     "allocation": "Sensitivity sweep times and allocated plans against uniform and global pruning",
     "recovery": "Recovery: fine-tuning, gradual pruning and lottery-ticket rewinding",

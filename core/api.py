@@ -1,33 +1,92 @@
-"""The Python API: everything the CLI and the dashboard can do, as plain functions."""
+"""The front door: everything the CLI, the dashboard and a notebook can do, as plain functions.
+
+Most names are re-exported from the capability that owns them (``__all__`` at the end lists
+them by capability); the functions defined here answer one caller-facing question about a
+ModelHandle, in plain values (dicts, lists, bytes), so the dashboard never touches torch.
+"""
 from __future__ import annotations
 
-from core.search.allocate import allocate
-from core.prune.engine import PruneResult, apply_plan
-from core.errors import PrunelabError
+import copy
+
+import yaml
+
+from core import run_folder
+from core.deploy.artifacts import module_bytes, save_pruned
 from core.deploy.evaluate import LiveEvaluator, evaluate
 from core.deploy.export import export_onnx
-from core.inspect import inspect_model, weight_histogram
-from core.prune.plan import Plan
+from core.deploy.measure import torch_outputs
+from core.deploy.onnx_source import inspect_onnx
+from core.deploy.quantize import MODES as QUANTIZE_MODES
+from core.errors import PrunelabError, error_line
+from core.files import home, sha256_file, writable_home, write_atomic
+from core.history.compare import compare_runs, pareto_front
+from core.history.mlflow_log import log_runs
+from core.history.plan_formats import FORMATS as PLAN_FORMATS
 from core.history.plan_formats import export_plan, plan_layers
-from core.history.report import build_report, write_report
-from core.history.runs import compare_runs, delete_run, get_run, list_runs, pareto_front, record_run
-from core.search.sensitivity import sensitivity
+from core.history.report import build_report, pareto_figure, write_report
+from core.history.runs import RunStore, delete_run, get_run, list_runs, record_run
+from core.inspect import final_classifier as classifier_of
+from core.inspect import inspect_model, layer_by_name, prunable_layers, weight_histogram
+from core.prune import criteria
+from core.prune.channel import coupled_groups as module_groups
+from core.prune.channel import kept_channels
+from core.prune.engine import apply_plan
+from core.prune.nm import layout
+from core.prune.plan import CRITERIA, GRANULARITIES, SCOPES, Plan, granularity_kind, parse_nm
+from core.prune.result import PruneResult
+from core.search.allocate import allocate, check_request
+from core.search.parallel import default_workers, executor_for
+from core.search.sensitivity import DEFAULT_LEVELS, SWEPT_GRANULARITIES, parse_levels, sensitivity
 from core.sources import ModelHandle, load_model
+from core.train.recovery import (
+    Recovery,
+    finetune,
+    gradual_prune,
+    iterative_prune,
+    lottery_ticket,
+    steps_per_epoch,
+    total_epochs,
+)
+from core.train.recovery import recover as run_recovery
+from core.train.schedule import PolynomialDecay, polynomial_decay
+from core.zoo.registry import BUILTINS, DEFAULT_MODEL
+
+# ---- models and layers ---------------------------------------------------------------------------
 
 
-def inspect(handle: ModelHandle) -> dict:
-    """Per-layer table and totals for ``handle`` (see core.inspect.inspect_model)."""
+def builtin_models() -> dict[str, str]:
+    """Built-in model names and their one-line descriptions, in menu order."""
+    return {name: entry.description for name, entry in BUILTINS.items()}
+
+
+def default_model() -> str:
+    return DEFAULT_MODEL
+
+
+def layer_table(handle: ModelHandle) -> dict:
+    """``{"layers": [one row per prunable layer], "totals": {...}}`` for ``handle``.
+
+    The rows of core.inspect.inspect_model (name, kind, shape, weight statistics, MACs); an ONNX
+    source has no module, so its rows come from the graph's weights (MACs unknown).
+    Raises PrunelabError when the source cannot be inspected.
+    """
     handle.require("inspect")
     if handle.module is None:
-        from core.deploy.onnx_source import inspect_onnx  # ONNX sources have no module structure
         return inspect_onnx(handle)
     return inspect_model(handle.module, handle.example_input())
 
 
-def coupled_groups(module, example_input) -> list[dict]:
-    """Channel dependency groups of ``module`` (see core.prune.channel.coupled_groups)."""
-    from core.prune.channel import coupled_groups as groups
-    return groups(module, example_input)
+def final_classifier(handle: ModelHandle) -> str | None:
+    """The layer plans leave dense by default (the model's last classifier), or None."""
+    return classifier_of(handle.module, handle.example_input()) if handle.module is not None else None
+
+
+def coupled_groups(model, example_input=None) -> list[dict]:
+    """Channel dependency groups of a ModelHandle (or of a module and its example input), as
+    ``[{"leader", "members", "channels"}]`` (see core.prune.channel.coupled_groups)."""
+    if isinstance(model, ModelHandle):
+        return module_groups(model.module, model.example_input())
+    return module_groups(model, example_input)
 
 
 def histogram(handle: ModelHandle, layer: str, bins: int = 60, absolute: bool = True) -> dict:
@@ -36,38 +95,145 @@ def histogram(handle: ModelHandle, layer: str, bins: int = 60, absolute: bool = 
 
 
 def channel_importance(handle: ModelHandle, layer: str, criterion: str = "l1", sparsity: float = 0.0,
-                       seed: int = 0) -> dict:
-    """Per-output-channel importance of one layer and the lowest ``round(sparsity * n)`` channels.
+                       seed: int = 0, round_to: int = 1) -> dict:
+    """Per-output-channel importance of one layer and the channels ``sparsity`` removes: the lowest
+    ``n - kept``, where ``kept`` is rounded to a multiple of ``round_to`` as the engine rounds it.
 
     Returns ``{"scores": [...], "removed": [bool, ...]}``: what the layer alone would lose at
     ``sparsity`` (coupled layers are ranked together by the engine, so its choice can differ).
     Raises PrunelabError for an unknown layer, or a criterion that needs evidence this view lacks.
     """
-    from core.prune import criteria
-    from core.inspect import layer_by_name
-
     handle.require("channel")
     target = layer_by_name(handle.module, layer)
     if criterion == "bn_scale":
         raise PrunelabError("the per-channel view does not show bn_scale; pick l1, l2, fpgm or a data criterion")
     evidence = criteria.gather_evidence(handle.module, [target], criterion, handle.data, seed)[layer]
     scores = criteria.criterion(criterion).channel_score(target.weight.detach(), evidence).float()
-    count = int(round(sparsity * scores.numel()))
+    count = scores.numel() - kept_channels(scores.numel(), sparsity, max(1, int(round_to)), 1)
     removed = [False] * scores.numel()
     for index in scores.argsort()[:count].tolist():
         removed[index] = True
     return {"scores": scores.tolist(), "removed": removed}
 
 
-__all__ = ["ModelHandle", "load_model", "inspect", "histogram", "Plan", "PruneResult", "apply_plan",
-           "coupled_groups", "channel_importance", "evaluate", "LiveEvaluator", "export_onnx",
-           "sensitivity", "allocate"]
-__all__ += ["record_run", "list_runs", "get_run", "delete_run", "compare_runs", "pareto_front",
-            "build_report", "write_report", "export_plan", "plan_layers"]
+# ---- plans ---------------------------------------------------------------------------------------
 
-# Recovery: fine-tuning with masks held, gradual, iterative and lottery-ticket pruning (core/train/recovery.py).
-from core.train.recovery import Recovery, finetune, gradual_prune, iterative_prune, lottery_ticket  # noqa: E402
-from core.train.schedule import PolynomialDecay, polynomial_decay  # noqa: E402
 
-__all__ += ["Recovery", "finetune", "gradual_prune", "iterative_prune", "lottery_ticket", "PolynomialDecay",
-            "polynomial_decay"]
+def criteria_for(granularity: str) -> list[str]:
+    """The criteria that can rank weights at ``granularity`` (bn_scale and fpgm rank channels only)."""
+    kind = granularity_kind(granularity)
+    return [name for name, kinds in CRITERIA.items() if kind in kinds]
+
+
+def plan_text(plan: Plan) -> str:
+    """``plan`` as the YAML text ``Plan.load`` reads back."""
+    return yaml.safe_dump(plan.to_dict(), sort_keys=False)
+
+
+def check_plan(handle: ModelHandle, plan: Plan) -> None:
+    """Raise PrunelabError naming a layer of ``plan`` that ``handle``'s model lacks (ONNX sources: no check)."""
+    if handle.module is not None:
+        plan.validate_for(handle.module)
+
+
+def layers_left_dense(handle: ModelHandle, granularity: str) -> dict[str, str]:
+    """Layers an N:M ``granularity`` cannot prune (no groups of M along their input), with the reason;
+    {} for other granularities and for ONNX sources (whose pruning checks each initializer itself)."""
+    nm = parse_nm(granularity)
+    if nm is None or handle.module is None:
+        return {}
+    m = nm[1]
+    return {layer.name: f"stays dense: its inputs do not split into groups of {m}"
+            for layer in prunable_layers(handle.module) if layout(layer.weight, m) is None}
+
+
+# ---- measuring and exporting ---------------------------------------------------------------------
+
+
+def export_file(evaluator: LiveEvaluator, kind: str, plan: Plan | None = None,
+                recovered: ModelHandle | None = None) -> bytes:
+    """The file a person downloads: the model ``evaluator.measure(plan)`` measured, as ``onnx`` (the very
+    bytes measured, INT8 when the evaluator quantizes), ``state_dict`` or ``pt2`` (dynamic batch, as
+    ``prunelab prune`` writes). With ``recovered`` (see ``recover``), that model instead of the plan's.
+    Raises PrunelabError for an unknown kind or a model torch.export cannot capture.
+    """
+    artifact = evaluator.artifact(plan, None if recovered is None else recovered.module)
+    if kind == "onnx":
+        return artifact.model_bytes
+    if artifact.module is None:
+        raise PrunelabError(f"an ONNX source has no PyTorch weights to save as {kind}")
+    return module_bytes(artifact.module, evaluator.handle.example_input(), kind)
+
+
+# ---- recovery ------------------------------------------------------------------------------------
+
+
+def schedule_curve(handle: ModelHandle, final_sparsity: float, epochs: int, initial_sparsity: float = 0.0,
+                   end_fraction: float = 0.75, power: float = 3.0) -> tuple[dict, list[dict]]:
+    """The gradual-pruning schedule a run of ``epochs`` would use, and its ``[{"epoch", "step", "sparsity"}]``.
+
+    The first value holds PolynomialDecay's arguments (pass them to ``start_recovery``).
+    """
+    per_epoch = steps_per_epoch(handle)
+    total = max(2, epochs * per_epoch)
+    schedule = PolynomialDecay(initial_sparsity, final_sparsity, 0, max(1, int(end_fraction * total)),
+                               max(1, per_epoch // 4), power)
+    return schedule.to_dict(), [{**point, "epoch": point["step"] / per_epoch} for point in schedule.curve(total)]
+
+
+def recover(handle: ModelHandle, plan: Plan, method: str, *, epochs: int, lr: float = 3e-3, rounds: int = 3,
+            rewind_epoch: int = 0, schedule: dict | None = None, on_epoch=None,
+            should_stop=None) -> tuple[dict, ModelHandle]:
+    """Train ``handle`` back after pruning by ``plan`` with recovery ``method`` (finetune, gradual, iterative,
+    lottery); ``schedule`` holds PolynomialDecay's arguments for gradual. Returns the run's summary and the
+    recovered model as a handle (measure it with ``LiveEvaluator.measure_module``). Raises PrunelabError.
+    """
+    result = run_recovery(handle, plan, method, epochs=epochs, lr=lr, rounds=rounds, rewind_epoch=rewind_epoch,
+                          schedule=PolynomialDecay(**schedule) if schedule else None, seed=plan.seed,
+                          on_epoch=on_epoch, should_stop=should_stop)
+    return result.summary(), handle.with_module(result.module)
+
+
+def recovered_handle(handle: ModelHandle, module) -> ModelHandle:
+    """``handle`` holding ``module``, a retrained copy of its model (a Recovery's ``module``)."""
+    return handle.with_module(module)
+
+
+def measure_recovered(evaluator: LiveEvaluator, recovered: ModelHandle, plan: Plan | None = None) -> dict:
+    """The report of a recovered model (see ``recover``) against the dense baseline of ``evaluator``'s
+    model, measured like a plan (INT8 when the evaluator quantizes)."""
+    return evaluator.measure_module(recovered.module, plan)
+
+
+def recovery_epochs(method: str, epochs: int, rounds: int) -> int:
+    """Epochs a recovery run trains in all (lottery: dense, each round, and the random re-init control)."""
+    return total_epochs(method, epochs, rounds)
+
+
+def private_copy(handle: ModelHandle) -> ModelHandle:
+    """``handle`` with its own deep copy of the module, for a long job that must not hold the shared one."""
+    return handle if handle.module is None else handle.with_module(copy.deepcopy(handle.module))
+
+
+__all__ = [
+    # errors and files
+    "PrunelabError", "error_line", "home", "writable_home", "write_atomic", "sha256_file", "run_folder",
+    # models and layers
+    "ModelHandle", "load_model", "BUILTINS", "DEFAULT_MODEL", "builtin_models", "default_model", "layer_table",
+    "histogram", "final_classifier", "coupled_groups", "channel_importance",
+    # plans and pruning
+    "Plan", "GRANULARITIES", "CRITERIA", "SCOPES", "granularity_kind", "criteria_for", "plan_text", "check_plan",
+    "layers_left_dense", "PruneResult", "apply_plan",
+    # measuring and exporting
+    "evaluate", "LiveEvaluator", "QUANTIZE_MODES", "export_onnx", "export_file", "save_pruned", "torch_outputs",
+    # search
+    "sensitivity", "SWEPT_GRANULARITIES", "DEFAULT_LEVELS", "parse_levels", "allocate", "check_request",
+    "executor_for", "default_workers",
+    # recovery
+    "Recovery", "finetune", "gradual_prune", "iterative_prune", "lottery_ticket", "recover", "recovered_handle",
+    "measure_recovered", "recovery_epochs", "schedule_curve", "private_copy", "PolynomialDecay",
+    "polynomial_decay",
+    # history
+    "RunStore", "record_run", "list_runs", "get_run", "delete_run", "compare_runs", "pareto_front",
+    "pareto_figure", "build_report", "write_report", "export_plan", "plan_layers", "PLAN_FORMATS", "log_runs",
+]

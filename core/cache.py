@@ -1,9 +1,9 @@
-"""An on-disk cache of JSON results (sensitivity sweeps, measurements), shared by CLI and dashboard.
+"""An on-disk cache of JSON results (today: sensitivity sweeps), shared by the CLI and the dashboard.
 
 Entries live as ``<key>.json`` files under ``$PRUNELAB_HOME/cache/<kind>/`` (``~/.prunelab`` by
 default). A key is a digest of everything the result depends on (model digest, data digest,
-settings), so a stale entry is never looked up rather than invalidated. Writes go to a temporary
-file first and are moved into place with ``os.replace``, so a reader never sees half a file.
+settings), so a stale entry is never looked up rather than invalidated. Writes go through
+``core.files.write_atomic``, so a reader never sees half a file.
 Each kind keeps at most ``limit`` entries; the least recently used are removed first.
 """
 from __future__ import annotations
@@ -11,15 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from core.files import home, write_atomic
+
 DEFAULT_LIMIT = 64
-
-
-def home() -> Path:
-    """prunelab's data directory: ``$PRUNELAB_HOME`` or ``~/.prunelab``."""
-    return Path(os.environ.get("PRUNELAB_HOME") or Path.home() / ".prunelab")
 
 
 def cache_key(*parts) -> str:
@@ -57,15 +53,7 @@ class ResultCache:
 
     def put(self, key: str, value) -> None:
         """Store ``value`` atomically, then trim the oldest entries beyond the limit."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(descriptor, "w") as stream:
-                json.dump(value, stream)
-            os.replace(temporary, self._path(key))
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomic(self._path(key), json.dumps(value))
         self._trim()
 
     def clear(self) -> int:

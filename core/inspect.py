@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from core.errors import PrunelabError
 
@@ -114,8 +115,59 @@ def layer_macs(module: nn.Module, example_input: torch.Tensor) -> dict[str, int]
     return macs
 
 
+def _mac_formulas() -> dict:
+    """torch's flop formulas by op, plus CPU flash attention (which torch's table leaves out)."""
+    from torch.utils import flop_counter
+
+    formulas = dict(flop_counter.flop_registry)
+    cpu_attention = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    attention = formulas.get(torch.ops.aten._scaled_dot_product_efficient_attention)
+    if cpu_attention is not None and attention is not None and cpu_attention not in formulas:
+        formulas[cpu_attention] = attention  # same inputs (query, key, value, ...), same work
+    return formulas
+
+
+class _MacCounter(TorchDispatchMode):
+    """Adds up the FLOPs of every matmul, convolution and attention kernel a forward pass dispatches."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+        self.formulas = _mac_formulas()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        formula = self.formulas.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += int(formula(*args, **kwargs, out_val=output))
+        return output
+
+
+def count_macs(module: nn.Module, example_input: torch.Tensor) -> int:
+    """Multiply-accumulates per item of the whole forward pass, counted the same way for every architecture.
+
+    Every matrix multiply, convolution and attention kernel that runs is counted from its shapes
+    (half of torch.utils.flop_counter's FLOPs): Linear and Conv layers, and also the attention
+    matmuls (Q·K^T and attention·V) of nn.MultiheadAttention, Hugging Face attention and
+    F.scaled_dot_product_attention. Elementwise work (activations, norms, softmax) is not counted.
+    """
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no formula; the plain path does
+    try:
+        with torch.no_grad(), _MacCounter() as counter:
+            module(example_input)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return counter.flops // 2 // max(1, example_input.shape[0])
+
+
 def inspect_model(module: nn.Module, example_input: torch.Tensor) -> dict:
-    """One row per prunable layer (name, kind, shape, params, nonzero, sparsity, macs, stats) and totals."""
+    """One row per prunable layer (name, kind, shape, params, nonzero, sparsity, macs, stats) and totals.
+
+    ``totals["macs"]`` is the whole forward pass (``count_macs``); ``totals["other_macs"]`` the part
+    outside the prunable layers' rows (attention matmuls and the like).
+    """
     macs = layer_macs(module, example_input)
     rows = []
     for layer in prunable_layers(module):
@@ -130,7 +182,9 @@ def inspect_model(module: nn.Module, example_input: torch.Tensor) -> dict:
     nonzero = sum(row["nonzero"] for row in rows)
     totals = {"layers": len(rows), "params": int(all_params), "prunable_params": int(prunable),
               "nonzero_prunable_params": int(nonzero), "sparsity": 1.0 - nonzero / prunable if prunable else 0.0,
-              "macs": int(sum(value for value in macs.values()))}
+              "macs": count_macs(module, example_input) or None}
+    totals["other_macs"] = None if totals["macs"] is None else \
+        max(0, totals["macs"] - int(sum(row["macs"] or 0 for row in rows)))
     return {"layers": rows, "totals": totals}
 
 
@@ -141,3 +195,27 @@ def weight_histogram(module: nn.Module, name: str, bins: int = 60, absolute: boo
     counts, edges = np.histogram(values, bins=bins)
     return {"edges": edges.tolist(), "counts": counts.tolist(), "absolute": absolute,
             "zeros": int((weight == 0).sum())}
+
+
+def final_classifier(module: nn.Module, example_input: torch.Tensor | None) -> str | None:
+    """The last prunable layer whose output is the model's output (else the last one that ran)."""
+    layers = prunable_layers(module)
+    if not layers:
+        return None
+    if example_input is None:
+        return layers[-1].name
+    seen: list[tuple[str, torch.Tensor]] = []
+    handles = [layer.module.register_forward_hook(
+        lambda child, args, output, name=layer.name: seen.append(
+            (name, output[0] if isinstance(output, tuple) else output))) for layer in layers]
+    try:
+        with torch.no_grad():
+            output = module(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    output = output[0] if isinstance(output, (tuple, list)) else output
+    for name, value in reversed(seen):
+        if value is output:
+            return name
+    return seen[-1][0] if seen else layers[-1].name

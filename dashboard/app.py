@@ -1,6 +1,7 @@
 """The prunelab dashboard: ``prunelab dashboard`` (or ``streamlit run dashboard/app.py``).
 
-Pages live in ``dashboard/pages/`` and call the engine only through ``dashboard/session.py``.
+Pages live in ``dashboard/pages/``; per-person state is in ``dashboard/state.py``, the engine is
+reached only through ``dashboard/session.py`` (and the job modules built on it).
 To add a page, put its file in ``dashboard/pages/`` and its line in ``PAGES``; a listed page
 whose file does not exist yet is left out of the menu.
 """

@@ -1,70 +1,55 @@
-"""The run history for the dashboard.
+"""The run history for the History page.
 
-The run store (core.history.runs) is one SQLite file shared by every session and the CLI; each call
-opens its own connection, so nothing here is cached. Values out are plain dicts and lists.
-
-Part of the session layer: pages reach these names as ``session.<name>``.
+The run store is one SQLite file shared by every session and the CLI; each call opens its own
+connection, so nothing here is cached. Values out are plain dicts and lists (and one figure).
 """
 from __future__ import annotations
 
-import streamlit as st
+import json
 
+from core import api
+from dashboard import session, state
 
-from dashboard.session import PLAN, _lock, measure, model, model_key, plan, plan_object, plan_yaml
-
-__all__ = ['compare_runs', 'delete_run', 'load_run_plan', 'run_details', 'run_plan_export', 'runs', 'runs_pareto_chart', 'runs_report_html', 'save_run']
 
 def runs(this_model_only: bool = False) -> list[dict]:
-    """Recorded runs, newest first: one row per run with the plan and headline metrics."""
-    from core.history.runs import list_runs
+    """Recorded runs, newest first: one row per run with the plan and headline metrics.
 
-    chosen = list_runs(model().name if this_model_only else None)
+    ``removed`` is the measured share of the prunable weights zero or gone (any granularity).
+    """
+    chosen = api.list_runs(session.model().name if this_model_only else None)
     return [{"id": run.id, "label": run.label, "created": run.created, "model": run.model,
              "granularity": run.plan.get("granularity"), "criterion": run.plan.get("criterion"),
-             "scope": run.plan.get("scope"), "sparsity": run.plan.get("sparsity"), "quality": run.quality,
+             "scope": run.plan.get("scope"), "removed": run.removed, "quality": run.quality,
              "p50_ms": run.latency_p50, "compressed_bytes": run.compressed_bytes, "notes": run.notes}
             for run in chosen]
 
 
 def run_details(run_id: int) -> dict:
     """Everything stored about one run (see core.history.runs.Run.to_dict). Raises PrunelabError."""
-    from core.history.runs import get_run
-
-    return get_run(run_id).to_dict()
+    return api.get_run(run_id).to_dict()
 
 
 def runs_pareto_chart(run_ids: list[int]):
     """The report's Pareto figure for these runs (customdata = run id, for click-to-open)."""
-    from core.history.report import pareto_figure
-    from core.history.runs import get_run
-
-    chosen = [get_run(run_id) for run_id in run_ids]
-    return pareto_figure(chosen, chosen[0].metrics.get("baseline") if chosen else None)
+    chosen = [api.get_run(run_id) for run_id in run_ids]
+    return api.pareto_figure(chosen, chosen[0].metrics.get("baseline") if chosen else None)
 
 
 def compare_runs(first: int, second: int) -> dict:
     """``{"layers": [...], "metrics": [...], "plan": [...]}`` rows with a, b and delta."""
-    from core.history.runs import compare_runs as compare
-
-    return compare(first, second)
+    return api.compare_runs(first, second)
 
 
 def save_run(label: str = "", notes: str = "") -> int:
     """Measure this session's plan (cached) and keep it in the run store with its plan and report."""
-    import json
-
-    from core.history.runs import record_run
-
-    report = measure()
-    current = plan_object()
-    files = {"plan.yaml": plan_yaml(), "report.json": json.dumps(report, indent=2, default=str)}
-    return record_run(report, model=model(), plan=current, files=files, label=label, notes=notes).id
+    report = session.measure()
+    files = {"plan.yaml": session.plan_yaml(), "report.json": json.dumps(report, indent=2, default=str)}
+    return api.record_run(report, model=session.model(), plan=session.plan_object(), files=files, label=label,
+                          notes=notes).id
 
 
 def delete_run(run_id: int) -> None:
-    from core.history.runs import delete_run as delete
-
-    delete(run_id)
+    api.delete_run(run_id)
 
 
 def load_run_plan(run_id: int) -> str | None:
@@ -72,19 +57,11 @@ def load_run_plan(run_id: int) -> str | None:
 
     Raises PrunelabError when the plan does not fit this session's model.
     """
-    from core.prune.plan import Plan
-    from core.history.runs import get_run
-
-    run = get_run(run_id)
-    values = Plan.from_dict(run.plan).to_dict()
-    handle = model()
-    if handle.module is not None:
-        Plan.from_dict(values).validate_for(handle.module)
-    st.session_state[PLAN] = {**values, "layers": dict(values["layers"])}
-    plan_widgets = [key for key in st.session_state
-                    if str(key).startswith("w.") and not str(key).startswith("w.history.")]
-    for key in plan_widgets:
-        st.session_state.pop(key, None)  # the plan's widgets reseed from the plan on their next draw
+    run = api.get_run(run_id)
+    plan = api.Plan.from_dict(run.plan)
+    handle = session.model()
+    api.check_plan(handle, plan)
+    state.set_plan(plan.to_dict())
     if run.model != handle.name:
         return f"run {run_id} was made on {run.model}; its plan is now applied to {handle.name}"
     return None
@@ -92,10 +69,7 @@ def load_run_plan(run_id: int) -> str | None:
 
 def runs_report_html(run_ids: list[int]) -> bytes:
     """The self-contained HTML report of these runs."""
-    from core.history.report import build_report
-    from core.history.runs import get_run
-
-    return build_report([get_run(run_id) for run_id in run_ids]).encode()
+    return api.build_report([api.get_run(run_id) for run_id in run_ids]).encode()
 
 
 def run_plan_export(run_id: int, format: str) -> dict[str, str]:
@@ -103,15 +77,11 @@ def run_plan_export(run_id: int, format: str) -> dict[str, str]:
 
     Per-layer targets are resolved on this session's model when the run was made on it.
     """
-    from core.prune.plan import Plan
-    from core.history.plan_formats import export_plan, plan_layers
-    from core.history.runs import get_run
-
-    run = get_run(run_id)
-    plan = Plan.from_dict(run.plan)
-    handle = model()
+    run = api.get_run(run_id)
+    plan = api.Plan.from_dict(run.plan)
+    handle = session.model()
     layers = None
-    if run.model == handle.name and handle.module is not None:
-        with _lock(model_key()):
-            layers = plan_layers(plan, handle)
-    return export_plan(plan, format, layers, stem=f"run-{run_id}-plan")
+    if run.model == handle.name and handle.can("finetune"):  # a PyTorch module to resolve layers on
+        with state.lock(session.model_key()):
+            layers = api.plan_layers(plan, handle)
+    return api.export_plan(plan, format, layers, stem=f"run-{run_id}-plan")

@@ -1,97 +1,59 @@
-"""The one place the dashboard calls ``core``: cached loaders, per-session state, plain values out.
+"""The one place the dashboard calls ``core``'s front door (``core/api.py``): cached loaders, plain values out.
 
-Conventions for every page in ``dashboard/pages/`` (and for the ones still to come:
-sensitivity, recover, history):
+Conventions for every page in ``dashboard/pages/``:
 
-- A page imports ``from dashboard import session, charts`` and nothing from ``core``, ``torch``
-  or ``onnxruntime``. If a page needs something new from the engine, add a small function here
-  that returns plain values (dicts, lists, numbers, bytes, DataFrames).
-- Shared caches are read-only. ``st.cache_resource`` holds models and evaluators (one object for
-  every visitor; calls into them run under the model's lock, because a forward pass with hooks on
-  a shared module is not thread-safe). ``st.cache_data`` holds results (each caller gets a copy;
-  every cache has ``max_entries``). Unhashable arguments start with ``_`` and a digest is passed
-  next to them as the cache key.
-- Per-session state lives in ``st.session_state`` under the plain keys below (``MODEL``,
-  ``PLAN``, ...). Widgets use keys starting with ``w.``; Streamlit drops a widget's state when
-  its page is not rendered, so an ``on_change`` callback copies the value into a plain key, and
-  the page seeds the widget from that key (``seed``) before drawing it.
+- A page imports from ``dashboard`` (``session``, ``state``, ``charts``, ``formatting`` and the job
+  modules ``sweeps``, ``recovery``, ``run_history``) and nothing from ``core``, ``torch`` or
+  ``onnxruntime``. A page that needs something new from the engine gets a small function here
+  (or in a job module) returning plain values; the engine side goes into ``core/api.py``.
+- One owner per cache. ``st.cache_resource`` holds loaded models and evaluators (one object for
+  every visitor, used under the model's lock, because a forward pass with hooks on a shared
+  module is not thread-safe); reports and dense baselines are cached by the evaluator itself
+  (core.deploy.evaluate), never again here. ``st.cache_data`` holds plain facts about a model
+  (layer table, histograms, groups). Unhashable arguments start with ``_`` and the model's key
+  is passed next to them.
+- Per-person state (model source, plan, INT8 switch, ...) lives in ``dashboard/state.py``.
 - Work that can fail goes inside ``with session.guard():`` so the person sees one ``st.error``
   line, never a stack trace, and the rest of the page keeps working.
-- Long jobs (sensitivity, fine-tuning) run in a worker thread that never calls ``st.*``; the page
-  polls its progress from the script thread into ``st.status``/``st.progress`` (see ``start_sensitivity``).
-- Session functions for one page's long job or store live in a sibling module (``sweeps.py``,
-  ``recovery_jobs.py``, ``run_history.py``) re-exported at the bottom of this file, so pages
-  still call ``session.<name>``.
-- A new page: add its file to ``dashboard/pages/`` and one line to ``PAGES`` in ``dashboard/app.py``
-  (file, title, icon, url path); start it with ``st.title`` and one ``st.caption`` saying what it is for.
+- Long jobs run through ``dashboard/jobs.py`` (see ``sweeps.py`` and ``recovery.py``).
+- A new page: add its file to ``dashboard/pages/`` and one line to ``PAGES`` in ``dashboard/app.py``;
+  start it with ``st.title`` and one ``st.caption`` saying what it is for.
 """
 from __future__ import annotations
 
 import contextlib
-import io
-import os
-import threading
 
 import streamlit as st
 
 from core import api
-from core.errors import PrunelabError
-from core.zoo.registry import BUILTINS, DEFAULT_MODEL
-from dashboard.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, _UPLOADS, save_upload, shown  # noqa: F401
+from core.errors import PrunelabError, error_line
+from dashboard import consent, state, uploads
+from dashboard.consent import code_allowed  # noqa: F401 (pages use it)
+from dashboard.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, save_upload, shown  # noqa: F401 (pages use them)
 
-# Plain per-session keys (widget state is mirrored into these).
-MODEL = "prunelab.model"        # dict: spec, weights, trust, data, input_shape (all str or None)
-PLAN = "prunelab.plan"          # dict accepted by core.prune.plan.Plan.from_dict
-LAYER = "prunelab.layer"        # the layer shown on the Layers page
-LAST_REPORT = "prunelab.report"  # the last measured report, for pages that only display it
-QUANTIZE = "prunelab.quantize"  # None, or an INT8 mode of core.deploy.quantize applied before measuring
-SENSITIVITY = "prunelab.sensitivity"  # the last sensitivity sweep result (set by the Sensitivity page)
-
-GRANULARITIES = ("unstructured", "channel", "2:4")
-SCOPES = ("layer", "global")
+GRANULARITIES = api.GRANULARITIES
+SCOPES = api.SCOPES
 MAX_SPARSITY = 0.95
-_LOCKS: dict[str, threading.RLock] = {}
-_LOCKS_GUARD = threading.Lock()
 
-
-# ---------------------------------------------------------------- errors
 
 @contextlib.contextmanager
 def guard(what: str = ""):
     """Show a failure inside the block as one ``st.error`` line; the rest of the page keeps running."""
     try:
         yield
-    except PrunelabError as error:
-        st.error(shown(f"{what}: {error}" if what else str(error)))
-    except Exception as error:  # anything else from the engine: one line, no traceback
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        st.error(shown(f"{what + ': ' if what else ''}{error.__class__.__name__}: {first}"))
+    except Exception as error:  # anything from the engine: one line, no traceback
+        text = str(error) if isinstance(error, PrunelabError) else error_line(error, with_type=True)
+        st.error(shown(f"{what + ': ' if what else ''}{text}"))
 
 
-def _lock(key: str) -> threading.RLock:
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(key, threading.RLock())
-
-
-# ---------------------------------------------------------------- models
-
-def default_source() -> dict:
-    """The model a new visitor sees: PRUNELAB_MODEL or digits-cnn."""
-    return {"spec": os.environ.get("PRUNELAB_MODEL") or DEFAULT_MODEL, "weights": None, "trust": False,
-            "data": None, "input_shape": None}
-
-
-def granularities() -> list[str]:
-    """The granularities this session's model can take (no channels for .onnx and .pt2 sources)."""
-    return [name for name in GRANULARITIES if name != "channel" or can("channel")]
-
+# ---------------------------------------------------------------- the model
 
 def builtin_names() -> list[str]:
-    return list(BUILTINS)
+    return list(api.builtin_models())
 
 
 def builtin_description(name: str) -> str:
-    return BUILTINS[name].description if name in BUILTINS else ""
+    return api.builtin_models().get(name, "")
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading the model…")
@@ -100,19 +62,18 @@ def _load(spec: str, weights: str | None, trust: bool, data: str | None, input_s
 
 
 def source() -> dict:
-    if MODEL not in st.session_state:
-        st.session_state[MODEL] = default_source()
-    return st.session_state[MODEL]
+    return state.source(api.default_model())
 
 
 def model():
-    """This session's ModelHandle (shared, read-only). Raises PrunelabError for a bad source."""
+    """This session's ModelHandle (shared, read-only: pass it back to core, never look inside)."""
     current = source()
+    consent.check_source(current, api.builtin_models())
     return _load(current["spec"], current["weights"], current["trust"], current["data"], current["input_shape"])
 
 
 def model_key() -> str:
-    """A key naming this session's model and data, for the result caches."""
+    """A key naming this session's model and data, for the caches and the model's lock."""
     handle = model()
     return f"{handle.digest}-{handle.data.digest}"
 
@@ -121,25 +82,50 @@ def use_source(spec: str, weights: str | None = None, trust: bool = False, data:
                input_shape: str | None = None) -> None:
     """Switch this session to another model; loads it first, so a bad file leaves the old one in place."""
     candidate = {"spec": spec, "weights": weights, "trust": bool(trust), "data": data, "input_shape": input_shape}
-    _load(**candidate)
-    st.session_state[MODEL] = candidate
-    st.session_state[PLAN] = default_plan()
-    st.session_state.pop(LAYER, None)
-    st.session_state.pop(LAST_REPORT, None)
-    for key in [key for key in st.session_state if str(key).startswith("w.layer.")]:
-        del st.session_state[key]
+    current = source()
+    try:
+        consent.check_source(candidate, api.builtin_models())  # code needs --allow-code and a tick
+        _load(**candidate)
+    except Exception:
+        uploads.discard(*(candidate[key] for key in ("spec", "weights", "data")
+                          if candidate[key] not in current.values()))
+        raise
+    state.set_source(candidate)
+
+
+def can(operation: str) -> bool:
+    return model().can(operation)
+
+
+def capabilities() -> list[str]:
+    return [operation for operation in ("unstructured", "channel", "finetune") if can(operation)]
+
+
+def granularities() -> list[str]:
+    """The granularities this session's model can take (no channels for .onnx and .pt2 sources)."""
+    return [name for name in GRANULARITIES if name != "channel" or can("channel")]
+
+
+def data_name() -> str:
+    data = model().data
+    return f"{data.name} ({len(data.x_test)} test items{'' if data.labelled else ', no labels'})"
+
+
+def data_splits() -> str:
+    """Which items each number comes from, e.g. 'test: 360 items (the file's test split); val: ...'."""
+    return model().data.describe_splits()
 
 
 # ---------------------------------------------------------------- facts about the model
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _inspect(_handle, key: str) -> dict:
-    with _lock(key):
-        return api.inspect(_handle)
+    with state.lock(key):
+        return api.layer_table(_handle)
 
 
 def layer_table() -> dict:
-    """``{"layers": [rows], "totals": {...}}`` for this session's model (see core.api.inspect)."""
+    """``{"layers": [rows], "totals": {...}}`` for this session's model (see core.api.layer_table)."""
     return _inspect(model(), model_key())
 
 
@@ -149,7 +135,7 @@ def layer_names() -> list[str]:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _histogram(_handle, key: str, layer: str, bins: int) -> dict:
-    with _lock(key):
+    with state.lock(key):
         return api.histogram(_handle, layer, bins=bins, absolute=True)
 
 
@@ -171,229 +157,261 @@ def threshold(layer: str, sparsity: float) -> float:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _groups(_handle, key: str) -> list[dict]:
-    from core.api import coupled_groups
-
-    with _lock(key):
-        return coupled_groups(_handle.module, _handle.example_input())
+    with state.lock(key):
+        return api.coupled_groups(_handle)
 
 
 def groups() -> list[dict]:
     """Channel coupling groups ``[{"leader", "members", "channels"}]``; [] when the model cannot do channels."""
     handle = model()
-    if not handle.can("channel"):
-        return []
-    return _groups(handle, model_key())
+    return _groups(handle, model_key()) if handle.can("channel") else []
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _channel_importance(_handle, key: str, layer: str, criterion: str, sparsity: float) -> dict:
-    with _lock(key):
-        return api.channel_importance(_handle, layer, criterion, sparsity)
+def _channel_importance(_handle, key: str, layer: str, criterion: str, sparsity: float, round_to: int) -> dict:
+    with state.lock(key):
+        return api.channel_importance(_handle, layer, criterion, sparsity, round_to=round_to)
 
 
 def channel_importance(layer: str) -> dict:
-    """``{"scores", "removed"}`` per output channel of ``layer`` under this session's criterion and target."""
-    values = plan()
-    return _channel_importance(model(), model_key(), layer, values["criterion"], target_of_layer(layer))
-
-
-def target_of_layer(layer: str) -> float:
-    """The target a layer gets: its own, its coupled group leader's, or the plan's default."""
-    values = plan()
-    if layer in ignored_layers():
-        return 0.0
-    if values["granularity"] == "channel":
-        for group in groups():
-            if layer in group["members"]:
-                return target(group["leader"])
-    return target(layer)
-
-
-def cut_share(layer: str) -> float:
-    """The share of ``layer``'s weights this plan removes: measured when the last report is of this plan
-    (global scope decides per layer only then), else the layer's target."""
-    report = st.session_state.get(LAST_REPORT)
-    with contextlib.suppress(PrunelabError):
-        if report and report.get("plan") == plan_object().to_dict() and layer in (report.get("layer_sparsity") or {}):
-            return float(report["layer_sparsity"][layer])
-    return target_of_layer(layer)
-
-
-def can(operation: str) -> bool:
-    return model().can(operation)
-
-
-def capabilities() -> list[str]:
-    return [operation for operation in ("unstructured", "channel", "finetune") if can(operation)]
-
-
-def data_name() -> str:
-    data = model().data
-    return f"{data.name} ({len(data.x_test)} test items{'' if data.labelled else ', no labels'})"
-
-
-# ---------------------------------------------------------------- the plan (per session)
-
-def default_plan() -> dict:
-    return {"granularity": "unstructured", "criterion": "l1", "scope": "layer", "sparsity": 0.0, "layers": {}}
-
-
-def plan() -> dict:
-    """This session's plan as a plain dict (a copy; change it with ``update_plan``/``set_target``)."""
-    if PLAN not in st.session_state:
-        st.session_state[PLAN] = default_plan()
-    current = st.session_state[PLAN]
-    return {**current, "layers": dict(current["layers"])}
-
-
-def update_plan(**changes) -> None:
-    st.session_state[PLAN] = {**plan(), **changes}
-
-
-def set_target(layer: str, value: float) -> None:
-    """Set one layer's (or coupled group leader's) sparsity override."""
-    current = plan()
-    current["layers"][layer] = float(value)
-    st.session_state[PLAN] = current
-
-
-def target(layer: str) -> float:
-    current = plan()
-    return float(current["layers"].get(layer, current["sparsity"]))
-
-
-def seed(widget_key: str, value) -> None:
-    """Give a widget its value from the plain state when Streamlit has dropped it (page switch)."""
-    if widget_key not in st.session_state:
-        st.session_state[widget_key] = value
-
-
-def plan_object(values: dict | None = None):
-    """The validated core Plan for ``values`` (default: this session's plan). Raises PrunelabError."""
-    from core.prune.plan import Plan
-
-    values = plan() if values is None else values
-    layers = {name: value for name, value in values["layers"].items() if value != values["sparsity"]}
-    return Plan.from_dict({**values, "layers": layers})
-
-
-def plan_yaml() -> str:
-    import yaml
-
-    return yaml.safe_dump(plan_object().to_dict(), sort_keys=False)
-
-
-def criteria_for(granularity: str) -> list[str]:
-    """The criteria that can rank weights at ``granularity`` (bn_scale and fpgm rank channels only)."""
-    from core.prune.plan import CRITERIA
-
-    kind = "N:M" if ":" in granularity else granularity
-    return [name for name, kinds in CRITERIA.items() if kind in kinds]
+    """``{"scores", "removed"}`` per output channel of ``layer`` under this session's plan (rounding included)."""
+    values = state.plan()
+    return _channel_importance(model(), model_key(), layer, values["criterion"], target_of_layer(layer),
+                               int(values.get("round_to") or 1))
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _final_classifier(_handle, key: str) -> str | None:
-    from core.prune.engine import final_classifier
-
-    with _lock(key):
-        return final_classifier(_handle.module, _handle.example_input())
+    with state.lock(key):
+        return api.final_classifier(_handle)
 
 
 def ignored_layers() -> list[str]:
     """Layers the plan leaves dense: the plan's ignore list, else the final classifier."""
-    ignore = plan().get("ignore")
+    ignore = state.plan().get("ignore")
     if ignore is not None:
         return list(ignore)
     handle = model()
-    if handle.module is None:
+    if not handle.can("channel") and not handle.can("finetune"):  # an ONNX graph: its last layer
         return layer_names()[-1:]
     name = _final_classifier(handle, model_key())
     return [name] if name else []
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def _left_dense(_handle, key: str, granularity: str) -> dict[str, str]:
+    with state.lock(key):
+        return api.layers_left_dense(_handle, granularity)
+
+
+def left_dense(granularity: str | None = None) -> dict[str, str]:
+    """Layers the plan leaves dense, with why: the ignored layers, and those N:M cannot group."""
+    granularity = state.plan()["granularity"] if granularity is None else granularity
+    reasons = {name: "left dense: the final classifier" for name in ignored_layers()}
+    return {**_left_dense(model(), model_key(), granularity), **reasons}
+
+
+def nm_share(granularity: str) -> float | None:
+    """n/m for an N:M granularity (every layer that can take it loses exactly that share), else None."""
+    if api.granularity_kind(granularity) != "N:M":
+        return None
+    n, m = (int(part) for part in granularity.split(":"))
+    return n / m
+
+
+def target_of_layer(layer: str) -> float:
+    """The target a layer gets: 0 when left dense, else its own, its coupled group leader's, or the plan's."""
+    values = state.plan()
+    if layer in left_dense():
+        return 0.0
+    pattern = nm_share(values["granularity"])
+    if pattern is not None:
+        return pattern
+    if values["granularity"] == "channel":
+        for group in groups():
+            if layer in group["members"]:
+                return state.target(group["leader"])
+    return state.target(layer)
+
+
+def cut_share(layer: str) -> float:
+    """The share of ``layer``'s weights this plan removes: measured when the last report is of this plan
+    (global scope decides per layer only then), else the layer's target."""
+    report = last_report()
+    if report and layer in (report.get("layer_sparsity") or {}):
+        return float(report["layer_sparsity"][layer])
+    return target_of_layer(layer)
+
+
+# ---------------------------------------------------------------- the plan as core sees it
+
+def plan_object(values: dict | None = None):
+    """The validated core Plan for ``values`` (default: this session's plan). Raises PrunelabError."""
+    values = state.plan() if values is None else values
+    layers = {name: value for name, value in values["layers"].items() if value != values["sparsity"]}
+    return api.Plan.from_dict({**values, "layers": layers})
+
+
+def plan_yaml() -> str:
+    return api.plan_text(plan_object())
+
+
+def criteria_for(granularity: str) -> list[str]:
+    return api.criteria_for(granularity)
+
+
+def per_layer(values: dict | None = None) -> bool:
+    """True when some layer has its own target (the All-layers value alone does not describe the plan)."""
+    values = state.plan() if values is None else values
+    return any(value != values["sparsity"] for value in values["layers"].values())
+
+
+def plan_label(values: dict | None = None) -> str:
+    """The plan in a few words, e.g. 'channel l1, round to 8, per-layer targets: 23.4% of weights removed'.
+
+    The share removed is measured when the last report is of this plan; otherwise the targets are named.
+    """
+    values = state.plan() if values is None else values
+    parts = [values["granularity"], values["criterion"]]
+    if values["granularity"] == "channel" and int(values.get("round_to") or 1) > 1:
+        parts.append(f"round to {int(values['round_to'])}")
+    if values.get("scope") == "global":
+        parts.append("global ranking")
+    report = last_report() if values == state.plan() else None
+    removed = (report or {}).get("pruned", {}).get("removed")
+    if per_layer(values):
+        own = sum(1 for value in values["layers"].values() if value != values["sparsity"])
+        targets = f"per-layer targets ({own} layer{'s' if own != 1 else ''} own, others {values['sparsity']:.0%})"
+    else:
+        targets = f"all layers {values['sparsity']:.0%}"
+    measured = f": {removed:.1%} of prunable weights removed (measured)" if removed is not None else ""
+    return f"{', '.join(parts)}, {targets}{measured}"
+
+
+def file_stem() -> str:
+    """A file name for this plan's downloads: model, granularity, share removed, and what else applies."""
+    values, report = state.plan(), last_report()
+    removed = (report or {}).get("pruned", {}).get("removed")
+    share = f"{round(100 * removed)}pct" if removed is not None else f"target{round(100 * values['sparsity'])}"
+    parts = [model().name, values["granularity"].replace(":", "of"), share]
+    if values["granularity"] == "channel" and int(values.get("round_to") or 1) > 1:
+        parts.append(f"r{int(values['round_to'])}")
+    if per_layer(values):
+        parts.append("perlayer")
+    if state.quantize():
+        parts.append("int8")
+    if recovered() is not None:
+        parts.append("recovered")
+    return "-".join(parts)
+
+
 # ---------------------------------------------------------------- measurement
 
 @st.cache_resource(max_entries=12, show_spinner=False)
-def _evaluator(_handle, key: str, quantize: str | None = None):
-    from core.deploy.evaluate import LiveEvaluator
-
-    return LiveEvaluator(_handle, threads=2, quantize=quantize)
+def _evaluator(_handle, key: str, quantize: str | None):
+    return api.LiveEvaluator(_handle, threads=2, quantize=quantize)
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def _baseline(_handle, key: str) -> dict:
-    with _lock(key):
-        return _evaluator(_handle, key).baseline()
+def evaluator(quantize: str | None = None):
+    """The shared evaluator of this session's model (it caches reports and the dense baseline)."""
+    return _evaluator(model(), model_key(), quantize)
 
 
 def baseline() -> dict:
-    """Metrics of the dense model (accuracy or agreement, latency, sizes, params, MACs)."""
-    return _baseline(model(), model_key())
+    """Metrics of the dense FP32 model: the one dense measurement every page shows."""
+    with state.lock(model_key()):
+        return evaluator(None).baseline()
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
-def _measure(_handle, _plan, key: str, plan_digest: str, quantize: str | None) -> dict:
-    with _lock(key):
-        return _evaluator(_handle, key, quantize).measure(_plan)
+def _measured_for() -> dict:
+    """What a report must belong to for this session to show it: model, plan, INT8 mode, recovered model."""
+    adopted = recovered()
+    return {"model_key": model_key(), "plan_digest": plan_object().digest, "quantize": state.quantize(),
+            "recovered": None if adopted is None else adopted["id"]}
 
 
 def measure() -> dict:
-    """Measure this session's plan (INT8 when ``QUANTIZE`` is set) on ONNX Runtime: ``{"pruned", "baseline", ...}``."""
-    current = plan_object()
-    report = recovered_report(current.digest)  # the Recover page's model, while this plan stays (see below)
-    if report is None:
-        report = _measure(model(), current, model_key(), current.digest, st.session_state.get(QUANTIZE))
-    st.session_state[LAST_REPORT] = report
+    """Measure this session's plan (INT8 when switched on; the recovered model while one is in use) on
+    ONNX Runtime: ``{"pruned", "baseline", "notes", ...}`` plus ``"measured_for"``. Raises PrunelabError."""
+    current, quantize, adopted = plan_object(), state.quantize(), recovered()
+    with state.lock(model_key()):
+        if adopted is None:
+            report = evaluator(quantize).measure(current)
+        else:
+            reports = adopted["reports"]
+            if quantize not in reports:
+                reports[quantize] = api.measure_recovered(evaluator(quantize), adopted["handle"], current)
+            report = reports[quantize]
+    report = {**report, "measured_for": _measured_for()}
+    st.session_state[state.LAST_REPORT] = report
     return report
 
 
-def no_speedup_reason(values: dict, report: dict) -> str | None:
-    """One sentence when the plan zeroes weights without making ONNX Runtime faster."""
-    if values["granularity"] == "channel" or not report["pruned"].get("sparsity"):
+def last_report() -> dict | None:
+    """The last measured report when it belongs to this session's current model, plan and settings."""
+    report = st.session_state.get(state.LAST_REPORT)
+    with contextlib.suppress(PrunelabError):
+        if report and report.get("measured_for") == _measured_for():
+            return report
+    return None
+
+
+# ---------------------------------------------------------------- the recovered model in use
+
+def recovered() -> dict | None:
+    """The adopted recovered model while the model and plan are the ones it was trained for, else None."""
+    adopted = st.session_state.get(state.RECOVERED)
+    if adopted is None:
         return None
-    return ("Zeroed weights still sit in the dense ONNX graph and ONNX Runtime on CPU multiplies them anyway, "
-            "so the zeros alone neither speed it up nor shrink the file, only its compressed size; "
-            "choose channel granularity to remove work.")
+    if adopted["model_key"] != model_key() or adopted["plan_digest"] != plan_object().digest:
+        st.session_state.pop(state.RECOVERED, None)
+        return None
+    return adopted
 
 
-# ---------------------------------------------------------------- export
-
-@st.cache_data(max_entries=8, show_spinner=False)
-def _artifact(_handle, _plan, key: str, plan_digest: str, kind: str) -> bytes:
-    from core.prune.engine import apply_plan
-
-    with _lock(key):
-        result = apply_plan(_handle, _plan, data=_handle.data)
-        return module_bytes(result.module, _handle.example_input(), kind)
+def adopt_recovered(handle, plan_digest: str, summary: dict, settings: dict, run_id: str) -> None:
+    """Make a recovered model (a handle from core.api.recover) the one this session measures and hands over."""
+    st.session_state[state.RECOVERED] = {"model_key": model_key(), "plan_digest": plan_digest, "handle": handle,
+                                         "summary": summary, "settings": dict(settings), "reports": {},
+                                         "id": run_id}
 
 
-def module_bytes(module, example, kind: str) -> bytes:
-    """``module`` as ONNX, a state dict or a torch.export program."""
-    import torch
-
-    from core.deploy.export import export_onnx
-
-    if kind == "onnx":
-        return export_onnx(module, example)
-    buffer = io.BytesIO()
-    if kind == "state_dict":
-        torch.save(module.state_dict(), buffer)
-    elif kind == "pt2":
-        torch.export.save(torch.export.export(module, (example,)), buffer)
-    else:
-        raise PrunelabError(f"unknown export kind '{kind}'")
-    return buffer.getvalue()
+def discard_recovered() -> None:
+    st.session_state.pop(state.RECOVERED, None)
 
 
-def artifact(kind: str) -> bytes:
-    """Bytes of the pruned model as ``onnx``, ``state_dict`` or ``pt2`` (the fine-tuned weights while a
-    recovered model is in use). Raises PrunelabError."""
-    current = plan_object()
-    recovered = recovered_artifact(kind, current.digest)
-    return recovered if recovered is not None else _artifact(model(), current, model_key(), current.digest, kind)
+# ---------------------------------------------------------------- downloads
+
+def download(kind: str):
+    """A callable that builds the ``kind`` file (onnx, state_dict, pt2) of what this session measures now.
+
+    Streamlit runs a download button's callable outside the script run, where session state is
+    not this person's: model, plan, INT8 mode and recovered model are captured here, when the
+    button is drawn.
+    """
+    current, adopted = plan_object(), recovered()
+    chosen, lock = evaluator(state.quantize()), state.lock(model_key())
+    recovered_handle = None if adopted is None else adopted["handle"]
+
+    def build() -> bytes:
+        with lock:
+            return api.export_file(chosen, kind, current, recovered_handle)
+
+    return build
 
 
-# The long-job and history parts of the session layer, re-exported so pages keep one module.
-from dashboard.sweeps import *  # noqa: E402,F401,F403
-from dashboard.run_history import *  # noqa: E402,F401,F403
-from dashboard.recovery_jobs import *  # noqa: E402,F401,F403
+def reproduce_command() -> str:
+    """The CLI command that rebuilds this session's downloads from the plan file saved next to them."""
+    spec, stem = source()["spec"], file_stem()
+    quantize = f" --quantize {state.quantize()}" if state.quantize() else ""
+    adopted = recovered()
+    if adopted is None:
+        return f"prunelab prune {spec} --plan {stem}-plan.yaml{quantize} --out {stem}/"
+    settings = adopted["settings"]
+    if settings["method"] == "finetune":
+        return (f"prunelab prune {spec} --plan {stem}-plan.yaml{quantize} --finetune {settings['epochs']} "
+                f"--lr {settings['lr']:g} --out {stem}/")
+    rounds = f" --rounds {settings['rounds']}" if settings["method"] in ("iterative", "lottery") else ""
+    rewind = f" --rewind-epoch {settings['rewind_epoch']}" if settings["method"] == "lottery" else ""
+    return (f"prunelab recover {spec} --method {settings['method']} --plan {stem}-plan.yaml --epochs "
+            f"{settings['epochs']}{rounds}{rewind} --lr {settings['lr']:g} --save {stem}-state_dict.pt")

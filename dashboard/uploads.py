@@ -1,24 +1,56 @@
 """Uploaded files: a private temporary folder, cleaned names, size and extension checks.
 
+The folder is made on the first upload with ``tempfile.mkdtemp`` (mode 0700, a name nobody can
+guess), removed when the server exits, and folders left by servers that were killed are removed
+when the next one starts. A file the engine refuses is deleted at once (``discard``).
 Nothing here touches Streamlit; dashboard.session re-exports these names for the pages.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import re
+import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from core.errors import PrunelabError
 
 UPLOAD_SUFFIXES = {".pt2", ".onnx", ".pt", ".pth"}
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
-_UPLOADS = Path(tempfile.gettempdir()) / f"prunelab-uploads-{os.getpid()}"
+PREFIX = "prunelab-uploads-"
+_FOLDER: list[Path] = []
+_FOLDER_LOCK = threading.Lock()
+
+
+def folder() -> Path:
+    """This server's private upload folder, made (and stale ones of dead servers removed) on first use."""
+    with _FOLDER_LOCK:
+        if not _FOLDER:
+            _remove_stale()
+            _FOLDER.append(Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")))
+            atexit.register(shutil.rmtree, _FOLDER[0], True)
+        return _FOLDER[0]
+
+
+def _remove_stale() -> None:
+    """Remove upload folders of this user whose server process is gone."""
+    for path in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        pid = path.name[len(PREFIX):].split("-")[0]
+        try:
+            mine = path.is_dir() and not path.is_symlink() and path.stat().st_uid == os.getuid()
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            if mine:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def save_upload(name: str, content: bytes, allowed: set[str]) -> str:
-    """Write an uploaded file to ``<private temp dir>/<content hash>/<cleaned name>``; return the path.
+    """Write an uploaded file to ``<private folder>/<content hash>/<cleaned name>``; return the path.
 
     Only the last component of the person's file name is kept, reduced to letters, digits, ``._-``
     and without leading dots, so it can never point outside that directory.
@@ -32,16 +64,32 @@ def save_upload(name: str, content: bytes, allowed: set[str]) -> str:
         raise PrunelabError(f"'{name}' is {len(content) / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB")
     if not content:
         raise PrunelabError(f"'{name}' is empty")
-    folder = _UPLOADS / hashlib.sha256(content).hexdigest()[:20]
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = folder / (Path(cleaned).stem + suffix)
+    place = folder() / hashlib.sha256(content).hexdigest()[:20]
+    place.mkdir(mode=0o700, exist_ok=True)
+    path = place / (Path(cleaned).stem + suffix)
     if not path.exists():
-        temporary = folder / f".{path.name}.part"
-        temporary.write_bytes(content)
+        temporary = place / f".{path.name}.part"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(content)
         temporary.replace(path)
     return str(path)
 
 
+def is_upload(path) -> bool:
+    """True when ``path`` lies inside this server's upload folder."""
+    return bool(_FOLDER) and Path(path).resolve().is_relative_to(_FOLDER[0].resolve())
+
+
+def discard(*paths) -> None:
+    """Delete uploaded files the engine refused (paths outside the upload folder are left alone)."""
+    for path in paths:
+        if path and is_upload(path):
+            shutil.rmtree(Path(path).parent, ignore_errors=True)
+
+
 def shown(text: str) -> str:
     """``text`` with the private upload directory left out, for messages a person reads."""
-    return re.sub(re.escape(str(_UPLOADS)) + r"/[0-9a-f]+/", "", text)
+    if not _FOLDER:
+        return text
+    return re.sub(re.escape(str(_FOLDER[0])) + r"/[0-9a-f]+/", "", text)

@@ -105,3 +105,40 @@ def session_processes(session: int) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+class CliRunner:
+    """``prunelab`` commands through tests/fixtures/cli_runner.py: one import, one forked process per command."""
+
+    def __init__(self):
+        import subprocess
+        import sys
+
+        environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fixtures" / "cli_runner.py")],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment)
+
+    def __call__(self, *argv, env: dict | None = None, cwd=None) -> dict:
+        """Run ``prunelab ARGV``; returns code, stdout, stderr, peak_mib, baseline_mib and ``above_mib``."""
+        import json
+
+        request = {"argv": [str(part) for part in argv], "env": {"PRUNELAB_HOME": os.environ["PRUNELAB_HOME"],
+                                                                 **(env or {})},
+                   "cwd": str(cwd) if cwd else None}
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        answer = json.loads(self.process.stdout.readline())
+        answer["above_mib"] = answer["peak_mib"] - answer["baseline_mib"]
+        return answer
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """Run the command line in a child process and read its exit code, output and peak memory."""
+    runner = CliRunner()
+    yield runner
+    runner.close()

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.search.allocate import allocate, curves_for, greedy
 from core.cli import main
-from core.prune.engine import apply_plan
 from core.errors import PrunelabError
+from core.prune.engine import apply_plan
 from core.prune.plan import Plan
+from core.search.allocate import allocate, curves_for, greedy
 from core.search.sensitivity import Scorer, sensitivity
 
 
@@ -24,7 +24,7 @@ def overall_sparsity(handle, plan: Plan) -> float:
     """Zeroed share of the weights of the layers the plan prunes (the classifier stays dense)."""
     result = apply_plan(handle, plan)
     zeros = total = 0
-    for name, mask in result.masks.items():
+    for mask in result.masks.values():
         zeros += int((~mask).sum())
         total += mask.numel()
     return zeros / total
@@ -166,9 +166,8 @@ def test_the_tune_page_auto_allocate_button_fills_the_sliders(cnn, sweep):
 
 
 def test_the_global_candidate_keeps_every_layer_within_its_bounds(cnn):
+    from core.inspect import final_classifier, prunable_layers
     from core.search.allocate import _global_within
-    from core.prune.engine import final_classifier
-    from core.inspect import prunable_layers
 
     classifier = final_classifier(cnn.module, cnn.example_input(1))
     sizes = {layer.name: layer.weight.numel() for layer in prunable_layers(cnn.module) if layer.name != classifier}

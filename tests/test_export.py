@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.nn.utils import prune
 
-from core.prune.engine import apply_plan
 from core.deploy.export import changed_tensors, export_onnx, initializer_layers, strip_reparametrizations, with_weights
-from core.inspect import prunable_layers
 from core.deploy.measure import create_session, run_batched, torch_outputs
+from core.inspect import prunable_layers
+from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 
 

@@ -1,15 +1,14 @@
 """Layer inspection: names, counts, MACs and histograms checked against hand computation."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from core.api import histogram, inspect
+from core.api import histogram, layer_table
 from core.inspect import prunable_layers
 
 
 def test_cnn_table_matches_named_modules_and_hand_macs(cnn):
-    report = inspect(cnn)
+    report = layer_table(cnn)
     rows = {row["name"]: row for row in report["layers"]}
     assert list(rows) == ["features.0.0", "features.1.0", "features.3.0", "fc1", "fc2"]
     conv = rows["features.1.0"]
@@ -26,7 +25,7 @@ def test_sparsity_and_stats_follow_the_weights(cnn):
     try:
         with torch.no_grad():
             module.fc1.weight[:, :300] = 0
-        row = next(r for r in inspect(cnn)["layers"] if r["name"] == "fc1")
+        row = next(r for r in layer_table(cnn)["layers"] if r["name"] == "fc1")
         assert row["nonzero"] == 128 * 212 and abs(row["sparsity"] - 300 / 512) < 1e-9
         assert row["stats"]["abs_p50"] == 0.0
     finally:
@@ -35,7 +34,7 @@ def test_sparsity_and_stats_follow_the_weights(cnn):
 
 
 def test_unseen_architecture_lists_every_kind(user_model):
-    report = inspect(user_model)
+    report = layer_table(user_model)
     kinds = {row["name"]: row["kind"] for row in report["layers"]}
     assert kinds["attention"] == "attention" and kinds["attention.out_proj"] == "linear"
     assert kinds["depthwise"] == "conv2d" and kinds["head"] == "linear"

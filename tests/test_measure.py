@@ -6,12 +6,12 @@ import threading
 import numpy as np
 import pytest
 
-from core.api import inspect
+from core.api import layer_table
 from core.data import random_data
-from core.errors import PrunelabError
 from core.deploy.evaluate import LiveEvaluator, evaluate
 from core.deploy.export import export_onnx
 from core.deploy.measure import create_session, latency, quality, sizes
+from core.errors import PrunelabError
 from core.prune.plan import Plan
 from core.sources import load_model
 
@@ -60,7 +60,7 @@ def test_global_l1_80_keeps_a_fifth_of_the_weights_and_shrinks_the_compressed_fi
 
 
 def test_unchanged_latency_is_explained(global_80):
-    explained = [note for note in global_80["notes"] if "do not speed up" in note]
+    explained = [note for note in global_80["notes"] if "zeros stay in the dense ONNX graph" in note]
     assert explained and "channel" in explained[0] and "INT8" in explained[0] and "compressed" in explained[0]
 
 
@@ -124,9 +124,9 @@ def test_onnx_source_is_measured_and_pruned(cnn, tmp_path):
     path = tmp_path / "cnn.onnx"
     export_onnx(cnn.module, cnn.example_input(1), path)
     handle = load_model(str(path), data=None)
-    table = inspect(handle)
-    assert [row["name"] for row in table["layers"]] == [row["name"] for row in inspect(cnn)["layers"]]
-    assert table["totals"]["prunable_params"] == inspect(cnn)["totals"]["prunable_params"]
+    table = layer_table(handle)
+    assert [row["name"] for row in table["layers"]] == [row["name"] for row in layer_table(cnn)["layers"]]
+    assert table["totals"]["prunable_params"] == layer_table(cnn)["totals"]["prunable_params"]
     report = LiveEvaluator(handle, data=cnn.data).measure(Plan(sparsity=0.5))
     assert report["baseline"]["accuracy"] == pytest.approx(0.99, abs=0.02)
     assert report["pruned"]["sparsity"] == pytest.approx(0.5 * 158624 / 159264, abs=0.02)
@@ -144,6 +144,31 @@ def test_pruned_and_dense_are_timed_in_the_same_run(cnn):
     session, _ = measure.create_session(export_onnx(cnn.module, cnn.example_input()), threads=1)
     first, second = measure.paired_latency([session, session], cnn.data.x_test[:1], min_runs=7, min_seconds=0.0)
     assert first["runs"] == second["runs"] >= 7
-    report = LiveEvaluator(cnn).measure(Plan(sparsity=0.4))
-    assert report["baseline"]["runs"] == report["pruned"]["runs"]
+    evaluator = LiveEvaluator(cnn)
+    report = evaluator.measure(Plan(sparsity=0.4))
+    assert report["pruned"]["speedup"]["pairs"] == report["pruned"]["runs"] >= 7
+    assert report["baseline"] == evaluator.baseline()  # one dense measurement, shown everywhere
     assert "reference_latency" not in report["pruned"]
+
+
+def test_speedup_within_noise_is_not_measurable_and_a_real_one_is():
+    from core.deploy.measure import speedup
+
+    rng = np.random.default_rng(0)
+    dense = rng.gamma(20.0, 0.05, 300)  # (runs,) ms
+    noisy = speedup(dense, dense * rng.normal(1.0, 0.1, 300))
+    assert not noisy["measurable"] and noisy["low"] <= 1.0 <= noisy["high"]
+    faster = speedup(dense, dense / 1.8 * rng.normal(1.0, 0.1, 300))
+    assert faster["measurable"] and faster["low"] < 1.8 < faster["high"] * 1.05
+
+
+def test_a_plan_that_changes_nothing_is_the_dense_measurement(cnn):
+    from core.deploy.evaluate import LiveEvaluator
+    from core.prune.plan import Plan
+
+    evaluator = LiveEvaluator(cnn)
+    for granularity in ("unstructured", "channel"):
+        report = evaluator.measure(Plan(granularity=granularity, sparsity=0.0))
+        assert report["pruned"]["speedup"]["same_model"] and report["pruned"]["speedup"]["p50"] == 1.0
+        assert report["pruned"]["latency_ms"] == report["baseline"]["latency_ms"]
+        assert report["pruned"]["removed"] == 0.0

@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from core.cache import ResultCache
 from core.cli import main
 from core.errors import PrunelabError
 from core.search.parallel import Outcome, PoolExecutor, Work, executor_for

@@ -1,4 +1,6 @@
 """The Plan value: validation that names the offender, YAML/JSON round trips, a stable digest."""
+import dataclasses
+
 import pytest
 
 from core.errors import PrunelabError
@@ -32,7 +34,7 @@ def test_layers_are_stored_sorted_so_order_does_not_change_the_digest():
 
 
 def test_the_plan_is_frozen_and_replace_validates():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         FULL.sparsity = 0.9
     assert FULL.replace(sparsity=0.7).sparsity == 0.7
     with pytest.raises(PrunelabError, match="sparsity"):

@@ -9,9 +9,17 @@ import pytest
 import torch_pruning as tp
 
 from core.errors import PrunelabError
+from core.history.plan_formats import (
+    DEFAULT_OP_TYPES,
+    FORMATS,
+    export_plan,
+    load_recipe,
+    plan_layers,
+    to_nni,
+    to_sparseml,
+    to_torch_pruning,
+)
 from core.prune.plan import Plan
-from core.history.plan_formats import (DEFAULT_OP_TYPES, FORMATS, export_plan, load_recipe, plan_layers, to_nni,
-                               to_sparseml, to_torch_pruning)
 
 # NNI 2.x pruners accept these config_list keys.
 NNI_KEYS = {"sparsity", "sparsity_per_layer", "total_sparsity", "max_sparsity_per_layer", "op_types", "op_names",
@@ -129,7 +137,8 @@ def test_cli_exports_each_format(tmp_path, capsys):
                  "--out", str(tmp_path / "tp.json"), "--model", "digits-mlp"]) == 0
     assert json.loads((tmp_path / "tp.json").read_text())["pruning_ratio_dict"] == {"fc1": 0.7, "fc2": 0.4}
     assert 'open("tp.json")' in (tmp_path / "tp.py").read_text()
-    assert main(["export-plan", str(tmp_path / "plan.yaml"), "--format", "nni", "--out", str(tmp_path / "nni.json")]) == 0
+    assert main(["export-plan", str(tmp_path / "plan.yaml"), "--format", "nni",
+                 "--out", str(tmp_path / "nni.json")]) == 0
     assert json.loads((tmp_path / "nni.json").read_text())[1] == {"sparsity_per_layer": 0.7, "op_names": ["fc1"]}
     assert main(["export-plan", str(tmp_path / "plan.yaml"), "--format", "sparseml",
                  "--out", str(tmp_path / "recipe.yaml"), "--model", "digits-mlp"]) == 0

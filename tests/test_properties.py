@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.prune.engine import apply_plan
-from core.errors import PrunelabError
 from core.deploy.export import export_onnx
-from core.inspect import prunable_layers
 from core.deploy.measure import create_session, run_batched
+from core.errors import PrunelabError
+from core.inspect import prunable_layers
+from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 
 CNN_LAYERS = ["features.0.0", "features.1.0", "features.3.0", "fc1"]
@@ -44,7 +43,8 @@ def test_random_plans_round_trip_or_fail_with_one_line(tmp_path_factory, fields)
     assert Plan.from_dict(plan.to_dict()).digest == plan.digest
 
 
-@given(layer=st.sampled_from(CNN_LAYERS), sparsity=st.floats(0.0, 0.99), criterion=st.sampled_from(["l1", "l2", "random"]))
+@given(layer=st.sampled_from(CNN_LAYERS), sparsity=st.floats(0.0, 0.99),
+       criterion=st.sampled_from(["l1", "l2", "random"]))
 @settings(max_examples=25)
 def test_masks_have_exact_counts_and_keep_survivors(cnn, layer, sparsity, criterion):
     plan = Plan(criterion=criterion, sparsity=0.0, layers={layer: sparsity})

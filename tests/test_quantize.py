@@ -4,11 +4,11 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from core.errors import PrunelabError
 from core.deploy.evaluate import evaluate
 from core.deploy.export import export_onnx
-from core.prune.plan import Plan
 from core.deploy.quantize import quantize_model, resolve_mode
+from core.errors import PrunelabError
+from core.prune.plan import Plan
 
 
 @pytest.fixture(scope="module")

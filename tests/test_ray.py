@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from core.cli import main
-from tests.conftest import session_processes
 from core.search.sensitivity import sensitivity
+from tests.conftest import session_processes
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # a Ray head starts once for the module

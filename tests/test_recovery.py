@@ -6,12 +6,12 @@ import dataclasses
 import pytest
 import torch
 
-from core.train import recovery
 from core.data import random_data
-from core.prune.engine import apply_plan
 from core.errors import PrunelabError
 from core.inspect import prunable_layers
+from core.prune.engine import apply_plan
 from core.prune.plan import Plan
+from core.train import recovery
 from core.train.schedule import PolynomialDecay
 
 GLOBAL_95 = Plan(granularity="unstructured", criterion="l1", scope="global", sparsity=0.95)
@@ -170,7 +170,6 @@ def test_recover_cli_needs_training_data(capsys, tmp_path):
 
 
 def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(monkeypatch):
-    import time
     from pathlib import Path
 
     from streamlit.testing.v1 import AppTest
@@ -184,16 +183,16 @@ def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(m
     page.number_input(key="w.recover.epochs").set_value(2)
     page.run()
     page.button[0].click().run()
-    job = page.session_state["prunelab.recovery"]
+    job = page.session_state["prunelab.job.recovery run"]
     job.thread.join(timeout=50)
     page.run()
-    assert not page.error and [row["epoch"] for row in job.history] == [1, 2]
-    recovered = job.history and page.session_state["prunelab.recovered"]["report"]
+    assert not page.error and [row["epoch"] for row in job.rows] == [1, 2]
+    summary = page.session_state["prunelab.recovered"]["summary"]
     labels = {metric.label: metric.value for metric in page.metric}
-    assert labels["recovered accuracy"] == f"{recovered['pruned']['accuracy']:.2%}"
-    assert recovered["baseline"]["accuracy"] > recovered["pruned"]["accuracy"] > 0.5
+    assert labels["recovered accuracy"] == f"{summary['accuracy']['recovered']:.2%}"
+    assert page.number_input(key="w.recover.epochs").value == 2  # the form keeps its settings after a run
 
-    # the Export page now hands out the fine-tuned weights, not the one-shot ones
+    # the Export page measures and hands out the fine-tuned model, not the one-shot one
     pages = Path(__file__).resolve().parent.parent / "dashboard" / "pages"
     export_page = AppTest.from_file(str(pages / "export.py"), default_timeout=60)
     for key in ("prunelab.plan", "prunelab.recovered"):
@@ -201,6 +200,9 @@ def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(m
     export_page.run()
     assert not export_page.exception and not export_page.error
     assert any("fine-tuned weights" in info.value for info in export_page.info)
+    report = export_page.session_state["prunelab.report"]
+    assert report["pruned"]["accuracy"] == pytest.approx(summary["accuracy"]["recovered"], abs=0.01)
+    assert "recovered" in export_page.code[-1].value or "--finetune" in export_page.code[-1].value
 
     def export_state_dict():
         import io
@@ -208,18 +210,19 @@ def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(m
         import streamlit as st
         import torch
 
-        from dashboard import session
+        from dashboard import session, state
 
-        weights = torch.load(io.BytesIO(session.artifact("state_dict")), weights_only=True)
-        module = st.session_state["prunelab.recovered"]["module"]
+        weights = torch.load(io.BytesIO(session.download("state_dict")()), weights_only=True)
+        module = st.session_state["prunelab.recovered"]["handle"].module
         st.session_state["same"] = all(weights[name].equal(value) for name, value in module.state_dict().items())
-        one_shot = session._artifact(session.model(), session.plan_object(), session.model_key(),
-                                     session.plan_object().digest, "state_dict")
-        st.session_state["differs"] = one_shot != session.artifact("state_dict")
+        st.session_state.pop(state.RECOVERED)  # without the recovered model: the one-shot pruned weights
+        one_shot = torch.load(io.BytesIO(session.download("state_dict")()), weights_only=True)
+        st.session_state["differs"] = not one_shot["fc1.weight"].equal(weights["fc1.weight"])
 
     export = AppTest.from_function(export_state_dict, default_timeout=60)
     for key in ("prunelab.plan", "prunelab.recovered"):
         export.session_state[key] = page.session_state[key]
     export.run()
     assert not export.exception
+    assert export.session_state["same"] and export.session_state["differs"]
     assert export.session_state["same"] and export.session_state["differs"]

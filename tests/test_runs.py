@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import PrunelabError
-from core.history.runs import (MIGRATIONS, SCHEMA_VERSION, Run, RunStore, compare_runs, delete_run, get_run, list_runs,
-                       pareto_front, pareto_indices, record_run)
+from core.history.compare import compare_runs, pareto_front, pareto_indices
+from core.history.runs import MIGRATIONS, SCHEMA_VERSION, Run, RunStore, delete_run, get_run, list_runs, record_run
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,8 @@ import pytest
 
 from core.cache import ResultCache, cache_key
 from core.cli import main
-from core.prune.engine import apply_plan
 from core.errors import PrunelabError
+from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 from core.search.sensitivity import Scorer, check_levels, scored_items, sensitivity
 

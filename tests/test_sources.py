@@ -76,11 +76,44 @@ def test_user_data_is_used_and_checked(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(good, x=rng.random((20, 1, 8, 8), dtype=np.float32), y=rng.integers(0, 10, 20))
     handle = load_model("digits-mlp", data=good)
-    assert handle.data.labelled and len(handle.data.x_test) == 20
+    assert handle.data.labelled and len(handle.data.x_test) == 16 and len(handle.data.x_val) == 4
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, x=np.zeros((5, 3, 4, 4), np.float32))
     with pytest.raises(PrunelabError, match="shape"):
         load_model("digits-mlp", data=wrong)
+
+
+def _rows(array: np.ndarray) -> set[bytes]:
+    return {item.tobytes() for item in array}
+
+
+def test_user_data_without_val_is_never_tuned_on_its_test_items(tmp_path):
+    rng = np.random.default_rng(1)
+    x, x_train = rng.random((30, 1, 8, 8), dtype=np.float32), rng.random((50, 1, 8, 8), dtype=np.float32)
+    with_train = tmp_path / "with-train.npz"
+    np.savez(with_train, x=x, y=rng.integers(0, 10, 30), x_train=x_train, y_train=rng.integers(0, 10, 50))
+    data = load_model("digits-mlp", data=with_train).data
+    assert len(data.x_test) == 30 and len(data.x_val) == 10 and len(data.x_train) == 40  # val carved from train
+    assert not _rows(data.x_val) & _rows(data.x_test) and not _rows(data.x_val) & _rows(data.x_train)
+    assert "20% of x_train held out" in data.describe_splits()
+    only_test = tmp_path / "only-test.npz"
+    np.savez(only_test, x=x, y=rng.integers(0, 10, 30))
+    data = load_model("digits-mlp", data=only_test).data
+    assert len(data.x_test) + len(data.x_val) == 30 and not _rows(data.x_val) & _rows(data.x_test)
+    assert data.calibration(128).shape[0] == len(data.x_val)  # calibration and BatchNorm use val, never test
+    assert "held out" in data.describe_splits() and "test: the other 80% of x" in data.describe_splits()
+    single = tmp_path / "single.npz"
+    np.savez(single, x=x[:1])
+    with pytest.raises(PrunelabError, match="add x_val"):
+        load_model("digits-mlp", data=single)
+
+
+def test_a_report_says_which_split_its_numbers_come_from(cnn):
+    from core.deploy.evaluate import LiveEvaluator
+
+    settings = LiveEvaluator(cnn).measure(None)["settings"]
+    assert "test: the digits test split" in settings["splits"] and "val:" in settings["splits"]
+    assert "tuning never uses it" in settings["measured_on"]
 
 
 @pytest.mark.parametrize("spec, kwargs, message", [

@@ -12,8 +12,8 @@ from torch.nn.utils import prune
 
 from core.api import coupled_groups
 from core.deploy.artifacts import load_pruned, load_state, save_pruned
-from core.prune.engine import apply_plan
 from core.errors import PrunelabError
+from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 
 

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from core.prune.engine import apply_plan
 from core.errors import PrunelabError
+from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 
 

@@ -23,7 +23,8 @@ def command_modules() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prunelab", description="Prune PyTorch models and measure them on ONNX Runtime.")
+    parser = argparse.ArgumentParser(prog="prunelab",
+                                     description="Prune PyTorch models and measure them on ONNX Runtime.")
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in command_modules():
@@ -51,6 +52,24 @@ def main(argv: list[str] | None = None) -> int:
         # final flush of stdout from raising again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except (OSError, MemoryError, RecursionError) as error:  # a fault outside prunelab's checks: one line
+        if args.debug:
+            raise
+        print(f"prunelab: error: {fault(error)}", file=sys.stderr)
+        return 2
+
+
+def fault(error: BaseException) -> str:
+    """One line for an error from the system rather than from the person's input."""
+    if isinstance(error, MemoryError):
+        return "out of memory (a smaller --input-shape, --batch-size or data file needs less)"
+    if isinstance(error, RecursionError):
+        return "input nested too deeply to read"
+    name = getattr(error, "filename", None)
+    text = getattr(error, "strerror", None) or str(error) or error.__class__.__name__
+    home = os.environ.get("PRUNELAB_HOME")
+    hint = f" (PRUNELAB_HOME is {home})" if home and name and str(name).startswith(home) else ""
+    return f"{text}: {name}{hint}" if name else text
 
 
 def run() -> None:

@@ -1,9 +1,8 @@
 """prunelab allocate: per-layer sparsities from the sensitivity curves, written as a plan file."""
 from __future__ import annotations
 
-from core.api import allocate, sensitivity
+from core.api import SWEPT_GRANULARITIES, allocate, check_request, sensitivity
 from core.cli.options import add_model_arguments, model_from
-from core.search.allocate import check_request
 from core.cli.sensitivity import ProgressBar
 from core.errors import PrunelabError
 
@@ -16,7 +15,7 @@ def register(subparsers) -> None:
     parser.add_argument("--target-mac-reduction", type=float, help="dense MACs / pruned MACs, e.g. 2 (channel plans)")
     parser.add_argument("--max-accuracy-drop", type=float,
                         help="largest predicted drop as a fraction (0.01 = one point); alone it sets the target")
-    parser.add_argument("--granularity", choices=("unstructured", "channel"), default="unstructured")
+    parser.add_argument("--granularity", choices=SWEPT_GRANULARITIES, default="unstructured")
     parser.add_argument("--criterion", default="l1", help="how weights or channels are ranked (default l1)")
     parser.add_argument("--min-sparsity", type=float, default=0.0, help="lowest sparsity of any layer")
     parser.add_argument("--max-sparsity", type=float, default=0.99, help="highest sparsity of any layer")

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import os
 import sys
+from importlib import resources
 from pathlib import Path
 
-APP = Path(__file__).resolve().parent.parent.parent / "dashboard" / "app.py"
+APP = Path(str(resources.files("dashboard").joinpath("app.py")))
 
 
 def register(subparsers) -> None:
@@ -13,7 +14,16 @@ def register(subparsers) -> None:
     parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help="model to open (default: digits-cnn)")
     parser.add_argument("--port", type=int, default=8501)
     parser.add_argument("--address", default="127.0.0.1", help="interface to bind (default: localhost only)")
+    parser.add_argument("--allow-code", action="store_true",
+                        help="let visitors import file.py:factory architectures and unpickle trusted modules "
+                             "(each load still needs their tick); without it the dashboard runs no code from files")
+    parser.add_argument("--model-root", default=".", metavar="DIR",
+                        help="the folder whose files visitors may open by path (default: the current folder); "
+                             "uploads are always allowed")
     parser.set_defaults(func=run)
+
+
+LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "::1")
 
 
 def command(port: int, address: str = "127.0.0.1") -> list[str]:
@@ -27,6 +37,12 @@ def run(args) -> int:
     env = dict(os.environ)
     if args.model:
         env["PRUNELAB_MODEL"] = args.model
+    env["PRUNELAB_MODEL_ROOT"] = str(Path(args.model_root).resolve())
+    env["PRUNELAB_ALLOW_CODE"] = "1" if args.allow_code else "0"
+    if args.address not in LOCAL_ADDRESSES:
+        print(f"prunelab: warning: listening on {args.address}: anyone who can reach this machine on port "
+              f"{args.port} can use the dashboard, read files under {env['PRUNELAB_MODEL_ROOT']}"
+              + (" and run code on it (--allow-code)" if args.allow_code else ""), file=sys.stderr, flush=True)
     print(f"prunelab dashboard on http://{'localhost' if args.address == '127.0.0.1' else args.address}:{args.port}",
           flush=True)
     # Become the server process, so a signal to `prunelab dashboard` reaches Streamlit itself

@@ -1,22 +1,18 @@
 """prunelab evaluate: every metric of the exported model on ONNX Runtime, dense and (with --plan) pruned."""
 from __future__ import annotations
 
+import math
 import sys
-from pathlib import Path
 
-import yaml
-
+from core.api import QUANTIZE_MODES, Plan, evaluate
 from core.cli.options import add_model_arguments, model_from, print_json
-from core.deploy.evaluate import evaluate
-from core.prune.plan import Plan
-from core.deploy.quantize import MODES
 
 
 def add_measure_arguments(parser) -> None:
     """--batch-size, --threads, --quantize and --json, shared with ``prunelab prune``."""
     parser.add_argument("--batch-size", type=int, default=1, help="items per timed run (default 1)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
-    parser.add_argument("--quantize", choices=MODES,
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES,
                         help="also quantize to INT8: int8 (static for conv models, else dynamic), "
                              "int8-static or int8-dynamic")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -32,15 +28,7 @@ def register(subparsers) -> None:
 
 def load_plan(path: str) -> Plan:
     """A plan file, including one written by ``prunelab prune`` (its ``effective_sparsity`` is a record,
-    not a setting, and is skipped)."""
-    if Path(path).suffix in (".yaml", ".yml") and Path(path).is_file():
-        try:
-            values = yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError:
-            values = None  # Plan.load words the error
-        if isinstance(values, dict) and "effective_sparsity" in values:
-            values.pop("effective_sparsity")
-            return Plan.from_dict(values)
+    not a setting, and is skipped by Plan.from_dict)."""
     return Plan.load(path)
 
 
@@ -65,6 +53,9 @@ def progress(text: str) -> None:
 
 ROWS = [  # (label, metric key, format)
     ("accuracy", "accuracy", "percent"), ("agreement", "agreement", "percent"), ("loss", "loss", "float"),
+    ("cosine to dense", "cosine", "float"), ("cosine p5", "cosine_p5", "float"),
+    ("nearest-neighbour agr.", "neighbour_agreement", "percent"),
+    ("output error (rel L2)", "output_error", "float"), ("KL to dense", "kl", "float"),
     ("latency p50 (ms)", ("latency_ms", "p50"), "ms"), ("latency p90 (ms)", ("latency_ms", "p90"), "ms"),
     ("latency p99 (ms)", ("latency_ms", "p99"), "ms"), ("throughput (items/s)", "throughput", "int"),
     ("session (ms)", "session_ms", "ms"), ("params", "params", "int"), ("nonzero params", "nonzero_params", "int"),
@@ -82,6 +73,8 @@ def _value(metrics: dict, key):
 def _format(value, kind: str) -> str:
     if value is None:
         return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     return {"percent": f"{value:.2%}", "float": f"{value:.4g}", "ms": f"{value:.3f}",
             "int": f"{int(round(value)):,}"}[kind]
 
@@ -90,16 +83,22 @@ def print_report(report: dict) -> None:
     """A baseline / pruned table with the change as a ratio, then the notes."""
     settings = report["settings"]
     plan = report["plan"]
-    title = "dense" if plan is None else f"{plan['granularity']} {plan['criterion']} {plan['scope']} {plan['sparsity']:g}"
+    title = ("dense" if plan is None
+             else f"{plan['granularity']} {plan['criterion']} {plan['scope']} {plan['sparsity']:g}")
     print(f"{report['model']}: {title}{' + ' + settings['quantize'] if settings['quantize'] else ''} on "
           f"{settings['data']}, ONNX Runtime CPU, {settings['threads']} threads, batch {settings['batch_size']}")
     measured = "pruned" if plan is not None else (settings["quantize"] or "measured")
     print(f"{'metric':<22} {'baseline':>14} {measured:>14} {'ratio':>8}")
+    embedding = report["baseline"].get("label") == "cosine"
     for label, key, kind in ROWS:
         if key == "accuracy" and report["baseline"]["accuracy"] is None:
             continue
+        missing = not isinstance(key, tuple) and key not in report["baseline"]  # older reports lack new rows
+        if missing or (key in ("agreement", "loss") and embedding):
+            continue  # an embedding's agreement is its nearest-neighbour row
         before, after = _value(report["baseline"], key), _value(report["pruned"], key)
         ratio = f"{after / before:.2f}x" if isinstance(before, (int, float)) and before and after is not None else ""
+        ratio = "" if key in ("output_error", "kl") else ratio
         print(f"{label:<22} {_format(before, kind):>14} {_format(after, kind):>14} {ratio:>8}")
     for note in report["notes"]:
         print(f"note: {note}")

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.prune.plan import Plan
-from core.history.plan_formats import FORMATS, export_plan, plan_layers
-from core.history.runs import write_atomic
+from core.api import PLAN_FORMATS, Plan, export_plan, load_model, plan_layers, write_atomic
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("export-plan", help="write a plan for Torch-Pruning, NNI or SparseML")
     parser.add_argument("plan", metavar="PLAN", help="a plan file (.yaml or .json)")
-    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--format", required=True, choices=PLAN_FORMATS)
     parser.add_argument("--out", required=True, help="file to write (torch-pruning also writes a .py snippet)")
     parser.add_argument("--model", help="resolve per-layer targets on this model (a built-in name, file.py:factory, "
                                         "...); needed for SparseML recipes with per-layer targets")
@@ -25,7 +23,6 @@ def run(args) -> int:
     plan = Plan.load(args.plan)
     layers = None
     if args.model:
-        from core.sources import load_model
         handle = load_model(args.model, input_shape=args.input_shape, weights=args.weights, trust=args.trust)
         handle.require("inspect")
         layers = plan_layers(plan, handle)

@@ -1,8 +1,8 @@
 """prunelab inspect: one row per prunable layer, with weight statistics and MACs."""
 from __future__ import annotations
 
+from core.api import layer_table
 from core.cli.options import add_model_arguments, model_from, print_json
-from core.api import inspect
 
 
 def register(subparsers) -> None:
@@ -13,17 +13,26 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    report = inspect(model_from(args))
+    report = layer_table(model_from(args))
     if args.json:
         print_json(report)
         return 0
-    print(f"{'layer':<28} {'kind':<9} {'shape':<18} {'params':>9} {'sparsity':>8} {'MACs':>12} {'|w| p50':>8}")
-    for row in report["layers"]:
-        shape = "x".join(str(size) for size in row["shape"])
-        macs = "-" if row["macs"] is None else f"{row['macs']:,}"
-        print(f"{row['name']:<28} {row['kind']:<9} {shape:<18} {row['params']:>9,} {row['sparsity']:>8.1%} "
-              f"{macs:>12} {row['stats']['abs_p50']:>8.4f}")
+    rows = report["layers"]
+    shapes = ["x".join(str(size) for size in row["shape"]) for row in rows]
+    macs = ["-" if row["macs"] is None else f"{row['macs']:,}" for row in rows]
+    # columns as wide as their longest entry, so long layer names keep the table aligned
+    name_width = max([len("layer"), *(len(row["name"]) for row in rows)])
+    shape_width = max([len("shape"), *(len(shape) for shape in shapes)])
+    macs_width = max([12, *(len(value) for value in macs)])
+    print(f"{'layer':<{name_width}} {'kind':<9} {'shape':<{shape_width}} {'params':>11} {'sparsity':>8} "
+          f"{'MACs':>{macs_width}} {'|w| p50':>8}")
+    for row, shape, count in zip(rows, shapes, macs):
+        print(f"{row['name']:<{name_width}} {row['kind']:<9} {shape:<{shape_width}} {row['params']:>11,} "
+              f"{row['sparsity']:>8.1%} {count:>{macs_width}} {row['stats']['abs_p50']:>8.4f}")
     totals = report["totals"]
+    other = totals.get("other_macs") or 0
+    outside = f" ({other:,} outside the layers above: attention matmuls and the like)" if other else ""
     print(f"{totals['layers']} layers, {totals['params']:,} parameters ({totals['prunable_params']:,} prunable, "
-          f"{totals['sparsity']:.1%} zero), {totals['macs']:,} MACs per item")
+          f"{totals['sparsity']:.1%} zero), {'-' if totals['macs'] is None else format(totals['macs'], ',')} "
+          f"MACs per item{outside}")
     return 0

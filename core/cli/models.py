@@ -1,8 +1,8 @@
 """prunelab models: list the built-in demo models."""
 from __future__ import annotations
 
+from core.api import BUILTINS
 from core.cli.options import print_json
-from core.zoo.registry import BUILTINS
 
 
 def register(subparsers) -> None:

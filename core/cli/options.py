@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from core.sources import ModelHandle, load_model
+from core.api import ModelHandle, load_model
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,24 +3,30 @@
 DIR/model.onnx (one self-contained file, INT8 with --quantize), DIR/state_dict.pt (same keys as
 the original model), DIR/model.pt2 (the pruned model without its source), DIR/plan.yaml (the plan
 as applied, with the effective sparsity of every layer) and DIR/report.json (evaluate's report).
-Every file is written to a temporary name first and moved into place.
+All files are written into a staging folder beside DIR that is renamed to DIR at the end, so DIR
+holds one whole run or nothing; a DIR that already holds files is refused, never overwritten.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
-import torch
 import yaml
 
+from core.api import (
+    LiveEvaluator,
+    RunStore,
+    final_classifier,
+    log_runs,
+    record_run,
+    run_folder,
+    save_pruned,
+    sha256_file,
+    write_atomic,
+)
 from core.cli.evaluate import add_measure_arguments, load_plan, print_report, progress
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.cli.recover import add_finetune_arguments, finetuned
-from core.errors import PrunelabError
-from core.deploy.evaluate import LiveEvaluator
-from core.deploy.export import write_atomic
 
 FILES = ("model.onnx", "state_dict.pt", "model.pt2", "plan.yaml", "report.json")
 
@@ -38,13 +44,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    out = Path(args.out)
+    run_folder.claim(out)
+    RunStore().require_writable()  # a corrupt or read-only store is refused before the work, not after
     handle = model_from(args)
     plan = load_plan(args.plan)
     if handle.module is not None:
         plan.validate_for(handle.module)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise PrunelabError(f"--out {out} exists and is not a directory")
     progress(f"pruning {handle.name} ({plan.granularity}, {plan.criterion}, {plan.scope} {plan.sparsity:g}) "
              f"and measuring on ONNX Runtime")
     evaluator = LiveEvaluator(handle, threads=args.threads, batch_size=args.batch_size, quantize=args.quantize,
@@ -54,10 +60,9 @@ def run(args) -> int:
     if args.finetune:  # recovery (core/cli/recover.py): the report and files become the fine-tuned model's
         report, artifact = finetuned(handle, plan, result, report, args)
     progress(f"writing {', '.join(FILES)} to {out}")
-    paths = write_outputs(out, handle, plan, report, artifact)
-    report["files"] = {name: str(path) for name, path in paths.items()}
-    write_atomic(out / "report.json", (json.dumps(report, indent=2, default=str) + "\n").encode())
-    record_run_hook(report, handle, plan, result, paths, label=args.label, mlflow_uri=args.mlflow_uri)
+    paths, digests = write_outputs(out, handle, plan, report, artifact)
+    record_run_hook(report, handle, plan, result, paths, label=args.label, mlflow_uri=args.mlflow_uri,
+                    digests=digests)
     if args.json:
         print_json(report)
     else:
@@ -66,30 +71,26 @@ def run(args) -> int:
     return 0
 
 
-def write_outputs(out: Path, handle, plan, report: dict, artifact) -> dict[str, Path]:
-    """Write model.onnx, state_dict.pt, model.pt2 and plan.yaml (report.json is written by the caller)."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"model.onnx": out / "model.onnx"}
-    write_atomic(paths["model.onnx"], artifact.model_bytes)
-    if artifact.module is not None:
-        paths.update(save_module_files(artifact.module, handle.example_input(1), out))
-    paths["plan.yaml"] = out / "plan.yaml"
-    write_atomic(paths["plan.yaml"], resolved_plan_yaml(plan, report, handle).encode())
-    paths["report.json"] = out / "report.json"
-    return paths
+def write_outputs(out: Path, handle, plan, report: dict, artifact) -> tuple[dict[str, Path], dict[str, str]]:
+    """Write model.onnx, state_dict.pt, model.pt2, plan.yaml and report.json into a staging folder, then
+    publish them to ``out`` (core.run_folder): ``out`` gets all of this run's files or none, replacing nothing.
 
-
-def save_module_files(module: torch.nn.Module, example: torch.Tensor, out: Path) -> dict[str, Path]:
-    """state_dict.pt and model.pt2 via core.deploy.artifacts.save_pruned, written in a temporary directory
-    inside ``out`` and then moved into place, so no half-written file is ever visible."""
-    from core.deploy.artifacts import save_pruned
-
-    paths = {}
-    with tempfile.TemporaryDirectory(dir=out, prefix=".prune-") as staging:
-        for written in save_pruned(module, example, staging).values():
-            paths[written.name] = out / written.name
-            os.replace(written, paths[written.name])
-    return paths
+    Sets ``report["files"]``; returns the final paths and the sha256 of each file as written.
+    """
+    staging = run_folder.staging(out)
+    try:
+        write_atomic(staging / "model.onnx", artifact.model_bytes)
+        if artifact.module is not None:
+            save_pruned(artifact.module, handle.example_input(1), staging)
+        write_atomic(staging / "plan.yaml", resolved_plan_yaml(plan, report, handle).encode())
+        names = [name for name in FILES if name == "report.json" or (staging / name).is_file()]
+        report["files"] = {name: str(out / name) for name in names}
+        write_atomic(staging / "report.json", (json.dumps(report, indent=2, default=str) + "\n").encode())
+        digests = {name: sha256_file(staging / name) for name in names}
+        run_folder.publish(staging, out, names)
+    finally:
+        run_folder.discard(staging)
+    return {name: out / name for name in names}, digests
 
 
 def resolved_plan_yaml(plan, report: dict, handle) -> str:
@@ -97,8 +98,7 @@ def resolved_plan_yaml(plan, report: dict, handle) -> str:
     values = plan.to_dict()
     sparsity = report.get("layer_sparsity") or {}
     if values["ignore"] is None and handle.module is not None:
-        from core.prune.engine import final_classifier
-        classifier = final_classifier(handle.module, handle.example_input(1))
+        classifier = final_classifier(handle)
         values["ignore"] = [] if classifier is None else [classifier]
     text = yaml.safe_dump(values, sort_keys=False)
     text += ("# effective_sparsity: the share of zero weights (or of removed channels) in every layer, measured\n"
@@ -108,17 +108,14 @@ def resolved_plan_yaml(plan, report: dict, handle) -> str:
 
 
 def record_run_hook(report: dict, handle, plan, result, paths: dict[str, Path], label: str = "",
-                    mlflow_uri: str | None = None) -> None:
+                    mlflow_uri: str | None = None, digests: dict[str, str] | None = None) -> None:
     """The hook where the run store keeps this prune run (core.history.runs.record_run), with the written files.
 
     With ``mlflow_uri`` the recorded run is also logged to MLflow (params, metrics, the files).
     """
-    from core.history.runs import record_run
-
     run = record_run(report, model=handle, plan=plan,
                      layer_sparsity=None if result is None else dict(result.layer_sparsity),
-                     artifacts={name: str(path) for name, path in paths.items()}, label=label)
+                     artifacts={name: str(path) for name, path in paths.items()}, label=label, digests=digests)
     progress(f"recorded run {run.id} (prunelab runs show {run.id})")
     if mlflow_uri:
-        from core.history.mlflow_log import log_runs
         progress(f"logged to MLflow as run {log_runs([run], mlflow_uri)[run.id]}")

@@ -8,18 +8,24 @@ on stderr and the measurement of the recovered model.
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import sys
 
 import torch
 
-from core.train import recovery
+from core.api import (
+    LiveEvaluator,
+    Plan,
+    finetune,
+    gradual_prune,
+    iterative_prune,
+    lottery_ticket,
+    torch_outputs,
+    write_atomic,
+)
 from core.cli.evaluate import load_plan, progress
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.errors import PrunelabError
-from core.deploy.export import write_atomic
-from core.prune.plan import Plan
 
 METHODS = ("gradual", "iterative", "lottery")
 
@@ -57,16 +63,13 @@ def finetuned(handle, plan: Plan, pruned, report: dict, args) -> tuple[dict, obj
     The one-shot metrics move to ``report["one_shot"]``, the run's summary to ``report["recovery"]``.
     Returns the report and the artifact to write.
     """
-    from core.deploy.evaluate import LiveEvaluator
-
     if args.finetune < 1:
         raise PrunelabError(f"--finetune needs at least 1 epoch, got {args.finetune}")
     progress(f"fine-tuning {args.finetune} epochs with the masks held")
-    result = recovery.finetune(handle, plan, args.finetune, lr=args.lr, seed=plan.seed, pruned=pruned,
+    result = finetune(handle, plan, args.finetune, lr=args.lr, seed=plan.seed, pruned=pruned,
                                on_epoch=EpochBar(args.finetune, "fine-tuning"))
-    recovered = dataclasses.replace(handle, module=result.module, _digest=None)
-    evaluator = LiveEvaluator(recovered, threads=args.threads, batch_size=args.batch_size, quantize=args.quantize,
-                              live=False)
+    evaluator = LiveEvaluator(handle.with_module(result.module), threads=args.threads, batch_size=args.batch_size,
+                              quantize=args.quantize, live=False)
     measured, artifact, _ = evaluator.measure_artifact(None)
     accuracy = result.accuracy
     metrics = {**measured["pruned"], "agreement": _agreement(handle, result.module)}
@@ -81,8 +84,6 @@ def finetuned(handle, plan: Plan, pruned, report: dict, args) -> tuple[dict, obj
 
 def _agreement(handle, module) -> float:
     """Top-1 match of ``module`` with the dense model on the test inputs."""
-    from core.deploy.measure import torch_outputs
-
     dense, recovered = torch_outputs(handle.module, handle.data.x_test), torch_outputs(module, handle.data.x_test)
     return float((dense.argmax(1) == recovered.argmax(1)).mean())
 
@@ -109,13 +110,13 @@ def run(args) -> int:
     common = {"lr": args.lr, "seed": args.seed}
     if args.method == "gradual":
         bar = EpochBar(args.epochs, "gradual pruning")
-        result = recovery.gradual_prune(handle, plan, args.epochs, on_epoch=bar, **common)
+        result = gradual_prune(handle, plan, args.epochs, on_epoch=bar, **common)
     elif args.method == "iterative":
         bar = EpochBar(args.rounds * args.epochs, "iterative pruning")
-        result = recovery.iterative_prune(handle, plan, args.rounds, args.epochs, on_epoch=bar, **common)
+        result = iterative_prune(handle, plan, args.rounds, args.epochs, on_epoch=bar, **common)
     else:
         bar = EpochBar((args.rounds + 2) * args.epochs, "lottery ticket")
-        result = recovery.lottery_ticket(handle, plan, args.rounds, args.epochs, rewind_epoch=args.rewind_epoch,
+        result = lottery_ticket(handle, plan, args.rounds, args.epochs, rewind_epoch=args.rewind_epoch,
                                          on_epoch=bar, **common)
     if args.save:
         buffer = io.BytesIO()

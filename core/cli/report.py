@@ -1,7 +1,7 @@
 """prunelab report: one self-contained HTML file about chosen runs, for people who were not there."""
 from __future__ import annotations
 
-from core.history.report import write_report
+from core.api import write_report
 
 
 def register(subparsers) -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from core.api import RunStore, compare_runs, delete_run, get_run, list_runs, log_runs
 from core.cli.options import print_json
-from core.history.runs import RunStore, compare_runs, delete_run, get_run, list_runs
 
 
 def register(subparsers) -> None:
@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     delete = actions.add_parser("delete", help="forget a run and the files the store kept for it")
     delete.add_argument("id", type=int)
     delete.set_defaults(func=run_delete)
-    check = actions.add_parser("check", help="the store's schema version and PRAGMA integrity_check")
+    check = actions.add_parser("check", help="the store's schema version, PRAGMA integrity_check and every artifact "
+                                                     "against its recorded sha256")
     check.add_argument("--clean", action="store_true",
                        help="remove artifact directories of runs that never committed (older than an hour)")
     check.set_defaults(func=run_check)
@@ -96,21 +97,26 @@ def run_delete(args) -> int:
 def run_check(args) -> int:
     store = RunStore()
     orphans = store.remove_orphans() if args.clean else store.orphans()
+    artifacts = store.check_artifacts()
     result = {"path": str(store.path), "schema_version": store.version(), "integrity": store.integrity(),
-              "runs": len(store.list()), "orphaned_artifact_dirs": [str(path) for path in orphans],
-              "removed": bool(args.clean)}
+              "runs": len(store.list()), "artifacts": artifacts,
+              "orphaned_artifact_dirs": [str(path) for path in orphans], "removed": bool(args.clean)}
     if args.json:
         print_json(result)
     else:
         print(f"{result['path']}: schema version {result['schema_version']}, {result['runs']} runs, "
               f"integrity {result['integrity']}, {len(orphans)} orphaned artifact dir(s)"
               + (" removed" if args.clean and orphans else ""))
-    return 0 if result["integrity"] == "ok" else 1
+        print(f"artifacts: {artifacts['checked']} match their recorded sha256, {len(artifacts['changed'])} changed, "
+              f"{len(artifacts['missing'])} missing, {artifacts['unverified']} recorded without a digest")
+        for kind in ("changed", "missing"):
+            for where in artifacts[kind]:
+                print(f"  {kind}: {where}")
+    sound = result["integrity"] == "ok" and not artifacts["changed"] and not artifacts["missing"]
+    return 0 if sound else 1
 
 
 def run_mlflow(args) -> int:
-    from core.history.mlflow_log import log_runs
-
     logged = log_runs([get_run(run_id) for run_id in args.ids], args.mlflow_uri, args.experiment)
     if args.json:
         print_json(logged)

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from core.api import sensitivity
+from core.api import DEFAULT_LEVELS, SWEPT_GRANULARITIES, executor_for, parse_levels, sensitivity, writable_home
 from core.cli.options import add_model_arguments, model_from, print_json
-from core.search.parallel import executor_for
-from core.search.sensitivity import DEFAULT_LEVELS, parse_levels
 
 SHADES = " .:-=+*#%@"  # no drop ... a drop of 50 points or more
 
@@ -14,9 +12,10 @@ SHADES = " .:-=+*#%@"  # no drop ... a drop of 50 points or more
 def register(subparsers) -> None:
     parser = subparsers.add_parser("sensitivity", help="per-layer accuracy and loss against sparsity")
     add_model_arguments(parser)
-    parser.add_argument("--granularity", choices=("unstructured", "channel"), default="unstructured")
+    parser.add_argument("--granularity", choices=SWEPT_GRANULARITIES, default="unstructured")
     parser.add_argument("--criterion", default="l1", help="how weights or channels are ranked (default l1)")
-    parser.add_argument("--levels", help=f"sparsities to try (default {','.join(f'{level:g}' for level in DEFAULT_LEVELS)})")
+    default_levels = ",".join(f"{level:g}" for level in DEFAULT_LEVELS)
+    parser.add_argument("--levels", help=f"sparsities to try (default {default_levels})")
     parser.add_argument("--max-items", default="auto", metavar="N|all|auto",
                         help="score the first N items of the val split, all of them, or auto (default: all, "
                              "unless the model is large enough that a subset keeps the sweep to minutes)")
@@ -53,6 +52,7 @@ class ProgressBar:
 
 def run(args) -> int:
     levels = parse_levels(args.levels) if args.levels else DEFAULT_LEVELS
+    writable_home()  # the sweep is cached there: a read-only home should fail now, not after the sweep
     executor_for(args.workers, args.ray_address)  # a bad count or address fails before the model loads
     result = sensitivity(model_from(args), granularity=args.granularity, criterion=args.criterion, levels=levels,
                          progress=ProgressBar(), max_items=args.max_items, workers=args.workers,

@@ -6,12 +6,13 @@ channel plans) and loads with ``torch.load(..., weights_only=True)``; ``model.pt
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
 
 STATE_FILE = "state_dict.pt"
 PROGRAM_FILE = "model.pt2"
@@ -35,6 +36,20 @@ def save_pruned(module: nn.Module, example_input: torch.Tensor, out_dir) -> dict
     return {"state_dict": out / STATE_FILE, "program": out / PROGRAM_FILE}
 
 
+def module_bytes(module: nn.Module, example_input: torch.Tensor, kind: str) -> bytes:
+    """``module`` as the bytes of one file: ``state_dict`` (what ``state_dict.pt`` holds) or ``pt2`` (what
+    ``model.pt2`` holds, with the same dynamic batch dimension). Raises PrunelabError for another kind."""
+    buffer = io.BytesIO()
+    module = module.eval()
+    if kind == "state_dict":
+        torch.save({key: value.detach().clone() for key, value in module.state_dict().items()}, buffer)
+    elif kind == "pt2":
+        torch.export.save(_export(module, example_input), buffer)
+    else:
+        raise PrunelabError(f"unknown file kind '{kind}' (choose from state_dict, pt2)")
+    return buffer.getvalue()
+
+
 def _export(module: nn.Module, example_input: torch.Tensor):
     """A torch.export program with a dynamic batch dimension (a fixed batch if the model insists)."""
     pair = torch.cat([example_input[:1], example_input[:1]])  # batch 2, so the batch size is not specialized
@@ -47,7 +62,7 @@ def _export(module: nn.Module, example_input: torch.Tensor):
         except Exception as failure:  # arbitrary user code may not be exportable
             error = failure
     raise PrunelabError(f"torch.export cannot capture the pruned model for {PROGRAM_FILE}: "
-                        f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+                        f"{error_line(error, with_type=True)}") from None
 
 
 def load_pruned(out_dir) -> nn.Module:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -24,8 +22,11 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
+from torch.nn.utils import parametrize, prune
 
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
+from core.files import write_atomic
+from core.inspect import prunable_layers
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -38,8 +39,6 @@ def strip_reparametrizations(module: nn.Module) -> nn.Module:
     Without this the graph would carry ``weight_orig`` and ``weight_mask`` (twice the size)
     and lose the layer names.
     """
-    from torch.nn.utils import parametrize, prune
-
     # torch.nn.utils.prune leaves the computed weight as a non-leaf tensor, which deepcopy refuses:
     # hand deepcopy a detached copy of each such tensor.
     memo = {id(value): value.detach().clone() for child in module.modules() for value in vars(child).values()
@@ -69,8 +68,8 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path
         try:
             model_bytes = _export_dynamo(module, example_input)
         except Exception as dynamo_error:
-            raise PrunelabError(f"cannot export the model to ONNX: {_first_line(legacy_error)}; "
-                                f"the dynamo exporter says: {_first_line(dynamo_error)}") from None
+            raise PrunelabError(f"cannot export the model to ONNX: {error_line(legacy_error)}; "
+                                f"the dynamo exporter says: {error_line(dynamo_error)}") from None
     if path is not None:
         write_atomic(path, model_bytes)
     return model_bytes
@@ -104,30 +103,8 @@ def _export_dynamo(module: nn.Module, example_input: torch.Tensor) -> bytes:
     return program.model_proto.SerializeToString()
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else error.__class__.__name__
-
-
-def write_atomic(path: str | Path, content: bytes) -> None:
-    """Write ``content`` to a temporary file next to ``path``, then move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(content)
-        os.chmod(temporary, 0o644)  # mkstemp makes the file private; give it the usual mode
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def initializer_layers(model: onnx.ModelProto, module: nn.Module) -> dict[str, str]:
     """Initializer name -> prunable layer name, for every layer weight the graph carries by name."""
-    from core.inspect import prunable_layers
-
     names = {initializer.name for initializer in model.graph.initializer}
     found = {}
     for layer in prunable_layers(module):

@@ -8,13 +8,16 @@ from __future__ import annotations
 import threading
 import time
 import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 
-from core.errors import PrunelabError
-from core.deploy.export import INPUT_NAME
+from core.deploy import fidelity
+from core.errors import PrunelabError, error_line
+from core.inspect import count_macs, prunable_layers
 
 # Full measurement (CLI, API): at least this many timed runs and this many seconds.
 MIN_RUNS = 30
@@ -24,10 +27,20 @@ WARMUP_RUNS = 5
 _TIMING_LOCK = threading.Lock()
 
 
+@dataclass
+class Artifact:
+    """One model to measure: its ONNX bytes and, when it has one, the torch module it came from."""
+
+    model_bytes: bytes
+    module: torch.nn.Module | None
+    counts: dict
+    macs: int | None
+    quantized: bool = False
+    timings_ms: dict = field(default_factory=dict)  # prune, export, quantize: where a plan change spends time
+
+
 def session_options(threads: int = 2):
     """ORT SessionOptions: explicit intra-op threads, all graph optimizations, no spinning threads."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, int(threads))
     options.inter_op_num_threads = 1
@@ -44,14 +57,11 @@ def create_session(model_bytes: bytes, threads: int = 2):
 
     Raises PrunelabError in one line when ONNX Runtime refuses the model.
     """
-    import onnxruntime as ort
-
     started = time.perf_counter()
     try:
         session = ort.InferenceSession(model_bytes, session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types
-        text = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        raise PrunelabError(f"ONNX Runtime cannot load the model: {text[:300]}") from None
+        raise PrunelabError(f"ONNX Runtime cannot load the model: {error_line(error)[:300]}") from None
     return session, (time.perf_counter() - started) * 1000.0
 
 
@@ -66,8 +76,7 @@ def run_batched(session, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
         try:
             outputs.append(session.run(None, {name: np.ascontiguousarray(x[start:start + batch_size])})[0])
         except Exception as error:  # shape or type mismatch with the user's data
-            text = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-            raise PrunelabError(f"ONNX Runtime cannot run the model on the data: {text[:300]}") from None
+            raise PrunelabError(f"ONNX Runtime cannot run the model on the data: {error_line(error)[:300]}") from None
     return np.concatenate(outputs).reshape(len(x), -1)
 
 
@@ -91,57 +100,124 @@ def paired_latency(sessions: list, example: np.ndarray, min_runs: int = MIN_RUNS
     ``min_runs`` runs; together they take at least ``min_seconds``. Returns one dict per session,
     shaped as ``latency`` returns.
     """
+    times = paired_times(sessions, example, min_runs, min_seconds, max_seconds)
+    return [latency_summary(record, len(example)) for record in times]
+
+
+def paired_times(sessions: list, example: np.ndarray, min_runs: int = MIN_RUNS, min_seconds: float = MIN_SECONDS,
+                 max_seconds: float | None = None) -> list[np.ndarray]:
+    """The milliseconds of every timed run of each session, run in alternation (see ``paired_latency``).
+
+    The order turns around every round (A B, B A, ...), so running first or second favours no session.
+    """
     feeds = [{session.get_inputs()[0].name: np.ascontiguousarray(example)} for session in sessions]
     times: list[list[float]] = [[] for _ in sessions]
+    order = list(range(len(sessions)))
     with _TIMING_LOCK:
         for session, feed in zip(sessions, feeds):
             for _ in range(WARMUP_RUNS):
                 session.run(None, feed)
         started = time.perf_counter()
         while True:
-            for session, feed, record in zip(sessions, feeds, times):
+            for index in order:
                 before = time.perf_counter()
-                session.run(None, feed)
-                record.append(time.perf_counter() - before)
+                sessions[index].run(None, feeds[index])
+                times[index].append(time.perf_counter() - before)
+            order.reverse()
             elapsed = time.perf_counter() - started
             if len(times[0]) >= min_runs and (elapsed >= min_seconds
                                               or (max_seconds is not None and elapsed >= max_seconds)):
                 break
-    return [_latency_summary(np.asarray(record) * 1000.0, len(example)) for record in times]
+    return [np.asarray(record) * 1000.0 for record in times]
 
 
-def _latency_summary(milliseconds: np.ndarray, items: int) -> dict:
+# A speedup counts as measured only when its interval excludes 1 and it is at least this far from 1.
+SPEEDUP_FLOOR = 0.05
+BOOTSTRAP_SAMPLES = 1000
+
+
+def speedup(reference_ms: np.ndarray, ms: np.ndarray, seed: int = 0) -> dict:
+    """The speedup of one model over a reference from runs timed in alternation.
+
+    Each pair of neighbouring runs gives one ratio (reference / model); the speedup is their
+    median, with a 95% interval from a seeded bootstrap over blocks of consecutive pairs (load on a
+    shared machine comes in bursts, so neighbouring pairs are not independent). ``measurable`` is
+    False when the interval holds 1 or the median is within SPEEDUP_FLOOR of 1: the difference is
+    run-to-run noise. Returns ``{"p50", "low", "high", "measurable", "pairs"}``.
+    """
+    ratios = np.asarray(reference_ms, dtype=float) / np.asarray(ms, dtype=float)  # (pairs,)
+    block = max(1, int(round(np.sqrt(len(ratios)))))
+    starts = np.arange(len(ratios) - block + 1)  # (blocks,)
+    blocks = -(-len(ratios) // block)
+    chosen = np.random.default_rng(seed).choice(starts, size=(BOOTSTRAP_SAMPLES, blocks))  # (samples, blocks)
+    resampled = ratios[(chosen[:, :, None] + np.arange(block)).reshape(BOOTSTRAP_SAMPLES, -1)]
+    medians = np.median(resampled, axis=1)
+    p50, low, high = float(np.median(ratios)), float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+    measurable = not (low <= 1.0 <= high) and abs(p50 - 1.0) >= SPEEDUP_FLOOR
+    return {"p50": p50, "low": low, "high": high, "measurable": bool(measurable), "pairs": int(len(ratios))}
+
+
+def latency_summary(milliseconds: np.ndarray, items: int) -> dict:
+    """Mean and percentiles of timed runs (ms), throughput for ``items`` per run, and the run count."""
     p50, p90, p99 = np.percentile(milliseconds, [50, 90, 99])
     mean = float(milliseconds.mean())
     return {"latency_ms": {"mean": mean, "p50": float(p50), "p90": float(p90), "p99": float(p99)},
             "throughput": float(items / (mean / 1000.0)) if mean > 0 else None, "runs": len(milliseconds)}
 
 
-def quality(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None) -> dict:
-    """Top-1 accuracy and cross-entropy loss against ``labels`` (None without labels), and
-    agreement: the share of items whose top-1 class matches the ``reference`` (dense) logits."""
+def quality(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None,
+            kind: str = "logits") -> dict:
+    """How good the outputs are: against ``labels`` when there are any, and against the ``reference``
+    (dense) outputs always (None: these are the dense outputs).
+
+    Logits: top-1 accuracy and cross-entropy loss (None without labels), top-1 ``agreement``,
+    ``output_error`` and ``kl`` (see core.deploy.fidelity) and ``classes_predicted``; ``label`` names
+    the headline figure, 'accuracy' or 'agreement'. Embeddings (``kind="embedding"``): ``cosine``
+    (the headline), ``cosine_p5`` and ``neighbour_agreement``, which ``agreement`` repeats.
+    """
+    if kind == "embedding":
+        values = fidelity.embedding_fidelity(logits, reference)
+        return {"accuracy": None, "loss": None, "agreement": values["neighbour_agreement"], **values,
+                "label": "cosine"}
     predicted = logits.argmax(axis=1)
     agreement = 1.0 if reference is None else float((predicted == reference.argmax(axis=1)).mean())
+    extra = {**fidelity.output_fidelity(logits, reference), "classes_predicted": fidelity.classes_predicted(logits)}
     if labels is None:
-        return {"accuracy": None, "loss": None, "agreement": agreement, "label": "agreement"}
+        return {"accuracy": None, "loss": None, "agreement": agreement, "label": "agreement", **extra}
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     if labels.max(initial=0) >= logits.shape[1] or labels.min(initial=0) < 0:
         raise PrunelabError(f"the labels go up to {int(labels.max())} but the model has {logits.shape[1]} outputs")
     loss = float(-log_probabilities[np.arange(len(labels)), labels].mean())
     return {"accuracy": float((predicted == labels).mean()), "loss": loss, "agreement": agreement,
-            "label": "accuracy"}
+            "label": "accuracy", **extra}
+
+
+EXACT_COMPRESSION_BYTES = 32 << 20   # larger files get a sampled estimate (deflating 350 MB takes ~20 s)
+SAMPLE_CHUNKS = 16
+SAMPLE_CHUNK_BYTES = 1 << 20
 
 
 def sizes(model_bytes: bytes) -> dict:
-    """The file size and its deflate-compressed size (what unstructured zeros really save)."""
-    return {"onnx_bytes": len(model_bytes), "compressed_bytes": len(zlib.compress(model_bytes, 6))}
+    """The file size and its deflate-compressed size (what unstructured zeros really save).
+
+    Files over EXACT_COMPRESSION_BYTES are estimated from SAMPLE_CHUNKS evenly spaced 1 MB chunks
+    (``compressed_estimated`` is then True).
+    """
+    if len(model_bytes) <= EXACT_COMPRESSION_BYTES:
+        return {"onnx_bytes": len(model_bytes), "compressed_bytes": len(zlib.compress(model_bytes, 6)),
+                "compressed_estimated": False}
+    step = len(model_bytes) // SAMPLE_CHUNKS
+    view = memoryview(model_bytes)
+    compressed = sum(len(zlib.compress(view[start:start + SAMPLE_CHUNK_BYTES], 6))
+                     for start in range(0, step * SAMPLE_CHUNKS, step))
+    ratio = compressed / (SAMPLE_CHUNKS * SAMPLE_CHUNK_BYTES)
+    return {"onnx_bytes": len(model_bytes), "compressed_bytes": int(round(ratio * len(model_bytes))),
+            "compressed_estimated": True}
 
 
 def weight_counts(module: nn.Module) -> dict:
     """Parameter counts: all, nonzero, prunable, nonzero prunable, and sparsity among prunable weights."""
-    from core.inspect import prunable_layers
-
     with torch.no_grad():
         params = sum(parameter.numel() for parameter in module.parameters())
         nonzero = sum(int(torch.count_nonzero(parameter)) for parameter in module.parameters())
@@ -154,14 +230,9 @@ def weight_counts(module: nn.Module) -> dict:
 
 
 def total_macs(module: nn.Module, example_input: torch.Tensor) -> int | None:
-    """Multiply-accumulates per item over the prunable layers (dense kernels: zeros still count).
-
-    None when no layer reports any (a .pt2 program calls its weights without module hooks).
-    """
-    from core.inspect import layer_macs
-
-    macs = layer_macs(module, example_input)
-    return int(sum(macs.values())) if any(macs.values()) else None
+    """Multiply-accumulates per item of the whole forward pass (dense kernels: zeros still count),
+    attention matmuls included (see core.inspect.count_macs); None when nothing countable runs."""
+    return count_macs(module, example_input) or None
 
 
 def torch_outputs(module: nn.Module, x: np.ndarray) -> np.ndarray:

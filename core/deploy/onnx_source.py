@@ -14,8 +14,10 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from core.deploy.measure import Artifact
 from core.errors import PrunelabError
 from core.inspect import weight_stats
+from core.prune import unstructured
 from core.prune.plan import Plan
 
 # Node type -> (layer kind for a weight of that rank, index of the weight input).
@@ -90,7 +92,6 @@ def initializer_counts(model: onnx.ModelProto) -> dict:
 
 def onnx_artifact(handle):
     """The ONNX source as a measurable artifact (no torch module, so no parity check or MACs)."""
-    from core.deploy.evaluate import Artifact
 
     model = onnx.load(str(handle.onnx_path))
     return Artifact(model.SerializeToString(), None, initializer_counts(model), None)
@@ -122,8 +123,6 @@ def _check(plan: Plan, layers: list[str]) -> list[str]:
 
 def prune_initializers(model: onnx.ModelProto, plan: Plan) -> tuple[onnx.ModelProto, OnnxPruneResult]:
     """A copy of ``model`` with the plan's zeros written into its weight initializers."""
-    from core.prune import unstructured
-
     weights = weight_initializers(model)
     included = _check(plan, list(weights))
     scores = {name: _scores(weights[name][1], plan.criterion, plan.seed + index)
@@ -150,7 +149,6 @@ def prune_initializers(model: onnx.ModelProto, plan: Plan) -> tuple[onnx.ModelPr
 
 def prune_onnx(handle, template: onnx.ModelProto, plan: Plan, data=None):
     """The pruned artifact of an ONNX source and what was done, for core.deploy.evaluate."""
-    from core.deploy.evaluate import Artifact
 
     pruned, result = prune_initializers(template, plan)
     return Artifact(pruned.SerializeToString(), None, initializer_counts(pruned), None), result

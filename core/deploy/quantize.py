@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from core.data import Dataset
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
 
 MODES = ("int8", "int8-static", "int8-dynamic")
 CALIBRATION_ITEMS = 128
@@ -63,9 +65,6 @@ def quantize_model(model_bytes: bytes, data: Dataset, mode: str = "int8") -> byt
     ``data`` supplies calibration inputs for static quantization. Raises PrunelabError for an
     unknown mode or a graph onnxruntime.quantization cannot handle.
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     model = onnx.load_from_string(model_bytes)
     resolved = resolve_mode(model, mode)
     with tempfile.TemporaryDirectory(prefix="prunelab-int8-") as directory, warnings.catch_warnings():
@@ -85,6 +84,5 @@ def quantize_model(model_bytes: bytes, data: Dataset, mode: str = "int8") -> byt
             else:
                 quantize_dynamic(str(prepared), str(output), weight_type=QuantType.QInt8)
         except Exception as error:  # the quantizer raises many kinds for graphs it cannot handle
-            text = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-            raise PrunelabError(f"{resolved} quantization failed: {text[:300]}") from None
+            raise PrunelabError(f"{resolved} quantization failed: {error_line(error)[:300]}") from None
         return output.read_bytes()

@@ -5,6 +5,7 @@ import math
 
 from core.history.runs import Run, get_run
 
+
 def flat_metrics(metrics: dict) -> dict[str, float]:
     """Numeric metrics with nested ones flattened: ``{"latency_ms": {"p50": 2}}`` -> ``{"latency_ms.p50": 2}``."""
     flat = {}

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 from core.errors import PrunelabError
-from core.history.runs import Run, flat_metrics
+from core.history.compare import flat_metrics
+from core.history.runs import Run
 
 
 def _client(uri: str):
@@ -46,7 +47,7 @@ def log_runs(runs: list[Run], uri: str, experiment: str = "prunelab") -> dict[in
                         flat_metrics(run.metrics.get("baseline") or {}).items()})
         for key, value in metrics.items():
             client.log_metric(run_id, key, float(value))
-        for name, path in run.artifacts.items():
+        for path in run.artifacts.values():
             if Path(path).is_file():
                 client.log_artifact(run_id, path, "prunelab")
         client.set_terminated(run_id)

@@ -53,8 +53,7 @@ def plan_layers(plan, handle) -> list[LayerTarget]:
 
     ``ignore=None`` resolves to the final classifier, as the engine does.
     """
-    from core.prune.engine import final_classifier
-    from core.inspect import prunable_layers
+    from core.inspect import final_classifier, prunable_layers  # exporting a plan file alone needs no torch
 
     plan.validate_for(handle.module)
     ignored = set(plan.ignore) if plan.ignore is not None else {final_classifier(handle.module,

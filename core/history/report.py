@@ -15,10 +15,12 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from core.errors import PrunelabError
-from core.history.runs import Run, flat_metrics, get_run, pareto_indices, planned_sparsity, write_atomic
+from core.files import write_atomic
+from core.history.compare import flat_metrics, pareto_indices, planned_sparsity
+from core.history.runs import Run, get_run
 
-TABLE_METRICS = ["accuracy", "agreement", "loss", "latency_ms.p50", "latency_ms.p90", "throughput", "sparsity",
-                 "params", "nonzero_params", "macs", "onnx_bytes", "compressed_bytes", "max_abs_diff"]
+TABLE_METRICS = ["accuracy", "agreement", "loss", "latency_ms.p50", "latency_ms.p90", "throughput", "removed",
+                 "sparsity", "params", "nonzero_params", "macs", "onnx_bytes", "compressed_bytes", "max_abs_diff"]
 STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
 th:first-child,td:first-child{text-align:left}thead{background:#f3f3f3}.front{font-weight:bold}
@@ -43,7 +45,8 @@ def pareto_figure(runs: list[Run], baseline: dict | None = None) -> go.Figure:
         chosen = [index for index in range(len(runs)) if (index in front) == on_front]
         figure.add_trace(go.Scatter(
             x=[points[index][1] for index in chosen], y=[points[index][0] for index in chosen],
-            mode="markers+text", text=[html.escape(run_name(runs[index])) for index in chosen], textposition="top center",
+            mode="markers+text", text=[html.escape(run_name(runs[index])) for index in chosen],
+            textposition="top center",
             customdata=[runs[index].id for index in chosen], name="Pareto front" if on_front else "other runs",
             marker={"size": [12 + 28 * math.sqrt(sizes[index] / largest) for index in chosen],
                     "color": "#d62728" if on_front else "#7f7f7f", "opacity": 0.8,
@@ -83,10 +86,10 @@ def _table(header: list[str], rows: list[list], classes: list[str] | None = None
 
 def _runs_table(runs: list[Run], front: set[int]) -> str:
     rows = [[run_name(run), run.created, run.model, run.plan.get("granularity"), run.plan.get("criterion"),
-             run.plan.get("scope"), run.plan.get("sparsity"), run.quality, run.latency_p50, run.compressed_bytes,
+             run.plan.get("scope"), run.removed, run.quality, run.latency_p50, run.compressed_bytes,
              "yes" if index in front else "", run.notes] for index, run in enumerate(runs)]
     classes = ["front" if index in front else "" for index in range(len(runs))]
-    return _table(["run", "created", "model", "granularity", "criterion", "scope", "sparsity", "quality",
+    return _table(["run", "created", "model", "granularity", "criterion", "scope", "weights removed", "quality",
                    "p50 ms", "compressed bytes", "on front", "notes"], rows, classes)
 
 

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sqlite3
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -27,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from core.errors import PrunelabError
+from core.files import home, sha256_file, write_atomic
 
 BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -51,13 +50,12 @@ MIGRATIONS = (
     ALTER TABLE runs ADD COLUMN artifact_dir TEXT;
     CREATE INDEX runs_by_model ON runs (model, created);
     """,
+    # 2 -> 3: the sha256 of every artifact when the run was recorded, so `runs check` notices a changed file.
+    """
+    ALTER TABLE runs ADD COLUMN digests TEXT NOT NULL DEFAULT '{}';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def home() -> Path:
-    """prunelab's data directory: ``$PRUNELAB_HOME`` or ``~/.prunelab``, read at each call."""
-    return Path(os.environ.get("PRUNELAB_HOME") or Path.home() / ".prunelab")
 
 
 @dataclass(frozen=True)
@@ -79,6 +77,7 @@ class Run:
     label: str = ""
     notes: str = ""
     layer_sparsity: dict = field(default_factory=dict)
+    digests: dict = field(default_factory=dict)  # artifact name -> sha256 when recorded (none for older runs)
 
     @property
     def pruned(self) -> dict:
@@ -92,6 +91,11 @@ class Run:
         return self.pruned.get("agreement") if value is None else value
 
     @property
+    def removed(self) -> float | None:
+        """The measured share of the prunable weights zero or gone, any granularity (older runs: zero share)."""
+        return self.pruned.get("removed", self.pruned.get("sparsity"))
+
+    @property
     def latency_p50(self) -> float | None:
         return (self.pruned.get("latency_ms") or {}).get("p50")
 
@@ -102,7 +106,7 @@ class Run:
     def to_dict(self) -> dict:
         return {"id": self.id, "created": self.created, "model": self.model, "model_digest": self.model_digest,
                 "label": self.label, "notes": self.notes, "plan": self.plan, "metrics": self.metrics,
-                "layer_sparsity": self.layer_sparsity, "artifacts": self.artifacts}
+                "layer_sparsity": self.layer_sparsity, "artifacts": self.artifacts, "digests": self.digests}
 
 
 class RunStore:
@@ -115,8 +119,12 @@ class RunStore:
     @contextmanager
     def _connect(self):
         """A fresh connection, migrated to SCHEMA_VERSION, closed on exit."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        except (OSError, sqlite3.Error) as error:
+            raise PrunelabError(f"cannot open the run store {self.path}: {getattr(error, 'strerror', None) or error} "
+                                f"(PRUNELAB_HOME must be a writable folder)") from None
         try:
             connection.row_factory = sqlite3.Row
             connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
@@ -130,7 +138,8 @@ class RunStore:
             connection.close()
 
     def record(self, report: dict, *, model=None, plan=None, layer_sparsity: dict | None = None,
-               artifacts: dict | None = None, files: dict | None = None, label: str = "", notes: str = "") -> Run:
+               artifacts: dict | None = None, files: dict | None = None, label: str = "", notes: str = "",
+               digests: dict | None = None) -> Run:
         """Keep one run and return it.
 
         report: the evaluate report (kept whole as the run's metrics).
@@ -139,6 +148,7 @@ class RunStore:
         layer_sparsity: effective sparsity per layer; defaults to ``report["layer_sparsity"]``.
         artifacts: name -> path of files that already exist (e.g. ``prune --out``), kept as given.
         files: name -> bytes for the store to keep itself, written atomically under ``artifacts/``.
+        digests: name -> sha256 of ``artifacts`` as their writer made them; files without one are hashed now.
         """
         model_name, digest = _model_identity(model if model is not None else report.get("model"))
         plan_values = _plan_values(plan if plan is not None else report.get("plan"))
@@ -148,9 +158,13 @@ class RunStore:
         if files:
             artifact_dir = self.artifact_root / uuid.uuid4().hex
             paths.update({name: str(write_atomic(artifact_dir / name, data)) for name, data in files.items()})
+        digests = dict(digests or {})
+        digests.update({name: sha256_file(path) for name, path in paths.items()
+                        if name not in digests and Path(path).is_file()})
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         row = (created, model_name, digest, _dumps(plan_values), _dumps(report), _dumps(paths), label or "",
-               notes or "", _dumps(layer_sparsity or {}), None if artifact_dir is None else str(artifact_dir))
+               notes or "", _dumps(layer_sparsity or {}), None if artifact_dir is None else str(artifact_dir),
+               _dumps(digests))
         with self._connect() as connection, _transaction(connection):
             run_id = _insert_run(connection, row)
         return self.get(run_id)
@@ -211,6 +225,33 @@ class RunStore:
             shutil.rmtree(path, ignore_errors=True)
         return found
 
+    def check_artifacts(self) -> dict:
+        """Every run's artifacts against the digests recorded with it.
+
+        Returns ``{"checked", "unverified", "missing", "changed"}``: counts of files that match and of
+        files recorded without a digest (runs older than digests), and lists of
+        ``"run N: name (path)"`` for files that are gone or differ from what the run wrote.
+        """
+        found = {"checked": 0, "unverified": 0, "missing": [], "changed": []}
+        for run in self.list():
+            for name, path in run.artifacts.items():
+                where = f"run {run.id}: {name} ({path})"
+                if not Path(path).is_file():
+                    found["missing"].append(where)
+                elif name not in run.digests:
+                    found["unverified"] += 1
+                elif sha256_file(path) != run.digests[name]:
+                    found["changed"].append(where)
+                else:
+                    found["checked"] += 1
+        return found
+
+    def require_writable(self) -> None:
+        """Open the store and take its write lock once: a corrupt, newer or read-only store is refused
+        before a long job that would record into it."""
+        with self._connect() as connection, _transaction(connection):
+            pass
+
     def integrity(self) -> str:
         """``PRAGMA integrity_check``: ``"ok"`` for a sound database."""
         with self._connect() as connection:
@@ -252,7 +293,7 @@ def _migrate(connection: sqlite3.Connection, path: Path) -> None:
 def _insert_run(connection: sqlite3.Connection, row: tuple) -> int:
     cursor = connection.execute(
         "INSERT INTO runs (created, model, model_digest, plan, metrics, artifacts, label, notes, layer_sparsity, "
-        "artifact_dir) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+        "artifact_dir, digests) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
     return cursor.lastrowid
 
 
@@ -260,7 +301,7 @@ def _run_from_row(row: sqlite3.Row) -> Run:
     return Run(id=row["id"], created=row["created"], model=row["model"], model_digest=row["model_digest"],
                plan=json.loads(row["plan"]), metrics=json.loads(row["metrics"]),
                artifacts=json.loads(row["artifacts"]), label=row["label"], notes=row["notes"],
-               layer_sparsity=json.loads(row["layer_sparsity"]))
+               layer_sparsity=json.loads(row["layer_sparsity"]), digests=json.loads(row["digests"]))
 
 
 def _run_id(value) -> int:
@@ -306,28 +347,6 @@ def _finite(value):
     return value
 
 
-def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``.
-
-    A reader sees the old file or the whole new one, never a part; a crash leaves at most a
-    ``.tmp`` file beside it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode() if isinstance(data, str) else bytes(data)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
 # The module-level API uses the store under home(), looked up at each call.
 
 def record_run(report: dict, **details) -> Run:
@@ -347,7 +366,3 @@ def get_run(run_id: int) -> Run:
 def delete_run(run_id: int) -> None:
     RunStore().delete(run_id)
 
-
-# Comparing runs lives in core.history.compare; these names stay importable from here.
-from core.history.compare import (compare_runs, flat_metrics, pareto_front, pareto_indices,  # noqa: E402,F401
-                          planned_sparsity)

@@ -17,8 +17,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from core.errors import PrunelabError, error_line
+from core.inspect import final_classifier
 from core.prune import criteria
-from core.errors import PrunelabError
+from core.prune.result import PruneResult
 
 ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 SCORED_TYPES = ROOT_TYPES
@@ -51,8 +53,8 @@ def build_graph(module: nn.Module, example_input: torch.Tensor):
             warnings.simplefilter("ignore")
             return tp.DependencyGraph().build_dependency(module, example_inputs=example_input)
     except Exception as error:  # tracing of arbitrary user code: report, never crash
-        raise PrunelabError(f"the dependency graph cannot trace this model: {type(error).__name__}: "
-                            f"{str(error).splitlines()[0] if str(error) else ''}") from None
+        raise PrunelabError(f"the dependency graph cannot trace this model: "
+                            f"{error_line(error, with_type=True)}") from None
 
 
 def _module_names(module: nn.Module, graph) -> dict:
@@ -145,8 +147,6 @@ def coupled_groups(module: nn.Module, example_input: torch.Tensor, ignore: list[
 
     ``ignore`` names layers whose groups are left out; None means the final classifier.
     """
-    from core.prune.engine import final_classifier
-
     if ignore is None:
         ignore = [name for name in [final_classifier(module, example_input)] if name]
     return [group.as_dict() for group in dependency_groups(module, build_graph(module, example_input), ignore)]
@@ -265,8 +265,6 @@ def _group_targets(job, groups: list[Group], scores: dict) -> dict[str, float]:
 
 def prune_channels(job):
     """Physically remove channels of ``job.module`` as ``job.plan`` says; returns a PruneResult."""
-    from core.prune.engine import PruneResult
-
     module, plan = job.module, job.plan
     dense_output = _run(module, job.example_input)
     before = {layer.name: _out_channels(layer.module) for layer in job.layers}
@@ -289,8 +287,8 @@ def prune_channels(job):
         report.append({**group.as_dict(), "target": targets[group.leader], "kept": kept, "pruned": pruned})
     _check_output(module, job.example_input, dense_output)
     result = PruneResult(module, plan, masks=None, groups=report, notes=notes)
-    result.layer_sparsity = {name: 1.0 - _out_channels(layer.module) / count
-                             for name, layer, count in ((l.name, l, before[l.name]) for l in job.layers) if count}
+    result.layer_sparsity = {layer.name: 1.0 - _out_channels(layer.module) / before[layer.name]
+                             for layer in job.layers if before[layer.name]}
     untouched = sorted(included - {name for group in groups for name in group.members})
     if untouched:
         result.notes.append("left dense (coupled with an ignored layer, or outside the traced graph): "
@@ -307,9 +305,8 @@ def _check_output(module: nn.Module, example_input: torch.Tensor, dense_output) 
     try:
         output = _run(module, example_input)
     except Exception as error:
-        raise PrunelabError(f"the channel-pruned model fails to run ({type(error).__name__}: "
-                            f"{str(error).splitlines()[0] if str(error) else ''}); ignore the layers "
-                            "involved or use unstructured pruning") from None
+        raise PrunelabError(f"the channel-pruned model fails to run ({error_line(error, with_type=True)}); "
+                            "ignore the layers involved or use unstructured pruning") from None
     shape = lambda value: tuple(value.shape) if isinstance(value, torch.Tensor) else None  # noqa: E731
     if shape(output) != shape(dense_output):
         raise PrunelabError(f"channel pruning changed the model's output shape from {shape(dense_output)} "

@@ -7,8 +7,8 @@ N:M plans, one per output channel for channel plans. Low scores are pruned first
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -110,7 +110,8 @@ def _calibration(data: Dataset | None, name: str) -> tuple[torch.Tensor, torch.T
     """A few inputs (and their labels, when the train split has them) for data-driven criteria."""
     if data is None:
         raise PrunelabError(f"criterion '{name}' needs data (pass --data or use a model that has some)")
-    inputs = torch.from_numpy(np.ascontiguousarray(data.calibration(CALIBRATION_ITEMS))).float()
+    inputs = torch.from_numpy(np.ascontiguousarray(data.calibration(CALIBRATION_ITEMS)))
+    inputs = inputs if not inputs.is_floating_point() else inputs.float()  # token ids stay integer
     labels = None
     if data.x_train is not None and data.y_train is not None:
         labels = torch.from_numpy(np.ascontiguousarray(data.y_train[:len(inputs)])).long()

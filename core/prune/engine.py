@@ -7,74 +7,16 @@ to the handler registered for the plan's granularity (unstructured, N:M or chann
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from core.prune import batchnorm, criteria, unstructured
 from core.data import Dataset
 from core.errors import PrunelabError
-from core.inspect import Layer, prunable_layers
-from core.prune.plan import Plan
-
-
-@dataclass
-class PruneResult:
-    """A pruned copy of a model and what happened to each layer.
-
-    masks: {layer: bool keep-mask} for unstructured and N:M plans, None for channel plans.
-    layer_sparsity: {layer: fraction of zero weights (unstructured, N:M) or of removed output channels}.
-    groups: channel coupling groups [{"leader", "members", "channels", ...}] (channel plans).
-    notes: sentences for the report (layers left dense, hardware remarks, ...).
-    """
-
-    module: nn.Module
-    plan: Plan
-    masks: dict[str, torch.Tensor] | None = None
-    layer_sparsity: dict[str, float] = field(default_factory=dict)
-    groups: list[dict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Job:
-    """Everything a granularity handler needs: the copy to prune, its layers and targets, the inputs."""
-
-    module: nn.Module
-    plan: Plan
-    layers: list[Layer]                # included layers of the copy, in definition order
-    ignored: list[str]
-    data: Dataset | None
-    example_input: torch.Tensor | None
-    notes: list[str] = field(default_factory=list)
-
-    def target(self, name: str) -> float:
-        return self.plan.layer_targets.get(name, self.plan.sparsity)
-
-
-def final_classifier(module: nn.Module, example_input: torch.Tensor | None) -> str | None:
-    """The last prunable layer whose output is the model's output (else the last one that ran)."""
-    layers = prunable_layers(module)
-    if not layers:
-        return None
-    if example_input is None:
-        return layers[-1].name
-    seen: list[tuple[str, torch.Tensor]] = []
-    handles = [layer.module.register_forward_hook(
-        lambda child, args, output, name=layer.name: seen.append(
-            (name, output[0] if isinstance(output, tuple) else output))) for layer in layers]
-    try:
-        with torch.no_grad():
-            output = module(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
-    output = output[0] if isinstance(output, (tuple, list)) else output
-    for name, value in reversed(seen):
-        if value is output:
-            return name
-    return seen[-1][0] if seen else layers[-1].name
+from core.inspect import final_classifier, prunable_layers
+from core.prune import batchnorm, channel, criteria, nm, unstructured
+from core.prune.plan import Plan, granularity_kind
+from core.prune.result import Job, PruneResult
 
 
 def _weight_masks(job: Job) -> dict[str, torch.Tensor]:
@@ -107,13 +49,11 @@ def _prune_unstructured(job: Job) -> PruneResult:
 
 
 def _prune_nm(job: Job) -> PruneResult:
-    from core.prune import nm
     masks, notes = nm.nm_masks(job)
     return _apply_masks(job, masks, PruneResult(job.module, job.plan, notes=notes))
 
 
 def _prune_channels(job: Job) -> PruneResult:
-    from core.prune import channel
     return channel.prune_channels(job)
 
 
@@ -150,7 +90,7 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     ``example_input`` drives the dependency graph and finds the final classifier, defaulting to
     one item of the handle's data. Raises PrunelabError for a plan the model cannot take.
     """
-    kind = "N:M" if plan.nm else plan.granularity
+    kind = granularity_kind(plan.granularity)
     if hasattr(model, "require"):
         model.require(OPERATIONS[kind])
     module, data, example_input = _unpack(model, data, example_input)
@@ -164,7 +104,7 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     result = HANDLERS[kind](Job(working, plan, layers, ignored, data, example_input))
     if ignored:
         result.notes.insert(0, f"left dense: {', '.join(ignored)}")
-    if plan.recalibrate:
+    if plan.recalibrate and any(result.layer_sparsity.values()):  # nothing removed: the dense statistics hold
         _recalibrate(result, data)
     for parameter in result.module.parameters():
         parameter.grad = None

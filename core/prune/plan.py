@@ -15,9 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from core.errors import PrunelabError
+from core.errors import PrunelabError, error_line
+from core.limits import PLAN_BYTES, brief, check_plan_size, gib, read_plan_text
 
-GRANULARITIES = ("unstructured", "channel")  # plus "N:M" strings such as "2:4"
+# Every granularity a plan takes, in the order they are offered; "2:4" stands for any "N:M" string
+# (at least N zeros in every M weights).
+GRANULARITIES = ("unstructured", "channel", "2:4")
 SCOPES = ("layer", "global")
 # Criterion name -> the granularities it applies to. core.prune.criteria registers a score function for each.
 CRITERIA = {
@@ -40,12 +43,17 @@ def parse_nm(granularity: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+def granularity_kind(granularity: str) -> str:
+    """``"N:M"`` for an N:M granularity, else the granularity itself (the keys of CRITERIA's values)."""
+    return "N:M" if parse_nm(granularity) else granularity
+
+
 def _fraction(value, what: str) -> float:
     """``value`` as a float in [0, 1), or PrunelabError naming ``what``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PrunelabError(f"{what} must be a number in [0, 1), got {value!r}")
+        raise PrunelabError(f"{what} must be a number in [0, 1), got {brief(value)}")
     if not 0.0 <= float(value) < 1.0:
-        raise PrunelabError(f"{what} must be in [0, 1), got {value!r}")
+        raise PrunelabError(f"{what} must be in [0, 1), got {brief(value)}")
     return float(value)
 
 
@@ -79,28 +87,28 @@ class Plan:
     def __post_init__(self) -> None:
         if not isinstance(self.granularity, str) or (
                 self.granularity not in GRANULARITIES and parse_nm(self.granularity) is None):
-            raise PrunelabError(f"granularity must be one of {', '.join(GRANULARITIES)} or 'N:M' "
-                                f"such as '2:4', got {self.granularity!r}")
+            raise PrunelabError(f"granularity must be one of {', '.join(GRANULARITIES)} (or any 'N:M'), "
+                                f"got {brief(self.granularity)}")
         nm = parse_nm(self.granularity)
         if nm is not None and not 0 < nm[0] < nm[1]:
-            raise PrunelabError(f"granularity {self.granularity!r}: N:M needs 0 < N < M")
+            raise PrunelabError(f"granularity {brief(self.granularity)}: N:M needs 0 < N < M")
         if self.criterion not in CRITERIA:
-            raise PrunelabError(f"unknown criterion {self.criterion!r} (criteria: {', '.join(CRITERIA)})")
-        kind = "N:M" if nm else self.granularity
-        if kind not in CRITERIA[self.criterion]:
-            raise PrunelabError(f"criterion {self.criterion!r} ranks channels only, not {self.granularity} weights")
+            raise PrunelabError(f"unknown criterion {brief(self.criterion)} (criteria: {', '.join(CRITERIA)})")
+        if granularity_kind(self.granularity) not in CRITERIA[self.criterion]:
+            raise PrunelabError(f"criterion {brief(self.criterion)} ranks channels only, "
+                                f"not {self.granularity} weights")
         if self.scope not in SCOPES:
-            raise PrunelabError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+            raise PrunelabError(f"scope must be one of {', '.join(SCOPES)}, got {brief(self.scope)}")
         object.__setattr__(self, "sparsity", _fraction(self.sparsity, "sparsity"))
         object.__setattr__(self, "layers", self._normalized_layers(self.layers))
         object.__setattr__(self, "ignore", self._normalized_ignore(self.ignore))
         for name, value in (("round_to", self.round_to), ("seed", self.seed)):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise PrunelabError(f"{name} must be an integer, got {value!r}")
+                raise PrunelabError(f"{name} must be an integer, got {brief(value)}")
         if not isinstance(self.recalibrate, bool):
-            raise PrunelabError(f"recalibrate must be true or false, got {self.recalibrate!r}")
+            raise PrunelabError(f"recalibrate must be true or false, got {brief(self.recalibrate)}")
         if self.round_to < 1:
-            raise PrunelabError(f"round_to must be at least 1, got {self.round_to!r}")
+            raise PrunelabError(f"round_to must be at least 1, got {brief(self.round_to)}")
 
     @staticmethod
     def _normalized_layers(layers) -> tuple[tuple[str, float], ...]:
@@ -108,13 +116,13 @@ class Plan:
         try:
             pairs = [(name, value) for name, value in pairs]
         except (TypeError, ValueError):
-            raise PrunelabError(f"layers must map layer names to sparsities, got {layers!r}") from None
+            raise PrunelabError(f"layers must map layer names to sparsities, got {brief(layers)}") from None
         names = [name for name, _ in pairs]
         if len(set(names)) != len(names):
-            raise PrunelabError(f"layers names a layer twice: {names!r}")
+            raise PrunelabError(f"layers names a layer twice: {brief(names)}")
         for name, _ in pairs:
             if not isinstance(name, str) or not name:
-                raise PrunelabError(f"layers: layer names must be non-empty strings, got {name!r}")
+                raise PrunelabError(f"layers: layer names must be non-empty strings, got {brief(name)}")
         return tuple(sorted((name, _fraction(value, f"sparsity of layer '{name}'")) for name, value in pairs))
 
     @staticmethod
@@ -122,7 +130,7 @@ class Plan:
         if ignore is None:
             return None
         if isinstance(ignore, str) or not all(isinstance(name, str) and name for name in ignore):
-            raise PrunelabError(f"ignore must be a list of layer names, got {ignore!r}")
+            raise PrunelabError(f"ignore must be a list of layer names, got {brief(ignore)}")
         return tuple(sorted(set(ignore)))
 
     @property
@@ -143,14 +151,15 @@ class Plan:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Plan":
+    def from_dict(cls, values: dict) -> Plan:
         """Build from plain values; unknown keys are an error naming them."""
         if not isinstance(values, dict):
             raise PrunelabError(f"a plan must be a mapping of fields, got {type(values).__name__}")
+        check_plan_size(values, "the plan")
         known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known - set(RECORD_KEYS))
+        unknown = sorted(set(values) - known - set(RECORD_KEYS), key=str)
         if unknown:
-            raise PrunelabError(f"unknown plan field(s): {', '.join(map(str, unknown))} "
+            raise PrunelabError(f"unknown plan field(s): {', '.join(brief(str(key))[1:-1] for key in unknown[:5])} "
                                 f"(fields: {', '.join(sorted(known))})")
         values = {key: value for key, value in values.items() if key not in RECORD_KEYS}
         if values.get("layers") is None:
@@ -163,7 +172,7 @@ class Plan:
         text = json.dumps(self.to_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def replace(self, **changes) -> "Plan":
+    def replace(self, **changes) -> Plan:
         """A copy with ``changes`` applied (validated again)."""
         unknown = sorted(set(changes) - {field.name for field in dataclasses.fields(self)})
         if unknown:
@@ -184,28 +193,31 @@ class Plan:
         return path
 
     @classmethod
-    def load(cls, path) -> "Plan":
+    def load(cls, path) -> Plan:
         """Read a plan written by ``save`` (or by hand); PrunelabError on a missing or malformed file."""
         path = Path(path)
         if path.suffix not in (".yaml", ".yml", ".json"):
             raise PrunelabError(f"plan file {path.name}: use a .yaml, .yml or .json name")
         try:
+            if path.stat().st_size > PLAN_BYTES:
+                raise PrunelabError(f"plan file {path} is {gib(path.stat().st_size)}; a plan is a few KB")
             text = path.read_text()
-        except OSError as error:
-            raise PrunelabError(f"cannot read plan file {path}: {error.strerror}") from None
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or "not text"
+            raise PrunelabError(f"cannot read plan file {path}: {reason}") from None
         try:
-            values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            values = read_plan_text(text, f"plan file {path.name}", path.suffix)
         except (json.JSONDecodeError, yaml.YAMLError) as error:
             raise PrunelabError(f"plan file {path.name} is not valid {path.suffix[1:].upper()}: "
-                                f"{str(error).splitlines()[0]}") from None
+                                f"{error_line(error)}") from None
         return cls.from_dict(values or {})
 
     def validate_for(self, module) -> None:
         """Raise PrunelabError naming any layer in ``layers`` or ``ignore`` that ``module`` lacks."""
-        from core.inspect import prunable_layers
+        from core.inspect import prunable_layers  # plans stay readable without torch; it loads here
 
         names = [layer.name for layer in prunable_layers(module)]
         for name in [name for name, _ in self.layers] + list(self.ignore or ()):
             if name not in names:
-                raise PrunelabError(f"plan names layer '{name}', which the model does not have "
+                raise PrunelabError(f"plan names layer {brief(name)}, which the model does not have "
                                     f"(layers: {', '.join(names) or 'none'})")

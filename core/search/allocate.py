@@ -20,9 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.prune.engine import apply_plan
 from core.errors import PrunelabError
+from core.inspect import prunable_layers
+from core.prune.engine import apply_plan
 from core.prune.plan import Plan
+from core.search.sensitivity import Scorer, footprint
+from core.search.sensitivity import sensitivity as sweep
 from core.sources import ModelHandle
 
 ACCURACY_WEIGHT = 1.0   # damage = loss increase + ACCURACY_WEIGHT * accuracy drop
@@ -187,8 +190,6 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
     model and the plan carries the rounding. The final classifier stays dense, as in every plan.
     Raises PrunelabError for conflicting or unreachable targets.
     """
-    from core.search.sensitivity import sensitivity as sweep
-
     kind, value, bounds = check_request(target_sparsity, target_latency_ms, target_mac_reduction, max_accuracy_drop,
                                         granularity, (min_sparsity, max_sparsity))
     result = sensitivity if sensitivity is not None else sweep(handle, granularity, criterion)
@@ -235,8 +236,6 @@ def _global_within(handle: ModelHandle, criterion: str, names: list[str], target
     A layer the ranking would take past a bound is pinned at it and the rest are ranked again for
     the remaining weights (so the overall target still holds). None when no such split exists.
     """
-    from core.inspect import prunable_layers
-
     sizes = {layer.name: layer.weight.numel() for layer in prunable_layers(handle.module) if layer.name in names}
     total = float(sum(sizes.values()))
     pinned: dict[str, float] = {}
@@ -265,8 +264,6 @@ def _best_on_val(handle: ModelHandle, criterion: str, candidates: list[dict[str,
     Scored on the val and training splits together (never test): one small split alone is too
     noisy to tell plans a point apart.
     """
-    from core.search.sensitivity import Scorer
-
     if len(candidates) == 1:
         return candidates[0]
     splits = ["val"] + (["train"] if handle.data.x_train is not None else [])
@@ -350,9 +347,6 @@ def _allocate_channels(handle: ModelHandle, result: dict, kind: str, value: floa
 def measure_channel_plan(handle: ModelHandle, criterion: str, chosen: dict[str, float], timed: bool = True,
                          round_to: int = 1) -> dict:
     """Parameters, MACs per item and ORT p50 latency of the channel plan ``chosen`` (as the sweep measures)."""
-    from core.prune.engine import apply_plan
-    from core.search.sensitivity import footprint
-
     plan = Plan(granularity="channel", criterion=criterion, sparsity=0.0,
                 layers={name: round(level, 4) for name, level in chosen.items()}, round_to=round_to)
     return footprint(apply_plan(handle, plan).module, handle.example_input(1), timed=timed)

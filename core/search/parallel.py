@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import types
 import uuid
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
-from typing import Any, Callable
+from typing import Any
 
 from core.errors import PrunelabError
 
@@ -131,10 +134,10 @@ _STATES: dict[str, Any] = {}
 _PAYLOADS: dict[str, tuple] = {}
 
 
-def _enter(key: str, build, payload: bytes, threads: int) -> None:
+def _enter(key: str, build, payload: bytes, threads: int, ledger: str) -> None:
     """Process-pool initializer: Ctrl-C is the parent's to handle; remember how to build the state."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _PAYLOADS[key] = (build, payload, threads)
+    _PAYLOADS[key] = (build, payload, threads, ledger)
 
 
 def cached_state(key: str, build, payload, threads: int):
@@ -151,9 +154,15 @@ def cached_state(key: str, build, payload, threads: int):
     return _STATES[key]
 
 
-def _pool_job(key: str, run, job):
-    build, payload, threads = _PAYLOADS[key]
-    return run(cached_state(key, build, payload, threads), job), node_name()
+def _pool_job(key: str, run, index: int, job):
+    """One job in a pool process; the ledger file named after this process says which job it runs."""
+    build, payload, threads, ledger = _PAYLOADS[key]
+    entry = os.path.join(ledger, str(os.getpid()))
+    with open(entry, "w") as stream:
+        stream.write(str(index))
+    value = run(cached_state(key, build, payload, threads), job)
+    os.unlink(entry)
+    return value, node_name()
 
 
 class PoolExecutor:
@@ -183,19 +192,20 @@ class PoolExecutor:
 
     def _round(self, work: Work, payload: bytes, pending: list[int], outcome: Outcome, on_result: OnResult,
                should_stop) -> list[int]:
-        """Run ``pending`` jobs on one pool; the jobs in flight when a worker died (all, if none were seen)."""
+        """Run ``pending`` jobs on one pool; returns the jobs lost with a worker that died (none if none did)."""
+        ledger = tempfile.mkdtemp(prefix="prunelab-jobs-")
         pool = ProcessPoolExecutor(max_workers=min(self.workers, len(pending)), mp_context=get_context("spawn"),
-                                   initializer=_enter, initargs=(work.key, work.build, payload, self.threads))
-        with _main_not_imported():  # the pool starts its processes on the first submissions
-            futures = {pool.submit(_pool_job, work.key, work.run, work.jobs[index]): index for index in pending}
-        in_flight: set[int] = set()
+                                   initializer=_enter, initargs=(work.key, work.build, payload, self.threads, ledger))
         try:
+            with _main_not_imported():  # the pool starts its processes on the first submissions
+                futures = {pool.submit(_pool_job, work.key, work.run, index, work.jobs[index]): index
+                           for index in pending}
+            processes = list(pool._processes.values())
             while futures:
                 if should_stop():
                     outcome.stopped = True
                     return []
                 done, _ = wait(futures, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
-                in_flight = {futures[future] for future in futures if future.running()} or in_flight
                 broken = False
                 for future in done:
                     index = futures.pop(future)
@@ -206,11 +216,30 @@ class PoolExecutor:
                         continue
                     on_result(len(outcome.values), len(work.jobs), work.describe(work.jobs[index]))
                 if broken:
-                    lost = sorted(in_flight - set(outcome.values))
-                    return lost or [index for index in pending if index not in outcome.values]
+                    return _lost_jobs(processes, ledger, [index for index in pending if index not in outcome.values])
             return []
         finally:
             _end_pool(pool)
+            shutil.rmtree(ledger, ignore_errors=True)
+
+
+def _lost_jobs(processes: list, ledger: str, unfinished: list[int]) -> list[int]:
+    """The jobs that processes which died on their own (not stopped by the pool) were running.
+
+    When none can be named (a worker stopped from outside with SIGTERM looks like the pool's own
+    shutdown), every unfinished job counts as lost once.
+    """
+    lost = []
+    for process in processes:
+        process.join(1.0)
+        if process.exitcode in (None, 0, -signal.SIGTERM):
+            continue
+        try:
+            with open(os.path.join(ledger, str(process.pid))) as stream:
+                lost.append(int(stream.read()))
+        except (OSError, ValueError):
+            continue
+    return sorted(set(lost) & set(unfinished)) or unfinished
 
 
 _MAIN_LOCK = threading.Lock()

@@ -14,9 +14,9 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlparse
 
 from core.errors import PrunelabError

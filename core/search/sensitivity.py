@@ -16,19 +16,29 @@ by the calling process when every point is in.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from core.cache import ResultCache, cache_key
 from core.deploy.measure import total_macs
 from core.errors import PrunelabError
+from core.prune.channel import coupled_groups
+from core.prune.plan import GRANULARITIES, Plan, granularity_kind
 from core.search import sweep_points
 from core.search.parallel import Outcome, Work, executor_for
-from core.search.sweep_points import (BASELINE, LATENCY_RUNS, LATENCY_THREADS, Scorer, footprint,  # noqa: F401
-                                      included_layers, split_arrays)
+from core.search.sweep_points import (  # noqa: F401
+    BASELINE,
+    LATENCY_RUNS,
+    LATENCY_THREADS,
+    Scorer,
+    footprint,
+    included_layers,
+    split_arrays,
+)
 from core.sources import ModelHandle
 
 DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-GRANULARITIES = ("unstructured", "channel")
+# Sweeps cut one layer or channel group at a time; N:M patterns are not swept.
+SWEPT_GRANULARITIES = tuple(name for name in GRANULARITIES if granularity_kind(name) != "N:M")
 CACHE_VERSION = 5
 SCORING_BUDGET_MACS = 40e9       # multiply-accumulates per scored point before a subset is used
 MIN_AUTO_ITEMS = 128
@@ -99,13 +109,12 @@ def sensitivity(handle: ModelHandle, granularity: str = "unstructured", criterio
     whatever ran it. Raises PrunelabError for an unknown granularity or criterion, bad levels, a
     model source that cannot be pruned this way, or a Ray address that does not answer.
     """
-    if granularity not in GRANULARITIES:
-        raise PrunelabError(f"sensitivity granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    if granularity not in SWEPT_GRANULARITIES:
+        raise PrunelabError(f"sensitivity granularity must be one of {', '.join(SWEPT_GRANULARITIES)}, "
+                            f"got {granularity!r}")
     handle.require(granularity)
     if handle.module is None:
         raise PrunelabError(f"{handle.name}: sensitivity needs the PyTorch model")
-    from core.prune.plan import Plan
-
     Plan(granularity=granularity, criterion=criterion, sparsity=0.0)  # validates the pair
     levels = check_levels(levels)
     executor = executor_for(workers, ray_address)
@@ -150,8 +159,6 @@ def _entries(handle: ModelHandle, granularity: str) -> list[dict]:
     if granularity == "unstructured":
         return [{"name": layer.name, "members": [layer.name], "params": layer.weight.numel()}
                 for layer in included_layers(handle.module, example)]
-    from core.prune.channel import coupled_groups
-
     return [{"name": group["leader"], "members": list(group["members"]), "channels": group["channels"]}
             for group in coupled_groups(handle.module, example)]
 

@@ -81,8 +81,7 @@ def split_arrays(handle: ModelHandle, split: str):
 
 def included_layers(module: nn.Module, example: torch.Tensor) -> list:
     """The layers a plan prunes by default: every prunable layer but the final classifier."""
-    from core.inspect import prunable_layers
-    from core.prune.engine import final_classifier
+    from core.inspect import final_classifier, prunable_layers
 
     ignored = final_classifier(module, example)
     return [layer for layer in prunable_layers(module) if layer.name != ignored]

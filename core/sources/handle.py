@@ -17,6 +17,7 @@ CAPABILITIES = {
     "builtin": {"inspect", "evaluate", "unstructured", "channel", "finetune"},
     "factory": {"inspect", "evaluate", "unstructured", "channel", "finetune"},
     "pickle": {"inspect", "evaluate", "unstructured", "channel", "finetune"},
+    "huggingface": {"inspect", "evaluate", "unstructured", "channel", "finetune"},
     "pt2": {"inspect", "evaluate", "unstructured", "finetune"},
     "onnx": {"inspect", "evaluate", "unstructured"},
 }
@@ -38,6 +39,10 @@ class ModelHandle:
     graph lives at ``onnx_path``). ``input_shape`` includes a batch dimension of 1. ``data``
     always exists: the built-in split, the user's data, or seeded random inputs (unlabelled).
     ``fixed_batch`` is set when the module only accepts that batch size (a ``.pt2`` program).
+    ``output_kind`` is ``"logits"`` (a classifier: accuracy or top-1 agreement) or ``"embedding"``
+    (an encoder: cosine similarity and nearest-neighbour agreement with the dense model).
+    ``vocab_size`` and ``pad_id`` are set for token models (int64 ``input_ids``), ``encode`` when
+    a tokenizer is known: ``encode(sentences, seq_len) -> ids``.
     """
 
     name: str
@@ -48,6 +53,10 @@ class ModelHandle:
     onnx_path: Path | None = None
     description: str = ""
     fixed_batch: int | None = None  # a .pt2 program is traced for one batch size only
+    output_kind: str = "logits"
+    vocab_size: int | None = None
+    pad_id: int = 0
+    encode: object = field(default=None, repr=False)
     _digest: str | None = field(default=None, repr=False)
 
     def can(self, operation: str) -> bool:
@@ -59,12 +68,18 @@ class ModelHandle:
             reason = WHY_NOT.get((self.source, operation), f"a {self.source} source does not support {operation}")
             raise PrunelabError(f"{self.name}: {reason}")
 
+    def with_module(self, module: nn.Module) -> ModelHandle:
+        """This handle with another module of the same model (a fine-tuned copy), digested afresh."""
+        return ModelHandle(self.name, self.source, module, self.input_shape, self.data, self.onnx_path,
+                           self.description, self.fixed_batch)
+
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """Real inputs from the data when there are enough, shaped ``(batch, *input_shape[1:])``."""
         x = self.data.x_test
         if len(x) >= batch:
             return torch.from_numpy(np.ascontiguousarray(x[:batch]))
-        return torch.zeros((batch, *self.input_shape[1:]))
+        dtype = torch.int64 if self.vocab_size is not None else torch.float32
+        return torch.zeros((batch, *self.input_shape[1:]), dtype=dtype)
 
     @property
     def digest(self) -> str:

@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import pickle
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
-from core.data import Dataset, load_npz, random_data
-from core.errors import PrunelabError
+from core.data import Dataset, load_npz, load_text, random_data
+from core.errors import PrunelabError, error_line
+from core.limits import clip
+from core.sources import huggingface
 from core.sources.handle import ModelHandle
 from core.zoo.registry import BUILTINS, builtin
 
@@ -32,17 +35,20 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
 
 def load_model(spec: str, input_shape: tuple[int, ...] | str | None = None, weights: str | Path | None = None,
                trust: bool = False, data: str | Path | Dataset | None = None) -> ModelHandle:
-    """Load ``spec`` (a built-in name, ``file.py:factory``, ``module:factory``, ``.pt2``, ``.pt`` or ``.onnx``).
+    """Load ``spec`` (a built-in name, ``file.py:factory``, ``module:factory``, ``.pt2``, ``.pt``, ``.onnx``
+    or a Hugging Face directory holding ``config.json`` and weights).
 
     ``weights`` is a state dict for a factory model, read with ``weights_only=True``. ``trust``
-    allows unpickling a full module, which runs code from the file. ``data`` is a ``.npz`` path or
-    a Dataset; without it a built-in uses its own split and anything else gets seeded random
-    inputs (agreement, not accuracy). Raises PrunelabError naming the file or value at fault.
+    allows unpickling a full module, which runs code from the file. ``data`` is a ``.npz`` path, a
+    ``.txt`` of sentences (token models with a tokenizer) or a Dataset; without it a built-in uses
+    its own data and anything else gets seeded random inputs (random token ids for token models):
+    agreement, not accuracy. A factory is called with torch's random state seeded, so a randomly
+    initialized model is the same on every load. Raises PrunelabError naming the file or value at fault.
     """
     shape = parse_input_shape(input_shape) if isinstance(input_shape, str) else input_shape
     spec = str(spec).strip()
     if spec in BUILTINS:
-        handle = _builtin(spec, weights)
+        handle = _builtin(spec, weights, shape)
     elif ":" in spec and not Path(spec).exists() and not spec.endswith((".pt2", ".pt", ".pth", ".onnx")):
         handle = _factory(spec, weights)
     else:
@@ -52,10 +58,17 @@ def load_model(spec: str, input_shape: tuple[int, ...] | str | None = None, weig
     return _finish(handle, shape, data)
 
 
-def _builtin(name: str, weights) -> ModelHandle:
+def _builtin(name: str, weights, shape: tuple[int, ...] | None) -> ModelHandle:
     spec = builtin(name)
+    if spec.directory is not None:
+        if weights is not None:
+            raise PrunelabError(f"--weights does not apply to {name}: its weights come with it")
+        handle = _adapted(huggingface.load_directory(spec.directory()), name, "builtin", spec.description)
+        handle.input_shape = tuple(shape) if shape and len(shape) == 2 else spec.input_shape
+        handle.data = load_text(spec.text, handle.encode, handle.input_shape[1])
+        return handle
     module = spec.factory()
-    module.load_state_dict(_state_dict(weights or spec.weights))
+    _load_weights(module, weights or spec.weights, name)
     return ModelHandle(name=name, source="builtin", module=module.eval(), input_shape=spec.input_shape,
                        data=spec.data(), description=spec.description)
 
@@ -66,20 +79,34 @@ def _factory(spec: str, weights) -> ModelHandle:
     factory = getattr(module_namespace, function_name, None)
     if not callable(factory):
         raise PrunelabError(f"'{location}' has no callable named '{function_name}'")
-    try:
-        model = factory()
-    except Exception as error:
-        raise PrunelabError(f"the factory {spec} raised {error.__class__.__name__}: {error}") from None
+    model = seeded_call(factory, spec)
     if not isinstance(model, nn.Module):
         raise PrunelabError(f"the factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
-        try:
-            model.load_state_dict(_state_dict(weights))
-        except RuntimeError as error:
-            first = str(error).strip().splitlines()
-            raise PrunelabError(f"weights {weights} do not fit {spec}: {' '.join(first[:2])}") from None
+        _load_weights(model, weights, spec)
+    if huggingface.is_pretrained(model):
+        return _adapted(huggingface.adapt(model), function_name, "factory", spec)
     return ModelHandle(name=function_name, source="factory", module=model.eval(), input_shape=(),
                        data=None, description=spec)
+
+
+FACTORY_SEED = 0
+
+
+def seeded_call(factory, spec: str):
+    """``factory()`` with torch's random state seeded (and the caller's state restored afterwards)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(FACTORY_SEED)
+        try:
+            return factory()
+        except Exception as error:
+            raise PrunelabError(f"the factory {spec} raised {error_line(error, with_type=True)}") from None
+
+
+def _adapted(adapted, name: str, source: str, description: str) -> ModelHandle:
+    return ModelHandle(name=name, source=source, module=adapted.module, input_shape=adapted.input_shape or (),
+                       data=None, description=description, output_kind=adapted.output_kind,
+                       vocab_size=adapted.vocab_size, pad_id=adapted.pad_id, encode=adapted.encode)
 
 
 def _import(location: str):
@@ -94,7 +121,7 @@ def _import(location: str):
         try:
             module_spec.loader.exec_module(namespace)
         except Exception as error:
-            raise PrunelabError(f"importing {path} raised {error.__class__.__name__}: {error}") from None
+            raise PrunelabError(f"importing {path} raised {error_line(error, with_type=True)}") from None
         return namespace
     try:
         return importlib.import_module(location)
@@ -102,13 +129,44 @@ def _import(location: str):
         raise PrunelabError(f"cannot import module '{location}': {error}") from None
 
 
+def _load_weights(model: nn.Module, weights, spec: str) -> None:
+    """Load a state dict file into ``model``; PrunelabError naming the first keys or shapes that differ.
+
+    A state saved from prunelab's wrapper of a Hugging Face model (keys ``model.*``) fits the model too.
+    """
+    state = _state_dict(weights)
+    if huggingface.is_pretrained(model) and state and all(key.startswith("model.") for key in state):
+        state = {key[len("model."):]: value for key, value in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).strip().splitlines()[1:3]]
+        raise PrunelabError(f"weights {weights} do not fit {spec}: {clip(' '.join(lines))}") from None
+
+
+def _torch_load(path: Path, weights_only: bool):
+    """torch.load on the CPU with torch's warnings (old formats, changed sources) kept off the terminal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+
+
+def _looks_like_torch(path: Path) -> bool:
+    """True for a zip archive (torch.save's format) or a pickle stream (its older format)."""
+    with open(path, "rb") as stream:
+        head = stream.read(2)
+    return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
 def _state_dict(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise PrunelabError(f"weights file not found: {path}")
+    if not _looks_like_torch(path):
+        raise PrunelabError(f"cannot read weights {path}: not a PyTorch file (torch.save writes a zip archive)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        state = _torch_load(path, weights_only=True)
+    except Exception as error:  # torch raises many kinds for a damaged or foreign file
         raise PrunelabError(f"cannot read weights {path}: not a state dict saved by torch.save "
                             f"({error.__class__.__name__})") from None
     if not isinstance(state, dict):
@@ -117,6 +175,11 @@ def _state_dict(path) -> dict:
 
 
 def _file(path: Path, trust: bool) -> ModelHandle:
+    if huggingface.is_hf_directory(path):
+        return _adapted(huggingface.load_directory(path), path.name, "huggingface", str(path))
+    if path.is_dir():
+        raise PrunelabError(f"{path} is a directory without a config.json: a Hugging Face model directory "
+                            f"holds config.json and model.safetensors")
     if not path.exists():
         hint = "" if path.suffix else f" (built-in models: {', '.join(BUILTINS)})"
         raise PrunelabError(f"model file not found: {path}{hint}")
@@ -147,18 +210,20 @@ def _dynamic_batch(placeholder) -> bool:
 
 
 def _pickled(path: Path, trust: bool) -> ModelHandle:
+    if not _looks_like_torch(path):
+        raise PrunelabError(f"cannot read {path}: not a PyTorch file (neither torch.save's zip archive nor a pickle)")
     if not trust:
         try:
-            torch.load(path, map_location="cpu", weights_only=True)
+            _torch_load(path, weights_only=True)
         except Exception:
             raise PrunelabError(f"{path} is a pickled module; loading it runs code from the file, so pass "
                                 f"--trust only if you trust its author") from None
         raise PrunelabError(f"{path} holds weights, not a model: pass the architecture as file.py:factory "
                             f"with --weights {path}")
     try:
-        model = torch.load(path, map_location="cpu", weights_only=False)
+        model = _torch_load(path, weights_only=False)
     except Exception as error:
-        raise PrunelabError(f"cannot unpickle {path}: {error.__class__.__name__}: {error}") from None
+        raise PrunelabError(f"cannot unpickle {path}: {clip(error_line(error, with_type=True))}") from None
     if not isinstance(model, nn.Module):
         raise PrunelabError(f"{path} holds a {type(model).__name__}, not a torch.nn.Module")
     return ModelHandle(name=path.stem, source="pickle", module=model.eval(), input_shape=(), data=None,
@@ -166,8 +231,6 @@ def _pickled(path: Path, trust: bool) -> ModelHandle:
 
 
 def _onnx(path: Path, trust: bool) -> ModelHandle:
-    import onnx
-
     try:
         graph = onnx.load(str(path))
         onnx.checker.check_model(graph)
@@ -182,30 +245,80 @@ def _onnx(path: Path, trust: bool) -> ModelHandle:
 
 
 def _finish(handle: ModelHandle, shape, data) -> ModelHandle:
-    dataset = load_npz(data) if isinstance(data, (str, Path)) else data
+    dataset = _read_data(handle, data, shape)
     shape = shape or handle.input_shape or None
     if shape is None and dataset is not None:
         shape = (1, *dataset.x_test.shape[1:])
+    if shape is None and handle.vocab_size is not None:
+        shape = (1, huggingface.token_length(handle.module))
     if shape is None:
         raise PrunelabError(f"cannot tell the input shape of {handle.name}: pass --input-shape, e.g. 1,3,32,32")
     handle.input_shape = tuple(shape)
     if dataset is None:
-        dataset = handle.data or random_data(handle.input_shape)
+        dataset = handle.data or random_data(handle.input_shape, vocab_size=handle.vocab_size, pad_id=handle.pad_id)
     dataset.check_shape(handle.input_shape)
     handle.data = dataset
+    _check_finite(handle)
     _check_forward(handle)
     return handle
+
+
+def read_data(handle: ModelHandle, data: str | Path) -> Dataset:
+    """A data file for ``handle``: an ``.npz`` (images, features or token ids) or a ``.txt`` of sentences."""
+    return _read_data(handle, data, handle.input_shape or None)
+
+
+def _read_data(handle: ModelHandle, data, shape) -> Dataset | None:
+    if not isinstance(data, (str, Path)):
+        return data
+    if Path(data).suffix == ".txt":
+        length = shape[1] if shape and len(shape) == 2 else huggingface.token_length(handle.module)
+        return load_text(data, handle.encode, length)
+    return load_npz(data, pad_id=handle.pad_id)
+
+
+DTYPE_WORDS = ("scalar type", "dtype", "Long", "expected scalar", "indices")
+
+
+def _check_finite(handle: ModelHandle) -> None:
+    """Refuse weights holding NaN or infinity: every measurement of such a model would be meaningless."""
+    if handle.module is None:
+        return
+    for name, tensor in handle.module.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise PrunelabError(f"{handle.name}: weight '{clip(name, 80)}' holds NaN or infinite values; "
+                                f"prunelab measures finite weights only")
 
 
 def _check_forward(handle: ModelHandle) -> None:
     if handle.module is None:
         return
     try:
-        with torch.no_grad():
-            output = handle.module(handle.example_input(handle.fixed_batch or 2))
+        output = _forward(handle)
     except Exception as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        raise PrunelabError(f"{handle.name} cannot take input of shape {handle.input_shape}: {message}") from None
+        message = error_line(error)
+        if not any(word in message for word in DTYPE_WORDS):
+            raise PrunelabError(f"{handle.name} cannot take input of shape {handle.input_shape}: {message}") from None
+        if not handle.data.integer or handle.vocab_size is not None:
+            raise PrunelabError(_dtype_problem(handle, message)) from None
+        handle.data = handle.data.as_float()  # integer features for a float model: feed them as floats
+        try:
+            output = _forward(handle)
+        except Exception:
+            raise PrunelabError(_dtype_problem(handle, message)) from None
     if not isinstance(output, torch.Tensor) or output.ndim != 2:
         raise PrunelabError(f"{handle.name} must return one tensor of shape (batch, classes); "
                             f"got {getattr(output, 'shape', type(output).__name__)}")
+
+
+def _forward(handle: ModelHandle):
+    with torch.no_grad():
+        return handle.module(handle.example_input(handle.fixed_batch or 2))
+
+
+def _dtype_problem(handle: ModelHandle, message: str) -> str:
+    dtype = handle.data.x_test.dtype
+    wanted = ("integer token ids (an .npz with int64 'input_ids', or a .txt of sentences)"
+              if not handle.data.integer else "float inputs")
+    return (f"{handle.name} cannot take inputs of dtype {dtype} from '{handle.data.name}': it needs {wanted} "
+            f"({message[:200]})")

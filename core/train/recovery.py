@@ -8,7 +8,7 @@
   retraining the surviving weights are rewound to their values at initialization (or after an
   early epoch). A control trains a random re-initialization under the same masks.
 
-All of them train with ``core.zoo.train.fit`` and re-apply the masks after every optimizer step,
+All of them train with ``core.train.loop.fit`` and re-apply the masks after every optimizer step,
 so AdamW's momentum and weight decay never move a pruned weight off zero. They are deterministic
 for a seed and never mutate the ModelHandle. Progress reaches the caller through
 ``on_epoch(row)`` (row is the new history entry), ``on_step(step, loss)``, and ``should_stop()``,
@@ -18,21 +18,21 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
 from core.data import Dataset
-from core.prune.engine import PruneResult, apply_plan
 from core.errors import PrunelabError
 from core.inspect import prunable_layers
+from core.prune.engine import PruneResult, apply_plan
 from core.prune.plan import Plan
-from core.train.schedule import PolynomialDecay
-from core.sources import ModelHandle
 from core.prune.unstructured import apply_mask
-from core.zoo.train import accuracy, fit
+from core.sources import ModelHandle
+from core.train.loop import accuracy, fit
+from core.train.schedule import PolynomialDecay
 
 Masks = dict[str, torch.Tensor]
 
@@ -64,9 +64,10 @@ class Recovery:
         if self.masks:
             kept = sum(int(mask.sum()) for mask in self.masks.values())
             masked = 1.0 - kept / sum(mask.numel() for mask in self.masks.values())
+        layers = {name: 1.0 - float(mask.float().mean()) for name, mask in (self.masks or {}).items()}
         return {"method": self.method, "accuracy": dict(self.accuracy), "sparsity": self.sparsity,
-                "pruned_layers_sparsity": masked, "epochs": len(self.history), "stopped": self.stopped,
-                "history": list(self.history), "details": dict(self.details)}
+                "pruned_layers_sparsity": masked, "layer_sparsity": layers, "epochs": len(self.history),
+                "stopped": self.stopped, "history": list(self.history), "details": dict(self.details)}
 
 
 class _Stopped(Exception):
@@ -238,12 +239,17 @@ def gradual_prune(model: ModelHandle, plan: Plan, epochs: int = 10, *, schedule:
     """Train ``model`` while its sparsity follows ``schedule`` (by default ``default_schedule`` to plan.sparsity).
 
     At each pruning step the plan is applied with its sparsity set to the schedule's value; per-layer
-    overrides are scaled by the same fraction of the way. Masks only shrink. Unstructured plans only.
+    overrides are scaled by the same fraction of the way, so a per-layer plan ends at its own targets
+    (its default schedule ends at its largest target). Masks only shrink. Unstructured plans only.
+    Raises PrunelabError for a plan or schedule whose final sparsity is 0.
     """
     _require_training(model)
     _require_masks(plan, "gradual pruning")
-    schedule = schedule or default_schedule(plan.sparsity, epochs, steps_per_epoch(model, batch_size))
-    base = plan.replace(sparsity=schedule.final_sparsity)
+    largest = max([plan.sparsity, *plan.layer_targets.values()])
+    schedule = schedule or default_schedule(largest, epochs, steps_per_epoch(model, batch_size))
+    if schedule.final_sparsity <= 0:
+        raise PrunelabError("gradual pruning needs a target above 0%: set one on the plan (or --sparsity)")
+    base = plan if plan.layer_targets else plan.replace(sparsity=schedule.final_sparsity)
     module = copy.deepcopy(model.module)
     recorder = _Recorder(model.data, on_epoch, on_step, should_stop, tags={"sparsity": 0.0})
     held: list[Masks | None] = [None]
@@ -365,3 +371,32 @@ def lottery_ticket(model: ModelHandle, plan: Plan, rounds: int = 3, epochs: int 
     details = {"rounds": rows, "rewind_epoch": rewind_epoch, "rewind_step": rewind_step,
                "not_reinitialized": notes}
     return _finish("lottery_ticket", module, model, recorder, accuracies, masks, stopped, details)
+
+
+METHODS = ("finetune", "gradual", "iterative", "lottery")
+
+
+def recover(model: ModelHandle, plan: Plan, method: str, *, epochs: int, lr: float = 3e-3, rounds: int = 3,
+            rewind_epoch: int = 0, schedule: PolynomialDecay | None = None, seed: int = 0, on_epoch=None,
+            should_stop=None) -> Recovery:
+    """Run recovery ``method`` (one of METHODS) of ``model`` pruned by ``plan``; see each method for its
+    arguments (``rounds`` for iterative and lottery, ``rewind_epoch`` for lottery, ``schedule`` for gradual).
+
+    Raises PrunelabError for an unknown method or anything the method refuses.
+    """
+    callbacks = {"lr": lr, "seed": seed, "on_epoch": on_epoch, "should_stop": should_stop}
+    if method == "finetune":
+        return finetune(model, plan, epochs, **callbacks)
+    if method == "gradual":
+        return gradual_prune(model, plan, epochs, schedule=schedule, **callbacks)
+    if method == "iterative":
+        return iterative_prune(model, plan, rounds, epochs, **callbacks)
+    if method == "lottery":
+        return lottery_ticket(model, plan, rounds, epochs, rewind_epoch=rewind_epoch, **callbacks)
+    raise PrunelabError(f"unknown recovery method '{method}' (choose from {', '.join(METHODS)})")
+
+
+def total_epochs(method: str, epochs: int, rounds: int) -> int:
+    """Epochs a run trains in all (lottery: dense, each round, and the random re-init control)."""
+    return {"finetune": epochs, "gradual": epochs, "iterative": rounds * epochs,
+            "lottery": (rounds + 2) * epochs}.get(method, epochs)

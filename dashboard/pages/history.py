@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import session
+from dashboard import run_history, session, state
 
 OPEN_RUN = "prunelab.history.open"  # the run shown in detail (set by a chart click or the table)
 FORMATS = [("torch-pruning", "Torch-Pruning"), ("nni", "NNI config_list"), ("sparseml", "SparseML recipe")]
@@ -13,11 +13,11 @@ MIME = {".json": "application/json", ".py": "text/x-python", ".yaml": "text/yaml
 
 def save_ui() -> None:
     with st.expander("Save the current plan as a run", icon=":material/save:"):
-        label = st.text_input("Label", key="w.history.label", max_chars=80)
-        notes = st.text_area("Notes", key="w.history.notes", max_chars=2000)
+        label = st.text_input("Label", key="w.history.label", persist_state="session", max_chars=80)
+        notes = st.text_area("Notes", key="w.history.notes", persist_state="session", max_chars=2000)
         if st.button("Save run", icon=":material/save:", key="history-save"):
             with session.guard("saving the run"), st.spinner("Measuring the plan…"):
-                run_id = session.save_run(label, notes)
+                run_id = run_history.save_run(label, notes)
                 st.session_state[OPEN_RUN] = run_id
                 st.success(f"Saved run {run_id}.")
 
@@ -27,7 +27,9 @@ def table_ui(rows: list[dict]) -> list[int]:
     frame = pd.DataFrame(rows).set_index("id")
     event = st.dataframe(frame, key="history-table", on_select="rerun", selection_mode="multi-row",
                          column_config={"quality": st.column_config.NumberColumn("accuracy / agreement", format="%.4f"),
-                                        "sparsity": st.column_config.NumberColumn(format="%.2f"),
+                                        "removed": st.column_config.NumberColumn(
+                                            "weights removed", format="percent",
+                                            help="share of the prunable weights zero or gone, measured"),
                                         "p50_ms": st.column_config.NumberColumn("p50 ms", format="%.3f"),
                                         "compressed_bytes": st.column_config.NumberColumn("compressed", format="%d")})
     return [int(frame.index[row]) for row in event.selection.rows]
@@ -35,7 +37,7 @@ def table_ui(rows: list[dict]) -> list[int]:
 
 def chart_ui(run_ids: list[int]) -> None:
     """The Pareto chart; clicking a point opens that run."""
-    event = st.plotly_chart(session.runs_pareto_chart(run_ids), key="history-pareto", on_select="rerun",
+    event = st.plotly_chart(run_history.runs_pareto_chart(run_ids), key="history-pareto", on_select="rerun",
                             selection_mode="points", width="stretch")
     points = event.selection.points if event else []
     if points and points[0].get("customdata") is not None:
@@ -44,7 +46,7 @@ def chart_ui(run_ids: list[int]) -> None:
 
 
 def details_ui(run_id: int) -> None:
-    details = session.run_details(run_id)
+    details = run_history.run_details(run_id)
     st.subheader(f"Run {run_id} {details['label']}".strip())
     st.caption(f"{details['created']} · {details['model']} · {details['notes']}")
     left, right = st.columns(2)
@@ -53,13 +55,13 @@ def details_ui(run_id: int) -> None:
     load, delete = st.columns(2)
     if load.button("Load this plan into the sliders", icon=":material/tune:", key="history-load"):
         with session.guard("loading the plan"):
-            warning = session.load_run_plan(run_id)
+            warning = run_history.load_run_plan(run_id)
             if warning:
                 st.warning(warning)
             st.success("Plan loaded; open Tune to adjust it.")
     if delete.button("Delete this run", icon=":material/delete:", key="history-delete"):
         with session.guard("deleting the run"):
-            session.delete_run(run_id)
+            run_history.delete_run(run_id)
             st.session_state.pop(OPEN_RUN, None)
             st.rerun()
     export_ui(run_id)
@@ -69,7 +71,7 @@ def export_ui(run_id: int) -> None:
     st.caption("This run's plan for other pruning tools:")
     for column, (format, title) in zip(st.columns(len(FORMATS)), FORMATS):
         with column, session.guard(title):
-            for suffix, text in session.run_plan_export(run_id, format).items():
+            for suffix, text in run_history.run_plan_export(run_id, format).items():
                 column.download_button(f"{title} ({suffix})", text, file_name=f"run-{run_id}-plan{suffix}",
                                        mime=MIME[suffix], key=f"history-export-{format}{suffix}")
 
@@ -77,17 +79,20 @@ def export_ui(run_id: int) -> None:
 def compare_ui(ids: list[int], selected: list[int]) -> None:
     st.subheader("Compare two runs")
     chosen = (selected + [run_id for run_id in ids if run_id not in selected])[:2]
+    for key, run_id in (("w.history.a", chosen[0]), ("w.history.b", chosen[-1])):
+        if st.session_state.get(key) not in ids:  # first visit, or that run was deleted
+            st.session_state[key] = run_id
     first_column, second_column = st.columns(2)
-    first = first_column.selectbox("Run A", ids, index=ids.index(chosen[0]), key="w.history.a")
-    second = second_column.selectbox("Run B", ids, index=ids.index(chosen[-1]), key="w.history.b")
-    diff = session.compare_runs(first, second)
+    first = first_column.selectbox("Run A", ids, key="w.history.a", persist_state="session")
+    second = second_column.selectbox("Run B", ids, key="w.history.b", persist_state="session")
+    diff = run_history.compare_runs(first, second)
     layers, metrics = st.columns(2)
     layers.dataframe(pd.DataFrame(diff["layers"]), hide_index=True, key="history-diff-layers")
     metrics.dataframe(pd.DataFrame(diff["metrics"]), hide_index=True, key="history-diff-metrics")
 
 
 def report_ui(run_ids: list[int]) -> None:
-    st.download_button(f"HTML report of {len(run_ids)} run(s)", data=lambda: session.runs_report_html(run_ids),
+    st.download_button(f"HTML report of {len(run_ids)} run(s)", data=lambda: run_history.runs_report_html(run_ids),
                        file_name="prunelab-report.html", mime="text/html", icon=":material/summarize:",
                        key="history-report", help="one self-contained file; opens without a network")
 
@@ -96,8 +101,9 @@ st.title("History")
 st.caption("Saved runs of every model: pick the best trade-off, compare two, hand on a report or the plan.")
 save_ui()
 with session.guard("reading the run history"):
-    only_this = st.toggle("Only this model's runs", key="w.history.only", value=True)
-    rows = session.runs(this_model_only=only_this)
+    state.seed("w.history.only", True)
+    only_this = st.toggle("Only this model's runs", key="w.history.only", persist_state="session")
+    rows = run_history.runs(this_model_only=only_this)
     if not rows:
         st.info("No runs yet. Save one above, or run `prunelab prune MODEL --plan PLAN --out DIR`.")
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, formatting, session
+from dashboard import charts, formatting, session, state
 
 
 def table_ui(rows: list[dict]) -> None:
@@ -24,11 +24,11 @@ def table_ui(rows: list[dict]) -> None:
 
 def layer_ui(names: list[str]) -> str:
     """The layer to look at; remembered across page switches."""
-    session.seed("w.layers.layer", st.session_state.get(session.LAYER, names[0]))
+    state.seed("w.layers.layer", st.session_state.get(state.LAYER, names[0]))
     if st.session_state["w.layers.layer"] not in names:
         st.session_state["w.layers.layer"] = names[0]
-    return st.selectbox("Layer", names, key="w.layers.layer",
-                        on_change=lambda: st.session_state.update({session.LAYER: st.session_state["w.layers.layer"]}))
+    return st.selectbox("Layer", names, key="w.layers.layer", persist_state="session",
+                        on_change=lambda: st.session_state.update({state.LAYER: st.session_state["w.layers.layer"]}))
 
 
 def weights_view(layer: str) -> None:
@@ -37,8 +37,8 @@ def weights_view(layer: str) -> None:
     cut = session.threshold(layer, sparsity) if sparsity > 0 else None
     st.plotly_chart(charts.weight_histogram(histogram, cut, layer), key="layers-histogram",
                     config={"displayModeBar": False})
-    if session.plan()["criterion"] not in ("l1", "l2") and sparsity > 0:
-        st.caption(f"'{session.plan()['criterion']}' does not rank by |w| alone: the line marks the same share "
+    if state.plan()["criterion"] not in ("l1", "l2") and sparsity > 0:
+        st.caption(f"'{state.plan()['criterion']}' does not rank by |w| alone: the line marks the same share "
                    f"of weights ({formatting.percent(sparsity)}), not the exact ones it removes.")
 
 
@@ -68,8 +68,11 @@ with session.guard("reading the layers"):
     rows = session.layer_table()["layers"]
     table_ui(rows)
     layer = layer_ui([row["name"] for row in rows])
-    channel = session.plan()["granularity"] == "channel"
+    channel = state.plan()["granularity"] == "channel"
     with session.guard(f"showing {layer}"):
-        channels_view(layer) if channel else weights_view(layer)
+        if channel:
+            channels_view(layer)
+        else:
+            weights_view(layer)
     if channel:
         groups_ui()

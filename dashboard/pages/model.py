@@ -9,6 +9,11 @@ TRUST_TEXT = ("I trust this file: loading a pickled module unpickles it, which r
               "on this server")
 
 
+CODE_TRUST_TEXT = "I trust this code: loading imports the file, which runs its code on this server"
+CODE_OFF_TEXT = ("this dashboard was started without --allow-code, so it imports no code and unpickles no module; "
+                 "whoever runs the server can start it with `prunelab dashboard --allow-code`")
+
+
 def builtin_ui() -> None:
     names = session.builtin_names()
     current = session.source()["spec"]
@@ -24,7 +29,9 @@ def upload_ui() -> None:
     """Upload a .pt2, .onnx or (trusted) pickled module; the input shape when the file does not say."""
     uploaded = st.file_uploader("Model file", type=["pt2", "onnx", "pt", "pth"],
                                 help=".pt2 from torch.export.save, an .onnx graph, or a pickled nn.Module (.pt)")
-    trust = st.checkbox(TRUST_TEXT, value=False, help="state dicts never need this: use the factory tab")
+    trust = st.checkbox(TRUST_TEXT, value=False, disabled=not session.code_allowed(),
+                        help=("state dicts never need this: use the factory tab" if session.code_allowed()
+                              else CODE_OFF_TEXT))
     shape = st.text_input("Input shape (with batch)", placeholder="1,3,32,32", key="upload-shape",
                           help="only needed when the file does not record it")
     if st.button("Load file", disabled=uploaded is None):
@@ -42,10 +49,12 @@ def factory_ui() -> None:
     weights = st.file_uploader("State dict (.pt)", type=["pt", "pth"], key="factory-weights",
                                help="read with torch.load(weights_only=True): no code runs")
     shape = st.text_input("Input shape (with batch)", placeholder="1,3,32,32", key="factory-shape")
+    trust = st.checkbox(CODE_TRUST_TEXT, value=False, key="factory-trust", disabled=not session.code_allowed(),
+                        help=None if session.code_allowed() else CODE_OFF_TEXT)
     if st.button("Load factory", disabled=not spec):
         with session.guard("loading the factory model"):
             path = session.save_upload(weights.name, weights.getvalue(), {".pt", ".pth"}) if weights else None
-            session.use_source(spec, weights=path, input_shape=shape or None)
+            session.use_source(spec, weights=path, trust=trust, input_shape=shape or None)
             st.rerun()
 
 
@@ -76,11 +85,13 @@ def summary_ui() -> None:
                  help="on the test split" if label == "accuracy" else
                  "no labels: top-1 agreement with the dense model (100% until pruned)")
     fourth.metric("p50 latency", formatting.milliseconds(dense["latency_ms"]["p50"]), border=True,
-                  help="ONNX Runtime, CPU, batch 1")
+                  help="ONNX Runtime, CPU, batch 1, 2 threads: the dense figure the Tune page compares against")
     fifth.metric("ONNX file", formatting.size(dense["onnx_bytes"]), border=True,
                  help=f"gzip: {formatting.size(dense['compressed_bytes'])}")
     st.caption(f"{totals['layers']} prunable layers · data: {session.data_name()} · "
                f"can prune: {', '.join(session.capabilities())}")
+    st.caption(f"Splits: {session.data_splits()}. Accuracy is measured on test; sensitivity, allocation, "
+               f"BatchNorm re-estimation and INT8 calibration use val and train only.")
 
 
 st.title("Model")

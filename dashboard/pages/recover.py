@@ -4,44 +4,64 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import session
+from dashboard import recovery, session, state
 
 METHODS = {"finetune": "Fine-tune (masks held)", "gradual": "Gradual pruning (AGP schedule)",
            "iterative": "Iterative prune-then-fine-tune", "lottery": "Lottery ticket (rewinding)"}
 HEIGHT = 320
 
 
+DEFAULTS = {"w.recover.method": "finetune", "w.recover.epochs": 5, "w.recover.lr": 3e-3, "w.recover.rounds": 3,
+            "w.recover.rewind": 0, "w.recover.initial": 0.0, "w.recover.end": 0.75, "w.recover.power": 3.0}
+
+
 def settings_ui(values: dict) -> dict | None:
-    """Method and training settings; returns them when Run is pressed."""
-    method = st.selectbox("Method", list(METHODS), format_func=METHODS.get, key="w.recover.method")
+    """Method and training settings (kept across page switches and runs); returns them when Run is pressed."""
+    for key, value in DEFAULTS.items():
+        state.seed(key, value)
+    method = st.selectbox("Method", list(METHODS), format_func=METHODS.get, key="w.recover.method",
+                          persist_state="session")
     first, second, third, fourth = st.columns(4)
     epochs = first.number_input("Epochs" + (" per round" if method in ("iterative", "lottery") else ""),
-                                1, 100, 5, key="w.recover.epochs")
-    lr = second.number_input("Peak learning rate", 1e-4, 1e-1, 3e-3, format="%.4f", key="w.recover.lr")
-    rounds = third.number_input("Rounds", 1, 10, 3, key="w.recover.rounds", disabled=method in ("finetune", "gradual"))
-    rewind = fourth.number_input("Rewind to epoch", 0, 99, 0, key="w.recover.rewind", disabled=method != "lottery",
+                                1, 100, key="w.recover.epochs", persist_state="session")
+    lr = second.number_input("Peak learning rate", 1e-4, 1e-1, format="%.4f", key="w.recover.lr",
+                             persist_state="session")
+    rounds = third.number_input("Rounds", 1, 10, key="w.recover.rounds", persist_state="session",
+                                disabled=method in ("finetune", "gradual"))
+    rewind = fourth.number_input("Rewind to epoch", 0, 99, key="w.recover.rewind", persist_state="session",
+                                 disabled=method != "lottery",
                                  help="0 rewinds to the initialization; 1 or 2 (late rewinding) helps at high sparsity")
-    schedule = None
+    schedule, ready = None, True
     if method == "gradual":
-        schedule = schedule_ui(values["sparsity"], int(epochs))
-    if st.button("Run", type="primary", icon=":material/play_arrow:"):
+        final = recovery.gradual_target(values)
+        if final <= 0:
+            st.info("Gradual pruning ramps up to the plan's targets: set a target above 0% on the Tune page first.",
+                    icon=":material/info:")
+            ready = False
+        else:
+            schedule = schedule_ui(final, int(epochs))
+    if st.button("Run", type="primary", icon=":material/play_arrow:", disabled=not ready):
         return {"method": method, "epochs": int(epochs), "lr": float(lr), "rounds": int(rounds),
                 "rewind_epoch": int(rewind), "schedule": schedule}
     return None
 
 
 def schedule_ui(final: float, epochs: int) -> dict:
-    """Initial sparsity, ramp length and power of the AGP schedule, plotted before the run."""
+    """Initial sparsity, ramp length and power of the AGP schedule, plotted before the run.
+
+    The schedule ends at the plan's largest target; every layer ends at its own target.
+    """
+    if st.session_state["w.recover.initial"] > final:
+        st.session_state["w.recover.initial"] = 0.0
     left, middle, right = st.columns(3)
-    initial = left.slider("Initial sparsity", 0.0, float(final), 0.0, 0.05, key="w.recover.initial")
-    end = middle.slider("Ramp ends at (share of training)", 0.1, 1.0, 0.75, 0.05, key="w.recover.end")
-    power = right.slider("Power", 1.0, 5.0, 3.0, 0.5, key="w.recover.power")
-    curve = session.schedule_curve(final, epochs, initial, end, power)
+    initial = left.slider("Initial sparsity", 0.0, float(final), step=0.01, key="w.recover.initial",
+                          persist_state="session")
+    end = middle.slider("Ramp ends at (share of training)", 0.1, 1.0, step=0.05, key="w.recover.end",
+                        persist_state="session")
+    power = right.slider("Power", 1.0, 5.0, step=0.5, key="w.recover.power", persist_state="session")
+    schedule, curve = recovery.schedule_curve(final, epochs, initial, end, power)
     st.plotly_chart(schedule_figure(curve), key="recover-schedule", config={"displayModeBar": False})
-    steps = len(curve) - 1
-    return {"initial_sparsity": initial, "final_sparsity": final, "begin_step": 0,
-            "end_step": max(1, int(end * steps)), "frequency": max(1, int(round(steps / epochs)) // 4),
-            "power": power}
+    return schedule
 
 
 def schedule_figure(curve: list[dict]) -> go.Figure:
@@ -73,14 +93,14 @@ def _layout(figure: go.Figure, title: str, x_title: str, y_title: str) -> go.Fig
 @st.fragment(run_every=0.5)
 def progress_panel() -> None:
     """The running job's progress, live training curve and Stop button; reruns the page when it ends."""
-    job = session.recovery_job()
+    job = recovery.recovery_job()
     if job is None or not job.running:
         st.rerun(scope="app")
-    history = list(job.history)
-    st.progress(min(1.0, len(history) / job.total_epochs), text=f"epoch {len(history)}/{job.total_epochs}"
+    history = list(job.rows)
+    st.progress(min(1.0, len(history) / job.total), text=f"epoch {len(history)}/{job.total}"
                 + (f" ({history[-1]['phase']})" if history and "phase" in history[-1] else ""))
-    st.plotly_chart(training_figure(history, job.total_epochs), key="recover-live", config={"displayModeBar": False})
-    st.button("Stop", icon=":material/stop:", on_click=session.stop_recovery, key="recover-stop",
+    st.plotly_chart(training_figure(history, job.total), key="recover-live", config={"displayModeBar": False})
+    st.button("Stop", icon=":material/stop:", on_click=recovery.stop_recovery, key="recover-stop",
               disabled=job.stop.is_set())
 
 
@@ -94,29 +114,28 @@ def results_ui(summary: dict) -> None:
         st.warning("Stopped early: these are the figures of the partly trained model.")
     st.plotly_chart(training_figure(summary["history"], max(1, len(summary["history"]))), key="recover-result",
                     config={"displayModeBar": False})
-    if session.recovered_active():
+    if recovery.recovered_active():
         st.success("The metric panel on the Tune page now measures this recovered model (until the plan changes).",
                    icon=":material/check_circle:")
-        st.button("Discard the recovered model", on_click=session.discard_recovered, key="recover-discard")
+        st.button("Discard the recovered model", on_click=recovery.discard_recovered, key="recover-discard")
 
 
 st.title("Recover")
 st.caption("Pruning hurts; training heals it. Pruned weights stay exactly zero throughout, channel-pruned models "
            "train as the smaller model they are, and the same seed gives the same weights.")
 with session.guard("recovery"):
-    values = session.plan()
-    st.caption(f"Model **{session.model().name}**, plan: {values['granularity']} {values['criterion']} "
-               f"{values['scope']} at {values['sparsity']:.0%} (set it on the Tune page)")
-    job = session.recovery_job()
+    values = state.plan()
+    st.caption(f"Model **{session.model().name}**, plan: {session.plan_label(values)} (set it on the Tune page)")
+    job = recovery.recovery_job()
     if job is not None and job.running:
         progress_panel()
     else:
         settings = settings_ui(values)
         if settings is not None:
-            session.start_recovery(**settings)
+            recovery.start_recovery(**settings)
             st.rerun()
         if job is not None and job.error:
             st.error(job.error)
-        summary = session.finish_recovery()
+        summary = recovery.finish_recovery()
         if summary is not None:
             results_ui(summary)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import session
+from dashboard import session, sweeps
 
 LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 QUICK_LEVELS = (0.0, 0.3, 0.5, 0.7, 0.9)
@@ -16,10 +16,15 @@ def settings_ui() -> dict | None:
     granularities = ["unstructured"] + (["channel"] if session.can("channel") else [])
     first, second, third, fourth = st.columns(4)
     granularity = first.selectbox("Granularity", granularities, key="w.sensitivity.granularity",
+                                  persist_state="session",
                                   help="channel sweeps also time each level on ONNX Runtime (slower)")
-    criterion = second.selectbox("Criterion", session.criteria_for(granularity), key="w.sensitivity.criterion")
-    quick = third.toggle("Quick (5 levels)", key="w.sensitivity.quick", help=", ".join(f"{v:.0%}" for v in QUICK_LEVELS))
-    every = fourth.toggle("Every val item", key="w.sensitivity.every",
+    criteria = session.criteria_for(granularity)
+    if st.session_state.get("w.sensitivity.criterion") not in criteria:
+        st.session_state["w.sensitivity.criterion"] = criteria[0]
+    criterion = second.selectbox("Criterion", criteria, key="w.sensitivity.criterion", persist_state="session")
+    quick = third.toggle("Quick (5 levels)", key="w.sensitivity.quick", persist_state="session",
+                         help=", ".join(f"{v:.0%}" for v in QUICK_LEVELS))
+    every = fourth.toggle("Every val item", key="w.sensitivity.every", persist_state="session",
                           help="large models score the first val items only, which keeps a sweep to minutes; "
                                "the caption above the results says how many were scored")
     if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
@@ -31,11 +36,11 @@ def settings_ui() -> dict | None:
 @st.fragment(run_every=0.5)
 def progress_panel() -> None:
     """The running sweep's progress bar and Stop button; reruns the page when the sweep ends."""
-    job = session.sweep_job()
+    job = sweeps.sweep_job()
     if job is None or not job.running:
         st.rerun(scope="app")
     st.progress(job.done / job.total if job.total else 0.0, text=f"{job.done}/{job.total or '?'}: {job.text}")
-    st.button("Stop", icon=":material/stop:", on_click=session.stop_sensitivity, key="sensitivity-stop",
+    st.button("Stop", icon=":material/stop:", on_click=sweeps.stop_sensitivity, key="sensitivity-stop",
               disabled=job.stop.is_set())
 
 
@@ -100,16 +105,16 @@ st.title("Sensitivity")
 st.caption("Each layer is pruned alone, the rest kept dense, and scored on the validation split: "
            "layers whose row stays pale can be cut hard, dark rows must be spared.")
 with session.guard("sensitivity"):
-    job = session.sweep_job()
+    job = sweeps.sweep_job()
     if job is not None and job.running:
         progress_panel()
     else:
         settings = settings_ui()
         if settings is not None:
-            session.start_sensitivity(**settings)
+            sweeps.start_sensitivity(**settings)
             st.rerun()
         if job is not None and job.error:
             st.error(job.error)
-        result = session.finish_sensitivity()
+        result = sweeps.finish_sensitivity()
         if result is not None:
             results_ui(result)

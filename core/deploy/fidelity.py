@@ -1,0 +1,80 @@
+"""Fidelity to the dense model without labels: how close the pruned model's outputs stay.
+
+- Embeddings (an encoder's sentence or image vectors): cosine similarity of each pruned
+  embedding to the dense one (mean and 5th percentile), and nearest-neighbour agreement: the share
+  of items whose nearest other item is the same under the pruned model as under the dense one.
+- Logits (a classifier): top-1 agreement, plus output-level fidelity that still means something
+  when every input gets the same class: the relative L2 error of the outputs
+  (``||pruned - dense|| / ||dense||`` over all items) and the mean KL divergence of the dense
+  softmax from the pruned one.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+NEIGHBOUR_BLOCK = 512  # rows of the similarity matrix held at once
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = vectors.astype(np.float64)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def nearest_neighbours(embeddings: np.ndarray) -> np.ndarray:
+    """For each row, the index of the most cosine-similar other row (itself excluded)."""
+    unit = _unit(embeddings)
+    nearest = np.empty(len(unit), dtype=np.int64)
+    for start in range(0, len(unit), NEIGHBOUR_BLOCK):
+        similarity = unit[start:start + NEIGHBOUR_BLOCK] @ unit.T  # (block, items)
+        rows = np.arange(similarity.shape[0])
+        similarity[rows, rows + start] = -np.inf
+        nearest[start:start + NEIGHBOUR_BLOCK] = similarity.argmax(axis=1)
+    return nearest
+
+
+def embedding_fidelity(embeddings: np.ndarray, reference: np.ndarray | None) -> dict:
+    """``cosine`` (mean), ``cosine_p5`` and ``neighbour_agreement`` of ``embeddings`` to ``reference``.
+
+    ``reference`` None means these are the dense embeddings: every figure is 1.0.
+    """
+    if reference is None:
+        return {"cosine": 1.0, "cosine_p5": 1.0, "neighbour_agreement": 1.0}
+    cosine = (_unit(embeddings) * _unit(reference)).sum(axis=1)
+    agreement = float((nearest_neighbours(embeddings) == nearest_neighbours(reference)).mean()) \
+        if len(embeddings) > 1 else 1.0
+    return {"cosine": float(cosine.mean()), "cosine_p5": float(np.percentile(cosine, 5)),
+            "neighbour_agreement": agreement}
+
+
+def output_fidelity(logits: np.ndarray, reference: np.ndarray | None) -> dict:
+    """``output_error`` (relative L2 of the outputs) and ``kl`` (mean KL(dense || pruned) of the softmax)."""
+    if reference is None:
+        return {"output_error": 0.0, "kl": 0.0}
+    difference = np.linalg.norm((logits - reference).astype(np.float64))
+    error = float(difference / max(np.linalg.norm(reference.astype(np.float64)), 1e-12))
+    dense, pruned = _log_softmax(reference), _log_softmax(logits)
+    kl = float((np.exp(dense) * (dense - pruned)).sum(axis=1).mean())
+    return {"output_error": error, "kl": max(kl, 0.0)}
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def classes_predicted(logits: np.ndarray) -> int:
+    """How many distinct top-1 classes the outputs give (1: agreement tells nothing)."""
+    return len(np.unique(logits.argmax(axis=1))) if len(logits) else 0
+
+
+def constant_class_note(baseline: dict) -> list[str]:
+    """A plain warning when the dense model gives every input the same class."""
+    if baseline.get("classes_predicted") != 1 or baseline.get("label") == "cosine":
+        return []
+    if baseline.get("label") == "accuracy":
+        what = "accuracy is just that class's share of the labels"
+    else:
+        what = "top-1 agreement tells nothing"
+    note = (f"the dense model predicts the same class for every input ({what}, typical of randomly initialized "
+            f"weights); judge fidelity by the relative output error and KL divergence instead")
+    return [note]

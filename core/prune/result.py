@@ -1,0 +1,45 @@
+"""The values a pruning run passes between the engine and its granularity handlers."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from core.data import Dataset
+from core.inspect import Layer
+from core.prune.plan import Plan
+
+
+@dataclass
+class PruneResult:
+    """A pruned copy of a model and what happened to each layer.
+
+    masks: {layer: bool keep-mask} for unstructured and N:M plans, None for channel plans.
+    layer_sparsity: {layer: fraction of zero weights (unstructured, N:M) or of removed output channels}.
+    groups: channel coupling groups [{"leader", "members", "channels", ...}] (channel plans).
+    notes: sentences for the report (layers left dense, hardware remarks, ...).
+    """
+
+    module: nn.Module
+    plan: Plan
+    masks: dict[str, torch.Tensor] | None = None
+    layer_sparsity: dict[str, float] = field(default_factory=dict)
+    groups: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    """Everything a granularity handler needs: the copy to prune, its layers and targets, the inputs."""
+
+    module: nn.Module
+    plan: Plan
+    layers: list[Layer]                # included layers of the copy, in definition order
+    ignored: list[str]
+    data: Dataset | None
+    example_input: torch.Tensor | None
+    notes: list[str] = field(default_factory=list)
+
+    def target(self, name: str) -> float:
+        return self.plan.layer_targets.get(name, self.plan.sparsity)

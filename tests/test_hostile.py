@@ -1,0 +1,470 @@
+"""Hostile files and faults: each ends in one clear line and exit 2, in bounded memory, running no code.
+
+Every hostile file is made here, small on disk. The ``cli`` fixture runs each command in its own
+process (forked from one that has already imported prunelab) and reads that process's peak
+resident size, which must stay under 1 GiB above the importing process's size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+LIMIT_MIB = 1024
+
+
+def refused(result: dict, *words: str) -> str:
+    """The one error line of a refused command, after checking exit 2, bounded memory and the words."""
+    lines = [line for line in result["stderr"].splitlines() if not line.startswith("prunelab: ") or "error" in line]
+    assert result["code"] == 2, result["stderr"][-2000:]
+    assert len(lines) == 1 and lines[0].startswith("prunelab: error: "), result["stderr"][-2000:]
+    assert "Traceback" not in result["stderr"] and "Warning" not in result["stderr"]
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert result["peak_mib"] < result["baseline_mib"] + LIMIT_MIB, result
+    return lines[0]
+
+
+def npz_bomb(path: Path, shape: tuple[int, ...], zero_bytes: int = 0) -> Path:
+    """An .npz whose array header declares ``shape`` (float32), followed by ``zero_bytes`` of zeros."""
+    from numpy.lib import format as npy
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive, \
+            archive.open("x.npy", "w", force_zip64=True) as stream:
+        npy.write_array_header_1_0(stream, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        for _ in range(zero_bytes // 2**22):
+            stream.write(bytes(2**22))
+    return path
+
+
+def onnx_with_input(path: Path, shape: tuple[int, ...]) -> Path:
+    """A valid ONNX model of a few hundred bytes (pool, flatten, matmul) declaring the input ``shape``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["y"])]
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [shape[1], 2], [1.0] * (2 * shape[1]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [shape[0], 2])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+# ---------------------------------------------------------------- 2. data that expands
+
+def test_npz_declaring_gigabytes_is_refused_from_its_header(cli, tmp_path):
+    bomb = npz_bomb(tmp_path / "bomb.npz", (2**20, 1, 32, 32), zero_bytes=2**24)  # declares 4 GiB, holds 16 MiB
+    assert bomb.stat().st_size < 100_000
+    line = refused(cli("inspect", "digits-mlp", "--data", bomb), "bomb.npz", "4 GiB", "PRUNELAB_MAX_DATA_GB")
+    assert "'x'" in line
+
+
+def test_npz_limit_can_be_raised(cli, tmp_path):
+    data = tmp_path / "data.npz"
+    np.savez(data, x=np.zeros((20, 1, 8, 8), dtype=np.float32), y=np.zeros(20, dtype=np.int64))
+    refused(cli("evaluate", "digits-mlp", "--data", data, env={"PRUNELAB_MAX_DATA_GB": "0.000001"}), "limit")
+    assert cli("inspect", "digits-mlp", "--data", data, env={"PRUNELAB_MAX_DATA_GB": "0.01"})["code"] == 0
+
+
+def test_npz_of_python_objects_is_named(cli, tmp_path):
+    data = tmp_path / "objects.npz"
+    np.savez(data, x=np.array([{"a": 1}, 2], dtype=object))
+    refused(cli("inspect", "digits-mlp", "--data", data), "objects.npz", "'x'", "Python objects")
+
+
+# ---------------------------------------------------------------- 3. plans that expand
+
+def alias_bomb(field: str) -> str:
+    """Ten levels of nine aliases each: under 600 bytes, 9**10 values when expanded."""
+    lines = ["a0: &a0 [l, l, l, l, l, l, l, l, l]"] + [
+        f"a{level}: &a{level} [{', '.join([f'*a{level - 1}'] * 9)}]" for level in range(1, 10)]
+    body = "\n".join(f"  {line}" for line in lines) if field == "layers" else None
+    if field == "layers":
+        return f"granularity: unstructured\nlayers:\n{body}\n"
+    return "granularity: unstructured\n_anchors:\n" + "\n".join(f"  {line}" for line in lines) + f"\n{field}: *a9\n"
+
+
+@pytest.mark.parametrize("field", ["layers", "ignore", "sparsity"])
+def test_yaml_alias_bomb_is_refused_before_it_expands(cli, tmp_path, field):
+    plan = tmp_path / "bomb.yaml"
+    plan.write_text(alias_bomb(field))
+    assert plan.stat().st_size < 1000
+    refused(cli("evaluate", "digits-mlp", "--plan", plan), "bomb.yaml", "expands to more than")
+
+
+def test_yaml_merge_key_bomb_is_refused(cli, tmp_path):
+    plan = tmp_path / "merge.yaml"
+    plan.write_text("m0: &m0 {k0: 1, k1: 2}\n" + "".join(
+        f"m{level}: &m{level} {{<<: [{', '.join([f'*m{level - 1}'] * 9)}]}}\n" for level in range(1, 10)))
+    refused(cli("prune", "digits-mlp", "--plan", plan, "--out", tmp_path / "out"), "merge.yaml", "expands")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_deeply_nested_plan_is_refused(cli, tmp_path, suffix):
+    plan = tmp_path / f"deep{suffix}"
+    nested = "[" * 100_000 + "]" * 100_000
+    plan.write_text(f'{{"sparsity": {nested}}}' if suffix == ".json" else f"sparsity: {nested}\n")
+    refused(cli("evaluate", "digits-mlp", "--plan", plan), f"deep{suffix}", "nests deeper")
+
+
+def test_plan_messages_never_print_a_whole_value():
+    from core.errors import PrunelabError
+    from core.prune.plan import Plan
+
+    with pytest.raises(PrunelabError) as caught:
+        Plan(ignore=["x" * 10_000, 3] * 1000)
+    assert len(str(caught.value)) < 300
+
+
+# ---------------------------------------------------------------- 4. declared input shapes
+
+def test_big_declared_input_is_drawn_in_bounded_memory(cli, tmp_path):
+    model = onnx_with_input(tmp_path / "big.onnx", (1, 3, 1024, 1024))
+    assert model.stat().st_size < 1000
+    result = cli("inspect", model)
+    assert result["code"] == 0, result["stderr"]
+    assert result["peak_mib"] < result["baseline_mib"] + LIMIT_MIB
+
+
+def test_input_too_big_for_one_item_is_refused_before_allocating(cli, tmp_path):
+    model = onnx_with_input(tmp_path / "huge.onnx", (1, 3, 100_000, 100_000))
+    refused(cli("inspect", model), "(1, 3, 100000, 100000)", "per item")
+    factory = f"{Path(__file__).parent / 'fixtures' / 'user_models.py'}:factory"
+    refused(cli("inspect", factory, "--input-shape", "1,3,100000,100000"), "per item")
+
+
+def test_random_inputs_keep_their_values_and_shrink_for_big_shapes():
+    from core.data import random_data
+
+    small = random_data((1, 3, 5), count=8)
+    expected = np.random.default_rng(0).standard_normal((8, 3, 5)).astype(np.float32)
+    assert np.array_equal(np.concatenate([small.x_val, small.x_test]), expected)
+    big = random_data((1, 3, 1024, 1024))
+    assert big.x_test.dtype == np.float32 and 2 <= len(big.x_val) + len(big.x_test) < 256
+
+
+# ---------------------------------------------------------------- 6. faults that used to be tracebacks
+
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot write to: mode 0555, or for root (who ignores modes) /sys/kernel."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "readonly"
+        folder.mkdir(mode=0o555)
+        return folder
+    if not os.path.isdir("/sys/kernel") or _writable("/sys/kernel"):
+        pytest.skip("running as root without a read-only /sys/kernel")
+    return Path("/sys/kernel")
+
+
+def _writable(folder: str) -> bool:
+    import tempfile
+
+    try:
+        descriptor, path = tempfile.mkstemp(dir=folder)
+    except OSError:
+        return False
+    os.close(descriptor)
+    os.unlink(path)
+    return True
+
+
+def test_weights_of_the_wrong_shape_for_a_builtin(cli, tmp_path):
+    weights = tmp_path / "wrong_shape.pt"
+    torch.save({"fc1.weight": torch.zeros(3, 3)}, weights)
+    refused(cli("inspect", "digits-mlp", "--weights", weights), "wrong_shape.pt", "do not fit digits-mlp")
+
+
+@pytest.mark.parametrize("content", [b"root:x:0:0:root:/root:/bin/bash\n", bytes(range(256)) * 8])
+def test_weights_that_are_not_a_pytorch_file(cli, tmp_path, content):
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(content)
+    refused(cli("inspect", "digits-mlp", "--weights", weights), "weights.pt", "not a PyTorch file")
+    refused(cli("inspect", weights), "not a PyTorch file")  # not "a pickled module"
+
+
+def test_weights_from_a_system_file(cli):
+    refused(cli("inspect", "digits-mlp", "--weights", "/etc/passwd"), "/etc/passwd", "not a PyTorch file")
+
+
+def test_nan_weights_are_refused_by_evaluate(cli, tmp_path, mlp):
+    weights = tmp_path / "nan.pt"
+    torch.save({key: torch.full_like(value, float("nan")) for key, value in mlp.module.state_dict().items()}, weights)
+    refused(cli("evaluate", "digits-mlp", "--weights", weights), "NaN")
+
+
+def test_unwritable_prunelab_home(cli, tmp_path):
+    readonly = read_only_folder(tmp_path)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for home, words in ((readonly, ("cannot write to PRUNELAB_HOME",)),
+                        (a_file, ("is a file, not a folder",)),
+                        (a_file / "below", ("PRUNELAB_HOME",))):
+        refused(cli("sensitivity", "digits-mlp", env={"PRUNELAB_HOME": str(home)}), *words)
+        refused(cli("runs", env={"PRUNELAB_HOME": str(home)}), "PRUNELAB_HOME")
+
+
+def test_any_other_file_system_fault_is_one_line(cli, tmp_path):
+    from core.prune.plan import Plan
+
+    readonly = read_only_folder(tmp_path)
+    plan = Plan(sparsity=0.5).save(tmp_path / "plan.yaml")
+    refused(cli("export-plan", plan, "--format", "nni", "--out", readonly / "nni.json"), str(readonly))
+
+
+# ---------------------------------------------------------------- 7. smaller ones
+
+def test_old_format_pickle_loads_without_torch_warnings(cli, tmp_path):
+    (tmp_path / "netmod.py").write_text("import torch\nclass Net(torch.nn.Linear):\n"
+                                        "    def __init__(self):\n        super().__init__(4, 2)\n")
+    save = "import torch, netmod; torch.save(netmod.Net(), 'old.pt', _use_new_zipfile_serialization=False)"
+    subprocess.run([sys.executable, "-c", save],
+                   cwd=tmp_path, check=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    (tmp_path / "netmod.py").write_text((tmp_path / "netmod.py").read_text() + "# changed\n")
+    environment = {"PYTHONPATH": str(tmp_path)}
+    refused(cli("inspect", "old.pt", cwd=tmp_path, env=environment), "pickled module", "--trust")
+    trusted = cli("inspect", "old.pt", "--trust", "--input-shape", "1,4", cwd=tmp_path, env=environment)
+    assert trusted["code"] == 0 and "Warning" not in trusted["stderr"], trusted["stderr"]
+
+
+# ---------------------------------------------------------------- 5. earlier runs' files
+
+def digests_of(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_prune_never_overwrites_an_earlier_run_and_check_verifies_digests(cli, tmp_path):
+    from core.prune.plan import Plan
+
+    plan = Plan(sparsity=0.5).save(tmp_path / "plan.yaml")
+    out = tmp_path / "out"
+    first = cli("prune", "digits-mlp", "--plan", plan, "--out", out)
+    assert first["code"] == 0, first["stderr"]
+    before = digests_of(out)
+    assert set(before) == {"model.onnx", "state_dict.pt", "model.pt2", "plan.yaml", "report.json"}
+    again = Plan(sparsity=0.9).save(tmp_path / "other.yaml")
+    refused(cli("prune", "digits-mlp", "--plan", again, "--out", out), "already holds files", "model.onnx")
+    assert digests_of(out) == before
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no staging left
+    check = cli("runs", "check", "--json")
+    assert check["code"] == 0, check["stdout"]
+    assert json.loads(check["stdout"])["artifacts"]["checked"] == 5
+    (out / "model.onnx").write_bytes(before["model.onnx"] + b"\0")
+    check = cli("runs", "check")
+    assert check["code"] == 1 and "changed: run 1: model.onnx" in check["stdout"], check["stdout"]
+    (out / "plan.yaml").unlink()
+    assert "missing: run 1: plan.yaml" in cli("runs", "check")["stdout"]
+
+
+def test_stale_staging_of_a_killed_prune_is_cleaned(cli, tmp_path):
+    from core.prune.plan import Plan
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                              check=True)
+    stale = tmp_path / f".out.prune-{finished.stdout.strip()}-0a1b2c3d"  # its process has exited
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"half")
+    plan = Plan(sparsity=0.5).save(tmp_path / "plan.yaml")
+    result = cli("prune", "digits-mlp", "--plan", plan, "--out", tmp_path / "out")
+    assert result["code"] == 0, result["stderr"]
+    assert not stale.exists() and not list((tmp_path / "out").glob(".*"))
+    here = tmp_path / "here"  # an empty folder that exists, named "."; earlier versions staged inside it
+    (here / ".prune-k2x9q1w7").mkdir(parents=True)
+    result = cli("prune", "digits-mlp", "--plan", plan, "--out", ".", cwd=here)
+    assert result["code"] == 0, result["stderr"]
+    assert sorted(path.name for path in here.iterdir()) == sorted(
+        ["model.onnx", "state_dict.pt", "model.pt2", "plan.yaml", "report.json"])
+
+
+def test_prune_with_a_corrupt_store_refuses_before_its_work(cli, tmp_path, prunelab_home):
+    from core.prune.plan import Plan
+
+    prunelab_home.mkdir(parents=True)
+    (prunelab_home / "runs.db").write_bytes(b"this is not an SQLite database" * 100)
+    plan = Plan(sparsity=0.5).save(tmp_path / "plan.yaml")
+    result = cli("prune", "digits-mlp", "--plan", plan, "--out", tmp_path / "out")
+    refused(result, "runs.db")
+    assert "measuring" not in result["stderr"] and not (tmp_path / "out").exists()
+
+
+def test_older_store_gains_digests_and_older_runs_count_as_unverified(tmp_path):
+    import sqlite3
+
+    from core.history.runs import MIGRATIONS, SCHEMA_VERSION, RunStore
+
+    path = tmp_path / "runs.db"
+    artifact = tmp_path / "model.onnx"
+    artifact.write_bytes(b"onnx")
+    with sqlite3.connect(path) as connection:
+        for step in MIGRATIONS[:2]:
+            connection.executescript(step)
+        connection.execute("PRAGMA user_version = 2")
+        connection.execute("INSERT INTO runs (created, model, plan, metrics, artifacts) VALUES (?, ?, ?, ?, ?)",
+                           ("2026-01-01T00:00:00+00:00", "digits-mlp", "{}", "{}",
+                            json.dumps({"model.onnx": str(artifact)})))
+    store = RunStore(path)
+    assert store.version() == SCHEMA_VERSION and store.get(1).digests == {}
+    assert store.check_artifacts() == {"checked": 0, "unverified": 1, "missing": [], "changed": []}
+    recorded = store.record({"model": "digits-mlp"}, artifacts={"model.onnx": artifact})
+    assert recorded.digests["model.onnx"] == hashlib.sha256(b"onnx").hexdigest()
+
+
+# ---------------------------------------------------------------- 1. the dashboard runs no code without consent
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+FACTORY = """import pathlib
+pathlib.Path({marker!r}).write_text("imported")
+from torch import nn
+def factory():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+"""
+
+
+@pytest.fixture
+def model_page(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    for name in ("PRUNELAB_MODEL", "PRUNELAB_ALLOW_CODE", "PRUNELAB_MODEL_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    app = AppTest.from_file(APP, default_timeout=120).run()
+    return app.switch_page("pages/model.py").run()
+
+
+def load_factory(app, spec: str, trust: bool = False):
+    app.text_input(key="factory-shape").input("1,1,8,8")
+    app.text_input[[box.label for box in app.text_input].index("Architecture")].input(spec).run()
+    if trust:
+        app.checkbox(key="factory-trust").check()
+    next(button for button in app.button if button.label == "Load factory").click().run()
+    assert not app.exception
+    return [error.value for error in app.error]
+
+
+def test_dashboard_imports_no_code_without_allow_code(model_page, tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "evil.py").write_text(FACTORY.format(marker=str(marker)))
+    monkeypatch.setenv("PRUNELAB_MODEL_ROOT", str(tmp_path))
+    for spec in (f"{tmp_path / 'evil.py'}:factory", "os:abort"):
+        [message] = load_factory(model_page, spec)
+        assert "--allow-code" in message
+    assert model_page.checkbox(key="factory-trust").disabled
+    assert not marker.exists() and model_page.session_state["prunelab.model"]["spec"] == "digits-cnn"
+
+
+def test_dashboard_imports_code_with_allow_code_and_a_tick(model_page, tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "evil.py").write_text(FACTORY.format(marker=str(marker)))
+    monkeypatch.setenv("PRUNELAB_MODEL_ROOT", str(tmp_path))
+    monkeypatch.setenv("PRUNELAB_ALLOW_CODE", "1")
+    spec = f"{tmp_path / 'evil.py'}:factory"
+    [message] = load_factory(model_page.run(), spec)
+    assert "tick the box" in message and not marker.exists()
+    assert load_factory(model_page, spec, trust=True) == [] and marker.exists()
+    assert model_page.session_state["prunelab.model"]["spec"] == spec
+
+
+def test_dashboard_opens_server_paths_only_under_its_model_root(model_page, tmp_path, monkeypatch):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "real.onnx").write_bytes(b"x")
+    monkeypatch.setenv("PRUNELAB_MODEL_ROOT", str(root))
+    [existing] = load_factory(model_page.run(), str(outside / "real.onnx"))
+    [missing] = load_factory(model_page, str(outside / "nope.onnx"))
+    assert existing.replace("real", "nope") == missing and "only files under" in missing
+    monkeypatch.delenv("PRUNELAB_MODEL_ROOT")
+    [message] = load_factory(model_page, "/etc/passwd")
+    assert "uploaded files only" in message and "not found" not in message
+
+
+def test_dashboard_refuses_an_npz_bomb_and_deletes_the_upload(model_page, tmp_path):
+    import resource
+
+    from dashboard import uploads
+
+    bomb = npz_bomb(tmp_path / "bomb.npz", (2**20, 1, 32, 32), zero_bytes=2**24)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model_page.file_uploader[[box.label for box in model_page.file_uploader].index("Evaluation data (.npz)")].upload(
+        "bomb.npz", bomb.read_bytes()).run()
+    next(button for button in model_page.button if button.label == "Use this data").click().run()
+    assert not model_page.exception
+    assert any("bomb.npz" in error.value and "PRUNELAB_MAX_DATA_GB" in error.value for error in model_page.error)
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < LIMIT_MIB
+    assert list(uploads.folder().iterdir()) == []
+
+
+def test_upload_folder_is_private_and_removed_when_the_server_exits(tmp_path):
+    script = ("import os, stat; from dashboard import uploads; "
+              "path = uploads.save_upload('m.onnx', b'x', {'.onnx'}); "
+              "print(oct(stat.S_IMODE(os.stat(uploads.folder()).st_mode)), oct(stat.S_IMODE(os.stat(path).st_mode)), "
+              "uploads.folder())")
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TMPDIR": str(tmp_path)}
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                              check=True)
+    stale = tmp_path / f"prunelab-uploads-{finished.stdout.strip()}-abcd"  # a killed server's folder
+    stale.mkdir()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, check=True)
+    folder_mode, file_mode, folder = result.stdout.split()
+    assert (folder_mode, file_mode) == ("0o700", "0o600")
+    assert not Path(folder).exists() and not stale.exists()
+
+
+def test_dashboard_warns_when_bound_beyond_localhost(monkeypatch, capsys, tmp_path):
+    from core.cli import main
+
+    started = {}
+    monkeypatch.setattr(os, "execve", lambda path, arguments, env: started.update(env=env, arguments=arguments))
+    main(["dashboard", "--address", "0.0.0.0", "--model-root", str(tmp_path)])
+    assert "warning: listening on 0.0.0.0" in capsys.readouterr().err
+    assert started["env"]["PRUNELAB_ALLOW_CODE"] == "0" and started["env"]["PRUNELAB_MODEL_ROOT"] == str(tmp_path)
+    main(["dashboard", "--allow-code"])
+    assert "warning" not in capsys.readouterr().err and started["env"]["PRUNELAB_ALLOW_CODE"] == "1"
+
+
+def test_naming_a_factory_on_the_command_line_is_consent(cli, tmp_path):
+    marker = tmp_path / "imported"
+    (tmp_path / "mine.py").write_text(FACTORY.format(marker=str(marker)))
+    result = cli("inspect", f"{tmp_path / 'mine.py'}:factory", "--input-shape", "1,1,8,8")
+    assert result["code"] == 0 and marker.exists(), result["stderr"]
+
+
+def test_a_source_that_reaches_the_session_another_way_is_checked_too(model_page, tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "evil.py").write_text(FACTORY.format(marker=str(marker)))
+    monkeypatch.setenv("PRUNELAB_MODEL_ROOT", str(tmp_path))
+    model_page.session_state["prunelab.model"] = {"spec": f"{tmp_path / 'evil.py'}:factory", "weights": None,
+                                                  "trust": True, "data": None, "input_shape": "1,1,8,8"}
+    model_page.run()
+    assert not model_page.exception and not marker.exists()
+    assert any("--allow-code" in error.value for error in model_page.error)
+
+
+def test_dashboard_refuses_an_input_too_big_and_draws_a_big_one_in_bounded_memory(model_page, tmp_path):
+    import resource
+
+    from dashboard import uploads
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    errors = []
+    for name, shape in (("huge.onnx", (1, 3, 100_000, 100_000)), ("big.onnx", (1, 3, 1024, 1024))):
+        content = onnx_with_input(tmp_path / name, shape).read_bytes()
+        model_page.file_uploader[0].upload(name, content).run()
+        next(button for button in model_page.button if button.label == "Load file").click().run()
+        assert not model_page.exception
+        errors.append([error.value for error in model_page.error])
+    assert ["per item" in error and "huge.onnx" in error for error in errors[0]] == [True] and errors[1] == []
+    assert model_page.session_state["prunelab.model"]["spec"].endswith("big.onnx")
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < LIMIT_MIB
+    assert [path.name for path in uploads.folder().glob("*/*")] == ["big.onnx"]  # the refused file is gone
