@@ -120,3 +120,26 @@ def test_bad_worker_counts_are_refused(cnn):
     with pytest.raises(PrunelabError, match="workers must be at least 1"):
         executor_for(0)
     assert main(["sensitivity", "digits-cnn", "--workers", "0"]) == 2
+
+
+def test_explore_records_one_run_per_valid_plan_of_the_grid(cnn):
+    from core.api import explore, list_runs
+
+    seen = []
+    summary = explore(cnn, "sparsity=0.5,0.8;criterion=l1,fpgm;granularity=unstructured", workers=1,
+                      progress=lambda done, total, text: seen.append(text))
+    assert summary["plans"] == summary["measured"] == 2 and summary["missing"] == []
+    assert len(summary["skipped"]) == 2 and "fpgm" in summary["skipped"][0]  # fpgm ranks channels only
+    runs = sorted(list_runs("digits-cnn"), key=lambda run: run.id)
+    assert [run.id for run in runs] == summary["runs"]
+    assert [run.plan["sparsity"] for run in runs] == [0.5, 0.8]
+    assert [run.label for run in runs] == ["explore: unstructured l1 layer 50%", "explore: unstructured l1 layer 80%"]
+    assert runs[1].quality < runs[0].quality  # 80% of every layer costs more than 50%
+    assert seen == ["unstructured l1 layer 50%", "unstructured l1 layer 80%"]
+
+
+def test_bad_grids_are_one_line_errors(capsys):
+    assert main(["explore", "digits-cnn", "--grid", "sparsity=0.5;colour=red"]) == 2
+    assert "colour=red" in capsys.readouterr().err
+    assert main(["explore", "digits-cnn", "--grid", "sparsity=half"]) == 2
+    assert "float" in capsys.readouterr().err
