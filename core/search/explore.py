@@ -44,7 +44,8 @@ def parse_grid(text: str) -> dict[str, list]:
         try:
             grid[key] = [GRID_KEYS[key](value) for value in items]
         except ValueError:
-            raise PrunelabError(f"grid key '{key}' takes {GRID_KEYS[key].__name__} values, got '{values.strip()}'") from None
+            kind = GRID_KEYS[key].__name__
+            raise PrunelabError(f"grid key '{key}' takes {kind} values, got '{values.strip()}'") from None
     if not grid:
         raise PrunelabError("the grid is empty: give at least one KEY=V1,V2")
     return grid
