@@ -28,6 +28,7 @@ BENCHMARKS = {
     "allocation": "Sensitivity sweep times and allocated plans against uniform and global pruning",
     "recovery": "Recovery: fine-tuning, gradual pruning and lottery-ticket rewinding",
     "accuracy_curves": "Accuracy against sparsity for each demo model",
+    "scale": "Sweeps and plan grids on local worker processes and on a local Ray cluster",
 }
 
 

@@ -183,6 +183,8 @@ def _assemble(handle: ModelHandle, settings: dict, entries: list[dict], jobs: li
         layers.append({**entry, "curve": curve})
     evaluated_on = dict(baseline["evaluated_on"]) if baseline else {"split": settings["split"]}
     evaluated_on.update(workers=outcome.executor.get("workers"), executor=outcome.executor.get("kind"))
+    if "payload_bytes" in outcome.executor:  # what each worker received: the model, its data, the settings
+        evaluated_on["transfer_bytes"] = outcome.executor["payload_bytes"]
     if channel:
         evaluated_on["latency"] = _latency_note(set(outcome.nodes.values()))
     missing = [sweep_points.describe_job(jobs[index]) for index in outcome.missing]
