@@ -29,11 +29,11 @@ from core.inspect import final_classifier as classifier_of
 from core.inspect import inspect_model, layer_by_name, prunable_layers, weight_histogram
 from core.prune import criteria
 from core.prune.channel import coupled_groups as module_groups
-from core.prune.channel import kept_channels
 from core.prune.engine import apply_plan
 from core.prune.nm import layout
 from core.prune.plan import CRITERIA, GRANULARITIES, SCOPES, Plan, granularity_kind, parse_nm
 from core.prune.result import PruneResult
+from core.prune.select import kept_channels
 from core.search.allocate import allocate, check_request
 from core.search.explore import DEFAULT_GRID, explore, parse_grid
 from core.search.parallel import default_workers, executor_for
@@ -203,7 +203,7 @@ def recovered_handle(handle: ModelHandle, module) -> ModelHandle:
 def measure_recovered(evaluator: LiveEvaluator, recovered: ModelHandle, plan: Plan | None = None) -> dict:
     """The report of a recovered model (see ``recover``) against the dense baseline of ``evaluator``'s
     model, measured like a plan (INT8 when the evaluator quantizes)."""
-    return evaluator.measure_module(recovered.module, plan)
+    return evaluator.measure_module(recovered.module, plan)[0]
 
 
 def recovery_epochs(method: str, epochs: int, rounds: int) -> int:

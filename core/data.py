@@ -137,7 +137,7 @@ def digits(size: int = 8) -> Dataset:
             images = stored[f"x_{split}"].astype(np.float32)[:, None] / 16.0  # (n, 1, 8, 8)
             arrays[f"x_{split}"] = images if size == 8 else _upsample(images, size)
             arrays[f"y_{split}"] = stored[f"y_{split}"].astype(np.int64)
-    origin = {split: f"the digits {split} split (seeded 60/20/20)" for split in ("train", "val", "test")}
+    origin = {split: f"the digits {split} split" for split in ("train", "val", "test")}
     return Dataset(name=f"digits-{size}x{size}", origin=origin, **arrays)
 
 

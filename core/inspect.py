@@ -115,6 +115,18 @@ def layer_macs(module: nn.Module, example_input: torch.Tensor) -> dict[str, int]
     return macs
 
 
+def attention_heads(module: nn.Module, example_input=None) -> dict[str, tuple[int, str]]:
+    """{layer: (heads, attention layer name)} for every layer whose output rows are attention heads:
+    the q/k/v (or fused qkv) projections of self-attention and nn.MultiheadAttention itself."""
+    from core.prune.heads import find_attention
+
+    found = {name: (child.num_heads, name) for name, child in module.named_modules()
+             if isinstance(child, nn.MultiheadAttention)}
+    for attention in find_attention(module, example_input):
+        found.update(dict.fromkeys(attention.projections, (attention.heads, attention.name)))
+    return found
+
+
 def _mac_formulas() -> dict:
     """torch's flop formulas by op, plus CPU flash attention (which torch's table leaves out)."""
     from torch.utils import flop_counter
@@ -163,25 +175,33 @@ def count_macs(module: nn.Module, example_input: torch.Tensor) -> int:
 
 
 def inspect_model(module: nn.Module, example_input: torch.Tensor) -> dict:
-    """One row per prunable layer (name, kind, shape, params, nonzero, sparsity, macs, stats) and totals.
+    """One row per prunable layer and totals.
 
-    ``totals["macs"]`` is the whole forward pass (``count_macs``); ``totals["other_macs"]`` the part
-    outside the prunable layers' rows (attention matmuls and the like).
+    A row holds name, kind, shape, params, nonzero, sparsity, macs, stats, ``unit`` ('head' for
+    attention projections, whose channel plans remove whole heads, else 'channel'), ``heads`` and
+    ``attention`` (the head count and the attention layer, None for other layers). The totals'
+    ``sparsity`` counts prunable weights only (``sparsity_counts`` says so); ``totals["macs"]`` is the
+    whole forward pass (``count_macs``), ``totals["other_macs"]`` the part outside the prunable
+    layers' rows (attention matmuls and the like).
     """
     macs = layer_macs(module, example_input)
+    heads = attention_heads(module, example_input)
     rows = []
     for layer in prunable_layers(module):
         weight = layer.weight.detach().cpu().numpy()
         nonzero = int(np.count_nonzero(weight))
+        count, attention = heads.get(layer.name, (None, None))
         rows.append({"name": layer.name, "kind": layer.kind, "shape": list(weight.shape),
                      "params": int(weight.size), "nonzero": nonzero,
                      "sparsity": 1.0 - nonzero / weight.size if weight.size else 0.0,
-                     "macs": macs.get(layer.name), "stats": weight_stats(weight)})
+                     "macs": macs.get(layer.name), "stats": weight_stats(weight),
+                     "unit": "channel" if count is None else "head", "heads": count, "attention": attention})
     all_params = sum(p.numel() for p in module.parameters())
     prunable = sum(row["params"] for row in rows)
     nonzero = sum(row["nonzero"] for row in rows)
     totals = {"layers": len(rows), "params": int(all_params), "prunable_params": int(prunable),
               "nonzero_prunable_params": int(nonzero), "sparsity": 1.0 - nonzero / prunable if prunable else 0.0,
+              "sparsity_counts": "prunable weights (Conv, Linear and attention projections), not all parameters",
               "macs": count_macs(module, example_input) or None}
     totals["other_macs"] = None if totals["macs"] is None else \
         max(0, totals["macs"] - int(sum(row["macs"] or 0 for row in rows)))

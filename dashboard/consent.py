@@ -61,6 +61,15 @@ def check_path(path: str | None, what: str) -> None:
         raise PrunelabError(f"{what}: only files under {root} (the dashboard's --model-root) can be opened")
 
 
+def started_with(candidate: dict) -> bool:
+    """True for exactly the source ``prunelab dashboard MODEL [--weights --data --input-shape --trust]`` named."""
+    if not os.environ.get("PRUNELAB_MODEL"):
+        return False
+    started = {"spec": os.environ["PRUNELAB_MODEL"], "weights": os.environ.get("PRUNELAB_WEIGHTS") or None,
+               "trust": os.environ.get("PRUNELAB_TRUST") == "1", "data": os.environ.get("PRUNELAB_DATA") or None}
+    return all(candidate.get(key) == value for key, value in started.items())
+
+
 def check_source(candidate: dict, builtins) -> None:
     """Raise PrunelabError when a visitor may not make the server load ``candidate``.
 
@@ -69,6 +78,8 @@ def check_source(candidate: dict, builtins) -> None:
     however the source reached the session. The model named when the server was started
     (``PRUNELAB_MODEL``) counts as agreed to.
     """
+    if started_with(candidate):
+        return
     for key in ("weights", "data"):
         check_path(candidate.get(key), f"the {key} file")
     if candidate["spec"] == os.environ.get("PRUNELAB_MODEL") and not candidate["trust"]:

@@ -53,3 +53,39 @@ def points(new: float | None, old: float | None) -> str | None:
     if new is None or old is None:
         return None
     return f"{100 * (new - old):+.1f} pts"
+
+
+def quality(metrics: dict, dense: dict | None = None) -> dict:
+    """The headline quality card of a report side: ``{"title", "value", "delta", "help"}``.
+
+    Accuracy with labels; without labels, top-1 agreement for classifiers (with the relative output
+    error in the help) and, for embedding models, the mean cosine similarity to the dense embeddings
+    (with its 5th percentile and the nearest-neighbour agreement in the help).
+    """
+    dense = dense or {}
+    label = metrics.get("label", "accuracy")
+    if label == "cosine":
+        value = metrics.get("cosine")
+        delta = None if value is None or dense.get("cosine") is None else f"{value - dense['cosine']:+.3f}"
+        return {"title": "Cosine to dense", "value": "–" if value is None else f"{value:.3f}", "delta": delta,
+                "help": f"embeddings without labels: mean cosine similarity to the dense model's embeddings "
+                        f"(5th percentile {metrics.get('cosine_p5', 0):.3f}); nearest-neighbour agreement "
+                        f"{percent(metrics.get('neighbour_agreement'))}"}
+    value = metrics.get(label) if metrics.get(label) is not None else metrics.get("agreement")
+    help_text = "on the test split" if label == "accuracy" else "no labels: top-1 match with the dense model"
+    if metrics.get("output_error") is not None:
+        help_text += f"; relative output error {metrics['output_error']:.3g}, KL {metrics.get('kl', 0):.3g}"
+    return {"title": label.capitalize(), "value": percent(value), "delta": points(value, dense.get(label)),
+            "help": help_text}
+
+
+def fidelity(metrics: dict) -> tuple[str, str, str] | None:
+    """A second fidelity card (title, value, help) where labels are missing, else None."""
+    if metrics.get("label") == "cosine":
+        return ("Neighbours kept", percent(metrics.get("neighbour_agreement")),
+                "share of items whose nearest other item is the same as under the dense model")
+    if metrics.get("label") == "agreement" and metrics.get("output_error") is not None:
+        return ("Output error", f"{metrics['output_error']:.3g}",
+                "relative L2 distance of the outputs to the dense model's; still meaningful when every input "
+                "gets the same class")
+    return None

@@ -60,6 +60,7 @@ def widget(app: AppTest, kind: str, key: str):
     return getattr(app, kind)(key=key)
 
 
+@pytest.mark.slow
 def test_every_setting_on_every_page_survives_visiting_every_other_page(mlp_app):
     app = mlp_app
     for page, kind, key, value in CHANGES:
@@ -98,6 +99,10 @@ def test_gradual_pruning_without_a_target_explains_itself_and_uses_the_per_layer
     assert app.slider(key="w.recover.initial").max == pytest.approx(0.5)  # the schedule ends at the layer's target
     assert not next(button for button in app.button if button.label == "Run").disabled
     assert "per-layer targets" in app.caption[1].value
+    app.session_state[PLAN] = {**app.session_state[PLAN], "granularity": "channel"}
+    app.run()
+    assert any("cannot: use fine-tuning or iterative pruning" in info.value for info in app.info)
+    assert next(button for button in app.button if button.label == "Run").disabled
 
 
 def test_the_layers_page_prints_no_stray_values_and_previews_rounded_channels(cnn_app, cnn):
@@ -146,3 +151,26 @@ def test_int8_notes_do_not_claim_the_file_stays_the_same(cnn_app):
     assert "because of INT8" in captions
     report = app.session_state["prunelab.report"]
     assert report["pruned"]["onnx_bytes"] < 0.5 * report["baseline"]["onnx_bytes"]
+
+
+@pytest.mark.slow
+def test_export_describes_the_plan_it_hands_over_after_a_run_is_loaded_from_history(cnn_app):
+    app = cnn_app
+    app.slider(key="w.global").set_value(50).run()
+    visit(app, "pages/history.py")
+    app.button(key="history-save").click().run()
+    visit(app, "pages/tune.py")
+    app.slider(key="w.global").set_value(0).run()
+    app.slider(key="w.layer.features.3.0").set_value(40).run()
+    visit(app, "pages/export.py")
+    report = app.session_state["prunelab.report"]
+    assert report["plan"]["layers"] == {"features.3.0": 0.4}
+    assert f"{100 * report['pruned']['removed']:.1f}% of prunable weights removed" in app.markdown[0].value
+    assert "-perlayer" in app.code[-1].value and f"-{round(100 * report['pruned']['removed'])}pct" in app.code[-1].value
+    visit(app, "pages/history.py")
+    app.button(key="history-load").click().run()
+    visit(app, "pages/export.py")
+    loaded = app.session_state["prunelab.report"]
+    assert loaded["plan"]["sparsity"] == 0.5 and loaded["plan"]["layers"] == {}
+    assert f"accuracy {100 * loaded['pruned']['accuracy']:.1f}%" in app.markdown[0].value
+    assert "-perlayer" not in app.code[-1].value

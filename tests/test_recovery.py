@@ -215,6 +215,13 @@ def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(m
         weights = torch.load(io.BytesIO(session.download("state_dict")()), weights_only=True)
         module = st.session_state["prunelab.recovered"]["handle"].module
         st.session_state["same"] = all(weights[name].equal(value) for name, value in module.state_dict().items())
+        import onnx
+
+        state.set_quantize(True)  # INT8 on: the ONNX download is the recovered model, quantized
+        operations = {node.op_type for node in onnx.load_from_string(session.download("onnx")()).graph.node}
+        st.session_state["int8"] = bool(operations & {"QuantizeLinear", "MatMulInteger", "DynamicQuantizeLinear"})
+        st.session_state["command"] = session.reproduce_command()
+        state.set_quantize(False)
         st.session_state.pop(state.RECOVERED)  # without the recovered model: the one-shot pruned weights
         one_shot = torch.load(io.BytesIO(session.download("state_dict")()), weights_only=True)
         st.session_state["differs"] = not one_shot["fc1.weight"].equal(weights["fc1.weight"])
@@ -225,4 +232,8 @@ def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(m
     export.run()
     assert not export.exception
     assert export.session_state["same"] and export.session_state["differs"]
+    assert export.session_state["int8"]
+    assert "--quantize int8 --finetune 2" in export.session_state["command"]
     assert export.session_state["same"] and export.session_state["differs"]
+    assert export.session_state["int8"]
+    assert "--quantize int8 --finetune 2" in export.session_state["command"]

@@ -97,6 +97,7 @@ def test_attention_keeps_whole_heads(user_model):
     result = apply_plan(user_model, Plan(granularity="channel", sparsity=0.4))
     attention = result.module.attention
     assert attention.embed_dim % attention.num_heads == 0 and attention.embed_dim < 32
+    assert attention.head_dim == 8 and attention.num_heads == attention.embed_dim // 8  # whole heads go
     assert attention.in_proj_weight.shape == (3 * attention.embed_dim, attention.embed_dim)
 
 
@@ -129,9 +130,37 @@ class Scaled(nn.Module):
         return self.head((self.conv(x) * self.scale).mean((2, 3)))
 
 
-def test_a_layer_the_graph_cannot_cut_is_named():
-    with pytest.raises(PrunelabError, match="conv"):
-        apply_plan(Scaled(), Plan(granularity="channel"), example_input=torch.randn(1, 3, 6, 6))
+def test_a_parameter_outside_layers_shrinks_with_its_channels():
+    model = Scaled().eval()
+    result = apply_plan(model, Plan(granularity="channel", ignore=["head"]), example_input=torch.randn(1, 3, 6, 6))
+    assert result.module.conv.out_channels == 4 and result.module.scale.shape == (1, 4, 1, 1)
+    kept = [index for index in range(8) if index not in result.groups[0]["pruned"]]
+    inputs = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        masked = copy.deepcopy(model)
+        masked.scale[:, [index for index in range(8) if index not in kept]] = 0
+        assert torch.allclose(result.module(inputs), masked(inputs), atol=1e-5)
+
+
+class PositionBias(nn.Module):
+    """A convolution plus a learned bias per channel and pixel: the graph cannot tell which axis is channels."""
+
+    def __init__(self, inputs: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(inputs, 8, 3, padding=1)
+        self.bias = nn.Parameter(torch.zeros(1, 8, 6, 6))
+
+    def forward(self, x):
+        return self.conv(x) + self.bias
+
+
+def test_every_conflict_is_listed_in_one_message():
+    model = nn.Sequential(PositionBias(), nn.ReLU(), PositionBias(8), nn.Flatten(), nn.Linear(8 * 36, 2))
+    with pytest.raises(PrunelabError) as error:
+        apply_plan(model, Plan(granularity="channel"), example_input=torch.randn(1, 3, 6, 6))
+    message = str(error.value)
+    assert "2 coupling(s)" in message and "'0.bias'" in message and "'2.bias'" in message
+    assert "ignore list: 0.conv, 2.conv" in message
 
 
 def test_saved_artifacts_reload_without_source(tmp_path, cnn):

@@ -12,6 +12,11 @@ APP = Path(str(resources.files("dashboard").joinpath("app.py")))
 def register(subparsers) -> None:
     parser = subparsers.add_parser("dashboard", help="open the interactive dashboard")
     parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help="model to open (default: digits-cnn)")
+    parser.add_argument("--weights", help="state dict for a file.py:factory MODEL (read with weights_only=True)")
+    parser.add_argument("--input-shape", help="input shape of MODEL with batch dimension, e.g. 1,3,32,32 (or 1,64 "
+                                              "tokens)")
+    parser.add_argument("--data", help="data for MODEL: .npz (x and y, or input_ids) or .txt of sentences")
+    parser.add_argument("--trust", action="store_true", help="allow unpickling MODEL if it is a pickled module")
     parser.add_argument("--port", type=int, default=8501)
     parser.add_argument("--address", default="127.0.0.1", help="interface to bind (default: localhost only)")
     parser.add_argument("--allow-code", action="store_true",
@@ -33,10 +38,22 @@ def command(port: int, address: str = "127.0.0.1") -> list[str]:
             "--server.maxCacheDataSize", "256mb", "--client.toolbarMode", "minimal", "--theme.base", "light"]
 
 
+# The starting model's source options, read by the dashboard (dashboard/state.py).
+SOURCE_VARIABLES = {"weights": "PRUNELAB_WEIGHTS", "input_shape": "PRUNELAB_INPUT_SHAPE", "data": "PRUNELAB_DATA"}
+
+
 def run(args) -> int:
     env = dict(os.environ)
     if args.model:
         env["PRUNELAB_MODEL"] = args.model
+    elif args.weights or args.input_shape or args.data or args.trust:
+        print("prunelab: error: --weights, --input-shape, --data and --trust describe MODEL: name the model too",
+              file=sys.stderr)
+        return 2
+    for option, variable in SOURCE_VARIABLES.items():
+        value = getattr(args, option)
+        env[variable] = str(Path(value).resolve()) if value and option != "input_shape" else (value or "")
+    env["PRUNELAB_TRUST"] = "1" if args.trust else "0"
     env["PRUNELAB_MODEL_ROOT"] = str(Path(args.model_root).resolve())
     env["PRUNELAB_ALLOW_CODE"] = "1" if args.allow_code else "0"
     if args.address not in LOCAL_ADDRESSES:

@@ -59,7 +59,7 @@ ROWS = [  # (label, metric key, format)
     ("latency p50 (ms)", ("latency_ms", "p50"), "ms"), ("latency p90 (ms)", ("latency_ms", "p90"), "ms"),
     ("latency p99 (ms)", ("latency_ms", "p99"), "ms"), ("throughput (items/s)", "throughput", "int"),
     ("session (ms)", "session_ms", "ms"), ("params", "params", "int"), ("nonzero params", "nonzero_params", "int"),
-    ("sparsity", "sparsity", "percent"), ("MACs", "macs", "int"), ("ONNX bytes", "onnx_bytes", "int"),
+    ("sparsity (prunable)", "sparsity", "percent"), ("MACs", "macs", "int"), ("ONNX bytes", "onnx_bytes", "int"),
     ("compressed bytes", "compressed_bytes", "int"), ("max |torch - ORT|", "max_abs_diff", "float"),
 ]
 

@@ -50,7 +50,9 @@ def run(args) -> int:
     handle = model_from(args)
     plan = load_plan(args.plan)
     if handle.module is not None:
+        from core.prune.shrink import check_structure
         plan.validate_for(handle.module)
+        check_structure(handle.module, plan, handle.example_input(1))  # every conflict, before any export
     progress(f"pruning {handle.name} ({plan.granularity}, {plan.criterion}, {plan.scope} {plan.sparsity:g}) "
              f"and measuring on ONNX Runtime")
     evaluator = LiveEvaluator(handle, threads=args.threads, batch_size=args.batch_size, quantize=args.quantize,
@@ -103,8 +105,16 @@ def resolved_plan_yaml(plan, report: dict, handle) -> str:
     text = yaml.safe_dump(values, sort_keys=False)
     text += ("# effective_sparsity: the share of zero weights (or of removed channels) in every layer, measured\n"
              "# after pruning; prunelab reads this file back as a plan and skips this key.\n")
-    return text + yaml.safe_dump({"effective_sparsity": {name: round(float(value), 6)
-                                                         for name, value in sparsity.items()}}, sort_keys=False)
+    text += yaml.safe_dump({"effective_sparsity": {name: round(float(value), 6)
+                                                   for name, value in sparsity.items()}}, sort_keys=False)
+    kept = report.get("kept") or {}
+    if not kept:
+        return text
+    text += ("# kept: channel plans: what every layer kept against its target (heads for attention layers);\n"
+             "# a record, skipped when this file is read back as a plan.\n")
+    return text + yaml.safe_dump({"kept": {name: f"{row['kept']} of {row['total']} {row['unit']}s "
+                                                 f"(target {row['target_kept']})" for name, row in kept.items()}},
+                                 sort_keys=False)
 
 
 def record_run_hook(report: dict, handle, plan, result, paths: dict[str, Path], label: str = "",

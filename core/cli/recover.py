@@ -20,7 +20,6 @@ from core.api import (
     gradual_prune,
     iterative_prune,
     lottery_ticket,
-    torch_outputs,
     write_atomic,
 )
 from core.cli.evaluate import load_plan, progress
@@ -68,24 +67,17 @@ def finetuned(handle, plan: Plan, pruned, report: dict, args) -> tuple[dict, obj
     progress(f"fine-tuning {args.finetune} epochs with the masks held")
     result = finetune(handle, plan, args.finetune, lr=args.lr, seed=plan.seed, pruned=pruned,
                                on_epoch=EpochBar(args.finetune, "fine-tuning"))
-    evaluator = LiveEvaluator(handle.with_module(result.module), threads=args.threads, batch_size=args.batch_size,
-                              quantize=args.quantize, live=False)
-    measured, artifact, _ = evaluator.measure_artifact(None)
+    evaluator = LiveEvaluator(handle, threads=args.threads, batch_size=args.batch_size, quantize=args.quantize,
+                              live=False)
+    measured, artifact = evaluator.measure_module(result.module, plan)  # against the same dense baseline
     accuracy = result.accuracy
-    metrics = {**measured["pruned"], "agreement": _agreement(handle, result.module)}
-    report = {**report, "one_shot": report["pruned"], "pruned": metrics, "recovery": result.summary()}
+    report = {**report, "one_shot": report["pruned"], "pruned": measured["pruned"], "recovery": result.summary()}
     if accuracy["recovered"] is not None:
         report["notes"] = [f"fine-tuned {len(result.history)} epochs with pruned weights held at zero: test accuracy "
                            f"one-shot {accuracy['one_shot']:.1%} -> recovered {accuracy['recovered']:.1%} "
                            f"(dense {accuracy['dense']:.1%}); {result.sparsity:.1%} of prunable weights zero"
                            ] + report["notes"]
     return report, artifact
-
-
-def _agreement(handle, module) -> float:
-    """Top-1 match of ``module`` with the dense model on the test inputs."""
-    dense, recovered = torch_outputs(handle.module, handle.data.x_test), torch_outputs(module, handle.data.x_test)
-    return float((dense.argmax(1) == recovered.argmax(1)).mean())
 
 
 def register(subparsers) -> None:

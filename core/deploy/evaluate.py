@@ -49,9 +49,10 @@ BASELINE_CACHE_ENTRIES = 8
 ACCURACY_BATCH = 512
 PARITY_ITEMS = 64
 LIVE_PARITY_ITEMS = 16
-# The live loop times fewer runs: at least this many, for at least this long.
-LIVE_RUNS = 20
-LIVE_SECONDS = 0.15
+# The live loop times fewer runs: at least this many, for at least this long (pairs of runs when a
+# pruned model is timed against the dense one: enough blocks for the speedup's interval).
+LIVE_RUNS = 36
+LIVE_SECONDS = 0.2
 # Bounds for big models (a ViT-B/16 is 17.6 GMACs per item): score at most this much work...
 EVALUATION_BUDGET_MACS = 2.5e11
 MIN_EVALUATION_ITEMS = 8
@@ -273,10 +274,12 @@ class LiveEvaluator:
             return self._module_artifact(module)
         return self._artifact(plan)[0]
 
-    def measure_module(self, module, plan: Plan | None = None) -> dict:
+    def measure_module(self, module, plan: Plan | None = None) -> tuple[dict, measure.Artifact]:
         """The report of ``module``, a retrained copy of this model made for ``plan``, against the dense
-        baseline (INT8 when this evaluator quantizes). Not cached: the caller keeps the report."""
-        return self._report(plan, self._module_artifact(module), None)
+        baseline (INT8 when this evaluator quantizes), and the artifact measured. Not cached: the
+        caller keeps the report. The one path that measures a recovered model (CLI and dashboard)."""
+        artifact = self._module_artifact(module)
+        return self._report(plan, artifact, None), artifact
 
     def _module_artifact(self, module) -> measure.Artifact:
         module = module.eval()
@@ -315,6 +318,7 @@ class LiveEvaluator:
                                               f"({len(baseline.data.x_test)} items); tuning never uses it"},
                   "pruned": pruned, "baseline": dense,
                   "layer_sparsity": {} if result is None else dict(result.layer_sparsity),
+                  "kept": {} if result is None else dict(result.kept),
                   "groups": None if result is None else result.groups, "timings_ms": timings}
         notes = [] if result is None else list(result.notes)
         report["notes"] = notes + report_notes(plan, pruned, dense, self._quantize_mode(baseline))
@@ -348,7 +352,7 @@ class LiveEvaluator:
 
     def _quantized(self, artifact: measure.Artifact) -> measure.Artifact:
         started = time.perf_counter()
-        model_bytes = quantize_model(artifact.model_bytes, self.data, self.settings.quantize)
+        model_bytes = quantize_model(artifact.model_bytes, self.data, self.settings.quantize, artifact.macs)
         timings = dict(artifact.timings_ms, quantize=(time.perf_counter() - started) * 1000.0)
         return measure.Artifact(model_bytes, artifact.module, artifact.counts, artifact.macs, quantized=True,
                         timings_ms=timings)

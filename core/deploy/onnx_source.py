@@ -32,6 +32,7 @@ class OnnxPruneResult:
     layer_sparsity: dict[str, float]
     notes: list[str] = field(default_factory=list)
     groups: list[dict] = field(default_factory=list)
+    kept: dict = field(default_factory=dict)  # channels kept per layer: none removed from a fixed graph
 
 
 def _layer_name(initializer_name: str) -> str:

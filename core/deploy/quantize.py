@@ -6,8 +6,10 @@ U8S8 pairing ONNX Runtime's x86 kernels fuse into QLinearConv. With signed activ
 convolutions that feed a residual Add stayed FP32 behind DequantizeLinear and digits-resnet ran
 2-4x slower than FP32 instead of 2.3x faster), 'int8-dynamic' (weights INT8, activations
 quantized at run time: right for Linear/attention models, several times slower than FP32 for
-convolutions on CPU) and 'int8' (automatic: static when the graph has convolutions, else dynamic).
-Work happens in a temporary directory that is removed afterwards.
+convolutions on CPU) and 'int8' (automatic: static when the graph has convolutions and no attention,
+else dynamic). Static calibration is sized to the model and refused up front when it cannot fit
+the memory bound (core.deploy.calibration). Work happens in a temporary directory that is removed
+afterwards.
 """
 from __future__ import annotations
 
@@ -21,11 +23,10 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from core.data import Dataset
+from core.deploy.calibration import MAX_ITEMS, plan_calibration
 from core.errors import PrunelabError, error_line
 
 MODES = ("int8", "int8-static", "int8-dynamic")
-CALIBRATION_ITEMS = 128
-CALIBRATION_BATCH = 64
 
 
 def check_mode(mode: str) -> None:
@@ -35,23 +36,29 @@ def check_mode(mode: str) -> None:
 
 
 def resolve_mode(model: onnx.ModelProto, mode: str) -> str:
-    """'int8-static' or 'int8-dynamic'; 'int8' picks static when the graph holds a convolution."""
+    """'int8-static' or 'int8-dynamic'; 'int8' picks static for convolutional graphs and dynamic for
+    attention models (a Softmax in the graph: transformers, a ViT's patch convolution notwithstanding)."""
     check_mode(mode)
     if mode != "int8":
         return mode
-    has_convolution = any(node.op_type in ("Conv", "ConvTranspose") for node in model.graph.node)
-    return "int8-static" if has_convolution else "int8-dynamic"
+    operators = {node.op_type for node in model.graph.node}
+    convolutional = bool(operators & {"Conv", "ConvTranspose"}) and "Softmax" not in operators
+    return "int8-static" if convolutional else "int8-dynamic"
 
 
 class _Calibration:
     """A CalibrationDataReader over a few batches of the model's calibration inputs."""
 
-    def __init__(self, input_name: str, x: np.ndarray, batch_size: int = CALIBRATION_BATCH):
-        self._batches = iter([{input_name: np.ascontiguousarray(x[start:start + batch_size])}
-                              for start in range(0, len(x), batch_size)])
+    def __init__(self, input_name: str, x: np.ndarray, batch_size: int):
+        self._input_name, self._x, self._batch_size = input_name, x, batch_size
+        self._start = 0
 
     def get_next(self):
-        return next(self._batches, None)
+        if self._start >= len(self._x):
+            return None
+        batch = self._x[self._start:self._start + self._batch_size]  # one batch at a time: bounded memory
+        self._start += self._batch_size
+        return {self._input_name: np.ascontiguousarray(batch)}
 
 
 def _input_name(model: onnx.ModelProto) -> str:
@@ -59,14 +66,19 @@ def _input_name(model: onnx.ModelProto) -> str:
     return next(value.name for value in model.graph.input if value.name not in initializers)
 
 
-def quantize_model(model_bytes: bytes, data: Dataset, mode: str = "int8") -> bytes:
+def quantize_model(model_bytes: bytes, data: Dataset, mode: str = "int8", macs: int | None = None) -> bytes:
     """The INT8 version of ``model_bytes`` as one self-contained ONNX file.
 
-    ``data`` supplies calibration inputs for static quantization. Raises PrunelabError for an
-    unknown mode or a graph onnxruntime.quantization cannot handle.
+    ``data`` supplies calibration inputs for static quantization, as many and in batches as small as
+    core.deploy.calibration plans for the model (``macs``: its work per item, if known). Raises
+    PrunelabError for an unknown mode, a model whose static calibration would not fit the memory
+    bound (before any work starts), or a graph onnxruntime.quantization cannot handle.
     """
     model = onnx.load_from_string(model_bytes)
     resolved = resolve_mode(model, mode)
+    plan = None
+    if resolved == "int8-static":
+        plan = plan_calibration(model, len(model_bytes), len(data.calibration(MAX_ITEMS)), macs)
     with tempfile.TemporaryDirectory(prefix="prunelab-int8-") as directory, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         source, prepared, output = (Path(directory) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
@@ -77,8 +89,9 @@ def quantize_model(model_bytes: bytes, data: Dataset, mode: str = "int8") -> byt
             prepared = source
         try:
             if resolved == "int8-static":
-                calibration = data.calibration(CALIBRATION_ITEMS).astype(np.float32)
-                quantize_static(str(prepared), str(output), _Calibration(_input_name(model), calibration),
+                calibration = data.calibration(plan.items)
+                reader = _Calibration(_input_name(model), calibration, plan.batch_size)
+                quantize_static(str(prepared), str(output), reader,
                                 quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
             else:

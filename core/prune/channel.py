@@ -9,7 +9,7 @@ behind this module: the rest of prunelab sees groups as plain dicts of layer nam
 """
 from __future__ import annotations
 
-import math
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -19,10 +19,11 @@ from torch import nn
 
 from core.errors import PrunelabError, error_line
 from core.inspect import final_classifier
-from core.prune import criteria
-from core.prune.result import PruneResult
+from core.prune import criteria, select
+from core.prune.heads import find_attention
 
 ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+GROUP_SECONDS = 45  # finding the groups of a model stops here, so a channel plan ends within a minute
 SCORED_TYPES = ROOT_TYPES
 
 
@@ -40,7 +41,7 @@ class Group:
     others: list[str]               # norms and other coupled modules
 
     def as_dict(self) -> dict:
-        return {"leader": self.leader, "members": self.members, "channels": self.channels,
+        return {"leader": self.leader, "members": self.members, "channels": self.channels, "unit": "channel",
                 "consumers": self.consumers, "coupled": self.others, "blocks": self.blocks}
 
 
@@ -57,7 +58,7 @@ def build_graph(module: nn.Module, example_input: torch.Tensor):
                             f"{error_line(error, with_type=True)}") from None
 
 
-def _module_names(module: nn.Module, graph) -> dict:
+def module_names(module: nn.Module, graph) -> dict:
     names = {child: name for name, child in module.named_modules()}
     names.update(getattr(graph, "_param_to_name", {}))
     return names
@@ -83,15 +84,24 @@ def _is_depthwise(module) -> bool:
     return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and module.groups == module.out_channels
 
 
-def _check_supported(graph, tp_group, names: dict, leader: str) -> None:
-    """PrunelabError naming a coupled layer that torch-pruning could only guess how to cut."""
+def _conflicts(graph, tp_group, names: dict, leader: str, channels: int) -> list[str]:
+    """Parameters outside standard layers that this group would cut along a dimension of the wrong size."""
+    dims = {id(param): dim for param, dim in graph.unwrapped_parameters}
+    found = []
     for dep, _ in tp_group:
         target = dep.target.module
         if isinstance(target, nn.Parameter):
-            owner = names.get(target, "a parameter").rpartition(".")[0] or names.get(target, "?")
-            raise PrunelabError(f"channel pruning cannot restructure layer '{owner}' (a parameter used outside "
-                                f"a standard layer), which is coupled with '{leader}': add one of them to the "
-                                f"plan's ignore list")
+            dim = dims.get(id(target))
+            if dim is None or target.shape[dim] != channels:
+                found.append(f"parameter '{names.get(target, '?')}' {tuple(target.shape)} (coupled with '{leader}')")
+    return found
+
+
+def conflict_message(conflicts: list[str], leaders: list[str]) -> str:
+    """One message for every coupling channel pruning cannot handle, and the layers to ignore instead."""
+    return (f"channel pruning cannot restructure {len(conflicts)} coupling(s) with parameters used outside a "
+            f"standard layer: {'; '.join(conflicts)}. Add these layers to the plan's ignore list: "
+            f"{', '.join(dict.fromkeys(leaders))} (or use unstructured pruning)")
 
 
 def _reroot(graph, tp_group, members: list[str], by_name: dict):
@@ -101,7 +111,7 @@ def _reroot(graph, tp_group, members: list[str], by_name: dict):
         module = by_name.get(name)
         if module is root:
             break
-        if module not in graph.module2node or not isinstance(module, ROOT_TYPES) or _out_channels(module) != channels:
+        if module not in graph.module2node or not isinstance(module, ROOT_TYPES) or out_channels(module) != channels:
             continue
         pruner = graph.get_pruner_of_module(module)
         regrouped = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
@@ -110,46 +120,89 @@ def _reroot(graph, tp_group, members: list[str], by_name: dict):
     return root, tp_group
 
 
-def dependency_groups(module: nn.Module, graph, ignored: list[str]) -> list[Group]:
-    """The prunable channel groups of ``module``; groups touching an ignored layer's outputs are left out."""
-    names = _module_names(module, graph)
+def _bucket(graph, dep, name: str, members: list, consumers: list, others: list) -> list:
+    target = dep.target.module
+    scored = isinstance(target, SCORED_TYPES + (nn.MultiheadAttention,))
+    if graph.is_out_channel_pruning_fn(dep.handler):
+        return members if scored else others
+    return consumers if scored else others
+
+
+def _describe(module: nn.Module, graph, tp_group, names: dict, by_name: dict) -> tuple[list, list, list]:
+    """(members, consumers, others): layer names whose outputs shrink, whose inputs shrink, and the rest."""
+    members, consumers, others = [], [], []
+    for dep, _ in tp_group:
+        target = dep.target.module
+        name = names.get(target)
+        if name is None or not isinstance(target, (nn.Module, nn.Parameter)):
+            continue  # torch-pruning's own operator nodes (add, cat, reshape)
+        bucket = _bucket(graph, dep, name, members, consumers, others)
+        if name not in bucket:
+            bucket.append(name)
+        if bucket is members and isinstance(target, nn.MultiheadAttention) and f"{name}.out_proj" in by_name:
+            members.append(f"{name}.out_proj")  # shrinks with the attention's embedding
+    order = {name: index for index, name in enumerate(by_name)}
+    for bucket in (members, consumers, others):
+        bucket.sort(key=lambda name: order.get(name, len(order)))
+    return members, consumers, others
+
+
+def dependency_groups(module: nn.Module, graph, ignored: list[str], attention=(), keep_width: bool = True):
+    """The prunable channel groups of ``module``: (groups, width), where ``width`` lists the layers kept
+    at full width because their channels are the residual stream that attention layers read.
+
+    Groups touching an ignored layer's outputs are left out, and so are the output channels of
+    attention projections (``attention``: core.prune.heads.Attention values; their heads are pruned
+    whole elsewhere). Raises one PrunelabError listing every coupling that cannot be restructured.
+    """
+    names = module_names(module, graph)
     by_name = dict(module.named_modules())
-    ignored_modules = [by_name[name] for name in ignored if name in by_name]
-    groups = []
-    for tp_group in graph.get_all_groups(ignored_layers=ignored_modules, root_module_types=ROOT_TYPES):
-        root = tp_group[0].dep.target.module
-        members, consumers, others = [], [], []
-        for dep, _ in tp_group:
-            target = dep.target.module
-            name = names.get(target)
-            if name is None or not isinstance(target, (nn.Module, nn.Parameter)):
-                continue  # torch-pruning's own operator nodes (add, cat, reshape)
-            out = graph.is_out_channel_pruning_fn(dep.handler)
-            bucket = members if out and isinstance(target, SCORED_TYPES + (nn.MultiheadAttention,)) else (
-                consumers if isinstance(target, SCORED_TYPES + (nn.MultiheadAttention,)) and not out else others)
-            if name not in bucket:
-                bucket.append(name)
-            if out and isinstance(target, nn.MultiheadAttention) and f"{name}.out_proj" in by_name:
-                members.append(f"{name}.out_proj")  # shrinks with the attention's embedding
-        order = list(by_name)
-        for bucket in (members, consumers, others):
-            bucket.sort(key=lambda name: order.index(name) if name in by_name else len(order))
+    projections = {name for unit in attention for name in unit.projections}
+    skipped = [by_name[name] for name in projections if name in by_name]
+    groups, width, conflicts, leaders = [], [], [], []
+    deadline = time.monotonic() + GROUP_SECONDS
+    for tp_group in graph.get_all_groups(ignored_layers=skipped, root_module_types=ROOT_TYPES):
+        if time.monotonic() > deadline:
+            raise PrunelabError(f"channel pruning gave up: finding the coupled channel groups took over "
+                                f"{GROUP_SECONDS} s ({len(groups) + len(leaders)} groups so far); use unstructured "
+                                f"pruning, or ignore the layers of the largest blocks")
+        members, consumers, others = _describe(module, graph, tp_group, names, by_name)
+        if keep_width and projections & set(consumers):
+            width += [name for name in members if name not in width]
+            continue
+        if set(ignored) & set(members):
+            continue
         root, tp_group = _reroot(graph, tp_group, members, by_name)
-        groups.append(Group(names[root], root, tp_group, len(tp_group[0].idxs), _blocks(graph, tp_group),
+        channels = len(tp_group[0].idxs)
+        found = _conflicts(graph, tp_group, names, names[root], channels)
+        if found:
+            conflicts += found
+            leaders.append(names[root])
+            continue
+        groups.append(Group(names[root], root, tp_group, channels, _blocks(graph, tp_group),
                             members, consumers, others))
-        _check_supported(graph, tp_group, names, names[root])
     order = list(by_name)
-    return sorted(groups, key=lambda group: order.index(group.leader))
+    if conflicts:
+        raise PrunelabError(conflict_message(conflicts, sorted(leaders, key=order.index)))
+    return sorted(groups, key=lambda group: order.index(group.leader)), width
 
 
 def coupled_groups(module: nn.Module, example_input: torch.Tensor, ignore: list[str] | None = None) -> list[dict]:
-    """Channel dependency groups as dicts {leader, members, channels, consumers, coupled, blocks}.
+    """The units a channel plan prunes, as dicts {leader, members, channels, unit, consumers, coupled, blocks}:
+    channel groups (``unit`` 'channel') and attention layers (``unit`` 'head', ``channels`` = heads).
 
     ``ignore`` names layers whose groups are left out; None means the final classifier.
     """
     if ignore is None:
         ignore = [name for name in [final_classifier(module, example_input)] if name]
-    return [group.as_dict() for group in dependency_groups(module, build_graph(module, example_input), ignore)]
+    attention = find_attention(module, example_input)
+    groups, _ = dependency_groups(module, build_graph(module, example_input), ignore, attention)
+    units = [group.as_dict() for group in groups]
+    units += [{"leader": unit.leader, "members": list(unit.projections), "channels": unit.heads, "unit": "head",
+               "consumers": [unit.output] if unit.output else [], "coupled": [], "blocks": unit.heads // unit.kv_heads}
+              for unit in attention if not set(unit.projections) & set(ignore)]
+    order = {name: index for index, name in enumerate(dict(module.named_modules()))}
+    return sorted(units, key=lambda unit: order.get(unit["leader"], len(order)))
 
 
 # ---- score ---------------------------------------------------------------------------------------
@@ -179,7 +232,7 @@ def group_scores(group: Group, graph, name: str, evidence: dict, names: dict) ->
     return total
 
 
-def _scores_or_fallback(group: Group, graph, name: str, evidence: dict, names: dict, notes: list) -> torch.Tensor:
+def scores_or_fallback(group: Group, graph, name: str, evidence: dict, names: dict, notes: list) -> torch.Tensor:
     """Group scores; bn_scale falls back to l2 (with a note) where no BatchNorm follows the group."""
     has_norm = any(isinstance(item.dep.target.module, nn.modules.batchnorm._BatchNorm) for item in group.items)
     if name == "bn_scale" and not has_norm:
@@ -190,29 +243,83 @@ def _scores_or_fallback(group: Group, graph, name: str, evidence: dict, names: d
 
 # ---- select --------------------------------------------------------------------------------------
 
-def kept_channels(channels: int, sparsity: float, round_to: int, blocks: int) -> int:
-    """Channels kept at ``sparsity``: rounded to a multiple of round_to and of blocks, at least one unit."""
-    unit = round_to * blocks // math.gcd(round_to, blocks)
-    if unit > channels or channels % blocks:
-        return channels
-    kept = channels - int(round(sparsity * channels))
-    return min(channels, max(unit, int(math.floor(kept / unit + 0.5)) * unit))
+def out_channels(module: nn.Module) -> int | None:
+    for attribute in ("out_channels", "out_features", "embed_dim"):
+        if hasattr(module, attribute):
+            return getattr(module, attribute)
+    return None
 
 
-def select_channels(scores: torch.Tensor, kept: int, blocks: int, segments: list[list[int]] = ()) -> list[int]:
-    """Indices to remove: the lowest-scored channels, the same number in each of ``blocks`` blocks.
+def _cut_layers(graph, tp_group, names: dict):
+    """(layer name, output channel indices) of every Conv/Linear whose output channels ``tp_group`` cuts."""
+    for item in tp_group:
+        target = item.dep.target.module
+        if graph.is_out_channel_pruning_fn(item.dep.handler) and isinstance(target, SCORED_TYPES) and target in names:
+            yield names[target], item.idxs
 
-    ``segments`` (channel index lists of the layers sharing the group, e.g. the inputs of a
-    concatenation) each keep their best channel, so no layer is left with zero channels.
+
+def member_channels(group: Group, graph, names: dict) -> dict[str, int]:
+    """Output channels of every Conv/Linear layer the group cuts."""
+    by_name = {name: module for module, name in names.items() if isinstance(module, nn.Module)}
+    return {name: out_channels(by_name[name]) for name, _ in _cut_layers(graph, group.items, names)}
+
+
+def coupled_units(group: Group, graph, names: dict) -> tuple[list[list[int]], list[dict[str, int]]]:
+    """Root channels that are cut together, and how many output channels each such unit takes per layer.
+
+    One root channel can cut several channels of a layer (a cheap depthwise operation whose
+    output is concatenated with its input); torch-pruning expands each root channel, and root
+    channels whose expansions share a layer channel form one unit.
     """
-    per_block = len(scores) // blocks
-    drop = per_block - kept // blocks
-    protected = {max(segment, key=lambda index: (float(scores[index]), -index)) for segment in segments if segment}
-    chosen = []
-    for block in range(blocks):
-        order = torch.argsort(scores[block * per_block:(block + 1) * per_block], stable=True) + block * per_block
-        chosen += [index for index in order.tolist() if index not in protected][:drop]
-    return sorted(chosen)
+    parent = list(range(group.channels))
+
+    def find(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = parent[index]
+        return index
+
+    owner: dict[tuple[str, int], int] = {}
+    handler = group.items[0].dep.handler
+    for index in range(group.channels):
+        for name, idxs in _cut_layers(graph, graph.get_pruning_group(group.root, handler, [index]), names):
+            for channel in idxs:
+                first = owner.setdefault((name, channel), index)
+                parent[find(index)] = find(first)
+    classes: dict[int, list[int]] = {}
+    for index in range(group.channels):
+        classes.setdefault(find(index), []).append(index)
+    units = list(classes.values())
+    position = {root: number for number, root in enumerate(classes)}
+    removes: list[dict[str, int]] = [{} for _ in units]
+    for (name, _), index in owner.items():
+        counts = removes[position[find(index)]]
+        counts[name] = counts.get(name, 0) + 1
+    return units, removes
+
+
+def _attention_heads(group: Group) -> tuple[int, int] | None:
+    """(heads, head size) of the nn.MultiheadAttention whose embedding this group cuts, if any."""
+    for item in group.items:
+        target = item.dep.target.module
+        if isinstance(target, nn.MultiheadAttention) and target.embed_dim == group.channels:
+            return target.num_heads, target.embed_dim // target.num_heads
+    return None
+
+
+def choose_channels(group: Group, graph, names: dict, scores: torch.Tensor, target: float,
+                    round_to: int) -> list[int]:
+    """Root channel indices to remove from ``group`` at ``target``, honouring every member's own target."""
+    heads = _attention_heads(group)
+    if heads is not None:  # nn.MultiheadAttention: whole heads, the head size stays
+        return select.select_blocks(scores, heads[1], select.kept_of(heads[0], target))
+    counts = member_channels(group, graph, names)
+    if all(count == group.channels for count in counts.values()):
+        kept = select.kept_channels(group.channels, target, round_to, group.blocks)
+        return select.select_channels(scores, kept, group.blocks, _segments(group, graph))
+    units, removes = coupled_units(group, graph, names)
+    allowed = {name: count - select.kept_of(count, target) for name, count in counts.items()}
+    return select.select_units(units, scores, removes, allowed)
 
 
 def _segments(group: Group, graph) -> list[list[int]]:
@@ -222,92 +329,14 @@ def _segments(group: Group, graph) -> list[list[int]]:
             and not any(index is None for index in item.root_idxs)]
 
 
-def _global_sparsities(groups: list[Group], scores: dict, sparsity: float) -> dict[str, float]:
-    """Per-group sparsity from one ranking of mean-normalized scores over all groups."""
-    if not groups:
-        return {}
-    normalized = [scores[group.leader] / scores[group.leader].mean().clamp_min(1e-12) for group in groups]
-    flat = torch.cat(normalized)
-    count = int(round(sparsity * len(flat)))
-    if count == 0:
-        return {group.leader: 0.0 for group in groups}
-    threshold = torch.kthvalue(flat, count).values
-    return {group.leader: float((values <= threshold).sum()) / group.channels
-            for group, values in zip(groups, normalized)}
-
-
 # ---- apply ---------------------------------------------------------------------------------------
 
-def _out_channels(module: nn.Module) -> int | None:
-    for attribute in ("out_channels", "out_features", "embed_dim"):
-        if hasattr(module, attribute):
-            return getattr(module, attribute)
-    return None
-
-
-def _group_targets(job, groups: list[Group], scores: dict) -> dict[str, float]:
-    targets = job.plan.layer_targets
-    chosen = {}
-    for group in groups:
-        named = [name for name in [group.leader, *group.members] if name in targets]
-        chosen[group.leader] = targets[named[0]] if named else None
-        if len({targets[name] for name in named}) > 1:
-            job.notes.append(f"coupled layers {', '.join(named)} have different targets; the group led by "
-                             f"'{group.leader}' uses {targets[named[0]]} ('{named[0]}')")
-    grouped = {name for group in groups for name in group.members}
-    for name in sorted(set(targets) - grouped):
-        job.notes.append(f"target for '{name}' not applied: its output channels are not in a prunable group")
-    if job.plan.scope == "global":
-        ranked = [group for group in groups if chosen[group.leader] is None]
-        chosen.update(_global_sparsities(ranked, scores, job.plan.sparsity))
-    return {leader: job.plan.sparsity if value is None else value for leader, value in chosen.items()}
-
-
-def prune_channels(job):
-    """Physically remove channels of ``job.module`` as ``job.plan`` says; returns a PruneResult."""
-    module, plan = job.module, job.plan
-    dense_output = _run(module, job.example_input)
-    before = {layer.name: _out_channels(layer.module) for layer in job.layers}
-    graph = build_graph(module, job.example_input)
-    names = _module_names(module, graph)
-    included = {layer.name for layer in job.layers}
-    groups = [group for group in dependency_groups(module, graph, job.ignored)
-              if included & set(group.members)]
-    evidence = criteria.gather_evidence(module, job.layers, plan.criterion, job.data, plan.seed)
-    notes = job.notes
-    scores = {group.leader: _scores_or_fallback(group, graph, plan.criterion, evidence, names, notes)
-              for group in groups}
-    targets = _group_targets(job, groups, scores)
-    report = []
-    for group in groups:
-        kept = kept_channels(group.channels, targets[group.leader], plan.round_to, group.blocks)
-        pruned = select_channels(scores[group.leader], kept, group.blocks, _segments(group, graph))
-        if pruned:
-            graph.get_pruning_group(group.root, group.items[0].dep.handler, pruned).prune()
-        report.append({**group.as_dict(), "target": targets[group.leader], "kept": kept, "pruned": pruned})
-    _check_output(module, job.example_input, dense_output)
-    result = PruneResult(module, plan, masks=None, groups=report, notes=notes)
-    result.layer_sparsity = {layer.name: 1.0 - _out_channels(layer.module) / before[layer.name]
-                             for layer in job.layers if before[layer.name]}
-    untouched = sorted(included - {name for group in groups for name in group.members})
-    if untouched:
-        result.notes.append("left dense (coupled with an ignored layer, or outside the traced graph): "
-                            + ", ".join(untouched))
-    return result
-
-
-def _run(module: nn.Module, example_input: torch.Tensor):
-    with torch.no_grad():
-        return module(example_input)
-
-
-def _check_output(module: nn.Module, example_input: torch.Tensor, dense_output) -> None:
-    try:
-        output = _run(module, example_input)
-    except Exception as error:
-        raise PrunelabError(f"the channel-pruned model fails to run ({error_line(error, with_type=True)}); "
-                            "ignore the layers involved or use unstructured pruning") from None
-    shape = lambda value: tuple(value.shape) if isinstance(value, torch.Tensor) else None  # noqa: E731
-    if shape(output) != shape(dense_output):
-        raise PrunelabError(f"channel pruning changed the model's output shape from {shape(dense_output)} "
-                            f"to {shape(output)}; add the final layer to the plan's ignore list")
+def remove_channels(group: Group, graph, pruned: list[int]) -> bool:
+    """Cut root channels ``pruned`` of ``group``; False (nothing cut) when an earlier group already
+    changed its root, so the indices no longer apply."""
+    if not pruned:
+        return True
+    if out_channels(group.root) != group.channels:
+        return False
+    graph.get_pruning_group(group.root, group.items[0].dep.handler, pruned).prune()
+    return True

@@ -14,7 +14,7 @@ from torch import nn
 from core.data import Dataset
 from core.errors import PrunelabError
 from core.inspect import final_classifier, prunable_layers
-from core.prune import batchnorm, channel, criteria, nm, unstructured
+from core.prune import batchnorm, criteria, nm, shrink, unstructured
 from core.prune.plan import Plan, granularity_kind
 from core.prune.result import Job, PruneResult
 
@@ -54,7 +54,7 @@ def _prune_nm(job: Job) -> PruneResult:
 
 
 def _prune_channels(job: Job) -> PruneResult:
-    return channel.prune_channels(job)
+    return shrink.prune_structure(job)
 
 
 HANDLERS = {"unstructured": _prune_unstructured, "N:M": _prune_nm, "channel": _prune_channels}

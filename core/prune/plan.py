@@ -33,7 +33,7 @@ CRITERIA = {
     "fpgm": ("channel",),
 }
 # Keys a resolved plan file (``prunelab prune``'s plan.yaml) carries as a record; read back, they are skipped.
-RECORD_KEYS = ("effective_sparsity",)
+RECORD_KEYS = ("effective_sparsity", "kept")
 NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -71,6 +71,9 @@ class Plan:
     seed: seeds the random criterion and any sampling.
     recalibrate: re-estimate BatchNorm statistics on the model's real inputs after pruning
         (no labels needed; skipped for synthetic data and models without BatchNorm).
+    prune_width: channel plans: also prune the residual stream that attention layers read (the
+        hidden size, with positional embeddings and class tokens); by default it stays, and attention
+        layers lose whole heads while feed-forward layers lose hidden neurons.
     Raises PrunelabError naming the field and the value when something is out of range.
     """
 
@@ -83,6 +86,7 @@ class Plan:
     round_to: int = 1
     seed: int = 0
     recalibrate: bool = True
+    prune_width: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.granularity, str) or (
@@ -105,8 +109,9 @@ class Plan:
         for name, value in (("round_to", self.round_to), ("seed", self.seed)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise PrunelabError(f"{name} must be an integer, got {brief(value)}")
-        if not isinstance(self.recalibrate, bool):
-            raise PrunelabError(f"recalibrate must be true or false, got {brief(self.recalibrate)}")
+        for name in ("recalibrate", "prune_width"):
+            if not isinstance(getattr(self, name), bool):
+                raise PrunelabError(f"{name} must be true or false, got {brief(getattr(self, name))}")
         if self.round_to < 1:
             raise PrunelabError(f"round_to must be at least 1, got {brief(self.round_to)}")
 

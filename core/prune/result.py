@@ -19,6 +19,8 @@ class PruneResult:
     layer_sparsity: {layer: fraction of zero weights (unstructured, N:M) or of removed output channels}.
     groups: channel coupling groups [{"leader", "members", "channels", ...}] (channel plans).
     notes: sentences for the report (layers left dense, hardware remarks, ...).
+    kept: channel plans: {layer: {"unit": "channel" or "head", "total", "target", "target_kept", "kept"}},
+        what every included layer kept against what its target asked for.
     """
 
     module: nn.Module
@@ -27,6 +29,7 @@ class PruneResult:
     layer_sparsity: dict[str, float] = field(default_factory=dict)
     groups: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    kept: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass

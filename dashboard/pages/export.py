@@ -25,7 +25,7 @@ def measured_ui(report: dict) -> None:
                 f"p50 {formatting.milliseconds(pruned['latency_ms']['p50'])}, "
                 f"{formatting.size(pruned['onnx_bytes'])} ONNX, "
                 f"{formatting.percent(pruned.get('removed'))} of prunable weights removed.")
-    st.caption(f"Plan: {session.plan_label()}. {report.get('settings', {}).get('splits', '')}")
+    st.caption(f"Plan: {session.plan_label()}. Splits: {report.get('settings', {}).get('splits', '')}.")
 
 
 def files_ui(stem: str) -> None:

@@ -10,7 +10,9 @@ from dashboard import charts, formatting, session, state
 def table_ui(rows: list[dict]) -> None:
     """One row per prunable layer with its target under the current plan."""
     frame = pd.DataFrame([{
-        "layer": row["name"], "kind": row["kind"], "shape": " × ".join(str(size) for size in row["shape"]),
+        "layer": row["name"], "kind": row["kind"],
+        "unit": f"{row['heads']} heads" if row.get("unit") == "head" else "channels",
+        "shape": " × ".join(str(size) for size in row["shape"]),
         "parameters": row["params"], "MACs": row["macs"], "target": 100 * session.target_of_layer(row["name"]),
         "|w| median": row["stats"]["abs_p50"], "|w| p99": row["stats"]["abs_p99"],
     } for row in rows])

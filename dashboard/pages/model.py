@@ -1,4 +1,5 @@
-"""Model: choose what to prune (a demo, an uploaded file, or file.py:factory) and the data to measure it on."""
+"""Model: choose what to prune (a demo, an uploaded file, file.py:factory or a Hugging Face directory) and the
+data to measure it on."""
 from __future__ import annotations
 
 import streamlit as st
@@ -58,12 +59,28 @@ def factory_ui() -> None:
             st.rerun()
 
 
+def huggingface_ui() -> None:
+    """A Hugging Face directory on this server (config.json and weights), loaded offline, weights only."""
+    directory = st.text_input("Hugging Face directory", placeholder="/path/to/model-directory",
+                              help="a folder with config.json and model.safetensors (or pytorch_model.bin), as "
+                                   "save_pretrained writes it; the tokenizer files, if there, tokenize .txt data. "
+                                   "Read offline; weights only, no code runs")
+    shape = st.text_input("Tokens per input (or image input shape)", placeholder="1,64", key="hf-shape",
+                          help="1,N feeds N token ids per sentence (padded/truncated); empty: the default")
+    if st.button("Load directory", disabled=not directory):
+        with session.guard("loading the Hugging Face directory"):
+            session.use_source(directory.strip(), input_shape=shape or None)
+            st.rerun()
+
+
 def data_ui() -> None:
-    uploaded = st.file_uploader("Evaluation data (.npz)", type=["npz"],
-                                help="arrays x (and y for accuracy); optional x_train/y_train, x_val/y_val")
+    uploaded = st.file_uploader("Evaluation data (.npz or .txt)", type=["npz", "txt"],
+                                help=".npz: arrays x (and y for accuracy), or integer input_ids (and attention_mask); "
+                                     "optional x_train/y_train, x_val/y_val. .txt: one sentence a line, tokenized "
+                                     "with the model's own tokenizer")
     if st.button("Use this data", disabled=uploaded is None):
         with session.guard(f"loading {uploaded.name}"):
-            path = session.save_upload(uploaded.name, uploaded.getvalue(), {".npz"})
+            path = session.save_upload(uploaded.name, uploaded.getvalue(), {".npz", ".txt"})
             current = session.source()
             session.use_source(current["spec"], current["weights"], current["trust"], path, current["input_shape"])
             st.rerun()
@@ -79,11 +96,9 @@ def summary_ui() -> None:
     first.metric("Parameters", formatting.count(totals["params"]), border=True)
     second.metric("MACs", formatting.count(totals["macs"]), border=True, help="multiply-accumulates per item")
     dense = session.baseline()
-    label = dense.get("label", "accuracy")
-    value = dense.get(label)
-    third.metric(label.capitalize(), formatting.percent(value), border=True,
-                 help="on the test split" if label == "accuracy" else
-                 "no labels: top-1 agreement with the dense model (100% until pruned)")
+    quality = formatting.quality(dense)
+    third.metric(quality["title"], quality["value"], border=True,
+                 help=quality["help"] + " (the dense model matches itself until pruned)")
     fourth.metric("p50 latency", formatting.milliseconds(dense["latency_ms"]["p50"]), border=True,
                   help="ONNX Runtime, CPU, batch 1, 2 threads: the dense figure the Tune page compares against")
     fifth.metric("ONNX file", formatting.size(dense["onnx_bytes"]), border=True,
@@ -98,12 +113,15 @@ st.title("Model")
 st.caption("Pick the model to prune and the data to measure it on; the summary below is the dense baseline.")
 with session.guard("loading the model"):
     summary_ui()
-demo, upload, factory, data = st.tabs(["Demo", "Upload a file", "file.py:factory", "Data"])
+demo, upload, factory, huggingface, data = st.tabs(["Demo", "Upload a file", "file.py:factory", "Hugging Face",
+                                                    "Data"])
 with demo:
     builtin_ui()
 with upload:
     upload_ui()
 with factory:
     factory_ui()
+with huggingface:
+    huggingface_ui()
 with data:
     data_ui()

@@ -32,7 +32,14 @@ def settings_ui(values: dict) -> dict | None:
                                  disabled=method != "lottery",
                                  help="0 rewinds to the initialization; 1 or 2 (late rewinding) helps at high sparsity")
     schedule, ready = None, True
-    if method == "gradual":
+    granularity = values["granularity"]
+    if (method in ("gradual", "lottery") and granularity != "unstructured") or (method == "iterative"
+                                                                               and ":" in granularity):
+        st.info(f"{METHODS[method]} ramps weight masks up; a {granularity} plan cannot: use fine-tuning"
+                f"{' or iterative pruning' if granularity == 'channel' else ''}, or pick unstructured on the "
+                f"Tune page.", icon=":material/info:")
+        ready = False
+    elif method == "gradual":
         final = recovery.gradual_target(values)
         if final <= 0:
             st.info("Gradual pruning ramps up to the plan's targets: set a target above 0% on the Tune page first.",

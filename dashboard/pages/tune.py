@@ -76,8 +76,10 @@ def rows(values: dict) -> list[tuple[str, str, str]]:
     result = []
     for group in sorted(session.groups(), key=lambda group: order.get(group["leader"], len(order))):
         others = [name for name in group["members"] if name != group["leader"]]
-        label = group["leader"] + (f" (+{len(others)} coupled)" if others else "")
-        result.append((group["leader"], label, f"{group['channels']} channels shared by: "
+        label = group["leader"] + (f" ({group['channels']} heads, with q/k/v)" if group.get("unit") == "head" else
+                                   f" (+{len(others)} coupled)" if others else "")
+        unit = "heads" if group.get("unit") == "head" else "channels"
+        result.append((group["leader"], label, f"{group['channels']} {unit} shared by: "
                                                f"{', '.join(group['members'])}"))
     return result
 
@@ -114,7 +116,7 @@ def sliders_ui(values: dict) -> None:
 def _card(column, label: str, value: str, delta: str | None, lower_is_better: bool = True,
           help: str | None = None) -> None:
     """A metric card; a delta that rounds to zero or is noise is grey, a change is coloured by whether it helps."""
-    flat = delta is None or delta.lstrip("+-").startswith(("0%", "0.0 pts", "no measurable", "same graph"))
+    flat = delta is None or delta.lstrip("+-").startswith(("0%", "0.0 pts", "no measurable", "same graph", "noise"))
     colour = "off" if flat else ("inverse" if lower_is_better else "normal")
     column.metric(label, value, delta, delta_color=colour, delta_arrow="off" if flat else "auto", border=True,
                   help=help)
@@ -127,28 +129,27 @@ def speed_values(pruned: dict) -> tuple[str, str | None, str | None]:
         return "–", None, None
     if speedup.get("same_model"):
         return "1.00×", "same graph", None
-    interval = f"{speedup['low']:.2f}–{speedup['high']:.2f}× (95%)"
+    interval = f"{speedup['low']:.2f}–{speedup['high']:.2f}×"
     if not speedup["measurable"]:
-        return f"{speedup['p50']:.2f}×", f"no measurable change, {interval}", "no measurable change"
-    return f"{speedup['p50']:.2f}×", interval, f"{100 * (1 / speedup['p50'] - 1):+.0f}%"
+        return f"{speedup['p50']:.2f}×", f"noise: {interval}", "no measurable change"
+    return f"{speedup['p50']:.2f}×", f"{interval} (95%)", f"{100 * (1 / speedup['p50'] - 1):+.0f}%"
 
 
 def cards(report: dict) -> None:
     """Metric cards of the pruned model with deltas against the dense one (the one dense measurement)."""
     pruned, dense = report["pruned"], report["baseline"]
-    label = pruned.get("label", "accuracy")
-    quality = pruned.get(label) if pruned.get(label) is not None else pruned.get("agreement")
+    quality = formatting.quality(pruned, dense)
     speedup, speedup_delta, latency_delta = speed_values(pruned)
     top, middle, bottom = st.columns(3), st.columns(3), st.columns(3)
-    _card(top[0], label.capitalize(), formatting.percent(quality), formatting.points(quality, dense.get(label)),
-          lower_is_better=False, help=report.get("settings", {}).get("splits")
-          or ("on the test split" if label == "accuracy" else "top-1 match with the dense model"))
+    splits = report.get("settings", {}).get("splits")
+    _card(top[0], quality["title"], quality["value"], quality["delta"], lower_is_better=False,
+          help=quality["help"] + (f". {splits}" if splits else ""))
     _card(top[1], "p50 latency", formatting.milliseconds(pruned["latency_ms"]["p50"]), latency_delta,
           help=f"ONNX Runtime on CPU, batch 1, 2 threads; dense: {formatting.milliseconds(dense['latency_ms']['p50'])}"
                " (the Model page's figure); the change comes from runs timed in alternation with the dense model")
     _card(top[2], "Speedup", speedup, speedup_delta, lower_is_better=False,
           help="median of dense/pruned time over pairs of runs timed in alternation, with its 95% interval; "
-               "'no measurable change' when the interval holds 1× or it is within 5% of 1×")
+               "'noise' (no measurable change) when the interval holds 1× or it is within 10% of 1×")
     _card(middle[0], "MACs", formatting.count(pruned["macs"]), formatting.change(pruned["macs"], dense["macs"]),
           help="multiply-accumulates per item")
     _card(middle[1], "Parameters", formatting.count(pruned["nonzero_params"]),
@@ -159,6 +160,9 @@ def cards(report: dict) -> None:
           formatting.change(pruned["onnx_bytes"], dense["onnx_bytes"]), help="the .onnx file")
     _card(bottom[1], "Compressed", formatting.size(pruned["compressed_bytes"]),
           formatting.change(pruned["compressed_bytes"], dense["compressed_bytes"]), help="the .onnx file after gzip")
+    second = formatting.fidelity(pruned)
+    if second is not None:
+        _card(bottom[2], second[0], second[1], None, help=second[2])
 
 
 @st.fragment

@@ -1,0 +1,209 @@
+"""Channel plans: a physically smaller model, and what every layer kept against its target.
+
+Convolution and feed-forward channels are cut in coupling groups (core.prune.channel, torch-
+pruning behind it); attention layers lose whole heads (core.prune.heads). The residual stream
+that attention layers read keeps its width unless the plan says ``prune_width``. Everything is
+scored and selected on the dense copy first, then removed, then the model is run once to check it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from core.errors import PrunelabError, error_line
+from core.inspect import final_classifier
+from core.prune import channel, criteria, heads, select
+from core.prune.result import PruneResult
+
+
+def _head_scores(attention: heads.Attention, name: str, evidence: dict, module: nn.Module) -> torch.Tensor:
+    criterion = criteria.criterion("l2" if name == "bn_scale" else name)
+    rows = {layer: criterion.channel_score(module.get_submodule(layer).weight.detach(), evidence[layer])
+            for layer in attention.projections}
+    return heads.head_scores(attention, rows)
+
+
+def _targets(job, units: dict[str, list[str]], scores: dict) -> dict[str, float]:
+    """Sparsity per unit group (a channel group or an attention layer), keyed by its leader.
+
+    ``units`` maps each leader to the layers whose plan targets apply to it.
+    """
+    targets = job.plan.layer_targets
+    chosen = {}
+    for leader, layers in units.items():
+        named = [name for name in dict.fromkeys([leader, *layers]) if name in targets]
+        chosen[leader] = targets[named[0]] if named else None
+        if len({targets[name] for name in named}) > 1:
+            job.notes.append(f"coupled layers {', '.join(named)} have different targets; the group led by "
+                             f"'{leader}' uses {targets[named[0]]} ('{named[0]}')")
+    grouped = {name for leader, layers in units.items() for name in [leader, *layers]}
+    for name in sorted(set(targets) - grouped):
+        job.notes.append(f"target for '{name}' not applied: its output channels are not in a prunable group")
+    if job.plan.scope == "global":
+        ranked = {leader: scores[leader] for leader, value in chosen.items() if value is None}
+        chosen.update(select.global_sparsities(ranked, job.plan.sparsity))
+    return {leader: job.plan.sparsity if value is None else value for leader, value in chosen.items()}
+
+
+def _multihead_sizes(module: nn.Module) -> dict[nn.MultiheadAttention, int]:
+    return {child: child.embed_dim // child.num_heads for child in module.modules()
+            if isinstance(child, nn.MultiheadAttention)}
+
+
+def _restore_head_sizes(sizes: dict[nn.MultiheadAttention, int]) -> None:
+    """nn.MultiheadAttention lost whole heads: the head size stays, the head count follows the embedding."""
+    for attention, size in sizes.items():
+        attention.head_dim, attention.num_heads = size, attention.embed_dim // size
+
+
+def _remove_groups(groups, graph, names, scores: dict, targets: dict, round_to: int, notes: list) -> list[dict]:
+    """Cut every channel group as chosen on the dense copy; one report entry per group."""
+    sizes, report = _multihead_sizes(graph.model), []
+    for group in groups:
+        pruned = channel.choose_channels(group, graph, names, scores[group.leader], targets[group.leader], round_to)
+        if not channel.remove_channels(group, graph, pruned):
+            notes.append(f"the group led by '{group.leader}' was left as it is: an earlier coupled group "
+                         f"already changed it")
+            pruned = []
+        report.append({**group.as_dict(), "target": targets[group.leader], "kept": group.channels - len(pruned),
+                       "pruned": pruned})
+    _restore_head_sizes(sizes)
+    return report
+
+
+def _remove_heads(module: nn.Module, attention, dropped: dict, targets: dict) -> list[dict]:
+    """Remove the chosen heads of every attention layer; one report entry per layer (in key/value heads)."""
+    report = []
+    for unit in attention:
+        entry = {"leader": unit.leader, "attention": unit.name, "members": list(unit.projections),
+                 "unit": "head", "heads": unit.kv_heads, "target": targets[unit.leader],
+                 "pruned_heads": dropped[unit.leader]}
+        heads.remove_heads(module, unit, dropped[unit.leader])
+        report.append({**entry, "kept_heads": unit.kv_heads})
+    return report
+
+
+def prune_structure(job) -> PruneResult:
+    """Physically remove channels and attention heads of ``job.module`` as ``job.plan`` says."""
+    module, plan, notes = job.module, job.plan, job.notes
+    dense_output = _run(module, job.example_input)
+    found = heads.find_attention(module, job.example_input)
+    before = _units(module, job.layers, found)
+    included = {layer.name for layer in job.layers}
+    attention = [unit for unit in found if included.issuperset(unit.projections)]
+    graph = channel.build_graph(module, job.example_input)
+    names = channel.module_names(module, graph)
+    groups, width = channel.dependency_groups(module, graph, job.ignored, found, keep_width=not plan.prune_width)
+    groups = [group for group in groups if included & set(group.members)]
+    evidence = criteria.gather_evidence(module, job.layers, plan.criterion, job.data, plan.seed)
+    scores = {group.leader: channel.scores_or_fallback(group, graph, plan.criterion, evidence, names, notes)
+              for group in groups}
+    scores.update({unit.leader: _head_scores(unit, plan.criterion, evidence, module) for unit in attention})
+    units = {group.leader: group.members for group in groups}
+    units.update({unit.leader: list(unit.projections) for unit in attention})
+    targets = _targets(job, units, scores)
+    dropped = {unit.leader: heads.select_heads(scores[unit.leader], heads.kept_heads(unit, targets[unit.leader]))
+               for unit in attention}
+    report = _remove_groups(groups, graph, names, scores, targets, plan.round_to, notes)
+    report += _remove_heads(module, attention, dropped, targets)
+    _check_output(module, job.example_input, dense_output)
+    result = PruneResult(module, plan, masks=None, groups=report, notes=notes)
+    after = _units(module, job.layers, found)
+    result.layer_sparsity = {name: 1.0 - after[name][1] / count for name, (_, count) in before.items() if count}
+    result.kept = kept_table(before, after, _layer_targets(job, units, targets))
+    _explain(result, included, units, width, _slack(groups, attention, plan.round_to))
+    return result
+
+
+def _units(module: nn.Module, layers, attention) -> dict[str, tuple[str, int]]:
+    """{layer: (unit, count)}: heads for attention projections, output channels for the rest."""
+    counts = {}
+    for unit in attention:
+        for name in unit.projections:
+            counts[name] = ("head", unit.heads)
+    for layer in layers:
+        if layer.name in counts:
+            continue
+        child = module.get_submodule(layer.name)
+        counts[layer.name] = (("head", child.num_heads) if isinstance(child, nn.MultiheadAttention)
+                              else ("channel", channel.out_channels(child)))
+    return counts
+
+
+def _layer_targets(job, units: dict[str, list[str]], targets: dict[str, float]) -> dict[str, float]:
+    """The target each included layer was pruned to: its unit group's, else its own (left dense)."""
+    applied = {layer: targets[leader] for leader, layers in units.items() for layer in [leader, *layers]}
+    return {layer.name: applied.get(layer.name, job.target(layer.name)) for layer in job.layers}
+
+
+def _slack(groups, attention, round_to: int) -> dict[str, int]:
+    """How far rounding may move each layer's kept count from its target: the group's rounding unit
+    (round_to and equal blocks) for channels, the query heads sharing one key/value head for heads."""
+    slack = {}
+    for group in groups:
+        unit = round_to * group.blocks // math.gcd(round_to, group.blocks)
+        slack.update(dict.fromkeys(group.members, unit))
+    for unit in attention:
+        slack.update(dict.fromkeys(unit.projections, unit.heads // unit.kv_heads))
+    return slack
+
+
+def kept_table(before: dict, after: dict, targets: dict[str, float]) -> dict[str, dict]:
+    """{layer: {unit, total, target, target_kept, kept}} for every included layer."""
+    table = {}
+    for name, (unit, total) in before.items():
+        if not total:
+            continue
+        table[name] = {"unit": unit, "total": total, "target": targets.get(name, 0.0),
+                       "target_kept": select.kept_of(total, targets.get(name, 0.0)), "kept": after[name][1]}
+    return table
+
+
+def _explain(result: PruneResult, included: set, units: dict, width: list[str], slack: dict[str, int]) -> None:
+    """Notes: layers kept at full width, layers left dense, and every target that could not be met."""
+    grouped = {name for leader, layers in units.items() for name in [leader, *layers]}
+    kept_width = [name for name in width if name in included]
+    if kept_width:
+        result.notes.append("kept at full width (the residual stream attention layers read; set prune_width: "
+                            f"true to prune it): {', '.join(kept_width)}")
+    untouched = sorted(included - grouped - set(kept_width))
+    if untouched:
+        result.notes.append("left dense (coupled with an ignored layer, or outside the traced graph): "
+                            + ", ".join(untouched))
+    missed = [f"{name} kept {row['kept']}/{row['total']} {row['unit']}s (target {row['target_kept']})"
+              for name, row in result.kept.items() if name in slack
+              and abs(row["kept"] - row["target_kept"]) > max(slack[name], 1)]
+    if missed:
+        result.notes.append("targets not met (coupled layers, rounding or at least one channel kept): "
+                            + "; ".join(missed))
+
+
+def _run(module: nn.Module, example_input):
+    with torch.no_grad():
+        return module(example_input)
+
+
+def _check_output(module: nn.Module, example_input, dense_output) -> None:
+    try:
+        output = _run(module, example_input)
+    except Exception as error:
+        raise PrunelabError(f"the channel-pruned model fails to run ({error_line(error, with_type=True)}); "
+                            "ignore the layers involved or use unstructured pruning") from None
+    shape = lambda value: tuple(value.shape) if isinstance(value, torch.Tensor) else None  # noqa: E731
+    if shape(output) != shape(dense_output):
+        raise PrunelabError(f"channel pruning changed the model's output shape from {shape(dense_output)} "
+                            f"to {shape(output)}; add the final layer to the plan's ignore list")
+
+
+def check_structure(module: nn.Module, plan, example_input) -> None:
+    """Raise, within seconds and before anything is exported or measured, the PrunelabError a channel
+    plan would meet: one message listing every coupling it cannot restructure. No-op for other plans."""
+    if plan.granularity != "channel" or example_input is None:
+        return
+    ignored = list(plan.ignore) if plan.ignore is not None else [
+        name for name in [final_classifier(module, example_input)] if name]
+    found = heads.find_attention(module, example_input)
+    channel.dependency_groups(module, channel.build_graph(module, example_input), ignored, found,
+                              keep_width=not plan.prune_width)

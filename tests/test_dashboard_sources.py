@@ -1,0 +1,58 @@
+"""`prunelab dashboard MODEL` with source options, and the dashboard on a Hugging Face text model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from core.cli import main
+from tests.fixtures.hf_models import TINY_BERT
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+SOURCE_VARIABLES = ("PRUNELAB_MODEL", "PRUNELAB_WEIGHTS", "PRUNELAB_INPUT_SHAPE", "PRUNELAB_DATA", "PRUNELAB_TRUST",
+                    "PRUNELAB_ALLOW_CODE", "PRUNELAB_MODEL_ROOT")
+
+
+@pytest.fixture
+def clean_environment(monkeypatch):
+    for name in SOURCE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_dashboard_takes_the_same_source_options(monkeypatch, tmp_path, clean_environment):
+    started = {}
+    monkeypatch.setattr(os, "execve", lambda path, arguments, env: started.update(env=env))
+    data = tmp_path / "data.npz"
+    assert main(["dashboard", "models.py:resnet18", "--input-shape", "1,3,224,224", "--data", str(data),
+                 "--weights", "w.pt", "--trust"]) == 0
+    env = started["env"]
+    assert env["PRUNELAB_MODEL"] == "models.py:resnet18" and env["PRUNELAB_INPUT_SHAPE"] == "1,3,224,224"
+    assert env["PRUNELAB_DATA"] == str(data.resolve()) and env["PRUNELAB_WEIGHTS"] == str(Path("w.pt").resolve())
+    assert env["PRUNELAB_TRUST"] == "1"
+
+
+def test_source_options_without_a_model_are_refused(monkeypatch, capsys, clean_environment):
+    monkeypatch.setattr(os, "execve", lambda *args: pytest.fail("the server must not start"))
+    assert main(["dashboard", "--input-shape", "1,8"]) == 2
+    assert "name the model too" in capsys.readouterr().err
+
+
+def test_dashboard_opens_a_hugging_face_directory_with_embedding_fidelity(monkeypatch, tmp_path, clean_environment):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    directory = tmp_path / "tiny-bert"
+    transformers.BertModel(transformers.BertConfig(**TINY_BERT)).save_pretrained(directory)
+    ids = np.random.default_rng(0).integers(1, 100, size=(40, 8))
+    np.savez(tmp_path / "tokens.npz", input_ids=ids)
+    monkeypatch.setenv("PRUNELAB_MODEL", str(directory))
+    monkeypatch.setenv("PRUNELAB_INPUT_SHAPE", "1,8")
+    monkeypatch.setenv("PRUNELAB_DATA", str(tmp_path / "tokens.npz"))
+    app = AppTest.from_file(APP, default_timeout=180).run()
+    assert not app.exception and not app.error
+    cards = {metric.label: metric.value for metric in app.metric}
+    assert cards["Cosine to dense"] == "1.000" and cards["Neighbours kept"] == "100.0%"
+    assert "Accuracy" not in cards
