@@ -90,6 +90,17 @@ def coupled_groups(model, example_input=None) -> list[dict]:
     return module_groups(model, example_input)
 
 
+def layer_graph(handle: ModelHandle, max_nodes: int | None = None) -> dict:
+    """The prunable layers as a directed graph with coupled groups (see core.model_graph.layer_graph)."""
+    from core.model_graph import MAX_NODES
+    from core.model_graph import layer_graph as graph
+
+    handle.require("inspect")
+    if handle.module is None:
+        raise PrunelabError(f"{handle.name}: the layer graph needs the PyTorch model")
+    return graph(handle.module, handle.example_input(), MAX_NODES if max_nodes is None else max_nodes)
+
+
 def histogram(handle: ModelHandle, layer: str, bins: int = 60, absolute: bool = True) -> dict:
     """Histogram data of one layer's weights, for the dashboard."""
     return weight_histogram(handle.module, layer, bins=bins, absolute=absolute)
@@ -221,7 +232,7 @@ __all__ = [
     "PrunelabError", "error_line", "home", "writable_home", "write_atomic", "sha256_file", "run_folder",
     # models and layers
     "ModelHandle", "load_model", "BUILTINS", "DEFAULT_MODEL", "builtin_models", "default_model", "layer_table",
-    "histogram", "final_classifier", "coupled_groups", "channel_importance",
+    "histogram", "final_classifier", "coupled_groups", "layer_graph", "channel_importance",
     # plans and pruning
     "Plan", "GRANULARITIES", "CRITERIA", "SCOPES", "granularity_kind", "criteria_for", "plan_text", "check_plan",
     "layers_left_dense", "PruneResult", "apply_plan",

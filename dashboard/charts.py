@@ -56,3 +56,123 @@ def layer_targets(names: list[str], targets: list[float], effective: list[float]
     figure.update_xaxes(range=[0, 100])
     height = max(220, 60 + 22 * len(names) * (2 if effective is not None else 1))
     return _layout(figure, "Sparsity per layer", "sparsity (%)", "", height=min(height, 620))
+
+
+GROUP_COLOURS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6",
+                 "#9d755d", "#bab0ac"]
+UNGROUPED = "#9e9e9e"
+EDGE = "rgba(136,136,136,0.7)"
+
+
+def _graph_positions(nodes: list[dict]) -> dict[str, tuple[float, float]]:
+    """Data flows left to right (x = depth); nodes of one depth are stacked around y = 0."""
+    columns: dict[int, list[str]] = {}
+    for node in nodes:
+        columns.setdefault(node["depth"], []).append(node["id"])
+    return {name: (depth, (len(names) - 1) / 2 - row) for depth, names in columns.items()
+            for row, name in enumerate(names)}
+
+
+def _arrow_heads(edges: list[list[str]], positions: dict) -> go.Scatter:
+    """A small arrow head three quarters along each edge, pointing the way the data flows."""
+    import math
+
+    xs, ys, angles = [], [], []
+    for source, target in edges:
+        (x0, y0), (x1, y1) = positions[source], positions[target]
+        xs.append(x0 + 0.75 * (x1 - x0))
+        ys.append(y0 + 0.75 * (y1 - y0))
+        angles.append(90 - math.degrees(math.atan2(y1 - y0, x1 - x0)))
+    return go.Scatter(x=xs, y=ys, mode="markers", hoverinfo="skip", showlegend=False,
+                      marker={"symbol": "triangle-up", "size": 9, "angle": angles, "color": EDGE})
+
+
+def model_graph(graph: dict, cut: dict[str, float], colour_by: str = "cut", selected: str | None = None) -> go.Figure:
+    """The layers as a left-to-right directed graph; node colour = share cut (or coupled group).
+
+    ``graph`` as core.api.layer_graph returns it; ``cut`` maps a node id to the share of its
+    weights the plan removes. Each node's ``customdata`` is its id (click to select).
+    """
+    nodes, positions = graph["nodes"], _graph_positions(graph["nodes"])
+    edge_x, edge_y = [], []
+    for source, target in graph["edges"]:
+        edge_x += [positions[source][0], positions[target][0], None]
+        edge_y += [positions[source][1], positions[target][1], None]
+    figure = go.Figure(go.Scatter(x=edge_x, y=edge_y, mode="lines", line={"color": EDGE, "width": 1.5},
+                                  hoverinfo="skip", showlegend=False))
+    figure.add_trace(_arrow_heads(graph["edges"], positions))
+    if colour_by == "group":
+        colours = [GROUP_COLOURS[node["group"] % len(GROUP_COLOURS)] if node["group"] >= 0 else UNGROUPED
+                   for node in nodes]
+        marker = {"color": colours}
+    else:
+        marker = {"color": [100 * cut.get(node["id"], 0.0) for node in nodes], "cmin": 0, "cmax": 100,
+                  "colorscale": "OrRd", "colorbar": {"title": {"text": "cut (%)"}, "thickness": 12}}
+    marker.update(size=[22 if node["id"] == selected else 16 for node in nodes],
+                  line={"width": [3 if node["id"] == selected else 1 for node in nodes], "color": "#555"})
+    figure.add_trace(go.Scatter(
+        x=[positions[node["id"]][0] for node in nodes], y=[positions[node["id"]][1] for node in nodes],
+        mode="markers+text", text=[_short_name(node["id"]) for node in nodes], textposition="bottom center",
+        textfont={"size": 10}, customdata=[node["id"] for node in nodes], marker=marker, showlegend=False,
+        hovertext=[_node_hover(node, cut.get(node["id"], 0.0)) for node in nodes], hoverinfo="text"))
+    figure.update_xaxes(visible=False)
+    figure.update_yaxes(visible=False, scaleanchor=None)
+    rows = max([1] + [sum(1 for node in nodes if node["depth"] == depth) for depth in {n["depth"] for n in nodes}])
+    title = "Layers and how data flows between them" + (" (repeated blocks folded)" if graph["collapsed"] else "")
+    figure = _layout(figure, title, "", "", height=min(620, 160 + 70 * rows))
+    figure.update_layout(clickmode="event+select", dragmode="pan")
+    return figure
+
+
+def _short_name(name: str) -> str:
+    """A node label that fits: the whole name when short, else its last two words (numbers stay attached)."""
+    if len(name) <= 16:
+        return name
+    words = [part for part in name.split(".") if not part.isdigit()]
+    return ".".join(words[-2:]) if words else name[-16:]
+
+
+def _node_hover(node: dict, cut: float) -> str:
+    group = f"coupled group {node['group'] + 1}" if node["group"] >= 0 else "no coupled group"
+    inside = f"<br>{len(node['layers'])} layers" if len(node["layers"]) > 1 else ""
+    return (f"<b>{node['id']}</b><br>{node['kind']}{inside}<br>{node['params']:,} weights, "
+            f"{node['macs']:,} MACs<br>{group}<br>cut {100 * cut:.0f}%")
+
+
+def sensitivity_heatmap(result: dict) -> go.Figure:
+    """Layers x sparsity level, coloured by the accuracy drop (percentage points) when only that layer is pruned.
+
+    The levels are categories ('10%' ... '95%'): one column each, all of equal width, labelled as written.
+    """
+    baseline, label = result["baseline_accuracy"], result["label"]
+    names = [layer["name"] for layer in result["layers"]]
+    levels = result["levels"]
+    drops = [[None] * len(levels) for _ in names]
+    for row, layer in enumerate(result["layers"]):
+        for point in layer["curve"]:
+            drops[row][levels.index(point["sparsity"])] = round(100 * (baseline - point["accuracy"]), 1)
+    columns = [f"{100 * level:g}%" for level in levels]
+    figure = go.Figure(go.Heatmap(
+        z=drops, x=columns, y=names, colorscale="Reds", zmin=0, xgap=1, ygap=1,
+        text=drops, texttemplate="%{text}", colorbar={"title": {"text": f"{label} drop<br>(pts)"}},
+        hovertemplate=f"%{{y}} pruned to %{{x}}<br>{label} drop %{{z}} percentage points<extra></extra>"))
+    figure.update_xaxes(type="category", categoryorder="array", categoryarray=columns, side="top")
+    figure.update_yaxes(type="category", autorange="reversed")
+    title = f"Drop in {label} (percentage points) when only one layer is pruned"
+    return _layout(figure, title, "sparsity of that layer", "", height=max(HEIGHT, 28 * len(names) + 110))
+
+
+def training_curves(history: list[dict]) -> tuple[go.Figure, go.Figure]:
+    """Two small charts per epoch, one y-axis each: mean training loss, and validation accuracy (%)."""
+    epochs = [row["epoch"] for row in history]
+    loss = go.Figure(go.Scatter(x=epochs, y=[row["loss"] for row in history], mode="lines+markers",
+                                marker_color=KEPT, text=[row.get("phase", "") for row in history],
+                                hovertemplate="epoch %{x}<br>loss %{y:.4f}<extra>%{text}</extra>"))
+    accuracy = go.Figure(go.Scatter(
+        x=epochs, y=[None if row.get("val_accuracy") is None else 100 * row["val_accuracy"] for row in history],
+        mode="lines+markers", marker_color=EFFECTIVE, text=[row.get("phase", "") for row in history],
+        hovertemplate="epoch %{x}<br>%{y:.1f}%<extra>%{text}</extra>"))
+    for figure in (loss, accuracy):
+        figure.update_xaxes(tickmode="linear", dtick=1, tickformat="d", rangemode="tozero")
+    return (_layout(loss, "Training loss", "epoch", "mean cross-entropy", height=280),
+            _layout(accuracy, "Validation accuracy", "epoch", "accuracy (%)", height=280))

@@ -1,44 +1,19 @@
-"""Numbers as a person reads them: sizes, counts, times, percentages, and the deltas of metric cards."""
+"""Numbers as a person reads them: sizes, counts, times, percentages, and the deltas of metric cards.
+
+The units themselves live in core.units (the HTML report speaks the same way); this module adds
+what only the dashboard needs.
+"""
 from __future__ import annotations
 
+from core.units import count, metric, metric_label, milliseconds, percent, readable, size, times  # noqa: F401
 
-def count(value: float | None) -> str:
-    """12_345_678 -> '12.3 M'."""
-    if value is None:
-        return "–"
-    for limit, suffix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
-        if abs(value) >= limit:
-            return f"{_short(value / limit)}{suffix}"
-    return f"{value:.0f}"
-
-
-def _short(value: float) -> str:
-    """Three significant digits at most: 629.9 -> '630', 15.26 -> '15.3', 1.234 -> '1.23'."""
-    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
-
-
-def size(value: float | None) -> str:
-    """Bytes -> '1.4 MB' (powers of 1024)."""
-    if value is None:
-        return "–"
-    for limit, suffix in ((2**30, "GB"), (2**20, "MB"), (2**10, "KB")):
-        if value >= limit:
-            return f"{_short(value / limit)} {suffix}"
-    return f"{value:.0f} B"
-
-
-def milliseconds(value: float | None) -> str:
-    """0.0604 -> '60.4 µs', 2.65 -> '2.65 ms'."""
-    if value is None:
-        return "–"
-    return f"{_short(1000 * value)} µs" if value < 1 else f"{_short(value)} ms"
-
-
-def percent(value: float | None) -> str:
-    """0.1234 -> '12.3%'; below 1% two decimals, so a small nonzero share does not read as zero."""
-    if value is None:
-        return "–"
-    return f"{100 * value:.2f}%" if 0 < abs(value) < 0.01 else f"{100 * value:.1f}%"
+# Words of the engine's notes that name a plan file key, and the dashboard control that does the same.
+CONTROLS = {
+    "set recalibrate: false": "turn off 'Re-estimate BatchNorm statistics'",
+    "recalibrate: false": "'Re-estimate BatchNorm statistics' off",
+    "(granularity 'channel')": "(Granularity: channel)",
+    "round_to": "'Round kept channels'",
+}
 
 
 def change(new: float | None, old: float | None) -> str | None:
@@ -53,6 +28,14 @@ def points(new: float | None, old: float | None) -> str | None:
     if new is None or old is None:
         return None
     return f"{100 * (new - old):+.1f} pts"
+
+
+def note(text: str) -> str:
+    """An engine note as the dashboard says it: units a person reads, controls named as on screen."""
+    text = readable(text)
+    for words, control in CONTROLS.items():
+        text = text.replace(words, control)
+    return text
 
 
 def quality(metrics: dict, dense: dict | None = None) -> dict:

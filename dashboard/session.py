@@ -288,23 +288,6 @@ def plan_label(values: dict | None = None) -> str:
     return f"{', '.join(parts)}, {targets}{measured}"
 
 
-def file_stem() -> str:
-    """A file name for this plan's downloads: model, granularity, share removed, and what else applies."""
-    values, report = state.plan(), last_report()
-    removed = (report or {}).get("pruned", {}).get("removed")
-    share = f"{round(100 * removed)}pct" if removed is not None else f"target{round(100 * values['sparsity'])}"
-    parts = [model().name, values["granularity"].replace(":", "of"), share]
-    if values["granularity"] == "channel" and int(values.get("round_to") or 1) > 1:
-        parts.append(f"r{int(values['round_to'])}")
-    if per_layer(values):
-        parts.append("perlayer")
-    if state.quantize():
-        parts.append("int8")
-    if recovered() is not None:
-        parts.append("recovered")
-    return "-".join(parts)
-
-
 # ---------------------------------------------------------------- measurement
 
 @st.cache_resource(max_entries=12, show_spinner=False)
@@ -378,40 +361,3 @@ def adopt_recovered(handle, plan_digest: str, summary: dict, settings: dict, run
 
 def discard_recovered() -> None:
     st.session_state.pop(state.RECOVERED, None)
-
-
-# ---------------------------------------------------------------- downloads
-
-def download(kind: str):
-    """A callable that builds the ``kind`` file (onnx, state_dict, pt2) of what this session measures now.
-
-    Streamlit runs a download button's callable outside the script run, where session state is
-    not this person's: model, plan, INT8 mode and recovered model are captured here, when the
-    button is drawn.
-    """
-    current, adopted = plan_object(), recovered()
-    chosen, lock = evaluator(state.quantize()), state.lock(model_key())
-    recovered_handle = None if adopted is None else adopted["handle"]
-
-    def build() -> bytes:
-        with lock:
-            return api.export_file(chosen, kind, current, recovered_handle)
-
-    return build
-
-
-def reproduce_command() -> str:
-    """The CLI command that rebuilds this session's downloads from the plan file saved next to them."""
-    spec, stem = source()["spec"], file_stem()
-    quantize = f" --quantize {state.quantize()}" if state.quantize() else ""
-    adopted = recovered()
-    if adopted is None:
-        return f"prunelab prune {spec} --plan {stem}-plan.yaml{quantize} --out {stem}/"
-    settings = adopted["settings"]
-    if settings["method"] == "finetune":
-        return (f"prunelab prune {spec} --plan {stem}-plan.yaml{quantize} --finetune {settings['epochs']} "
-                f"--lr {settings['lr']:g} --out {stem}/")
-    rounds = f" --rounds {settings['rounds']}" if settings["method"] in ("iterative", "lottery") else ""
-    rewind = f" --rewind-epoch {settings['rewind_epoch']}" if settings["method"] == "lottery" else ""
-    return (f"prunelab recover {spec} --method {settings['method']} --plan {stem}-plan.yaml --epochs "
-            f"{settings['epochs']}{rounds}{rewind} --lr {settings['lr']:g} --save {stem}-state_dict.pt")

@@ -57,6 +57,7 @@ def test_a_steep_then_flat_curve_is_judged_by_its_convex_hull():
     assert chosen == pytest.approx({"step": 0.9, "ramp": 0.0})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", [0.5, 0.8, 0.9])
 def test_the_target_overall_sparsity_is_reached(cnn, sweep, target):
     plan = allocate(cnn, target_sparsity=target, sensitivity=sweep)
@@ -64,6 +65,7 @@ def test_the_target_overall_sparsity_is_reached(cnn, sweep, target):
     assert overall_sparsity(cnn, plan) == pytest.approx(target, abs=0.002)
 
 
+@pytest.mark.slow
 def test_per_layer_bounds_are_respected(cnn, sweep):
     plan = allocate(cnn, target_sparsity=0.6, min_sparsity=0.2, max_sparsity=0.8, sensitivity=sweep)
     targets = plan.layer_targets
@@ -73,6 +75,7 @@ def test_per_layer_bounds_are_respected(cnn, sweep):
     assert overall_sparsity(cnn, plan) == pytest.approx(0.6, abs=0.002)
 
 
+@pytest.mark.slow
 def test_allocated_beats_uniform_and_keeps_up_with_global_at_90_percent(cnn, sweep):
     x, y = torch.from_numpy(cnn.data.x_test), torch.from_numpy(cnn.data.y_test)
 
@@ -85,6 +88,7 @@ def test_allocated_beats_uniform_and_keeps_up_with_global_at_90_percent(cnn, swe
     assert allocated >= accuracy(Plan(scope="global", sparsity=0.9)) - 0.01
 
 
+@pytest.mark.slow
 def test_max_accuracy_drop_alone_sets_the_sparsity(cnn, sweep):
     plan = allocate(cnn, max_accuracy_drop=0.01, sensitivity=sweep)
     sparsity = overall_sparsity(cnn, plan)
@@ -95,6 +99,7 @@ def test_max_accuracy_drop_alone_sets_the_sparsity(cnn, sweep):
         allocate(cnn, target_sparsity=0.9, max_accuracy_drop=0.01, sensitivity=sweep)
 
 
+@pytest.mark.slow
 def test_bad_requests_are_one_line_errors(cnn, sweep):
     cases = [
         ({}, "give a target"),
@@ -110,6 +115,7 @@ def test_bad_requests_are_one_line_errors(cnn, sweep):
             allocate(cnn, sensitivity=sweep, **kwargs)
 
 
+@pytest.mark.slow
 def test_cli_writes_a_plan_that_loads_and_matches_the_api(cnn, sweep, tmp_path, capsys):
     out = tmp_path / "allocated.yaml"
     assert main(["allocate", "digits-cnn", "--target-sparsity", "0.8", "--out", str(out)]) == 0
@@ -121,6 +127,7 @@ def test_cli_writes_a_plan_that_loads_and_matches_the_api(cnn, sweep, tmp_path, 
     assert "prunelab: error:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_channel_allocation_reaches_a_mac_reduction(cnn):
     result = sensitivity(cnn, granularity="channel", levels=(0.0, 0.3, 0.6, 0.9))
     plan = allocate(cnn, target_mac_reduction=2.0, granularity="channel", sensitivity=result)
@@ -135,6 +142,7 @@ def test_channel_allocation_reaches_a_mac_reduction(cnn):
     assert pruned >= dense / 2 * 0.85  # not far beyond the target either
 
 
+@pytest.mark.slow
 def test_channel_allocation_with_rounding_checks_the_target_on_the_rounded_model(cnn):
     from core.inspect import layer_macs, prunable_layers
 
@@ -148,6 +156,7 @@ def test_channel_allocation_with_rounding_checks_the_target_on_the_rounded_model
     assert convolutions and all(layer.weight.shape[0] % 8 == 0 for layer in convolutions)
 
 
+@pytest.mark.slow
 def test_the_tune_page_auto_allocate_button_fills_the_sliders(cnn, sweep):
     from pathlib import Path
 
@@ -165,6 +174,7 @@ def test_the_tune_page_auto_allocate_button_fills_the_sliders(cnn, sweep):
     assert page.session_state["prunelab.plan"]["layers"] == expected
 
 
+@pytest.mark.slow
 def test_the_global_candidate_keeps_every_layer_within_its_bounds(cnn):
     from core.inspect import final_classifier, prunable_layers
     from core.search.allocate import _global_within
@@ -181,6 +191,7 @@ def test_the_global_candidate_keeps_every_layer_within_its_bounds(cnn):
     assert _global_within(cnn, "l1", list(sizes), 0.9, (0.0, 0.5)) is None  # out of reach within 50% each
 
 
+@pytest.mark.slow
 def test_a_target_at_the_end_of_the_curves_is_not_forced_to_uniform(cnn):
     # curves that end at 90% leave a 90% target no choice but uniform; the global candidate,
     # with its layers past the 91% bound pinned there, is another plan and the better one

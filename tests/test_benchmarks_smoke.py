@@ -17,6 +17,7 @@ def test_benchmark_runs_quickly(name, capsys):
     assert "|" in printed or printed.strip(), f"benchmarks.{name} printed nothing"
 
 
+@pytest.mark.slow
 def test_runner_writes_nothing_in_quick_mode(tmp_path, monkeypatch, capsys):
     from benchmarks import run
 

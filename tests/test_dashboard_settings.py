@@ -11,6 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.api import Plan, apply_plan, channel_importance
+from dashboard import formatting
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 PAGES = ["pages/model.py", "pages/layers.py", "pages/sensitivity.py", "pages/tune.py", "pages/recover.py",
@@ -174,3 +175,12 @@ def test_export_describes_the_plan_it_hands_over_after_a_run_is_loaded_from_hist
     assert loaded["plan"]["sparsity"] == 0.5 and loaded["plan"]["layers"] == {}
     assert f"accuracy {100 * loaded['pruned']['accuracy']:.1f}%" in app.markdown[0].value
     assert "-perlayer" not in app.code[-1].value
+
+
+def test_the_model_page_and_tune_show_the_same_dense_latency(cnn_app):
+    app = cnn_app
+    app.toggle(key="w.quantize").set_value(True).run()
+    tune_dense = app.session_state["prunelab.report"]["baseline"]["latency_ms"]["p50"]
+    visit(app, "pages/model.py")
+    shown = next(metric.value for metric in app.metric if metric.label == "p50 latency")
+    assert shown == formatting.milliseconds(tune_dense)  # one dense measurement, whatever page shows it

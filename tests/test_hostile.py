@@ -396,8 +396,8 @@ def test_dashboard_refuses_an_npz_bomb_and_deletes_the_upload(model_page, tmp_pa
 
     bomb = npz_bomb(tmp_path / "bomb.npz", (2**20, 1, 32, 32), zero_bytes=2**24)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    model_page.file_uploader[[box.label for box in model_page.file_uploader].index("Evaluation data (.npz or .txt)")].upload(
-        "bomb.npz", bomb.read_bytes()).run()
+    labels = [box.label for box in model_page.file_uploader]
+    model_page.file_uploader[labels.index("Evaluation data (.npz or .txt)")].upload("bomb.npz", bomb.read_bytes()).run()
     next(button for button in model_page.button if button.label == "Use this data").click().run()
     assert not model_page.exception
     assert any("bomb.npz" in error.value and "PRUNELAB_MAX_DATA_GB" in error.value for error in model_page.error)

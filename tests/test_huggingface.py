@@ -200,3 +200,27 @@ def test_minilm_demo_reports_embedding_fidelity():
     dense = evaluate(handle)["baseline"]
     assert dense["cosine"] == 1.0 and dense["cosine_p5"] == 1.0 and dense["neighbour_agreement"] == 1.0
     assert dense["max_abs_diff"] < 1e-3
+
+
+def test_sensitivity_and_allocation_score_embeddings_by_cosine(bert_dir):
+    from core.search.allocate import allocate
+    from core.search.sensitivity import sensitivity
+
+    handle = load_model(str(bert_dir), input_shape="1,8")
+    result = sensitivity(handle, levels=(0.0, 0.5, 0.9))
+    assert result["label"] == "cosine" and result["baseline_accuracy"] == pytest.approx(1.0)
+    worst = min(point["accuracy"] for layer in result["layers"] for point in layer["curve"])
+    assert 0.0 < worst < 1.0  # pruning a layer moves the embeddings away from the dense ones
+    plan = allocate(handle, target_sparsity=0.5, sensitivity=result)
+    targets = dict(plan.layers)
+    assert targets and all(0.0 <= value <= 0.99 for value in targets.values()) and max(targets.values()) > 0
+
+
+def test_minilm_is_listed_with_the_demos(capsys):
+    from core.cli import main
+
+    assert main(["models", "--json"]) == 0
+    import json
+
+    cards = {card["name"]: card for card in json.loads(capsys.readouterr().out)}
+    assert cards["minilm"]["input_shape"] == [1, 64] and cards["minilm"]["params"] == 22_713_216

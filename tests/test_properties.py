@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -43,6 +44,7 @@ def test_random_plans_round_trip_or_fail_with_one_line(tmp_path_factory, fields)
     assert Plan.from_dict(plan.to_dict()).digest == plan.digest
 
 
+@pytest.mark.slow
 @given(layer=st.sampled_from(CNN_LAYERS), sparsity=st.floats(0.0, 0.99),
        criterion=st.sampled_from(["l1", "l2", "random"]))
 @settings(max_examples=25)
@@ -57,6 +59,7 @@ def test_masks_have_exact_counts_and_keep_survivors(cnn, layer, sparsity, criter
     assert torch.equal(after[mask], before[mask])
 
 
+@pytest.mark.slow
 @given(sparsity=st.floats(0.0, 0.9), granularity=st.sampled_from(["unstructured", "channel", "2:4"]),
        scope=st.sampled_from(["layer", "global"]))
 @settings(max_examples=10)

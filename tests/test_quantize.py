@@ -45,6 +45,7 @@ def test_dynamic_int8_mlp_keeps_accuracy(mlp):
     assert abs(report["pruned"]["accuracy"] - report["baseline"]["accuracy"]) <= 0.02
 
 
+@pytest.mark.slow
 def test_pruned_and_quantized_together(cnn):
     plan = Plan(scope="global", sparsity=0.5)
     fp32 = evaluate(cnn, plan)["pruned"]

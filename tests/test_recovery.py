@@ -210,20 +210,20 @@ def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(m
         import streamlit as st
         import torch
 
-        from dashboard import session, state
+        from dashboard import handover, state
 
-        weights = torch.load(io.BytesIO(session.download("state_dict")()), weights_only=True)
+        weights = torch.load(io.BytesIO(handover.download("state_dict")()), weights_only=True)
         module = st.session_state["prunelab.recovered"]["handle"].module
         st.session_state["same"] = all(weights[name].equal(value) for name, value in module.state_dict().items())
         import onnx
 
         state.set_quantize(True)  # INT8 on: the ONNX download is the recovered model, quantized
-        operations = {node.op_type for node in onnx.load_from_string(session.download("onnx")()).graph.node}
+        operations = {node.op_type for node in onnx.load_from_string(handover.download("onnx")()).graph.node}
         st.session_state["int8"] = bool(operations & {"QuantizeLinear", "MatMulInteger", "DynamicQuantizeLinear"})
-        st.session_state["command"] = session.reproduce_command()
+        st.session_state["command"] = handover.reproduce_command()
         state.set_quantize(False)
         st.session_state.pop(state.RECOVERED)  # without the recovered model: the one-shot pruned weights
-        one_shot = torch.load(io.BytesIO(session.download("state_dict")()), weights_only=True)
+        one_shot = torch.load(io.BytesIO(handover.download("state_dict")()), weights_only=True)
         st.session_state["differs"] = not one_shot["fc1.weight"].equal(weights["fc1.weight"])
 
     export = AppTest.from_function(export_state_dict, default_timeout=60)

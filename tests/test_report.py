@@ -30,7 +30,8 @@ def test_report_is_self_contained_and_names_every_run(three_runs, tmp_path):
     assert not re.search(r"<link[^>]+href\s*=\s*[\"']?https?:", text, re.IGNORECASE)
     for run in three_runs[:2]:
         assert f"#{run.id} {run.label}" in text
-    assert "digits-mlp" in text and "Per-layer sparsity" in text and "compressed_bytes" in text
+    assert "digits-mlp" in text and "Per-layer sparsity" in text and "Compressed size (gzip)" in text
+    assert "compressed_bytes" not in text and "latency_ms" not in text  # people's words, not field names
 
 
 def test_person_typed_text_is_escaped(three_runs):
@@ -47,15 +48,17 @@ def test_pareto_figure_highlights_the_front(three_runs):
     assert list(traces["other runs"].customdata) == [three_runs[2].id]
     sizes = dict(zip(traces["Pareto front"].customdata, traces["Pareto front"].marker.size))
     assert sizes[three_runs[0].id] > sizes[three_runs[1].id]  # larger compressed model, larger marker
-    assert traces["dense baseline"].y == (0.97,)
+    assert traces["dense baseline"].y == (97.0,)  # percent, like the axis
+    assert figure.data[-1].name == "dense baseline" and figure.data[-1].text == ("dense",)  # on top, labelled
+    assert all(trace.unselected.marker.opacity == 0.85 for trace in figure.data if trace.mode != "lines")
 
 
 def test_report_tables_show_layer_sparsity_and_baseline(three_runs):
     text = build_report([get_run(run.id) for run in three_runs])
     layer_row = re.search(r"<tr[^>]*><td>fc1</td>(.*?)</tr>", text).group(1)
-    assert re.findall(r"<td>([^<]*)</td>", layer_row) == ["0.5", "0.8", "0.6"]
-    accuracy_row = re.search(r"<tr[^>]*><td>accuracy</td>(.*?)</tr>", text).group(1)
-    assert re.findall(r"<td>([^<]*)</td>", accuracy_row) == ["0.97", "0.9", "0.85", "0.8"]
+    assert re.findall(r"<td>([^<]*)</td>", layer_row) == ["50.0%", "80.0%", "60.0%"]
+    accuracy_row = re.search(r"<tr[^>]*><td>Accuracy</td>(.*?)</tr>", text).group(1)
+    assert re.findall(r"<td>([^<]*)</td>", accuracy_row) == ["97.0%", "90.0%", "85.0%", "80.0%"]
 
 
 def test_empty_report_is_refused():

@@ -26,6 +26,7 @@ def sweep(cnn):
     return sensitivity(cnn, levels=LEVELS)
 
 
+@pytest.mark.slow
 def test_curves_have_every_level_ascending_and_start_at_the_baseline(cnn, sweep):
     assert sweep["levels"] == list(LEVELS)
     assert sweep["label"] == "accuracy" and sweep["complete"] is True
@@ -41,6 +42,7 @@ def test_curves_have_every_level_ascending_and_start_at_the_baseline(cnn, sweep)
     json.dumps(sweep)
 
 
+@pytest.mark.slow
 def test_fast_path_matches_a_one_layer_plan_through_the_engine(cnn, sweep):
     scorer = Scorer(cnn, "val")
     for layer in sweep["layers"][1:3]:
@@ -58,6 +60,7 @@ def test_the_handle_is_left_unchanged(cnn):
         assert value.equal(before[key]), key
 
 
+@pytest.mark.slow
 def test_a_second_call_reads_the_cache_without_recomputing(cnn, sweep, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("recomputed")
@@ -80,6 +83,7 @@ def test_progress_counts_every_point(cnn):
     assert seen[0][2] == "dense model" and seen[1][2] == "features.0.0 at 50%"
 
 
+@pytest.mark.slow
 def test_stopping_returns_a_partial_result_that_is_not_cached(cnn):
     polls = []
 
@@ -119,6 +123,7 @@ def test_large_models_score_a_subset_automatically_and_say_why(cnn, monkeypatch)
     assert result["evaluated_on"]["batchnorm_items"] == 256
 
 
+@pytest.mark.slow
 def test_unlabelled_data_reports_agreement(user_model):
     result = sensitivity(user_model, levels=(0.0, 0.8))
     assert result["label"] == "agreement"
@@ -142,6 +147,7 @@ def test_bad_requests_are_one_line_errors(cnn):
         sensitivity(cnn, split="nowhere")
 
 
+@pytest.mark.slow
 def test_cli_prints_json_and_a_table(capsys):
     assert main(["sensitivity", "digits-cnn", "--levels", "0.5,0", "--max-items", "30", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -166,6 +172,7 @@ def test_cache_is_bounded_atomic_and_tolerates_damage(tmp_path):
     assert cache_key({"b": 1, "a": 2}) == cache_key({"a": 2, "b": 1}) != cache_key({"a": 1, "b": 2})
 
 
+@pytest.mark.slow
 def test_channel_sweeps_prune_coupled_groups_and_time_each_level(cnn):
     result = sensitivity(cnn, granularity="channel", levels=(0.0, 0.5))
     assert result["evaluated_on"]["latency"]["runtime"] == "onnxruntime"

@@ -69,7 +69,7 @@ def onnx_gap(module: nn.Module, inputs: torch.Tensor) -> float:
     return float(np.abs(session.run(None, {"x": inputs.numpy()})[0] - expected).max())
 
 
-@pytest.mark.parametrize("fixture", ["resnet", "user_model"])
+@pytest.mark.parametrize("fixture", [pytest.param("resnet", marks=pytest.mark.slow), "user_model"])
 def test_coupled_models_shrink_run_and_export(fixture, request):
     handle = request.getfixturevalue(fixture)
     before = {key: value.clone() for key, value in handle.module.state_dict().items()}
@@ -109,7 +109,8 @@ def test_round_to_and_per_layer_targets(cnn):
     assert result.layer_sparsity["fc1"] == pytest.approx(0.75)
 
 
-@pytest.mark.parametrize("criterion, fixture", [("bn_scale", "resnet"), ("taylor", "cnn"), ("activation", "cnn")])
+@pytest.mark.parametrize("criterion, fixture", [pytest.param("bn_scale", "resnet", marks=pytest.mark.slow),
+                                                ("taylor", "cnn"), ("activation", "cnn")])
 def test_channel_criteria_in_global_scope(criterion, fixture, request):
     handle = request.getfixturevalue(fixture)
     result = apply_plan(handle, Plan(granularity="channel", criterion=criterion, scope="global", sparsity=0.5))
@@ -174,6 +175,7 @@ def test_saved_artifacts_reload_without_source(tmp_path, cnn):
         assert torch.allclose(load_pruned(tmp_path)(inputs), result.module(inputs), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_targets_on_coupled_layers_are_reported(resnet):
     plan = Plan(granularity="channel", sparsity=0.5, layers={"stem.0": 0.25, "layer1.conv2": 0.75, "fc": 0.5})
     result = apply_plan(resnet, plan)

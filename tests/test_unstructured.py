@@ -89,6 +89,7 @@ def test_data_criteria_without_data_say_so():
             apply_plan(model, Plan(criterion=criterion), data=None)
 
 
+@pytest.mark.slow
 def test_taylor_works_on_unlabelled_data(user_model):
     assert not user_model.data.labelled
     result = apply_plan(user_model, Plan(criterion="taylor", sparsity=0.5))

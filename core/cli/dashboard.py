@@ -35,7 +35,7 @@ def command(port: int, address: str = "127.0.0.1") -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
             "--server.port", str(port), "--server.address", address, "--browser.gatherUsageStats", "false",
             "--server.fileWatcherType", "none", "--server.maxUploadSize", "200",
-            "--server.maxCacheDataSize", "256mb", "--client.toolbarMode", "minimal", "--theme.base", "light"]
+            "--server.maxCacheDataSize", "256mb", "--client.toolbarMode", "minimal"]
 
 
 # The starting model's source options, read by the dashboard (dashboard/state.py).

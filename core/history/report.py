@@ -18,6 +18,8 @@ from core.errors import PrunelabError
 from core.files import write_atomic
 from core.history.compare import flat_metrics, pareto_indices, planned_sparsity
 from core.history.runs import Run, get_run
+from core.units import MISSING, metric_label, milliseconds, percent, readable, size
+from core.units import metric as units_metric
 
 TABLE_METRICS = ["accuracy", "agreement", "loss", "latency_ms.p50", "latency_ms.p90", "throughput", "removed",
                  "sparsity", "params", "nonzero_params", "macs", "onnx_bytes", "compressed_bytes", "max_abs_diff"]
@@ -31,43 +33,67 @@ def run_name(run: Run) -> str:
     return f"#{run.id} {run.label}".strip()
 
 
-def pareto_figure(runs: list[Run], baseline: dict | None = None) -> go.Figure:
-    """Quality against p50 latency; marker area follows compressed size; the front in a separate trace.
+def _time_scale(latencies: list[float]) -> tuple[float, str]:
+    """(factor, unit) that shows ``latencies`` given in ms as people read them: µs below a millisecond."""
+    known = [value for value in latencies if value is not None]
+    return (1000.0, "µs") if known and max(known) < 1 else (1.0, "ms")
 
-    Each point's ``customdata`` is the run id (the dashboard opens the run on click).
+
+def pareto_figure(runs: list[Run], baseline: dict | None = None) -> go.Figure:
+    """Quality (%) against p50 latency; marker area follows compressed size; the front in its own trace;
+    the dense baseline a labelled star drawn last, so no run hides it.
+
+    Each run point's ``customdata`` is the run id (the dashboard opens the run on click); a click
+    fades nothing.
     """
     points = [(run.quality, run.latency_p50) for run in runs]
     front = set(pareto_indices(points))
+    dense_quality = None if not baseline else (
+        baseline.get("accuracy") if baseline.get("accuracy") is not None else baseline.get("agreement"))
+    dense_latency = ((baseline or {}).get("latency_ms") or {}).get("p50")
+    scale, unit = _time_scale([latency for _, latency in points] + [dense_latency])
     sizes = [run.compressed_bytes or 0 for run in runs]
     largest = max(sizes + [1])
+    unfaded = {"marker": {"opacity": 0.85}, "textfont": {"color": None}}
     figure = go.Figure()
     for on_front in (False, True):
         chosen = [index for index in range(len(runs)) if (index in front) == on_front]
         figure.add_trace(go.Scatter(
-            x=[points[index][1] for index in chosen], y=[points[index][0] for index in chosen],
+            x=[_scaled(points[index][1], scale) for index in chosen],
+            y=[_scaled(points[index][0], 100) for index in chosen],
             mode="markers+text", text=[html.escape(run_name(runs[index])) for index in chosen],
-            textposition="top center",
-            customdata=[runs[index].id for index in chosen], name="Pareto front" if on_front else "other runs",
+            textposition="top center", customdata=[runs[index].id for index in chosen],
+            name="Pareto front" if on_front else "other runs", selected=unfaded, unselected=unfaded,
             marker={"size": [12 + 28 * math.sqrt(sizes[index] / largest) for index in chosen],
-                    "color": "#d62728" if on_front else "#7f7f7f", "opacity": 0.8,
+                    "color": "#d62728" if on_front else "#7f7f7f", "opacity": 0.85,
                     "line": {"width": 1, "color": "#333"}},
-            hovertemplate="run %{customdata}<br>p50 %{x:.3f} ms<br>quality %{y:.4f}<extra></extra>"))
+            hovertext=[f"{html.escape(run_name(runs[index]))}<br>p50 {milliseconds(points[index][1])}<br>"
+                       f"{percent(points[index][0])}<br>compressed {size(sizes[index])}" for index in chosen],
+            hoverinfo="text"))
     ordered = sorted(front, key=lambda index: points[index][1])
-    figure.add_trace(go.Scatter(x=[points[index][1] for index in ordered], y=[points[index][0] for index in ordered],
+    figure.add_trace(go.Scatter(x=[_scaled(points[index][1], scale) for index in ordered],
+                                y=[_scaled(points[index][0], 100) for index in ordered],
                                 mode="lines", line={"color": "#d62728", "dash": "dot"}, hoverinfo="skip",
                                 showlegend=False))
-    if baseline and baseline.get("latency_ms"):
-        quality = baseline.get("accuracy") if baseline.get("accuracy") is not None else baseline.get("agreement")
-        figure.add_trace(go.Scatter(x=[baseline["latency_ms"].get("p50")], y=[quality], mode="markers",
-                                    name="dense baseline", marker={"symbol": "star", "size": 16, "color": "#1f77b4"}))
+    if dense_latency is not None:
+        figure.add_trace(go.Scatter(
+            x=[dense_latency * scale], y=[_scaled(dense_quality, 100)], mode="markers+text", text=["dense"],
+            textposition="bottom center", textfont={"color": "#1f77b4", "size": 13}, name="dense baseline",
+            selected=unfaded, unselected=unfaded, hoverinfo="text",
+            hovertext=[f"dense baseline<br>p50 {milliseconds(dense_latency)}<br>{percent(dense_quality)}"],
+            marker={"symbol": "star", "size": 22, "color": "#1f77b4", "line": {"width": 1.5, "color": "white"}}))
     label = "accuracy" if all(run.pruned.get("accuracy") is not None for run in runs) else "accuracy / agreement"
-    figure.update_layout(xaxis_title="p50 latency (ms)", yaxis_title=label, template="plotly_white",
-                         height=480, margin={"l": 60, "r": 20, "t": 30, "b": 50})
+    figure.update_layout(xaxis_title=f"p50 latency ({unit})", yaxis_title=f"{label} (%)", height=480,
+                         margin={"l": 60, "r": 20, "t": 30, "b": 50}, clickmode="event+select")
     return figure
 
 
+def _scaled(value: float | None, factor: float) -> float | None:
+    return None if value is None else value * factor
+
+
 def _cell(value) -> str:
-    if value is None:
+    if value is None or value == MISSING:
         return '<span class="muted">–</span>'
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -86,25 +112,26 @@ def _table(header: list[str], rows: list[list], classes: list[str] | None = None
 
 def _runs_table(runs: list[Run], front: set[int]) -> str:
     rows = [[run_name(run), run.created, run.model, run.plan.get("granularity"), run.plan.get("criterion"),
-             run.plan.get("scope"), run.removed, run.quality, run.latency_p50, run.compressed_bytes,
-             "yes" if index in front else "", run.notes] for index, run in enumerate(runs)]
+             run.plan.get("scope"), percent(run.removed), percent(run.quality), milliseconds(run.latency_p50),
+             size(run.compressed_bytes), "yes" if index in front else "", run.notes] for index, run in enumerate(runs)]
     classes = ["front" if index in front else "" for index in range(len(runs))]
-    return _table(["run", "created", "model", "granularity", "criterion", "scope", "weights removed", "quality",
-                   "p50 ms", "compressed bytes", "on front", "notes"], rows, classes)
+    return _table(["run", "created", "model", "granularity", "criterion", "scope", "weights removed",
+                   "accuracy / agreement", "p50 latency", "compressed size", "on Pareto front", "notes"], rows, classes)
 
 
 def _layers_table(runs: list[Run]) -> str:
     names = list(dict.fromkeys(name for run in runs for name in [*run.layer_sparsity, *(run.plan.get("layers") or {})]))
     per_run = [planned_sparsity(run, names) for run in runs]
-    rows = [[name, *[sparsity.get(name) for sparsity in per_run]] for name in names]
-    return _table(["layer", *[run_name(run) for run in runs]], rows)
+    rows = [[name, *[percent(sparsity.get(name)) for sparsity in per_run]] for name in names]
+    return _table(["layer (sparsity)", *[run_name(run) for run in runs]], rows)
 
 
 def _metrics_table(runs: list[Run]) -> str:
     flat = [flat_metrics(run.pruned) for run in runs]
     baseline = flat_metrics(runs[0].metrics.get("baseline") or {})
-    rows = [[metric, baseline.get(metric), *[values.get(metric) for values in flat]] for metric in TABLE_METRICS
-            if baseline.get(metric) is not None or any(values.get(metric) is not None for values in flat)]
+    rows = [[metric_label(name), units_metric(name, baseline.get(name)),
+             *[units_metric(name, values.get(name)) for values in flat]] for name in TABLE_METRICS
+            if baseline.get(name) is not None or any(values.get(name) is not None for values in flat)]
     return _table(["metric", "dense baseline", *[run_name(run) for run in runs]], rows)
 
 
@@ -116,7 +143,7 @@ def build_report(runs: list[Run], title: str = "Pruning report") -> str:
     models = ", ".join(dict.fromkeys(f"{run.model} ({run.model_digest or 'no digest'})" for run in runs))
     chart = pareto_figure(runs, runs[0].metrics.get("baseline")).to_html(
         full_html=False, include_plotlyjs=True, config={"displaylogo": False})
-    notes = "".join(f"<li><b>{html.escape(run_name(run))}</b>: {html.escape(note)}</li>"
+    notes = "".join(f"<li><b>{html.escape(run_name(run))}</b>: {html.escape(readable(note))}</li>"
                     for run in runs for note in run.metrics.get("notes") or [])
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return f"""<!DOCTYPE html>
@@ -125,7 +152,8 @@ def build_report(runs: list[Run], title: str = "Pruning report") -> str:
 <p>Model: <b>{html.escape(models)}</b>. {len(runs)} run(s); generated {generated} by prunelab.</p>
 <h2>Runs</h2>{_runs_table(runs, front)}
 <h2>Accuracy against latency</h2>
-<p class="muted">Marker size follows the compressed (gzip) model size; red points form the Pareto front.</p>
+<p class="muted">Marker size follows the compressed (gzip) model size; red points form the Pareto front; the blue
+star is the dense model.</p>
 {chart}
 <h2>Per-layer sparsity</h2>{_layers_table(runs)}
 <h2>Metrics</h2>{_metrics_table(runs)}

@@ -38,6 +38,8 @@ class Scorer:
 
     Without labels the dense model's top-1 predictions serve as labels, so the "accuracy" is the
     agreement with the dense model and the loss is the cross-entropy against those predictions.
+    For an embedding model (``handle.output_kind == "embedding"``) the "accuracy" is the mean cosine
+    similarity to the dense embeddings (label 'cosine') and the loss is one minus it.
     """
 
     def __init__(self, handle: ModelHandle, split: str = "val", max_items: int | None = None, reason: str = ""):
@@ -46,7 +48,10 @@ class Scorer:
         count = available if max_items is None else max(1, min(int(max_items), available))
         self.split, self.items, self.available, self.reason = split, count, available, reason
         self.inputs = torch.from_numpy(np.ascontiguousarray(x[:count]))
-        if labels is not None:
+        self.embedding = handle.output_kind == "embedding"
+        if self.embedding:
+            self.label, self.targets = "cosine", F.normalize(self._predict(handle.module), dim=1)
+        elif labels is not None:
             self.label, self.targets = "accuracy", torch.from_numpy(labels[:count])
         else:
             self.label, self.targets = "agreement", self._predict(handle.module).argmax(1)
@@ -59,6 +64,9 @@ class Scorer:
     def __call__(self, module: nn.Module) -> tuple[float, float]:
         """``(accuracy, loss)`` of ``module`` on the split."""
         logits = self._predict(module)
+        if self.embedding:
+            cosine = (F.normalize(logits, dim=1) * self.targets).sum(1).mean().item()
+            return float(cosine), float(1.0 - cosine)
         accuracy = (logits.argmax(1) == self.targets).float().mean().item()
         loss = F.cross_entropy(logits, self.targets).item()
         return float(accuracy), float(loss)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import formatting, session, state
+from dashboard import formatting, handover, session, state
 
 FILES = [  # (kind, button label, file suffix, mime type, what it is)
     ("onnx", "Pruned ONNX", ".onnx", "application/octet-stream",
@@ -30,12 +30,12 @@ def measured_ui(report: dict) -> None:
 
 def files_ui(stem: str) -> None:
     """One download per format. The file is built when the button is pressed, from the model, plan and
-    settings captured when the page was drawn (see session.download)."""
+    settings captured when the page was drawn (see handover.download)."""
     st.subheader("Pruned model")
     for kind, label, suffix, mime, what in FILES:
         needs_torch = kind != "onnx"
         disabled = not session.can("unstructured") or (needs_torch and not session.can("finetune"))
-        st.download_button(label, data=session.download(kind), file_name=f"{stem}{suffix}", mime=mime, help=what,
+        st.download_button(label, data=handover.download(kind), file_name=f"{stem}{suffix}", mime=mime, help=what,
                            icon=":material/download:", key=f"export-{kind}", disabled=disabled, on_click="ignore")
         st.caption(what + (" (INT8 applies to the ONNX file only)" if needs_torch and state.quantize() else ""))
 
@@ -47,7 +47,7 @@ def plan_ui(stem: str) -> None:
     st.download_button("Plan (YAML)", text, file_name=f"{stem}-plan.yaml", mime="text/yaml",
                        icon=":material/description:", key="export-plan", on_click="ignore")
     st.caption("Reproduce from the command line:")
-    st.code(session.reproduce_command(), language="bash")
+    st.code(handover.reproduce_command(), language="bash")
 
 
 st.title("Export")
@@ -59,7 +59,7 @@ with session.guard("preparing the export"):
     with st.spinner("Measuring this plan on ONNX Runtime…"):
         report = session.measure()  # cached when the Tune page measured it already
     measured_ui(report)
-    stem = session.file_stem()
+    stem = handover.file_stem()
     left, right = st.columns(2, gap="large")
     with left:
         files_ui(stem)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import run_history, session, state
+from dashboard import run_history, run_tables, session, state
 
 OPEN_RUN = "prunelab.history.open"  # the run shown in detail (set by a chart click or the table)
 FORMATS = [("torch-pruning", "Torch-Pruning"), ("nni", "NNI config_list"), ("sparseml", "SparseML recipe")]
@@ -25,13 +25,17 @@ def save_ui() -> None:
 def table_ui(rows: list[dict]) -> list[int]:
     """The runs table; returns the ids of the selected rows."""
     frame = pd.DataFrame(rows).set_index("id")
+    frame["p50_ms"] = frame["p50_ms"] * 1000  # µs: what these models take
+    frame["compressed_bytes"] = frame["compressed_bytes"] / 1024
+    number = st.column_config.NumberColumn
     event = st.dataframe(frame, key="history-table", on_select="rerun", selection_mode="multi-row",
-                         column_config={"quality": st.column_config.NumberColumn("accuracy / agreement", format="%.4f"),
-                                        "removed": st.column_config.NumberColumn(
-                                            "weights removed", format="percent",
-                                            help="share of the prunable weights zero or gone, measured"),
-                                        "p50_ms": st.column_config.NumberColumn("p50 ms", format="%.3f"),
-                                        "compressed_bytes": st.column_config.NumberColumn("compressed", format="%d")})
+                         column_config={"quality": number("accuracy / agreement", format="percent"),
+                                        "removed": number("weights removed", format="percent",
+                                                          help="share of the prunable weights zero or gone, measured"),
+                                        "p50_ms": number("p50 latency (µs)", format="%.1f",
+                                                         help="median time of one prediction on ONNX Runtime"),
+                                        "compressed_bytes": number("compressed size (KB)", format="%.0f",
+                                                                   help="the .onnx file after gzip")})
     return [int(frame.index[row]) for row in event.selection.rows]
 
 
@@ -49,9 +53,15 @@ def details_ui(run_id: int) -> None:
     details = run_history.run_details(run_id)
     st.subheader(f"Run {run_id} {details['label']}".strip())
     st.caption(f"{details['created']} · {details['model']} · {details['notes']}")
-    left, right = st.columns(2)
-    left.json(details["plan"], expanded=False)
-    right.json(details["metrics"].get("pruned", {}), expanded=False)
+    left, right = st.columns([2, 3])
+    left.markdown("**Plan**")
+    left.dataframe(run_tables.plan_table(details["plan"]), hide_index=True, key="history-plan")
+    left.dataframe(run_tables.layer_table(details["plan"], details.get("layer_sparsity") or {}), hide_index=True,
+                   key="history-layers", column_config={"target": "target sparsity", "measured": "measured sparsity"})
+    right.markdown("**Measured on ONNX Runtime**")
+    right.dataframe(run_tables.metrics_table(details["metrics"].get("pruned", {}),
+                                             details["metrics"].get("baseline", {})),
+                    hide_index=True, key="history-metrics")
     load, delete = st.columns(2)
     if load.button("Load this plan into the sliders", icon=":material/tune:", key="history-load"):
         with session.guard("loading the plan"):
@@ -86,9 +96,10 @@ def compare_ui(ids: list[int], selected: list[int]) -> None:
     first = first_column.selectbox("Run A", ids, key="w.history.a", persist_state="session")
     second = second_column.selectbox("Run B", ids, key="w.history.b", persist_state="session")
     diff = run_history.compare_runs(first, second)
+    layer_rows, metric_rows = run_tables.difference_tables(diff)
     layers, metrics = st.columns(2)
-    layers.dataframe(pd.DataFrame(diff["layers"]), hide_index=True, key="history-diff-layers")
-    metrics.dataframe(pd.DataFrame(diff["metrics"]), hide_index=True, key="history-diff-metrics")
+    layers.dataframe(layer_rows, hide_index=True, key="history-diff-layers")
+    metrics.dataframe(metric_rows, hide_index=True, key="history-diff-metrics")
 
 
 def report_ui(run_ids: list[int]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import recovery, session, state
+from dashboard import charts, recovery, session, state
 
 METHODS = {"finetune": "Fine-tune (masks held)", "gradual": "Gradual pruning (AGP schedule)",
            "iterative": "Iterative prune-then-fine-tune", "lottery": "Lottery ticket (rewinding)"}
@@ -77,17 +77,16 @@ def schedule_figure(curve: list[dict]) -> go.Figure:
     return _layout(figure, "Sparsity the schedule holds during training", "epoch", "sparsity (%)")
 
 
-def training_figure(history: list[dict], total: int) -> go.Figure:
-    """Mean training loss and validation accuracy per epoch, on two axes."""
-    epochs = [row["epoch"] for row in history]
-    figure = go.Figure()
-    figure.add_trace(go.Scatter(x=epochs, y=[row["loss"] for row in history], name="loss", mode="lines+markers"))
-    figure.add_trace(go.Scatter(x=epochs, y=[None if row["val_accuracy"] is None else 100 * row["val_accuracy"]
-                                              for row in history], name="val accuracy (%)", mode="lines+markers",
-                                yaxis="y2", text=[row.get("phase", "") for row in history]))
-    figure.update_layout(xaxis={"range": [0.5, total + 0.5]}, yaxis2={"overlaying": "y", "side": "right",
-                                                                      "title": "val accuracy (%)"})
-    return _layout(figure, "Training", "epoch", "loss")
+def training_ui(history: list[dict], key: str) -> None:
+    """Loss and validation accuracy per epoch, side by side; a line instead of an empty chart before epoch 1."""
+    if not history:
+        st.caption(":material/hourglass_top: The first epoch is running; its loss and accuracy appear here "
+                   "when it ends.")
+        return
+    loss, accuracy = charts.training_curves(history)
+    left, right = st.columns(2)
+    left.plotly_chart(loss, key=f"{key}-loss", config={"displayModeBar": False})
+    right.plotly_chart(accuracy, key=f"{key}-accuracy", config={"displayModeBar": False})
 
 
 def _layout(figure: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
@@ -106,7 +105,7 @@ def progress_panel() -> None:
     history = list(job.rows)
     st.progress(min(1.0, len(history) / job.total), text=f"epoch {len(history)}/{job.total}"
                 + (f" ({history[-1]['phase']})" if history and "phase" in history[-1] else ""))
-    st.plotly_chart(training_figure(history, job.total), key="recover-live", config={"displayModeBar": False})
+    training_ui(history, "recover-live")
     st.button("Stop", icon=":material/stop:", on_click=recovery.stop_recovery, key="recover-stop",
               disabled=job.stop.is_set())
 
@@ -119,8 +118,7 @@ def results_ui(summary: dict) -> None:
     columns[-1].metric("prunable weights zero", f"{summary['sparsity']:.1%}")
     if summary["stopped"]:
         st.warning("Stopped early: these are the figures of the partly trained model.")
-    st.plotly_chart(training_figure(summary["history"], max(1, len(summary["history"]))), key="recover-result",
-                    config={"displayModeBar": False})
+    training_ui(summary["history"], "recover-result")
     if recovery.recovered_active():
         st.success("The metric panel on the Tune page now measures this recovered model (until the plan changes).",
                    icon=":material/check_circle:")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import session, sweeps
+from dashboard import charts, session, sweeps
 
 LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 QUICK_LEVELS = (0.0, 0.3, 0.5, 0.7, 0.9)
@@ -44,24 +44,6 @@ def progress_panel() -> None:
               disabled=job.stop.is_set())
 
 
-def heatmap(result: dict) -> go.Figure:
-    """Layers x sparsity, coloured by the drop in accuracy (points) when only that layer is pruned."""
-    baseline, label = result["baseline_accuracy"], result["label"]
-    names = [layer["name"] for layer in result["layers"]]
-    levels = result["levels"]
-    drops = [[None] * len(levels) for _ in names]
-    for row, layer in enumerate(result["layers"]):
-        for point in layer["curve"]:
-            drops[row][levels.index(point["sparsity"])] = round(100 * (baseline - point["accuracy"]), 1)
-    figure = go.Figure(go.Heatmap(
-        z=drops, x=[f"{level:.0%}" for level in levels], y=names, colorscale="Reds", zmin=0,
-        text=drops, texttemplate="%{text}", colorbar={"title": "drop (pts)"},
-        hovertemplate=f"%{{y}} at %{{x}}<br>{label} drop %{{z}} points<extra></extra>"))
-    figure.update_yaxes(autorange="reversed")
-    return _layout(figure, f"Drop in {label} when only one layer is pruned", "sparsity of that layer", "layer",
-                   height=max(HEIGHT, 28 * len(names) + 80))
-
-
 def curves(result: dict, field: str, title: str, y_title: str, scale: float = 1.0) -> go.Figure:
     """One line per layer of ``field`` against its sparsity."""
     figure = go.Figure()
@@ -87,7 +69,7 @@ def results_ui(result: dict) -> None:
                + (f"; BatchNorm re-estimated on {where['batchnorm_items']} training items per point"
                   if where.get("batchnorm_items") else "")
                + ("" if result["complete"] else " — stopped early, partial result"))
-    st.plotly_chart(heatmap(result), key="sensitivity-heatmap", config={"displayModeBar": False})
+    st.plotly_chart(charts.sensitivity_heatmap(result), key="sensitivity-heatmap", config={"displayModeBar": False})
     left, right = st.columns(2)
     left.plotly_chart(curves(result, "accuracy", f"{result['label'].capitalize()} per layer", "%", 100),
                       key="sensitivity-accuracy", config={"displayModeBar": False})

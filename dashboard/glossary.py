@@ -1,0 +1,48 @@
+"""Help text for every term the dashboard shows, in plain words (shown as the (?) next to a control)."""
+from __future__ import annotations
+
+CRITERIA = {
+    "l1": "l1: cut the weights (or channels) with the smallest absolute values",
+    "l2": "l2: like l1, by the sum of squares of each channel",
+    "random": "random: cut at random (a baseline to compare against)",
+    "taylor": "taylor: estimate each weight's effect on the loss from gradients on a few labelled items",
+    "activation": "activation (Wanda-style): |weight| times how strongly its input fires on real data",
+    "bn_scale": "bn_scale: rank channels by the BatchNorm scale that follows them (channel pruning only)",
+    "fpgm": "fpgm: cut the channels closest to the geometric median of the layer, the most replaceable "
+            "ones (channel pruning only)",
+}
+
+TERMS = {
+    "accuracy": "share of the test split the model classifies correctly",
+    "agreement": "share of inputs where the pruned model picks the same class as the dense one "
+                 "(used when the data has no labels)",
+    "p50": "p50 latency: the median time of one prediction (batch 1) in ONNX Runtime on this CPU, "
+           "2 threads; half the runs were faster, half slower",
+    "speedup": "how many times faster the pruned model answers than the dense one (dense p50 / pruned p50)",
+    "macs": "MACs: multiply-accumulate operations for one input, the arithmetic the model does; "
+            "fewer MACs usually means faster on a CPU",
+    "params": "parameters that are not zero (pruned weights count as removed)",
+    "size": "size of the exported .onnx file; unstructured zeros do not shrink it, removed channels do",
+    "compressed": "the .onnx file after gzip: zeros compress well, so this shows what unstructured pruning saves "
+                  "in download size",
+    "sparsity": "share of the prunable weights that are zero",
+    "removed": "share of the dense model's prunable weights that are zero or gone (channel pruning removes them)",
+    "pts": "pts: percentage points, the plain difference of two percentages (99.2% -> 98.1% is -1.1 pts)",
+    "granularity": "what is cut. unstructured: single weights; channel: whole filters together with everything "
+                   "coupled to them, which is what makes ONNX Runtime faster; 2:4: 2 of every 4 weights",
+    "criterion": "how weights or channels are ranked before the lowest are cut. " + "; ".join(CRITERIA.values()),
+    "scope": "layer: every layer meets its own slider; global: one ranking across all layers, so sturdy layers "
+             "lose more and fragile ones less, for the same overall sparsity",
+    "batchnorm": "BatchNorm re-estimation: after cutting, a few forward passes over the model's own training "
+                 "inputs (no labels) refresh each BatchNorm layer's mean and variance; often most of the lost "
+                 "accuracy comes back, without any training",
+    "coupled": "(+N coupled): this layer's output channels feed N other layers (through a residual add, a "
+               "concatenation or a depthwise convolution), so removing a channel removes it from all of them; "
+               "one slider moves the whole group",
+    "round_to": "ONNX Runtime's convolution kernels work in blocks of 8 channels: odd counts can run slower "
+                "than the dense model, so 8 usually buys the most speed",
+    "quantize": "static INT8 in ONNX Runtime after pruning: a 4x smaller file and, on CNNs, lower latency "
+                "(the deltas stay against the dense FP32 model)",
+    "sensitivity": "how much accuracy drops when only this layer is pruned to its target, from the sensitivity "
+                   "sweep (green: under 0.5 pts, orange: under 2 pts, red: more)",
+}

@@ -1,0 +1,82 @@
+"""Goal-driven allocation for the Tune page: a goal in people's terms in, per-layer targets out.
+
+A goal is one of GOALS (fewer MACs, a latency, a largest accepted accuracy drop, a share of the
+weights removed); ``allocate_to_goal`` turns it into per-layer targets through core.api.allocate,
+which spends the sensitivity sweep's curves where they hurt least. Part of the session layer.
+"""
+from __future__ import annotations
+
+from core import api
+from core.errors import PrunelabError
+from dashboard import session, state, sweeps
+
+QUICK_LEVELS = (0.0, 0.3, 0.5, 0.7, 0.9)
+
+# name -> (label, unit shown next to the number, (min, max, default, step), channel plans only)
+GOALS = {
+    "macs": ("Fewer MACs", "times fewer MACs", (1.1, 20.0, 2.0, 0.1), True),
+    "latency": ("Faster", "p50 latency at most (ms)", (0.001, 1000.0, 1.0, 0.01), True),
+    "drop": ("Accuracy drop at most", "largest drop (pts)", (0.0, 50.0, 1.0, 0.1), False),
+    "sparsity": ("Smaller", "weights removed (%)", (1.0, 95.0, 50.0, 1.0), False),
+}
+
+
+def goals_for(granularity: str) -> list[str]:
+    """The goals a plan of ``granularity`` can reach (MACs and latency only move with channel pruning)."""
+    return [name for name, (_, _, _, channel_only) in GOALS.items() if granularity == "channel" or not channel_only]
+
+
+def matching_sweep() -> dict | None:
+    """This session's complete sweep when it matches the plan's granularity and criterion, else None."""
+    result, values = sweeps.finish_sensitivity(), state.plan()
+    if result is None or not result.get("complete"):
+        return None
+    if (result["granularity"], result["criterion"]) != (values["granularity"], values["criterion"]):
+        return None
+    return result
+
+
+def needs_sweep() -> str | None:
+    """What the page must say before Auto-allocate can work, or None when it can."""
+    values = state.plan()
+    if ":" in values["granularity"]:
+        return f"{values['granularity']} fixes every layer's sparsity; Auto-allocate works for unstructured "\
+               "and channel."
+    if matching_sweep() is None:
+        return ("Auto-allocate spends the goal where a sensitivity sweep says it hurts least, so it needs a "
+                f"{values['granularity']} / {values['criterion']} sweep of this model first.")
+    return None
+
+
+def start_quick_sweep() -> None:
+    """Start the 5-level sweep the plan's granularity and criterion need (progress shows on the page)."""
+    values = state.plan()
+    sweeps.start_sensitivity(values["granularity"], values["criterion"], list(QUICK_LEVELS))
+
+
+def _request(goal: str, value: float) -> dict:
+    if goal == "macs":
+        return {"target_mac_reduction": value}
+    if goal == "latency":
+        return {"target_latency_ms": value}
+    if goal == "drop":
+        return {"max_accuracy_drop": value / 100}
+    if goal == "sparsity":
+        return {"target_sparsity": value / 100}
+    raise PrunelabError(f"unknown goal '{goal}'")
+
+
+def allocate_to_goal(goal: str, value: float) -> dict[str, float]:
+    """Fill the plan's per-layer targets to reach ``goal`` at ``value``; returns the targets.
+
+    Raises PrunelabError without a matching sweep, or for a goal the curves cannot reach.
+    """
+    result, values = matching_sweep(), state.plan()
+    if result is None:
+        raise PrunelabError(needs_sweep() or "run a sensitivity sweep first")
+    with state.lock(session.model_key()):
+        allocated = api.allocate(session.model(), granularity=values["granularity"], criterion=values["criterion"],
+                                 max_sparsity=session.MAX_SPARSITY, sensitivity=result,
+                                 round_to=int(values.get("round_to") or 1), **_request(goal, value))
+    state.update_plan(scope="layer", sparsity=0.0, layers=dict(allocated.layer_targets))
+    return dict(allocated.layer_targets)

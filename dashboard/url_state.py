@@ -1,0 +1,102 @@
+"""The model, data and plan in the page's address, so a copied link shows the same sliders and metrics.
+
+``restore`` reads the address on a session's first run; ``publish`` writes the current state back
+after every run (only when it changed). The address reads like the plan file:
+
+    /tune?model=digits-resnet&granularity=channel&criterion=l1&scope=layer&sparsity=30
+         &layers=layer5.conv2:40,layer1.conv1:20&round_to=8&int8=1
+
+Sparsities are whole or decimal percents. A value the dashboard cannot use is reported once on
+the page and the rest of the address still applies. A link is held to the same rules as the Model
+page (dashboard/consent.py): it never carries the trust that importing code needs, and files must
+be uploads or lie under the server's model folder.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import session, state
+
+READ = "prunelab.url.read"       # set once the address was read in this session
+PROBLEM = "prunelab.url.problem"  # a line saying what in the address could not be used
+FIELDS = ("granularity", "criterion", "scope")
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.4g}"
+
+
+def encode(source: dict, values: dict, quantize: str | None) -> dict[str, str]:
+    """Query parameters for a model source, a plan (as state.plan holds it) and the INT8 switch."""
+    params = {"model": source["spec"]}
+    if source.get("data"):
+        params["data"] = source["data"]
+    if source.get("input_shape"):
+        params["shape"] = ",".join(str(size) for size in source["input_shape"]) \
+            if not isinstance(source["input_shape"], str) else source["input_shape"]
+    params.update({field: str(values[field]) for field in FIELDS})
+    params["sparsity"] = _percent(values["sparsity"])
+    layers = {name: value for name, value in values["layers"].items() if value != values["sparsity"]}
+    if layers:
+        params["layers"] = ",".join(f"{name}:{_percent(value)}" for name, value in sorted(layers.items()))
+    if int(values.get("round_to") or 1) > 1:
+        params["round_to"] = str(int(values["round_to"]))
+    if values.get("recalibrate") is False:
+        params["recalibrate"] = "0"
+    if quantize:
+        params["int8"] = "1"
+    return params
+
+
+def decode(params: dict[str, str]) -> dict:
+    """A plan dict from query parameters (missing fields take the default plan's). Raises ValueError."""
+    values = state.default_plan()
+    values.update({field: params[field] for field in FIELDS if params.get(field)})
+    if params.get("sparsity"):
+        values["sparsity"] = float(params["sparsity"]) / 100
+    layers = {}
+    for item in filter(None, (params.get("layers") or "").split(",")):
+        name, _, value = item.rpartition(":")
+        layers[name] = float(value) / 100
+    values["layers"] = layers
+    if params.get("round_to"):
+        values["round_to"] = int(params["round_to"])
+    if params.get("recalibrate") == "0":
+        values["recalibrate"] = False
+    return values
+
+
+def restore() -> None:
+    """Apply the address to a new session (once); a bad model or plan leaves the default in place."""
+    if st.session_state.get(READ):
+        return
+    st.session_state[READ] = True
+    params = st.query_params.to_dict()
+    if not params.get("model"):
+        return
+    try:
+        if params["model"] != session.source()["spec"] or params.get("data") or params.get("shape"):
+            session.use_source(params["model"], data=params.get("data") or None, input_shape=params.get("shape"))
+        values = decode(params)
+        session.plan_object(values)  # validates every field and layer value
+        state.set_plan(values)
+        state.set_quantize(params.get("int8") == "1")
+    except Exception as error:  # anything in a hand-edited address: one line on the page, defaults stay
+        st.session_state[PROBLEM] = f"The link's settings could not all be used: {str(error).splitlines()[0]}"
+
+
+def publish() -> None:
+    """Write this session's model, data and plan into the address when they changed."""
+    try:
+        wanted = encode(session.source(), state.plan(), state.quantize())
+    except Exception:  # nothing to publish before a model loads
+        return
+    if st.query_params.to_dict() != wanted:
+        st.query_params.from_dict(wanted)
+
+
+def problem_ui() -> None:
+    """The one line about an address that could not be used, shown once."""
+    problem = st.session_state.pop(PROBLEM, None)
+    if problem:
+        st.warning(problem, icon=":material/link_off:")
