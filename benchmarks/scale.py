@@ -4,11 +4,12 @@
   ``--workers 2`` and as Ray tasks on a head started here on 127.0.0.1 with 2 CPUs; wall time,
   speedup and whether the curves are equal point for point. Each run starts with an empty cache.
 - ``prunelab explore``'s default grid (24 plans) on digits-resnet with 2 workers.
-- For a ResNet-50-sized model (transformers' ResNetConfig, random weights, 224x224): jobs per
-  sweep, the time of one channel job measured here, and the bytes each worker receives, from
-  which the sweep time on N nodes is estimated in RESULTS.md.
+- With ``--resnet50`` instead (about 10 minutes here, so not part of ``make bench``): for a
+  ResNet-50-sized model (transformers' ResNetConfig, random weights, 224x224) the jobs per sweep,
+  the time of one channel job measured here and the bytes each worker receives, from which
+  RESULTS.md estimates the sweep time on N nodes.
 
-    python -m benchmarks.scale [--quick]
+    python -m benchmarks.scale [--quick | --resnet50]
 """
 from __future__ import annotations
 
@@ -168,11 +169,11 @@ def main(quick: bool = False) -> None:
     print("Taken on a shared 2-core machine under load from other processes: compare ratios within one run.\n")
     sweeps(QUICK_LEVELS if quick else DEFAULT_LEVELS, quick)
     grid(quick)
-    if not quick:
-        resnet50_job()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    main(parser.parse_args().quick)
+    parser.add_argument("--resnet50", action="store_true", help="only the ResNet-50-sized job (about 10 minutes)")
+    options = parser.parse_args()
+    resnet50_job() if options.resnet50 else main(options.quick)
