@@ -166,3 +166,12 @@ def test_history_page_measures_a_grid_in_the_background(monkeypatch):
     assert not app.exception and not app.error
     assert sorted(run.plan["sparsity"] for run in list_runs()) == [0.4, 0.8]
     assert any("Measured 2 of 2 plans" in message.value for message in app.success)
+
+
+def test_allocation_checks_its_candidates_on_workers_and_picks_the_serial_choice(cnn, serial):
+    from core.api import allocate
+
+    one = allocate(cnn, target_sparsity=0.8, sensitivity=serial, workers=1)
+    two = allocate(cnn, target_sparsity=0.8, sensitivity=serial, workers=2)
+    assert two.layers == one.layers and len(one.layers) == 4  # every included layer has a target
+    assert multiprocessing.active_children() == []
