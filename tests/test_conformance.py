@@ -68,7 +68,8 @@ def test_half_channel_plan_without_ignore_list(spec, shape):
                           for row in pruned.values()), pruned
     check_heads(result.module, inputs, heads_before)
     if heads_before:  # attention keeps the residual width, loses half its heads, the FFN half its neurons
-        assert any("kept at full width" in note or "left dense" in note for note in result.notes)
+        dense = {name: row for name, row in result.kept.items() if "dense" in row}
+        assert dense and all(row["kept"] == row["total"] and row["target"] == 0.0 for row in dense.values())
         assert {row["unit"] for row in pruned.values()} == {"head", "channel"}
 
 
