@@ -6,14 +6,15 @@
 - ``prunelab explore``'s default grid (24 plans) on digits-resnet with 2 workers.
 - With ``--resnet50`` instead (about 10 minutes here, so not part of ``make bench``): for a
   ResNet-50-sized model (transformers' ResNetConfig, random weights, 224x224) the jobs per sweep,
-  the time of one channel job measured here and the bytes each worker receives, from which
-  RESULTS.md estimates the sweep time on N nodes.
+  the time of one channel job measured here and the bytes each worker receives, kept in
+  scale_resnet50.json; every run then prints the sweep time on N nodes estimated from them.
 
     python -m benchmarks.scale [--quick | --resnet50]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -29,6 +30,7 @@ from core.search.sensitivity import DEFAULT_LEVELS, sensitivity
 from core.sources import load_model
 
 QUICK_LEVELS = (0.0, 0.5)
+RESNET50_FIGURES = Path(__file__).resolve().parent / "scale_resnet50.json"  # written by --resnet50
 
 
 def fresh_home() -> None:
@@ -135,7 +137,7 @@ def resnet50_job() -> None:
     from core.deploy.measure import total_macs
     from core.prune.channel import coupled_groups
     from core.search import sweep_points
-    from core.search.sensitivity import SCORING_BUDGET_MACS, scored_items
+    from core.search.sensitivity import scored_items
 
     handle = load_model("benchmarks.scale:resnet50", input_shape=(1, 3, 224, 224))
     example = handle.example_input(1)
@@ -152,23 +154,45 @@ def resnet50_job() -> None:
     started = time.perf_counter()
     sweep_points.measure(state, (groups[len(groups) // 2]["leader"], 0.5))
     job = time.perf_counter() - started
-    params = sum(parameter.numel() for parameter in handle.module.parameters())
-    print(f"\nResNet-50-sized model (transformers ResNetConfig, random weights, 224x224): "
-          f"{params / 1e6:.1f}M parameters, {macs / 1e9:.1f} GMACs per item, "
-          f"{items} val items per point (auto, budget {SCORING_BUDGET_MACS / 1e9:.0f} GMACs)")
-    print(f"- channel sweep: {len(groups)} coupled groups x {len(DEFAULT_LEVELS) - 1} levels + 1 = "
-          f"{len(groups) * (len(DEFAULT_LEVELS) - 1) + 1} jobs; unstructured: {len(layers)} layers -> "
-          f"{len(layers) * (len(DEFAULT_LEVELS) - 1) + 1} jobs")
-    print(f"- one channel job (group {groups[len(groups) // 2]['leader']} at 50%: prune, score, export, ORT p50) "
-          f"measured here: {job:.1f} s; building a worker's state: {prepared:.1f} s")
-    print(f"- sent to each worker: {len(payload) / 1e6:.1f} MB (weights, architecture, {len(handle.data.x_val)} "
-          f"val + calibration items)")
+    figures = {"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "params": sum(parameter.numel() for parameter in handle.module.parameters()), "macs": macs,
+               "items": items, "groups": len(groups), "layers": len(layers), "levels": len(DEFAULT_LEVELS),
+               "job_seconds": round(job, 1), "build_seconds": round(prepared, 1), "transfer_bytes": len(payload)}
+    RESNET50_FIGURES.write_text(json.dumps(figures, indent=2) + "\n")
+    print_estimate(figures)
+
+
+def print_estimate(figures: dict, cores_per_node: int = 2, link_gbit: float = 1.0) -> None:
+    """Jobs, per-job time, transfer size and the sweep time on N nodes, from ``--resnet50``'s figures."""
+    jobs = figures["groups"] * (figures["levels"] - 1) + 1
+    transfer_seconds = figures["transfer_bytes"] * 8 / (link_gbit * 1e9)
+    print(f"\nResNet-50-sized model (transformers ResNetConfig, random weights, 224x224; measured "
+          f"{figures['measured']} by `python -m benchmarks.scale --resnet50` on this machine, under load): "
+          f"{figures['params'] / 1e6:.1f}M parameters, {figures['macs'] / 1e9:.1f} GMACs per item, "
+          f"{figures['items']} val items per point (auto)")
+    print(f"- jobs: channel sweep {figures['groups']} coupled groups x {figures['levels'] - 1} levels + 1 = {jobs}; "
+          f"unstructured {figures['layers']} layers -> {figures['layers'] * (figures['levels'] - 1) + 1}")
+    print(f"- one channel job (prune one group, score, export, ORT p50 with 1 thread): {figures['job_seconds']} s; "
+          f"a worker builds its state once in {figures['build_seconds']} s")
+    print(f"- sent to each worker: {figures['transfer_bytes'] / 1e6:.0f} MB (weights, architecture, data), "
+          f"{transfer_seconds:.1f} s over {link_gbit:g} Gbit/s; Ray ships it once per node")
+    rows = []
+    for nodes in (1, 2, 4, 8, 16, 32):
+        slots = nodes * cores_per_node
+        waves = -(-jobs // slots)
+        hours = (figures["build_seconds"] + transfer_seconds * nodes + waves * figures["job_seconds"]) / 3600
+        rows.append([nodes, slots, waves, hours])
+    print(f"\nEstimated channel-sweep time with {cores_per_node}-core nodes like this one (one job per core; "
+          "state built once per worker; the head sends the model to each node in turn):")
+    print_table(["nodes", "jobs at once", "rounds of jobs", "hours"], rows)
 
 
 def main(quick: bool = False) -> None:
     print("Taken on a shared 2-core machine under load from other processes: compare ratios within one run.\n")
     sweeps(QUICK_LEVELS if quick else DEFAULT_LEVELS, quick)
     grid(quick)
+    if not quick and RESNET50_FIGURES.exists():
+        print_estimate(json.loads(RESNET50_FIGURES.read_text()))
 
 
 if __name__ == "__main__":

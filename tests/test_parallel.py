@@ -6,6 +6,7 @@ import os
 import pickle
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,34 @@ def test_bad_grids_are_one_line_errors(capsys):
     assert "colour=red" in capsys.readouterr().err
     assert main(["explore", "digits-cnn", "--grid", "sparsity=half"]) == 2
     assert "float" in capsys.readouterr().err
+
+
+def test_history_page_measures_a_grid_in_the_background(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from core.api import list_runs
+
+    monkeypatch.delenv("PRUNELAB_MODEL", raising=False)
+    app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py"),
+                            default_timeout=120).run()
+    app.switch_page("pages/history.py").run()
+    app.text_input(key="w.history.grid").set_value("sparsity=0.4,0.8;criterion=l1;granularity=unstructured").run()
+    app.button(key="history-grid").click().run()
+    assert not app.exception and not app.error
+    deadline = time.monotonic() + 120
+    while len(list_runs()) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    time.sleep(1)
+    app.run()
+    assert not app.exception and not app.error
+    assert sorted(run.plan["sparsity"] for run in list_runs()) == [0.4, 0.8]
+    assert any("Measured 2 of 2 plans" in message.value for message in app.success)
+
+
+def test_allocation_checks_its_candidates_on_workers_and_picks_the_serial_choice(cnn, serial):
+    from core.api import allocate
+
+    one = allocate(cnn, target_sparsity=0.8, sensitivity=serial, workers=1)
+    two = allocate(cnn, target_sparsity=0.8, sensitivity=serial, workers=2)
+    assert two.layers == one.layers and len(one.layers) == 4  # every included layer has a target
+    assert multiprocessing.active_children() == []
