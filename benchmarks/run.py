@@ -28,6 +28,9 @@ BENCHMARKS = {
     "allocation": "Sensitivity sweep times and allocated plans against uniform and global pruning",
     "recovery": "Recovery: fine-tuning, gradual pruning and lottery-ticket rewinding",
     "accuracy_curves": "Accuracy against sparsity for each demo model",
+    "conformance": "Conformance models under a 50% channel plan: MACs and ONNX Runtime speedup at batch 1",
+    "minilm_heads": "MiniLM with attention heads removed: embedding fidelity against a random-head control",
+    "scale": "Sweeps and plan grids on local worker processes and on a local Ray cluster",
 }
 
 

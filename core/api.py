@@ -35,6 +35,8 @@ from core.prune.plan import CRITERIA, GRANULARITIES, SCOPES, Plan, granularity_k
 from core.prune.result import PruneResult
 from core.prune.select import kept_channels
 from core.search.allocate import allocate, check_request
+from core.search.explore import DEFAULT_GRID, explore, parse_grid
+from core.search.parallel import default_workers, executor_for
 from core.search.sensitivity import DEFAULT_LEVELS, SWEPT_GRANULARITIES, parse_levels, sensitivity
 from core.sources import ModelHandle, load_model
 from core.train.recovery import (
@@ -238,6 +240,7 @@ __all__ = [
     "evaluate", "LiveEvaluator", "QUANTIZE_MODES", "export_onnx", "export_file", "save_pruned", "torch_outputs",
     # search
     "sensitivity", "SWEPT_GRANULARITIES", "DEFAULT_LEVELS", "parse_levels", "allocate", "check_request",
+    "executor_for", "default_workers", "explore", "parse_grid", "DEFAULT_GRID",
     # recovery
     "Recovery", "finetune", "gradual_prune", "iterative_prune", "lottery_ticket", "recover", "recovered_handle",
     "measure_recovered", "recovery_epochs", "schedule_curve", "private_copy", "PolynomialDecay",

@@ -49,7 +49,8 @@ def quality(metrics: dict, dense: dict | None = None) -> dict:
     label = metrics.get("label", "accuracy")
     if label == "cosine":
         value = metrics.get("cosine")
-        delta = None if value is None or dense.get("cosine") is None else f"{value - dense['cosine']:+.3f}"
+        moved = value is not None and dense.get("cosine") is not None and abs(value - dense["cosine"]) >= 5e-4
+        delta = f"{value - dense['cosine']:+.3f}" if moved else None
         return {"title": "Cosine to dense", "value": "–" if value is None else f"{value:.3f}", "delta": delta,
                 "help": f"embeddings without labels: mean cosine similarity to the dense model's embeddings "
                         f"(5th percentile {metrics.get('cosine_p5', 0):.3f}); nearest-neighbour agreement "

@@ -18,7 +18,8 @@ TERMS = {
                  "(used when the data has no labels)",
     "p50": "p50 latency: the median time of one prediction (batch 1) in ONNX Runtime on this CPU, "
            "2 threads; half the runs were faster, half slower",
-    "speedup": "how many times faster the pruned model answers than the dense one (dense p50 / pruned p50)",
+    "speedup": "how many times faster the pruned model answers than the dense one: the median of dense/pruned "
+               "time over runs timed in alternation, with its 95% interval ('noise' when it cannot be told apart)",
     "macs": "MACs: multiply-accumulate operations for one input, the arithmetic the model does; "
             "fewer MACs usually means faster on a CPU",
     "params": "parameters that are not zero (pruned weights count as removed)",

@@ -44,6 +44,69 @@ def user_model():
     return load_model(f"{USER_MODELS}:factory", input_shape=(1, 3, 16, 16))
 
 
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real Ray head on 127.0.0.1 with 2 CPUs, started for the module and stopped whatever happens.
+
+    ``.address`` is where it listens; its processes share one new session, ``.session``, whose
+    processes teardown ends. The head gets no PYTHONPATH,
+    so prunelab's code must reach its workers through the job itself.
+    """
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from types import SimpleNamespace
+
+    pytest.importorskip("ray")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tempfile.mkdtemp(prefix="rl-", dir="/tmp")  # Ray's socket paths must stay short
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    ray = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                             "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats",
+                             "--temp-dir", folder], env=environment, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _, errors = head.communicate(timeout=120)
+        if head.returncode != 0:
+            pytest.fail(f"ray start failed: {errors.decode()[-500:]}")
+        yield SimpleNamespace(address=f"127.0.0.1:{port}", session=head.pid)
+    finally:
+        import ray as ray_module
+
+        ray_module.shutdown()
+        for sent in (signal.SIGTERM, signal.SIGKILL):
+            members = session_processes(head.pid)  # Ray's workers get process groups of their own
+            for pid in members:
+                try:
+                    os.kill(pid, sent)
+                except ProcessLookupError:
+                    continue
+            if not members:
+                break
+            time.sleep(3)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def session_processes(session: int) -> list[int]:
+    """Process ids in the session ``session`` (the processes a test started with start_new_session)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == session:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 class CliRunner:
     """``prunelab`` commands through tests/fixtures/cli_runner.py: one import, one forked process per command."""
 

@@ -65,7 +65,7 @@ def test_a_second_call_reads_the_cache_without_recomputing(cnn, sweep, monkeypat
     def fail(*args, **kwargs):
         raise AssertionError("recomputed")
 
-    monkeypatch.setattr(sensitivity_module, "unstructured_sweep", fail)
+    monkeypatch.setattr(sensitivity_module, "_run", fail)
     calls = []
     again = sensitivity(cnn, levels=LEVELS, progress=lambda done, total, text: calls.append(text))
     assert again == sweep
@@ -76,9 +76,11 @@ def test_a_second_call_reads_the_cache_without_recomputing(cnn, sweep, monkeypat
 
 def test_progress_counts_every_point(cnn):
     seen = []
-    sensitivity(cnn, levels=LEVELS, max_items=60, progress=lambda done, total, text: seen.append((done, total)))
-    assert [done for done, _ in seen] == list(range(1, 4 * len(LEVELS) + 1))
-    assert {total for _, total in seen} == {4 * len(LEVELS)}
+    sensitivity(cnn, levels=LEVELS, max_items=60, progress=lambda done, total, text: seen.append((done, total, text)))
+    jobs = 1 + 4 * (len(LEVELS) - 1)  # the dense model once, then every layer at every level above 0
+    assert [done for done, _, _ in seen] == list(range(1, jobs + 1))
+    assert {total for _, total, _ in seen} == {jobs}
+    assert seen[0][2] == "dense model" and seen[1][2] == "features.0.0 at 50%"
 
 
 @pytest.mark.slow
@@ -91,9 +93,8 @@ def test_stopping_returns_a_partial_result_that_is_not_cached(cnn):
 
     partial = sensitivity(cnn, levels=LEVELS, should_stop=should_stop)
     assert partial["complete"] is False
-    points = [point for layer in partial["layers"] for point in layer["curve"]]
-    assert len(points) == 4
-    assert [len(layer["curve"]) for layer in partial["layers"]] == [3, 1]
+    # four jobs ran: the dense model (every curve's 0% point), features.0.0 at 50% and 90%, features.1.0 at 50%
+    assert [len(layer["curve"]) for layer in partial["layers"]] == [3, 2, 1, 1]
     full = sensitivity(cnn, levels=LEVELS)
     assert full["complete"] is True and len(full["layers"]) == 4
 

@@ -1,9 +1,9 @@
 """prunelab allocate: per-layer sparsities from the sensitivity curves, written as a plan file."""
 from __future__ import annotations
 
-from core.api import SWEPT_GRANULARITIES, allocate, check_request, sensitivity
+from core.api import SWEPT_GRANULARITIES, allocate, check_request, executor_for, sensitivity
 from core.cli.options import add_model_arguments, model_from
-from core.cli.sensitivity import ProgressBar
+from core.cli.sensitivity import ProgressBar, add_parallel_arguments
 from core.errors import PrunelabError
 
 
@@ -21,6 +21,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-sparsity", type=float, default=0.99, help="highest sparsity of any layer")
     parser.add_argument("--round-to", type=int, default=1,
                         help="channel plans: kept channels rounded to a multiple (8 suits ONNX Runtime's CPU kernels)")
+    add_parallel_arguments(parser)
     parser.add_argument("--out", required=True, help="plan file to write (.yaml, .yml or .json)")
     parser.set_defaults(func=run)
 
@@ -32,13 +33,15 @@ def run(args) -> int:
         raise PrunelabError(f"--round-to must be at least 1, got {args.round_to}")
     check_request(args.target_sparsity, args.target_latency_ms, args.target_mac_reduction, args.max_accuracy_drop,
                   args.granularity, (args.min_sparsity, args.max_sparsity))
+    executor_for(args.workers, args.ray_address)  # a bad count or address fails before the model loads
     handle = model_from(args)
-    curves = sensitivity(handle, granularity=args.granularity, criterion=args.criterion, progress=ProgressBar())
+    curves = sensitivity(handle, granularity=args.granularity, criterion=args.criterion, progress=ProgressBar(),
+                         workers=args.workers, ray_address=args.ray_address)
     plan = allocate(handle, target_sparsity=args.target_sparsity, target_latency_ms=args.target_latency_ms,
                     target_mac_reduction=args.target_mac_reduction, granularity=args.granularity,
                     criterion=args.criterion, max_accuracy_drop=args.max_accuracy_drop,
                     min_sparsity=args.min_sparsity, max_sparsity=args.max_sparsity, sensitivity=curves,
-                    round_to=args.round_to)
+                    round_to=args.round_to, workers=args.workers, ray_address=args.ray_address)
     plan.save(args.out)
     print(f"wrote {args.out}")
     for name, value in plan.layers:

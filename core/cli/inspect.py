@@ -24,15 +24,17 @@ def run(args) -> int:
     name_width = max([len("layer"), *(len(row["name"]) for row in rows)])
     shape_width = max([len("shape"), *(len(shape) for shape in shapes)])
     macs_width = max([12, *(len(value) for value in macs)])
-    print(f"{'layer':<{name_width}} {'kind':<9} {'shape':<{shape_width}} {'params':>11} {'sparsity':>8} "
+    units = [f"{row['heads']} heads" if row.get("unit") == "head" else "channels" for row in rows]
+    print(f"{'layer':<{name_width}} {'kind':<9} {'unit':<9} {'shape':<{shape_width}} {'params':>11} {'sparsity':>8} "
           f"{'MACs':>{macs_width}} {'|w| p50':>8}")
-    for row, shape, count in zip(rows, shapes, macs):
-        print(f"{row['name']:<{name_width}} {row['kind']:<9} {shape:<{shape_width}} {row['params']:>11,} "
+    for row, unit, shape, count in zip(rows, units, shapes, macs):
+        print(f"{row['name']:<{name_width}} {row['kind']:<9} {unit:<9} {shape:<{shape_width}} {row['params']:>11,} "
               f"{row['sparsity']:>8.1%} {count:>{macs_width}} {row['stats']['abs_p50']:>8.4f}")
     totals = report["totals"]
     other = totals.get("other_macs") or 0
     outside = f" ({other:,} outside the layers above: attention matmuls and the like)" if other else ""
     print(f"{totals['layers']} layers, {totals['params']:,} parameters ({totals['prunable_params']:,} prunable, "
-          f"{totals['sparsity']:.1%} zero), {'-' if totals['macs'] is None else format(totals['macs'], ',')} "
+          f"{totals['sparsity']:.1%} of prunable weights zero), "
+          f"{'-' if totals['macs'] is None else format(totals['macs'], ',')} "
           f"MACs per item{outside}")
     return 0

@@ -113,8 +113,8 @@ def resolved_plan_yaml(plan, report: dict, handle) -> str:
     text += ("# kept: channel plans: what every layer kept against its target (heads for attention layers);\n"
              "# a record, skipped when this file is read back as a plan.\n")
     return text + yaml.safe_dump({"kept": {name: f"{row['kept']} of {row['total']} {row['unit']}s "
-                                                 f"(target {row['target_kept']})" for name, row in kept.items()}},
-                                 sort_keys=False)
+                                                 f"({row.get('dense') or 'target ' + str(row['target_kept'])})"
+                                           for name, row in kept.items()}}, sort_keys=False, width=1000)
 
 
 def record_run_hook(report: dict, handle, plan, result, paths: dict[str, Path], label: str = "",

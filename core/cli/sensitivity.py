@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from core.api import DEFAULT_LEVELS, SWEPT_GRANULARITIES, parse_levels, sensitivity, writable_home
+from core.api import DEFAULT_LEVELS, SWEPT_GRANULARITIES, executor_for, parse_levels, sensitivity, writable_home
 from core.cli.options import add_model_arguments, model_from, print_json
 
 SHADES = " .:-=+*#%@"  # no drop ... a drop of 50 points or more
@@ -19,8 +19,19 @@ def register(subparsers) -> None:
     parser.add_argument("--max-items", default="auto", metavar="N|all|auto",
                         help="score the first N items of the val split, all of them, or auto (default: all, "
                              "unless the model is large enough that a subset keeps the sweep to minutes)")
+    add_parallel_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(func=run)
+
+
+def add_parallel_arguments(parser) -> None:
+    """--workers and --ray-address, shared by the commands that measure many independent points."""
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="local processes measuring points at once (default: one per core; 1 runs in this "
+                             "process); with --ray-address, at most N tasks at once")
+    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="run the points as tasks on this Ray cluster, e.g. 10.0.0.5:6379 "
+                             "(default: $PRUNELAB_RAY_ADDRESS; needs the ray extra)")
 
 
 class ProgressBar:
@@ -42,8 +53,10 @@ class ProgressBar:
 def run(args) -> int:
     levels = parse_levels(args.levels) if args.levels else DEFAULT_LEVELS
     writable_home()  # the sweep is cached there: a read-only home should fail now, not after the sweep
+    executor_for(args.workers, args.ray_address)  # a bad count or address fails before the model loads
     result = sensitivity(model_from(args), granularity=args.granularity, criterion=args.criterion, levels=levels,
-                         progress=ProgressBar(), max_items=args.max_items)
+                         progress=ProgressBar(), max_items=args.max_items, workers=args.workers,
+                         ray_address=args.ray_address)
     if args.json:
         print_json(result)
     else:
@@ -55,25 +68,39 @@ def print_table(result: dict) -> None:
     """Drop in points per layer and level, with a shade per cell, and latency for channel sweeps."""
     label, levels = result["label"], result["levels"]
     baseline = result["baseline_accuracy"]
+    if baseline is None:
+        print(f"{result['model']}: the dense model's point was lost with its worker twice; nothing to compare")
+        return
     print(f"{result['model']}: {result['granularity']} sensitivity, criterion {result['criterion']}, "
           f"baseline {label} {baseline:.2%} on {describe(result['evaluated_on'])}")
     print(f"drop in {label} (points) when only that layer is pruned; shade {SHADES[1:]!r} = more damage:")
     print(f"{'layer':<26}" + "".join(f"{level:>7.0%}" for level in levels))
     for layer in result["layers"]:
-        cells = []
-        for point in layer["curve"]:
-            drop = 100 * (baseline - point["accuracy"])
+        cells, measured = [], {point["sparsity"]: point for point in layer["curve"]}
+        shown = levels if result.get("missing") else [point["sparsity"] for point in layer["curve"]]
+        for level in shown:
+            if level not in measured:
+                cells.append(f"{'?':>7}")
+                continue
+            drop = 100 * (baseline - measured[level]["accuracy"])
             cells.append(f"{drop:>6.1f}{SHADES[min(len(SHADES) - 1, max(0, int(drop / 5.5)))]}")
         print(f"{layer['name'][:25]:<26}" + "".join(cells))
-        if "latency_ms" in layer["curve"][0]:
+        if layer["curve"] and "latency_ms" in layer["curve"][0]:
             print(f"{'  p50 ms':<26}" + "".join(f"{point['latency_ms']:>7.3f}" for point in layer["curve"]))
-    if not result["complete"]:
+    if result.get("missing"):
+        print(f"missing (lost with a worker twice): {', '.join(result['missing'])}")
+    elif not result["complete"]:
         print("(stopped early: partial result)")
+    if result["evaluated_on"].get("latency", {}).get("comparable"):
+        print(f"note: {result['evaluated_on']['latency']['comparable']}")
     print(f"{result['seconds']:.1f} s to compute")
 
 
 def describe(evaluated_on: dict) -> str:
     text = f"{evaluated_on['items']} {evaluated_on['split']} items"
+    if (evaluated_on.get("workers") or 1) > 1 or evaluated_on.get("executor") == "ray":
+        where = "Ray tasks" if evaluated_on.get("executor") == "ray" else "processes"
+        text += f" by {evaluated_on.get('workers') or 'all'} {where}"
     if evaluated_on.get("subset"):
         text += f" ({evaluated_on['subset']})"
     if evaluated_on.get("batchnorm_items"):

@@ -108,11 +108,11 @@ def prune_structure(job) -> PruneResult:
                for unit in attention}
     report = _remove_groups(groups, graph, names, scores, targets, plan.round_to, notes)
     report += _remove_heads(module, attention, dropped, targets)
-    _check_output(module, job.example_input, dense_output)
+    _check_output(module, job.example_input, dense_output, plan.prune_width)
     result = PruneResult(module, plan, masks=None, groups=report, notes=notes)
     after = _units(module, job.layers, found)
     result.layer_sparsity = {name: 1.0 - after[name][1] / count for name, (_, count) in before.items() if count}
-    result.kept = kept_table(before, after, _layer_targets(job, units, targets))
+    result.kept = kept_table(before, after, _layer_targets(units, targets), _dense_reasons(job, units, width))
     _explain(result, included, units, width, _slack(groups, attention, plan.round_to))
     return result
 
@@ -132,10 +132,16 @@ def _units(module: nn.Module, layers, attention) -> dict[str, tuple[str, int]]:
     return counts
 
 
-def _layer_targets(job, units: dict[str, list[str]], targets: dict[str, float]) -> dict[str, float]:
-    """The target each included layer was pruned to: its unit group's, else its own (left dense)."""
-    applied = {layer: targets[leader] for leader, layers in units.items() for layer in [leader, *layers]}
-    return {layer.name: applied.get(layer.name, job.target(layer.name)) for layer in job.layers}
+def _layer_targets(units: dict[str, list[str]], targets: dict[str, float]) -> dict[str, float]:
+    """The target each layer in a unit group (channel group or attention layer) was pruned to."""
+    return {layer: targets[leader] for leader, layers in units.items() for layer in [leader, *layers]}
+
+
+def _dense_reasons(job, units: dict[str, list[str]], width: list[str]) -> dict[str, str]:
+    """Why each included layer outside every unit group kept all its channels."""
+    grouped = {name for leader, layers in units.items() for name in [leader, *layers]}
+    return {layer.name: "kept at full width" if layer.name in width else "left dense"
+            for layer in job.layers if layer.name not in grouped}
 
 
 def _slack(groups, attention, round_to: int) -> dict[str, int]:
@@ -150,14 +156,18 @@ def _slack(groups, attention, round_to: int) -> dict[str, int]:
     return slack
 
 
-def kept_table(before: dict, after: dict, targets: dict[str, float]) -> dict[str, dict]:
-    """{layer: {unit, total, target, target_kept, kept}} for every included layer."""
+def kept_table(before: dict, after: dict, targets: dict[str, float], dense: dict[str, str]) -> dict[str, dict]:
+    """{layer: {unit, total, target, target_kept, kept}} for every included layer; a layer outside
+    every unit group has target 0 and ``dense`` saying why (``dense`` maps layer -> reason)."""
     table = {}
     for name, (unit, total) in before.items():
         if not total:
             continue
-        table[name] = {"unit": unit, "total": total, "target": targets.get(name, 0.0),
-                       "target_kept": select.kept_of(total, targets.get(name, 0.0)), "kept": after[name][1]}
+        target = targets.get(name, 0.0)
+        table[name] = {"unit": unit, "total": total, "target": target,
+                       "target_kept": select.kept_of(total, target), "kept": after[name][1]}
+        if name in dense:
+            table[name]["dense"] = dense[name]
     return table
 
 
@@ -185,12 +195,13 @@ def _run(module: nn.Module, example_input):
         return module(example_input)
 
 
-def _check_output(module: nn.Module, example_input, dense_output) -> None:
+def _check_output(module: nn.Module, example_input, dense_output, width: bool = False) -> None:
     try:
         output = _run(module, example_input)
     except Exception as error:
+        advice = "set prune_width: false, " if width else ""
         raise PrunelabError(f"the channel-pruned model fails to run ({error_line(error, with_type=True)}); "
-                            "ignore the layers involved or use unstructured pruning") from None
+                            f"{advice}ignore the layers involved or use unstructured pruning") from None
     shape = lambda value: tuple(value.shape) if isinstance(value, torch.Tensor) else None  # noqa: E731
     if shape(output) != shape(dense_output):
         raise PrunelabError(f"channel pruning changed the model's output shape from {shape(dense_output)} "

@@ -24,7 +24,9 @@ from core.errors import PrunelabError
 from core.inspect import prunable_layers
 from core.prune.engine import apply_plan
 from core.prune.plan import Plan
-from core.search.sensitivity import Scorer, footprint
+from core.search import candidates
+from core.search.parallel import executor_for
+from core.search.sensitivity import footprint
 from core.search.sensitivity import sensitivity as sweep
 from core.sources import ModelHandle
 
@@ -175,7 +177,8 @@ def check_request(target_sparsity, target_latency_ms, target_mac_reduction, max_
 def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_latency_ms: float | None = None,
              granularity: str = "unstructured", criterion: str = "l1", max_accuracy_drop: float | None = None,
              min_sparsity: float = 0.0, max_sparsity: float = 0.99, sensitivity: dict | None = None,
-             target_mac_reduction: float | None = None, round_to: int = 1) -> Plan:
+             target_mac_reduction: float | None = None, round_to: int = 1, workers: int | None = 1,
+             ray_address: str | None = None) -> Plan:
     """A per-layer plan that reaches one target while losing as little accuracy as the curves predict.
 
     Targets (give one): target_sparsity, the overall fraction of weights removed (zeroed weights of
@@ -188,11 +191,14 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
     same granularity and criterion (computed on the val split when omitted). round_to (channel
     plans): kept channels rounded to a multiple, as in Plan; the target is checked on the rounded
     model and the plan carries the rounding. The final classifier stays dense, as in every plan.
-    Raises PrunelabError for conflicting or unreachable targets.
+    workers / ray_address: where the omitted sweep and the candidate checks run (see
+    core.search.parallel.executor_for). Raises PrunelabError for conflicting or unreachable targets.
     """
     kind, value, bounds = check_request(target_sparsity, target_latency_ms, target_mac_reduction, max_accuracy_drop,
                                         granularity, (min_sparsity, max_sparsity))
-    result = sensitivity if sensitivity is not None else sweep(handle, granularity, criterion)
+    executor = executor_for(workers, ray_address)
+    result = sensitivity if sensitivity is not None else sweep(handle, granularity, criterion, workers=workers,
+                                                                ray_address=ray_address)
     if (result.get("granularity"), result.get("criterion")) not in ((granularity, criterion), (None, None)):
         raise PrunelabError(f"the sensitivity result is for {result.get('granularity')}/{result.get('criterion')}, "
                             f"not {granularity}/{criterion}")
@@ -203,7 +209,8 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
     else:
         chosen = _allocate_weights(result, kind, value, bounds)
         if kind == "sparsity":
-            chosen = _best_on_val(handle, criterion, _weight_candidates(handle, criterion, chosen, value, bounds))
+            chosen = candidates.best(handle, criterion, _weight_candidates(handle, criterion, chosen, value, bounds),
+                                     executor)
     if max_accuracy_drop is not None and kind != "drop":
         curves = curves_for(result, "weights" if granularity != "channel" else "params", bounds)
         drop = predicted_drop(curves, chosen)
@@ -256,28 +263,6 @@ def _global_within(handle: ModelHandle, criterion: str, names: list[str], target
             return {name: pinned.get(name, reached[name]) for name in names}
         pinned.update(outside)
     return None
-
-
-def _best_on_val(handle: ModelHandle, criterion: str, candidates: list[dict[str, float]]) -> dict[str, float]:
-    """The candidate with the best accuracy (then loss) once applied: the curves propose, measurement decides.
-
-    Scored on the val and training splits together (never test): one small split alone is too
-    noisy to tell plans a point apart.
-    """
-    if len(candidates) == 1:
-        return candidates[0]
-    splits = ["val"] + (["train"] if handle.data.x_train is not None else [])
-    scorers = [(Scorer(handle, split), len(getattr(handle.data, f"x_{split}"))) for split in splits]
-    items = sum(count for _, count in scorers)
-
-    def score(chosen: dict[str, float]) -> tuple[float, float]:
-        module = apply_plan(handle, Plan(criterion=criterion, scope="layer", sparsity=0.0, layers=chosen)).module
-        results = [(scorer(module), count) for scorer, count in scorers]
-        accuracy = sum(result[0] * count for result, count in results) / items
-        loss = sum(result[1] * count for result, count in results) / items
-        return accuracy, -loss
-
-    return max(candidates, key=score)
 
 
 def _largest_within(curves: list[Curve], limit: float, total: float) -> dict[str, float]:

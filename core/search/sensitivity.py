@@ -5,96 +5,45 @@ held-out split (val by default, so that selection never tunes on test) is scored
 batches: accuracy (or agreement with the dense model when the data has no labels) and loss.
 Large models score the first items of the split only (enough to keep one point's forward passes
 near SCORING_BUDGET_MACS); the result says so, and ``max_items="all"`` scores every item.
-Unstructured sweeps score each layer's weights once and threshold them per level, writing the
-masked weights into a private copy of the model; this is exactly what the engine would do for a
-one-layer plan and avoids a full plan application per point. Channel sweeps apply a one-group
-plan with the engine per level and also time the exported graph on ONNX Runtime.
+Each (layer, level) point is one job (core.search.sweep_points says how a point is measured);
+the jobs run serially, on local worker processes or on a Ray cluster (core.search.parallel) and
+give the same curves everywhere. Channel sweeps also time each pruned graph on ONNX Runtime and
+name the machine that timed it: latencies from different machines are not comparable.
 
-Results are JSON-able and cached on disk by (model digest, data digest, settings).
+Results are JSON-able and cached on disk by (model digest, data digest, settings), written once
+by the calling process when every point is in.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import time
 from collections.abc import Callable
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from core.cache import ResultCache, cache_key
-from core.deploy.export import export_onnx
-from core.deploy.measure import create_session, latency, total_macs
+from core.deploy.measure import total_macs
 from core.errors import PrunelabError
-from core.inspect import final_classifier, prunable_layers
-from core.prune import batchnorm
 from core.prune.channel import coupled_groups
-from core.prune.criteria import gather_evidence, weight_scores
-from core.prune.engine import apply_plan
 from core.prune.plan import GRANULARITIES, Plan, granularity_kind
-from core.prune.unstructured import layer_mask
+from core.search import sweep_points
+from core.search.parallel import Outcome, Work, executor_for
+from core.search.sweep_points import (  # noqa: F401
+    BASELINE,
+    LATENCY_RUNS,
+    LATENCY_THREADS,
+    Scorer,
+    footprint,
+    included_layers,
+    split_arrays,
+)
 from core.sources import ModelHandle
 
 DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 # Sweeps cut one layer or channel group at a time; N:M patterns are not swept.
 SWEPT_GRANULARITIES = tuple(name for name in GRANULARITIES if granularity_kind(name) != "N:M")
-CACHE_VERSION = 4
-LATENCY_RUNS = 30
-LATENCY_SECONDS = 0.05
-LATENCY_THREADS = 1
-SCORE_BATCH = 64                 # smaller batches stay in cache: 0.88 s vs 1.4 s for 359 items on digits-resnet
+CACHE_VERSION = 5
 SCORING_BUDGET_MACS = 40e9       # multiply-accumulates per scored point before a subset is used
 MIN_AUTO_ITEMS = 128
 
 Progress = Callable[[int, int, str], None]
-
-
-class Scorer:
-    """Accuracy (or agreement) and loss of a module on one split, in batches of SCORE_BATCH.
-
-    Without labels the dense model's top-1 predictions serve as labels, so the "accuracy" is the
-    agreement with the dense model and the loss is the cross-entropy against those predictions.
-    For an embedding model (``handle.output_kind == "embedding"``) the "accuracy" is the mean cosine
-    similarity to the dense embeddings (label 'cosine') and the loss is one minus it.
-    """
-
-    def __init__(self, handle: ModelHandle, split: str = "val", max_items: int | None = None, reason: str = ""):
-        x, labels = split_arrays(handle, split)
-        available = len(x)
-        count = available if max_items is None else max(1, min(int(max_items), available))
-        self.split, self.items, self.available, self.reason = split, count, available, reason
-        self.inputs = torch.from_numpy(np.ascontiguousarray(x[:count]))
-        self.embedding = handle.output_kind == "embedding"
-        if self.embedding:
-            self.label, self.targets = "cosine", F.normalize(self._predict(handle.module), dim=1)
-        elif labels is not None:
-            self.label, self.targets = "accuracy", torch.from_numpy(labels[:count])
-        else:
-            self.label, self.targets = "agreement", self._predict(handle.module).argmax(1)
-
-    def _predict(self, module: nn.Module) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([module(self.inputs[start:start + SCORE_BATCH])
-                              for start in range(0, len(self.inputs), SCORE_BATCH)])
-
-    def __call__(self, module: nn.Module) -> tuple[float, float]:
-        """``(accuracy, loss)`` of ``module`` on the split."""
-        logits = self._predict(module)
-        if self.embedding:
-            cosine = (F.normalize(logits, dim=1) * self.targets).sum(1).mean().item()
-            return float(cosine), float(1.0 - cosine)
-        accuracy = (logits.argmax(1) == self.targets).float().mean().item()
-        loss = F.cross_entropy(logits, self.targets).item()
-        return float(accuracy), float(loss)
-
-    def describe(self) -> dict:
-        subset = None
-        if self.items != self.available:
-            subset = f"first {self.items} of {self.available}" + (f", {self.reason}" if self.reason else "")
-        return {"split": self.split, "items": self.items, "available": self.available, "subset": subset,
-                "workers": 1, "torch_threads": torch.get_num_threads()}
 
 
 def scored_items(macs_per_item: int, available: int, max_items: int | str | None) -> tuple[int, str]:
@@ -141,7 +90,8 @@ def parse_levels(text: str) -> list[float]:
 
 def sensitivity(handle: ModelHandle, granularity: str = "unstructured", criterion: str = "l1",
                 levels=DEFAULT_LEVELS, split: str = "val", progress: Progress | None = None,
-                should_stop: Callable[[], bool] | None = None, max_items: int | str | None = "auto") -> dict:
+                should_stop: Callable[[], bool] | None = None, max_items: int | str | None = "auto",
+                workers: int | None = 1, ray_address: str | None = None) -> dict:
     """Per-layer sensitivity curves of ``handle`` as a JSON-able dict.
 
     granularity: 'unstructured' (one layer at a time) or 'channel' (one coupled group at a time,
@@ -152,9 +102,12 @@ def sensitivity(handle: ModelHandle, granularity: str = "unstructured", criterio
     result comes back with ``"complete": False`` (and is not cached). max_items: score only the
     first N items of the split, "all" of them, or "auto" (all, unless the model is so large that
     a subset keeps the sweep to minutes; see scored_items). ``evaluated_on`` says what was scored.
-    A second call with equal inputs reads the result from disk.
-    Raises PrunelabError for an unknown granularity or criterion, bad levels or a model source
-    that cannot be pruned this way.
+    workers: local processes to spread the points over (1: this process; None: one per core).
+    ray_address: run the points as tasks on this Ray cluster instead (default: the
+    PRUNELAB_RAY_ADDRESS variable). Points lost with a worker twice are listed in ``"missing"``
+    (and the result is not complete). A second call with equal inputs reads the result from disk,
+    whatever ran it. Raises PrunelabError for an unknown granularity or criterion, bad levels, a
+    model source that cannot be pruned this way, or a Ray address that does not answer.
     """
     if granularity not in SWEPT_GRANULARITIES:
         raise PrunelabError(f"sensitivity granularity must be one of {', '.join(SWEPT_GRANULARITIES)}, "
@@ -164,6 +117,7 @@ def sensitivity(handle: ModelHandle, granularity: str = "unstructured", criterio
         raise PrunelabError(f"{handle.name}: sensitivity needs the PyTorch model")
     Plan(granularity=granularity, criterion=criterion, sparsity=0.0)  # validates the pair
     levels = check_levels(levels)
+    executor = executor_for(workers, ray_address)
     available = len(split_arrays(handle, split)[0])
     macs = (total_macs(handle.module, handle.example_input(1)) or 0) if max_items in (None, "auto") else 0
     items, reason = scored_items(macs, available, max_items)
@@ -176,126 +130,76 @@ def sensitivity(handle: ModelHandle, granularity: str = "unstructured", criterio
         if progress:
             progress(1, 1, "read from cache")
         return cached
-    result = _run(handle, settings, progress or (lambda done, total, text: None), should_stop or (lambda: False))
+    result = _run(handle, settings, executor, progress or (lambda done, total, text: None),
+                  should_stop or (lambda: False))
     if result["complete"]:
         cache.put(key, result)
     return result
 
 
-def _run(handle: ModelHandle, settings: dict, progress: Progress, should_stop) -> dict:
+
+
+def _run(handle: ModelHandle, settings: dict, executor, progress: Progress, should_stop) -> dict:
     started = time.perf_counter()
-    # a private copy: the handle's module may be shared, and sweeps write weights and register hooks
-    handle = dataclasses.replace(handle, module=copy.deepcopy(handle.module).eval())
-    scorer = Scorer(handle, settings["split"], settings["max_items"], settings["reason"])
-    accuracy, loss = scorer(handle.module)
-    sweep = unstructured_sweep if settings["granularity"] == "unstructured" else channel_sweep
-    layers, complete = sweep(handle, settings["criterion"], settings["levels"], scorer, progress, should_stop,
-                             baseline=(accuracy, loss))
-    evaluated_on = scorer.describe()
-    recalibration = batchnorm.calibration_inputs(handle.data)
-    evaluated_on["batchnorm_items"] = 0 if recalibration is None or not batchnorm.batchnorm_layers(handle.module) \
-        else len(recalibration)
-    if settings["granularity"] == "channel":
-        evaluated_on["latency"] = {"runtime": "onnxruntime", "min_runs": LATENCY_RUNS, "batch": 1,
-                                   "threads": LATENCY_THREADS, "statistic": "p50"}
-    return {"model": handle.name, "granularity": settings["granularity"], "criterion": settings["criterion"],
-            "baseline_accuracy": accuracy, "baseline_loss": loss, "label": scorer.label,
-            "levels": settings["levels"], "evaluated_on": evaluated_on, "layers": layers,
-            "complete": complete, "seconds": round(time.perf_counter() - started, 3)}
+    entries = _entries(handle, settings["granularity"])
+    jobs = [(BASELINE, 0.0)] + [(entry["name"], level) for entry in entries
+                                for level in settings["levels"] if level != 0.0]
+    work = Work(jobs, prepare=lambda: sweep_points.prepare(handle, settings),
+                pack=lambda: sweep_points.pack(handle, settings), build=sweep_points.build,
+                run=sweep_points.measure, describe=sweep_points.describe_job)
+    outcome = executor.map(work, progress, should_stop)
+    result = _assemble(handle, settings, entries, jobs, outcome)
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    return result
 
 
-def split_arrays(handle: ModelHandle, split: str):
-    """``(inputs, labels or None)`` of one split of the handle's data; PrunelabError when it has none."""
-    x = getattr(handle.data, f"x_{split}", None)
-    if x is None:
-        raise PrunelabError(f"the data '{handle.data.name}' has no {split} split")
-    return x, getattr(handle.data, f"y_{split}")
-
-
-def included_layers(module: nn.Module, example: torch.Tensor) -> list:
-    """The layers a plan prunes by default: every prunable layer but the final classifier."""
-    ignored = final_classifier(module, example)
-    return [layer for layer in prunable_layers(module) if layer.name != ignored]
-
-
-def unstructured_sweep(handle: ModelHandle, criterion: str, levels: list[float], scorer: Scorer,
-                       progress: Progress, should_stop, baseline: tuple[float, float]) -> tuple[list, bool]:
-    """One curve per prunable layer: masks from scores computed once per layer, thresholded per level."""
-    module = handle.module  # a private copy (see _run); every weight is restored after its layer
-    layers = included_layers(module, handle.example_input(1))
-    evidence = gather_evidence(module, layers, criterion, handle.data, seed=0)
-    # as the engine does by default: BatchNorm statistics re-estimated after each cut, then restored
-    recalibration = batchnorm.calibration_inputs(handle.data)
-    dense_statistics = batchnorm.snapshot(module)
-    total, done, curves = len(layers) * len(levels), 0, []
-    for layer in layers:
-        weight = layer.weight
-        original = weight.detach().clone()
-        scores = weight_scores(layer, criterion, evidence[layer.name])
-        curve = []
-        try:
-            for level in levels:
-                if should_stop():
-                    curves.append({"name": layer.name, "members": [layer.name], "params": original.numel(),
-                                   "curve": curve})
-                    return curves, False
-                if level == 0.0:
-                    accuracy, loss = baseline
-                else:
-                    with torch.no_grad():
-                        weight.copy_(original * layer_mask(scores, level))
-                    if recalibration is not None:
-                        batchnorm.recalibrate(module, recalibration)
-                    accuracy, loss = scorer(module)
-                    batchnorm.restore(module, dense_statistics)
-                curve.append({"sparsity": level, "accuracy": accuracy, "loss": loss})
-                done += 1
-                progress(done, total, f"{layer.name} at {level:.0%}")
-        finally:
-            with torch.no_grad():
-                weight.copy_(original)
-            batchnorm.restore(module, dense_statistics)
-        curves.append({"name": layer.name, "members": [layer.name], "params": original.numel(), "curve": curve})
-    return curves, True
-
-
-def channel_sweep(handle: ModelHandle, criterion: str, levels: list[float], scorer: Scorer,
-                  progress: Progress, should_stop, baseline: tuple[float, float]) -> tuple[list, bool]:
-    """One curve per coupled channel group: the engine removes the group's channels at each level."""
+def _entries(handle: ModelHandle, granularity: str) -> list[dict]:
+    """One curve's description per layer (unstructured) or coupled group (channel), in sweep order."""
     example = handle.example_input(1)
-    groups = coupled_groups(handle.module, example)
-    dense = footprint(handle.module, example)
-    total, done, curves = len(groups) * len(levels), 0, []
-    for group in groups:
+    if granularity == "unstructured":
+        return [{"name": layer.name, "members": [layer.name], "params": layer.weight.numel()}
+                for layer in included_layers(handle.module, example)]
+    return [{"name": group["leader"], "members": list(group["members"]), "channels": group["channels"]}
+            for group in coupled_groups(handle.module, example)]
+
+
+def _assemble(handle: ModelHandle, settings: dict, entries: list[dict], jobs: list, outcome: Outcome) -> dict:
+    """The result dict from the measured points: curves in level order, lost points named."""
+    points = {jobs[index]: value for index, value in outcome.values.items()}
+    nodes = {jobs[index]: node for index, node in outcome.nodes.items()}
+    baseline = points.get((BASELINE, 0.0))
+    channel = settings["granularity"] == "channel"
+    layers = []
+    for entry in entries:
         curve = []
-        entry = {"name": group["leader"], "members": list(group["members"]), "channels": group["channels"],
-                 "curve": curve}
-        for level in levels:
-            if should_stop():
-                curves.append(entry)
-                return curves, False
-            if level == 0.0:
-                accuracy, loss = baseline
-                point = dense
-            else:
-                plan = Plan(granularity="channel", criterion=criterion, sparsity=0.0,
-                            layers={group["leader"]: level})
-                pruned = apply_plan(handle, plan).module.eval()
-                accuracy, loss = scorer(pruned)
-                point = footprint(pruned, example)
-            curve.append({"sparsity": level, "accuracy": accuracy, "loss": loss, **point})
-            done += 1
-            progress(done, total, f"{group['leader']} at {level:.0%}")
-        curves.append(entry)
-    return curves, True
+        for level in settings["levels"]:
+            job = (BASELINE, 0.0) if level == 0.0 else (entry["name"], level)
+            if job not in points:
+                continue
+            point = {key: value for key, value in points[job].items() if key not in ("label", "evaluated_on")}
+            if channel:
+                point["measured_on"] = nodes[job]
+            curve.append({"sparsity": level, **point})
+        layers.append({**entry, "curve": curve})
+    evaluated_on = dict(baseline["evaluated_on"]) if baseline else {"split": settings["split"]}
+    evaluated_on.update(workers=outcome.executor.get("workers"), executor=outcome.executor.get("kind"))
+    if "payload_bytes" in outcome.executor:  # what each worker received: the model, its data, the settings
+        evaluated_on["transfer_bytes"] = outcome.executor["payload_bytes"]
+    if channel:
+        evaluated_on["latency"] = _latency_note(set(outcome.nodes.values()))
+    missing = [sweep_points.describe_job(jobs[index]) for index in outcome.missing]
+    return {"model": handle.name, "granularity": settings["granularity"], "criterion": settings["criterion"],
+            "baseline_accuracy": baseline["accuracy"] if baseline else None,
+            "baseline_loss": baseline["loss"] if baseline else None,
+            "label": baseline["label"] if baseline else None, "levels": settings["levels"],
+            "evaluated_on": evaluated_on, "layers": layers, "complete": outcome.complete and baseline is not None,
+            "missing": missing}
 
 
-def footprint(module: nn.Module, example: torch.Tensor, timed: bool = True) -> dict:
-    """Parameters, MACs per item and ORT p50 latency (ms, batch 1) of ``module``."""
-    figures = {"params": int(sum(parameter.numel() for parameter in module.parameters())),
-               "macs": total_macs(module, example) or 0}
-    if timed:
-        session, _ = create_session(export_onnx(module, example), threads=LATENCY_THREADS)
-        timing = latency(session, example.numpy(), min_runs=LATENCY_RUNS, min_seconds=LATENCY_SECONDS)
-        figures["latency_ms"] = timing["latency_ms"]["p50"]
-    return figures
+def _latency_note(nodes: set) -> dict:
+    note = {"runtime": "onnxruntime", "min_runs": LATENCY_RUNS, "batch": 1, "threads": LATENCY_THREADS,
+            "statistic": "p50", "nodes": sorted(nodes)}
+    if len(nodes) > 1:
+        note["comparable"] = (f"latencies were measured on {len(nodes)} machines: compare them only between "
+                              "points measured on the same machine (each point's measured_on)")
+    return note

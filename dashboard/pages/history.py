@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import run_history, run_tables, session, state
+from dashboard import run_history, run_tables, session, state, sweeps
 
 OPEN_RUN = "prunelab.history.open"  # the run shown in detail (set by a chart click or the table)
 FORMATS = [("torch-pruning", "Torch-Pruning"), ("nni", "NNI config_list"), ("sparseml", "SparseML recipe")]
@@ -20,6 +20,44 @@ def save_ui() -> None:
                 run_id = run_history.save_run(label, notes)
                 st.session_state[OPEN_RUN] = run_id
                 st.success(f"Saved run {run_id}.")
+
+
+def grid_ui() -> None:
+    """Measure a grid of plans on the current model, each kept as a run (fills the Pareto chart)."""
+    job = sweeps.grid_job()
+    with st.expander("Measure a grid of plans", icon=":material/grid_on:", expanded=job is not None):
+        if job is not None and job.running:
+            grid_progress()
+            return
+        grid = st.text_input("Grid", value=sweeps.DEFAULT_GRID, key="w.history.grid", persist_state="session",
+                             help="KEY=V1,V2 parts separated by ';' (sparsity, criterion, granularity, scope, "
+                                  "round_to); every combination is one plan")
+        workers = st.number_input("Worker processes", min_value=1, max_value=sweeps.cores(), value=1, step=1,
+                                  key="w.history.workers", persist_state="session")
+        if st.button("Measure the grid", icon=":material/play_arrow:", key="history-grid"):
+            with session.guard("starting the grid"):
+                sweeps.start_grid(grid, workers)
+                st.rerun()
+        if job is not None and job.error:
+            st.error(job.error)
+        elif job is not None and job.result is not None:
+            summary = job.result
+            st.success(f"Measured {summary['measured']} of {summary['plans']} plans in {summary['seconds']:.0f} s; "
+                       "each is a run below." + (f" Missing: {', '.join(summary['missing'])}."
+                                                 if summary["missing"] else "")
+                       + (f" Skipped {len(summary['skipped'])} combinations a plan refuses."
+                          if summary["skipped"] else ""))
+
+
+@st.fragment(run_every=0.5)
+def grid_progress() -> None:
+    """The running grid's progress bar and Stop button; reruns the page when the grid ends."""
+    job = sweeps.grid_job()
+    if job is None or not job.running:
+        st.rerun(scope="app")
+    st.progress(job.fraction, text=f"{job.done}/{job.total or '?'} plans: {job.text}")
+    st.button("Stop", icon=":material/stop:", on_click=sweeps.stop_grid, key="history-grid-stop",
+              disabled=job.stop.is_set())
 
 
 def table_ui(rows: list[dict]) -> list[int]:
@@ -111,6 +149,7 @@ def report_ui(run_ids: list[int]) -> None:
 st.title("History")
 st.caption("Saved runs of every model: pick the best trade-off, compare two, hand on a report or the plan.")
 save_ui()
+grid_ui()
 with session.guard("reading the run history"):
     state.seed("w.history.only", True)
     only_this = st.toggle("Only this model's runs", key="w.history.only", persist_state="session")

@@ -105,7 +105,7 @@ def summary_ui() -> None:
                  help=f"gzip: {formatting.size(dense['compressed_bytes'])}")
     st.caption(f"{totals['layers']} prunable layers · data: {session.data_name()} · "
                f"can prune: {', '.join(session.capabilities())}")
-    st.caption(f"Splits: {session.data_splits()}. Accuracy is measured on test; sensitivity, allocation, "
+    st.caption(f"Splits: {session.data_splits()}. {quality['title']} is measured on test; sensitivity, allocation, "
                f"BatchNorm re-estimation and INT8 calibration use val and train only.")
 
 

@@ -27,9 +27,13 @@ def settings_ui() -> dict | None:
     every = fourth.toggle("Every val item", key="w.sensitivity.every", persist_state="session",
                           help="large models score the first val items only, which keeps a sweep to minutes; "
                                "the caption above the results says how many were scored")
+    workers = st.number_input("Worker processes", min_value=1, max_value=sweeps.cores(), value=1, step=1,
+                              key="w.sensitivity.workers", persist_state="session",
+                              help="spread the sweep's points over this many processes of this machine; each "
+                                   "starts with a few seconds of loading, so it pays off on large models")
     if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
         return {"granularity": granularity, "criterion": criterion, "levels": QUICK_LEVELS if quick else LEVELS,
-                "max_items": "all" if every else "auto"}
+                "max_items": "all" if every else "auto", "workers": workers}
     return None
 
 
@@ -68,7 +72,10 @@ def results_ui(result: dict) -> None:
                f"baseline {result['label']} {result['baseline_accuracy']:.2%}, computed in {result['seconds']:.1f} s"
                + (f"; BatchNorm re-estimated on {where['batchnorm_items']} training items per point"
                   if where.get("batchnorm_items") else "")
+               + (f"; {where['workers']} worker processes" if (where.get("workers") or 1) > 1 else "")
                + ("" if result["complete"] else " — stopped early, partial result"))
+    if result.get("missing"):
+        st.warning(f"Points lost with a worker process twice: {', '.join(result['missing'])}")
     st.plotly_chart(charts.sensitivity_heatmap(result), key="sensitivity-heatmap", config={"displayModeBar": False})
     left, right = st.columns(2)
     left.plotly_chart(curves(result, "accuracy", f"{result['label'].capitalize()} per layer", "%", 100),

@@ -1,0 +1,120 @@
+"""Measure a grid of plans (sparsity levels x criteria x granularities ...) and keep each as a run.
+
+Every plan of the grid is one job (core.search.parallel): applied to the model, exported and
+measured on ONNX Runtime by ``evaluate`` in whichever process runs it, with that process's ORT
+threads. The calling process records the reports in the run store, in grid order, so the
+History page's Pareto chart of the model fills in with one command. Combinations a plan refuses
+(a criterion that does not apply to a granularity) are skipped and named.
+"""
+from __future__ import annotations
+
+import itertools
+import pickle
+import time
+from collections.abc import Callable
+
+from core.errors import PrunelabError
+from core.prune.plan import Plan
+from core.search.parallel import Work, executor_for, pack_object
+from core.sources import ModelHandle
+
+DEFAULT_GRID = "sparsity=0.3,0.5,0.7,0.9;criterion=l1,l2,taylor;granularity=unstructured,channel;scope=global"
+GRID_KEYS = {"sparsity": float, "criterion": str, "granularity": str, "scope": str, "round_to": int}
+SERIAL_THREADS = 2   # ORT threads when the grid runs in this process (evaluate's default)
+
+
+def parse_grid(text: str) -> dict[str, list]:
+    """Read ``"sparsity=0.5,0.9;criterion=l1,l2"`` into ``{"sparsity": [0.5, 0.9], "criterion": ["l1", "l2"]}``.
+
+    Keys: sparsity, criterion, granularity, scope, round_to. Raises PrunelabError naming an
+    unknown key, an empty list or a value of the wrong type.
+    """
+    grid: dict[str, list] = {}
+    for part in str(text).split(";"):
+        if not part.strip():
+            continue
+        key, equals, values = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not equals or key not in GRID_KEYS:
+            raise PrunelabError(f"grid part '{part.strip()}' must be KEY=V1,V2 with KEY one of "
+                                f"{', '.join(GRID_KEYS)}")
+        items = [value.strip() for value in values.split(",") if value.strip()]
+        if not items:
+            raise PrunelabError(f"grid key '{key}' has no values")
+        try:
+            grid[key] = [GRID_KEYS[key](value) for value in items]
+        except ValueError:
+            kind = GRID_KEYS[key].__name__
+            raise PrunelabError(f"grid key '{key}' takes {kind} values, got '{values.strip()}'") from None
+    if not grid:
+        raise PrunelabError("the grid is empty: give at least one KEY=V1,V2")
+    return grid
+
+
+def grid_plans(grid: dict[str, list]) -> tuple[list[Plan], list[str]]:
+    """Every valid plan of ``grid`` (its product, in order) and a line for each combination refused."""
+    keys = list(grid)
+    plans, skipped = [], []
+    for values in itertools.product(*(grid[key] for key in keys)):
+        settings = dict(zip(keys, values))
+        try:
+            plans.append(Plan(**settings))
+        except PrunelabError as error:
+            skipped.append(f"{plan_name(settings)}: {error}")
+    return plans, skipped
+
+
+def plan_name(settings: dict) -> str:
+    """A short label such as ``channel l1 global 50%``."""
+    words = [str(settings.get("granularity", "unstructured")), str(settings.get("criterion", "l1")),
+             str(settings.get("scope", "layer")), f"{float(settings.get('sparsity', 0.0)):.0%}"]
+    if int(settings.get("round_to", 1)) > 1:
+        words.append(f"round {settings['round_to']}")
+    return " ".join(words)
+
+
+class _GridState:
+    def __init__(self, handle: ModelHandle, threads: int):
+        self.handle, self.threads = handle, threads
+
+
+def _build(payload: bytes, threads: int) -> _GridState:
+    return _GridState(pickle.loads(payload), threads)
+
+
+def _measure(state: _GridState, plan: dict) -> dict:
+    from core.deploy.evaluate import evaluate
+
+    return evaluate(state.handle, Plan.from_dict(plan), threads=state.threads)
+
+
+def explore(handle: ModelHandle, grid: str | dict = DEFAULT_GRID, workers: int | None = 1,
+            ray_address: str | None = None, progress: Callable[[int, int, str], None] | None = None,
+            should_stop: Callable[[], bool] | None = None, label: str = "explore") -> dict:
+    """Measure every plan of ``grid`` (a grid string, see parse_grid, or its dict) and record each as a run.
+
+    workers / ray_address: where the plans are measured (see core.search.parallel.executor_for);
+    each process times ONNX Runtime with its own threads (``settings.threads`` of each report;
+    SERIAL_THREADS in this process). progress: ``progress(done, total, text)`` per plan.
+    Returns ``{"runs": [run ids], "plans", "measured", "missing", "skipped", "nodes", "seconds"}``.
+    Raises PrunelabError for a bad grid or a grid without a single valid plan.
+    """
+    started = time.perf_counter()
+    plans, skipped = grid_plans(parse_grid(grid) if isinstance(grid, str) else grid)
+    if not plans:
+        raise PrunelabError(f"no plan of the grid is valid: {skipped[0] if skipped else 'empty grid'}")
+    executor = executor_for(workers, ray_address)
+    work = Work([plan.to_dict() for plan in plans], prepare=lambda: _GridState(handle, SERIAL_THREADS),
+                pack=lambda: pack_object(handle), build=_build, run=_measure, describe=plan_name)
+    outcome = executor.map(work, progress or (lambda done, total, text: None), should_stop or (lambda: False))
+    from core.history.runs import RunStore
+
+    store, runs = RunStore(), []
+    for index, plan in enumerate(plans):
+        if index in outcome.values:
+            report = dict(outcome.values[index], measured_on=outcome.nodes[index])
+            runs.append(store.record(report, model=handle, plan=plan, label=f"{label}: {plan_name(plan.to_dict())}").id)
+    return {"runs": runs, "plans": len(plans), "measured": len(runs),
+            "missing": [plan_name(plans[index].to_dict()) for index in outcome.missing],
+            "stopped": outcome.stopped, "skipped": skipped, "nodes": sorted(set(outcome.nodes.values())),
+            "executor": outcome.executor, "seconds": round(time.perf_counter() - started, 3)}
