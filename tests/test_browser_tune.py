@@ -183,7 +183,8 @@ def test_a_goal_of_2x_fewer_macs_on_digits_resnet_gives_a_plan_that_meets_it(bro
     try:
         context = browser.new_context(viewport=VIEWPORT)
         page = open_tune(context, url + "/?model=digits-resnet&granularity=channel&round_to=8")
-        assert page.get_by_text("a sweep of this model with channel / l1").count() == 1  # said in the page, not a tooltip
+        # said in the page, not only in a tooltip
+        assert page.get_by_text("a sweep of this model with channel / l1").count() == 1
         page.get_by_role("button", name="Run the quick sweep").click()
         allocate = page.get_by_role("button", name="Auto-allocate")
         page.wait_for_function("() => [...document.querySelectorAll('button')].some(b => "
