@@ -228,7 +228,7 @@ def test_the_previous_figures_are_marked_stale_while_a_plan_is_measured(browser,
     page = open_tune(context, cnn_server)
     page.evaluate("""() => { window.sawStale = false;
         new MutationObserver(() => { if (document.querySelector('.st-key-tune-stale')) window.sawStale = true; })
-          .observe(document.body, {childList: true, subtree: true}); }""")
+          .observe(document.body, {childList: true, subtree: true, attributes: true, attributeFilter: ['class']}); }""")
     release(page, "features.1.0", presses=2, label="Weights removed")
     assert page.evaluate("window.sawStale")
     assert page.locator(".st-key-tune-stale").count() == 0  # gone once the new figures are in
