@@ -112,7 +112,8 @@ def model_graph(graph: dict, cut: dict[str, float], colour_by: str = "cut", sele
                   line={"width": [3 if node["id"] == selected else 1 for node in nodes], "color": "#555"})
     figure.add_trace(go.Scatter(
         x=[positions[node["id"]][0] for node in nodes], y=[positions[node["id"]][1] for node in nodes],
-        mode="markers+text", text=[_short_name(node["id"]) for node in nodes], textposition="bottom center",
+        mode="markers+text", text=[_short_name(node["id"]) for node in nodes],
+        textposition=["bottom center" if node["depth"] % 2 else "top center" for node in nodes],  # labels apart
         textfont={"size": 10}, customdata=[node["id"] for node in nodes], marker=marker, showlegend=False,
         hovertext=[_node_hover(node, cut.get(node["id"], 0.0)) for node in nodes], hoverinfo="text"))
     figure.update_xaxes(visible=False)

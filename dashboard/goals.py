@@ -43,8 +43,8 @@ def needs_sweep() -> str | None:
         return f"{values['granularity']} fixes every layer's sparsity; Auto-allocate works for unstructured "\
                "and channel."
     if matching_sweep() is None:
-        return ("Auto-allocate spends the goal where a sensitivity sweep says it hurts least, so it needs a "
-                f"{values['granularity']} / {values['criterion']} sweep of this model first.")
+        return ("Auto-allocate spends the goal where a sensitivity sweep says it hurts least, so it first needs "
+                f"a sweep of this model with {values['granularity']} / {values['criterion']}.")
     return None
 
 

@@ -172,6 +172,7 @@ def test_arrow_right_on_a_slider_updates_the_metrics(page, tmp_path):
     assert after["Weights removed"] != before["Weights removed"] and after["Weights removed"] != "0.0%"
     assert page.locator("[data-testid=stException]").count() == 0
     print(f"\ndigits-cnn: slider release -> updated metrics {1000 * seconds:.0f} ms")
+    page.locator("h1").first.scroll_into_view_if_needed()  # the picture shows the strip and the cards
     page.wait_for_timeout(300)  # let the bar chart finish its transition for the screenshot
     target = SCREENSHOT if os.environ.get("PRUNELAB_SCREENSHOT") == "1" else tmp_path / "dashboard.png"
     page.screenshot(path=str(target), full_page=False)

@@ -22,9 +22,9 @@ from core.sources.load import load_model  # noqa: E402
 FIXTURES = Path(__file__).parent / "fixtures"
 IMAGE, TOKENS = "1,3,32,32", "1,16"
 FAST = [("hf_models.py:bert", TOKENS), ("hf_models.py:vit", IMAGE), ("hf_models.py:resnet", IMAGE),
-        ("hf_models.py:convnext", IMAGE), ("hf_models.py:regnet", IMAGE), ("ghost.py:ghostnet", IMAGE),
-        ("hf_models.py:llama_gqa", TOKENS), ("hf_models.py:fused_vit", IMAGE)]
-SLOW = [("hf_models.py:swin", IMAGE), ("hf_models.py:mobilenet_v2", IMAGE), ("hf_models.py:efficientnet", IMAGE)]
+        ("hf_models.py:convnext", IMAGE), ("hf_models.py:fused_vit", IMAGE)]
+SLOW = [("hf_models.py:swin", IMAGE), ("hf_models.py:mobilenet_v2", IMAGE), ("hf_models.py:efficientnet", IMAGE),
+        ("hf_models.py:regnet", IMAGE), ("ghost.py:ghostnet", IMAGE), ("hf_models.py:llama_gqa", TOKENS)]
 CASES = [pytest.param(*case, id=case[0]) for case in FAST] + [
     pytest.param(*case, id=case[0], marks=pytest.mark.slow) for case in SLOW]
 

@@ -224,3 +224,14 @@ def test_minilm_is_listed_with_the_demos(capsys):
 
     cards = {card["name"]: card for card in json.loads(capsys.readouterr().out)}
     assert cards["minilm"]["input_shape"] == [1, 64] and cards["minilm"]["params"] == 22_713_216
+
+
+def test_big_models_are_measured_within_bounds():
+    from core.deploy.evaluate import Settings, evaluation_items, scoring_batch
+
+    vit_b = 17_563_061_760  # MACs of a ViT-B/16 at 224x224, attention included
+    assert evaluation_items(vit_b, 128) == 14 and evaluation_items(2_444_544, 360) == 360
+    assert scoring_batch(vit_b) == 1 and scoring_batch(4.5e9) == 4 and scoring_batch(2_444_544) == 512
+    full = Settings(live=False)
+    assert full.timing(vit_b)["min_runs"] == 8 and full.timing(2_444_544)["min_runs"] == 30
+    assert full.parity_items(vit_b) == 5 and full.parity_items(2_444_544) == 64

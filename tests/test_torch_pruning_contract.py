@@ -61,6 +61,7 @@ def test_the_dependency_graph_names_parameters_and_lists_modules():
     names = graph._param_to_name  # channel.py names the parameters outside any layer through this map
     assert isinstance(names, dict) and names[model.scale] == "scale"
     assert model.conv1 in graph.module2node and model.fc in graph.module2node
+    assert graph.model is model  # core/prune/shrink.py finds the traced model's attention layers through it
     unwrapped = {id(parameter): dim for parameter, dim in graph.unwrapped_parameters}  # (parameter, dim) pairs
     assert id(model.scale) in unwrapped and isinstance(unwrapped[id(model.scale)], int)
 

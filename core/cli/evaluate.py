@@ -97,6 +97,8 @@ def print_report(report: dict) -> None:
         if missing or (key in ("agreement", "loss") and embedding):
             continue  # an embedding's agreement is its nearest-neighbour row
         before, after = _value(report["baseline"], key), _value(report["pruned"], key)
+        if key == "loss" and before is None and after is None:
+            continue  # no labels, no loss
         ratio = f"{after / before:.2f}x" if isinstance(before, (int, float)) and before and after is not None else ""
         ratio = "" if key in ("output_error", "kl") else ratio
         print(f"{label:<22} {_format(before, kind):>14} {_format(after, kind):>14} {ratio:>8}")

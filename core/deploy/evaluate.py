@@ -48,6 +48,7 @@ from core.sources.load import read_data
 REPORT_CACHE_ENTRIES = 128
 BASELINE_CACHE_ENTRIES = 8
 ACCURACY_BATCH = 512
+SCORING_BATCH_MACS = 2e10  # items per ONNX Runtime call when scoring: fewer for big models, bounding activation memory
 PARITY_ITEMS = 64
 LIVE_PARITY_ITEMS = 16
 # The live loop times fewer runs: at least this many, for at least this long (pairs of runs when a
@@ -84,6 +85,11 @@ class Settings:
     def parity_items(self, macs: int | None = None) -> int:
         items = LIVE_PARITY_ITEMS if self.live else PARITY_ITEMS
         return items if not macs else max(MIN_PARITY_ITEMS, min(items, int(PARITY_BUDGET_MACS // macs)))
+
+
+def scoring_batch(macs: int | None) -> int:
+    """Items per ONNX Runtime call when scoring the test split (a ConvNeXt-T at 224x224: 4)."""
+    return ACCURACY_BATCH if not macs else max(1, min(ACCURACY_BATCH, int(SCORING_BATCH_MACS // macs)))
 
 
 def evaluation_items(macs: int | None, available: int) -> int:
@@ -147,7 +153,7 @@ class _Baseline:
             key: tensor.detach().clone() for key, tensor in handle.module.state_dict().items()}
         self.data = data.head(evaluation_items(self.artifact.macs, len(data.x_test)))  # what gets scored
         self.session, session_ms = measure.create_session(self.artifact.model_bytes, settings.threads)
-        self.logits = measure.run_batched(self.session, self.data.x_test, ACCURACY_BATCH)
+        self.logits = measure.run_batched(self.session, self.data.x_test, scoring_batch(self.artifact.macs))
         self.metrics = _measure(self.artifact, self.data, settings, reference=None,
                                 session=(self.session, session_ms), logits=self.logits)
 
@@ -163,7 +169,7 @@ def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, refe
         session = measure.create_session(artifact.model_bytes, settings.threads)
     session, session_ms = session
     if logits is None:
-        logits = measure.run_batched(session, data.x_test, ACCURACY_BATCH)
+        logits = measure.run_batched(session, data.x_test, scoring_batch(artifact.macs))
     fixed = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
     example = _example(data, fixed if isinstance(fixed, int) and fixed > 0 else settings.batch_size)
     metrics = measure.quality(logits, data.y_test, reference, settings.kind)

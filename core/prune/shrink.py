@@ -108,7 +108,7 @@ def prune_structure(job) -> PruneResult:
                for unit in attention}
     report = _remove_groups(groups, graph, names, scores, targets, plan.round_to, notes)
     report += _remove_heads(module, attention, dropped, targets)
-    _check_output(module, job.example_input, dense_output)
+    _check_output(module, job.example_input, dense_output, plan.prune_width)
     result = PruneResult(module, plan, masks=None, groups=report, notes=notes)
     after = _units(module, job.layers, found)
     result.layer_sparsity = {name: 1.0 - after[name][1] / count for name, (_, count) in before.items() if count}
@@ -195,12 +195,13 @@ def _run(module: nn.Module, example_input):
         return module(example_input)
 
 
-def _check_output(module: nn.Module, example_input, dense_output) -> None:
+def _check_output(module: nn.Module, example_input, dense_output, width: bool = False) -> None:
     try:
         output = _run(module, example_input)
     except Exception as error:
+        advice = "set prune_width: false, " if width else ""
         raise PrunelabError(f"the channel-pruned model fails to run ({error_line(error, with_type=True)}); "
-                            "ignore the layers involved or use unstructured pruning") from None
+                            f"{advice}ignore the layers involved or use unstructured pruning") from None
     shape = lambda value: tuple(value.shape) if isinstance(value, torch.Tensor) else None  # noqa: E731
     if shape(output) != shape(dense_output):
         raise PrunelabError(f"channel pruning changed the model's output shape from {shape(dense_output)} "
