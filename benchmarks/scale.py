@@ -9,7 +9,7 @@
   the time of one channel job measured here and the bytes each worker receives, kept in
   scale_resnet50.json; every run then prints the sweep time on N nodes estimated from them.
 
-    python -m benchmarks.scale [--quick | --resnet50]
+    python -m benchmarks.scale [--quick | --resnet50] [--levels 0,0.5,0.9]
 """
 from __future__ import annotations
 
@@ -187,9 +187,9 @@ def print_estimate(figures: dict, cores_per_node: int = 2, link_gbit: float = 1.
     print_table(["nodes", "jobs at once", "rounds of jobs", "hours"], rows)
 
 
-def main(quick: bool = False) -> None:
+def main(quick: bool = False, levels=None) -> None:
     print("Taken on a shared 2-core machine under load from other processes: compare ratios within one run.\n")
-    sweeps(QUICK_LEVELS if quick else DEFAULT_LEVELS, quick)
+    sweeps(levels or (QUICK_LEVELS if quick else DEFAULT_LEVELS), quick)
     grid(quick)
     if not quick and RESNET50_FIGURES.exists():
         print_estimate(json.loads(RESNET50_FIGURES.read_text()))
@@ -199,5 +199,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--resnet50", action="store_true", help="only the ResNet-50-sized job (about 10 minutes)")
+    parser.add_argument("--levels", help="sweep levels instead of the default 11, e.g. 0,0.5,0.9")
     options = parser.parse_args()
-    resnet50_job() if options.resnet50 else main(options.quick)
+    chosen = [float(level) for level in options.levels.split(",")] if options.levels else None
+    resnet50_job() if options.resnet50 else main(options.quick, chosen)
