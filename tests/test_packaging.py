@@ -23,7 +23,7 @@ def package_data() -> dict[str, list[str]]:
 
 
 def test_assets_are_found_inside_the_package_and_hold_every_demo():
-    assert ASSETS == ROOT / "core" / "zoo" / "assets"
+    assert ASSETS == ROOT / "core" / "zoo" / "assets" and ASSETS.resolve() == ROOT / "assets"
     assert CARDS.is_file() and (ASSETS / "digits.npz").is_file()
     trained = [spec for spec in BUILTINS.values() if spec.factory is not None]  # minilm comes from its package
     assert {"digits-mlp", "digits-cnn", "digits-resnet"} <= {spec.name for spec in trained}
@@ -33,7 +33,8 @@ def test_assets_are_found_inside_the_package_and_hold_every_demo():
 
 def test_every_asset_file_matches_a_package_data_pattern():
     patterns = package_data()["core.zoo"]
-    files = [path.relative_to(ASSETS.parent).as_posix() for path in ASSETS.rglob("*") if path.is_file()]
+    files = [path.relative_to(ASSETS.parent).as_posix() for path in ASSETS.rglob("*")
+             if path.is_file() and path.suffix != ".png"]  # the README's pictures stay out of the wheel
     assert files
     unmatched = [name for name in files if not any(fnmatch.fnmatch(name, pattern) for pattern in patterns)]
     assert unmatched == []
@@ -56,7 +57,8 @@ def test_the_wheel_carries_the_assets_and_the_dashboard_pages(tmp_path):
                     "--wheel-dir", str(tmp_path / "dist"), str(source)], check=True, capture_output=True)
     (wheel,) = (tmp_path / "dist").glob("prunelab-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assets = {path.relative_to(ROOT).as_posix() for path in ASSETS.rglob("*") if path.is_file()}
+    assets = {path.relative_to(ROOT).as_posix() for path in ASSETS.rglob("*")
+              if path.is_file() and path.suffix != ".png"}
     assert assets and assets <= names
     pages = {path.relative_to(ROOT).as_posix() for path in (ROOT / "dashboard" / "pages").glob("*.py")}
     assert pages <= names and "dashboard/app.py" in names

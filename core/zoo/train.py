@@ -2,7 +2,7 @@
 
     python -m core.zoo.train [NAME ...] [--epochs N]
 
-Deterministic for a seed; it needs scikit-learn only when core/zoo/assets/digits.npz is missing.
+Deterministic for a seed; it needs scikit-learn only when assets/digits.npz is missing.
 """
 from __future__ import annotations
 
