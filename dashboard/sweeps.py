@@ -9,7 +9,6 @@ from __future__ import annotations
 import streamlit as st
 
 from core import api
-from core.errors import PrunelabError
 from dashboard import jobs, session, state
 
 JOB = "sensitivity sweep"
@@ -52,33 +51,6 @@ def finish_sensitivity() -> dict | None:
         jobs.forget(JOB)
     result = st.session_state.get(state.SENSITIVITY)
     return result if result is not None and result.get("model_key") == session.model_key() else None
-
-
-def allocate_available() -> bool:
-    """True when this session has a complete sensitivity sweep of its model to allocate from."""
-    result = finish_sensitivity()
-    return result is not None and result["complete"]
-
-
-def auto_allocate() -> None:
-    """Fill the per-layer targets so the overall sparsity is the 'All layers' value, spent where it hurts least.
-
-    Raises PrunelabError when there is no matching sweep or no target.
-    """
-    result, values = finish_sensitivity(), state.plan()
-    if result is None or not result["complete"]:
-        raise PrunelabError("run a complete sweep on the Sensitivity page first")
-    if (result["granularity"], result["criterion"]) != (values["granularity"], values["criterion"]):
-        raise PrunelabError(f"the sweep is for {result['granularity']}/{result['criterion']}; run one for "
-                            f"{values['granularity']}/{values['criterion']} on the Sensitivity page")
-    if not values["sparsity"]:
-        raise PrunelabError("set 'All layers' to the overall sparsity you want, then auto-allocate")
-    with state.lock(session.model_key()):
-        allocated = api.allocate(session.model(), target_sparsity=values["sparsity"],
-                                 granularity=values["granularity"], criterion=values["criterion"],
-                                 max_sparsity=session.MAX_SPARSITY, sensitivity=result,
-                                 round_to=int(values.get("round_to") or 1))
-    state.update_plan(scope="layer", layers=allocated.layer_targets)
 
 
 def start_grid(grid: str, workers: int = 1) -> None:
