@@ -97,3 +97,12 @@ def test_evaluate_json_prints_the_report(capsys):
     assert code == 0 and report["pruned"]["label"] == "accuracy"
     latency = report["baseline"]["latency_ms"]
     assert latency["p50"] <= latency["p90"] <= latency["p99"]
+
+
+def test_evaluate_prints_the_share_of_weights_a_channel_plan_removes(tmp_path, capsys):
+    plan_path = Plan(granularity="channel", criterion="l1", scope="layer", sparsity=0.5).save(tmp_path / "plan.yaml")
+    assert main(["evaluate", "digits-mlp", "--plan", str(plan_path)]) == 0
+    rows = {line.split("  ")[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert rows["zero weights (prunable)"][-1] == "0.00%"  # channels are gone, not zeroed
+    removed = float(rows["weights removed"][-1].rstrip("%"))
+    assert 20 < removed < 90  # coupled inputs of the next layer go too

@@ -59,7 +59,8 @@ ROWS = [  # (label, metric key, format)
     ("latency p50 (ms)", ("latency_ms", "p50"), "ms"), ("latency p90 (ms)", ("latency_ms", "p90"), "ms"),
     ("latency p99 (ms)", ("latency_ms", "p99"), "ms"), ("throughput (items/s)", "throughput", "int"),
     ("session (ms)", "session_ms", "ms"), ("params", "params", "int"), ("nonzero params", "nonzero_params", "int"),
-    ("sparsity (prunable)", "sparsity", "percent"), ("MACs", "macs", "int"), ("ONNX bytes", "onnx_bytes", "int"),
+    ("zero weights (prunable)", "sparsity", "percent"), ("weights removed", "removed", "percent"),
+    ("MACs", "macs", "int"), ("ONNX bytes", "onnx_bytes", "int"),
     ("compressed bytes", "compressed_bytes", "int"), ("max |torch - ORT|", "max_abs_diff", "float"),
 ]
 
@@ -93,10 +94,12 @@ def print_report(report: dict) -> None:
     for label, key, kind in ROWS:
         if key == "accuracy" and report["baseline"]["accuracy"] is None:
             continue
-        missing = not isinstance(key, tuple) and key not in report["baseline"]  # older reports lack new rows
+        source = report["pruned"] if key == "removed" else report["baseline"]  # the dense model removes nothing
+        missing = not isinstance(key, tuple) and key not in source  # older reports lack new rows
         if missing or (key in ("agreement", "loss") and embedding):
             continue  # an embedding's agreement is its nearest-neighbour row
         before, after = _value(report["baseline"], key), _value(report["pruned"], key)
+        before = 0.0 if key == "removed" else before
         if key == "loss" and before is None and after is None:
             continue  # no labels, no loss
         ratio = f"{after / before:.2f}x" if isinstance(before, (int, float)) and before and after is not None else ""
