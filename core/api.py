@@ -35,8 +35,9 @@ from core.prune.plan import CRITERIA, GRANULARITIES, SCOPES, Plan, granularity_k
 from core.prune.result import PruneResult
 from core.prune.select import kept_channels
 from core.search.allocate import allocate, check_request
+from core.search.executors import executor_for
 from core.search.explore import DEFAULT_GRID, explore, parse_grid
-from core.search.parallel import default_workers, executor_for
+from core.search.parallel import default_workers
 from core.search.sensitivity import DEFAULT_LEVELS, SWEPT_GRANULARITIES, parse_levels, sensitivity
 from core.sources import ModelHandle, load_model
 from core.train.recovery import (

@@ -12,7 +12,8 @@ import pytest
 
 from core.cli import main
 from core.errors import PrunelabError
-from core.search.parallel import Outcome, PoolExecutor, Work, executor_for
+from core.search.executors import executor_for
+from core.search.parallel import Outcome, PoolExecutor, Work
 from core.search.sensitivity import sensitivity
 
 LEVELS = (0.0, 0.5, 0.9)

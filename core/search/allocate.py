@@ -25,7 +25,7 @@ from core.inspect import prunable_layers
 from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 from core.search import candidates
-from core.search.parallel import executor_for
+from core.search.executors import executor_for
 from core.search.sensitivity import footprint
 from core.search.sensitivity import sensitivity as sweep
 from core.sources import ModelHandle
@@ -192,7 +192,7 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
     plans): kept channels rounded to a multiple, as in Plan; the target is checked on the rounded
     model and the plan carries the rounding. The final classifier stays dense, as in every plan.
     workers / ray_address: where the omitted sweep and the candidate checks run (see
-    core.search.parallel.executor_for). Raises PrunelabError for conflicting or unreachable targets.
+    core.search.executors.executor_for). Raises PrunelabError for conflicting or unreachable targets.
     """
     kind, value, bounds = check_request(target_sparsity, target_latency_ms, target_mac_reduction, max_accuracy_drop,
                                         granularity, (min_sparsity, max_sparsity))

@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 from core.errors import PrunelabError
 from core.prune.plan import Plan
-from core.search.parallel import Work, executor_for, pack_object
+from core.search.executors import executor_for
+from core.search.parallel import Work, pack_object
 from core.sources import ModelHandle
 
 DEFAULT_GRID = "sparsity=0.3,0.5,0.7,0.9;criterion=l1,l2,taylor;granularity=unstructured,channel;scope=global"
@@ -93,7 +94,7 @@ def explore(handle: ModelHandle, grid: str | dict = DEFAULT_GRID, workers: int |
             should_stop: Callable[[], bool] | None = None, label: str = "explore") -> dict:
     """Measure every plan of ``grid`` (a grid string, see parse_grid, or its dict) and record each as a run.
 
-    workers / ray_address: where the plans are measured (see core.search.parallel.executor_for);
+    workers / ray_address: where the plans are measured (see core.search.executors.executor_for);
     each process times ONNX Runtime with its own threads (``settings.threads`` of each report;
     SERIAL_THREADS in this process). progress: ``progress(done, total, text)`` per plan.
     Returns ``{"runs": [run ids], "plans", "measured", "missing", "skipped", "nodes", "seconds"}``.

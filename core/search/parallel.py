@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any
 
-from core.errors import PrunelabError
-
 ADDRESS_VARIABLE = "PRUNELAB_RAY_ADDRESS"
 POLL_SECONDS = 0.2
 MAX_ATTEMPTS = 2   # a job lost with its worker is tried once more
@@ -90,23 +88,6 @@ def pack_object(value) -> bytes:
 def default_workers() -> int:
     """The machine's cores (what ``--workers`` means when it is not given)."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def executor_for(workers: int | None = 1, ray_address: str | None = None):
-    """The executor for a ``workers`` count (None: the machine's cores) or a Ray cluster address.
-
-    ray_address (or the PRUNELAB_RAY_ADDRESS variable when None) wins over workers; on a cluster,
-    ``workers`` bounds how many jobs run at once (None: as many as the cluster has CPUs).
-    Raises PrunelabError for a count below 1 or an address that does not answer.
-    """
-    address = ray_address if ray_address is not None else os.environ.get(ADDRESS_VARIABLE) or None
-    if workers is not None and int(workers) < 1:
-        raise PrunelabError(f"workers must be at least 1, got {workers}")
-    if address:
-        from core.search.ray_executor import RayExecutor
-        return RayExecutor(address, workers)
-    workers = default_workers() if workers is None else int(workers)
-    return SerialExecutor() if workers == 1 else PoolExecutor(workers)
 
 
 class SerialExecutor:

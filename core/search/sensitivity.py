@@ -24,7 +24,8 @@ from core.errors import PrunelabError
 from core.prune.channel import coupled_groups
 from core.prune.plan import GRANULARITIES, Plan, granularity_kind
 from core.search import sweep_points
-from core.search.parallel import Outcome, Work, executor_for
+from core.search.executors import executor_for
+from core.search.parallel import Outcome, Work
 from core.search.sweep_points import (  # noqa: F401
     BASELINE,
     LATENCY_RUNS,
