@@ -23,6 +23,7 @@ exporting again (see core.deploy.export.with_weights).
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -129,6 +130,7 @@ class _LRU:
 
 _REPORTS = _LRU(REPORT_CACHE_ENTRIES)
 _BASELINES = _LRU(BASELINE_CACHE_ENTRIES)
+_BASELINE_SERIALS = itertools.count()
 
 
 def clear_caches() -> None:
@@ -141,6 +143,7 @@ class _Baseline:
     """The dense model, measured once: its exported graph, state, logits on the data and metrics."""
 
     def __init__(self, handle: ModelHandle, data: Dataset, settings: Settings):
+        self.serial = next(_BASELINE_SERIALS)  # which dense measurement this is (reports are keyed on it)
         if handle.module is None:
             self.artifact = onnx_artifact(handle)
         else:
@@ -241,7 +244,10 @@ class LiveEvaluator:
         self._lock = threading.Lock()
 
     def _key(self, plan: Plan | None) -> tuple:
-        return (self.handle.digest, None if plan is None else plan.digest, self._data_digest, self.settings)
+        # A report belongs to the dense measurement it was compared with: once that baseline leaves its
+        # cache and is measured again, its old reports no longer match it and are measured again too.
+        return (self.handle.digest, None if plan is None else plan.digest, self._data_digest, self.settings,
+                self._baseline_state().serial)
 
     def _baseline_state(self) -> _Baseline:
         key = (self.handle.digest, self._data_digest, self.settings.threads, self.settings.batch_size,
