@@ -142,3 +142,28 @@ def cli():
     runner = CliRunner()
     yield runner
     runner.close()
+
+
+# ---------------------------------------------------------------- browser tests (tests/test_browser*.py)
+
+@pytest.fixture(scope="module")
+def browser():
+    """The system Chromium, launched once per test module."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import launch
+
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A dashboard server with no model named, its own PRUNELAB_HOME, stopped after the module."""
+    from tests.test_browser import start_server, stop_server
+
+    process, url = start_server(None, tmp_path_factory.mktemp("prunelab-home"))
+    yield url
+    stop_server(process)

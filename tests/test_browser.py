@@ -124,23 +124,6 @@ def press_and_time(page, layer: str, label: str = "Parameters", presses: int = 1
 
 # ---------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    process, url = start_server(None, tmp_path_factory.mktemp("prunelab-home"))
-    yield url
-    stop_server(process)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def page(browser, server):
     context = browser.new_context(viewport=VIEWPORT)

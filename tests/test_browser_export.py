@@ -17,11 +17,8 @@ from tests.test_browser import (
     CHROMIUM,
     TIMEOUT_MS,
     VIEWPORT,
-    launch,
     open_tune,
     slider,
-    start_server,
-    stop_server,
     wait_idle,
 )
 
@@ -32,23 +29,6 @@ pytestmark = [
 ]
 CHANNEL_PLAN = Plan(granularity="channel", sparsity=0.5, round_to=8)
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    process, url = start_server(None, tmp_path_factory.mktemp("prunelab-home"))
-    yield url
-    stop_server(process)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        yield chromium
-        chromium.close()
 
 
 def choose(page, label: str, option: str) -> None:

@@ -15,7 +15,6 @@ from tests.test_browser import (
     READY,
     TIMEOUT_MS,
     VIEWPORT,
-    launch,
     metric,
     open_tune,
     slider,
@@ -35,16 +34,6 @@ VIT = "tests/fixtures/transformer_models.py:tiny_vit"
 CUT_TEXT = """() => [...document.querySelectorAll('[data-testid=stMetricValue] div, [data-testid=stMetricValue]')]
     .filter(node => node.scrollWidth > node.clientWidth + 1).map(node => node.innerText)"""
 BACKGROUND = """() => getComputedStyle(document.querySelector('[data-testid=stApp]')).backgroundColor"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")
