@@ -14,7 +14,7 @@ from core import run_folder
 from core.deploy.artifacts import module_bytes, save_pruned
 from core.deploy.evaluate import LiveEvaluator, evaluate
 from core.deploy.export import export_onnx
-from core.deploy.measure import torch_outputs
+from core.deploy.measure import SPEEDUP_FLOOR, torch_outputs
 from core.deploy.onnx_source import inspect_onnx
 from core.deploy.quantize import MODES as QUANTIZE_MODES
 from core.errors import PrunelabError, error_line
@@ -239,6 +239,7 @@ __all__ = [
     "layers_left_dense", "PruneResult", "apply_plan",
     # measuring and exporting
     "evaluate", "LiveEvaluator", "QUANTIZE_MODES", "export_onnx", "export_file", "save_pruned", "torch_outputs",
+    "SPEEDUP_FLOOR",
     # search
     "sensitivity", "SWEPT_GRANULARITIES", "DEFAULT_LEVELS", "parse_levels", "allocate", "check_request",
     "executor_for", "default_workers", "explore", "parse_grid", "DEFAULT_GRID",

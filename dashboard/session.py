@@ -34,6 +34,7 @@ from dashboard.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, save_upload, sh
 GRANULARITIES = api.GRANULARITIES
 SCOPES = api.SCOPES
 MAX_SPARSITY = 0.95
+SPEEDUP_FLOOR = api.SPEEDUP_FLOOR  # a speedup closer to 1x than this reads as no measurable change
 
 
 @contextlib.contextmanager

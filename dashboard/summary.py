@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard import formatting
 from dashboard.glossary import TERMS
+from dashboard.session import SPEEDUP_FLOOR
 
 STALE_STYLE = "<style>.st-key-tune-stale{opacity:.45;filter:grayscale(1)}</style>"
 
@@ -40,8 +41,9 @@ def strip_items(report: dict) -> list[tuple[str, str, str]]:
     latency, dense_latency = pruned["latency_ms"]["p50"], dense["latency_ms"]["p50"]
     size_label, size_help, field = _size_pair(report)
     speed = _speed_words(pruned)
-    after = speed if speed == "no measurable change" else \
-        formatting.milliseconds(latency) + (f" ({speed})" if speed else "")
+    # Both figures are what was measured; the verdict comes from the paired runs, which alone compare
+    # the two models under the same load (the dense p50 is the one dense measurement, taken earlier).
+    after = formatting.milliseconds(latency) + (f" ({speed} in paired runs)" if speed else "")
     return [
         (quality["title"], f"{dense_quality['value']} → {quality['value']}", quality["help"]),
         ("Latency (p50)", f"{formatting.milliseconds(dense_latency)} → {after}", TERMS["p50"]),
@@ -92,7 +94,8 @@ def _speed_card(column, pruned: dict) -> None:
     column.metric("Speedup", value, delta, border=True, delta_color="inverse" if slower else
                   ("normal" if measurable else "off"), delta_arrow=arrow,
                   help=f"{TERMS['speedup']}: the median over pairs of runs timed in alternation, with its 95% "
-                       "interval; 'no measurable change' when the interval holds 1x or it is within 5% of 1x")
+                       f"interval; 'no measurable change' when the interval holds 1x or it is within "
+                       f"{SPEEDUP_FLOOR:.0%} of 1x")
 
 
 def cards(report: dict) -> None:

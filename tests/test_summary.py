@@ -1,0 +1,25 @@
+"""The Tune page's Dense -> Pruned strip says what was measured, and the paired runs' verdict."""
+from __future__ import annotations
+
+from dashboard.summary import strip_items
+
+
+def report(pruned_p50: float, speedup: dict) -> dict:
+    dense = {"accuracy": 0.99, "latency_ms": {"p50": 0.0324}, "compressed_bytes": 582_000, "onnx_bytes": 630_000,
+             "macs": 2_440_000}
+    pruned = {**dense, "latency_ms": {"p50": pruned_p50}, "speedup": speedup}
+    return {"plan": {"granularity": "unstructured"}, "pruned": pruned, "baseline": dense}
+
+
+def latency_text(item_report: dict) -> str:
+    return next(text for label, text, _ in strip_items(item_report) if label.startswith("Latency"))
+
+
+def test_within_noise_both_measured_latencies_show_with_the_paired_verdict():
+    text = latency_text(report(0.0602, {"p50": 0.98, "low": 0.78, "high": 1.09, "measurable": False}))
+    assert "32.4" in text and "60.2" in text and "no measurable change in paired runs" in text
+
+
+def test_a_measurable_speedup_is_named():
+    text = latency_text(report(0.0200, {"p50": 1.6, "low": 1.5, "high": 1.7, "measurable": True}))
+    assert "20" in text and "faster in paired runs" in text
