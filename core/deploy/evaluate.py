@@ -177,7 +177,13 @@ def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, refe
     example = _example(data, fixed if isinstance(fixed, int) and fixed > 0 else settings.batch_size)
     metrics = measure.quality(logits, data.y_test, reference, settings.kind)
     if reference_session is None:
-        metrics.update(measure.latency(session, example, **settings.timing(artifact.macs)))
+        # Timed the way every pruned model is, in alternation with a second session (here a twin of
+        # the same graph): two ONNX Runtime sessions taking turns run slower than one alone, so a
+        # dense figure timed alone would not compare with the pruned ones beside it.
+        twin, _ = measure.create_session(artifact.model_bytes, settings.threads)
+        own_ms, _ = measure.paired_times([session, twin], example, **settings.timing(artifact.macs))
+        del twin
+        metrics.update(measure.latency_summary(own_ms, len(example)))
     else:
         dense_ms, pruned_ms = measure.paired_times([reference_session, session], example,
                                                    **settings.timing(artifact.macs))
