@@ -188,7 +188,8 @@ def print_estimate(figures: dict, cores_per_node: int = 2, link_gbit: float = 1.
 
 
 def main(quick: bool = False, levels=None) -> None:
-    print("Taken on a shared 2-core machine under load from other processes: compare ratios within one run.\n")
+    print(f"Load average at the start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; compare ratios within "
+          "one run.\n")
     sweeps(levels or (QUICK_LEVELS if quick else DEFAULT_LEVELS), quick)
     grid(quick)
     if not quick and RESNET50_FIGURES.exists():
