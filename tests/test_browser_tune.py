@@ -128,10 +128,10 @@ def test_the_table_takes_an_exact_target(browser, cnn_server):
         page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowDown")  # features.1.0
     page.keyboard.press("Enter")  # opens the cell's editor
-    page.wait_for_timeout(300)
-    page.keyboard.press("Control+a")
-    page.keyboard.type("37")
-    page.keyboard.press("Enter")
+    editor = page.locator("input.gdg-input")
+    editor.wait_for(timeout=TIMEOUT_MS)
+    editor.fill("37")  # waits until the editor takes input; typed keys could land before it had focus
+    editor.press("Enter")
     page.wait_for_function("() => location.search.includes('features.1.0%3A37')", timeout=TIMEOUT_MS)
     wait_idle(page)
     assert slider(page, "features.1.0").get_attribute("aria-valuetext") == "37%"
