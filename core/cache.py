@@ -1,4 +1,5 @@
-"""An on-disk cache of JSON results (today: sensitivity sweeps), shared by the CLI and the dashboard.
+"""An on-disk cache of JSON results (today: sensitivity sweeps), shared by the CLI and the dashboard,
+and MemoryLRU, the bounded in-memory map that holds measured reports.
 
 Entries live as ``<key>.json`` files under ``$PRUNELAB_HOME/cache/<kind>/`` (``~/.prunelab`` by
 default). A key is a digest of everything the result depends on (model digest, data digest,
@@ -11,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from core.files import home, write_atomic
@@ -73,3 +76,31 @@ class ResultCache:
         entries.sort()
         for _, path in entries[:max(0, len(entries) - self.limit)]:
             path.unlink(missing_ok=True)
+
+
+class MemoryLRU:
+    """A small thread-safe least-recently-used map in memory (reports and dense baselines)."""
+
+    def __init__(self, entries: int):
+        self.entries = entries
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key, value):
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.entries:
+                self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()

@@ -1,6 +1,8 @@
 """BatchNorm statistics re-estimated after pruning: only BN buffers move, never on random data."""
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from core.prune.engine import apply_plan
@@ -22,6 +24,27 @@ def test_only_batchnorm_statistics_move_and_weights_stay(cnn):
     assert all(torch.equal(dense[key], value) for key, value in batchnorm_buffers(kept.module).items())
     assert any(not torch.equal(dense[key], value) for key, value in batchnorm_buffers(refreshed.module).items())
     assert any("BatchNorm statistics" in note for note in refreshed.notes)
+
+
+def test_statistics_are_those_of_a_plain_forward_and_the_layout_is_put_back(cnn):
+    from core.prune import batchnorm
+
+    inputs = cnn.data.calibration(128)
+    fast, plain = copy.deepcopy(cnn.module), copy.deepcopy(cnn.module)
+    batchnorm.recalibrate(fast, inputs)
+    layers = batchnorm.batchnorm_layers(plain)  # the same estimate, the obvious way: one cumulative pass
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+        layer.train()
+    with torch.no_grad():
+        for start in range(0, len(inputs), batchnorm.BATCH_SIZE):
+            plain(torch.from_numpy(inputs[start:start + batchnorm.BATCH_SIZE]))
+    expected = batchnorm_buffers(plain)
+    for key, value in batchnorm_buffers(fast).items():
+        assert torch.allclose(value, expected[key], rtol=1e-4, atol=1e-5), key
+    assert all(parameter.is_contiguous() for parameter in fast.parameters())  # what export expects
+    assert not fast.training
 
 
 def test_80_percent_global_l1_keeps_accuracy_within_3_points(cnn):

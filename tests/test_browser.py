@@ -216,7 +216,7 @@ def measure(model: str, layer: str, presses: int = 10) -> list[float]:
         with sync_playwright() as playwright:
             chromium = launch(playwright)
             page = open_tune(chromium.new_context(viewport=VIEWPORT), url)
-            times = [press_and_time(page, layer) for _ in range(presses)]
+            times = [press_and_time(page, layer, label="Weights removed") for _ in range(presses)]
             chromium.close()
         return times
     finally:
@@ -224,7 +224,7 @@ def measure(model: str, layer: str, presses: int = 10) -> list[float]:
 
 
 if __name__ == "__main__":
-    # a step of 1% must move the parameter count by a shown digit: on digits-resnet, its largest layer
+    # "Weights removed" (one decimal) moves with every 5% step; the parameter count in thousands may not
     for name, first_layer in (("digits-cnn", "features.1.0"), ("digits-resnet", "layer5.conv2")):
         seconds = measure(name, first_layer)
         print(f"{name}: slider release -> updated metrics, {len(seconds)} releases: "

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 import torch
 
+from core.cache import MemoryLRU
 from core.data import Dataset
 from core.deploy import measure
 from core.deploy.export import changed_tensors, export_onnx, with_weights
@@ -100,36 +101,8 @@ def evaluation_items(macs: int | None, available: int) -> int:
     return min(available, max(MIN_EVALUATION_ITEMS, int(EVALUATION_BUDGET_MACS // macs)))
 
 
-class _LRU:
-    """A small thread-safe least-recently-used map."""
-
-    def __init__(self, entries: int):
-        self.entries = entries
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            if key not in self._items:
-                return None
-            self._items.move_to_end(key)
-            return self._items[key]
-
-    def put(self, key, value):
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.entries:
-                self._items.popitem(last=False)
-        return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-_REPORTS = _LRU(REPORT_CACHE_ENTRIES)
-_BASELINES = _LRU(BASELINE_CACHE_ENTRIES)
+_REPORTS = MemoryLRU(REPORT_CACHE_ENTRIES)
+_BASELINES = MemoryLRU(BASELINE_CACHE_ENTRIES)
 _BASELINE_SERIALS = itertools.count()
 
 
@@ -168,11 +141,13 @@ def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, refe
     With ``reference_session`` (the dense model's), both are timed in alternation and
     ``"speedup"`` holds the paired speedup with its interval (see core.deploy.measure.speedup).
     """
+    sizes = _beside(measure.sizes, artifact.model_bytes)  # deflate frees the GIL: it runs beside the scoring
     if session is None:
         session = measure.create_session(artifact.model_bytes, settings.threads)
     session, session_ms = session
     if logits is None:
         logits = measure.run_batched(session, data.x_test, scoring_batch(artifact.macs))
+    sizes = sizes.result()  # done before the timed runs start, so it never slows them
     fixed = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
     example = _example(data, fixed if isinstance(fixed, int) and fixed > 0 else settings.batch_size)
     metrics = measure.quality(logits, data.y_test, reference, settings.kind)
@@ -193,7 +168,7 @@ def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, refe
     metrics["session_ms"] = session_ms
     metrics.update(artifact.counts)
     metrics["macs"] = artifact.macs
-    metrics.update(measure.sizes(artifact.model_bytes))
+    metrics.update(sizes)
     metrics["max_abs_diff"], metrics["parity_ok"] = None, None
     if artifact.module is not None:
         items = data.x_test[:settings.parity_items(artifact.macs)]
@@ -202,6 +177,15 @@ def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, refe
         metrics["parity_ok"] = metrics["max_abs_diff"] <= PARITY_TOLERANCE * max(1.0, float(np.abs(expected).max()))
     metrics["quantized"] = artifact.quantized
     return metrics
+
+
+def _beside(function, *args) -> Future:
+    """``function(*args)`` on a thread of its own; ``.result()`` waits for it."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prunelab-beside")
+    try:
+        return pool.submit(function, *args)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def removed_share(pruned: dict, dense: dict) -> float | None:
