@@ -45,6 +45,7 @@ def test_a_sweep_through_ray_equals_the_serial_sweep(cnn, ray_cluster):
     through_ray = sensitivity(cnn, levels=LEVELS, max_items=ITEMS, ray_address=ray_cluster.address)
     assert points(through_ray) == points(serial)
     assert through_ray["complete"] is True and through_ray["evaluated_on"]["executor"] == "ray"
+    assert through_ray["evaluated_on"]["workers"] == 2  # one job per CPU of the cluster, not one at a time
 
 
 def test_channel_points_name_the_node_that_timed_them(cnn, ray_cluster):

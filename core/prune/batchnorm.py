@@ -48,16 +48,10 @@ def recalibrate(module: nn.Module, inputs: np.ndarray, batch_size: int = BATCH_S
     module.eval()
     for layer in layers:
         layer.train()
-    # images run about 30% faster channels-last on CPU (0.43 s against 0.62 s for 256 items on
-    # digits-resnet); the module is put back in the usual layout afterwards, for export
-    layout = torch.channels_last if inputs.ndim == 4 else torch.contiguous_format
     try:
-        module.to(memory_format=layout)
         for start in range(0, len(inputs), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(inputs[start:start + batch_size]))
-            module(batch.contiguous(memory_format=layout))
+            module(torch.from_numpy(np.ascontiguousarray(inputs[start:start + batch_size])))
     finally:
-        module.to(memory_format=torch.contiguous_format)
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
         module.train(was_training)

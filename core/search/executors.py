@@ -14,8 +14,9 @@ from core.search.parallel import ADDRESS_VARIABLE, PoolExecutor, SerialExecutor,
 def executor_for(workers: int | None = 1, ray_address: str | None = None):
     """The executor for a ``workers`` count (None: the machine's cores) or a Ray cluster address.
 
-    ray_address (or the PRUNELAB_RAY_ADDRESS variable when None) wins over workers; on a cluster,
-    ``workers`` bounds how many jobs run at once (None: as many as the cluster has CPUs).
+    ray_address (or the PRUNELAB_RAY_ADDRESS variable when None) wins over workers; on a cluster, a
+    count above 1 bounds how many jobs run at once, and 1 or None (the defaults of the API and the
+    CLI) mean as many as the cluster has CPUs: "this process only" has no meaning there.
     Raises PrunelabError for a count below 1 or an address that does not answer.
     """
     address = ray_address if ray_address is not None else os.environ.get(ADDRESS_VARIABLE) or None
@@ -23,6 +24,6 @@ def executor_for(workers: int | None = 1, ray_address: str | None = None):
         raise PrunelabError(f"workers must be at least 1, got {workers}")
     if address:
         from core.search.ray_executor import RayExecutor  # ray is an optional extra
-        return RayExecutor(address, workers)
+        return RayExecutor(address, None if workers is None or int(workers) == 1 else int(workers))
     workers = default_workers() if workers is None else int(workers)
     return SerialExecutor() if workers == 1 else PoolExecutor(workers)

@@ -134,6 +134,7 @@ class RayExecutor:
         waiting = list(range(len(work.jobs)))
         running: dict = {}
         limit = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // CPUS_PER_JOB)
+        outcome.executor["workers"] = limit  # jobs at once
         try:
             while waiting or running:
                 if should_stop():
