@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +54,10 @@ class Dataset:
     def trainable(self) -> bool:
         return self.x_train is not None and self.y_train is not None
 
-    @property
+    @cached_property
     def digest(self) -> str:
-        """A short fingerprint of the arrays, for cache keys."""
+        """A short fingerprint of the arrays, for cache keys (hashed once: a Dataset's arrays never change;
+        the dashboard asks for it dozens of times per rerun)."""
         hasher = hashlib.sha256(self.name.encode())
         for array in (self.x_test, self.y_test, self.x_val, self.y_val, self.x_train, self.y_train):
             hasher.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
