@@ -65,12 +65,13 @@ EDGE = "rgba(136,136,136,0.7)"
 
 
 def _graph_positions(nodes: list[dict]) -> dict[str, tuple[float, float]]:
-    """Data flows left to right (x = depth); nodes of one depth are stacked around y = 0."""
-    columns: dict[int, list[str]] = {}
+    """Data flows top to bottom (y = -depth), as in Netron; nodes of one depth sit side by side around
+    x = 0, so every name has the room to its right (a left-to-right flow crowded them at 1280 px)."""
+    rows: dict[int, list[str]] = {}
     for node in nodes:
-        columns.setdefault(node["depth"], []).append(node["id"])
-    return {name: (depth, (len(names) - 1) / 2 - row) for depth, names in columns.items()
-            for row, name in enumerate(names)}
+        rows.setdefault(node["depth"], []).append(node["id"])
+    return {name: (column - (len(names) - 1) / 2, -depth) for depth, names in rows.items()
+            for column, name in enumerate(names)}
 
 
 def _arrow_heads(edges: list[list[str]], positions: dict) -> go.Scatter:
@@ -88,12 +89,15 @@ def _arrow_heads(edges: list[list[str]], positions: dict) -> go.Scatter:
 
 
 def model_graph(graph: dict, cut: dict[str, float], colour_by: str = "cut", selected: str | None = None) -> go.Figure:
-    """The layers as a left-to-right directed graph; node colour = share cut (or coupled group).
+    """The layers as a top-to-bottom directed graph; node colour = share cut (or coupled group).
 
     ``graph`` as core.api.layer_graph returns it; ``cut`` maps a node id to the share of its
     weights the plan removes. Each node's ``customdata`` is its id (click to select).
     """
     nodes, positions = graph["nodes"], _graph_positions(graph["nodes"])
+    depths = len({node["depth"] for node in nodes})
+    widest = max([1] + [sum(1 for node in nodes if node["depth"] == depth) for depth in {n["depth"] for n in nodes}])
+    label_width = max(12, min(48, 66 // widest))  # characters that fit between two nodes of a row at 1280 px
     edge_x, edge_y = [], []
     for source, target in graph["edges"]:
         edge_x += [positions[source][0], positions[target][0], None]
@@ -112,25 +116,30 @@ def model_graph(graph: dict, cut: dict[str, float], colour_by: str = "cut", sele
                   line={"width": [3 if node["id"] == selected else 1 for node in nodes], "color": "#555"})
     figure.add_trace(go.Scatter(
         x=[positions[node["id"]][0] for node in nodes], y=[positions[node["id"]][1] for node in nodes],
-        mode="markers+text", text=[_short_name(node["id"]) for node in nodes],
-        textposition=["bottom center" if node["depth"] % 2 else "top center" for node in nodes],  # labels apart
+        mode="markers+text", text=[_short_name(node["id"], label_width) for node in nodes],
+        textposition=["middle left" if positions[node["id"]][0] < 0 else "middle right" for node in nodes],
         textfont={"size": 10}, customdata=[node["id"] for node in nodes], marker=marker, showlegend=False,
         hovertext=[_node_hover(node, cut.get(node["id"], 0.0)) for node in nodes], hoverinfo="text"))
     figure.update_xaxes(visible=False)
     figure.update_yaxes(visible=False, scaleanchor=None)
-    rows = max([1] + [sum(1 for node in nodes if node["depth"] == depth) for depth in {n["depth"] for n in nodes}])
+    figure.update_xaxes(range=[-widest / 2 - 0.6, widest / 2 + 0.6])  # room for the outer names
     title = "Layers and how data flows between them" + (" (repeated blocks folded)" if graph["collapsed"] else "")
-    figure = _layout(figure, title, "", "", height=min(620, 160 + 70 * rows))
+    figure = _layout(figure, title, "", "", height=min(900, 140 + 40 * depths))
     figure.update_layout(clickmode="event+select", dragmode="pan")
     return figure
 
 
-def _short_name(name: str) -> str:
-    """A node label that fits: the whole name when short, else its last two words (numbers stay attached)."""
-    if len(name) <= 16:
+def _short_name(name: str, width: int = 36) -> str:
+    """A node label that fits beside its node: the whole name when short, else its last dotted parts
+    (block numbers kept, so the blocks of a stage stay apart), after an ellipsis."""
+    if len(name) <= width:
         return name
-    words = [part for part in name.split(".") if not part.isdigit()]
-    return ".".join(words[-2:]) if words else name[-16:]
+    tail = name.split(".")[-1]
+    for part in reversed(name.split(".")[:-1]):
+        if len(part) + 1 + len(tail) > width - 1:
+            break
+        tail = f"{part}.{tail}"
+    return "…" + tail[-(width - 1):]
 
 
 def _node_hover(node: dict, cut: float) -> str:

@@ -29,7 +29,7 @@ def test_training_curves_are_two_charts_with_whole_epochs():
     assert list(accuracy.data[0].y) == [91.0, 92.0, 93.0]
 
 
-def test_the_model_graph_puts_every_layer_after_its_inputs_and_colours_by_cut_or_group():
+def test_the_model_graph_puts_every_layer_below_its_inputs_and_colours_by_cut_or_group():
     graph = {"nodes": [{"id": "a", "layers": ["a"], "kind": "conv2d", "params": 10, "macs": 100, "group": 0,
                         "depth": 0},
                        {"id": "b", "layers": ["b"], "kind": "conv2d", "params": 10, "macs": 100, "group": 1,
@@ -39,7 +39,7 @@ def test_the_model_graph_puts_every_layer_after_its_inputs_and_colours_by_cut_or
              "edges": [["a", "b"], ["b", "c"], ["a", "c"]], "traced": "data flow", "collapsed": False}
     by_cut = charts.model_graph(graph, {"a": 0.5, "b": 0.0}, "cut", selected="b")
     nodes = by_cut.data[-1]
-    assert list(nodes.customdata) == ["a", "b", "c"] and list(nodes.x) == [0, 1, 2]
+    assert list(nodes.customdata) == ["a", "b", "c"] and list(nodes.y) == [0, -1, -2]  # data flows downwards
     assert list(nodes.marker.color) == [50.0, 0.0, 0.0] and nodes.marker.size[1] > nodes.marker.size[0]
     assert len(by_cut.data[1].x) == 3  # an arrow head per edge
     by_group = charts.model_graph(graph, {}, "group").data[-1]
