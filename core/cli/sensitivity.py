@@ -28,8 +28,8 @@ def add_parallel_arguments(parser) -> None:
     """--workers and --ray-address, shared by the commands that measure many independent points."""
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="local processes measuring points at once (default: one per core; 1 runs in this "
-                             "process); with --ray-address, at most N tasks at once when N is above 1 (default: one per "
-                             "CPU of the cluster)")
+                             "process); with --ray-address, at most N tasks at once when N is above 1 (default: "
+                             "one per CPU of the cluster)")
     parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
                         help="run the points as tasks on this Ray cluster, e.g. 10.0.0.5:6379 "
                              "(default: $PRUNELAB_RAY_ADDRESS; needs the ray extra)")

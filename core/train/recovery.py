@@ -32,7 +32,7 @@ from core.prune.plan import Plan
 from core.prune.unstructured import apply_mask
 from core.sources import ModelHandle
 from core.train.loop import accuracy, fit
-from core.train.schedule import PolynomialDecay
+from core.train.schedule import PolynomialDecay, default_schedule
 
 Masks = dict[str, torch.Tensor]
 
@@ -224,13 +224,6 @@ def steps_per_epoch(model: ModelHandle, batch_size: int = 64) -> int:
     """Optimizer steps in one epoch over the model's training split."""
     _require_training(model)
     return math.ceil(len(model.data.x_train) / batch_size)
-
-
-def default_schedule(final_sparsity: float, epochs: int, per_epoch: int) -> PolynomialDecay:
-    """AGP defaults: cubic ramp from 0 over the first three quarters of training, four prunings an epoch."""
-    total = max(2, epochs * per_epoch)
-    return PolynomialDecay(0.0, final_sparsity, begin_step=0, end_step=max(1, int(0.75 * total)),
-                           frequency=max(1, per_epoch // 4), power=3.0)
 
 
 def gradual_prune(model: ModelHandle, plan: Plan, epochs: int = 10, *, schedule: PolynomialDecay | None = None,

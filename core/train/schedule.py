@@ -92,3 +92,10 @@ def _check(initial: float, final: float, begin_step: int, end_step: int, frequen
         raise PrunelabError(f"schedule frequency must be a whole number of steps >= 1, got {frequency}")
     if power <= 0:
         raise PrunelabError(f"schedule power must be positive, got {power}")
+
+
+def default_schedule(final_sparsity: float, epochs: int, per_epoch: int) -> PolynomialDecay:
+    """AGP defaults: cubic ramp from 0 over the first three quarters of training, four prunings an epoch."""
+    total = max(2, epochs * per_epoch)
+    return PolynomialDecay(0.0, final_sparsity, begin_step=0, end_step=max(1, int(0.75 * total)),
+                           frequency=max(1, per_epoch // 4), power=3.0)

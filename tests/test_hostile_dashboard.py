@@ -1,0 +1,166 @@
+"""Hostile input through the dashboard: no code runs without consent, server paths stay under the
+model root, bombs are refused in bounded memory and their uploads deleted.
+
+The hostile files are made by the helpers of tests/test_hostile.py (the CLI's side of the same cases).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_hostile import LIMIT_MIB, npz_bomb, onnx_with_input
+
+# ---------------------------------------------------------------- the dashboard runs no code without consent
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+FACTORY = """import pathlib
+pathlib.Path({marker!r}).write_text("imported")
+from torch import nn
+def factory():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+"""
+
+
+@pytest.fixture
+def model_page(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    for name in ("PRUNELAB_MODEL", "PRUNELAB_ALLOW_CODE", "PRUNELAB_MODEL_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    app = AppTest.from_file(APP, default_timeout=120).run()
+    return app.switch_page("pages/model.py").run()
+
+
+def load_factory(app, spec: str, trust: bool = False):
+    app.text_input(key="factory-shape").input("1,1,8,8")
+    app.text_input[[box.label for box in app.text_input].index("Architecture")].input(spec).run()
+    if trust:
+        app.checkbox(key="factory-trust").check()
+    next(button for button in app.button if button.label == "Load factory").click().run()
+    assert not app.exception
+    return [error.value for error in app.error]
+
+
+def test_dashboard_imports_no_code_without_allow_code(model_page, tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "evil.py").write_text(FACTORY.format(marker=str(marker)))
+    monkeypatch.setenv("PRUNELAB_MODEL_ROOT", str(tmp_path))
+    for spec in (f"{tmp_path / 'evil.py'}:factory", "os:abort"):
+        [message] = load_factory(model_page, spec)
+        assert "--allow-code" in message
+    assert model_page.checkbox(key="factory-trust").disabled
+    assert not marker.exists() and model_page.session_state["prunelab.model"]["spec"] == "digits-cnn"
+
+
+def test_dashboard_imports_code_with_allow_code_and_a_tick(model_page, tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "evil.py").write_text(FACTORY.format(marker=str(marker)))
+    monkeypatch.setenv("PRUNELAB_MODEL_ROOT", str(tmp_path))
+    monkeypatch.setenv("PRUNELAB_ALLOW_CODE", "1")
+    spec = f"{tmp_path / 'evil.py'}:factory"
+    [message] = load_factory(model_page.run(), spec)
+    assert "tick the box" in message and not marker.exists()
+    assert load_factory(model_page, spec, trust=True) == [] and marker.exists()
+    assert model_page.session_state["prunelab.model"]["spec"] == spec
+
+
+def test_dashboard_opens_server_paths_only_under_its_model_root(model_page, tmp_path, monkeypatch):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "real.onnx").write_bytes(b"x")
+    monkeypatch.setenv("PRUNELAB_MODEL_ROOT", str(root))
+    [existing] = load_factory(model_page.run(), str(outside / "real.onnx"))
+    [missing] = load_factory(model_page, str(outside / "nope.onnx"))
+    assert existing.replace("real", "nope") == missing and "only files under" in missing
+    monkeypatch.delenv("PRUNELAB_MODEL_ROOT")
+    [message] = load_factory(model_page, "/etc/passwd")
+    assert "uploaded files only" in message and "not found" not in message
+
+
+def test_dashboard_refuses_an_npz_bomb_and_deletes_the_upload(model_page, tmp_path):
+    import resource
+
+    from dashboard import uploads
+
+    bomb = npz_bomb(tmp_path / "bomb.npz", (2**20, 1, 32, 32), zero_bytes=2**24)
+    kept = set(uploads.folder().rglob("*"))  # other tests' uploads share this server's folder
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    labels = [box.label for box in model_page.file_uploader]
+    model_page.file_uploader[labels.index("Evaluation data (.npz or .txt)")].upload("bomb.npz", bomb.read_bytes()).run()
+    next(button for button in model_page.button if button.label == "Use this data").click().run()
+    assert not model_page.exception
+    assert any("bomb.npz" in error.value and "PRUNELAB_MAX_DATA_GB" in error.value for error in model_page.error)
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < LIMIT_MIB
+    assert set(uploads.folder().rglob("*")) - kept == set()
+
+
+def test_upload_folder_is_private_and_removed_when_the_server_exits(tmp_path):
+    script = ("import os, stat; from dashboard import uploads; "
+              "path = uploads.save_upload('m.onnx', b'x', {'.onnx'}); "
+              "print(oct(stat.S_IMODE(os.stat(uploads.folder()).st_mode)), oct(stat.S_IMODE(os.stat(path).st_mode)), "
+              "uploads.folder())")
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TMPDIR": str(tmp_path)}
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                              check=True)
+    stale = tmp_path / f"prunelab-uploads-{finished.stdout.strip()}-abcd"  # a killed server's folder
+    stale.mkdir()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, check=True)
+    folder_mode, file_mode, folder = result.stdout.split()
+    assert (folder_mode, file_mode) == ("0o700", "0o600")
+    assert not Path(folder).exists() and not stale.exists()
+
+
+def test_dashboard_warns_when_bound_beyond_localhost(monkeypatch, capsys, tmp_path):
+    from core.cli import main
+
+    started = {}
+    monkeypatch.setattr(os, "execve", lambda path, arguments, env: started.update(env=env, arguments=arguments))
+    main(["dashboard", "--address", "0.0.0.0", "--model-root", str(tmp_path)])
+    assert "warning: listening on 0.0.0.0" in capsys.readouterr().err
+    assert started["env"]["PRUNELAB_ALLOW_CODE"] == "0" and started["env"]["PRUNELAB_MODEL_ROOT"] == str(tmp_path)
+    main(["dashboard", "--allow-code"])
+    assert "warning" not in capsys.readouterr().err and started["env"]["PRUNELAB_ALLOW_CODE"] == "1"
+
+
+def test_naming_a_factory_on_the_command_line_is_consent(cli, tmp_path):
+    marker = tmp_path / "imported"
+    (tmp_path / "mine.py").write_text(FACTORY.format(marker=str(marker)))
+    result = cli("inspect", f"{tmp_path / 'mine.py'}:factory", "--input-shape", "1,1,8,8")
+    assert result["code"] == 0 and marker.exists(), result["stderr"]
+
+
+def test_a_source_that_reaches_the_session_another_way_is_checked_too(model_page, tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "evil.py").write_text(FACTORY.format(marker=str(marker)))
+    monkeypatch.setenv("PRUNELAB_MODEL_ROOT", str(tmp_path))
+    model_page.session_state["prunelab.model"] = {"spec": f"{tmp_path / 'evil.py'}:factory", "weights": None,
+                                                  "trust": True, "data": None, "input_shape": "1,1,8,8"}
+    model_page.run()
+    assert not model_page.exception and not marker.exists()
+    assert any("--allow-code" in error.value for error in model_page.error)
+
+
+def test_dashboard_refuses_an_input_too_big_and_draws_a_big_one_in_bounded_memory(model_page, tmp_path):
+    import resource
+
+    from dashboard import uploads
+
+    kept = set(uploads.folder().glob("*/*"))  # other tests' uploads share this server's folder
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    errors = []
+    for name, shape in (("huge.onnx", (1, 3, 100_000, 100_000)), ("big.onnx", (1, 3, 1024, 1024))):
+        content = onnx_with_input(tmp_path / name, shape).read_bytes()
+        model_page.file_uploader[0].upload(name, content).run()
+        next(button for button in model_page.button if button.label == "Load file").click().run()
+        assert not model_page.exception
+        errors.append([error.value for error in model_page.error])
+    assert ["per item" in error and "huge.onnx" in error for error in errors[0]] == [True] and errors[1] == []
+    assert model_page.session_state["prunelab.model"]["spec"].endswith("big.onnx")
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < LIMIT_MIB
+    new = set(uploads.folder().glob("*/*")) - kept
+    assert [path.name for path in new] == ["big.onnx"]  # the refused file is gone
