@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from core.errors import PrunelabError
+from core.hooks import forward_once
 
 # Module type -> (kind, name of the weight it prunes). Subclasses match through the MRO.
 LAYER_TYPES: dict[type, tuple[str, str]] = {
@@ -106,12 +107,7 @@ def layer_macs(module: nn.Module, example_input: torch.Tensor) -> dict[str, int]
 
     for layer in prunable_layers(module):
         handles.append(layer.module.register_forward_hook(hook_for(layer)))
-    try:
-        with torch.no_grad():
-            module(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_once(module, example_input, handles)
     return macs
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from core.errors import PrunelabError
+from core.hooks import forward_once
 from core.inspect import layer_macs, prunable_layers
 
 MAX_NODES = 48
@@ -50,12 +51,7 @@ def _call_order(module: nn.Module, example_input: torch.Tensor, names: dict) -> 
     order: list[str] = []
     hooks = [child.register_forward_hook(lambda layer, args, output: order.append(names[layer]))
              for child in names]
-    try:
-        with torch.no_grad():
-            module(example_input)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    forward_once(module, example_input, hooks)
     ran = list(dict.fromkeys(order))
     return list(zip(ran, ran[1:]))
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from core.errors import PrunelabError
+from core.hooks import forward_once
 
 PROJECTION_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q", "k", "v"),
                     ("q_lin", "k_lin", "v_lin"))
@@ -128,12 +129,7 @@ def _outputs_by_trace(root: nn.Module, found: dict[str, nn.Module], example_inpu
     for name, module in root.named_modules():
         if isinstance(module, nn.Linear):
             handles.append(module.register_forward_pre_hook(read(name)))
-    try:
-        with torch.no_grad():
-            root(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_once(root, example_input, handles)
     return readers
 
 
