@@ -115,6 +115,30 @@ def test_undo_brings_back_the_plan_before_the_last_change_and_reset_clears_it(br
     context.close()
 
 
+def open_cell_editor(page, grid, column: int, row: int, attempts: int = 5):
+    """The editor of one cell of a data editor (a canvas grid): click its first cell, walk there with the
+    arrow keys, press Enter. On a loaded machine the grid can still be settling when first clicked,
+    so the walk is tried again until the editor shows."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    editor = page.locator("input.gdg-input")
+    for _ in range(attempts):
+        wait_idle(page)
+        box = grid.locator("canvas").first.bounding_box()
+        page.mouse.click(box["x"] + 20, box["y"] + 52)  # the first data row's first cell
+        for _ in range(column - 1):
+            page.keyboard.press("ArrowRight")
+        for _ in range(row):
+            page.keyboard.press("ArrowDown")
+        page.keyboard.press("Enter")
+        try:
+            editor.wait_for(timeout=5_000)
+            return editor
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"the editor of row {row}, column {column} did not open in {attempts} attempts")
+
+
 def test_the_table_takes_an_exact_target(browser, cnn_server):
     context = browser.new_context(viewport=VIEWPORT)
     page = open_tune(context, cnn_server)
@@ -122,14 +146,7 @@ def test_the_table_takes_an_exact_target(browser, cnn_server):
     grid = page.locator("[data-testid=stDataFrame]").first
     grid.wait_for(timeout=TIMEOUT_MS)
     column = int(grid.locator("th[role=columnheader]", has_text="target (%)").get_attribute("aria-colindex"))
-    box = grid.locator("canvas").first.bounding_box()
-    page.mouse.click(box["x"] + 20, box["y"] + 52)  # the first data row's first cell (a canvas grid)
-    for _ in range(column - 1):
-        page.keyboard.press("ArrowRight")
-    page.keyboard.press("ArrowDown")  # features.1.0
-    page.keyboard.press("Enter")  # opens the cell's editor
-    editor = page.locator("input.gdg-input")
-    editor.wait_for(timeout=TIMEOUT_MS)
+    editor = open_cell_editor(page, grid, column, row=1)  # features.1.0
     editor.fill("37")  # waits until the editor takes input; typed keys could land before it had focus
     editor.press("Enter")
     page.wait_for_function("() => location.search.includes('features.1.0%3A37')", timeout=TIMEOUT_MS)
