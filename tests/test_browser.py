@@ -108,18 +108,38 @@ def wait_changed(page, label: str, before: str) -> None:
     page.wait_for_function(CHANGED, arg=[label, before], polling="raf", timeout=TIMEOUT_MS)
 
 
+# Watches the DOM instead of polling it: polling on every animation frame keeps the renderer
+# drawing frames on the same two cores the measurement runs on, which slowed what it measured.
+WATCH = """([label, before]) => {
+    const value = () => [...document.querySelectorAll('[data-testid=stMetric]')]
+      .find(c => c.querySelector('[data-testid=stMetricLabel]')?.innerText.trim() === label)
+      ?.querySelector('[data-testid=stMetricValue]')?.innerText;
+    window.__prunelabTimes = {pressed: null, changed: null};
+    document.addEventListener('keydown', () => { window.__prunelabTimes.pressed ??= performance.now(); },
+                              {capture: true, once: true});
+    const observer = new MutationObserver(() => {
+      const now = value();
+      if (now !== undefined && now !== before) {
+        window.__prunelabTimes.changed = performance.now();
+        observer.disconnect();
+      }
+    });
+    observer.observe(document.body, {subtree: true, childList: true, characterData: true});
+  }"""
+
+
 def press_and_time(page, layer: str, label: str = "Parameters", presses: int = 1) -> float:
-    """Press ArrowRight on a layer's slider; seconds until the ``label`` card shows a new value."""
-    before = metric(page, label)
+    """Press ArrowRight on a layer's slider; seconds from the first key press to the moment the
+    ``label`` card shows a new value (both read from the page's own clock)."""
+    page.evaluate(WATCH, [label, metric(page, label)])
     handle = slider(page, layer)
     handle.focus()
-    started = time.perf_counter()
     for _ in range(presses):
         handle.press("ArrowRight")
-    wait_changed(page, label, before)
-    elapsed = time.perf_counter() - started
+    page.wait_for_function("window.__prunelabTimes.changed !== null", polling=100, timeout=TIMEOUT_MS)
+    times = page.evaluate("window.__prunelabTimes")
     wait_idle(page)
-    return elapsed
+    return (times["changed"] - times["pressed"]) / 1000.0
 
 
 # ---------------------------------------------------------------- fixtures

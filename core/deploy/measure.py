@@ -5,6 +5,8 @@ core.deploy.evaluate combines them into a report and decides what to cache.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import threading
 import time
@@ -26,6 +28,19 @@ MIN_SECONDS = 0.5
 WARMUP_RUNS = 5
 # Latency runs of different callers never overlap, so one measurement does not slow another.
 _TIMING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector off while runs are timed, as ``timeit`` does: in a process
+    holding torch, one full collection holds every Python thread for 0.2-0.3 s and would land in one run."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass
@@ -114,7 +129,7 @@ def paired_times(sessions: list, example: np.ndarray, min_runs: int = MIN_RUNS, 
     feeds = [{session.get_inputs()[0].name: np.ascontiguousarray(example)} for session in sessions]
     times: list[list[float]] = [[] for _ in sessions]
     order = list(range(len(sessions)))
-    with _TIMING_LOCK:
+    with _TIMING_LOCK, _collector_paused():
         for session, feed in zip(sessions, feeds):
             for _ in range(WARMUP_RUNS):
                 session.run(None, feed)
