@@ -42,18 +42,25 @@ def points(result: dict) -> list[tuple]:
             for layer in result["layers"] for point in layer["curve"]]
 
 
-def start_ray_head() -> tuple[subprocess.Popen, str, str]:
-    """A Ray head on 127.0.0.1 with 2 CPUs in a session of its own; (process, address, temp folder)."""
+def start_ray_head(environment: dict | None = None) -> tuple[subprocess.Popen, str, str]:
+    """A Ray head on 127.0.0.1 with 2 CPUs in a session of its own; (process, address, temp folder).
+
+    ``environment`` replaces the head's environment (default: this one). RuntimeError carries Ray's
+    last words when the head does not start.
+    """
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    folder = tempfile.mkdtemp(prefix="rl-", dir="/tmp")
+    folder = tempfile.mkdtemp(prefix="rl-", dir="/tmp")  # Ray's socket paths must stay short
     ray = str(Path(sys.executable).with_name("ray"))
     head = subprocess.Popen([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                              "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats",
-                             "--temp-dir", folder], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    head.wait(timeout=180)
+                             "--temp-dir", folder], env=environment, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, errors = head.communicate(timeout=180)
+    if head.returncode != 0:
+        stop_ray_head(head)
+        raise RuntimeError(f"ray start failed: {errors.decode()[-500:]}")
     return head, f"127.0.0.1:{port}", folder
 
 
@@ -63,8 +70,7 @@ def stop_ray_head(head: subprocess.Popen) -> None:
 
     ray.shutdown()
     for sent in (signal.SIGTERM, signal.SIGKILL):
-        members = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()
-                   and _session(int(entry.name)) == head.pid]
+        members = session_processes(head.pid)
         for pid in members:
             try:
                 os.kill(pid, sent)
@@ -75,11 +81,17 @@ def stop_ray_head(head: subprocess.Popen) -> None:
         time.sleep(3)
 
 
-def _session(pid: int) -> int | None:
-    try:
-        return os.getsid(pid)
-    except OSError:
-        return None
+def session_processes(session: int) -> list[int]:
+    """Process ids in the session ``session`` (the processes started with start_new_session)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == session:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def sweeps(levels, quick: bool) -> None:

@@ -53,58 +53,21 @@ def ray_cluster():
     so prunelab's code must reach its workers through the job itself.
     """
     import shutil
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import tempfile
-    import time
     from types import SimpleNamespace
 
+    from benchmarks.scale import start_ray_head, stop_ray_head
+
     pytest.importorskip("ray")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    folder = tempfile.mkdtemp(prefix="rl-", dir="/tmp")  # Ray's socket paths must stay short
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    ray = str(Path(sys.executable).with_name("ray"))
-    head = subprocess.Popen([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                             "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats",
-                             "--temp-dir", folder], env=environment, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _, errors = head.communicate(timeout=120)
-        if head.returncode != 0:
-            pytest.fail(f"ray start failed: {errors.decode()[-500:]}")
-        yield SimpleNamespace(address=f"127.0.0.1:{port}", session=head.pid)
+        head, address, folder = start_ray_head(environment)
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    try:
+        yield SimpleNamespace(address=address, session=head.pid)
     finally:
-        import ray as ray_module
-
-        ray_module.shutdown()
-        for sent in (signal.SIGTERM, signal.SIGKILL):
-            members = session_processes(head.pid)  # Ray's workers get process groups of their own
-            for pid in members:
-                try:
-                    os.kill(pid, sent)
-                except ProcessLookupError:
-                    continue
-            if not members:
-                break
-            time.sleep(3)
+        stop_ray_head(head)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def session_processes(session: int) -> list[int]:
-    """Process ids in the session ``session`` (the processes a test started with start_new_session)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getsid(int(entry.name)) == session:
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 class CliRunner:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.scale import session_processes
 from core.cli import main
 from core.search.sensitivity import sensitivity
-from tests.conftest import session_processes
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # a Ray head starts once for the module
