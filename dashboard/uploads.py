@@ -8,9 +8,9 @@ Nothing here touches Streamlit; dashboard.session re-exports these names for the
 from __future__ import annotations
 
 import atexit
-import hashlib
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import threading
@@ -50,7 +50,10 @@ def _remove_stale() -> None:
 
 
 def save_upload(name: str, content: bytes, allowed: set[str]) -> str:
-    """Write an uploaded file to ``<private folder>/<content hash>/<cleaned name>``; return the path.
+    """Write an uploaded file to ``<private folder>/<random folder>/<cleaned name>``; return the path.
+
+    Every upload gets a folder of its own, even of the same bytes: two visitors uploading one file
+    never share it, so a refusal that deletes one person's copy leaves the other's in place.
 
     Only the last component of the person's file name is kept, reduced to letters, digits, ``._-``
     and without leading dots, so it can never point outside that directory.
@@ -64,15 +67,14 @@ def save_upload(name: str, content: bytes, allowed: set[str]) -> str:
         raise PrunelabError(f"'{name}' is {len(content) / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB")
     if not content:
         raise PrunelabError(f"'{name}' is empty")
-    place = folder() / hashlib.sha256(content).hexdigest()[:20]
-    place.mkdir(mode=0o700, exist_ok=True)
+    place = folder() / secrets.token_hex(10)
+    place.mkdir(mode=0o700)
     path = place / (Path(cleaned).stem + suffix)
-    if not path.exists():
-        temporary = place / f".{path.name}.part"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(content)
-        temporary.replace(path)
+    temporary = place / f".{path.name}.part"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as stream:
+        stream.write(content)
+    temporary.replace(path)
     return str(path)
 
 

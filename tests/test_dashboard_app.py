@@ -168,6 +168,16 @@ def test_a_wrong_upload_is_refused_and_names_never_escape_the_upload_dir():
     assert session.shown(f"cannot read {path}") == f"cannot read {path.name}"
 
 
+def test_two_uploads_of_the_same_bytes_never_share_a_file():
+    from dashboard import uploads
+
+    first = Path(uploads.save_upload("model.onnx", b"same bytes", {".onnx"}))
+    second = Path(uploads.save_upload("model.onnx", b"same bytes", {".onnx"}))
+    assert first != second and first.parent != second.parent
+    uploads.discard(first)  # one visitor's refused file
+    assert not first.exists() and second.read_bytes() == b"same bytes"
+
+
 def test_two_visitors_keep_their_own_plans(monkeypatch):
     monkeypatch.delenv("PRUNELAB_MODEL", raising=False)
     first, second = AppTest.from_file(APP, default_timeout=120).run(), AppTest.from_file(APP, default_timeout=120).run()
