@@ -18,7 +18,7 @@ from core.deploy.measure import SPEEDUP_FLOOR, torch_outputs
 from core.deploy.onnx_source import inspect_onnx
 from core.deploy.quantize import MODES as QUANTIZE_MODES
 from core.errors import PrunelabError, error_line
-from core.files import home, sha256_file, writable_home, write_atomic
+from core.files import home, sha256_file, writable_folder, writable_home, write_atomic
 from core.history.compare import compare_runs, pareto_front
 from core.history.mlflow_log import log_runs
 from core.history.plan_formats import FORMATS as PLAN_FORMATS
@@ -230,7 +230,8 @@ def private_copy(handle: ModelHandle) -> ModelHandle:
 
 __all__ = [
     # errors and files
-    "PrunelabError", "error_line", "home", "writable_home", "write_atomic", "sha256_file", "run_folder",
+    "PrunelabError", "error_line", "home", "writable_home", "writable_folder", "write_atomic", "sha256_file",
+    "run_folder",
     # models and layers
     "ModelHandle", "load_model", "BUILTINS", "DEFAULT_MODEL", "builtin_models", "default_model", "layer_table",
     "histogram", "final_classifier", "coupled_groups", "layer_graph", "channel_importance",

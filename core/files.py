@@ -29,17 +29,26 @@ def writable_home() -> Path:
 
     Raises PrunelabError in one line when PRUNELAB_HOME is a file, cannot be created or is read-only.
     """
-    path = home()
+    return writable_folder(home(), "PRUNELAB_HOME", "point PRUNELAB_HOME at")
+
+
+def writable_folder(path: str | Path, what: str = "folder", advice: str = "choose") -> Path:
+    """``path``, created if needed and checked with a probe file, so a long job fails before it starts.
+
+    Raises PrunelabError in one line naming ``what`` when ``path`` is a file, cannot be created or
+    is read-only; ``advice`` starts the hint ("choose a writable folder").
+    """
+    path = Path(path)
     if path.exists() and not path.is_dir():
-        raise PrunelabError(f"PRUNELAB_HOME {path} is a file, not a folder: point PRUNELAB_HOME at a folder")
+        raise PrunelabError(f"{what} {path} is a file, not a folder: {advice} a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         descriptor, probe = tempfile.mkstemp(dir=path, prefix=".probe-")
         os.close(descriptor)
         os.unlink(probe)
     except OSError as error:
-        raise PrunelabError(f"cannot write to PRUNELAB_HOME {path}: {error.strerror or error} "
-                            f"(point PRUNELAB_HOME at a writable folder)") from None
+        raise PrunelabError(f"cannot write to {what} {path}: {error.strerror or error} "
+                            f"({advice} a writable folder)") from None
     return path
 
 

@@ -225,6 +225,12 @@ def test_any_other_file_system_fault_is_one_line(cli, tmp_path):
     refused(cli("export-plan", plan, "--format", "nni", "--out", readonly / "nni.json"), str(readonly))
 
 
+def test_allocate_into_a_read_only_folder_fails_before_the_sweep(cli, tmp_path):
+    readonly = read_only_folder(tmp_path)
+    result = cli("allocate", "digits-mlp", "--target-sparsity", "0.5", "--out", readonly / "plan.yaml")
+    refused(result, "cannot write to the folder of --out", str(readonly))  # one line: no sweep progress before it
+
+
 # ---------------------------------------------------------------- 7. smaller ones
 
 def test_old_format_pickle_loads_without_torch_warnings(cli, tmp_path):
