@@ -178,7 +178,8 @@ def inspect_model(module: nn.Module, example_input: torch.Tensor) -> dict:
     ``attention`` (the head count and the attention layer, None for other layers). The totals'
     ``sparsity`` counts prunable weights only (``sparsity_counts`` says so); ``totals["macs"]`` is the
     whole forward pass (``count_macs``), ``totals["other_macs"]`` the part outside the prunable
-    layers' rows (attention matmuls and the like).
+    layers' rows (attention matmuls and the like); ``totals["batchnorm_layers"]`` how many BatchNorm
+    layers a re-estimation would refresh.
     """
     macs = layer_macs(module, example_input)
     heads = attention_heads(module, example_input)
@@ -198,7 +199,8 @@ def inspect_model(module: nn.Module, example_input: torch.Tensor) -> dict:
     totals = {"layers": len(rows), "params": int(all_params), "prunable_params": int(prunable),
               "nonzero_prunable_params": int(nonzero), "sparsity": 1.0 - nonzero / prunable if prunable else 0.0,
               "sparsity_counts": "prunable weights (Conv, Linear and attention projections), not all parameters",
-              "macs": count_macs(module, example_input) or None}
+              "macs": count_macs(module, example_input) or None,
+              "batchnorm_layers": sum(isinstance(part, nn.modules.batchnorm._BatchNorm) for part in module.modules())}
     totals["other_macs"] = None if totals["macs"] is None else \
         max(0, totals["macs"] - int(sum(row["macs"] or 0 for row in rows)))
     return {"layers": rows, "totals": totals}

@@ -91,6 +91,7 @@ def test_channel_rounding_reaches_the_plan_and_keeps_multiples(app):
 
 
 def test_batchnorm_toggle_reaches_the_plan_and_changes_accuracy(app):
+    assert not app.toggle(key="w.recalibrate").proto.disabled
     app.slider(key="w.global").set_value(90).run()
     with_statistics = app.session_state[REPORT]
     app.toggle(key="w.recalibrate").set_value(False).run()
@@ -197,6 +198,7 @@ def test_an_uploaded_onnx_model_is_tuned_without_channel_granularity(app, cnn):
     assert app.subheader[0].value == "my_model"
     app.switch_page("pages/tune.py").run()
     assert "channel" not in app.selectbox(key="w.granularity").options
+    assert app.toggle(key="w.recalibrate").proto.disabled  # the graph's weights are pruned as they are
     app.slider(key="w.global").set_value(50).run()
     assert not app.exception and not app.error
     assert app.session_state[REPORT]["pruned"]["sparsity"] > 0.4

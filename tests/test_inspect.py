@@ -17,6 +17,7 @@ def test_cnn_table_matches_named_modules_and_hand_macs(cnn):
     assert rows["fc1"]["macs"] == 512 * 128
     assert report["totals"]["macs"] == sum(row["macs"] for row in rows.values())
     assert report["totals"]["params"] == sum(p.numel() for p in cnn.module.parameters())
+    assert report["totals"]["batchnorm_layers"] == 3  # one after each convolution
 
 
 def test_sparsity_and_stats_follow_the_weights(cnn):

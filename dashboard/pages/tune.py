@@ -52,8 +52,11 @@ def method_ui(values: dict) -> None:
         st.selectbox("Round kept channels to a multiple of", ROUND_TO, key="w.round_to", help=TERMS["round_to"],
                      on_change=lambda: state.update_plan(round_to=int(st.session_state["w.round_to"])))
     state.seed("w.recalibrate", bool(values.get("recalibrate", True)))
-    st.toggle("Re-estimate BatchNorm statistics", key="w.recalibrate", help=TERMS["batchnorm"],
-                on_change=lambda: state.update_plan(recalibrate=bool(st.session_state["w.recalibrate"])))
+    batchnorm = session.layer_table()["totals"].get("batchnorm_layers", 0)
+    why_off = "" if batchnorm else " This model has no BatchNorm layer, so there is nothing to re-estimate."
+    st.toggle("Re-estimate BatchNorm statistics", key="w.recalibrate", disabled=not batchnorm,
+              help=TERMS["batchnorm"] + why_off,
+              on_change=lambda: state.update_plan(recalibrate=bool(st.session_state["w.recalibrate"])))
     state.seed("w.quantize", state.quantize() is not None)
     st.toggle("Quantize to INT8", key="w.quantize", help=TERMS["quantize"],
                  on_change=lambda: state.set_quantize(bool(st.session_state["w.quantize"])))
