@@ -20,6 +20,7 @@ from dashboard import session, state
 READ = "prunelab.url.read"       # set once the address was read in this session
 PROBLEM = "prunelab.url.problem"  # a line saying what in the address could not be used
 FIELDS = ("granularity", "criterion", "scope")
+PLAN_KEYS = (*FIELDS, "sparsity", "layers", "round_to", "recalibrate", "int8")
 
 
 def _percent(value: float) -> str:
@@ -72,10 +73,11 @@ def restore() -> None:
         return
     st.session_state[READ] = True
     params = st.query_params.to_dict()
-    if not params.get("model"):
+    if not any(params.get(key) for key in (*PLAN_KEYS, "model")):
         return
-    try:
-        if params["model"] != session.source()["spec"] or params.get("data") or params.get("shape"):
+    try:  # without a model, a hand-written ?granularity=channel&sparsity=30 applies to the current one
+        if params.get("model") and (params["model"] != session.source()["spec"] or params.get("data")
+                                    or params.get("shape")):
             session.use_source(params["model"], data=params.get("data") or None, input_shape=params.get("shape"))
         values = decode(params)
         session.plan_object(values)  # validates every field and layer value

@@ -202,3 +202,15 @@ def test_an_uploaded_onnx_model_is_tuned_without_channel_granularity(app, cnn):
     app.slider(key="w.global").set_value(50).run()
     assert not app.exception and not app.error
     assert app.session_state[REPORT]["pruned"]["sparsity"] > 0.4
+
+
+def test_a_link_without_a_model_applies_its_plan_to_the_current_one(monkeypatch):
+    monkeypatch.delenv("PRUNELAB_MODEL", raising=False)
+    app = AppTest.from_file(APP, default_timeout=120)
+    app.query_params.update({"granularity": "unstructured", "sparsity": "30", "layers": "fc1:10"})
+    app.run()
+    assert not app.exception and not app.error and not app.warning
+    plan = app.session_state[PLAN]
+    assert plan["granularity"] == "unstructured" and plan["sparsity"] == pytest.approx(0.3)
+    assert plan["layers"]["fc1"] == pytest.approx(0.1)
+    assert app.slider(key="w.layer.fc1").value == 10
