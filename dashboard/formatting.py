@@ -11,6 +11,8 @@ from core.units import count, metric, metric_label, milliseconds, percent, reada
 CONTROLS = {
     "set recalibrate: false": "turn off 'Re-estimate BatchNorm statistics'",
     "recalibrate: false": "'Re-estimate BatchNorm statistics' off",
+    "set prune_width: true": "turn on 'Prune the residual stream too'",
+    "set prune_width: false": "turn off 'Prune the residual stream too'",
     "(granularity 'channel')": "(Granularity: channel)",
     "round_to": "'Round kept channels'",
 }

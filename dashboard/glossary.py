@@ -42,6 +42,9 @@ TERMS = {
                "one slider moves the whole group",
     "round_to": "ONNX Runtime's convolution kernels work in blocks of 8 channels: odd counts can run slower "
                 "than the dense model, so 8 usually buys the most speed",
+    "prune_width": "channel plans on transformers keep the residual stream (the width every attention layer "
+                   "reads and adds back to) whole and prune heads and feed-forward channels; on, the stream "
+                   "itself is narrowed in every block at once: smaller and faster, usually at a larger accuracy cost",
     "quantize": "static INT8 in ONNX Runtime after pruning: a 4x smaller file and, on CNNs, lower latency "
                 "(the deltas stay against the dense FP32 model)",
     "sensitivity": "how much accuracy drops when only this layer is pruned to its target, from the sensitivity "

@@ -23,7 +23,7 @@ RECOVERED = "prunelab.recovered"  # the adopted recovered model: {"model_key", "
 SAVED_LAYERS = "prunelab.layers_by_granularity"  # per-layer targets kept when the granularity changes
 WIDGET_PREFIX = "w."
 PLAN_WIDGETS = ("w.granularity", "w.criterion", "w.scope", "w.global", "w.quantize", "w.round_to",
-                "w.recalibrate")
+                "w.recalibrate", "w.prune_width")
 
 _LOCKS: dict[str, threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()

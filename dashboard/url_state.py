@@ -6,6 +6,9 @@ after every run (only when it changed). The address reads like the plan file:
     /tune?model=digits-resnet&granularity=channel&criterion=l1&scope=layer&sparsity=30
          &layers=layer5.conv2:40,layer1.conv1:20&round_to=8&int8=1
 
+(``width=1``: a transformer's channel plan also prunes the residual stream, ``recalibrate=0``: no
+BatchNorm re-estimation.)
+
 Sparsities are whole or decimal percents. A value the dashboard cannot use is reported once on
 the page and the rest of the address still applies. A link is held to the same rules as the Model
 page (dashboard/consent.py): it never carries the trust that importing code needs, and files must
@@ -20,7 +23,7 @@ from dashboard import session, state
 READ = "prunelab.url.read"       # set once the address was read in this session
 PROBLEM = "prunelab.url.problem"  # a line saying what in the address could not be used
 FIELDS = ("granularity", "criterion", "scope")
-PLAN_KEYS = (*FIELDS, "sparsity", "layers", "round_to", "recalibrate", "int8")
+PLAN_KEYS = (*FIELDS, "sparsity", "layers", "round_to", "recalibrate", "width", "int8")
 
 
 def _percent(value: float) -> str:
@@ -44,6 +47,8 @@ def encode(source: dict, values: dict, quantize: str | None) -> dict[str, str]:
         params["round_to"] = str(int(values["round_to"]))
     if values.get("recalibrate") is False:
         params["recalibrate"] = "0"
+    if values.get("prune_width"):
+        params["width"] = "1"
     if quantize:
         params["int8"] = "1"
     return params
@@ -64,6 +69,8 @@ def decode(params: dict[str, str]) -> dict:
         values["round_to"] = int(params["round_to"])
     if params.get("recalibrate") == "0":
         values["recalibrate"] = False
+    if params.get("width") == "1":
+        values["prune_width"] = True
     return values
 
 

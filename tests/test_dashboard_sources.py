@@ -56,3 +56,26 @@ def test_dashboard_opens_a_hugging_face_directory_with_embedding_fidelity(monkey
     cards = {metric.label: metric.value for metric in app.metric}
     assert cards["Cosine to dense"] == "1.000" and cards["Neighbours kept"] == "100.0%"
     assert "Accuracy" not in cards
+
+
+def test_a_transformer_channel_plan_can_prune_the_residual_stream_from_the_page(monkeypatch, tmp_path,
+                                                                                 clean_environment):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    directory = tmp_path / "tiny-bert"
+    transformers.BertForSequenceClassification(transformers.BertConfig(**TINY_BERT)).save_pretrained(directory)
+    monkeypatch.setenv("PRUNELAB_MODEL", str(directory))
+    monkeypatch.setenv("PRUNELAB_INPUT_SHAPE", "1,8")
+    app = AppTest.from_file(APP, default_timeout=180).run()
+    assert app.toggle(key="w.recalibrate").proto.disabled  # no BatchNorm in BERT
+    assert not [toggle for toggle in app.toggle if toggle.key == "w.prune_width"]  # channel plans only
+    app.selectbox(key="w.granularity").set_value("channel").run()
+    app.slider(key="w.global").set_value(50).run()
+    kept = app.session_state["prunelab.report"]
+    notes = " ".join(caption.value for caption in app.caption)
+    assert "turn on 'Prune the residual stream too'" in notes and "prune_width" not in notes
+    app.toggle(key="w.prune_width").set_value(True).run()
+    assert not app.exception and not app.error
+    narrowed = app.session_state["prunelab.report"]
+    assert narrowed["plan"]["prune_width"] is True and kept["plan"].get("prune_width", False) is False
+    assert narrowed["pruned"]["macs"] < kept["pruned"]["macs"]

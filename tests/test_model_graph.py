@@ -78,3 +78,5 @@ def test_a_plan_survives_the_address_unchanged():
     params = encode(source, values, "int8")
     assert params["layers"] == "layer5.conv2:37.5,stem.0:10" and params["int8"] == "1"
     assert decode(params) == values
+    narrowed = {**values, "prune_width": True}
+    assert encode(source, narrowed, None)["width"] == "1" and decode(encode(source, narrowed, None)) == narrowed

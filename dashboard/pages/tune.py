@@ -51,6 +51,10 @@ def method_ui(values: dict) -> None:
         state.seed("w.round_to", int(values.get("round_to", 1)))
         st.selectbox("Round kept channels to a multiple of", ROUND_TO, key="w.round_to", help=TERMS["round_to"],
                      on_change=lambda: state.update_plan(round_to=int(st.session_state["w.round_to"])))
+        if any(row.get("unit") == "head" for row in session.layer_table()["layers"]):
+            state.seed("w.prune_width", bool(values.get("prune_width", False)))
+            st.toggle("Prune the residual stream too", key="w.prune_width", help=TERMS["prune_width"],
+                      on_change=lambda: state.update_plan(prune_width=bool(st.session_state["w.prune_width"])))
     state.seed("w.recalibrate", bool(values.get("recalibrate", True)))
     batchnorm = session.layer_table()["totals"].get("batchnorm_layers", 0)
     why_off = "" if batchnorm else " This model has no BatchNorm layer, so there is nothing to re-estimate."
