@@ -202,7 +202,9 @@ def layers_ui() -> None:
 
 def _table_columns() -> dict:
     number = st.column_config.NumberColumn
-    return {"parameters": number("parameters", format="compact", help="weights in the layer"),
+    return {"layer": st.column_config.TextColumn("layer", width="medium", pinned=True,
+                                                 help="a long name is cut: double-click its cell to read it whole"),
+            "parameters": number("parameters", format="compact", help="weights in the layer"),
             "MACs": number("MACs", format="compact", help=TERMS["macs"]),
             "sensitivity": st.column_config.TextColumn("sensitivity", help=TERMS["sensitivity"]),
             "drop (pts)": number("drop (pts)", format="%.2f", help=TERMS["pts"]),
