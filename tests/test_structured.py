@@ -107,6 +107,14 @@ def test_round_to_and_per_layer_targets(cnn):
     assert all(value % 8 == 0 for value in kept.values())
     assert kept["fc1"] == 32 and result.module.fc1.out_features == 32
     assert result.layer_sparsity["fc1"] == pytest.approx(0.75)
+    assert not any("rounding to multiples" in note for note in result.notes)  # 22.4 -> 24 of 32 is close
+
+
+def test_a_layer_rounding_moves_far_from_its_target_is_named(cnn):
+    result = apply_plan(cnn, Plan(granularity="channel", sparsity=0.0, round_to=16, layers={"features.0.0": 0.3}))
+    assert result.kept["features.0.0"]["kept"] == 16  # 22.4 of 32 channels asked for, rounded to 16
+    assert "rounding to multiples of 16 channels (round_to) moved these layers more than 10% of their channels " \
+           "from the target: features.0.0 kept 16/32 (target 22)" in result.notes
 
 
 @pytest.mark.parametrize("criterion, fixture", [pytest.param("bn_scale", "resnet", marks=pytest.mark.slow),

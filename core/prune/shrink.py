@@ -17,6 +17,8 @@ from core.inspect import final_classifier
 from core.prune import channel, criteria, heads, select
 from core.prune.result import PruneResult
 
+ROUNDING_NOTED = 0.10  # a layer rounding moves further than this share of its channels is named in the notes
+
 
 def _head_scores(attention: heads.Attention, name: str, evidence: dict, module: nn.Module) -> torch.Tensor:
     criterion = criteria.criterion("l2" if name == "bn_scale" else name)
@@ -172,7 +174,8 @@ def kept_table(before: dict, after: dict, targets: dict[str, float], dense: dict
 
 
 def _explain(result: PruneResult, included: set, units: dict, width: list[str], slack: dict[str, int]) -> None:
-    """Notes: layers kept at full width, layers left dense, and every target that could not be met."""
+    """Notes: layers kept at full width, layers left dense, every target that could not be met, and
+    the layers Round kept channels moved far from their targets (a small layer rounds coarsely)."""
     grouped = {name for leader, layers in units.items() for name in [leader, *layers]}
     kept_width = [name for name in width if name in included]
     if kept_width:
@@ -188,6 +191,13 @@ def _explain(result: PruneResult, included: set, units: dict, width: list[str], 
     if missed:
         result.notes.append("targets not met (coupled layers, rounding or at least one channel kept): "
                             + "; ".join(missed))
+    rounded = [f"{name} kept {row['kept']}/{row['total']} (target {row['target_kept']})"
+               for name, row in result.kept.items() if name in slack and row["unit"] == "channel"
+               and ROUNDING_NOTED * row["total"] < abs(row["kept"] - row["target_kept"]) <= slack[name]]
+    if result.plan.round_to > 1 and rounded:
+        result.notes.append(f"rounding to multiples of {result.plan.round_to} channels (round_to) moved these "
+                            f"layers more than {ROUNDING_NOTED:.0%} of their channels from the target: "
+                            + "; ".join(rounded))
 
 
 def _run(module: nn.Module, example_input):
