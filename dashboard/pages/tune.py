@@ -39,6 +39,7 @@ def method_ui(values: dict) -> None:
     """Granularity, criterion and scope selects and the two toggles; each writes straight into the plan."""
     for key, field in (("w.granularity", "granularity"), ("w.criterion", "criterion"), ("w.scope", "scope")):
         state.seed(key, values[field])
+    table = session.layer_table()
     first, second, third = st.columns(3)
     first.selectbox("Granularity", session.granularities(), key="w.granularity", on_change=_on_granularity,
                     help=TERMS["granularity"])
@@ -51,12 +52,12 @@ def method_ui(values: dict) -> None:
         state.seed("w.round_to", int(values.get("round_to", 1)))
         st.selectbox("Round kept channels to a multiple of", ROUND_TO, key="w.round_to", help=TERMS["round_to"],
                      on_change=lambda: state.update_plan(round_to=int(st.session_state["w.round_to"])))
-        if any(row.get("unit") == "head" for row in session.layer_table()["layers"]):
+        if any(row.get("unit") == "head" for row in table["layers"]):
             state.seed("w.prune_width", bool(values.get("prune_width", False)))
             st.toggle("Prune the residual stream too", key="w.prune_width", help=TERMS["prune_width"],
                       on_change=lambda: state.update_plan(prune_width=bool(st.session_state["w.prune_width"])))
     state.seed("w.recalibrate", bool(values.get("recalibrate", True)))
-    batchnorm = session.layer_table()["totals"].get("batchnorm_layers", 0)
+    batchnorm = table["totals"].get("batchnorm_layers", 0)
     why_off = "" if batchnorm else " This model has no BatchNorm layer, so there is nothing to re-estimate."
     st.toggle("Re-estimate BatchNorm statistics", key="w.recalibrate", disabled=not batchnorm,
               help=TERMS["batchnorm"] + why_off,
