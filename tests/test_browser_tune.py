@@ -22,6 +22,7 @@ from tests.test_browser import (
     stop_server,
     wait_changed,
     wait_idle,
+    wait_settled,
 )
 
 pytestmark = [
@@ -51,7 +52,7 @@ def release(page, layer: str, presses: int = 1, label: str = "Parameters") -> No
     for _ in range(presses):
         handle.press("ArrowRight")
     wait_changed(page, label, before)
-    wait_idle(page)
+    wait_settled(page, layer)
 
 
 def open_tab(page, name: str) -> None:
@@ -106,7 +107,7 @@ def test_undo_brings_back_the_plan_before_the_last_change_and_reset_clears_it(br
     at_15 = metric(page, "Weights removed")  # read before the click: the rerun can be done before a later read
     page.get_by_role("button", name="Undo").click()
     wait_changed(page, "Weights removed", at_15)
-    wait_idle(page)
+    wait_settled(page, "features.3.0")
     assert slider(page, "features.3.0").get_attribute("aria-valuetext") == "10%"
     assert metric(page, "Weights removed") == before
     page.get_by_role("button", name="Reset to dense").click()
