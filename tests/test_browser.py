@@ -79,6 +79,7 @@ def open_tune(context, url: str):
     page.goto(url)
     wait_idle(page)
     page.locator("[data-testid=stMetricValue]").first.wait_for(timeout=TIMEOUT_MS)
+    wait_idle(page)  # the first run was idle before it started, and the sliders come after the metrics
     return page
 
 
