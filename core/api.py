@@ -16,6 +16,7 @@ from core.deploy.evaluate import LiveEvaluator, evaluate
 from core.deploy.export import export_onnx
 from core.deploy.measure import SPEEDUP_FLOOR, torch_outputs
 from core.deploy.onnx_source import inspect_onnx
+from core.deploy.profile import profile_plan
 from core.deploy.quantize import MODES as QUANTIZE_MODES
 from core.errors import PrunelabError, error_line
 from core.files import home, sha256_file, writable_folder, writable_home, write_atomic
@@ -240,7 +241,7 @@ __all__ = [
     "layers_left_dense", "PruneResult", "apply_plan",
     # measuring and exporting
     "evaluate", "LiveEvaluator", "QUANTIZE_MODES", "export_onnx", "export_file", "save_pruned", "torch_outputs",
-    "SPEEDUP_FLOOR",
+    "SPEEDUP_FLOOR", "profile_plan",
     # search
     "sensitivity", "SWEPT_GRANULARITIES", "DEFAULT_LEVELS", "parse_levels", "allocate", "check_request",
     "executor_for", "default_workers", "explore", "parse_grid", "DEFAULT_GRID",

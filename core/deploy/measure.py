@@ -43,6 +43,13 @@ def _collector_paused():
             gc.enable()
 
 
+@contextlib.contextmanager
+def timing_lock():
+    """Hold the timing lock (no other measurement runs meanwhile) with the collector paused."""
+    with _TIMING_LOCK, _collector_paused():
+        yield
+
+
 @dataclass
 class Artifact:
     """One model to measure: its ONNX bytes and, when it has one, the torch module it came from."""

@@ -1,0 +1,254 @@
+"""Where the time goes: ONNX Runtime's per-node profile, mapped back to the model's prunable layers.
+
+ONNX Runtime's profiler (``SessionOptions.enable_profiling``) records the time of every node of
+every run. The exporter names nodes by module scope (``/layer1/conv2/Conv``), but ONNX Runtime's
+fusions rename what they fuse after a tensor (``/layer1/bn2/BatchNormalization_output_0_nchwc`` is
+conv2 + bn2 + relu). ``LayerMap`` reads the exported graph once and answers, for any profiled node
+name, the prunable layer it computes, or None for work outside layers (softmax, layout reorders,
+normalisation, residual glue).
+
+A profile is ``{"layers": [{"name", "ms", "share", "nodes"}], "other_ms", "other": {op: ms},
+"overhead_ms", "p50_ms", "runs"}``: ``ms`` are medians over runs of the per-run sums, and
+``layers + other + overhead`` adds up to ``p50_ms`` (the median of the profiled runs). The
+overhead is the session's own time between nodes, not hidden in any layer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from core.deploy import measure
+from core.errors import PrunelabError, error_line
+
+PROFILE_RUNS = 20
+WARMUP_RUNS = 5
+# Ops that ONNX Runtime folds into the convolution or matrix product before them (their output
+# names the fused node); walking back through them from a fused node reaches the layer's own node.
+FOLDED_OPS = {"BatchNormalization", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu",
+              "Add", "Sum", "Mul", "Tanh", "Erf", "Div", "Transpose", "Identity", "Cast"}
+COMPUTE_OPS = {"Conv", "FusedConv", "NchwcConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "MatMulNBits",
+               "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
+               "QGemm", "ConvTranspose"}
+SUFFIXES = ("_kernel_time", "_nchwc", "_fence_before", "_fence_after")
+
+
+def scope_path(node_name: str) -> str:
+    """The module path a legacy-exporter node name carries: ``/layer3/branch3x3/branch3x3.2/Relu`` ->
+    ``layer3.branch3x3.2`` (a child of a Sequential or ModuleList is written ``parent.index``)."""
+    parts = [part for part in node_name.split("/")[1:-1] if part]
+    path: list[str] = []
+    for part in parts:
+        previous = path[-1] if path else None
+        if previous is not None and part.startswith(previous.split(".")[-1] + ".") and "." in part:
+            path.append(part.split(".", 1)[1])
+        else:
+            path.append(part)
+    return ".".join(path)
+
+
+class LayerMap:
+    """Profiled node name -> prunable layer name (or None), read from the exported graph."""
+
+    def __init__(self, model_bytes: bytes, layer_names: list[str]):
+        graph = onnx.load_from_string(model_bytes).graph
+        self.layers = sorted(layer_names, key=len, reverse=True)  # the longest path wins: "a.b" before "a"
+        self.initializers = {initializer.name for initializer in graph.initializer}
+        self.nodes = {node.name: node for node in graph.node}
+        self.producer = {output: node for node in graph.node for output in node.output}
+        self._known: dict[str, str | None] = {}
+
+    def layer_of(self, profiled_name: str, op: str | None = None) -> str | None:
+        """The layer ``profiled_name`` (an ORT node name, fused or not) computes, or None."""
+        key = (profiled_name, op)
+        if key not in self._known:
+            self._known[key] = self._find(profiled_name, op)
+        return self._known[key]
+
+    def _find(self, profiled_name: str, op: str | None) -> str | None:
+        name = profiled_name.removeprefix("fused ")
+        for suffix in SUFFIXES:
+            name = name.removesuffix(suffix)
+        node = self.nodes.get(name) or self.producer.get(name)
+        if node is None:
+            return None
+        found = self._layer_of_node(node)
+        if found is None and (op in COMPUTE_OPS or op is None):
+            found = self._walk_back(node)
+        return found
+
+    def _layer_of_node(self, node) -> str | None:
+        path = scope_path(node.name)
+        for layer in self.layers:
+            if path == layer or path.startswith(layer + "."):
+                return layer
+        for value in node.input:  # a weight read by name: features.0.weight
+            if value in self.initializers:
+                prefix = value.rpartition(".")[0]
+                if prefix in self.layers:
+                    return prefix
+        return None
+
+    def _walk_back(self, node, depth: int = 6) -> str | None:
+        """The first layer upstream of a fused node, through the ops ONNX Runtime folds into it."""
+        frontier = [node]
+        for _ in range(depth):
+            following = []
+            for current in frontier:
+                if current is not node:
+                    found = self._layer_of_node(current)
+                    if found is not None:
+                        return found
+                if current is node or current.op_type in FOLDED_OPS:
+                    following += [self.producer[value] for value in current.input if value in self.producer]
+            frontier = following
+            if not frontier:
+                return None
+        return None
+
+
+def _profiled_session(model_bytes: bytes, threads: int, prefix: str):
+    options = measure.session_options(threads)
+    options.enable_profiling = True
+    options.profile_file_prefix = prefix
+    try:
+        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types
+        raise PrunelabError(f"ONNX Runtime cannot load the model: {error_line(error)[:300]}") from None
+
+
+def _events(session) -> list[dict]:
+    path = session.end_profiling()
+    try:
+        return json.loads(Path(path).read_text())
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
+def summarise(events: list[dict], layer_map: LayerMap, layer_order: list[str]) -> dict:
+    """A profile (see the module docstring) from ORT trace events; only the timed runs count."""
+    runs = sorted((event for event in events if event.get("cat") == "Session" and event.get("name") == "model_run"),
+                  key=lambda event: event["ts"])[WARMUP_RUNS:]
+    if not runs:
+        raise PrunelabError("the ONNX Runtime profile recorded no runs")
+    starts = np.array([run["ts"] for run in runs])
+    per_run_layer = [defaultdict(float) for _ in runs]
+    per_run_other = [defaultdict(float) for _ in runs]
+    node_counts: dict[str, set] = defaultdict(set)
+    for event in events:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        index = int(np.searchsorted(starts, event["ts"], side="right")) - 1
+        if index < 0 or event["ts"] > runs[index]["ts"] + runs[index]["dur"]:
+            continue  # a warm-up run
+        op = event.get("args", {}).get("op_name")
+        layer = layer_map.layer_of(event["name"], op)
+        milliseconds = event["dur"] / 1000.0
+        if layer is None:
+            per_run_other[index][op or "other"] += milliseconds
+        else:
+            per_run_layer[index][layer] += milliseconds
+            node_counts[layer].add(event["name"])
+    run_ms = np.array([run["dur"] / 1000.0 for run in runs])
+    layer_ms = {name: float(np.median([record[name] for record in per_run_layer])) for name in layer_order}
+    other_by_op = {op: float(np.median([record[op] for record in per_run_other]))
+                   for op in sorted({op for record in per_run_other for op in record})}
+    other_ms = float(np.median([sum(record.values()) for record in per_run_other]))
+    p50 = float(np.median(run_ms))
+    layers_total = sum(layer_ms.values())
+    return {
+        "layers": [{"name": name, "ms": layer_ms[name], "share": layer_ms[name] / p50 if p50 else 0.0,
+                    "nodes": len(node_counts[name])} for name in layer_order],
+        "other_ms": other_ms,
+        "other": dict(sorted(other_by_op.items(), key=lambda item: -item[1])),
+        "overhead_ms": max(0.0, p50 - layers_total - other_ms),
+        "p50_ms": p50, "runs": len(runs),
+    }
+
+
+def profile_models(models: list[bytes], example: np.ndarray, layer_names: list[list[str]], threads: int = 2,
+                   runs: int = PROFILE_RUNS) -> list[dict]:
+    """Profiles of several ONNX models on ``example``, their runs in alternation (as latency is timed).
+
+    ``layer_names[i]`` are the prunable layers of model ``i`` in the order the table lists them.
+    Each profile also carries ``seconds``, the time it took to profile all of them.
+    """
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="prunelab-profile-") as folder:
+        sessions = [_profiled_session(model, threads, os.path.join(folder, f"model{index}"))
+                    for index, model in enumerate(models)]
+        feeds = [{session.get_inputs()[0].name: np.ascontiguousarray(example)} for session in sessions]
+        with measure.timing_lock():
+            for _ in range(WARMUP_RUNS + runs):
+                for session, feed in zip(sessions, feeds):
+                    try:
+                        session.run(None, feed)
+                    except Exception as error:  # shape or type mismatch with the example
+                        raise PrunelabError(f"ONNX Runtime cannot run the model: {error_line(error)[:300]}") from None
+        profiles = [summarise(_events(session), LayerMap(model, names), names)
+                    for session, model, names in zip(sessions, models, layer_names)]
+    seconds = time.perf_counter() - started
+    for profile in profiles:
+        profile["seconds"] = seconds
+    return profiles
+
+
+def compare(dense: dict, pruned: dict, macs_dense: dict[str, int], macs_pruned: dict[str, int]) -> list[dict]:
+    """One row per layer of the dense profile: ms dense, ms pruned, ms saved and µs per million MACs.
+
+    A layer the pruned model no longer has reads 0 ms pruned. ``ms_per_mac`` is the pruned layer's
+    time per MAC relative to the dense layer's (1.0: time fell with the MACs; above 1: the cut bought
+    less time than it removed work).
+    """
+    pruned_ms = {row["name"]: row["ms"] for row in pruned["layers"]}
+    rows = []
+    for row in dense["layers"]:
+        name, before = row["name"], row["ms"]
+        after = pruned_ms.get(name, 0.0)
+        mac_before, mac_after = macs_dense.get(name) or 0, macs_pruned.get(name) or 0
+        per_mac_before = before / mac_before if mac_before else None
+        per_mac_after = after / mac_after if mac_after else None
+        relative = per_mac_after / per_mac_before if per_mac_before and per_mac_after else None
+        rows.append({"name": name, "ms_dense": before, "ms_pruned": after, "ms_saved": before - after,
+                     "macs_dense": mac_before, "macs_pruned": mac_after,
+                     "us_per_mmac_dense": None if per_mac_before is None else per_mac_before * 1e9,
+                     "us_per_mmac_pruned": None if per_mac_after is None else per_mac_after * 1e9,
+                     "ms_per_mac": relative})
+    return rows
+
+
+def profile_plan(handle, plan=None, *, batch_size: int = 1, threads: int = 2, runs: int = PROFILE_RUNS) -> dict:
+    """Per-layer measured time of ``handle``'s dense model and, with ``plan``, of the pruned one.
+
+    Returns ``{"model", "plan", "settings", "dense": profile, "pruned": profile or None, "rows"}``
+    (``rows`` from ``compare``; without a plan, ``ms_pruned`` repeats the dense figures). Raises
+    PrunelabError for a source without a PyTorch module or a plan the model cannot take.
+    """
+    import torch
+
+    from core.deploy.export import export_onnx
+    from core.inspect import layer_macs, prunable_layers
+    from core.prune.engine import apply_plan
+
+    if handle.module is None:
+        raise PrunelabError("profiling by layer needs a PyTorch model; an ONNX file has no layers to map nodes to")
+    items = handle.data.x_test
+    example = np.ascontiguousarray(np.resize(items, (batch_size, *items.shape[1:])))  # repeated when too few
+    one = torch.from_numpy(np.ascontiguousarray(handle.data.x_test[:1]))
+    modules = [handle.module] + ([apply_plan(handle, plan).module] if plan is not None else [])
+    models = [export_onnx(module, one) for module in modules]
+    names = [[layer.name for layer in prunable_layers(module)] for module in modules]
+    profiles = profile_models(models, example, names, threads=threads, runs=runs)
+    macs = [layer_macs(module, one) for module in modules]
+    dense, pruned = profiles[0], (profiles[1] if plan is not None else None)
+    return {"model": handle.name, "plan": None if plan is None else plan.to_dict(),
+            "settings": {"batch_size": batch_size, "threads": threads, "runs": runs},
+            "dense": dense, "pruned": pruned,
+            "rows": compare(dense, pruned or dense, macs[0], macs[-1])}

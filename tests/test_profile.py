@@ -1,0 +1,79 @@
+"""prunelab profile: ONNX Runtime's per-node times mapped back to layers, adding up to the measured run."""
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+
+from core.cli import main
+from core.deploy.export import export_onnx
+from core.deploy.profile import LayerMap, profile_plan, scope_path
+from core.inspect import prunable_layers
+from core.prune.plan import Plan
+
+CHANNELS = Plan(granularity="channel", sparsity=0.5, round_to=8)
+
+
+@pytest.fixture(scope="module")
+def resnet_profile(resnet):
+    return profile_plan(resnet, CHANNELS, runs=4)
+
+
+def test_scope_paths_follow_module_paths():
+    assert scope_path("/layer3/branch3x3/branch3x3.2/Relu") == "layer3.branch3x3.2"
+    assert (scope_path("/model/encoder/layer.0/attention/self/query/MatMul")
+            == "model.encoder.layer.0.attention.self.query")
+    assert scope_path("/stem/stem.0/Conv") == "stem.0"
+    assert scope_path("Identity_0") == ""
+
+
+def test_fused_nodes_named_after_a_tensor_map_to_their_convolution(resnet):
+    """ONNX Runtime names Conv+BatchNorm+ReLU after the ReLU's output; walking back finds the conv."""
+    one = torch.from_numpy(resnet.data.x_test[:1])
+    names = [layer.name for layer in prunable_layers(resnet.module)]
+    model_bytes = export_onnx(resnet.module, one)
+    layer_map = LayerMap(model_bytes, names)
+    assert layer_map.layer_of("/layer1/bn2/BatchNormalization_output_0_nchwc_kernel_time", "Conv") == "layer1.conv2"
+    assert layer_map.layer_of("/layer1/Relu_output_0_nchwc_kernel_time", "Conv") == "layer1.conv1"
+    assert layer_map.layer_of("/layer3/Concat_kernel_time", "Concat") is None
+    assert layer_map.layer_of("ReorderOutput_kernel_time", "ReorderOutput") is None
+    every_conv = {node.name for node in onnx.load_from_string(model_bytes).graph.node if node.op_type == "Conv"}
+    assert {layer_map.layer_of(name, "Conv") for name in every_conv} == {
+        name for name in names if not name.startswith("fc")}
+
+
+def test_layers_outside_and_between_add_up_to_the_median_run(resnet_profile):
+    for profile in (resnet_profile["dense"], resnet_profile["pruned"]):
+        layers = sum(layer["ms"] for layer in profile["layers"])
+        assert all(layer["ms"] > 0 for layer in profile["layers"])  # every layer ran and was found
+        assert layers + profile["other_ms"] + profile["overhead_ms"] == pytest.approx(profile["p50_ms"], rel=1e-6) \
+            or layers + profile["other_ms"] > profile["p50_ms"]  # per-node medians may exceed the median run
+        assert profile["runs"] == 4
+
+
+def test_rows_align_dense_and_pruned_layers_with_their_macs(resnet_profile, resnet):
+    rows = {row["name"]: row for row in resnet_profile["rows"]}
+    assert list(rows) == [layer.name for layer in prunable_layers(resnet.module)]
+    cut = rows["layer1.conv1"]
+    assert cut["macs_pruned"] < cut["macs_dense"]
+    assert cut["ms_saved"] == pytest.approx(cut["ms_dense"] - cut["ms_pruned"])
+    assert resnet_profile["plan"]["granularity"] == "channel"
+
+
+def test_cli_json_carries_layers_other_and_p50(capsys):
+    assert main(["profile", "digits-cnn", "--runs", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"layers", "other_ms", "p50_ms", "overhead_ms"} <= set(report)
+    assert report["layers"] and all({"name", "ms"} <= set(row) for row in report["layers"])
+    assert report["pruned"] is None
+
+
+def test_cli_table_and_bad_counts(capsys, tmp_path):
+    plan = CHANNELS.save(tmp_path / "plan.yaml")
+    assert main(["profile", "digits-resnet", "--plan", str(plan), "--runs", "3", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "ms pruned" in out and "= p50" in out and len(out.splitlines()) == 1 + 3 + 2 + 1
+    assert main(["profile", "digits-cnn", "--runs", "0"]) == 2
+    assert "--runs must be between 1 and 10000" in capsys.readouterr().err
