@@ -24,6 +24,7 @@ PAGES = [
     ("layers.py", "Layers", ":material/stacked_bar_chart:", "layers"),
     ("sensitivity.py", "Sensitivity", ":material/query_stats:", "sensitivity"),
     ("tune.py", "Tune", ":material/tune:", "tune"),
+    ("profile.py", "Profile", ":material/timer:", "profile"),
     ("recover.py", "Recover", ":material/healing:", "recover"),
     ("history.py", "History", ":material/history:", "history"),
     ("export.py", "Export", ":material/download:", "export"),

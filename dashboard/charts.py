@@ -88,11 +88,13 @@ def _arrow_heads(edges: list[list[str]], positions: dict) -> go.Scatter:
                       marker={"symbol": "triangle-up", "size": 9, "angle": angles, "color": EDGE})
 
 
-def model_graph(graph: dict, cut: dict[str, float], colour_by: str = "cut", selected: str | None = None) -> go.Figure:
-    """The layers as a top-to-bottom directed graph; node colour = share cut (or coupled group).
+def model_graph(graph: dict, cut: dict[str, float], colour_by: str = "cut", selected: str | None = None,
+                times: dict[str, float] | None = None) -> go.Figure:
+    """The layers as a top-to-bottom directed graph; node colour = share cut (or coupled group, or time).
 
     ``graph`` as core.api.layer_graph returns it; ``cut`` maps a node id to the share of its
-    weights the plan removes. Each node's ``customdata`` is its id (click to select).
+    weights the plan removes; with ``colour_by="time"``, ``times`` maps a node id to measured ms.
+    Each node's ``customdata`` is its id (click to select).
     """
     nodes, positions = graph["nodes"], _graph_positions(graph["nodes"])
     depths = len({node["depth"] for node in nodes})
@@ -109,6 +111,10 @@ def model_graph(graph: dict, cut: dict[str, float], colour_by: str = "cut", sele
         colours = [GROUP_COLOURS[node["group"] % len(GROUP_COLOURS)] if node["group"] >= 0 else UNGROUPED
                    for node in nodes]
         marker = {"color": colours}
+    elif colour_by == "time":
+        values = [(times or {}).get(node["id"], 0.0) for node in nodes]
+        marker = {"color": values, "cmin": 0, "cmax": max(values + [1e-6]), "colorscale": "YlOrRd",
+                  "colorbar": {"title": {"text": "ms"}, "thickness": 12}}
     else:
         marker = {"color": [100 * cut.get(node["id"], 0.0) for node in nodes], "cmin": 0, "cmax": 100,
                   "colorscale": "OrRd", "colorbar": {"title": {"text": "cut (%)"}, "thickness": 12}}
@@ -119,7 +125,9 @@ def model_graph(graph: dict, cut: dict[str, float], colour_by: str = "cut", sele
         mode="markers+text", text=[_short_name(node["id"], label_width) for node in nodes],
         textposition=["middle left" if positions[node["id"]][0] < 0 else "middle right" for node in nodes],
         textfont={"size": 10}, customdata=[node["id"] for node in nodes], marker=marker, showlegend=False,
-        hovertext=[_node_hover(node, cut.get(node["id"], 0.0)) for node in nodes], hoverinfo="text"))
+        hovertext=[_node_hover(node, cut.get(node["id"], 0.0))
+                   + (f"<br>{times.get(node['id'], 0.0):.3f} ms measured" if times is not None else "")
+                   for node in nodes], hoverinfo="text"))
     figure.update_xaxes(visible=False)
     figure.update_yaxes(visible=False, scaleanchor=None)
     figure.update_xaxes(range=[-widest / 2 - 0.6, widest / 2 + 0.6])  # room for the outer names
@@ -186,3 +194,22 @@ def training_curves(history: list[dict]) -> tuple[go.Figure, go.Figure]:
         figure.update_xaxes(tickmode="linear", dtick=1, tickformat="d", rangemode="tozero")
     return (_layout(loss, "Training loss", "epoch", "mean cross-entropy", height=280),
             _layout(accuracy, "Validation accuracy", "epoch", "accuracy (%)", height=280))
+
+
+def layer_times(rows: list[dict], pruned: bool, top: int = 30) -> go.Figure:
+    """Horizontal bars of measured ms per layer (the ``top`` slowest dense layers), pruned beside dense.
+
+    ``rows`` as core.deploy.profile.compare returns them; two extra rows, "outside layers" and
+    "between nodes", carry the rest of the run so the bars add up to the median run.
+    """
+    shown = sorted(rows, key=lambda row: -row["ms_dense"])[:top]
+    names = [row["name"] for row in shown]
+    figure = go.Figure(go.Bar(y=names, x=[row["ms_dense"] for row in shown], orientation="h", name="dense",
+                              marker_color=KEPT, hovertemplate="%{y}: %{x:.3f} ms<extra>dense</extra>"))
+    if pruned:
+        figure.add_trace(go.Bar(y=names, x=[row["ms_pruned"] for row in shown], orientation="h", name="pruned",
+                                marker_color=EFFECTIVE, hovertemplate="%{y}: %{x:.3f} ms<extra>pruned</extra>"))
+    figure.update_yaxes(autorange="reversed", tickfont={"size": 10}, automargin=True)
+    height = 80 + 18 * len(names) * (2 if pruned else 1)
+    title = "Measured time per layer" + (f" (the {top} slowest)" if len(rows) > top else "")
+    return _layout(figure, title, "ms per run (median)", "", height=max(240, min(height, 1400)))

@@ -362,3 +362,18 @@ def adopt_recovered(handle, plan_digest: str, summary: dict, settings: dict, run
 
 def discard_recovered() -> None:
     st.session_state.pop(state.RECOVERED, None)
+
+
+# ---------------------------------------------------------------- where the time goes
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _profile(_handle, key: str, plan_digest: str, _plan, batch_size: int) -> dict:
+    return api.profile_plan(_handle, _plan, batch_size=batch_size, threads=2)
+
+
+def profile(pruned: bool = True, batch_size: int = 1) -> dict:
+    """Measured time per layer of the dense model and (``pruned``) this session's plan; see
+    core.deploy.profile.profile_plan. Raises PrunelabError."""
+    plan = plan_object() if pruned else None
+    with state.lock(model_key()):
+        return _profile(model(), model_key(), plan.digest if plan else "", plan, batch_size)

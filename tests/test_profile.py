@@ -77,3 +77,23 @@ def test_cli_table_and_bad_counts(capsys, tmp_path):
     assert "ms pruned" in out and "= p50" in out and len(out.splitlines()) == 1 + 3 + 2 + 1
     assert main(["profile", "digits-cnn", "--runs", "0"]) == 2
     assert "--runs must be between 1 and 10000" in capsys.readouterr().err
+
+
+def test_the_profile_page_times_dense_and_pruned_layers(monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.delenv("PRUNELAB_MODEL", raising=False)
+    app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py"),
+                            default_timeout=120).run()
+    app.switch_page("pages/profile.py").run()
+    assert app.title[0].value == "Profile" and not app.exception
+    app.button[0].click().run()
+    assert not app.exception and not app.error
+    lines = [block.value for block in app.markdown]
+    assert any(line.startswith("**Dense**: layers") for line in lines)
+    assert any(line.startswith("**Pruned**: layers") for line in lines)
+    assert len(app.dataframe) == 1 and len(app.dataframe[0].value) == 5  # digits-cnn's five layers
+    app.radio(key="w.profile.colour").set_value("saved").run()
+    assert not app.exception and not app.error
