@@ -343,7 +343,7 @@ class LiveEvaluator:
         pruned_at = time.perf_counter()
         example = torch.from_numpy(np.ascontiguousarray(self.data.x_test[:1]))
         model_bytes = None
-        if plan.granularity != "channel":
+        if plan.granularity != "channel" and not result.dropped:  # same graph, new weights
             changed = changed_tensors(baseline.state, module.state_dict())
             model_bytes = with_weights(baseline.template, changed) if changed else baseline.artifact.model_bytes
         same_shape = model_bytes is not None

@@ -57,6 +57,11 @@ def _quantize_notes(pruned: dict, baseline: dict, quantize: str | None) -> list[
 
 
 def _latency_notes(plan: Plan, pruned: dict, baseline: dict, quantize: str | None) -> list[str]:
+    if plan.removes_blocks and plan.sparsity == 0 and not plan.layers:
+        if pruned["macs"] is None or baseline["macs"] is None:
+            return []
+        return [f"whole blocks removed from the graph: MACs {baseline['macs']:,} -> {pruned['macs']:,}; "
+                f"{speed_text(pruned)}"]
     if plan.granularity == "channel":
         if pruned["macs"] is None or baseline["macs"] is None or pruned["macs"] >= baseline["macs"]:
             return []

@@ -14,7 +14,8 @@ from torch import nn
 from core.data import Dataset
 from core.errors import PrunelabError
 from core.inspect import final_classifier, prunable_layers
-from core.prune import batchnorm, criteria, nm, shrink, unstructured
+from core.prune import batchnorm, criteria, depth, nm, shrink, unstructured
+from core.prune.blocks import find_blocks
 from core.prune.plan import Plan, granularity_kind
 from core.prune.result import Job, PruneResult
 
@@ -83,6 +84,18 @@ def _recalibrate(result: PruneResult, data: Dataset | None) -> None:
                         f"(set recalibrate: false to keep the dense model's)")
 
 
+def _drop_blocks(working: nn.Module, plan: Plan, data: Dataset | None, example_input) -> tuple[list, dict]:
+    """Take out the blocks ``plan`` drops (its ``drop`` list and ``depth`` share) from ``working``, in place."""
+    if not plan.removes_blocks:
+        return [], {}
+    if example_input is None:
+        raise PrunelabError("removing blocks needs an example input to find them")
+    blocks = find_blocks(working, example_input)
+    names, influence = depth.blocks_to_drop(working, plan.drop, plan.depth, data, example_input, blocks)
+    depth.drop_blocks(working, names, blocks)
+    return names, influence
+
+
 def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=None) -> PruneResult:
     """Prune a copy of ``model`` (a ModelHandle or an nn.Module) as ``plan`` says; the input is never mutated.
 
@@ -100,11 +113,16 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
         parameter.requires_grad_(True)
     ignored = list(plan.ignore) if plan.ignore is not None else [
         name for name in [final_classifier(working, example_input)] if name]
+    dropped, influence = _drop_blocks(working, plan, data, example_input)
     layers = [layer for layer in prunable_layers(working) if layer.name not in ignored]
     result = HANDLERS[kind](Job(working, plan, layers, ignored, data, example_input))
+    result.dropped, result.influence = dropped, influence
+    if dropped:
+        result.notes.insert(0, f"removed {len(dropped)} block(s), each replaced by its skip path: {', '.join(dropped)}")
     if ignored:
         result.notes.insert(0, f"left dense: {', '.join(ignored)}")
-    if plan.recalibrate and any(result.layer_sparsity.values()):  # nothing removed: the dense statistics hold
+    changed = any(result.layer_sparsity.values()) or dropped
+    if plan.recalibrate and changed:  # nothing removed: the dense statistics hold
         _recalibrate(result, data)
     for parameter in result.module.parameters():
         parameter.grad = None

@@ -74,6 +74,10 @@ class Plan:
     prune_width: channel plans: also prune the residual stream that attention layers read (the
         hidden size, with positional embeddings and class tokens); by default it stays, and attention
         layers lose whole heads while feed-forward layers lose hidden neurons.
+    drop: whole blocks to remove (residual blocks, transformer layers; see ``prunelab inspect``), each
+        replaced by its skip path; combinable with any width plan (use sparsity 0 for depth alone).
+    depth: share of the removable blocks to remove, least influential first, in [0, 1), rounded to the
+        nearest whole block; the blocks in ``drop`` count towards it.
     Raises PrunelabError naming the field and the value when something is out of range.
     """
 
@@ -87,6 +91,8 @@ class Plan:
     seed: int = 0
     recalibrate: bool = True
     prune_width: bool = False
+    drop: tuple[str, ...] = ()
+    depth: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.granularity, str) or (
@@ -106,6 +112,8 @@ class Plan:
         object.__setattr__(self, "sparsity", _fraction(self.sparsity, "sparsity"))
         object.__setattr__(self, "layers", self._normalized_layers(self.layers))
         object.__setattr__(self, "ignore", self._normalized_ignore(self.ignore))
+        object.__setattr__(self, "drop", self._normalized_drop(self.drop))
+        object.__setattr__(self, "depth", _fraction(self.depth, "depth"))
         for name, value in (("round_to", self.round_to), ("seed", self.seed)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise PrunelabError(f"{name} must be an integer, got {brief(value)}")
@@ -138,6 +146,22 @@ class Plan:
             raise PrunelabError(f"ignore must be a list of layer names, got {brief(ignore)}")
         return tuple(sorted(set(ignore)))
 
+    @staticmethod
+    def _normalized_drop(drop) -> tuple[str, ...]:
+        if drop is None:
+            return ()
+        if isinstance(drop, str) or not isinstance(drop, (list, tuple)) or not all(
+                isinstance(name, str) and name for name in drop):
+            raise PrunelabError(f"drop must be a list of block names, got {brief(drop)}")
+        if len(set(drop)) != len(drop):
+            raise PrunelabError(f"drop names a block twice: {brief(list(drop))}")
+        return tuple(sorted(drop))
+
+    @property
+    def removes_blocks(self) -> bool:
+        """Whether the plan takes whole blocks out (a ``drop`` list or a ``depth`` share)."""
+        return bool(self.drop) or self.depth > 0
+
     @property
     def layer_targets(self) -> dict[str, float]:
         """The per-layer overrides as a dict."""
@@ -149,10 +173,14 @@ class Plan:
         return parse_nm(self.granularity)
 
     def to_dict(self) -> dict:
-        """Plain values (lists and dicts) for YAML or JSON."""
+        """Plain values (lists and dicts) for YAML or JSON; ``drop`` and ``depth`` only when set."""
         values = dataclasses.asdict(self)
         values["layers"] = dict(self.layers)
         values["ignore"] = None if self.ignore is None else list(self.ignore)
+        values["drop"] = list(self.drop)
+        for key in ("drop", "depth"):  # a width-only plan reads (and hashes) as it did before depth plans
+            if not values[key]:
+                del values[key]
         return values
 
     @classmethod

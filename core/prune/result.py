@@ -21,6 +21,8 @@ class PruneResult:
     notes: sentences for the report (layers left dense, hardware remarks, ...).
     kept: channel plans: {layer: {"unit": "channel" or "head", "total", "target", "target_kept", "kept"}},
         what every included layer kept against what its target asked for.
+    dropped: blocks removed whole (depth plans), in call order; influence: {block: block influence}
+        of the removable blocks when the plan's ``depth`` share ranked them.
     """
 
     module: nn.Module
@@ -30,6 +32,8 @@ class PruneResult:
     groups: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     kept: dict[str, dict] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    influence: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

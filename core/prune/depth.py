@@ -1,0 +1,160 @@
+"""Depth pruning: score whole blocks, pick the ones a plan drops, and take them out of the model.
+
+Score -> select -> apply, as for weights: ``block_influence`` scores each removable block by how much
+it changes what flows through it (1 - cosine between its input and output on calibration data,
+ShortGPT's Block Influence); ``blocks_to_drop`` turns a plan's ``drop`` list and ``depth`` share
+into names; ``drop_blocks`` removes them physically, so the exported graph has fewer nodes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.errors import PrunelabError
+from core.limits import brief
+from core.prune.blocks import Block, find_blocks, hidden_state
+
+INFLUENCE_ITEMS = 64
+INFLUENCE_BATCH = 16
+
+
+class SkipBlock(nn.Module):
+    """What a removed block leaves: its skip path. Returns the hidden state it is given, in the shape
+    of what the block returned (a tensor, or a tuple whose other items are None)."""
+
+    def __init__(self, items: int = 1):
+        super().__init__()
+        self.items = items
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.items == 1:
+            return hidden_states
+        return (hidden_states,) + (None,) * (self.items - 1)
+
+
+def _calibration(data, example_input) -> torch.Tensor:
+    if data is None:
+        return example_input
+    inputs = torch.from_numpy(np.ascontiguousarray(data.calibration(INFLUENCE_ITEMS)))
+    return inputs if not inputs.is_floating_point() else inputs.float()
+
+
+def _cosines(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """Cosine per position along the feature axis: channels of a feature map (dim 1), else the last dim."""
+    dim = 1 if before.ndim == 4 else -1
+    return nn.functional.cosine_similarity(before.float(), after.float(), dim=dim).flatten()
+
+
+@torch.no_grad()
+def block_influence(module: nn.Module, names: list[str], data=None, example_input=None) -> dict[str, float]:
+    """Block influence of each named block: the mean over calibration positions of 1 - cos(input, output).
+
+    A block that barely changes its input (influence near 0) is the cheapest to remove. ``data`` is a
+    Dataset (its calibration inputs are used) or None (``example_input`` alone). The module is unchanged.
+    """
+    inputs = _calibration(data, example_input)
+    sums = {name: [0.0, 0] for name in names}
+    pending: dict[str, torch.Tensor] = {}
+
+    def hooks_for(name: str):
+        def before(child, args, kwargs):
+            pending[name] = hidden_state(args) if args else hidden_state(kwargs.get("hidden_states"))
+
+        def after(child, args, kwargs, output):
+            cosines = _cosines(pending.pop(name), hidden_state(output))
+            sums[name][0] += float((1.0 - cosines).sum())
+            sums[name][1] += cosines.numel()
+        return before, after
+
+    handles = []
+    for name in names:
+        before, after = hooks_for(name)
+        child = module.get_submodule(name)
+        handles += [child.register_forward_pre_hook(before, with_kwargs=True),
+                    child.register_forward_hook(after, with_kwargs=True)]
+    try:
+        for start in range(0, len(inputs), INFLUENCE_BATCH):
+            module(inputs[start:start + INFLUENCE_BATCH])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: total / max(count, 1) for name, (total, count) in sums.items()}
+
+
+def depth_count(depth: float, removable: int) -> int:
+    """How many of ``removable`` blocks a ``depth`` share removes: rounded to the nearest whole block
+    (halves up), so 0.25 of 6 layers is 2 and 0.25 of 3 blocks is 1."""
+    return min(removable, int(np.floor(depth * removable + 0.5)))
+
+
+def check_drop(drop, blocks: list[Block]) -> None:
+    """PrunelabError naming the first name in ``drop`` that is not a removable block of the model, with why."""
+    known = {block.name: block for block in blocks}
+    removable = [block.name for block in blocks if block.removable]
+    for name in drop:
+        block = known.get(name)
+        if block is not None and not block.removable:
+            raise PrunelabError(f"plan drops block {brief(name)}, which cannot be removed: {block.reason}")
+        if block is None:
+            raise PrunelabError(f"plan drops block {brief(name)}, which is not a removable block of the model "
+                                f"(removable blocks: {', '.join(removable) or 'none'})")
+
+
+def blocks_to_drop(module: nn.Module, drop, depth: float, data=None, example_input=None,
+                   blocks: list[Block] | None = None) -> tuple[list[str], dict]:
+    """The blocks a plan removes: every name in ``drop``, then the least influential of the other removable
+    blocks until ``depth`` of them all are gone. Returns (names in call order, {block: influence} when
+    ``depth`` needed scores, else {}). ``blocks``: find_blocks' answer when the caller has it.
+    Raises PrunelabError for a name that is not a removable block."""
+    blocks = find_blocks(module, example_input) if blocks is None else blocks
+    check_drop(drop, blocks)
+    removable = [block.name for block in blocks if block.removable]
+    chosen = set(drop)
+    influence = {}
+    extra = depth_count(depth, len(removable)) - len(chosen)
+    if extra > 0:
+        influence = block_influence(module, removable, data, example_input)
+        ranked = sorted((name for name in removable if name not in chosen), key=lambda name: influence[name])
+        chosen.update(ranked[:extra])
+    return [name for name in removable if name in chosen], influence
+
+
+def _renumber(container: nn.ModuleList | nn.Sequential, removed: list[int], length: int) -> None:
+    """Keep layer counts consistent after deleting ``removed`` indices of a list of ``length`` layers:
+    ``layer_idx`` of what stays (KV-cache slots), ``num_hidden_layers`` and ``layer_types`` of its config."""
+    kept = [index for index in range(length) if index not in removed]
+    for new_index, (layer, old_index) in enumerate(zip(container, kept)):
+        for child in layer.modules():
+            if getattr(child, "layer_idx", None) == old_index:
+                child.layer_idx = new_index
+    configs = {id(config): config for layer in container for child in layer.modules()
+               if (config := getattr(child, "config", None)) is not None}
+    for config in configs.values():
+        if getattr(config, "num_hidden_layers", None) == length:
+            config.num_hidden_layers = len(container)
+            types = getattr(config, "layer_types", None)
+            if isinstance(types, list) and len(types) == length:
+                config.layer_types = [kind for index, kind in enumerate(types) if index not in removed]
+
+
+def drop_blocks(module: nn.Module, names: list[str], blocks: list[Block]) -> None:
+    """Remove the named blocks from ``module`` in place: deleted from the ModuleList or Sequential that
+    holds them (layer indices and counts renumbered), else replaced by a SkipBlock."""
+    kinds = {block.name: block.output for block in blocks}
+    by_parent: dict[str, list[str]] = {}
+    for name in names:
+        by_parent.setdefault(name.rpartition(".")[0], []).append(name.rpartition(".")[2])
+    for parent_name, children in by_parent.items():
+        parent = module.get_submodule(parent_name)
+        if isinstance(parent, (nn.ModuleList, nn.Sequential)) and all(child.isdigit() for child in children):
+            length = len(parent)
+            removed = sorted(int(child) for child in children)
+            for index in reversed(removed):
+                del parent[index]
+            _renumber(parent, removed, length)
+            continue
+        for child in children:
+            output = kinds.get(f"{parent_name}.{child}".lstrip("."), "tensor")
+            items = int(output.split(":")[1]) if output.startswith("tuple:") else 1
+            setattr(parent, child, SkipBlock(items))
