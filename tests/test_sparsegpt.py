@@ -1,0 +1,145 @@
+"""SparseGPT and Wanda: the reconstruction on small exact cases, Wanda against a hand computation,
+convolutions as matrix products, and the layer-by-layer order of calibration inputs."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from core.inspect import prunable_layers
+from core.prune import calibrated, layer_inputs, layerwise
+from core.prune.sparsegpt import Target, reconstruct
+
+
+def correlated_problem(rows=32, columns=64, samples=512, seed=0):
+    """A weight and full-rank but strongly correlated inputs (columns x samples), as real activations are."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(rows, columns, generator=generator)
+    mixing = torch.randn(columns, columns, generator=generator)
+    inputs = mixing @ torch.randn(columns, samples, generator=generator)
+    return weight, inputs
+
+
+def magnitude_keep(weight: torch.Tensor, target: Target) -> torch.Tensor:
+    if target.m:
+        groups = weight.abs().reshape(-1, target.m)
+        lowest = groups.topk(target.n, dim=1, largest=False).indices
+        return torch.ones_like(groups, dtype=torch.bool).scatter_(1, lowest, False).reshape(weight.shape)
+    threshold = weight.abs().flatten().kthvalue(target.count).values
+    return weight.abs() > threshold
+
+
+@pytest.mark.parametrize("target", [Target(count=32 * 32), Target(n=2, m=4), Target(n=4, m=8)],
+                         ids=["50%", "2:4", "4:8"])
+def test_reconstruction_beats_magnitude_at_equal_sparsity_and_pattern(target):
+    weight, inputs = correlated_problem()
+    assert torch.linalg.matrix_rank(inputs) == 64
+    pruned, keep = reconstruct(weight, inputs @ inputs.T, target, block=16)
+    assert int((~keep).sum()) == 32 * 32 == int((pruned == 0).sum())
+    assert torch.all(pruned[~keep] == 0)
+    if target.m:
+        assert torch.all((~keep).reshape(-1, target.m).sum(1) == target.n)
+    error = torch.linalg.norm(weight @ inputs - pruned @ inputs)
+    baseline = torch.linalg.norm(weight @ inputs - (weight * magnitude_keep(weight, target)) @ inputs)
+    assert error < 0.8 * baseline
+    assert not torch.equal(pruned[keep], weight[keep])  # survivors moved: reconstruction, not masking
+
+
+def test_exact_count_when_blocks_do_not_divide_the_columns():
+    weight, inputs = correlated_problem(rows=5, columns=37)
+    _, keep = reconstruct(weight, inputs @ inputs.T, Target(count=61), block=8)
+    assert int((~keep).sum()) == 61
+
+
+def test_nothing_to_prune_leaves_the_weight_unchanged():
+    weight, inputs = correlated_problem(rows=4, columns=16)
+    pruned, keep = reconstruct(weight, inputs @ inputs.T, Target(count=0))
+    assert keep.all() and torch.allclose(pruned, weight)
+
+
+def test_inputs_that_never_fire_are_pruned_first():
+    weight, inputs = correlated_problem(rows=8, columns=16)
+    inputs[3] = 0.0                                   # column 3 is dead on the calibration data
+    _, keep = reconstruct(weight, inputs @ inputs.T, Target(count=8))
+    assert not keep[:, 3].any() and int((~keep).sum()) == 8
+
+
+def test_wanda_equals_a_hand_computation():
+    layer = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, 0.6], [4.0, 1.0, -1.0, 2.0]]))
+    inputs = torch.tensor([[1.0, 0.0, 0.1, 2.0], [1.0, 0.0, 0.1, 2.0], [1.0, 3.0, 0.1, 2.0], [1.0, 4.0, 0.1, 2.0]])
+    # input norms: 2, 5, 0.2, 4 -> scores row 0: 2, 10, 0.6, 2.4; row 1: 8, 5, 0.2, 8
+    model = nn.Sequential(layer)
+    layers = prunable_layers(model)
+    layerwise.prune_layerwise(model, layers, [inputs], False,
+                               calibrated._solver("wanda", lambda name: 0.5, None, []))
+    expected = torch.tensor([[0.0, -2.0, 0.0, 0.6], [4.0, 0.0, 0.0, 2.0]])
+    assert torch.equal(layer.weight.detach(), expected)
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(6, 8, 3, stride=2, padding=1, dilation=2, groups=2),
+                                  nn.Conv1d(4, 6, 5, padding="same", padding_mode="reflect"),
+                                  nn.Conv3d(2, 4, (2, 3, 3), padding=1)], ids=["2d-grouped", "1d-same", "3d"])
+def test_convolutions_read_as_matrix_products(conv):
+    inputs = torch.randn(2, conv.in_channels, *([7] * len(conv.kernel_size)))
+    layer = prunable_layers(nn.Sequential(conv))[0]
+    adapter = layer_inputs.adapter(layer)
+    products = [patches @ part.T for patches, part in
+                zip(adapter.inputs(conv, (inputs,), {}), adapter.parts(layer))]
+    expected = conv(inputs).movedim(1, -1).reshape(-1, conv.out_channels) - conv.bias
+    assert torch.allclose(torch.cat(products, dim=1), expected, atol=1e-5)
+
+
+def test_each_layer_sees_the_already_pruned_layers_before_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    batches = [torch.randn(32, 8), torch.randn(32, 8)]
+    seen = {}
+
+    def solve(layer, observer):
+        seen[layer.name] = observer.sums[0].clone()
+        return calibrated._solver("sparsegpt", lambda name: 0.5, None, [])(layer, observer)
+
+    layerwise.prune_layerwise(model, prunable_layers(model), batches, True, solve)
+    hidden = torch.cat([model[1](model[0](batch)) for batch in batches]).detach()  # the pruned first layer
+    assert torch.allclose(seen["2"], hidden.T @ hidden, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.slow
+def test_transformer_blocks_chain_and_match_the_pass_that_stops_at_each_block(tiny_llama, monkeypatch):
+    batches = [torch.randint(0, 64, (4, 16)) for _ in range(2)]
+    stages = layerwise.stages_of(tiny_llama, blocks_of(tiny_llama))
+    assert [len(stage.layers) for stage in stages] == [7, 7, 7]
+    solve = calibrated._solver("sparsegpt", lambda name: 0.5, (2, 4), [])
+    chained = copy.deepcopy(tiny_llama)
+    chain = layerwise._Chain(chained, list(chained.model.layers), 0, batches)
+    assert chain.valid
+    masks = layerwise.prune_layerwise(chained, blocks_of(chained),
+                                      batches, True, solve)
+    monkeypatch.setattr(layerwise._Chain, "__init__", _invalid_chain)
+    unchained = copy.deepcopy(tiny_llama)
+    again = layerwise.prune_layerwise(unchained, blocks_of(unchained),
+                                      batches, True, solve)
+    assert masks.keys() == again.keys() and len(masks) == 21
+    for name, mask in masks.items():
+        assert torch.equal(mask, again[name]), name
+    weight = dict(chained.named_modules())["model.layers.2.mlp.down_proj"].weight
+    assert torch.allclose(weight, dict(unchained.named_modules())["model.layers.2.mlp.down_proj"].weight, atol=1e-5)
+
+
+def blocks_of(model):
+    return [layer for layer in prunable_layers(model) if layer.name != "lm_head"]
+
+
+def _invalid_chain(self, model, blocks, first, batches):
+    self.calls, self.valid = [], False
