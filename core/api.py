@@ -30,6 +30,7 @@ from core.inspect import final_classifier as classifier_of
 from core.inspect import inspect_model, layer_by_name, prunable_layers, weight_histogram
 from core.prune import criteria
 from core.prune.channel import coupled_groups as module_groups
+from core.prune.depth import block_table as depth_blocks
 from core.prune.engine import apply_plan
 from core.prune.nm import layout
 from core.prune.plan import CRITERIA, GRANULARITIES, SCOPES, Plan, granularity_kind, parse_nm
@@ -77,6 +78,15 @@ def layer_table(handle: ModelHandle) -> dict:
     if handle.module is None:
         return inspect_onnx(handle)
     return inspect_model(handle.module, handle.example_input())
+
+
+def block_table(handle: ModelHandle) -> list[dict]:
+    """The blocks a depth plan can remove and the residual ones it cannot (with the reason), as rows
+    (see core.prune.depth.block_table); [] for an ONNX source. Raises PrunelabError."""
+    handle.require("inspect")
+    if handle.module is None:
+        return []
+    return depth_blocks(handle.module, handle.example_input(), handle.data)
 
 
 def final_classifier(handle: ModelHandle) -> str | None:
@@ -235,7 +245,7 @@ __all__ = [
     "run_folder",
     # models and layers
     "ModelHandle", "load_model", "BUILTINS", "DEFAULT_MODEL", "builtin_models", "default_model", "layer_table",
-    "histogram", "final_classifier", "coupled_groups", "layer_graph", "channel_importance",
+    "histogram", "final_classifier", "coupled_groups", "block_table", "layer_graph", "channel_importance",
     # plans and pruning
     "Plan", "GRANULARITIES", "CRITERIA", "SCOPES", "granularity_kind", "criteria_for", "plan_text", "check_plan",
     "layers_left_dense", "PruneResult", "apply_plan",

@@ -170,6 +170,25 @@ def count_macs(module: nn.Module, example_input: torch.Tensor) -> int:
     return counter.flops // 2 // max(1, example_input.shape[0])
 
 
+def module_macs(module: nn.Module, example_input: torch.Tensor, names: list[str]) -> dict[str, int]:
+    """Multiply-accumulates per item inside each named submodule (whole blocks: their layers and their
+    attention matmuls), counted as ``count_macs`` counts the whole pass."""
+    batch = max(1, example_input.shape[0])
+    counted: dict[str, int] = dict.fromkeys(names, 0)
+    started: dict[str, int] = {}
+    handles = []
+    with _MacCounter() as counter:
+        for name in names:
+            child = module.get_submodule(name)
+            handles.append(child.register_forward_pre_hook(
+                lambda _child, _args, name=name: started.__setitem__(name, counter.flops)))
+            handles.append(child.register_forward_hook(
+                lambda _child, _args, _output, name=name: counted.__setitem__(
+                    name, counted[name] + counter.flops - started[name])))
+        forward_once(module, example_input, handles)
+    return {name: flops // 2 // batch for name, flops in counted.items()}
+
+
 def inspect_model(module: nn.Module, example_input: torch.Tensor) -> dict:
     """One row per prunable layer and totals.
 

@@ -130,6 +130,17 @@ def layer_table() -> dict:
     return _inspect(model(), model_key())
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def _blocks(_handle, key: str) -> list[dict]:
+    with state.lock(key):
+        return api.block_table(_handle)
+
+
+def block_table() -> list[dict]:
+    """Blocks a depth plan can remove (with influence) and residual ones it cannot (see core.api.block_table)."""
+    return _blocks(model(), model_key())
+
+
 def layer_names() -> list[str]:
     return [row["name"] for row in layer_table()["layers"]]
 

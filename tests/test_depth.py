@@ -143,3 +143,27 @@ def test_plan_keys_round_trip_and_bad_values_are_one_line(tmp_path, resnet):
         apply_plan(resnet, Plan(drop=["nope"], **DEPTH_ONLY))
     with pytest.raises(PrunelabError, match="'layer2', which cannot be removed: its output shape differs"):
         apply_plan(resnet, Plan(drop=["layer2"], **DEPTH_ONLY))
+
+
+def test_inspect_lists_removable_blocks_with_influence_and_the_ones_that_cannot_go(cli, tmp_path):
+    answer = cli("inspect", "digits-resnet")
+    assert answer["code"] == 0
+    assert "3 removable blocks" in answer["stdout"]
+    assert "layer2 cannot be removed: its output shape differs" in answer["stdout"]
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("sparsity: 0\ndrop: [layer9]\n")
+    answer = cli("prune", "digits-resnet", "--plan", plan, "--out", tmp_path / "out")
+    assert answer["code"] == 2 and "Traceback" not in answer["stderr"]
+    assert "plan drops block 'layer9', which is not a removable block" in answer["stderr"]
+
+
+def test_block_rows_count_the_attention_inside_a_layer():
+    from core.inspect import count_macs
+    from core.prune.depth import block_table
+    module = hf_models.bert()
+    example = torch.randint(0, hf_models.VOCAB, hf_models.TOKENS).float()
+    rows = block_table(module, example)
+    assert [row["removable"] for row in rows] == [True, True]
+    assert all(row["influence"] > 0 and len(row["layers"]) == 6 for row in rows)
+    result = apply_plan(module, Plan(drop=[rows[0]["name"]], **DEPTH_ONLY), example_input=example)
+    assert count_macs(module, example) - count_macs(result.module, example) == rows[0]["macs"]

@@ -1,7 +1,7 @@
 """prunelab inspect: one row per prunable layer, with weight statistics and MACs."""
 from __future__ import annotations
 
-from core.api import layer_table
+from core.api import block_table, layer_table
 from core.cli.options import add_model_arguments, model_from, print_json
 
 
@@ -13,7 +13,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    report = layer_table(model_from(args))
+    handle = model_from(args)
+    report = layer_table(handle)
+    report["blocks"] = block_table(handle)
     if args.json:
         print_json(report)
         return 0
@@ -37,4 +39,23 @@ def run(args) -> int:
           f"{totals['sparsity']:.1%} of prunable weights zero), "
           f"{'-' if totals['macs'] is None else format(totals['macs'], ',')} "
           f"MACs per item{outside}")
+    _print_blocks(report["blocks"])
     return 0
+
+
+def _print_blocks(blocks: list[dict]) -> None:
+    """Blocks a plan's ``drop:`` can name (with their block influence), then those it cannot, with why."""
+    removable = [block for block in blocks if block["removable"]]
+    if not blocks:
+        print("no removable blocks (no module joins its input to its output by a skip connection)")
+        return
+    width = max(len("block"), *(len(block["name"]) for block in blocks))
+    print(f"\n{len(removable)} removable blocks (drop: [...] or depth: 0.25 in a plan; influence = 1 - cosine "
+          f"between a block's input and output, low goes first)")
+    print(f"{'block':<{width}} {'kind':<28} {'layers':>6} {'params':>11} {'MACs':>14} {'influence':>9}")
+    for block in removable:
+        print(f"{block['name']:<{width}} {block['kind'][:28]:<28} {len(block['layers']):>6} {block['params']:>11,} "
+              f"{block['macs']:>14,} {block['influence']:>9.4f}")
+    for block in blocks:
+        if not block["removable"]:
+            print(f"{block['name']:<{width}} cannot be removed: {block['reason']}")

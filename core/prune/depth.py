@@ -158,3 +158,25 @@ def drop_blocks(module: nn.Module, names: list[str], blocks: list[Block]) -> Non
             output = kinds.get(f"{parent_name}.{child}".lstrip("."), "tensor")
             items = int(output.split(":")[1]) if output.startswith("tuple:") else 1
             setattr(parent, child, SkipBlock(items))
+
+
+def block_table(module: nn.Module, example_input, data=None) -> list[dict]:
+    """One row per block ``find_blocks`` names, in call order: ``{"name", "kind", "removable", "reason",
+    "layers" (prunable layers inside), "params", "macs" (per item, attention matmuls included), "influence"
+    (removable blocks, on ``data``'s calibration inputs or the example input)}``."""
+    from core.inspect import module_macs, prunable_layers
+
+    blocks = find_blocks(module, example_input)
+    removable = [block.name for block in blocks if block.removable]
+    influence = block_influence(module, removable, data, example_input) if removable else {}
+    macs = module_macs(module, example_input, [block.name for block in blocks])
+    layers = prunable_layers(module)
+    rows = []
+    for block in blocks:
+        inside = [layer for layer in layers if layer.name.startswith(block.name + ".")]
+        rows.append({"name": block.name, "kind": block.kind, "removable": block.removable, "reason": block.reason,
+                     "layers": [layer.name for layer in inside],
+                     "params": sum(p.numel() for p in module.get_submodule(block.name).parameters()),
+                     "macs": macs[block.name],
+                     "influence": influence.get(block.name)})
+    return rows

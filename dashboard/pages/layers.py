@@ -24,6 +24,22 @@ def table_ui(rows: list[dict]) -> None:
         "|w| p99": st.column_config.NumberColumn(format="%.4f")})
 
 
+def blocks_ui(blocks: list[dict]) -> None:
+    """Whole blocks a plan can remove (the Tune page's block switches), and the residual ones it cannot."""
+    if not blocks:
+        return
+    st.subheader("Removable blocks")
+    st.caption("Blocks whose input and output a skip connection joins: removing one leaves its skip path. "
+               "Influence is 1 - cosine between a block's input and output on calibration data; low goes first.")
+    st.dataframe(pd.DataFrame([{
+        "block": block["name"], "kind": block["kind"], "removable": "yes" if block["removable"] else "no",
+        "layers": len(block["layers"]), "parameters": block["params"], "MACs": block["macs"],
+        "influence": block["influence"], "why not": block["reason"]} for block in blocks]),
+        hide_index=True, column_config={"MACs": st.column_config.NumberColumn(format="compact"),
+                                        "parameters": st.column_config.NumberColumn(format="compact"),
+                                        "influence": st.column_config.NumberColumn(format="%.4f")})
+
+
 def layer_ui(names: list[str]) -> str:
     """The layer to look at; remembered across page switches."""
     state.seed("w.layers.layer", st.session_state.get(state.LAYER, names[0]))
@@ -78,3 +94,5 @@ with session.guard("reading the layers"):
             weights_view(layer)
     if channel:
         groups_ui()
+    with session.guard("finding removable blocks"):
+        blocks_ui(session.block_table())
