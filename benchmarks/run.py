@@ -30,6 +30,7 @@ BENCHMARKS = {
     "accuracy_curves": "Accuracy against sparsity for each demo model",
     "conformance": "Conformance models under a 50% channel plan: MACs and ONNX Runtime speedup at batch 1",
     "minilm_heads": "MiniLM with attention heads removed: embedding fidelity against a random-head control",
+    "profile_layers": "Where the time goes: per-layer profiles reconciled with unprofiled latency",
     "scale": "Sweeps and plan grids on local worker processes and on a local Ray cluster",
 }
 
