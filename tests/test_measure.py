@@ -145,10 +145,23 @@ def test_pruned_and_dense_are_timed_in_the_same_run(cnn):
     first, second = measure.paired_latency([session, session], cnn.data.x_test[:1], min_runs=7, min_seconds=0.0)
     assert first["runs"] == second["runs"] >= 7
     evaluator = LiveEvaluator(cnn)
-    report = evaluator.measure(Plan(sparsity=0.4))
+    report = evaluator.measure(Plan(granularity="channel", sparsity=0.4))
     assert report["pruned"]["speedup"]["pairs"] == report["pruned"]["runs"] >= 7
     assert report["baseline"] == evaluator.baseline()  # one dense measurement, shown everywhere
     assert "reference_latency" not in report["pruned"]
+
+
+def test_a_plan_that_changes_only_weight_values_is_never_slower_than_dense(cnn):
+    from core.deploy.evaluate import LiveEvaluator
+    from core.prune.plan import Plan
+
+    for granularity in ("unstructured", "2:4"):
+        report = LiveEvaluator(cnn).measure(Plan(granularity=granularity, sparsity=0.5))
+        speedup = report["pruned"]["speedup"]
+        assert speedup["same_kernels"] and speedup["p50"] == 1.0 and not speedup["measurable"]
+        assert report["pruned"]["latency_ms"] == report["baseline"]["latency_ms"]
+        assert report["pruned"]["sparsity"] > 0.3 and report["pruned"]["accuracy"] is not None
+        assert any("1.00x" in note for note in report["notes"])
 
 
 def test_a_cached_report_never_outlives_the_dense_measurement_it_was_compared_with(cnn):

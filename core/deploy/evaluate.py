@@ -26,7 +26,6 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +37,9 @@ from core.cache import MemoryLRU
 from core.data import Dataset
 from core.deploy import measure
 from core.deploy.export import changed_tensors, export_onnx, with_weights
-from core.deploy.notes import PARITY_TOLERANCE, report_notes
+from core.deploy.notes import report_notes
 from core.deploy.onnx_source import onnx_artifact, prune_onnx
+from core.deploy.progressive import Cancelled, last, metric_stages, scoring_batch  # noqa: F401
 from core.deploy.quantize import check_mode, quantize_model, resolve_mode
 from core.errors import PrunelabError
 from core.prune.engine import apply_plan
@@ -49,8 +49,6 @@ from core.sources.load import read_data
 
 REPORT_CACHE_ENTRIES = 128
 BASELINE_CACHE_ENTRIES = 8
-ACCURACY_BATCH = 512
-SCORING_BATCH_MACS = 2e10  # items per ONNX Runtime call when scoring: fewer for big models, bounding activation memory
 PARITY_ITEMS = 64
 LIVE_PARITY_ITEMS = 16
 # The live loop times fewer runs: at least this many, for at least this long (pairs of runs when a
@@ -88,11 +86,6 @@ class Settings:
     def parity_items(self, macs: int | None = None) -> int:
         items = LIVE_PARITY_ITEMS if self.live else PARITY_ITEMS
         return items if not macs else max(MIN_PARITY_ITEMS, min(items, int(PARITY_BUDGET_MACS // macs)))
-
-
-def scoring_batch(macs: int | None) -> int:
-    """Items per ONNX Runtime call when scoring the test split (a ConvNeXt-T at 224x224: 4)."""
-    return ACCURACY_BATCH if not macs else max(1, min(ACCURACY_BATCH, int(SCORING_BATCH_MACS // macs)))
 
 
 def evaluation_items(macs: int | None, available: int) -> int:
@@ -137,56 +130,8 @@ class _Baseline:
 
 def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, reference: np.ndarray | None,
              session=None, logits: np.ndarray | None = None, reference_session=None) -> dict:
-    """All metrics of one artifact on ``data``; ``reference`` are the dense logits for agreement.
-
-    With ``reference_session`` (the dense model's), both are timed in alternation and
-    ``"speedup"`` holds the paired speedup with its interval (see core.deploy.measure.speedup).
-    """
-    sizes = _beside(measure.sizes, artifact.model_bytes)  # deflate frees the GIL: it runs beside the scoring
-    if session is None:
-        session = measure.create_session(artifact.model_bytes, settings.threads)
-    session, session_ms = session
-    if logits is None:
-        logits = measure.run_batched(session, data.x_test, scoring_batch(artifact.macs))
-    sizes = sizes.result()  # done before the timed runs start, so it never slows them
-    fixed = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
-    example = _example(data, fixed if isinstance(fixed, int) and fixed > 0 else settings.batch_size)
-    metrics = measure.quality(logits, data.y_test, reference, settings.kind)
-    if reference_session is None:
-        # Timed the way every pruned model is, in alternation with a second session (here a twin of
-        # the same graph): two ONNX Runtime sessions taking turns run slower than one alone, so a
-        # dense figure timed alone would not compare with the pruned ones beside it.
-        twin, _ = measure.create_session(artifact.model_bytes, settings.threads)
-        own_ms, _ = measure.paired_times([session, twin], example, **settings.timing(artifact.macs))
-        del twin
-        metrics.update(measure.latency_summary(own_ms, len(example)))
-    else:
-        dense_ms, pruned_ms = measure.paired_times([reference_session, session], example,
-                                                   **settings.timing(artifact.macs))
-        metrics.update(measure.latency_summary(pruned_ms, len(example)))
-        metrics["speedup"] = {**measure.speedup(dense_ms, pruned_ms),
-                              "reference_p50": measure.latency_summary(dense_ms, len(example))["latency_ms"]["p50"]}
-    metrics["session_ms"] = session_ms
-    metrics.update(artifact.counts)
-    metrics["macs"] = artifact.macs
-    metrics.update(sizes)
-    metrics["max_abs_diff"], metrics["parity_ok"] = None, None
-    if artifact.module is not None:
-        items = data.x_test[:settings.parity_items(artifact.macs)]
-        expected = measure.torch_outputs(artifact.module, items)
-        metrics["max_abs_diff"] = float(np.abs(expected - logits[:len(items)]).max())
-        metrics["parity_ok"] = metrics["max_abs_diff"] <= PARITY_TOLERANCE * max(1.0, float(np.abs(expected).max()))
-    metrics["quantized"] = artifact.quantized
-    return metrics
-
-
-def _beside(function, *args) -> Future:
-    """``function(*args)`` on a thread of its own; ``.result()`` waits for it."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prunelab-beside")
-    try:
-        return pool.submit(function, *args)
-    finally:
-        pool.shutdown(wait=False)
+    """All metrics of one artifact on ``data``: the last stage of core.deploy.progressive.metric_stages."""
+    return last(metric_stages(artifact, data, settings, reference, session, logits, reference_session))
 
 
 def removed_share(pruned: dict, dense: dict) -> float | None:
@@ -196,13 +141,6 @@ def removed_share(pruned: dict, dense: dict) -> float | None:
     if not total or left is None:
         return None
     return max(0.0, 1.0 - left / total)
-
-
-def _example(data: Dataset, batch_size: int) -> np.ndarray:
-    """``batch_size`` real items for the timed runs, repeated when the data has fewer."""
-    x = data.x_test
-    repeats = -(-batch_size // len(x))
-    return np.ascontiguousarray(np.concatenate([x] * repeats)[:batch_size]) if repeats > 1 else x[:batch_size]
 
 
 def _dataset(handle: ModelHandle, data) -> Dataset:
@@ -255,12 +193,23 @@ class LiveEvaluator:
 
     def measure(self, plan: Plan | dict | None = None) -> dict:
         """The report for ``plan`` (None: the dense model, quantized if asked); cached per plan."""
+        return last(self.stages(plan))
+
+    def stages(self, plan: Plan | dict | None = None, cancelled=None):
+        """The report for ``plan`` in stages, first figures first (see core.deploy.progressive); the last
+        one is ``measure``'s report and goes into the cache. ``cancelled()`` turning True stops the
+        measurement between stages (raises Cancelled); the dense baseline, once measured, stays cached."""
         plan = Plan.from_dict(plan) if isinstance(plan, dict) else plan
         key = self._key(plan)
         report = _REPORTS.get(key)
-        if report is None:
-            report = _REPORTS.put(key, self._report(plan, *self._artifact(plan)))
-        return report
+        if report is not None:
+            yield report
+            return
+        artifact, result = self._artifact(plan)
+        for report in self._report_stages(plan, artifact, result, cancelled):
+            if report["pruned"]["progress"]["final"]:
+                report = _REPORTS.put(key, report)
+            yield report
 
     def measure_artifact(self, plan: Plan | None = None) -> tuple[dict, measure.Artifact, object]:
         """The report, the measured artifact and the engine's PruneResult (None without a plan).
@@ -300,19 +249,30 @@ class LiveEvaluator:
         return artifact, result
 
     def _report(self, plan: Plan | None, artifact: measure.Artifact, result) -> dict:
+        return last(self._report_stages(plan, artifact, result))
+
+    def _report_stages(self, plan: Plan | None, artifact: measure.Artifact, result, cancelled=None):
         baseline = self._baseline_state()
         started = time.perf_counter()
-        same = artifact is baseline.artifact or artifact.model_bytes == baseline.artifact.model_bytes
-        if same:  # the plan changed nothing (0% everywhere): the dense model's own measurement
-            pruned = dict(baseline.metrics)
-        else:
-            pruned = _measure(artifact, baseline.data, self.settings, reference=baseline.logits,
-                              reference_session=baseline.session)
         dense = dict(baseline.metrics)  # one dense measurement per model and settings, shown everywhere
-        if same:
-            pruned["speedup"] = {"p50": 1.0, "low": 1.0, "high": 1.0, "measurable": False, "pairs": 0,
-                                 "reference_p50": dense["latency_ms"]["p50"], "same_model": True}
+        if artifact is baseline.artifact or artifact.model_bytes == baseline.artifact.model_bytes:
+            # the plan changed nothing (0% everywhere): the dense model's own measurement
+            pruned = dict(dense, speedup={"p50": 1.0, "low": 1.0, "high": 1.0, "measurable": False, "pairs": 0,
+                                          "reference_p50": dense["latency_ms"]["p50"], "same_model": True})
+            yield self._compose(plan, pruned, dense, result, artifact, started)
+            return
+        same_kernels = dense if artifact.same_graph and not artifact.quantized else None
+        for pruned in metric_stages(artifact, baseline.data, self.settings, baseline.logits,
+                                    reference_session=baseline.session, dense=same_kernels, cancelled=cancelled):
+            yield self._compose(plan, pruned, dense, result, artifact, started)
+
+    def _compose(self, plan: Plan | None, pruned: dict, dense: dict, result, artifact, started: float) -> dict:
+        """One report from a stage's metrics; the notes are written for the final stage only."""
+        baseline = self._baseline_state()
         pruned["removed"] = removed_share(pruned, dense)
+        final = pruned.setdefault("progress", {"items": len(baseline.data.x_test),
+                                               "of": len(baseline.data.x_test), "runs": pruned.get("runs"),
+                                               "final": True})["final"]
         timings = dict(artifact.timings_ms, measure=(time.perf_counter() - started) * 1000.0)
         report = {"model": self.handle.name, "plan": None if plan is None else plan.to_dict(),
                   "settings": {"batch_size": self.settings.batch_size, "threads": self.settings.threads,
@@ -325,7 +285,9 @@ class LiveEvaluator:
                   "kept": {} if result is None else dict(result.kept),
                   "groups": None if result is None else result.groups, "timings_ms": timings}
         notes = [] if result is None else list(result.notes)
-        report["notes"] = notes + report_notes(plan, pruned, dense, self._quantize_mode(baseline))
+        if final:
+            notes += report_notes(plan, pruned, dense, self._quantize_mode(baseline))
+        report["notes"] = notes
         return report
 
     def _quantize_mode(self, baseline: _Baseline) -> str | None:
@@ -352,14 +314,15 @@ class LiveEvaluator:
         macs = baseline.artifact.macs if same_shape else measure.total_macs(module, example)
         timings = {"prune": (pruned_at - started) * 1000.0, "export": (time.perf_counter() - pruned_at) * 1000.0,
                    "fast_path": same_shape}
-        return measure.Artifact(model_bytes, module, measure.weight_counts(module), macs, timings_ms=timings), result
+        return measure.Artifact(model_bytes, module, measure.weight_counts(module), macs, timings_ms=timings,
+                                same_graph=same_shape), result
 
     def _quantized(self, artifact: measure.Artifact) -> measure.Artifact:
         started = time.perf_counter()
         model_bytes = quantize_model(artifact.model_bytes, self.data, self.settings.quantize, artifact.macs)
         timings = dict(artifact.timings_ms, quantize=(time.perf_counter() - started) * 1000.0)
         return measure.Artifact(model_bytes, artifact.module, artifact.counts, artifact.macs, quantized=True,
-                        timings_ms=timings)
+                                timings_ms=timings, same_graph=artifact.same_graph)
 
 
 def _measured(dense: dict) -> str:

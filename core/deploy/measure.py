@@ -60,6 +60,7 @@ class Artifact:
     macs: int | None
     quantized: bool = False
     timings_ms: dict = field(default_factory=dict)  # prune, export, quantize: where a plan change spends time
+    same_graph: bool = False  # the dense model's graph with other weight values (the same kernels run)
 
 
 def session_options(threads: int = 2):

@@ -32,6 +32,8 @@ def speed_text(pruned: dict) -> str:
         return "latency not compared"
     if speedup.get("same_model"):
         return "the same graph as the dense model"
+    if speedup.get("same_kernels"):
+        return "no change in latency (1.00x: the dense graph and its kernels run, only weight values differ)"
     interval = f"{speedup['p50']:.2f}x, 95% interval {speedup['low']:.2f}-{speedup['high']:.2f}x"
     if not speedup["measurable"]:
         return f"no measurable change in latency ({interval}: run-to-run noise)"

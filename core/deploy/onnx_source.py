@@ -152,4 +152,4 @@ def prune_onnx(handle, template: onnx.ModelProto, plan: Plan, data=None):
     """The pruned artifact of an ONNX source and what was done, for core.deploy.evaluate."""
 
     pruned, result = prune_initializers(template, plan)
-    return Artifact(pruned.SerializeToString(), None, initializer_counts(pruned), None), result
+    return Artifact(pruned.SerializeToString(), None, initializer_counts(pruned), None, same_graph=True), result
