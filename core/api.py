@@ -27,13 +27,14 @@ from core.history.plan_formats import export_plan, plan_layers
 from core.history.report import build_report, pareto_figure, write_report
 from core.history.runs import RunStore, delete_run, get_run, list_runs, record_run
 from core.inspect import final_classifier as classifier_of
-from core.inspect import inspect_model, layer_by_name, prunable_layers, weight_histogram
+from core.inspect import inspect_model, layer_by_name, weight_histogram
 from core.prune import criteria
 from core.prune.channel import coupled_groups as module_groups
+from core.prune.criteria import CRITERIA
 from core.prune.depth import block_table as depth_blocks
 from core.prune.engine import apply_plan
-from core.prune.nm import layout
-from core.prune.plan import CRITERIA, GRANULARITIES, SCOPES, Plan, granularity_kind, parse_nm
+from core.prune.plan import GRANULARITIES, SCOPES, Plan, granularity_kind, parse_nm
+from core.prune.resolved import ResolvedPlan, resolve_names
 from core.prune.result import PruneResult
 from core.prune.select import kept_channels
 from core.search.allocate import allocate, check_request
@@ -129,10 +130,13 @@ def channel_importance(handle: ModelHandle, layer: str, criterion: str = "l1", s
     """
     handle.require("channel")
     target = layer_by_name(handle.module, layer)
-    if criterion == "bn_scale":
-        raise PrunelabError("the per-channel view does not show bn_scale; pick l1, l2, fpgm or a data criterion")
+    ranking = criteria.criterion(criterion)
+    if "batchnorm" in ranking.needs:
+        shown = [name for name in criteria.for_granularity("channel") if "batchnorm" not in CRITERIA[name].needs]
+        raise PrunelabError(f"the per-channel view does not show {criterion} (it reads the BatchNorm of a coupled "
+                            f"group); pick {', '.join(shown)}")
     evidence = criteria.gather_evidence(handle.module, [target], criterion, handle.data, seed)[layer]
-    scores = criteria.criterion(criterion).channel_score(target.weight.detach(), evidence).float()
+    scores = ranking(target.weight.detach(), evidence, per="channel").float()
     count = scores.numel() - kept_channels(scores.numel(), sparsity, max(1, int(round_to)), 1)
     removed = [False] * scores.numel()
     for index in scores.argsort()[:count].tolist():
@@ -144,9 +148,8 @@ def channel_importance(handle: ModelHandle, layer: str, criterion: str = "l1", s
 
 
 def criteria_for(granularity: str) -> list[str]:
-    """The criteria that can rank weights at ``granularity`` (bn_scale and fpgm rank channels only)."""
-    kind = granularity_kind(granularity)
-    return [name for name, kinds in CRITERIA.items() if kind in kinds]
+    """The criteria that can rank weights at ``granularity`` (some rank channels only)."""
+    return criteria.for_granularity(granularity_kind(granularity))
 
 
 def plan_text(plan: Plan) -> str:
@@ -160,15 +163,24 @@ def check_plan(handle: ModelHandle, plan: Plan) -> None:
         plan.validate_for(handle.module)
 
 
+def resolve_plan(handle: ModelHandle, plan: Plan) -> ResolvedPlan:
+    """``plan`` read against ``handle``'s model: the layers left dense (and why), each layer's target.
+
+    An ONNX source's final classifier is its last weight layer. Raises PrunelabError naming a layer
+    of ``plan`` that the model lacks.
+    """
+    if handle.module is not None:
+        return plan.resolve(handle)
+    names = [row["name"] for row in inspect_onnx(handle)["layers"]]
+    return resolve_names(plan, names, names[-1] if names else None)
+
+
 def layers_left_dense(handle: ModelHandle, granularity: str) -> dict[str, str]:
     """Layers an N:M ``granularity`` cannot prune (no groups of M along their input), with the reason;
     {} for other granularities and for ONNX sources (whose pruning checks each initializer itself)."""
-    nm = parse_nm(granularity)
-    if nm is None or handle.module is None:
+    if parse_nm(granularity) is None or handle.module is None:
         return {}
-    m = nm[1]
-    return {layer.name: f"stays dense: its inputs do not split into groups of {m}"
-            for layer in prunable_layers(handle.module) if layout(layer.weight, m) is None}
+    return dict(Plan(granularity=granularity, ignore=[]).resolve(handle).ungroupable)
 
 
 # ---- measuring and exporting ---------------------------------------------------------------------
@@ -248,7 +260,7 @@ __all__ = [
     "histogram", "final_classifier", "coupled_groups", "block_table", "layer_graph", "channel_importance",
     # plans and pruning
     "Plan", "GRANULARITIES", "CRITERIA", "SCOPES", "granularity_kind", "criteria_for", "plan_text", "check_plan",
-    "layers_left_dense", "PruneResult", "apply_plan",
+    "layers_left_dense", "resolve_plan", "ResolvedPlan", "PruneResult", "apply_plan",
     # measuring and exporting
     "evaluate", "LiveEvaluator", "QUANTIZE_MODES", "export_onnx", "export_file", "save_pruned", "torch_outputs",
     "SPEEDUP_FLOOR", "profile_plan",

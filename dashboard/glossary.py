@@ -1,16 +1,9 @@
 """Help text for every term the dashboard shows, in plain words (shown as the (?) next to a control)."""
 from __future__ import annotations
 
-CRITERIA = {
-    "l1": "l1: cut the weights (or channels) with the smallest absolute values",
-    "l2": "l2: like l1, by the sum of squares of each channel",
-    "random": "random: cut at random (a baseline to compare against)",
-    "taylor": "taylor: estimate each weight's effect on the loss from gradients on a few labelled items",
-    "activation": "activation (Wanda-style): |weight| times how strongly its input fires on real data",
-    "bn_scale": "bn_scale: rank channels by the BatchNorm scale that follows them (channel pruning only)",
-    "fpgm": "fpgm: cut the channels closest to the geometric median of the layer, the most replaceable "
-            "ones (channel pruning only)",
-}
+from core import api
+
+CRITERIA = {name: entry.help for name, entry in api.CRITERIA.items()}  # the criteria table's own help lines
 
 TERMS = {
     "accuracy": "share of the test split the model classifies correctly",

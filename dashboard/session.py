@@ -193,57 +193,49 @@ def channel_importance(layer: str) -> dict:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _final_classifier(_handle, key: str) -> str | None:
+def _resolved(_handle, key: str, granularity: str, ignore: tuple[str, ...] | None):
     with state.lock(key):
-        return api.final_classifier(_handle)
+        return api.resolve_plan(_handle, api.Plan(granularity=granularity, ignore=ignore))
+
+
+def resolved(values: dict | None = None):
+    """The plan (default: this session's) read against the model: the layers left dense and why, each
+    layer's target (core.prune.resolved.ResolvedPlan). An ignored name the model lacks is passed over."""
+    values = state.plan() if values is None else values
+    ignore = values.get("ignore")
+    if ignore is not None:
+        ignore = tuple(name for name in ignore if name in layer_names())
+    base = _resolved(model(), model_key(), values["granularity"], ignore)
+    return base.with_plan(plan_object({**values, "ignore": ignore}))
 
 
 def ignored_layers() -> list[str]:
     """Layers the plan leaves dense: the plan's ignore list, else the final classifier."""
-    ignore = state.plan().get("ignore")
-    if ignore is not None:
-        return list(ignore)
-    handle = model()
-    if not handle.can("channel") and not handle.can("finetune"):  # an ONNX graph: its last layer
-        return layer_names()[-1:]
-    name = _final_classifier(handle, model_key())
-    return [name] if name else []
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def _left_dense(_handle, key: str, granularity: str) -> dict[str, str]:
-    with state.lock(key):
-        return api.layers_left_dense(_handle, granularity)
+    return list(resolved().ignored)
 
 
 def left_dense(granularity: str | None = None) -> dict[str, str]:
     """Layers the plan leaves dense, with why: the ignored layers, and those N:M cannot group."""
-    granularity = state.plan()["granularity"] if granularity is None else granularity
-    reasons = {name: "left dense: the final classifier" for name in ignored_layers()}
-    return {**_left_dense(model(), model_key(), granularity), **reasons}
+    values = state.plan()
+    granularity = values["granularity"] if granularity is None else granularity
+    return resolved({**values, "granularity": granularity, "criterion": "l1"}).dense
 
 
 def nm_share(granularity: str) -> float | None:
     """n/m for an N:M granularity (every layer that can take it loses exactly that share), else None."""
-    if api.granularity_kind(granularity) != "N:M":
-        return None
-    n, m = (int(part) for part in granularity.split(":"))
-    return n / m
+    nm = api.parse_nm(granularity)
+    return None if nm is None else nm[0] / nm[1]
 
 
 def target_of_layer(layer: str) -> float:
-    """The target a layer gets: 0 when left dense, else its own, its coupled group leader's, or the plan's."""
-    values = state.plan()
-    if layer in left_dense():
-        return 0.0
-    pattern = nm_share(values["granularity"])
-    if pattern is not None:
-        return pattern
-    if values["granularity"] == "channel":
+    """The target a layer gets: 0 when left dense, n/m under N:M, else its own, or its coupled group's."""
+    plan = resolved()
+    if plan.unit == "channel" and layer not in plan.dense:
         for group in groups():
             if layer in group["members"]:
-                return state.target(group["leader"])
-    return state.target(layer)
+                target, _ = plan.group_target(group["leader"], group["members"])
+                return plan.asked(group["leader"]) if target is None else target
+    return plan.target(layer)
 
 
 def cut_share(layer: str) -> float:

@@ -19,7 +19,8 @@ import torch_pruning as tp
 from packaging.requirements import Requirement
 from torch import nn
 
-from core.history.plan_formats import TORCH_PRUNING_IMPORTANCE
+from core.history.plan_formats import torch_pruning_importance
+from core.prune.criteria import CRITERIA
 
 ROOT = Path(__file__).resolve().parent.parent
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
@@ -104,6 +105,7 @@ def test_build_dependency_and_meta_pruner_take_the_arguments_prunelab_passes():
 
 
 def test_every_importance_the_plan_export_names_exists():
-    for criterion, expression in TORCH_PRUNING_IMPORTANCE.items():
+    for criterion in CRITERIA:
+        expression = torch_pruning_importance(criterion)
         importance = eval(expression, {"tp": tp})  # the very text written into the exported snippet
         assert callable(importance), criterion

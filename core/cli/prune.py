@@ -16,7 +16,6 @@ import yaml
 from core.api import (
     LiveEvaluator,
     RunStore,
-    final_classifier,
     log_runs,
     record_run,
     run_folder,
@@ -97,11 +96,8 @@ def write_outputs(out: Path, handle, plan, report: dict, artifact) -> tuple[dict
 
 def resolved_plan_yaml(plan, report: dict, handle) -> str:
     """The plan as applied (the default ``ignore`` spelled out) plus the effective sparsity per layer."""
-    values = plan.to_dict()
+    values = plan.resolve(handle).to_dict() if handle.module is not None else plan.to_dict()
     sparsity = report.get("layer_sparsity") or {}
-    if values["ignore"] is None and handle.module is not None:
-        classifier = final_classifier(handle)
-        values["ignore"] = [] if classifier is None else [classifier]
     text = yaml.safe_dump(values, sort_keys=False)
     text += ("# effective_sparsity: the share of zero weights (or of removed channels) in every layer, measured\n"
              "# after pruning; prunelab reads this file back as a plan and skips this key.\n")

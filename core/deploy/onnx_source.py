@@ -17,12 +17,12 @@ from onnx import numpy_helper
 from core.deploy.measure import Artifact
 from core.errors import PrunelabError
 from core.inspect import weight_stats
-from core.prune import unstructured
+from core.prune import criteria, unstructured
 from core.prune.plan import Plan
+from core.prune.resolved import resolve_names
 
 # Node type -> (layer kind for a weight of that rank, index of the weight input).
 WEIGHT_INPUTS = {"Conv": 1, "Gemm": 1, "MatMul": 1}
-ONNX_CRITERIA = ("l1", "l2", "random")
 
 
 @dataclass
@@ -100,26 +100,22 @@ def onnx_artifact(handle):
 
 def _scores(weight: np.ndarray, criterion: str, seed: int) -> torch.Tensor:
     tensor = torch.from_numpy(np.array(weight, copy=True))
-    if criterion == "l1":
-        return tensor.abs()
-    if criterion == "l2":
-        return tensor.square()
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(tensor.shape, generator=generator)
+    return criteria.criterion(criterion)(tensor, criteria.Evidence(generator=torch.Generator().manual_seed(seed)))
+
+
+def onnx_criteria() -> list[str]:
+    """Criteria an ONNX graph can take: those that read nothing but each weight."""
+    return [name for name, entry in criteria.CRITERIA.items() if not entry.needs and entry.weight_score is not None]
 
 
 def _check(plan: Plan, layers: list[str]) -> list[str]:
     """The included layer names; PrunelabError for what an ONNX graph cannot do or a name it lacks."""
     if plan.granularity != "unstructured":
         raise PrunelabError(f"an ONNX source supports unstructured plans only, got granularity '{plan.granularity}'")
-    if plan.criterion not in ONNX_CRITERIA:
+    if plan.criterion not in onnx_criteria():
         raise PrunelabError(f"criterion '{plan.criterion}' needs the PyTorch model; on an ONNX source use "
-                            f"{', '.join(ONNX_CRITERIA)}")
-    for name in [*plan.layer_targets, *(plan.ignore or ())]:
-        if name not in layers:
-            raise PrunelabError(f"no prunable layer named '{name}' (layers: {', '.join(layers) or 'none'})")
-    ignore = set(plan.ignore) if plan.ignore is not None else set(layers[-1:])
-    return [name for name in layers if name not in ignore]
+                            f"{', '.join(onnx_criteria())}")
+    return list(resolve_names(plan, layers, layers[-1] if layers else None).included)
 
 
 def prune_initializers(model: onnx.ModelProto, plan: Plan) -> tuple[onnx.ModelProto, OnnxPruneResult]:

@@ -26,15 +26,15 @@ from core.errors import PrunelabError
 
 FORMATS = ("torch-pruning", "nni", "sparseml")
 DEFAULT_OP_TYPES = ["Linear", "Conv1d", "Conv2d", "Conv3d"]
-TORCH_PRUNING_IMPORTANCE = {
-    "l1": "tp.importance.MagnitudeImportance(p=1)",
-    "l2": "tp.importance.MagnitudeImportance(p=2)",
-    "random": "tp.importance.RandomImportance()",
-    "taylor": "tp.importance.TaylorImportance()",
-    "activation": "tp.importance.ActivationImportance()",
-    "bn_scale": "tp.importance.BNScaleImportance()",
-    "fpgm": "tp.importance.FPGMImportance()",
-}
+# Torch-Pruning has no importance for some criteria (they rank single weights); their snippet uses magnitude.
+TORCH_PRUNING_FALLBACK = "tp.importance.MagnitudeImportance(p=2)"
+
+
+def torch_pruning_importance(criterion: str) -> str:
+    """The Torch-Pruning importance equivalent to ``criterion``, as the Python text the snippet writes."""
+    from core.prune.criteria import criterion as lookup
+
+    return lookup(criterion).torch_pruning or TORCH_PRUNING_FALLBACK
 
 
 @dataclass(frozen=True)
@@ -51,17 +51,14 @@ class LayerTarget:
 def plan_layers(plan, handle) -> list[LayerTarget]:
     """Every prunable layer of ``handle`` (a ModelHandle) with the target ``plan`` gives it.
 
-    ``ignore=None`` resolves to the final classifier, as the engine does.
+    ``ignore=None`` resolves to the final classifier, as the engine does (core.prune.resolved).
     """
-    from core.inspect import final_classifier, prunable_layers  # exporting a plan file alone needs no torch
+    from core.inspect import prunable_layers  # exporting a plan file alone needs no torch
 
-    plan.validate_for(handle.module)
-    ignored = set(plan.ignore) if plan.ignore is not None else {final_classifier(handle.module,
-                                                                                 handle.example_input())}
-    targets = plan.layer_targets
+    resolved = plan.resolve(handle)
+    ignored = set(resolved.ignored)
     return [LayerTarget(layer.name, type(layer.module).__name__, f"{layer.name}.{layer.weight_name}",
-                        0.0 if layer.name in ignored else targets.get(layer.name, plan.sparsity),
-                        layer.name in ignored)
+                        0.0 if layer.name in ignored else resolved.asked(layer.name), layer.name in ignored)
             for layer in prunable_layers(handle.module)]
 
 
@@ -75,7 +72,7 @@ def to_torch_pruning(plan, layers: list[LayerTarget] | None = None) -> dict:
         ignored = [layer.name for layer in layers if layer.ignored]
     return {"pruning_ratio": plan.sparsity, "pruning_ratio_dict": ratios, "ignored_layers": ignored,
             "global_pruning": plan.scope == "global", "round_to": plan.round_to if plan.round_to > 1 else None,
-            "importance": TORCH_PRUNING_IMPORTANCE[plan.criterion]}
+            "importance": torch_pruning_importance(plan.criterion)}
 
 
 def torch_pruning_snippet(arguments: dict, json_name: str = "pruning_ratio.json") -> str:

@@ -18,9 +18,9 @@ import torch_pruning as tp
 from torch import nn
 
 from core.errors import PrunelabError, error_line
-from core.inspect import final_classifier
 from core.prune import criteria, select
 from core.prune.heads import find_attention
+from core.prune.plan import Plan
 
 ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 GROUP_SECONDS = 45  # finding the groups of a model stops here, so a channel plan ends within a minute
@@ -193,8 +193,7 @@ def coupled_groups(module: nn.Module, example_input: torch.Tensor, ignore: list[
 
     ``ignore`` names layers whose groups are left out; None means the final classifier.
     """
-    if ignore is None:
-        ignore = [name for name in [final_classifier(module, example_input)] if name]
+    ignore = list(Plan(granularity="channel", ignore=ignore).resolve(module, example_input).ignored)
     attention = find_attention(module, example_input)
     groups, _ = dependency_groups(module, build_graph(module, example_input), ignore, attention)
     units = [group.as_dict() for group in groups]
@@ -207,21 +206,26 @@ def coupled_groups(module: nn.Module, example_input: torch.Tensor, ignore: list[
 
 # ---- score ---------------------------------------------------------------------------------------
 
+def _is_batchnorm(module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None
+
+
 def group_scores(group: Group, graph, name: str, evidence: dict, names: dict) -> torch.Tensor:
-    """One score per channel of ``group``: the criterion summed over its Conv/Linear members (or BatchNorms)."""
-    criterion = criteria.criterion(name)
+    """One score per channel of ``group``: the criterion summed over its Conv/Linear members, or over
+    its BatchNorms for a criterion that needs "batchnorm"."""
+    ranking = criteria.criterion(name)
     total = torch.zeros(group.channels, dtype=torch.float64)
     scored = False
     for item in group.items:
         target, out = item.dep.target.module, graph.is_out_channel_pruning_fn(item.dep.handler)
         if not out or any(index is None for index in item.root_idxs):
             continue
-        if name == "bn_scale":
-            if not isinstance(target, nn.modules.batchnorm._BatchNorm) or target.weight is None:
+        if "batchnorm" in ranking.needs:
+            if not _is_batchnorm(target):
                 continue
-            scores = criterion.channel_score(None, criteria.Evidence(bn_weight=target.weight.detach()))
+            scores = ranking(None, criteria.Evidence(bn_weight=target.weight.detach()), per="channel")
         elif isinstance(target, SCORED_TYPES) and names.get(target) in evidence:
-            scores = criterion.channel_score(target.weight.detach(), evidence[names[target]])
+            scores = ranking(target.weight.detach(), evidence[names[target]], per="channel")
         else:
             continue
         total.scatter_add_(0, torch.tensor(item.root_idxs), scores[item.idxs].double())
@@ -233,11 +237,12 @@ def group_scores(group: Group, graph, name: str, evidence: dict, names: dict) ->
 
 
 def scores_or_fallback(group: Group, graph, name: str, evidence: dict, names: dict, notes: list) -> torch.Tensor:
-    """Group scores; bn_scale falls back to l2 (with a note) where no BatchNorm follows the group."""
-    has_norm = any(isinstance(item.dep.target.module, nn.modules.batchnorm._BatchNorm) for item in group.items)
-    if name == "bn_scale" and not has_norm:
-        notes.append(f"bn_scale: no BatchNorm in the group led by '{group.leader}', ranked by l2 instead")
-        name = "l2"
+    """Group scores; a criterion that needs a BatchNorm falls back to its ``fallback`` (with a note)
+    where no BatchNorm follows the group."""
+    ranking = criteria.criterion(name)
+    if "batchnorm" in ranking.needs and not any(_is_batchnorm(item.dep.target.module) for item in group.items):
+        notes.append(f"{name}: no BatchNorm in the group led by '{group.leader}', ranked by {ranking.fallback} instead")
+        name = ranking.fallback
     return group_scores(group, graph, name, evidence, names)
 
 

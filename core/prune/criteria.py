@@ -1,9 +1,26 @@
-"""Criteria: score functions registered by name. A score never mutates anything.
+"""Criteria: the one table of ways to rank weights and channels. A score never mutates anything.
 
-A criterion turns one layer's weight, plus the evidence it needs (gradients, input-activation
-norms, the scale of a following BatchNorm), into scores: one per weight for unstructured and
-N:M plans, one per output channel for channel plans. Low scores are pruned first. Selection
-(core.prune.unstructured, core.prune.nm, core.prune.channel) and application live elsewhere.
+A criterion turns one layer's weight, plus the evidence it declares it needs, into scores: one
+per weight for unstructured and N:M plans (``criterion(weight, evidence)``), one per output
+channel for channel plans (``criterion(weight, evidence, per="channel")``). Low scores are
+pruned first. Selection (core.prune.unstructured, core.prune.nm, core.prune.channel) and
+application live elsewhere; so does the looping over layers and coupled groups.
+
+Adding a criterion is one entry in ``CRITERIA``; nothing else names it::
+
+    def _movement(weight, evidence):            # |w * dL/dw|, shaped like the weight
+        return evidence.gradient_score
+
+    "movement": Criterion("movement", ("unstructured", "N:M"), _movement,
+                          needs=frozenset({"gradients"}),
+                          help="movement: weights the loss moves least go first"),
+
+``needs`` is data: every caller asks the criterion, never its name. ``gather_evidence`` runs the
+collector of each need in ``COLLECTORS`` (gradients, activations); "batchnorm" is read per channel
+group from the BatchNorm that follows it (core.prune.channel), and where a group or a view has no
+BatchNorm the criterion's ``fallback`` ranks it instead, with a note. A new kind of evidence is a
+new ``Evidence`` field plus one entry in ``COLLECTORS``. Plans validate their criterion against
+``granularities``; the dashboard's help text is ``help``; plan export reads ``torch_pruning``.
 """
 from __future__ import annotations
 
@@ -20,6 +37,9 @@ from core.inspect import Layer
 
 CALIBRATION_ITEMS = 64
 CALIBRATION_BATCH = 16
+# Evidence a criterion may declare it needs.
+NEEDS = ("gradients", "activations", "batchnorm")
+KINDS = ("unstructured", "channel", "N:M")  # granularity kinds (core.prune.plan.granularity_kind)
 
 
 @dataclass
@@ -32,18 +52,56 @@ class Evidence:
     generator: torch.Generator | None = field(default=None, repr=False)
 
 
-@dataclass(frozen=True)
-class Criterion:
-    """A named score: ``weight_score(weight, evidence)`` shaped like the weight, ``channel_score`` per output row."""
-
-    name: str
-    needs: str | None  # None, "gradients" or "activations"
-    weight_score: Callable[[torch.Tensor, Evidence], torch.Tensor] | None
-    channel_score: Callable[[torch.Tensor, Evidence], torch.Tensor]
+Score = Callable[[torch.Tensor, Evidence], torch.Tensor]
 
 
 def _rows(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1)  # (out_channels, in_channels * kernel elements)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One way to rank: ``criterion(weight, evidence, per="weight" | "channel") -> scores``.
+
+    name: the plan's ``criterion`` value.
+    granularities: the granularity kinds it ranks ('unstructured', 'channel', 'N:M').
+    weight_score: ``(weight, evidence) -> scores`` shaped like the weight, or None (channels only).
+    channel_score: ``(weight, evidence) -> one score per output channel``; None sums the weight
+        scores of each output row.
+    needs: evidence it reads besides the weight (a subset of NEEDS).
+    fallback: the criterion that ranks a unit where this one's evidence does not exist (a channel
+        group with no BatchNorm, an attention head).
+    help: one line for the dashboard's glossary.
+    torch_pruning: the equivalent Torch-Pruning importance, as Python text (plan export).
+    """
+
+    name: str
+    granularities: tuple[str, ...]
+    weight_score: Score | None = None
+    channel_score: Score | None = None
+    needs: frozenset[str] = frozenset()
+    fallback: str | None = None
+    help: str = ""
+    torch_pruning: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.needs) - set(NEEDS) or set(self.granularities) - set(KINDS)
+        if unknown or (self.weight_score is None and self.channel_score is None):
+            raise ValueError(f"criterion {self.name}: unknown need or granularity {sorted(unknown)}, "
+                             f"or no score function")
+
+    def ranks(self, kind: str) -> bool:
+        """Whether this criterion ranks weights at the granularity kind ``kind``."""
+        return kind in self.granularities
+
+    def __call__(self, weight: torch.Tensor, evidence: Evidence, per: str = "weight") -> torch.Tensor:
+        if per == "channel":
+            if self.channel_score is not None:
+                return self.channel_score(weight, evidence)
+            return _rows(self.weight_score(weight, evidence)).sum(1)
+        if self.weight_score is None:
+            raise PrunelabError(f"criterion '{self.name}' ranks channels only")
+        return self.weight_score(weight, evidence)
 
 
 def _random(weight: torch.Tensor, evidence: Evidence) -> torch.Tensor:
@@ -86,22 +144,42 @@ def _bn_scale(weight: torch.Tensor, evidence: Evidence) -> torch.Tensor:
     return evidence.bn_weight.abs()
 
 
-CRITERIA: dict[str, Criterion] = {
-    "l1": Criterion("l1", None, lambda w, e: w.abs(), lambda w, e: _rows(w).abs().sum(1)),
-    "l2": Criterion("l2", None, lambda w, e: w.abs(), lambda w, e: _rows(w).norm(dim=1)),
-    "random": Criterion("random", None, _random, lambda w, e: torch.rand(w.shape[0], generator=e.generator)),
-    "taylor": Criterion("taylor", "gradients", _taylor, lambda w, e: _rows(_taylor(w, e)).sum(1)),
-    "activation": Criterion("activation", "activations", _activation,
-                            lambda w, e: _rows(_activation(w, e)).sum(1)),
-    "bn_scale": Criterion("bn_scale", None, None, _bn_scale),
-    "fpgm": Criterion("fpgm", None, None, _fpgm),
-}
+CRITERIA: dict[str, Criterion] = {criterion.name: criterion for criterion in (
+    Criterion("l1", KINDS, lambda w, e: w.abs(), lambda w, e: _rows(w).abs().sum(1),
+              help="l1: cut the weights (or channels) with the smallest absolute values",
+              torch_pruning="tp.importance.MagnitudeImportance(p=1)"),
+    Criterion("l2", KINDS, lambda w, e: w.abs(), lambda w, e: _rows(w).norm(dim=1),
+              help="l2: like l1, by the sum of squares of each channel",
+              torch_pruning="tp.importance.MagnitudeImportance(p=2)"),
+    Criterion("random", KINDS, _random, lambda w, e: torch.rand(w.shape[0], generator=e.generator),
+              help="random: cut at random (a baseline to compare against)",
+              torch_pruning="tp.importance.RandomImportance()"),
+    Criterion("taylor", KINDS, _taylor, needs=frozenset({"gradients"}),
+              help="taylor: estimate each weight's effect on the loss from gradients on a few labelled items",
+              torch_pruning="tp.importance.TaylorImportance()"),
+    Criterion("activation", KINDS, _activation, needs=frozenset({"activations"}),
+              help="activation (Wanda-style): |weight| times how strongly its input fires on real data",
+              torch_pruning="tp.importance.ActivationImportance()"),
+    Criterion("bn_scale", ("channel",), None, _bn_scale, needs=frozenset({"batchnorm"}), fallback="l2",
+              help="bn_scale: rank channels by the BatchNorm scale that follows them (channel pruning only)",
+              torch_pruning="tp.importance.BNScaleImportance()"),
+    Criterion("fpgm", ("channel",), None, _fpgm,
+              help="fpgm: cut the channels closest to the geometric median of the layer, the most replaceable "
+                   "ones (channel pruning only)",
+              torch_pruning="tp.importance.FPGMImportance()"),
+)}
 
 
 def criterion(name: str) -> Criterion:
+    """The criterion registered as ``name``; PrunelabError naming the known ones otherwise."""
     if name not in CRITERIA:
         raise PrunelabError(f"unknown criterion '{name}' (criteria: {', '.join(CRITERIA)})")
     return CRITERIA[name]
+
+
+def for_granularity(kind: str) -> list[str]:
+    """Names of the criteria that rank at the granularity kind ``kind``, in table order."""
+    return [name for name, entry in CRITERIA.items() if entry.ranks(kind)]
 
 
 # ---- evidence --------------------------------------------------------------------------------
@@ -186,21 +264,29 @@ def collect_input_norms(module: nn.Module, layers: list[Layer], data: Dataset | 
     return norms
 
 
+# Need -> (Evidence field, collector(module, layers, data) -> {layer name: value}). "batchnorm" has no
+# collector: it is per channel group, read where the group is scored (core.prune.channel).
+COLLECTORS = {
+    "gradients": ("gradient_score", collect_gradient_scores),
+    "activations": ("input_norm", collect_input_norms),
+}
+
+
 def gather_evidence(module: nn.Module, layers: list[Layer], name: str, data: Dataset | None,
                     seed: int) -> dict[str, Evidence]:
-    """Evidence for every layer that the criterion ``name`` needs."""
-    needs = criterion(name).needs
-    gradients = collect_gradient_scores(module, layers, data) if needs == "gradients" else {}
-    norms = collect_input_norms(module, layers, data) if needs == "activations" else {}
+    """Evidence for every layer: what the criterion ``name`` declares it needs, and a seeded generator."""
+    collected = {COLLECTORS[need][0]: COLLECTORS[need][1](module, layers, data)
+                 for need in sorted(criterion(name).needs) if need in COLLECTORS}
     generator = torch.Generator().manual_seed(seed)
-    return {layer.name: Evidence(gradients.get(layer.name), norms.get(layer.name), None, generator)
+    return {layer.name: Evidence(**{key: values.get(layer.name) for key, values in collected.items()},
+                                 generator=generator)
             for layer in layers}
 
 
 def weight_scores(layer: Layer, name: str, evidence: Evidence) -> torch.Tensor:
     """One score per weight of ``layer`` (shaped like its weight); low scores are pruned first."""
-    score = criterion(name).weight_score
-    if score is None:
+    ranking = criterion(name)
+    if ranking.weight_score is None:
         raise PrunelabError(f"criterion '{name}' ranks channels only")
     weight = layer.weight.detach()
     if layer.kind == "attention" and evidence.input_norm is not None:
@@ -208,4 +294,4 @@ def weight_scores(layer: Layer, name: str, evidence: Evidence) -> torch.Tensor:
         embed = weight.shape[1]
         norms = evidence.input_norm.reshape(3, embed)
         return torch.cat([weight[i * embed:(i + 1) * embed].abs() * norms[i] for i in range(3)])
-    return score(weight, evidence)
+    return ranking(weight, evidence)

@@ -1,8 +1,8 @@
 """apply_plan: read a Plan, prune a copy of a model, hand back a PruneResult.
 
-The engine resolves which layers a plan covers (the final classifier is left dense unless the
-plan's ``ignore`` says otherwise), gathers the evidence its criterion needs, then hands the copy
-to the handler registered for the plan's granularity (unstructured, N:M or channel).
+The engine resolves the plan against the model once (core.prune.resolved: which layers stay
+dense, each layer's target), gathers the evidence its criterion needs, then hands the copy to
+the handler registered for the plan's granularity (unstructured, N:M or channel).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from core.data import Dataset
 from core.errors import PrunelabError
-from core.inspect import final_classifier, prunable_layers
+from core.inspect import prunable_layers
 from core.prune import batchnorm, criteria, depth, nm, shrink, unstructured
 from core.prune.blocks import find_blocks
 from core.prune.plan import Plan, granularity_kind
@@ -107,15 +107,14 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     if hasattr(model, "require"):
         model.require(OPERATIONS[kind])
     module, data, example_input = _unpack(model, data, example_input)
-    plan.validate_for(module)
     working = copy.deepcopy(module).eval()
     for parameter in working.parameters():  # gradients for taylor, even where the original is frozen
         parameter.requires_grad_(True)
-    ignored = list(plan.ignore) if plan.ignore is not None else [
-        name for name in [final_classifier(working, example_input)] if name]
+    resolved = plan.resolve(working, example_input)
+    ignored = list(resolved.ignored)
     dropped, influence = _drop_blocks(working, plan, data, example_input)
     layers = [layer for layer in prunable_layers(working) if layer.name not in ignored]
-    result = HANDLERS[kind](Job(working, plan, layers, ignored, data, example_input))
+    result = HANDLERS[kind](Job(working, resolved, layers, data, example_input))
     result.dropped, result.influence = dropped, influence
     if dropped:
         result.notes.insert(0, f"removed {len(dropped)} block(s), each replaced by its skip path: {', '.join(dropped)}")

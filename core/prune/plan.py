@@ -22,16 +22,6 @@ from core.limits import PLAN_BYTES, brief, check_plan_size, gib, read_plan_text
 # (at least N zeros in every M weights).
 GRANULARITIES = ("unstructured", "channel", "2:4")
 SCOPES = ("layer", "global")
-# Criterion name -> the granularities it applies to. core.prune.criteria registers a score function for each.
-CRITERIA = {
-    "l1": ("unstructured", "channel", "N:M"),
-    "l2": ("unstructured", "channel", "N:M"),
-    "random": ("unstructured", "channel", "N:M"),
-    "taylor": ("unstructured", "channel", "N:M"),
-    "activation": ("unstructured", "channel", "N:M"),
-    "bn_scale": ("channel",),
-    "fpgm": ("channel",),
-}
 # Keys a resolved plan file (``prunelab prune``'s plan.yaml) carries as a record; read back, they are skipped.
 RECORD_KEYS = ("effective_sparsity", "kept")
 NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
@@ -44,7 +34,7 @@ def parse_nm(granularity: str) -> tuple[int, int] | None:
 
 
 def granularity_kind(granularity: str) -> str:
-    """``"N:M"`` for an N:M granularity, else the granularity itself (the keys of CRITERIA's values)."""
+    """``"N:M"`` for an N:M granularity, else the granularity itself (what a criterion's granularities list)."""
     return "N:M" if parse_nm(granularity) else granularity
 
 
@@ -62,7 +52,7 @@ class Plan:
     """What to prune and how much.
 
     granularity: 'unstructured', 'channel' or 'N:M' (e.g. '2:4': at least N zeros in every M weights).
-    criterion: a name from CRITERIA ('bn_scale' and 'fpgm' rank channels only).
+    criterion: a name from core.prune.criteria.CRITERIA (some rank channels only).
     scope: 'layer' (each layer meets its own target) or 'global' (one ranking over all included layers).
     sparsity: default target of every included layer, or the overall target in global scope; in [0, 1).
     layers: per-layer overrides, name -> sparsity (a dict is accepted; stored as a sorted tuple of pairs).
@@ -102,11 +92,14 @@ class Plan:
         nm = parse_nm(self.granularity)
         if nm is not None and not 0 < nm[0] < nm[1]:
             raise PrunelabError(f"granularity {brief(self.granularity)}: N:M needs 0 < N < M")
+        from core.prune.criteria import CRITERIA  # the one table of criteria (it loads torch)
+
         if self.criterion not in CRITERIA:
             raise PrunelabError(f"unknown criterion {brief(self.criterion)} (criteria: {', '.join(CRITERIA)})")
-        if granularity_kind(self.granularity) not in CRITERIA[self.criterion]:
-            raise PrunelabError(f"criterion {brief(self.criterion)} ranks channels only, "
-                                f"not {self.granularity} weights")
+        if not CRITERIA[self.criterion].ranks(granularity_kind(self.granularity)):
+            kinds = CRITERIA[self.criterion].granularities
+            ranks = "channels only" if kinds == ("channel",) else f"{' and '.join(kinds)} weights only"
+            raise PrunelabError(f"criterion {brief(self.criterion)} ranks {ranks}, not {self.granularity} weights")
         if self.scope not in SCOPES:
             raise PrunelabError(f"scope must be one of {', '.join(SCOPES)}, got {brief(self.scope)}")
         object.__setattr__(self, "sparsity", _fraction(self.sparsity, "sparsity"))
@@ -248,9 +241,13 @@ class Plan:
     def validate_for(self, module) -> None:
         """Raise PrunelabError naming any layer in ``layers`` or ``ignore`` that ``module`` lacks."""
         from core.inspect import prunable_layers  # plans stay readable without torch; it loads here
+        from core.prune.resolved import check_names
 
-        names = [layer.name for layer in prunable_layers(module)]
-        for name in [name for name, _ in self.layers] + list(self.ignore or ()):
-            if name not in names:
-                raise PrunelabError(f"plan names layer {brief(name)}, which the model does not have "
-                                    f"(layers: {', '.join(names) or 'none'})")
+        check_names(self, [layer.name for layer in prunable_layers(module)])
+
+    def resolve(self, model, example_input=None):
+        """This plan read against ``model`` (a ModelHandle, or an nn.Module and its example input): a
+        core.prune.resolved.ResolvedPlan saying which layers stay dense and what each one's target is."""
+        from core.prune.resolved import resolve
+
+        return resolve(self, model, example_input)

@@ -9,6 +9,7 @@ from torch import nn
 from core.data import Dataset
 from core.inspect import Layer
 from core.prune.plan import Plan
+from core.prune.resolved import ResolvedPlan
 
 
 @dataclass
@@ -38,15 +39,23 @@ class PruneResult:
 
 @dataclass
 class Job:
-    """Everything a granularity handler needs: the copy to prune, its layers and targets, the inputs."""
+    """Everything a granularity handler needs: the copy to prune, the plan resolved against it, the inputs."""
 
     module: nn.Module
-    plan: Plan
+    resolved: ResolvedPlan
     layers: list[Layer]                # included layers of the copy, in definition order
-    ignored: list[str]
     data: Dataset | None
     example_input: torch.Tensor | None
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def plan(self) -> Plan:
+        return self.resolved.plan
+
+    @property
+    def ignored(self) -> list[str]:
+        return list(self.resolved.ignored)
+
     def target(self, name: str) -> float:
-        return self.plan.layer_targets.get(name, self.plan.sparsity)
+        """The layer's own target (its override, else the plan's sparsity)."""
+        return self.resolved.asked(name)

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from core.errors import PrunelabError, error_line
-from core.inspect import final_classifier
 from core.prune import channel, criteria, heads, select
 from core.prune.result import PruneResult
 
@@ -21,8 +20,10 @@ ROUNDING_NOTED = 0.10  # a layer rounding moves further than this share of its c
 
 
 def _head_scores(attention: heads.Attention, name: str, evidence: dict, module: nn.Module) -> torch.Tensor:
-    criterion = criteria.criterion("l2" if name == "bn_scale" else name)
-    rows = {layer: criterion.channel_score(module.get_submodule(layer).weight.detach(), evidence[layer])
+    ranking = criteria.criterion(name)
+    if "batchnorm" in ranking.needs:  # no BatchNorm follows an attention projection
+        ranking = criteria.criterion(ranking.fallback)
+    rows = {layer: ranking(module.get_submodule(layer).weight.detach(), evidence[layer], per="channel")
             for layer in attention.projections}
     return heads.head_scores(attention, rows)
 
@@ -35,8 +36,7 @@ def _targets(job, units: dict[str, list[str]], scores: dict) -> dict[str, float]
     targets = job.plan.layer_targets
     chosen = {}
     for leader, layers in units.items():
-        named = [name for name in dict.fromkeys([leader, *layers]) if name in targets]
-        chosen[leader] = targets[named[0]] if named else None
+        chosen[leader], named = job.resolved.group_target(leader, layers)
         if len({targets[name] for name in named}) > 1:
             job.notes.append(f"coupled layers {', '.join(named)} have different targets; the group led by "
                              f"'{leader}' uses {targets[named[0]]} ('{named[0]}')")
@@ -223,8 +223,7 @@ def check_structure(module: nn.Module, plan, example_input) -> None:
     plan would meet: one message listing every coupling it cannot restructure. No-op for other plans."""
     if plan.granularity != "channel" or example_input is None:
         return
-    ignored = list(plan.ignore) if plan.ignore is not None else [
-        name for name in [final_classifier(module, example_input)] if name]
+    ignored = list(plan.resolve(module, example_input).ignored)
     found = heads.find_attention(module, example_input)
     channel.dependency_groups(module, channel.build_graph(module, example_input), ignored, found,
                               keep_width=not plan.prune_width)

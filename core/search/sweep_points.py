@@ -89,10 +89,11 @@ def split_arrays(handle: ModelHandle, split: str):
 
 def included_layers(module: nn.Module, example: torch.Tensor) -> list:
     """The layers a plan prunes by default: every prunable layer but the final classifier."""
-    from core.inspect import final_classifier, prunable_layers
+    from core.inspect import prunable_layers
+    from core.prune.plan import Plan
 
-    ignored = final_classifier(module, example)
-    return [layer for layer in prunable_layers(module) if layer.name != ignored]
+    included = set(Plan().resolve(module, example).included)
+    return [layer for layer in prunable_layers(module) if layer.name in included]
 
 
 def footprint(module: nn.Module, example: torch.Tensor, timed: bool = True) -> dict:

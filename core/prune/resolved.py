@@ -1,0 +1,135 @@
+"""The resolved plan: what one Plan means for one model, decided once.
+
+Which layers stay dense (the plan's ``ignore``, else the final classifier; under N:M also the
+layers whose inputs do not split into groups of M), what each layer's target is and in which
+unit, which target a coupled group takes, and how kept channels round: the engine, the sweeps,
+plan export, the CLI and the dashboard all read a ResolvedPlan instead of re-deriving a rule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.errors import PrunelabError
+from core.limits import brief
+from core.prune.plan import Plan, granularity_kind
+
+# What a layer's target is a share of, per granularity kind (attention layers in channel plans
+# lose whole heads: core.prune.shrink reports those in heads).
+UNITS = {"unstructured": "weight", "channel": "channel", "N:M": "N:M"}
+CLASSIFIER_REASON = "left dense: the final classifier"
+IGNORED_REASON = "left dense: in the plan's ignore list"
+
+
+@dataclass(frozen=True)
+class ResolvedPlan:
+    """A Plan read against one model's prunable layers.
+
+    layers: every prunable layer, in definition order.
+    ignored: layers left dense by the plan's ``ignore`` (None there: the final classifier).
+    ungroupable: N:M plans: {layer: reason} for layers the pattern cannot group, which stay dense.
+    """
+
+    plan: Plan
+    layers: tuple[str, ...]
+    ignored: tuple[str, ...]
+    ungroupable: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def included(self) -> tuple[str, ...]:
+        """The layers the plan prunes, in definition order."""
+        return tuple(name for name in self.layers if name not in self.ignored)
+
+    @property
+    def unit(self) -> str:
+        """What a target is a share of: 'weight', 'channel' or 'N:M'."""
+        return UNITS[granularity_kind(self.plan.granularity)]
+
+    @property
+    def dense(self) -> dict[str, str]:
+        """{layer: why it stays dense} for every layer the plan leaves whole."""
+        why = CLASSIFIER_REASON if self.plan.ignore is None else IGNORED_REASON
+        return {**dict(self.ungroupable), **dict.fromkeys(self.ignored, why)}
+
+    def asked(self, name: str) -> float:
+        """The target the plan gives ``name`` itself: its override, else the plan's sparsity."""
+        return self.plan.layer_targets.get(name, self.plan.sparsity)
+
+    def target(self, name: str) -> float:
+        """The share of ``name``'s unit the plan removes: 0 when it stays dense, n/m under N:M,
+        else its own target (channel plans: see ``group_target`` for a coupled layer)."""
+        if name in self.dense:
+            return 0.0
+        if self.plan.nm is not None:
+            n, m = self.plan.nm
+            return n / m
+        return self.asked(name)
+
+    def group_target(self, leader: str, members) -> tuple[float | None, list[str]]:
+        """The target of a coupled channel group or attention layer, and the layers that named one.
+
+        The first layer with its own override among the leader and then the members decides; None
+        when none has one (the plan's sparsity applies, or the global ranking in global scope). The
+        caller notes when the named layers disagree.
+        """
+        targets = self.plan.layer_targets
+        named = [name for name in dict.fromkeys([leader, *members]) if name in targets]
+        return (targets[named[0]] if named else None), named
+
+    def kept_channels(self, channels: int, target: float, blocks: int = 1) -> int:
+        """Channels a unit of ``channels`` keeps at ``target``, rounded to ``round_to`` and to ``blocks``."""
+        from core.prune.select import kept_channels
+
+        return kept_channels(channels, target, self.plan.round_to, blocks)
+
+    def with_plan(self, plan: Plan) -> ResolvedPlan:
+        """This resolution for ``plan``, a plan that differs only in targets, criterion or settings
+        (the same granularity and ``ignore``), without running the model again."""
+        if (plan.granularity, plan.ignore) != (self.plan.granularity, self.plan.ignore):
+            raise ValueError("with_plan needs the same granularity and ignore list; resolve the plan afresh")
+        return ResolvedPlan(plan, self.layers, self.ignored, self.ungroupable)
+
+    def to_dict(self) -> dict:
+        """The plan's plain values with the default ``ignore`` spelled out (what was applied)."""
+        return {**self.plan.to_dict(), "ignore": list(self.ignored)}
+
+
+def check_names(plan: Plan, layers) -> None:
+    """Raise PrunelabError naming any layer in ``plan``'s ``layers`` or ``ignore`` not among ``layers``."""
+    layers = list(layers)
+    for name in [name for name, _ in plan.layers] + list(plan.ignore or ()):
+        if name not in layers:
+            raise PrunelabError(f"plan names layer {brief(name)}, which the model does not have "
+                                f"(layers: {', '.join(layers) or 'none'})")
+
+
+def resolve_names(plan: Plan, layers, classifier: str | None, ungroupable: dict[str, str] | None = None
+                  ) -> ResolvedPlan:
+    """Resolve ``plan`` against layer names alone; ``classifier`` is the layer left dense by default."""
+    check_names(plan, layers)
+    ignored = plan.ignore if plan.ignore is not None else tuple(name for name in [classifier] if name)
+    return ResolvedPlan(plan, tuple(layers), tuple(name for name in layers if name in ignored),
+                        tuple((ungroupable or {}).items()))
+
+
+def resolve(plan: Plan, model, example_input=None) -> ResolvedPlan:
+    """Resolve ``plan`` against ``model`` (a ModelHandle with a module, or an nn.Module and its example input).
+
+    The final classifier is found by running ``example_input`` once. Raises PrunelabError for a
+    layer the model lacks.
+    """
+    from core.inspect import final_classifier, prunable_layers
+    from core.prune.nm import layout
+
+    module = getattr(model, "module", model)
+    if module is None:
+        raise PrunelabError("resolving a plan needs the PyTorch model (core.api.resolve_plan reads an ONNX graph)")
+    if example_input is None and hasattr(model, "example_input"):
+        example_input = model.example_input()
+    layers = prunable_layers(module)
+    ungroupable = {}
+    if plan.nm is not None:
+        m = plan.nm[1]
+        ungroupable = {layer.name: f"stays dense: its inputs do not split into groups of {m}"
+                       for layer in layers if layout(layer.weight, m) is None}
+    classifier = final_classifier(module, example_input) if plan.ignore is None else None
+    return resolve_names(plan, [layer.name for layer in layers], classifier, ungroupable)

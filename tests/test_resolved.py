@@ -1,0 +1,68 @@
+"""The resolved plan and the criteria table: one rule for which layers stay dense and what a target
+means, and one entry per criterion that every caller asks about its needs."""
+import pytest
+import torch
+
+from core.errors import PrunelabError
+from core.inspect import final_classifier, prunable_layers
+from core.prune import criteria
+from core.prune.plan import Plan
+from core.prune.resolved import resolve_names
+
+
+def test_the_default_ignore_is_the_final_classifier_and_targets_follow_the_plan(mlp):
+    names = [layer.name for layer in prunable_layers(mlp.module)]
+    classifier = final_classifier(mlp.module, mlp.example_input())
+    resolved = Plan(sparsity=0.4, layers={names[0]: 0.7}).resolve(mlp)
+    assert resolved.ignored == (classifier,)
+    assert classifier not in resolved.included and len(resolved.included) == len(names) - 1
+    assert resolved.target(names[0]) == 0.7 and resolved.target(names[1]) == 0.4
+    assert resolved.target(classifier) == 0.0 and "final classifier" in resolved.dense[classifier]
+    assert resolved.to_dict()["ignore"] == [classifier]
+
+
+def test_an_explicit_ignore_and_n_m_targets():
+    resolved = resolve_names(Plan(granularity="2:4", ignore=["b"]), ["a", "b", "c"], "c")
+    assert resolved.ignored == ("b",) and resolved.included == ("a", "c")
+    assert resolved.target("a") == 0.5 and resolved.target("b") == 0.0 and resolved.unit == "N:M"
+    assert "ignore list" in resolved.dense["b"]
+
+
+def test_a_group_takes_its_leaders_target_else_its_first_named_member():
+    resolved = resolve_names(Plan(granularity="channel", layers={"m2": 0.3, "m1": 0.6}), ["l", "m1", "m2"], None)
+    assert resolved.group_target("l", ["m2", "m1"]) == (0.3, ["m2", "m1"])
+    assert resolved.group_target("m1", ["m2"])[0] == 0.6
+    assert resolved.group_target("l", [])[0] is None
+
+
+def test_an_unknown_layer_is_named():
+    with pytest.raises(PrunelabError, match="'nope'"):
+        resolve_names(Plan(ignore=["nope"]), ["a"], "a")
+
+
+def test_with_plan_refuses_another_granularity():
+    resolved = resolve_names(Plan(), ["a"], "a")
+    assert resolved.with_plan(Plan(sparsity=0.3)).target("a") == 0.0
+    with pytest.raises(ValueError):
+        resolved.with_plan(Plan(granularity="channel"))
+
+
+def test_every_criterion_declares_known_needs_and_a_plan_validates_against_the_table():
+    for name, entry in criteria.CRITERIA.items():
+        assert set(entry.needs) <= set(criteria.NEEDS) and entry.help.startswith(name)
+        assert entry.fallback is None or criteria.CRITERIA[entry.fallback].ranks("channel")
+        for kind in ("unstructured", "channel", "2:4"):
+            if entry.ranks("N:M" if kind == "2:4" else kind):
+                Plan(granularity=kind, criterion=name)
+            else:
+                with pytest.raises(PrunelabError, match=name):
+                    Plan(granularity=kind, criterion=name)
+
+
+def test_channel_scores_default_to_summed_weight_scores():
+    weight = torch.randn(4, 3, 2, 2)
+    l1 = criteria.criterion("l1")
+    summed = criteria.Criterion("summed", ("channel",), lambda w, e: w.abs())
+    assert torch.allclose(summed(weight, criteria.Evidence(), per="channel"), l1(weight, None, per="channel"))
+    with pytest.raises(PrunelabError, match="channels only"):
+        criteria.criterion("fpgm")(weight, criteria.Evidence())
