@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from core.errors import PrunelabError
 from core.files import ASSETS
-from core.limits import check_npz, random_count
+from core.limits import CHARS_PER_TOKEN, TEXT_LINES, check_npz, check_text_lines, check_text_size, random_count
 
 DIGITS_FILE = ASSETS / "digits.npz"
 SPLIT_SEED = 0
@@ -254,11 +254,17 @@ def _apply_mask(ids: np.ndarray, mask: np.ndarray, path: Path, suffix: str, pad_
     return np.where(mask != 0, ids, pad_id)
 
 
+TEXT_CHUNK = 1024  # sentences tokenized at once, so the tokenizer's own arrays stay small
+
+
 def load_text(path: str | Path, encode, seq_len: int) -> Dataset:
     """Read a ``.txt`` with one sentence per line (blank lines skipped) and tokenize it with ``encode``.
 
     ``encode(sentences, seq_len)`` returns int64 ids shaped ``(n, seq_len)``, padded and truncated.
     A seeded VAL_SHARE of the sentences is held out as val, the rest is the test split.
+    Bounded before anything large is made: the file by ``text_limit()`` (PRUNELAB_MAX_TEXT_MB), the
+    sentences by TEXT_LINES and the token ids by ``data_limit()``; a line is cut to CHARS_PER_TOKEN
+    characters per token before tokenizing (the tokenizer truncates to ``seq_len`` tokens anyway).
     """
     path = Path(path)
     if not path.is_file():
@@ -266,16 +272,32 @@ def load_text(path: str | Path, encode, seq_len: int) -> Dataset:
     if encode is None:
         raise PrunelabError(f"text data {path.name} needs a model with a tokenizer (a Hugging Face directory "
                             f"with its tokenizer files, or a text built-in); pass token ids in an .npz instead")
-    try:
-        sentences = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (UnicodeDecodeError, OSError) as error:
-        raise PrunelabError(f"cannot read text file {path}: {error.__class__.__name__}") from None
-    if len(sentences) < 2:
-        raise PrunelabError(f"text file {path} needs at least two non-empty lines, one sentence each")
-    ids = np.asarray(encode(sentences, seq_len), dtype=np.int64)
+    sentences = _sentences(path, seq_len)
+    ids = np.concatenate([np.asarray(encode(sentences[start:start + TEXT_CHUNK], seq_len), dtype=np.int64)
+                          for start in range(0, len(sentences), TEXT_CHUNK)])
     keep, held = _hold_out(len(ids))
     origin = {"test": f"{len(keep)} sentences of {path.name}", "val": f"{VAL_SHARE:.0%} of the sentences held out"}
     return Dataset(name=path.name, x_test=ids[keep], y_test=None, x_val=ids[held], y_val=None, origin=origin)
+
+
+def _sentences(path: Path, seq_len: int) -> list[str]:
+    """The non-empty lines of a bounded ``.txt``, each cut to CHARS_PER_TOKEN * seq_len characters."""
+    check_text_size(path.stat().st_size, path.name)
+    width, sentences = CHARS_PER_TOKEN * max(1, int(seq_len)), []
+    try:
+        with open(path, encoding="utf-8") as stream:
+            for line in stream:  # one line at a time: the file is bounded, its line count is checked as read
+                line = line.strip()
+                if line:
+                    sentences.append(line[:width])
+                    if len(sentences) > TEXT_LINES:
+                        break
+    except (UnicodeDecodeError, OSError) as error:
+        raise PrunelabError(f"cannot read text file {path}: {error.__class__.__name__}") from None
+    check_text_lines(len(sentences), int(seq_len), path.name)
+    if len(sentences) < 2:
+        raise PrunelabError(f"text file {path} needs at least two non-empty lines, one sentence each")
+    return sentences
 
 
 def _labels(labels, count: int, path: Path, key: str) -> np.ndarray | None:

@@ -2,8 +2,11 @@
 
 A 4 MB ``.npz`` can declare 4 GiB of zeros, a 400-byte ``.onnx`` can declare a 1x3x100000x100000
 input and a 500-byte YAML plan can expand through aliases into billions of nodes. Every such
-size is checked here against a limit before anything is allocated. The data limit is
-``PRUNELAB_MAX_DATA_GB`` (default 1, in GiB), read at each call so a person can raise it.
+size is checked here against a limit before anything is allocated. Each limit is read from the
+environment at each call, so a person can raise it: ``PRUNELAB_MAX_DATA_GB`` (float data and
+token ids, default 1 GiB), ``PRUNELAB_MAX_TEXT_MB`` (a ``.txt`` of sentences, default 16 MiB) and
+``PRUNELAB_MAX_MODEL_GB`` (the parameters a Hugging Face config asks for, as float32, default 4 GiB)
+and ``PRUNELAB_MAX_PLANS`` (plans in one explore grid, default 500).
 """
 from __future__ import annotations
 
@@ -26,6 +29,15 @@ RANDOM_DATA_BYTES = 128 * 2**20  # seeded random inputs: at most this much float
 PLAN_NODES = 1_000_000            # values in a plan after alias expansion (a real plan has one per layer)
 PLAN_DEPTH = 20                   # nesting of a plan (a real plan nests two levels)
 PLAN_BYTES = 16 * 2**20           # a plan file (one line per layer)
+DEFAULT_MODEL_GB = 4.0            # a Hugging Face config's parameters as float32 (about a billion)
+MODEL_LIMIT_VARIABLE = "PRUNELAB_MAX_MODEL_GB"
+DEFAULT_PLANS = 500               # plans in one explore grid (the default grid has 24; each takes seconds)
+PLANS_VARIABLE = "PRUNELAB_MAX_PLANS"
+DEFAULT_TEXT_MB = 16.0            # a .txt of sentences (assets/sentences.txt is 20 KB)
+TEXT_LIMIT_VARIABLE = "PRUNELAB_MAX_TEXT_MB"
+TEXT_LINES = 100_000              # sentences in one .txt, whatever its size
+CHARS_PER_TOKEN = 16              # a line is cut to this many characters per token of the sequence before tokenizing
+TOKENS = 8192                     # the longest sequence for a token model that does not declare its own maximum
 
 _BRIEF = reprlib.Repr()
 _BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxtuple, _BRIEF.maxdict = 2, 6, 8, 4
@@ -46,16 +58,71 @@ def clip(text: str, limit: int = 200) -> str:
 
 def data_limit() -> int:
     """The most bytes of float data prunelab reads or makes for one model, from PRUNELAB_MAX_DATA_GB."""
-    text = os.environ.get(DATA_LIMIT_VARIABLE, "").strip()
+    return _environment_bytes(DATA_LIMIT_VARIABLE, DEFAULT_DATA_GB, 2**30, "GiB")
+
+
+def model_limit() -> int:
+    """The most bytes of float32 parameters a Hugging Face config may ask for, from PRUNELAB_MAX_MODEL_GB."""
+    return _environment_bytes(MODEL_LIMIT_VARIABLE, DEFAULT_MODEL_GB, 2**30, "GiB")
+
+
+def plan_limit() -> int:
+    """The most plans one explore grid may hold, from PRUNELAB_MAX_PLANS (default DEFAULT_PLANS)."""
+    text = os.environ.get(PLANS_VARIABLE, "").strip()
     if not text:
-        return int(DEFAULT_DATA_GB * 2**30)
+        return DEFAULT_PLANS
+    if not text.isdigit() or int(text) < 1:
+        raise PrunelabError(f"{PLANS_VARIABLE} must be a positive whole number of plans, got {brief(text)}")
+    return int(text)
+
+
+def text_limit() -> int:
+    """The largest ``.txt`` of sentences prunelab reads (or accepts as an upload), from PRUNELAB_MAX_TEXT_MB."""
+    return _environment_bytes(TEXT_LIMIT_VARIABLE, DEFAULT_TEXT_MB, 2**20, "MiB")
+
+
+def _environment_bytes(variable: str, default: float, unit: int, unit_name: str) -> int:
+    """``variable`` (a positive number of ``unit_name``) in bytes, ``default`` when unset; read at each call."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return int(default * unit)
     try:
-        gigabytes = float(text)
+        amount = float(text)
     except ValueError:
-        gigabytes = math.nan
-    if not math.isfinite(gigabytes) or gigabytes <= 0:
-        raise PrunelabError(f"{DATA_LIMIT_VARIABLE} must be a positive number of GiB, got {brief(text)}")
-    return int(gigabytes * 2**30)
+        amount = math.nan
+    if not math.isfinite(amount) or amount <= 0:
+        raise PrunelabError(f"{variable} must be a positive number of {unit_name}, got {brief(text)}")
+    return int(amount * unit)
+
+
+def check_text_size(size: int, what: str) -> None:
+    """Refuse a ``.txt`` of sentences larger than ``text_limit()`` bytes, before it is read."""
+    limit = text_limit()
+    if size > limit:
+        raise PrunelabError(f"text data {what} is {gib(size)}; the limit is {gib(limit)} "
+                            f"(set {TEXT_LIMIT_VARIABLE} to allow more)")
+
+
+def check_text_lines(count: int, seq_len: int, what: str) -> None:
+    """Refuse more than TEXT_LINES sentences, or more than ``data_limit()`` bytes of int64 token ids."""
+    if count > TEXT_LINES:
+        raise PrunelabError(f"text data {what} has more than {TEXT_LINES:,} lines; prunelab evaluates on "
+                            f"at most {TEXT_LINES:,} sentences (use a sample of them)")
+    limit = data_limit()
+    if count * seq_len * 8 > limit:
+        raise PrunelabError(f"text data {what}: {count:,} sentences of {seq_len} tokens would take "
+                            f"{gib(count * seq_len * 8)} as token ids; {_raise_limit_hint(limit)}")
+
+
+def check_tokens(length: int, maximum: int | None, what: str) -> None:
+    """Refuse a sequence length above the model's ``maximum`` positions (TOKENS when it declares none)."""
+    if maximum is None:
+        maximum, reason = TOKENS, "prunelab's limit for a model that declares no maximum"
+    else:
+        reason = "its max_position_embeddings"
+    if length > maximum:
+        raise PrunelabError(f"{what} takes at most {maximum} tokens ({reason}); "
+                            f"a sequence length of {length:,} was asked for")
 
 
 def gib(count: int) -> str:

@@ -14,7 +14,7 @@ from torch import nn
 
 from core.data import Dataset, load_npz, load_text, random_data
 from core.errors import PrunelabError, error_line
-from core.limits import clip
+from core.limits import check_tokens, clip
 from core.sources import huggingface
 from core.sources.handle import ModelHandle
 from core.zoo.registry import BUILTINS, builtin
@@ -65,6 +65,7 @@ def _builtin(name: str, weights, shape: tuple[int, ...] | None) -> ModelHandle:
             raise PrunelabError(f"--weights does not apply to {name}: its weights come with it")
         handle = _adapted(huggingface.load_directory(spec.directory()), name, "builtin", spec.description)
         handle.input_shape = tuple(shape) if shape and len(shape) == 2 else spec.input_shape
+        _check_tokens(handle, handle.input_shape)
         handle.data = load_text(spec.text, handle.encode, handle.input_shape[1])
         return handle
     module = spec.factory()
@@ -244,7 +245,14 @@ def _onnx(path: Path, trust: bool) -> ModelHandle:
                        onnx_path=path, description=str(path))
 
 
+def _check_tokens(handle: ModelHandle, shape) -> None:
+    """Refuse a token model's sequence length beyond its positions before anything is tokenized or drawn."""
+    if handle.vocab_size is not None and shape and len(shape) == 2:
+        check_tokens(int(shape[1]), huggingface.max_tokens(handle.module), handle.name)
+
+
 def _finish(handle: ModelHandle, shape, data) -> ModelHandle:
+    _check_tokens(handle, shape)
     dataset = _read_data(handle, data, shape)
     shape = shape or handle.input_shape or None
     if shape is None and dataset is not None:
@@ -271,6 +279,7 @@ def read_data(handle: ModelHandle, data: str | Path) -> Dataset:
 def _read_data(handle: ModelHandle, data, shape) -> Dataset | None:
     if not isinstance(data, (str, Path)):
         return data
+    shape = shape or handle.input_shape  # a built-in's own sequence length when none was asked for
     if Path(data).suffix == ".txt":
         length = shape[1] if shape and len(shape) == 2 else huggingface.token_length(handle.module)
         return load_text(data, handle.encode, length)
