@@ -326,3 +326,56 @@ def test_older_store_gains_digests_and_older_runs_count_as_unverified(tmp_path):
     assert store.check_artifacts() == {"checked": 0, "unverified": 1, "missing": [], "changed": []}
     recorded = store.record({"model": "digits-mlp"}, artifacts={"model.onnx": artifact})
     assert recorded.digests["model.onnx"] == hashlib.sha256(b"onnx").hexdigest()
+
+
+def test_export_plan_never_replaces_a_file_nobody_named(cli, tmp_path):
+    from core.prune.plan import Plan
+
+    plan = Plan(sparsity=0.5).save(tmp_path / "plan.yaml")
+    mine = tmp_path / "net.py"
+    mine.write_text("print('my own training script')\n")
+    line = refused(cli("export-plan", plan, "--format", "torch-pruning", "--out", tmp_path / "net.json"), "net.py")
+    assert "already exists" in line and not (tmp_path / "net.json").exists()  # nothing half-written
+    assert mine.read_text() == "print('my own training script')\n"
+    refused(cli("export-plan", plan, "--format", "torch-pruning", "--out", tmp_path / "net.txt"), ".json or .py")
+    before = plan.read_bytes()
+    refused(cli("export-plan", plan, "--format", "sparseml", "--out", plan), "replace its input plan")
+    json_plan = Plan(sparsity=0.5).save(tmp_path / "plan.json")
+    refused(cli("export-plan", json_plan, "--format", "torch-pruning", "--out", tmp_path / "plan.py"), "input plan")
+    assert plan.read_bytes() == before and Plan.load(json_plan) == Plan(sparsity=0.5)
+    for _ in range(2):  # its own snippet may be written again
+        result = cli("export-plan", plan, "--format", "torch-pruning", "--out", tmp_path / "tp.json")
+        assert result["code"] == 0, result["stderr"]
+
+
+def test_export_plan_out_name_with_quotes_cannot_add_code(cli, tmp_path):
+    from core.prune.plan import Plan
+
+    plan = Plan(sparsity=0.5).save(tmp_path / "plan.yaml")
+    name = 'x"); open("INJECTED", "w"); print("\\' + "'"
+    result = cli("export-plan", plan, "--format", "torch-pruning", "--out", f"{name}.json", cwd=tmp_path)
+    assert result["code"] == 0, result["stderr"]
+    snippet = (tmp_path / f"{name}.py").read_text()
+    tree = compile(snippet, "snippet.py", "exec", flags=0x400)  # ast.PyCF_ONLY_AST: valid Python
+    opened = [node for node in __import__("ast").walk(tree) if getattr(node, "id", None) == "open"]
+    assert len(opened) == 1  # only the snippet's own open(...)
+    calls = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_open(path, *args):
+        calls["path"] = path
+        raise Stop
+
+    with pytest.raises(Stop):
+        exec(compile(snippet, "snippet.py", "exec"), {"open": fake_open, "__builtins__": {"__import__": _stub_import}})
+    assert calls["path"] == f"{name}.json" and not (tmp_path / "INJECTED").exists()
+
+
+def _stub_import(name, *args, **kwargs):
+    """Imports for running a generated snippet without torch_pruning: json is real, the rest a stand-in."""
+    import json
+    import types
+
+    return json if name == "json" else types.ModuleType(name)

@@ -136,7 +136,7 @@ def test_cli_exports_each_format(tmp_path, capsys):
     assert main(["export-plan", str(tmp_path / "plan.yaml"), "--format", "torch-pruning",
                  "--out", str(tmp_path / "tp.json"), "--model", "digits-mlp"]) == 0
     assert json.loads((tmp_path / "tp.json").read_text())["pruning_ratio_dict"] == {"fc1": 0.7, "fc2": 0.4}
-    assert 'open("tp.json")' in (tmp_path / "tp.py").read_text()
+    assert "open('tp.json')" in (tmp_path / "tp.py").read_text()
     assert main(["export-plan", str(tmp_path / "plan.yaml"), "--format", "nni",
                  "--out", str(tmp_path / "nni.json")]) == 0
     assert json.loads((tmp_path / "nni.json").read_text())[1] == {"sparsity_per_layer": 0.7, "op_names": ["fc1"]}

@@ -75,14 +75,20 @@ def to_torch_pruning(plan, layers: list[LayerTarget] | None = None) -> dict:
             "importance": torch_pruning_importance(plan.criterion)}
 
 
+SNIPPET_FIRST_LINE = "# Prune `model` (an nn.Module) with Torch-Pruning as the prunelab plan says."
+
+
 def torch_pruning_snippet(arguments: dict, json_name: str = "pruning_ratio.json") -> str:
-    """Python that reads the JSON written from ``to_torch_pruning`` and prunes ``model`` with it."""
-    return f'''# Prune `model` (an nn.Module) with Torch-Pruning as the prunelab plan says.
+    """Python that reads the JSON written from ``to_torch_pruning`` and prunes ``model`` with it.
+
+    ``json_name`` is written as a Python string literal (repr), so no file name can add code.
+    """
+    return f'''{SNIPPET_FIRST_LINE}
 # `example_inputs` is one batch of inputs, e.g. torch.randn(1, 3, 32, 32).
 import json
 import torch_pruning as tp
 
-settings = json.load(open("{json_name}"))
+settings = json.load(open({json_name!r}))
 modules = dict(model.named_modules())
 pruner = tp.pruner.MetaPruner(
     model,
