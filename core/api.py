@@ -33,7 +33,7 @@ from core.prune.channel import coupled_groups as module_groups
 from core.prune.criteria import CRITERIA
 from core.prune.depth import block_table as depth_blocks
 from core.prune.engine import apply_plan
-from core.prune.plan import GRANULARITIES, SCOPES, Plan, granularity_kind, parse_nm
+from core.prune.plan import GRANULARITIES, MAX_SPARSITY, SCOPES, Plan, granularity_kind, parse_nm
 from core.prune.resolved import ResolvedPlan, resolve_names
 from core.prune.result import PruneResult
 from core.prune.select import kept_channels
@@ -41,7 +41,7 @@ from core.search.allocate import allocate, check_request
 from core.search.executors import executor_for
 from core.search.explore import DEFAULT_GRID, explore, parse_grid
 from core.search.parallel import default_workers
-from core.search.sensitivity import DEFAULT_LEVELS, SWEPT_GRANULARITIES, parse_levels, sensitivity
+from core.search.sensitivity import DEFAULT_LEVELS, QUICK_LEVELS, SWEPT_GRANULARITIES, parse_levels, sensitivity
 from core.sources import ModelHandle, load_model
 from core.train.recovery import (
     Recovery,
@@ -53,7 +53,9 @@ from core.train.recovery import (
     total_epochs,
 )
 from core.train.recovery import recover as run_recovery
-from core.train.schedule import PolynomialDecay, polynomial_decay
+from core.train.schedule import END_FRACTION as SCHEDULE_END_FRACTION
+from core.train.schedule import POWER as SCHEDULE_POWER
+from core.train.schedule import PolynomialDecay, default_schedule, polynomial_decay
 from core.zoo.registry import BUILTINS, DEFAULT_MODEL
 
 # ---- models and layers ---------------------------------------------------------------------------
@@ -205,15 +207,15 @@ def export_file(evaluator: LiveEvaluator, kind: str, plan: Plan | None = None,
 
 
 def schedule_curve(handle: ModelHandle, final_sparsity: float, epochs: int, initial_sparsity: float = 0.0,
-                   end_fraction: float = 0.75, power: float = 3.0) -> tuple[dict, list[dict]]:
+                   end_fraction: float = SCHEDULE_END_FRACTION, power: float = SCHEDULE_POWER
+                   ) -> tuple[dict, list[dict]]:
     """The gradual-pruning schedule a run of ``epochs`` would use, and its ``[{"epoch", "step", "sparsity"}]``.
 
     The first value holds PolynomialDecay's arguments (pass them to ``start_recovery``).
     """
     per_epoch = steps_per_epoch(handle)
+    schedule = default_schedule(final_sparsity, epochs, per_epoch, initial_sparsity, end_fraction, power)
     total = max(2, epochs * per_epoch)
-    schedule = PolynomialDecay(initial_sparsity, final_sparsity, 0, max(1, int(end_fraction * total)),
-                               max(1, per_epoch // 4), power)
     return schedule.to_dict(), [{**point, "epoch": point["step"] / per_epoch} for point in schedule.curve(total)]
 
 
@@ -259,17 +261,19 @@ __all__ = [
     "ModelHandle", "load_model", "BUILTINS", "DEFAULT_MODEL", "builtin_models", "default_model", "layer_table",
     "histogram", "final_classifier", "coupled_groups", "block_table", "layer_graph", "channel_importance",
     # plans and pruning
-    "Plan", "GRANULARITIES", "CRITERIA", "SCOPES", "granularity_kind", "criteria_for", "plan_text", "check_plan",
+    "Plan", "GRANULARITIES", "MAX_SPARSITY", "CRITERIA", "SCOPES", "granularity_kind", "criteria_for", "plan_text",
+    "check_plan",
     "layers_left_dense", "resolve_plan", "ResolvedPlan", "PruneResult", "apply_plan",
     # measuring and exporting
     "evaluate", "LiveEvaluator", "QUANTIZE_MODES", "export_onnx", "export_file", "save_pruned", "torch_outputs",
     "SPEEDUP_FLOOR", "profile_plan",
     # search
-    "sensitivity", "SWEPT_GRANULARITIES", "DEFAULT_LEVELS", "parse_levels", "allocate", "check_request",
+    "sensitivity", "SWEPT_GRANULARITIES", "DEFAULT_LEVELS", "QUICK_LEVELS", "parse_levels", "allocate", "check_request",
     "executor_for", "default_workers", "explore", "parse_grid", "DEFAULT_GRID",
     # recovery
     "Recovery", "finetune", "gradual_prune", "iterative_prune", "lottery_ticket", "recover", "recovered_handle",
     "measure_recovered", "recovery_epochs", "schedule_curve", "private_copy", "PolynomialDecay",
+    "SCHEDULE_END_FRACTION", "SCHEDULE_POWER",
     "polynomial_decay",
     # history
     "RunStore", "record_run", "list_runs", "get_run", "delete_run", "compare_runs", "pareto_front",

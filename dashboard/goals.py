@@ -10,8 +10,6 @@ from core import api
 from core.errors import PrunelabError
 from dashboard import session, state, sweeps
 
-QUICK_LEVELS = (0.0, 0.3, 0.5, 0.7, 0.9)
-
 # name -> (label, unit shown next to the number, (min, max, default, step), channel plans only)
 GOALS = {
     "macs": ("Fewer MACs", "times fewer MACs", (1.1, 20.0, 2.0, 0.1), True),
@@ -51,7 +49,7 @@ def needs_sweep() -> str | None:
 def start_quick_sweep() -> None:
     """Start the 5-level sweep the plan's granularity and criterion need (progress shows on the page)."""
     values = state.plan()
-    sweeps.start_sensitivity(values["granularity"], values["criterion"], list(QUICK_LEVELS))
+    sweeps.start_sensitivity(values["granularity"], values["criterion"], list(session.QUICK_LEVELS))
 
 
 def _request(goal: str, value: float) -> dict:

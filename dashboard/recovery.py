@@ -15,6 +15,7 @@ from dashboard import jobs, session, state
 
 JOB = "recovery run"
 METHODS = ("finetune", "gradual", "iterative", "lottery")
+SCHEDULE_END_FRACTION, SCHEDULE_POWER = api.SCHEDULE_END_FRACTION, api.SCHEDULE_POWER  # AGP defaults (core)
 
 
 def recovery_epochs(method: str, epochs: int, rounds: int) -> int:
@@ -27,8 +28,9 @@ def gradual_target(values: dict | None = None) -> float:
     return max([values["sparsity"], *values["layers"].values()])
 
 
-def schedule_curve(final_sparsity: float, epochs: int, initial_sparsity: float = 0.0, end_fraction: float = 0.75,
-                   power: float = 3.0) -> tuple[dict, list[dict]]:
+def schedule_curve(final_sparsity: float, epochs: int, initial_sparsity: float = 0.0,
+                   end_fraction: float = api.SCHEDULE_END_FRACTION, power: float = api.SCHEDULE_POWER
+                   ) -> tuple[dict, list[dict]]:
     """The gradual schedule a run would use (PolynomialDecay's arguments) and its curve, for plotting."""
     return api.schedule_curve(session.model(), final_sparsity, epochs, initial_sparsity, end_fraction, power)
 

@@ -33,7 +33,8 @@ from dashboard.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, save_upload, sh
 
 GRANULARITIES = api.GRANULARITIES
 SCOPES = api.SCOPES
-MAX_SPARSITY = 0.95
+MAX_SPARSITY = api.MAX_SPARSITY
+DEFAULT_LEVELS, QUICK_LEVELS = api.DEFAULT_LEVELS, api.QUICK_LEVELS  # sensitivity sweeps
 SPEEDUP_FLOOR = api.SPEEDUP_FLOOR  # a speedup closer to 1x than this reads as no measurable change
 
 

@@ -21,7 +21,6 @@ QUANTIZE = "prunelab.quantize"  # None, or the INT8 mode applied before measurin
 SENSITIVITY = "prunelab.sensitivity"  # the last finished sensitivity sweep
 RECOVERED = "prunelab.recovered"  # the adopted recovered model: {"model_key", "plan_digest", "handle", "id"}
 SAVED_LAYERS = "prunelab.layers_by_granularity"  # per-layer targets kept when the granularity changes
-WIDGET_PREFIX = "w."
 PLAN_WIDGETS = ("w.granularity", "w.criterion", "w.scope", "w.global", "w.quantize", "w.round_to",
                 "w.recalibrate", "w.prune_width")
 
@@ -134,11 +133,6 @@ def switch_granularity(granularity: str, criterion: str) -> bool:
     forget_widgets("w.layer.")
     st.session_state.pop("w.global", None)
     return bool(current["layers"])
-
-
-def saved_granularities() -> list[str]:
-    """Granularities whose per-layer targets are put aside (see ``switch_granularity``)."""
-    return [name for name, kept in (st.session_state.get(SAVED_LAYERS) or {}).items() if kept["layers"]]
 
 
 def quantize() -> str | None:

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from torch.ao.pruning.scheduler.cubic_scheduler import CubicSL
 
 from core.errors import PrunelabError
-from core.train.schedule import PolynomialDecay, constant, is_pruning_step, polynomial_decay
+from core.train.schedule import PolynomialDecay, is_pruning_step, polynomial_decay
 
 
 def test_values_at_begin_middle_and_end():
@@ -50,8 +50,7 @@ def test_monotone_bounded_and_pure(initial, extra, begin, length, frequency, pow
     assert values == [polynomial_decay(step, *arguments) for step in range(begin + length + 5)]
 
 
-def test_constant_and_pruning_steps():
-    assert constant(4, 0.5, begin_step=5) == 0.0 and constant(5, 0.5, begin_step=5) == 0.5
+def test_pruning_steps():
     assert not is_pruning_step(3, 4, 10, 2) and is_pruning_step(4, 4, 10, 2) and not is_pruning_step(5, 4, 10, 2)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.api import (
+    MAX_SPARSITY,
     SWEPT_GRANULARITIES,
     allocate,
     check_request,
@@ -28,7 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--granularity", choices=SWEPT_GRANULARITIES, default="unstructured")
     parser.add_argument("--criterion", default="l1", help="how weights or channels are ranked (default l1)")
     parser.add_argument("--min-sparsity", type=float, default=0.0, help="lowest sparsity of any layer")
-    parser.add_argument("--max-sparsity", type=float, default=0.99, help="highest sparsity of any layer")
+    parser.add_argument("--max-sparsity", type=float, default=MAX_SPARSITY,
+                        help=f"highest sparsity of any layer (default {MAX_SPARSITY})")
     parser.add_argument("--round-to", type=int, default=1,
                         help="channel plans: kept channels rounded to a multiple (8 suits ONNX Runtime's CPU kernels)")
     add_parallel_arguments(parser)

@@ -120,7 +120,7 @@ def _reroot(graph, tp_group, members: list[str], by_name: dict):
     return root, tp_group
 
 
-def _bucket(graph, dep, name: str, members: list, consumers: list, others: list) -> list:
+def _bucket(graph, dep, members: list, consumers: list, others: list) -> list:
     target = dep.target.module
     scored = isinstance(target, SCORED_TYPES + (nn.MultiheadAttention,))
     if graph.is_out_channel_pruning_fn(dep.handler):
@@ -136,7 +136,7 @@ def _describe(module: nn.Module, graph, tp_group, names: dict, by_name: dict) ->
         name = names.get(target)
         if name is None or not isinstance(target, (nn.Module, nn.Parameter)):
             continue  # torch-pruning's own operator nodes (add, cat, reshape)
-        bucket = _bucket(graph, dep, name, members, consumers, others)
+        bucket = _bucket(graph, dep, members, consumers, others)
         if name not in bucket:
             bucket.append(name)
         if bucket is members and isinstance(target, nn.MultiheadAttention) and f"{name}.out_proj" in by_name:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.errors import PrunelabError
 from core.hooks import forward_once
 
 PROJECTION_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q", "k", "v"),
@@ -251,13 +250,3 @@ def set_head_counts(attention: Attention, heads: int, kv_heads: int) -> None:
     if isinstance(getattr(module, "all_head_size", None), int):
         module.all_head_size = heads * attention.head_size
     attention.heads, attention.kv_heads = heads, kv_heads
-
-
-def check_layout(root: nn.Module, attention: Attention) -> None:
-    """PrunelabError naming ``attention`` when its weight shapes disagree with its head counts."""
-    layers = [root.get_submodule(name) for name in attention.projections]
-    rows = sum(layer.out_features for layer in layers)
-    expected = (attention.heads + 2 * attention.kv_heads) * attention.head_size
-    if rows != expected:
-        raise PrunelabError(f"attention '{attention.name}': {rows} projection rows for {attention.heads} heads "
-                            f"of size {attention.head_size}")

@@ -22,6 +22,8 @@ from core.limits import PLAN_BYTES, brief, check_plan_size, gib, read_plan_text
 # (at least N zeros in every M weights).
 GRANULARITIES = ("unstructured", "channel", "2:4")
 SCOPES = ("layer", "global")
+# The largest per-layer target the dashboard offers and allocation assigns (the last level sweeps measure).
+MAX_SPARSITY = 0.95
 # Keys a resolved plan file (``prunelab prune``'s plan.yaml) carries as a record; read back, they are skipped.
 RECORD_KEYS = ("effective_sparsity", "kept")
 NM_PATTERN = re.compile(r"^(\d+):(\d+)$")

@@ -23,7 +23,7 @@ import numpy as np
 from core.errors import PrunelabError
 from core.inspect import prunable_layers
 from core.prune.engine import apply_plan
-from core.prune.plan import Plan
+from core.prune.plan import MAX_SPARSITY, Plan
 from core.search import candidates
 from core.search.executors import executor_for
 from core.search.sensitivity import footprint
@@ -176,7 +176,7 @@ def check_request(target_sparsity, target_latency_ms, target_mac_reduction, max_
 
 def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_latency_ms: float | None = None,
              granularity: str = "unstructured", criterion: str = "l1", max_accuracy_drop: float | None = None,
-             min_sparsity: float = 0.0, max_sparsity: float = 0.99, sensitivity: dict | None = None,
+             min_sparsity: float = 0.0, max_sparsity: float = MAX_SPARSITY, sensitivity: dict | None = None,
              target_mac_reduction: float | None = None, round_to: int = 1, workers: int | None = 1,
              ray_address: str | None = None) -> Plan:
     """A per-layer plan that reaches one target while losing as little accuracy as the curves predict.

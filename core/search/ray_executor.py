@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -169,15 +168,3 @@ class RayExecutor:
                 raise PrunelabError(str(cause)) from None
             raise
         on_result(len(outcome.values), len(work.jobs), work.describe(work.jobs[index]))
-
-
-def wait_for_cluster(address: str, seconds: float = 60.0) -> None:
-    """Block until ``address`` accepts connections (for scripts that have just started a head node)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return check_address(address, seconds=1.0)
-        except PrunelabError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)

@@ -38,6 +38,7 @@ from core.search.sweep_points import (  # noqa: F401
 from core.sources import ModelHandle
 
 DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+QUICK_LEVELS = (0.0, 0.3, 0.5, 0.7, 0.9)  # a first look in a fraction of the time
 # Sweeps cut one layer or channel group at a time; N:M patterns are not swept.
 SWEPT_GRANULARITIES = tuple(name for name in GRANULARITIES if granularity_kind(name) != "N:M")
 CACHE_VERSION = 5

@@ -16,9 +16,15 @@ from dataclasses import dataclass
 
 from core.errors import PrunelabError
 
+# AGP's defaults, the one home of each: a cubic ramp over the first three quarters of training,
+# pruning four times an epoch.
+POWER = 3.0
+END_FRACTION = 0.75
+PRUNINGS_PER_EPOCH = 4
+
 
 def polynomial_decay(step: int, initial_sparsity: float, final_sparsity: float, begin_step: int,
-                     end_step: int, frequency: int = 1, power: float = 3.0) -> float:
+                     end_step: int, frequency: int = 1, power: float = POWER) -> float:
     """The sparsity held at ``step`` under AGP's polynomial decay (see the module docstring).
 
     Raises PrunelabError for sparsities outside [0, 1), ``initial > final``, ``end_step <= begin_step``,
@@ -32,13 +38,6 @@ def polynomial_decay(step: int, initial_sparsity: float, final_sparsity: float, 
     last_pruned = begin_step + (step - begin_step) // frequency * frequency
     remaining = 1.0 - (last_pruned - begin_step) / (end_step - begin_step)
     return float(final_sparsity + (initial_sparsity - final_sparsity) * remaining ** power)
-
-
-def constant(step: int, sparsity: float, begin_step: int = 0) -> float:
-    """``sparsity`` from ``begin_step`` on, zero before it (one-shot pruning at a chosen step)."""
-    if not 0.0 <= sparsity < 1.0:
-        raise PrunelabError(f"sparsity must be in [0, 1), got {sparsity}")
-    return float(sparsity) if step >= begin_step else 0.0
 
 
 def is_pruning_step(step: int, begin_step: int, end_step: int, frequency: int = 1) -> bool:
@@ -57,7 +56,7 @@ class PolynomialDecay:
     begin_step: int = 0
     end_step: int = 100
     frequency: int = 10
-    power: float = 3.0
+    power: float = POWER
 
     def __post_init__(self):
         _check(self.initial_sparsity, self.final_sparsity, self.begin_step, self.end_step,
@@ -94,8 +93,10 @@ def _check(initial: float, final: float, begin_step: int, end_step: int, frequen
         raise PrunelabError(f"schedule power must be positive, got {power}")
 
 
-def default_schedule(final_sparsity: float, epochs: int, per_epoch: int) -> PolynomialDecay:
-    """AGP defaults: cubic ramp from 0 over the first three quarters of training, four prunings an epoch."""
+def default_schedule(final_sparsity: float, epochs: int, per_epoch: int, initial_sparsity: float = 0.0,
+                     end_fraction: float = END_FRACTION, power: float = POWER) -> PolynomialDecay:
+    """The AGP schedule of a run of ``epochs`` of ``per_epoch`` steps: from ``initial_sparsity`` to
+    ``final_sparsity`` over the first ``end_fraction`` of training, pruning PRUNINGS_PER_EPOCH times an epoch."""
     total = max(2, epochs * per_epoch)
-    return PolynomialDecay(0.0, final_sparsity, begin_step=0, end_step=max(1, int(0.75 * total)),
-                           frequency=max(1, per_epoch // 4), power=3.0)
+    return PolynomialDecay(initial_sparsity, final_sparsity, begin_step=0, end_step=max(1, int(end_fraction * total)),
+                           frequency=max(1, per_epoch // PRUNINGS_PER_EPOCH), power=power)

@@ -12,7 +12,8 @@ HEIGHT = 320
 
 
 DEFAULTS = {"w.recover.method": "finetune", "w.recover.epochs": 5, "w.recover.lr": 3e-3, "w.recover.rounds": 3,
-            "w.recover.rewind": 0, "w.recover.initial": 0.0, "w.recover.end": 0.75, "w.recover.power": 3.0}
+            "w.recover.rewind": 0, "w.recover.initial": 0.0, "w.recover.end": recovery.SCHEDULE_END_FRACTION,
+            "w.recover.power": recovery.SCHEDULE_POWER}
 
 
 def settings_ui(values: dict) -> dict | None:

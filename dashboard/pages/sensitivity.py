@@ -6,8 +6,7 @@ import streamlit as st
 
 from dashboard import charts, session, sweeps
 
-LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-QUICK_LEVELS = (0.0, 0.3, 0.5, 0.7, 0.9)
+LEVELS, QUICK_LEVELS = session.DEFAULT_LEVELS, session.QUICK_LEVELS
 HEIGHT = 340
 
 
