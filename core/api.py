@@ -17,6 +17,7 @@ from core.deploy.export import export_onnx
 from core.deploy.measure import SPEEDUP_FLOOR, torch_outputs
 from core.deploy.onnx_source import inspect_onnx
 from core.deploy.profile import profile_plan
+from core.deploy.profile import summary as profile_summary
 from core.deploy.quantize import MODES as QUANTIZE_MODES
 from core.errors import PrunelabError, error_line
 from core.files import home, sha256_file, writable_folder, writable_home, write_atomic
@@ -24,7 +25,7 @@ from core.history.compare import compare_runs, pareto_front
 from core.history.mlflow_log import log_runs
 from core.history.plan_formats import FORMATS as PLAN_FORMATS
 from core.history.plan_formats import export_plan, plan_layers
-from core.history.report import build_report, pareto_figure, write_report
+from core.history.report import build_report, layer_time_figure, pareto_figure, write_report
 from core.history.runs import RunStore, delete_run, get_run, list_runs, record_run
 from core.inspect import final_classifier as classifier_of
 from core.inspect import inspect_model, layer_by_name, weight_histogram
@@ -266,7 +267,7 @@ __all__ = [
     "layers_left_dense", "resolve_plan", "ResolvedPlan", "PruneResult", "apply_plan",
     # measuring and exporting
     "evaluate", "LiveEvaluator", "QUANTIZE_MODES", "export_onnx", "export_file", "save_pruned", "torch_outputs",
-    "SPEEDUP_FLOOR", "profile_plan",
+    "SPEEDUP_FLOOR", "profile_plan", "profile_summary", "layer_time_figure",
     # search
     "sensitivity", "SWEPT_GRANULARITIES", "DEFAULT_LEVELS", "QUICK_LEVELS", "parse_levels", "allocate", "check_request",
     "executor_for", "default_workers", "explore", "parse_grid", "DEFAULT_GRID",

@@ -195,21 +195,3 @@ def training_curves(history: list[dict]) -> tuple[go.Figure, go.Figure]:
     return (_layout(loss, "Training loss", "epoch", "mean cross-entropy", height=280),
             _layout(accuracy, "Validation accuracy", "epoch", "accuracy (%)", height=280))
 
-
-def layer_times(rows: list[dict], pruned: bool, top: int = 30) -> go.Figure:
-    """Horizontal bars of measured ms per layer (the ``top`` slowest dense layers), pruned beside dense.
-
-    ``rows`` as core.deploy.profile.compare returns them; two extra rows, "outside layers" and
-    "between nodes", carry the rest of the run so the bars add up to the median run.
-    """
-    shown = sorted(rows, key=lambda row: -row["ms_dense"])[:top]
-    names = [row["name"] for row in shown]
-    figure = go.Figure(go.Bar(y=names, x=[row["ms_dense"] for row in shown], orientation="h", name="dense",
-                              marker_color=KEPT, hovertemplate="%{y}: %{x:.3f} ms<extra>dense</extra>"))
-    if pruned:
-        figure.add_trace(go.Bar(y=names, x=[row["ms_pruned"] for row in shown], orientation="h", name="pruned",
-                                marker_color=EFFECTIVE, hovertemplate="%{y}: %{x:.3f} ms<extra>pruned</extra>"))
-    figure.update_yaxes(autorange="reversed", tickfont={"size": 10}, automargin=True)
-    height = 80 + 18 * len(names) * (2 if pruned else 1)
-    title = "Measured time per layer" + (f" (the {top} slowest)" if len(rows) > top else "")
-    return _layout(figure, title, "ms per run (median)", "", height=max(240, min(height, 1400)))

@@ -375,6 +375,11 @@ def _profile(_handle, key: str, plan_digest: str, _plan, batch_size: int) -> dic
     return api.profile_plan(_handle, _plan, batch_size=batch_size, threads=2)
 
 
+def layer_time_figure(rows: list[dict], pruned: bool):
+    """Bars of measured ms per layer (see core.history.report.layer_time_figure)."""
+    return api.layer_time_figure(rows, pruned)
+
+
 def profile(pruned: bool = True, batch_size: int = 1) -> dict:
     """Measured time per layer of the dense model and (``pruned``) this session's plan; see
     core.deploy.profile.profile_plan. Raises PrunelabError."""

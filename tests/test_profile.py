@@ -97,3 +97,15 @@ def test_the_profile_page_times_dense_and_pruned_layers(monkeypatch):
     assert len(app.dataframe) == 1 and len(app.dataframe[0].value) == 5  # digits-cnn's five layers
     app.radio(key="w.profile.colour").set_value("saved").run()
     assert not app.exception and not app.error
+
+
+def test_a_profiled_prune_run_carries_its_layer_times_into_the_html_report(tmp_path, capsys):
+    plan = CHANNELS.save(tmp_path / "plan.yaml")
+    assert main(["prune", "digits-resnet", "--plan", str(plan), "--out", str(tmp_path / "out"), "--profile",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {row["name"]: row for row in report["profile"]["rows"]}
+    assert set(rows) >= set(report["layer_sparsity"]) and rows["layer1.conv1"]["ms_dense"] > 0
+    assert main(["report", "1", "--out", str(tmp_path / "report.html")]) == 0
+    html = (tmp_path / "report.html").read_text()
+    assert "Where the time goes" in html and "Measured time per layer" in html

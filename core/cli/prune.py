@@ -17,6 +17,8 @@ from core.api import (
     LiveEvaluator,
     RunStore,
     log_runs,
+    profile_plan,
+    profile_summary,
     record_run,
     run_folder,
     save_pruned,
@@ -38,6 +40,9 @@ def register(subparsers) -> None:
     add_measure_arguments(parser)
     parser.add_argument("--mlflow-uri", help="also log the run to MLflow at this tracking URI (the mlflow extra)")
     parser.add_argument("--label", default="", help="a label for the recorded run (see prunelab runs)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile dense and pruned layer by layer (see prunelab profile); the run and "
+                             "its HTML report keep the per-layer times")
     add_finetune_arguments(parser)  # recovery (core/cli/recover.py)
     parser.set_defaults(func=run)
 
@@ -60,6 +65,10 @@ def run(args) -> int:
     report = dict(report)  # the cached report stays as measured; this copy also lists the files
     if args.finetune:  # recovery (core/cli/recover.py): the report and files become the fine-tuned model's
         report, artifact = finetuned(handle, plan, result, report, args)
+    if args.profile and handle.module is not None:
+        progress("profiling dense and pruned layer by layer")
+        report["profile"] = profile_summary(profile_plan(handle, plan, batch_size=args.batch_size,
+                                                         threads=args.threads))
     progress(f"writing {', '.join(FILES)} to {out}")
     paths, digests = write_outputs(out, handle, plan, report, artifact)
     record_run_hook(report, handle, plan, result, paths, label=args.label, mlflow_uri=args.mlflow_uri,

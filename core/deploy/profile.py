@@ -252,3 +252,13 @@ def profile_plan(handle, plan=None, *, batch_size: int = 1, threads: int = 2, ru
             "settings": {"batch_size": batch_size, "threads": threads, "runs": runs},
             "dense": dense, "pruned": pruned,
             "rows": compare(dense, pruned or dense, macs[0], macs[-1])}
+
+
+def summary(report: dict) -> dict:
+    """The few figures a run keeps of a ``profile_plan`` report (its HTML report draws them)."""
+    measured = report["pruned"] or report["dense"]
+    keys = ("name", "ms_dense", "ms_pruned", "ms_saved")
+    return {"rows": [{key: row[key] for key in keys} for row in report["rows"]],
+            "other_ms": measured["other_ms"], "overhead_ms": measured["overhead_ms"],
+            "dense_p50_ms": report["dense"]["p50_ms"], "pruned_p50_ms": measured["p50_ms"],
+            "runs": measured["runs"]}

@@ -83,6 +83,27 @@ def pareto_figure(runs: list[Run], baseline: dict | None = None) -> go.Figure:
     return figure
 
 
+def layer_time_figure(rows: list[dict], pruned: bool, top: int = 30) -> go.Figure:
+    """Horizontal bars of measured ms per layer (the ``top`` slowest dense layers), pruned beside dense.
+
+    ``rows`` as core.deploy.profile.compare returns them (``name``, ``ms_dense``, ``ms_pruned``).
+    """
+    shown = sorted(rows, key=lambda row: -row["ms_dense"])[:top]
+    names = [row["name"] for row in shown]
+    figure = go.Figure(go.Bar(y=names, x=[row["ms_dense"] for row in shown], orientation="h", name="dense",
+                              marker_color="#4c78a8", hovertemplate="%{y}: %{x:.3f} ms<extra>dense</extra>"))
+    if pruned:
+        figure.add_trace(go.Bar(y=names, x=[row["ms_pruned"] for row in shown], orientation="h", name="pruned",
+                                marker_color="#f58518", hovertemplate="%{y}: %{x:.3f} ms<extra>pruned</extra>"))
+    figure.update_yaxes(autorange="reversed", tickfont={"size": 10}, automargin=True)
+    height = 80 + 18 * len(names) * (2 if pruned else 1)
+    title = "Measured time per layer" + (f" (the {top} slowest)" if len(rows) > top else "")
+    figure.update_layout(title={"text": title, "x": 0, "font": {"size": 14}}, height=max(240, min(height, 1400)),
+                         margin={"l": 10, "r": 10, "t": 40, "b": 10}, xaxis_title="ms per run (median)",
+                         legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"})
+    return figure
+
+
 def _baseline_trace(latency: float, quality: float | None, scale: float, unfaded: dict) -> go.Scatter:
     """The dense model: a labelled star (added last, so it is drawn above every run)."""
     return go.Scatter(
@@ -140,6 +161,21 @@ def _metrics_table(runs: list[Run]) -> str:
     return _table(["metric", "dense baseline", *[run_name(run) for run in runs]], rows)
 
 
+def _profiles(runs: list[Run]) -> str:
+    """Measured time per layer of every run profiled when it was pruned (``prunelab prune --profile``)."""
+    parts = []
+    for run in runs:
+        profile = run.metrics.get("profile")
+        if not profile:
+            continue
+        chart = layer_time_figure(profile["rows"], True, top=20).to_html(
+            full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+        parts.append(f"<h3>{html.escape(run_name(run))}</h3><p class=\"muted\">One run: dense "
+                     f"{milliseconds(profile['dense_p50_ms'])}, pruned {milliseconds(profile['pruned_p50_ms'])} "
+                     f"(medians of profiled runs; outside layers {milliseconds(profile['other_ms'])}).</p>{chart}")
+    return f"<h2>Where the time goes</h2>{''.join(parts)}" if parts else ""
+
+
 def build_report(runs: list[Run], title: str = "Pruning report") -> str:
     """The whole HTML document for ``runs`` (at least one). Raises PrunelabError when empty."""
     if not runs:
@@ -162,6 +198,7 @@ star is the dense model.</p>
 {chart}
 <h2>Per-layer sparsity</h2>{_layers_table(runs)}
 <h2>Metrics</h2>{_metrics_table(runs)}
+{_profiles(runs)}
 {f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
 </body></html>
 """

@@ -64,7 +64,7 @@ if st.session_state.get("prunelab.profile.asked"):
         if measured:
             st.markdown(reconciliation(measured, "Pruned"))
         rows = report["rows"]
-        st.plotly_chart(charts.layer_times(rows, measured is not None), key="profile-bars",
+        st.plotly_chart(session.layer_time_figure(rows, measured is not None), key="profile-bars",
                         config={"displayModeBar": False})
         other_ui(measured or dense)
         table_ui(rows, dense["p50_ms"])
