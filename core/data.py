@@ -300,6 +300,55 @@ def _sentences(path: Path, seq_len: int) -> list[str]:
     return sentences
 
 
+TEXT_SHARES = (0.8, 0.1)  # train, then val, then the rest (test): consecutive stretches of the token stream
+
+
+def split_stream(ids: np.ndarray) -> dict[str, np.ndarray]:
+    """A token stream cut by position into train (first 80%), val (next 10%) and test (last 10%).
+
+    Never shuffled: held-out text is text the model has not seen, not sentences from its neighbourhood.
+    """
+    train_end = int(TEXT_SHARES[0] * len(ids))
+    val_end = train_end + int(TEXT_SHARES[1] * len(ids))
+    return {"train": ids[:train_end], "val": ids[train_end:val_end], "test": ids[val_end:]}
+
+
+def windows(ids: np.ndarray, context: int) -> np.ndarray:
+    """Consecutive, non-overlapping windows of ``context`` tokens (stride = context); the tail is dropped."""
+    count = len(ids) // context
+    return np.ascontiguousarray(ids[:count * context].reshape(count, context)).astype(np.int64)  # (windows, context)
+
+
+def load_documents(path: str | Path, tokenize, context: int) -> Dataset:
+    """A ``.txt`` of documents for a causal language model, as context-length windows of token ids.
+
+    The whole file is tokenized as one stream by ``tokenize(text) -> ids``, split by position
+    (``split_stream``) and each split cut into windows of ``context`` tokens (``windows``).
+    Raises PrunelabError when the file is missing, unreadable, has no tokenizer to read it, or is
+    too short to give every split a window.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PrunelabError(f"data file not found: {path}")
+    if tokenize is None:
+        raise PrunelabError(f"text data {path.name} needs a model with a tokenizer; pass token ids in an .npz instead")
+    check_text_size(path.stat().st_size, path.name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as error:
+        raise PrunelabError(f"cannot read text file {path}: {error.__class__.__name__}") from None
+    ids = np.asarray(tokenize(text), dtype=np.int64)
+    parts = {split: windows(stream, context) for split, stream in split_stream(ids).items()}
+    short = [split for split, items in parts.items() if len(items) == 0]
+    if short:
+        raise PrunelabError(f"text file {path} gives {len(ids)} tokens: too few for a {context}-token window in the "
+                            f"{', '.join(short)} split (needs about {int(context / 0.1)} tokens)")
+    origin = {split: f"{name} of {path.name}'s {len(ids)} tokens, {len(parts[split])} windows of {context}"
+              for split, name in (("train", "the first 80%"), ("val", "the next 10%"), ("test", "the last 10%"))}
+    return Dataset(name=path.name, x_test=parts["test"], y_test=None, x_val=parts["val"], y_val=None,
+                   x_train=parts["train"], origin=origin)
+
+
 def _labels(labels, count: int, path: Path, key: str) -> np.ndarray | None:
     if labels is None:
         return None

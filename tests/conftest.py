@@ -39,6 +39,12 @@ def resnet():
 
 
 @pytest.fixture(scope="session")
+def tinylm():
+    """The built-in Llama with its tokenizer and its text in 128-token windows."""
+    return load_model("tinylm")
+
+
+@pytest.fixture(scope="session")
 def user_model():
     """The unseen architecture (residual, concat, depthwise, attention) on random 3x16x16 inputs."""
     return load_model(f"{USER_MODELS}:factory", input_shape=(1, 3, 16, 16))

@@ -52,7 +52,9 @@ def progress(text: str) -> None:
 
 
 ROWS = [  # (label, metric key, format)
-    ("accuracy", "accuracy", "percent"), ("agreement", "agreement", "percent"), ("loss", "loss", "float"),
+    ("accuracy", "accuracy", "percent"), ("perplexity", "perplexity", "float"),
+    ("next-token accuracy", "next_token_accuracy", "percent"), ("agreement", "agreement", "percent"),
+    ("loss", "loss", "float"),
     ("cosine to dense", "cosine", "float"), ("cosine p5", "cosine_p5", "float"),
     ("nearest-neighbour agr.", "neighbour_agreement", "percent"),
     ("output error (rel L2)", "output_error", "float"), ("KL to dense", "kl", "float"),
@@ -88,6 +90,9 @@ def print_report(report: dict) -> None:
              else f"{plan['granularity']} {plan['criterion']} {plan['scope']} {plan['sparsity']:g}")
     print(f"{report['model']}: {title}{' + ' + settings['quantize'] if settings['quantize'] else ''} on "
           f"{settings['data']}, ONNX Runtime CPU, {settings['threads']} threads, batch {settings['batch_size']}")
+    if report["baseline"].get("context"):
+        print(f"language model: next-token figures over windows of {report['baseline']['context']} tokens, "
+              f"stride {report['baseline']['stride']}, on {settings['splits'].split(';')[0]}")
     measured = "pruned" if plan is not None else (settings["quantize"] or "measured")
     print(f"{'metric':<22} {'baseline':>14} {measured:>14} {'ratio':>8}")
     embedding = report["baseline"].get("label") == "cosine"

@@ -73,7 +73,7 @@ class Settings:
     threads: int = 2
     quantize: str | None = None
     live: bool = True
-    kind: str = "logits"  # the model's output: logits or embedding (see ModelHandle.output_kind)
+    kind: str = "logits"  # the model's output: logits, embedding or causal (see ModelHandle.output_kind)
 
     def timing(self, macs: int | None = None) -> dict:
         """Timed runs and seconds; fewer runs for a model whose usual count would exceed TIMING_BUDGET_MACS."""
@@ -326,6 +326,9 @@ class LiveEvaluator:
 
 
 def _measured(dense: dict) -> str:
+    if dense.get("context"):
+        return (f"{'perplexity' if dense.get('perplexity') is not None else 'next-token agreement'} "
+                f"(context {dense['context']}, stride {dense['stride']})")
     return "fidelity to the dense embeddings" if dense.get("label") == "cosine" else "accuracy, loss and agreement"
 
 

@@ -7,6 +7,8 @@
   when every input gets the same class: the relative L2 error of the outputs
   (``||pruned - dense|| / ||dense||`` over all items) and the mean KL divergence of the dense
   softmax from the pruned one.
+- Next-token logits (a causal language model): perplexity on the text (when the inputs are real
+  text, not random ids), next-token top-1 agreement and KL per position against the dense model.
 """
 from __future__ import annotations
 
@@ -62,6 +64,54 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
+CAUSAL_BLOCK = 16  # windows turned into float64 log-probabilities at once (16 x 128 x 2048 = 32 MB)
+
+
+def next_token_quality(logits: np.ndarray, ids: np.ndarray, reference: np.ndarray | None, text: bool) -> dict:
+    """A causal LM's quality on windows of token ids ``ids`` (windows, context).
+
+    ``logits`` are its outputs flattened to ``(windows, context * vocabulary)``; position ``t``
+    predicts token ``t + 1``, so each window scores ``context - 1`` tokens (stride = context).
+    ``reference`` are the dense model's logits (None: these are the dense ones). ``text`` False
+    (random token ids) leaves ``perplexity``, ``loss`` and ``next_token_accuracy`` None.
+    Returns those, ``agreement`` (top-1 next token equal to the dense model's), ``kl`` (mean
+    KL(dense || pruned) per position), ``output_error``, ``context``, ``stride`` and ``label``.
+    """
+    windows, context = ids.shape
+    vocabulary = logits.shape[1] // context
+    totals = {"nll": 0.0, "correct": 0, "agree": 0, "kl": 0.0, "error": 0.0, "norm": 0.0}
+    for start in range(0, windows, CAUSAL_BLOCK):
+        block = slice(start, start + CAUSAL_BLOCK)
+        raw_pruned = logits[block].reshape(-1, context, vocabulary)[:, :-1]  # (windows, context - 1, vocabulary)
+        pruned = _log_softmax_last(raw_pruned)
+        predicted = pruned.argmax(-1)
+        targets = ids[block, 1:]
+        totals["nll"] -= float(np.take_along_axis(pruned, targets[..., None], -1).sum())
+        totals["correct"] += int((predicted == targets).sum())
+        if reference is not None:
+            raw = reference[block].reshape(-1, context, vocabulary)[:, :-1]
+            dense = _log_softmax_last(raw)
+            totals["agree"] += int((predicted == dense.argmax(-1)).sum())
+            totals["kl"] += float((np.exp(dense) * (dense - pruned)).sum())
+            totals["error"] += float(np.square(raw_pruned - raw, dtype=np.float64).sum())
+            totals["norm"] += float(np.square(raw, dtype=np.float64).sum())
+    scored = windows * (context - 1)
+    loss = totals["nll"] / scored
+    figures = {"perplexity": float(np.exp(loss)) if text else None, "loss": loss if text else None,
+               "next_token_accuracy": totals["correct"] / scored if text else None,
+               "agreement": 1.0 if reference is None else totals["agree"] / scored,
+               "kl": 0.0 if reference is None else max(totals["kl"] / scored, 0.0),
+               "output_error": 0.0 if reference is None else float(np.sqrt(totals["error"] / max(totals["norm"],
+                                                                                                  1e-24))),
+               "context": int(context), "stride": int(context)}
+    return {"accuracy": None, **figures, "label": "perplexity" if text else "agreement"}
+
+
+def _log_softmax_last(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def classes_predicted(logits: np.ndarray) -> int:
     """How many distinct top-1 classes the outputs give (1: agreement tells nothing)."""
     return len(np.unique(logits.argmax(axis=1))) if len(logits) else 0
@@ -78,3 +128,13 @@ def constant_class_note(baseline: dict) -> list[str]:
     note = (f"the dense model predicts the same class for every input ({what}, typical of randomly initialized "
             f"weights); judge fidelity by the relative output error and KL divergence instead")
     return [note]
+
+
+def perplexity_note(baseline: dict) -> list[str]:
+    """Why a causal language model has no perplexity: it was fed random token ids."""
+    if not baseline.get("context") or baseline.get("perplexity") is not None:
+        return []
+    return ["perplexity is not available: the model has no tokenizer and no token data, so it was fed random "
+            "token ids; next-token agreement and KL against the dense model stand in (give it a .txt with a "
+            "tokenizer, or token ids in an .npz, for perplexity)"]
+

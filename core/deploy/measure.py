@@ -203,15 +203,19 @@ def latency_summary(milliseconds: np.ndarray, items: int) -> dict:
 
 
 def quality(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None,
-            kind: str = "logits") -> dict:
+            kind: str = "logits", inputs: np.ndarray | None = None, text: bool = False) -> dict:
     """How good the outputs are: against ``labels`` when there are any, and against the ``reference``
     (dense) outputs always (None: these are the dense outputs).
 
     Logits: top-1 accuracy and cross-entropy loss (None without labels), top-1 ``agreement``,
     ``output_error`` and ``kl`` (see core.deploy.fidelity) and ``classes_predicted``; ``label`` names
     the headline figure, 'accuracy' or 'agreement'. Embeddings (``kind="embedding"``): ``cosine``
-    (the headline), ``cosine_p5`` and ``neighbour_agreement``, which ``agreement`` repeats.
+    (the headline), ``cosine_p5`` and ``neighbour_agreement``, which ``agreement`` repeats. Causal
+    language models (``kind="causal"``): the windows of token ids ``inputs`` are their own labels;
+    perplexity when they are real ``text`` (see core.deploy.fidelity.next_token_quality).
     """
+    if kind == "causal":
+        return fidelity.next_token_quality(logits, inputs, reference, text)
     if kind == "embedding":
         values = fidelity.embedding_fidelity(logits, reference)
         return {"accuracy": None, "loss": None, "agreement": values["neighbour_agreement"], **values,

@@ -17,7 +17,7 @@ def report_notes(plan: Plan | None, pruned: dict, baseline: dict, quantize: str 
 
     The one place the "zeros do not speed up" explanation is written; the CLI and the dashboard show these.
     """
-    notes = _parity_notes(pruned) + fidelity.constant_class_note(baseline)
+    notes = _parity_notes(pruned) + fidelity.constant_class_note(baseline) + fidelity.perplexity_note(baseline)
     if pruned.get("quantized"):
         notes += _quantize_notes(pruned, baseline, quantize)
     if plan is not None:

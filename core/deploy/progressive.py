@@ -61,7 +61,10 @@ def quality_interval(logits: np.ndarray, labels: np.ndarray | None, reference: n
                      kind: str) -> dict | None:
     """The 95% interval of the headline quality figure over the items scored (None when it is exact:
     the dense model's agreement or cosine with itself). Accuracy and agreement: Wilson's score interval;
-    cosine: the mean's normal interval."""
+    cosine: the mean's normal interval. None for causal language models (their figures pool thousands of
+    positions per item)."""
+    if kind == "causal":
+        return None
     if kind == "embedding":
         if reference is None:
             return None
@@ -152,7 +155,8 @@ class _Stages:
         count = len(logits)
         labels = None if self.data.y_test is None else self.data.y_test[:count]
         reference = None if self.reference is None else self.reference[:count]
-        result = measure.quality(logits, labels, reference, self.settings.kind)
+        result = measure.quality(logits, labels, reference, self.settings.kind, self.data.x_test[:count],
+                                 not self.data.synthetic)
         result["quality_interval"] = quality_interval(logits, labels, reference, self.settings.kind)
         result.update(self.timing)
         result["session_ms"] = session_ms

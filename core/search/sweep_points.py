@@ -39,7 +39,10 @@ class Scorer:
     Without labels the dense model's top-1 predictions serve as labels, so the "accuracy" is the
     agreement with the dense model and the loss is the cross-entropy against those predictions.
     For an embedding model (``handle.output_kind == "embedding"``) the "accuracy" is the mean cosine
-    similarity to the dense embeddings (label 'cosine') and the loss is one minus it.
+    similarity to the dense embeddings (label 'cosine') and the loss is one minus it. For a causal
+    language model (``"causal"``) the "accuracy" is the next-token top-1 agreement with the dense
+    model at every position and the loss is the next-token cross-entropy on the text (the log of
+    its perplexity; against the dense model's choices when the ids are random).
     """
 
     def __init__(self, handle: ModelHandle, split: str = "val", max_items: int | None = None, reason: str = ""):
@@ -49,7 +52,11 @@ class Scorer:
         self.split, self.items, self.available, self.reason = split, count, available, reason
         self.inputs = torch.from_numpy(np.ascontiguousarray(x[:count]))
         self.embedding = handle.output_kind == "embedding"
-        if self.embedding:
+        self.causal = handle.output_kind == "causal"
+        if self.causal:
+            self.label, self.targets = "agreement", self._next_token(handle.module).argmax(-1)
+            self.text = None if handle.data.synthetic else self.inputs[:, 1:]
+        elif self.embedding:
             self.label, self.targets = "cosine", F.normalize(self._predict(handle.module), dim=1)
         elif labels is not None:
             self.label, self.targets = "accuracy", torch.from_numpy(labels[:count])
@@ -61,8 +68,19 @@ class Scorer:
             return torch.cat([module(self.inputs[start:start + SCORE_BATCH])
                               for start in range(0, len(self.inputs), SCORE_BATCH)])
 
+    def _next_token(self, module: nn.Module) -> torch.Tensor:
+        """Next-token logits ``(windows, context - 1, vocabulary)`` of a causal language model."""
+        windows, context = self.inputs.shape
+        return self._predict(module).reshape(windows, context, -1)[:, :-1]
+
     def __call__(self, module: nn.Module) -> tuple[float, float]:
         """``(accuracy, loss)`` of ``module`` on the split."""
+        if self.causal:
+            logits = self._next_token(module)
+            agreement = (logits.argmax(-1) == self.targets).float().mean().item()
+            wanted = self.targets if self.text is None else self.text
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), wanted.reshape(-1)).item()
+            return float(agreement), float(loss)
         logits = self._predict(module)
         if self.embedding:
             cosine = (F.normalize(logits, dim=1) * self.targets).sum(1).mean().item()

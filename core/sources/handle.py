@@ -1,6 +1,7 @@
 """ModelHandle: a loaded model with everything prunelab needs to prune and measure it."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +40,11 @@ class ModelHandle:
     graph lives at ``onnx_path``). ``input_shape`` includes a batch dimension of 1. ``data``
     always exists: the built-in split, the user's data, or seeded random inputs (unlabelled).
     ``fixed_batch`` is set when the module only accepts that batch size (a ``.pt2`` program).
-    ``output_kind`` is ``"logits"`` (a classifier: accuracy or top-1 agreement) or ``"embedding"``
-    (an encoder: cosine similarity and nearest-neighbour agreement with the dense model).
-    ``vocab_size`` and ``pad_id`` are set for token models (int64 ``input_ids``), ``encode`` when
-    a tokenizer is known: ``encode(sentences, seq_len) -> ids``.
+    ``output_kind`` is ``"logits"`` (a classifier: accuracy or top-1 agreement), ``"embedding"``
+    (an encoder: cosine similarity and nearest-neighbour agreement with the dense model) or
+    ``"causal"`` (a decoder language model: next-token logits at every position; perplexity).
+    ``vocab_size`` and ``pad_id`` are set for token models (int64 ``input_ids``), ``encode`` and
+    ``tokenizer`` when a tokenizer is known: ``encode(sentences, seq_len) -> ids``.
     """
 
     name: str
@@ -57,6 +59,7 @@ class ModelHandle:
     vocab_size: int | None = None
     pad_id: int = 0
     encode: object = field(default=None, repr=False)
+    tokenizer: object = field(default=None, repr=False)
     _digest: str | None = field(default=None, repr=False)
 
     def can(self, operation: str) -> bool:
@@ -70,8 +73,7 @@ class ModelHandle:
 
     def with_module(self, module: nn.Module) -> ModelHandle:
         """This handle with another module of the same model (a fine-tuned copy), digested afresh."""
-        return ModelHandle(self.name, self.source, module, self.input_shape, self.data, self.onnx_path,
-                           self.description, self.fixed_batch)
+        return dataclasses.replace(self, module=module, _digest=None)
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """Real inputs from the data when there are enough, shaped ``(batch, *input_shape[1:])``."""

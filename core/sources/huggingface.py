@@ -7,6 +7,9 @@ is wrapped so prunelab can feed it one tensor and get one tensor back:
 - token models take int64 ``input_ids`` shaped ``(batch, tokens)``; the attention mask is derived
   from the padding (ids equal to the pad id are masked), so the exported graph has one integer input;
 - image models take float ``pixel_values``;
+- a causal language model (``*ForCausalLM``, GPT-2's ``LMHeadModel``) returns its next-token logits
+  for every position, flattened to ``(batch, tokens * vocabulary)``, and is fed no attention mask
+  (causal attention already keeps padding after the text from touching it);
 - a model with a task head returns its ``logits``; an encoder returns an embedding: the pooling
   its sentence-transformers files ask for (mean over real tokens by default, L2-normalized when a
   Normalize module follows), or its pooler output / mean over tokens for image encoders.
@@ -39,13 +42,19 @@ class Pooling:
 class TokenModel(nn.Module):
     """``input_ids (batch, tokens) int64 -> logits or embedding (batch, features)``."""
 
-    def __init__(self, model: nn.Module, pad_id: int, pooling: Pooling):
+    def __init__(self, model: nn.Module, pad_id: int, pooling: Pooling, causal: bool = False):
         super().__init__()
         self.model = model
         self.pad_id = int(pad_id)
         self.pooling = pooling
+        self.causal = causal
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.causal:  # an all-ones mask: without one, transformers inspects position ids with aten::diff,
+            # which the TorchScript-based ONNX exporter cannot translate
+            logits = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                use_cache=False).logits  # (batch, tokens, vocabulary)
+            return logits.reshape(logits.shape[0], -1)
         mask = (input_ids != self.pad_id).long()
         output = self.model(input_ids=input_ids, attention_mask=mask)
         logits = getattr(output, "logits", None)
@@ -85,11 +94,12 @@ class Adapted:
     """A wrapped Hugging Face model and what prunelab needs to feed it."""
 
     module: nn.Module
-    output_kind: str                  # logits | embedding
+    output_kind: str                  # logits | embedding | causal
     input_shape: tuple[int, ...] | None
     vocab_size: int | None = None
     pad_id: int = 0
     encode: object = None             # (sentences, seq_len) -> int64 ids, when a tokenizer is there
+    tokenizer: object = None          # the directory's tokenizer (text streams, prompts), or None
 
 
 def _transformers():
@@ -131,7 +141,7 @@ def load_directory(path: Path) -> Adapted:
         model_class = _model_class(transformers, config)
         check_parameters(_builder(model_class, config), path)  # before a single weight is allocated
         model = model_class.from_pretrained(str(path), local_files_only=True, use_safetensors=safetensors,
-                                            weights_only=True, trust_remote_code=False)
+                                            weights_only=True, trust_remote_code=False, dtype=torch.float32)
     except PrunelabError:
         raise
     except Exception as error:  # transformers raises many kinds for a broken directory
@@ -170,10 +180,17 @@ def adapt(model: nn.Module, directory: Path | None = None) -> Adapted:
         return Adapted(ImageModel(model).eval(), kind, (1, channels, size, size))
     pad_id = getattr(config, "pad_token_id", None)
     pad_id = 0 if pad_id is None else int(pad_id)
-    kind = "logits" if _has_head(model) else "embedding"
-    encode = _tokenizer(directory) if directory is not None else None
-    return Adapted(TokenModel(model, pad_id, _pooling(directory)).eval(), kind, None,
-                   vocab_size=int(config.vocab_size), pad_id=pad_id, encode=encode)
+    causal = is_causal_lm(model)
+    kind = "causal" if causal else "logits" if _has_head(model) else "embedding"
+    tokenizer = _tokenizer(directory) if directory is not None else None
+    encode = None if tokenizer is None else _encoder(tokenizer)
+    return Adapted(TokenModel(model, pad_id, _pooling(directory), causal).eval(), kind, None,
+                   vocab_size=int(config.vocab_size), pad_id=pad_id, encode=encode, tokenizer=tokenizer)
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """True for a decoder language model: ``LlamaForCausalLM``, ``Qwen2ForCausalLM``, ``GPT2LMHeadModel``..."""
+    return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
 
 
 def _has_head(model: nn.Module) -> bool:
@@ -200,16 +217,19 @@ def _pooling(directory: Path | None) -> Pooling:
 
 
 def _tokenizer(directory: Path):
-    """``encode(sentences, seq_len) -> int64 ids`` with the directory's tokenizer, or None without one."""
+    """The directory's tokenizer, or None without one (token ids must then come from an .npz)."""
     if not any((directory / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
         return None
     transformers = _transformers()
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True,
-                                                               trust_remote_code=False)
-    except Exception:  # a partial tokenizer: token ids must then come from an .npz
+        return transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True,
+                                                          trust_remote_code=False)
+    except Exception:  # a partial tokenizer
         return None
 
+
+def _encoder(tokenizer):
+    """``encode(sentences, seq_len) -> int64 ids``, padded and truncated with ``tokenizer``."""
     def encode(sentences: list[str], seq_len: int) -> np.ndarray:
         encoded = tokenizer(list(sentences), padding="max_length", truncation=True, max_length=int(seq_len),
                             return_tensors="np")
@@ -224,6 +244,17 @@ def max_tokens(model: nn.Module) -> int | None:
     config = getattr(getattr(model, "model", model), "config", None)
     limit = getattr(config, "max_position_embeddings", None)
     return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
+def stream_tokenizer(tokenizer):
+    """``tokenize(text) -> int64 ids`` of a whole document stream, no special tokens added, or None."""
+    if tokenizer is None:
+        return None
+
+    def tokenize(text: str) -> np.ndarray:
+        return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+
+    return tokenize
 
 
 def token_length(model: nn.Module, requested: int | None = None) -> int:

