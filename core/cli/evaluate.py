@@ -60,6 +60,10 @@ ROWS = [  # (label, metric key, format)
     ("output error (rel L2)", "output_error", "float"), ("KL to dense", "kl", "float"),
     ("latency p50 (ms)", ("latency_ms", "p50"), "ms"), ("latency p90 (ms)", ("latency_ms", "p90"), "ms"),
     ("latency p99 (ms)", ("latency_ms", "p99"), "ms"), ("throughput (items/s)", "throughput", "int"),
+    ("prefill (ms)", ("generation", "prefill_ms"), "ms"),
+    ("prefill (tokens/s)", ("generation", "prefill_tokens_per_s"), "int"),
+    ("decode (ms/token)", ("generation", "decode_ms_per_token"), "ms"),
+    ("decode (tokens/s)", ("generation", "decode_tokens_per_s"), "int"),
     ("session (ms)", "session_ms", "ms"), ("params", "params", "int"), ("nonzero params", "nonzero_params", "int"),
     ("zero weights (prunable)", "sparsity", "percent"), ("weights removed", "removed", "percent"),
     ("MACs", "macs", "int"), ("ONNX bytes", "onnx_bytes", "int"),
@@ -100,7 +104,7 @@ def print_report(report: dict) -> None:
         if key == "accuracy" and report["baseline"]["accuracy"] is None:
             continue
         source = report["pruned"] if key == "removed" else report["baseline"]  # the dense model removes nothing
-        missing = not isinstance(key, tuple) and key not in source  # older reports lack new rows
+        missing = (key[0] if isinstance(key, tuple) else key) not in source  # older reports lack new rows
         if missing or (key in ("agreement", "loss") and embedding):
             continue  # an embedding's agreement is its nearest-neighbour row
         before, after = _value(report["baseline"], key), _value(report["pruned"], key)
@@ -110,5 +114,21 @@ def print_report(report: dict) -> None:
         ratio = f"{after / before:.2f}x" if isinstance(before, (int, float)) and before and after is not None else ""
         ratio = "" if key in ("output_error", "kl") else ratio
         print(f"{label:<22} {_format(before, kind):>14} {_format(after, kind):>14} {ratio:>8}")
+    _print_generation(report["pruned"].get("generation"))
     for note in report["notes"]:
         print(f"note: {note}")
+
+
+def _print_generation(figures: dict | None) -> None:
+    """What the prefill and decode rows measured, and their paired speedups."""
+    if not figures:
+        return
+    print(f"generation: KV-cache ONNX graph, prefill of {figures['prompt_tokens']} prompt tokens, then "
+          f"{figures['new_tokens']} greedy decode steps, batch {figures['batch']}, medians of {figures['rounds']} "
+          f"rounds timed in alternation with the dense model")
+    for part, speedup in figures.get("speedup", {}).items():
+        if speedup.get("same_kernels"):
+            print(f"{part} speedup: 1.00x (the dense graph's kernels)")
+        else:
+            print(f"{part} speedup: {speedup['p50']:.2f}x (95% interval {speedup['low']:.2f}-{speedup['high']:.2f}x"
+                  f"{'' if speedup['measurable'] else ', within noise'})")

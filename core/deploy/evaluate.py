@@ -35,7 +35,7 @@ import torch
 
 from core.cache import MemoryLRU
 from core.data import Dataset
-from core.deploy import measure
+from core.deploy import generation, measure
 from core.deploy.export import changed_tensors, export_onnx, with_weights
 from core.deploy.notes import report_notes
 from core.deploy.onnx_source import onnx_artifact, prune_onnx
@@ -126,6 +126,22 @@ class _Baseline:
         self.logits = measure.run_batched(self.session, self.data.x_test, scoring_batch(self.artifact.macs))
         self.metrics = _measure(self.artifact, self.data, settings, reference=None,
                                 session=(self.session, session_ms), logits=self.logits)
+        self.generator = None  # the KV-cache session of a language model, made on first use
+        self._lock = threading.Lock()
+
+    def generation(self, settings: Settings) -> tuple[generation.Generator, np.ndarray, int]:
+        """The dense KV-cache session, the prompt and the new tokens; the dense figures go into ``metrics``."""
+        with self._lock:
+            if self.generator is None:
+                prompt = generation.prompt_for(self.data.x_test, settings.batch_size)
+                new_tokens = generation.new_tokens_for(self.artifact.module, prompt.shape[1])
+                model_bytes = generation.export_cached(self.artifact.module)
+                self.generator = generation.Generator(model_bytes, settings.threads)
+                twin = generation.Generator(model_bytes, settings.threads)
+                self.metrics["generation"] = generation.dense_generation(self.generator, twin, prompt, new_tokens,
+                                                                         settings.live)
+                self.prompt, self.new_tokens = prompt, new_tokens
+        return self.generator, self.prompt, self.new_tokens
 
 
 def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, reference: np.ndarray | None,
@@ -273,6 +289,9 @@ class LiveEvaluator:
         final = pruned.setdefault("progress", {"items": len(baseline.data.x_test),
                                                "of": len(baseline.data.x_test), "runs": pruned.get("runs"),
                                                "final": True})["final"]
+        if final and self._generates(artifact):
+            pruned["generation"] = self._generation(baseline, artifact)
+            dense["generation"] = baseline.metrics["generation"]
         timings = dict(artifact.timings_ms, measure=(time.perf_counter() - started) * 1000.0)
         report = {"model": self.handle.name, "plan": None if plan is None else plan.to_dict(),
                   "settings": {"batch_size": self.settings.batch_size, "threads": self.settings.threads,
@@ -289,6 +308,24 @@ class LiveEvaluator:
             notes += report_notes(plan, pruned, dense, self._quantize_mode(baseline))
         report["notes"] = notes
         return report
+
+    def _generates(self, artifact: measure.Artifact) -> bool:
+        """Prefill and decode are timed for FP32 causal language models with a torch module."""
+        return self.handle.output_kind == "causal" and artifact.module is not None and not artifact.quantized
+
+    def _generation(self, baseline: _Baseline, artifact: measure.Artifact) -> dict:
+        """Prefill and decode figures of ``artifact`` against the dense model's KV-cache graph, paired.
+
+        The dense graph itself (no plan) and a dense graph with new weight values (unstructured, N:M:
+        the same dense kernels) get the dense figures at 1.00x, as their latency does.
+        """
+        dense_generator, prompt, new_tokens = baseline.generation(self.settings)
+        dense = baseline.metrics["generation"]
+        if artifact.same_graph or artifact.model_bytes == baseline.artifact.model_bytes:
+            same = {"p50": 1.0, "low": 1.0, "high": 1.0, "measurable": False, "pairs": 0, "same_kernels": True}
+            return dict(dense, speedup={"prefill": same, "decode": same})
+        pruned = generation.Generator(generation.export_cached(artifact.module), self.settings.threads)
+        return generation.compared_generation(dense_generator, pruned, prompt, new_tokens, self.settings.live)
 
     def _quantize_mode(self, baseline: _Baseline) -> str | None:
         """The INT8 mode as applied ('int8' resolved to static or dynamic), or None."""
