@@ -3,7 +3,7 @@ PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PORT    ?= 8501
 
-.PHONY: setup run test test-fast lint bench browser clean
+.PHONY: setup run test test-fast lint bench browser clean testdeps
 
 setup: $(STAMP)
 
@@ -12,6 +12,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+# timm, torchvision and Ultralytics for the conformance tests only (never dependencies of prunelab):
+# installed beside the venv, without their dependencies; the tests put the folder on sys.path themselves.
+TESTDEPS := $(VENV)/testdeps
+
+testdeps: $(TESTDEPS)/.installed
+
+$(TESTDEPS)/.installed: | setup
+	$(PYTHON) -m pip install --quiet --no-deps --target $(TESTDEPS) torchvision==0.28.0 timm ultralytics \
+		ultralytics-thop opencv-python-headless py-cpuinfo polars
+	touch $@
 
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }
@@ -22,7 +33,7 @@ run: setup
 lint: setup
 	$(PYTHON) -m ruff check .
 
-test: setup browser lint
+test: setup browser lint testdeps
 	$(PYTHON) -m pytest -q
 
 test-fast: setup

@@ -13,6 +13,7 @@ from torch.nn.utils import prune
 from core.api import coupled_groups
 from core.deploy.artifacts import load_pruned, load_state, save_pruned
 from core.errors import PrunelabError
+from core.prune import channel
 from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 
@@ -73,7 +74,7 @@ def onnx_gap(module: nn.Module, inputs: torch.Tensor) -> float:
 def test_coupled_models_shrink_run_and_export(fixture, request):
     handle = request.getfixturevalue(fixture)
     before = {key: value.clone() for key, value in handle.module.state_dict().items()}
-    result = apply_plan(handle, Plan(granularity="channel", sparsity=0.5))
+    result = apply_plan(handle, Plan(granularity="channel", sparsity=0.5, prune_width=True))  # the attention's too
     params = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     assert params(result.module) < 0.45 * params(handle.module)
     assert onnx_gap(result.module, handle.example_input(4)) < 1e-4
@@ -82,7 +83,8 @@ def test_coupled_models_shrink_run_and_export(fixture, request):
 
 
 def test_groups_report_coupled_layers(user_model, resnet):
-    groups = {group["leader"]: group for group in coupled_groups(user_model.module, user_model.example_input())}
+    groups = {group["leader"]: group for group in channel.coupled_groups(
+        user_model.module, user_model.example_input(), keep_width=False)}  # the attention's width too
     assert set(groups["depthwise"]["members"]) == {"left", "right", "depthwise"}   # concat + depthwise
     assert set(groups["stem.0"]["members"]) == {"stem.0", "res.conv2"}             # residual
     assert {"attention", "pointwise"} <= set(groups["pointwise"]["members"])       # attention embedding
@@ -93,8 +95,14 @@ def test_groups_report_coupled_layers(user_model, resnet):
     assert set(trunk[0]["members"]) == {"layer2.conv2", "layer2.shortcut.0", "layer3.fuse.0", "layer4.depthwise.0"}
 
 
-def test_attention_keeps_whole_heads(user_model):
+def test_attention_keeps_its_width_unless_asked(user_model):
     result = apply_plan(user_model, Plan(granularity="channel", sparsity=0.4))
+    assert result.module.attention.embed_dim == result.module.pointwise.out_channels == 32
+    assert result.module.depthwise.out_channels < 32
+
+
+def test_attention_keeps_whole_heads(user_model):
+    result = apply_plan(user_model, Plan(granularity="channel", sparsity=0.4, prune_width=True))
     attention = result.module.attention
     assert attention.embed_dim % attention.num_heads == 0 and attention.embed_dim < 32
     assert attention.head_dim == 8 and attention.num_heads == attention.embed_dim // 8  # whole heads go

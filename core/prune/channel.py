@@ -17,13 +17,16 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from core.budget import OverBudget, within
 from core.errors import PrunelabError, error_line
 from core.prune import criteria, select
-from core.prune.heads import find_attention
+from core.prune.heads import attention_modules, find_attention
 from core.prune.plan import Plan
 
 ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 GROUP_SECONDS = 45  # finding the groups of a model stops here, so a channel plan ends within a minute
+ROOT_SECONDS = (0.5, 3.0)  # one layer's coupling search: a first pass over every layer, then a retry
+TRACE_BYTES = 2 * 2**30  # memory one layer's coupling search may add before it is abandoned
 SCORED_TYPES = ROOT_TYPES
 
 
@@ -147,27 +150,80 @@ def _describe(module: nn.Module, graph, tp_group, names: dict, by_name: dict) ->
     return members, consumers, others
 
 
-def dependency_groups(module: nn.Module, graph, ignored: list[str], attention=(), keep_width: bool = True):
+def _search(graph, root: nn.Module, seconds: float):
+    """torch-pruning's group of every output channel of ``root``, or the budget that ran out."""
+    pruner = graph.get_pruner_of_module(root)
+    try:
+        with within(seconds, TRACE_BYTES) as spent, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch-pruning's "Maximum recursive depth reached!"
+            return graph.get_pruning_group(root, pruner.prune_out_channels,
+                                           list(range(pruner.get_out_channels(root))))
+    except OverBudget:
+        return spent[0] if spent else f"{seconds:g} s"
+
+
+def traced_groups(graph, skipped: list, names: dict, too_large: list[str]):
+    """torch-pruning's get_all_groups with every layer's search bounded in time and memory.
+
+    Every root layer is searched once briefly; the slow ones are retried with a longer budget while
+    GROUP_SECONDS last. A layer whose search never ends is appended to ``too_large`` (its channels
+    stay) and the model's other groups are still found.
+    """
+    skipped = set(map(id, [*skipped, *graph.IGNORED_LAYERS_IN_TRACING]))
+    roots = [module for module in graph.module2node if isinstance(module, ROOT_TYPES) and id(module) not in skipped
+             and graph.get_pruner_of_module(module) is not None
+             and graph.get_pruner_of_module(module).get_out_channels(module) is not None]
+    visited, deadline = set(), time.monotonic() + GROUP_SECONDS
+    for seconds in ROOT_SECONDS:
+        slow = []
+        for root in roots:
+            left = deadline - time.monotonic()
+            if id(root) in visited:
+                continue
+            found = _search(graph, root, min(seconds, left)) if left > 0 else f"the {GROUP_SECONDS} s for all layers"
+            if isinstance(found, str):
+                slow.append((root, found))
+                continue
+            visited.update(id(dep.target.module) for dep, _ in found if graph.is_out_channel_pruning_fn(dep.handler))
+            yield found
+        roots = [root for root, _ in slow]
+    order = {id(root): index for index, root in enumerate(graph.model.modules())}
+    too_large += [f"{names.get(root, '?')} (over {spent})" for root, spent in sorted(slow, key=lambda pair: order[
+        id(pair[0])]) if id(root) not in visited]
+
+
+def too_large_note(too_large: list[str]) -> str:
+    """The one line naming the layers whose couplings could not be traced, and what to do about them."""
+    return (f"left dense, their channel couplings too large to trace: {', '.join(too_large)}; add these layers "
+            f"to the plan's ignore list to skip the search")
+
+
+def _reads_attention(tp_group, names: dict, inside: tuple[str, ...]) -> bool:
+    """Whether the group cuts the width attention reads: an nn.MultiheadAttention's embedding, or a
+    layer or parameter inside a self-attention module (``inside``: their name prefixes)."""
+    return any(isinstance(dep.target.module, nn.MultiheadAttention)
+               or (inside and str(names.get(dep.target.module, "")).startswith(inside)) for dep, _ in tp_group)
+
+
+def dependency_groups(module: nn.Module, graph, ignored: list[str], attention=(), keep_width: bool = True,
+                      notes: list | None = None):
     """The prunable channel groups of ``module``: (groups, width), where ``width`` lists the layers kept
     at full width because their channels are the residual stream that attention layers read.
 
     Groups touching an ignored layer's outputs are left out, and so are the output channels of
     attention projections (``attention``: core.prune.heads.Attention values; their heads are pruned
-    whole elsewhere). Raises one PrunelabError listing every coupling that cannot be restructured.
+    whole elsewhere), and layers whose couplings were too large to trace (named in ``notes``).
+    Raises one PrunelabError listing every coupling that cannot be restructured.
     """
     names = module_names(module, graph)
     by_name = dict(module.named_modules())
     projections = {name for unit in attention for name in unit.projections}
     skipped = [by_name[name] for name in projections if name in by_name]
-    groups, width, conflicts, leaders = [], [], [], []
-    deadline = time.monotonic() + GROUP_SECONDS
-    for tp_group in graph.get_all_groups(ignored_layers=skipped, root_module_types=ROOT_TYPES):
-        if time.monotonic() > deadline:
-            raise PrunelabError(f"channel pruning gave up: finding the coupled channel groups took over "
-                                f"{GROUP_SECONDS} s ({len(groups) + len(leaders)} groups so far); use unstructured "
-                                f"pruning, or ignore the layers of the largest blocks")
+    inside = tuple(f"{name}." for name in attention_modules(module))
+    groups, width, conflicts, leaders, too_large = [], [], [], [], []
+    for tp_group in traced_groups(graph, skipped, names, too_large):
         members, consumers, others = _describe(module, graph, tp_group, names, by_name)
-        if keep_width and projections & set(consumers):
+        if keep_width and (projections & set(consumers) or _reads_attention(tp_group, names, inside)):
             width += [name for name in members if name not in width]
             continue
         if set(ignored) & set(members):
@@ -184,18 +240,22 @@ def dependency_groups(module: nn.Module, graph, ignored: list[str], attention=()
     order = list(by_name)
     if conflicts:
         raise PrunelabError(conflict_message(conflicts, sorted(leaders, key=order.index)))
+    if too_large and notes is not None:
+        notes.append(too_large_note(too_large))
     return sorted(groups, key=lambda group: order.index(group.leader)), width
 
 
-def coupled_groups(module: nn.Module, example_input: torch.Tensor, ignore: list[str] | None = None) -> list[dict]:
+def coupled_groups(module: nn.Module, example_input: torch.Tensor, ignore: list[str] | None = None,
+                   keep_width: bool = True) -> list[dict]:
     """The units a channel plan prunes, as dicts {leader, members, channels, unit, consumers, coupled, blocks}:
     channel groups (``unit`` 'channel') and attention layers (``unit`` 'head', ``channels`` = heads).
 
-    ``ignore`` names layers whose groups are left out; None means the final classifier.
+    ``ignore`` names layers whose groups are left out; None means the final classifier. ``keep_width``
+    leaves out the residual width attention reads (a plan's ``prune_width: false``).
     """
     ignore = list(Plan(granularity="channel", ignore=ignore).resolve(module, example_input).ignored)
     attention = find_attention(module, example_input)
-    groups, _ = dependency_groups(module, build_graph(module, example_input), ignore, attention)
+    groups, _ = dependency_groups(module, build_graph(module, example_input), ignore, attention, keep_width)
     units = [group.as_dict() for group in groups]
     units += [{"leader": unit.leader, "members": list(unit.projections), "channels": unit.heads, "unit": "head",
                "consumers": [unit.output] if unit.output else [], "coupled": [], "blocks": unit.heads // unit.kv_heads}

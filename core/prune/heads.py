@@ -29,6 +29,7 @@ OUTPUT_NAMES = ("o_proj", "out_proj", "proj", "o", "out_lin", "dense")
 HEAD_ATTRIBUTES = ("num_attention_heads", "num_heads", "n_heads", "n_head")
 KV_HEAD_ATTRIBUTES = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
 HEAD_SIZE_ATTRIBUTES = ("attention_head_size", "head_dim", "head_size")
+WIDTH_ATTRIBUTES = ("all_head_size", "attn_dim")  # heads x head size, read by forward passes (HF, timm)
 
 
 @dataclass
@@ -132,8 +133,29 @@ def _outputs_by_trace(root: nn.Module, found: dict[str, nn.Module], example_inpu
     return readers
 
 
+def _called(root: nn.Module, layers: dict[str, nn.Module], example_input) -> set[str]:
+    """The names among ``layers`` that one forward pass calls as modules."""
+    called: set[str] = set()
+    handles = [layer.register_forward_pre_hook(lambda child, args, name=name: called.add(name))
+               for name, layer in layers.items()]
+    forward_once(root, example_input, handles)
+    return called
+
+
+def attention_modules(root: nn.Module) -> list[str]:
+    """Names of every module laid out as self-attention (projections matching a head count), whether or
+    not its heads can be removed; nn.MultiheadAttention is recognised by type elsewhere."""
+    return [name for name, module in root.named_modules() if name and not isinstance(module, nn.MultiheadAttention)
+            and (projections := _projections(module)) and _layout(module, projections)]
+
+
 def find_attention(root: nn.Module, example_input=None) -> list[Attention]:
-    """The self-attention layers of ``root`` whose heads can be removed, in definition order."""
+    """The self-attention layers of ``root`` whose heads can be removed, in definition order.
+
+    With ``example_input``, a layer whose projections the forward pass never calls as modules is left
+    out: its weights go to a function that derives the head size from the input width (torchvision's
+    Swin), so removing heads would break it.
+    """
     candidates = {}
     for name, module in root.named_modules():
         if isinstance(module, nn.MultiheadAttention) or not name:
@@ -142,6 +164,12 @@ def find_attention(root: nn.Module, example_input=None) -> list[Attention]:
         layout = projections and _layout(module, projections)
         if layout:
             candidates[name] = (module, projections, layout)
+    if example_input is not None and candidates:
+        layers = {f"{name}.{part}": module.get_submodule(part)
+                  for name, (module, projections, _) in candidates.items() for part in projections}
+        called = _called(root, layers, example_input)
+        candidates = {name: value for name, value in candidates.items()
+                      if all(f"{name}.{part}" in called for part in value[1])}
     traced = {}
     if example_input is not None and any(
             _output_by_name(module, layout[0] * layout[2]) is None for module, _, layout in candidates.values()):
@@ -247,6 +275,7 @@ def set_head_counts(attention: Attention, heads: int, kv_heads: int) -> None:
         present = [name for name in names if isinstance(getattr(module, name, None), int)]
         for name in present or names[:1]:  # a module that read its count from a shared config gets its own
             setattr(module, name, value)
-    if isinstance(getattr(module, "all_head_size", None), int):
-        module.all_head_size = heads * attention.head_size
+    for name in WIDTH_ATTRIBUTES:
+        if isinstance(getattr(module, name, None), int):
+            setattr(module, name, heads * attention.head_size)
     attention.heads, attention.kv_heads = heads, kv_heads

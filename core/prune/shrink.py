@@ -97,7 +97,8 @@ def prune_structure(job) -> PruneResult:
     attention = [unit for unit in found if included.issuperset(unit.projections)]
     graph = channel.build_graph(module, job.example_input)
     names = channel.module_names(module, graph)
-    groups, width = channel.dependency_groups(module, graph, job.ignored, found, keep_width=not plan.prune_width)
+    groups, width = channel.dependency_groups(module, graph, job.ignored, found, keep_width=not plan.prune_width,
+                                              notes=notes)
     groups = [group for group in groups if included & set(group.members)]
     evidence = criteria.gather_evidence(module, job.layers, plan.criterion, job.data, plan.seed)
     scores = {group.leader: channel.scores_or_fallback(group, graph, plan.criterion, evidence, names, notes)
@@ -179,8 +180,9 @@ def _explain(result: PruneResult, included: set, units: dict, width: list[str], 
     grouped = {name for leader, layers in units.items() for name in [leader, *layers]}
     kept_width = [name for name in width if name in included]
     if kept_width:
-        result.notes.append("kept at full width (the residual stream attention layers read; set prune_width: "
-                            f"true to prune it): {', '.join(kept_width)}")
+        result.notes.append("kept at full width (the residual stream attention layers read, with every "
+                            "nn.MultiheadAttention, whose heads span that width; set prune_width: true to prune "
+                            f"it): {', '.join(kept_width)}")
     untouched = sorted(included - grouped - set(kept_width))
     if untouched:
         result.notes.append("left dense (coupled with an ignored layer, or outside the traced graph): "

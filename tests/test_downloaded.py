@@ -1,0 +1,109 @@
+"""Conformance on models as people download them (timm, torchvision, Hugging Face GPT-2, Ultralytics
+YOLOv8; random weights, nothing fetched): a 50% channel plan with no ignore list prunes them, keeps
+the hidden size of every ViT, and the pruned model matches torch in ONNX Runtime.
+
+timm, torchvision and Ultralytics are not dependencies: ``make testdeps`` installs them into
+.venv/testdeps, which only these tests put on sys.path; without it they are skipped."""
+from __future__ import annotations
+
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.budget import OverBudget, within
+from core.deploy.export import export_onnx
+from core.deploy.measure import create_session, total_macs
+from core.prune.engine import apply_plan
+from core.prune.plan import Plan
+from core.sources.load import load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTDEPS = ROOT / ".venv" / "testdeps"
+MODELS = ROOT / "tests" / "fixtures" / "downloaded.py"
+STUBS = ("torchvision._meta_registrations", "torchvision._autograd_registrations")  # CUDA build: custom ops only
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def downloads():
+    """timm, torchvision and Ultralytics importable for the session, or the test skipped saying why."""
+    if not (TESTDEPS / "timm").is_dir():
+        pytest.skip(f"timm/torchvision/ultralytics are not installed in {TESTDEPS}: run `make testdeps`")
+    for name in STUBS:
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.path.insert(0, str(TESTDEPS))
+    yield TESTDEPS
+    sys.path.remove(str(TESTDEPS))
+
+
+def ort_gaps(module: torch.nn.Module, inputs: torch.Tensor) -> list[float]:
+    """max |torch - ORT| for every output of the exported model."""
+    session, _ = create_session(export_onnx(module, inputs), threads=1)
+    with torch.no_grad():
+        expected = module(inputs)
+    expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+    [name] = [value.name for value in session.get_inputs()]
+    got = session.run(None, {name: inputs.numpy()})
+    assert len(got) == len(expected)
+    return [float(np.abs(a - b.numpy()).max()) for a, b in zip(got, expected)]
+
+
+def pruned(downloads, factory: str, shape: str):
+    handle = load_model(f"{MODELS}:{factory}", input_shape=shape)
+    inputs = handle.example_input(1)
+    before = total_macs(handle.module, inputs)
+    result = apply_plan(handle, Plan(granularity="channel", sparsity=0.5))
+    return handle, result, inputs, before
+
+
+@pytest.fixture(scope="session")
+def vit_tiny(downloads):
+    return pruned(downloads, "vit_tiny_small", "1,3,64,64")
+
+
+def test_timm_vit_keeps_its_width_and_loses_half_its_heads(vit_tiny):
+    handle, result, inputs, before = vit_tiny
+    block = result.module.blocks[0]
+    assert block.attn.num_heads == 1 and block.attn.attn_dim == 64 and block.attn.qkv.out_features == 3 * 64
+    assert block.mlp.fc1.out_features == 384 and result.module.patch_embed.proj.out_channels == 192
+    assert max(ort_gaps(result.module, inputs)) < 1e-3
+    assert total_macs(result.module, inputs) < 0.6 * before
+
+
+def test_torchvision_vit_keeps_hidden_dim_and_prunes_its_mlp(downloads):
+    handle, result, inputs, before = pruned(downloads, "vit_b_16_small", "1,3,32,32")
+    layer = result.module.encoder.layers[0]
+    assert result.module.conv_proj.out_channels == result.module.hidden_dim == 64
+    assert layer.self_attention.embed_dim == 64 and layer.mlp[0].out_features == 128
+    assert any("nn.MultiheadAttention" in note and "self_attention" in note for note in result.notes)
+    assert max(ort_gaps(result.module, inputs)) < 1e-3
+    assert total_macs(result.module, inputs) < 0.8 * before
+
+
+def test_torchvision_swin_prunes_its_mlps_within_the_budget(downloads):
+    started = time.monotonic()
+    handle, result, inputs, before = pruned(downloads, "swin_small", "1,3,64,64")
+    assert time.monotonic() - started < 60
+    block = result.module.features[1][0]
+    assert block.mlp[0].out_features == 64 and block.attn.qkv.out_features == 96  # heads stay: see heads.py
+    assert max(ort_gaps(result.module, inputs)) < 1e-3
+    assert total_macs(result.module, inputs) < 0.85 * before
+
+
+def test_a_search_that_never_ends_is_stopped_in_time_and_memory():
+    started = time.monotonic()
+    with pytest.raises(OverBudget), within(0.3, 2**40) as spent:
+        while True:
+            pass
+    assert spent == ["0.3 s"] and time.monotonic() - started < 2
+    hoard = []
+    with pytest.raises(OverBudget), within(30, 64 * 2**20) as spent:
+        while True:
+            hoard.append(bytearray(2**20))
+    assert "GB of memory" in spent[0] and len(hoard) < 2048
