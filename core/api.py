@@ -40,7 +40,7 @@ from core.prune.result import PruneResult
 from core.prune.select import kept_channels
 from core.search.allocate import allocate, check_request
 from core.search.executors import executor_for
-from core.search.explore import DEFAULT_GRID, explore, parse_grid
+from core.search.explore import DEFAULT_GRID, check_grid_size, explore, parse_grid
 from core.search.parallel import default_workers
 from core.search.sensitivity import DEFAULT_LEVELS, QUICK_LEVELS, SWEPT_GRANULARITIES, parse_levels, sensitivity
 from core.sources import ModelHandle, load_model
@@ -270,7 +270,7 @@ __all__ = [
     "SPEEDUP_FLOOR", "profile_plan", "profile_summary", "layer_time_figure",
     # search
     "sensitivity", "SWEPT_GRANULARITIES", "DEFAULT_LEVELS", "QUICK_LEVELS", "parse_levels", "allocate", "check_request",
-    "executor_for", "default_workers", "explore", "parse_grid", "DEFAULT_GRID",
+    "executor_for", "default_workers", "explore", "parse_grid", "check_grid_size", "DEFAULT_GRID",
     # recovery
     "Recovery", "finetune", "gradual_prune", "iterative_prune", "lottery_ticket", "recover", "recovered_handle",
     "measure_recovered", "recovery_epochs", "schedule_curve", "private_copy", "PolynomialDecay",

@@ -56,9 +56,9 @@ def finish_sensitivity() -> dict | None:
 def start_grid(grid: str, workers: int = 1) -> None:
     """Measure every plan of ``grid`` on this session's model and record each as a run (core's explore).
 
-    Raises PrunelabError for a bad grid or when a grid is already running.
+    Raises PrunelabError for a bad grid, one of more plans than the limit, or when a grid is already running.
     """
-    api.parse_grid(grid)  # a typo fails here, on the page, not in the background
+    api.check_grid_size(api.parse_grid(grid))  # a typo or a huge grid fails here, on the page, not in the background
     with state.lock(session.model_key()):
         private = api.private_copy(session.model())
     jobs.start(GRID_JOB, lambda job: api.explore(private, grid, workers=int(workers), progress=job.report,

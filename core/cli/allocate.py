@@ -8,13 +8,12 @@ from core.api import (
     SWEPT_GRANULARITIES,
     allocate,
     check_request,
-    executor_for,
     sensitivity,
     writable_folder,
     writable_home,
 )
 from core.cli.options import add_model_arguments, model_from
-from core.cli.sensitivity import ProgressBar, add_parallel_arguments
+from core.cli.sensitivity import ProgressBar, add_parallel_arguments, check_parallel
 from core.errors import PrunelabError
 
 
@@ -45,7 +44,7 @@ def run(args) -> int:
         raise PrunelabError(f"--round-to must be at least 1, got {args.round_to}")
     check_request(args.target_sparsity, args.target_latency_ms, args.target_mac_reduction, args.max_accuracy_drop,
                   args.granularity, (args.min_sparsity, args.max_sparsity))
-    executor_for(args.workers, args.ray_address)  # a bad count or address fails before the model loads
+    check_parallel(args)  # a bad count or address fails before the model loads
     writable_home()  # the sweep is cached there, and the plan written to --out: both checked before the sweep
     writable_folder(Path(args.out).resolve().parent, "the folder of --out")
     handle = model_from(args)

@@ -1,10 +1,13 @@
 """prunelab sensitivity: prune one layer (or channel group) at a time and show what each level costs."""
 from __future__ import annotations
 
+import os
 import sys
 
 from core.api import DEFAULT_LEVELS, SWEPT_GRANULARITIES, executor_for, parse_levels, sensitivity, writable_home
 from core.cli.options import add_model_arguments, model_from, print_json
+from core.search.executors import capped_workers
+from core.search.parallel import ADDRESS_VARIABLE
 
 SHADES = " .:-=+*#%@"  # no drop ... a drop of 50 points or more
 
@@ -35,6 +38,16 @@ def add_parallel_arguments(parser) -> None:
                              "(default: $PRUNELAB_RAY_ADDRESS; needs the ray extra)")
 
 
+def check_parallel(args) -> None:
+    """Fail on a bad --workers or --ray-address before the model loads; say when --workers is capped."""
+    executor_for(args.workers, args.ray_address)
+    if args.workers and args.workers > 1 and not (args.ray_address or os.environ.get(ADDRESS_VARIABLE)):
+        capped = capped_workers(args.workers)
+        if capped < args.workers:
+            print(f"prunelab: note: --workers {args.workers} capped at {capped}, the machine's cores",
+                  file=sys.stderr)
+
+
 class ProgressBar:
     """A one-line progress bar on stderr (only drawn on a terminal, plus a final line otherwise)."""
 
@@ -54,7 +67,7 @@ class ProgressBar:
 def run(args) -> int:
     levels = parse_levels(args.levels) if args.levels else DEFAULT_LEVELS
     writable_home()  # the sweep is cached there: a read-only home should fail now, not after the sweep
-    executor_for(args.workers, args.ray_address)  # a bad count or address fails before the model loads
+    check_parallel(args)  # a bad count or address fails before the model loads
     result = sensitivity(model_from(args), granularity=args.granularity, criterion=args.criterion, levels=levels,
                          progress=ProgressBar(), max_items=args.max_items, workers=args.workers,
                          ray_address=args.ray_address)

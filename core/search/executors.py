@@ -16,7 +16,8 @@ def executor_for(workers: int | None = 1, ray_address: str | None = None):
 
     ray_address (or the PRUNELAB_RAY_ADDRESS variable when None) wins over workers; on a cluster, a
     count above 1 bounds how many jobs run at once, and 1 or None (the defaults of the API and the
-    CLI) mean as many as the cluster has CPUs: "this process only" has no meaning there.
+    CLI) mean as many as the cluster has CPUs: "this process only" has no meaning there. A count
+    is capped at the machine's cores (``capped_workers``), or on a cluster at its CPUs.
     Raises PrunelabError for a count below 1 or an address that does not answer.
     """
     address = ray_address if ray_address is not None else os.environ.get(ADDRESS_VARIABLE) or None
@@ -25,5 +26,10 @@ def executor_for(workers: int | None = 1, ray_address: str | None = None):
     if address:
         from core.search.ray_executor import RayExecutor  # ray is an optional extra
         return RayExecutor(address, None if workers is None or int(workers) == 1 else int(workers))
-    workers = default_workers() if workers is None else int(workers)
+    workers = capped_workers(workers)
     return SerialExecutor() if workers == 1 else PoolExecutor(workers)
+
+
+def capped_workers(workers: int | None) -> int:
+    """Local worker processes for a requested count: the machine's cores when None, never more than them."""
+    return default_workers() if workers is None else max(1, min(int(workers), default_workers()))

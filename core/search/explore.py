@@ -2,21 +2,28 @@
 
 Every plan of the grid is one job (core.search.parallel): applied to the model, exported and
 measured on ONNX Runtime by ``evaluate`` in whichever process runs it, with that process's ORT
-threads. The calling process records the reports in the run store, in grid order, so the
-History page's Pareto chart of the model fills in with one command. Combinations a plan refuses
-(a criterion that does not apply to a granularity) are skipped and named.
+threads. The calling process records each report in the run store as it arrives, so the
+History page's Pareto chart of the model fills in with one command and a stop (Ctrl-C, the
+dashboard's Stop) loses no plan already measured. Combinations a plan refuses (a criterion that
+does not apply to a granularity) are skipped and named. A grid is bounded: its product is
+checked against ``plan_limit()`` (PRUNELAB_MAX_PLANS, or ``max_plans``) before a plan is built.
 """
 from __future__ import annotations
 
 import itertools
+import math
 import pickle
+import signal
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from core.errors import PrunelabError
+from core.limits import PLANS_VARIABLE, plan_limit
 from core.prune.plan import Plan
 from core.search.executors import executor_for
-from core.search.parallel import Work, pack_object
+from core.search.parallel import Outcome, Work, pack_object
 from core.sources import ModelHandle
 
 DEFAULT_GRID = "sparsity=0.3,0.5,0.7,0.9;criterion=l1,l2,taylor;granularity=unstructured,channel;scope=global"
@@ -50,6 +57,17 @@ def parse_grid(text: str) -> dict[str, list]:
     if not grid:
         raise PrunelabError("the grid is empty: give at least one KEY=V1,V2")
     return grid
+
+
+def check_grid_size(grid: dict[str, list], max_plans: int | None = None) -> int:
+    """The number of plans of ``grid`` (its product); PrunelabError above ``max_plans`` (default plan_limit())."""
+    limit = plan_limit() if max_plans is None else int(max_plans)
+    count = math.prod(len(values) for values in grid.values())
+    if count > limit:
+        sizes = " x ".join(f"{len(values)} {key}" for key, values in grid.items())
+        raise PrunelabError(f"the grid has {count:,} plans ({sizes}); the limit is {limit:,}: pass --max-plans "
+                            f"{count} (or set {PLANS_VARIABLE}) to measure them all")
+    return count
 
 
 def grid_plans(grid: dict[str, list]) -> tuple[list[Plan], list[str]]:
@@ -91,31 +109,73 @@ def _measure(state: _GridState, plan: dict) -> dict:
 
 def explore(handle: ModelHandle, grid: str | dict = DEFAULT_GRID, workers: int | None = 1,
             ray_address: str | None = None, progress: Callable[[int, int, str], None] | None = None,
-            should_stop: Callable[[], bool] | None = None, label: str = "explore") -> dict:
+            should_stop: Callable[[], bool] | None = None, label: str = "explore",
+            max_plans: int | None = None) -> dict:
     """Measure every plan of ``grid`` (a grid string, see parse_grid, or its dict) and record each as a run.
 
     workers / ray_address: where the plans are measured (see core.search.executors.executor_for);
     each process times ONNX Runtime with its own threads (``settings.threads`` of each report;
     SERIAL_THREADS in this process). progress: ``progress(done, total, text)`` per plan.
-    Returns ``{"runs": [run ids], "plans", "measured", "missing", "skipped", "nodes", "seconds"}``.
-    Raises PrunelabError for a bad grid or a grid without a single valid plan.
+    max_plans: the most plans the grid may hold (default ``plan_limit()``).
+    Each plan is recorded as it is measured; Ctrl-C (KeyboardInterrupt) or ``should_stop`` ends the
+    search with ``stopped`` true and the plans measured so far kept.
+    Returns ``{"runs": [run ids], "plans", "measured", "missing", "stopped", "skipped", "nodes", "seconds"}``.
+    Raises PrunelabError for a bad grid, a grid over the limit or a grid without a single valid plan.
     """
     started = time.perf_counter()
-    plans, skipped = grid_plans(parse_grid(grid) if isinstance(grid, str) else grid)
+    grid = parse_grid(grid) if isinstance(grid, str) else grid
+    check_grid_size(grid, max_plans)
+    plans, skipped = grid_plans(grid)
     if not plans:
         raise PrunelabError(f"no plan of the grid is valid: {skipped[0] if skipped else 'empty grid'}")
     executor = executor_for(workers, ray_address)
+    recorder = _Recorder(handle, plans, label)
     work = Work([plan.to_dict() for plan in plans], prepare=lambda: _GridState(handle, SERIAL_THREADS),
-                pack=lambda: pack_object(handle), build=_build, run=_measure, describe=plan_name)
-    outcome = executor.map(work, progress or (lambda done, total, text: None), should_stop or (lambda: False))
-    from core.history.runs import RunStore
-
-    store, runs = RunStore(), []
-    for index, plan in enumerate(plans):
-        if index in outcome.values:
-            report = dict(outcome.values[index], measured_on=outcome.nodes[index])
-            runs.append(store.record(report, model=handle, plan=plan, label=f"{label}: {plan_name(plan.to_dict())}").id)
+                pack=lambda: pack_object(handle), build=_build, run=_measure, describe=plan_name,
+                on_value=recorder)
+    try:
+        outcome = executor.map(work, progress or (lambda done, total, text: None), should_stop or (lambda: False))
+    except KeyboardInterrupt:  # every plan measured so far is already a run
+        outcome = Outcome(stopped=True, executor=executor.describe())
+    runs = [recorder.runs[index] for index in sorted(recorder.runs)]
     return {"runs": runs, "plans": len(plans), "measured": len(runs),
             "missing": [plan_name(plans[index].to_dict()) for index in outcome.missing],
-            "stopped": outcome.stopped, "skipped": skipped, "nodes": sorted(set(outcome.nodes.values())),
+            "stopped": outcome.stopped, "skipped": skipped, "nodes": sorted(set(recorder.nodes)),
             "executor": outcome.executor, "seconds": round(time.perf_counter() - started, 3)}
+
+
+class _Recorder:
+    """Records each measured plan as a run the moment its report arrives (``Work.on_value``)."""
+
+    def __init__(self, handle: ModelHandle, plans: list[Plan], label: str):
+        from core.history.runs import RunStore
+
+        self.handle, self.plans, self.label = handle, plans, label
+        self.store, self.runs, self.nodes = RunStore(), {}, []
+
+    def __call__(self, index: int, report: dict, node: str) -> None:
+        plan = self.plans[index]
+        with _interrupts_held():  # a Ctrl-C lands after the run is both stored and counted
+            run = self.store.record(dict(report, measured_on=node), model=self.handle, plan=plan,
+                                    label=f"{self.label}: {plan_name(plan.to_dict())}")
+            self.runs[index] = run.id
+            self.nodes.append(node)
+
+
+@contextmanager
+def _interrupts_held():
+    """Defer Ctrl-C while the block runs (main thread only: elsewhere there is no Ctrl-C to defer).
+
+    A SIGINT that arrives meanwhile is raised as KeyboardInterrupt right after the block.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: pressed.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt

@@ -4,7 +4,9 @@ A ``Work`` describes the jobs of one search (a sensitivity sweep, a grid of plan
 candidates): ``prepare()`` builds the state that every job reads (the model, the scorer, ...) in
 this process, ``pack()`` turns everything that state needs into bytes that travel to another
 process or machine, ``build(payload, threads)`` rebuilds the state there, and ``run(state, job)``
-measures one job. ``build`` and ``run`` are module-level functions, so they travel by name.
+measures one job. ``build`` and ``run`` are module-level functions, so they travel by name. ``on_value(index,
+value, node)``, when given, is called in this process as each job's value arrives, so a caller
+can keep every finished job (explore records each plan as a run) before the search ends.
 
 Every executor returns an ``Outcome`` with the same values for the same jobs: workers build
 their state from the same bytes and the same seeds, so a parallel sweep equals the serial one
@@ -50,6 +52,13 @@ class Work:
     run: Callable[[Any, Any], Any]
     describe: Callable[[Any], str] = str
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    on_value: Callable[[int, Any, str], None] | None = None
+
+    def arrived(self, outcome: Outcome, index: int, value, node: str) -> None:
+        """Keep job ``index``'s value in ``outcome`` and hand it to ``on_value`` at once."""
+        outcome.values[index], outcome.nodes[index] = value, node
+        if self.on_value is not None:
+            self.on_value(index, value, node)
 
 
 @dataclass
@@ -86,7 +95,7 @@ def pack_object(value) -> bytes:
 
 
 def default_workers() -> int:
-    """The machine's cores (what ``--workers`` means when it is not given)."""
+    """The machine's cores (what ``--workers`` means when it is not given, and the most it may ask for)."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
@@ -104,7 +113,7 @@ class SerialExecutor:
             if should_stop():
                 outcome.stopped = True
                 break
-            outcome.values[index], outcome.nodes[index] = work.run(state, job), node
+            work.arrived(outcome, index, work.run(state, job), node)
             on_result(len(outcome.values), len(work.jobs), work.describe(job))
         return outcome
 
@@ -191,10 +200,11 @@ class PoolExecutor:
                 for future in done:
                     index = futures.pop(future)
                     try:
-                        outcome.values[index], outcome.nodes[index] = future.result()
+                        value, node = future.result()
                     except BrokenProcessPool:
                         broken = True
                         continue
+                    work.arrived(outcome, index, value, node)
                     on_result(len(outcome.values), len(work.jobs), work.describe(work.jobs[index]))
                 if broken:
                     return _lost_jobs(processes, ledger, [index for index in pending if index not in outcome.values])
@@ -257,3 +267,6 @@ def _end_pool(pool: ProcessPoolExecutor) -> None:
         if process.is_alive():
             process.kill()
             process.join(1.0)
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if manager is not None:  # its workers are gone, so it ends; joined here, not in the exit handler
+        manager.join(5.0)

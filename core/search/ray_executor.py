@@ -132,8 +132,10 @@ class RayExecutor:
         task = ray.remote(num_cpus=CPUS_PER_JOB, max_retries=MAX_ATTEMPTS - 1, retry_exceptions=False)(_ray_job)
         waiting = list(range(len(work.jobs)))
         running: dict = {}
-        limit = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // CPUS_PER_JOB)
+        cluster = max(1, int(ray.cluster_resources().get("CPU", 1)) // CPUS_PER_JOB)
+        limit = min(self.workers or cluster, cluster)  # never more tasks at once than the cluster has CPUs
         outcome.executor["workers"] = limit  # jobs at once
+        names = _NodeNames(ray)
         try:
             while waiting or running:
                 if should_stop():
@@ -145,19 +147,17 @@ class RayExecutor:
                                         CPUS_PER_JOB)] = index
                 done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
                 for finished in done:
-                    self._collect(ray, finished, running.pop(finished), work, outcome, on_result)
+                    self._collect(ray, finished, running.pop(finished), work, outcome, on_result, names)
         finally:
             for unfinished in running:
                 ray.cancel(unfinished, force=True)
         outcome.missing.sort()
-        addresses = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
-        outcome.nodes = {index: f"{addresses.get(node, '?')} ({node[:8]})" for index, node in outcome.nodes.items()}
         return outcome
 
     @staticmethod
-    def _collect(ray, finished, index: int, work: Work, outcome: Outcome, on_result: OnResult) -> None:
+    def _collect(ray, finished, index: int, work: Work, outcome: Outcome, on_result: OnResult, names) -> None:
         try:
-            outcome.values[index], outcome.nodes[index] = ray.get(finished)
+            value, node = ray.get(finished)
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError,
                 ray.exceptions.TaskCancelledError):
             outcome.missing.append(index)
@@ -167,4 +167,18 @@ class RayExecutor:
             if isinstance(cause, PrunelabError):
                 raise PrunelabError(str(cause)) from None
             raise
+        work.arrived(outcome, index, value, names(node))
         on_result(len(outcome.values), len(work.jobs), work.describe(work.jobs[index]))
+
+
+class _NodeNames:
+    """``node id -> "address (id prefix)"``, asking the cluster again only for a node not seen yet."""
+
+    def __init__(self, ray):
+        self.ray, self.addresses = ray, {}
+
+    def __call__(self, node: str) -> str:
+        if node not in self.addresses:
+            self.addresses = {entry["NodeID"]: entry["NodeManagerAddress"] for entry in self.ray.nodes()}
+        return f"{self.addresses.get(node, '?')} ({node[:8]})"
+
