@@ -107,3 +107,29 @@ def test_a_search_that_never_ends_is_stopped_in_time_and_memory():
         while True:
             hoard.append(bytearray(2**20))
     assert "GB of memory" in spent[0] and len(hoard) < 2048
+
+
+@pytest.fixture(scope="session")
+def gpt2():
+    pytest.importorskip("transformers")
+    return pruned(None, "gpt2_small", "1,16")
+
+
+def test_gpt2_conv1d_layers_lose_heads_and_neurons_and_stay_conv1d(gpt2):
+    handle, result, inputs, before = gpt2
+    block = result.module.model.transformer.h[0]
+    assert type(block.attn.c_attn).__name__ == type(block.mlp.c_fc).__name__ == "Conv1D"
+    assert block.attn.num_heads == 2 and block.attn.split_size == 32 and block.attn.c_attn.weight.shape == (64, 96)
+    assert block.attn.c_proj.weight.shape == (32, 64) and block.mlp.c_fc.nf == 128  # width 64 stays
+    assert max(ort_gaps(result.module, inputs)) < 1e-3
+    assert total_macs(result.module, inputs) < 0.7 * before
+
+
+def test_pruned_gpt2_reloads_into_a_fresh_gpt2(gpt2):
+    from core.prune.resize import fit_to
+    handle, result, inputs, _ = gpt2
+    state = result.module.state_dict()
+    rebuilt = fit_to(load_model(f"{MODELS}:gpt2_small", input_shape="1,16").module, state, inputs)
+    rebuilt.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(inputs), result.module(inputs), atol=1e-5)

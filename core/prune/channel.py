@@ -20,6 +20,7 @@ from torch import nn
 from core.budget import OverBudget, within
 from core.errors import PrunelabError, error_line
 from core.prune import criteria, select
+from core.prune.conv1d import as_linear
 from core.prune.heads import attention_modules, find_attention
 from core.prune.plan import Plan
 
@@ -254,8 +255,9 @@ def coupled_groups(module: nn.Module, example_input: torch.Tensor, ignore: list[
     leaves out the residual width attention reads (a plan's ``prune_width: false``).
     """
     ignore = list(Plan(granularity="channel", ignore=ignore).resolve(module, example_input).ignored)
-    attention = find_attention(module, example_input)
-    groups, _ = dependency_groups(module, build_graph(module, example_input), ignore, attention, keep_width)
+    with as_linear(module):
+        attention = find_attention(module, example_input)
+        groups, _ = dependency_groups(module, build_graph(module, example_input), ignore, attention, keep_width)
     units = [group.as_dict() for group in groups]
     units += [{"leader": unit.leader, "members": list(unit.projections), "channels": unit.heads, "unit": "head",
                "consumers": [unit.output] if unit.output else [], "coupled": [], "blocks": unit.heads // unit.kv_heads}

@@ -7,6 +7,7 @@ the handler registered for the plan's granularity (unstructured, N:M or channel)
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import nn
@@ -14,7 +15,7 @@ from torch import nn
 from core.data import Dataset
 from core.errors import PrunelabError
 from core.inspect import prunable_layers
-from core.prune import batchnorm, criteria, depth, nm, shrink, unstructured
+from core.prune import batchnorm, conv1d, criteria, depth, nm, shrink, unstructured
 from core.prune.blocks import find_blocks
 from core.prune.plan import Plan, granularity_kind
 from core.prune.result import Job, PruneResult
@@ -55,7 +56,11 @@ def _prune_nm(job: Job) -> PruneResult:
 
 
 def _prune_channels(job: Job) -> PruneResult:
-    return shrink.prune_structure(job)
+    with conv1d.as_linear(job.module) as swapped:  # GPT-2's Conv1D layers are cut as the Linear they compute
+        if swapped:
+            job = dataclasses.replace(job, layers=[layer for layer in prunable_layers(job.module)
+                                                   if layer.name not in job.ignored])
+        return shrink.prune_structure(job)
 
 
 HANDLERS = {"unstructured": _prune_unstructured, "N:M": _prune_nm, "channel": _prune_channels}

@@ -24,12 +24,12 @@ from core.hooks import forward_once
 
 PROJECTION_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q", "k", "v"),
                     ("q_lin", "k_lin", "v_lin"))
-FUSED_NAMES = ("qkv", "in_proj", "Wqkv")
-OUTPUT_NAMES = ("o_proj", "out_proj", "proj", "o", "out_lin", "dense")
+FUSED_NAMES = ("qkv", "in_proj", "Wqkv", "c_attn")
+OUTPUT_NAMES = ("o_proj", "out_proj", "proj", "o", "out_lin", "dense", "c_proj")
 HEAD_ATTRIBUTES = ("num_attention_heads", "num_heads", "n_heads", "n_head")
 KV_HEAD_ATTRIBUTES = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
 HEAD_SIZE_ATTRIBUTES = ("attention_head_size", "head_dim", "head_size")
-WIDTH_ATTRIBUTES = ("all_head_size", "attn_dim")  # heads x head size, read by forward passes (HF, timm)
+WIDTH_ATTRIBUTES = ("all_head_size", "attn_dim", "split_size")  # heads x head size, read by forward passes
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.prune import heads
+from core.prune import conv1d, heads
 
 
 def _resize_tensors(child: nn.Module, prefix: str, state: dict) -> bool:
@@ -44,10 +44,16 @@ def _update_sizes(child: nn.Module) -> None:
         child.num_channels = weight.shape[0]
     elif isinstance(child, nn.Embedding):
         child.num_embeddings, child.embedding_dim = weight.shape
+    elif conv1d.is_conv1d(child):  # transformers' Conv1D: weight (in, out)
+        child.nx, child.nf = weight.shape
     elif isinstance(child, nn.MultiheadAttention):
         size = child.head_dim
         child.embed_dim = child.kdim = child.vdim = child.in_proj_weight.shape[1]
         child.num_heads, child.head_dim = child.embed_dim // size, size
+
+
+def _outputs(layer: nn.Module) -> int:
+    return layer.nf if conv1d.is_conv1d(layer) else layer.out_features
 
 
 def fit_to(module: nn.Module, state: dict, example_input=None) -> nn.Module:
@@ -56,12 +62,13 @@ def fit_to(module: nn.Module, state: dict, example_input=None) -> nn.Module:
     Attention head counts follow the query rows. Tensors ``state`` lacks, or whose shapes already
     match, are left alone; ``load_state_dict`` reports anything that still does not fit.
     """
-    attention = heads.find_attention(module, example_input)
+    with conv1d.as_linear(module):
+        attention = heads.find_attention(module, example_input)
     for prefix, child in module.named_modules():
         if _resize_tensors(child, f"{prefix}." if prefix else "", state):
             _update_sizes(child)
     for unit in attention:
-        rows = [module.get_submodule(name).out_features for name in unit.projections]
+        rows = [_outputs(module.get_submodule(name)) for name in unit.projections]
         if unit.fused:
             count = rows[0] // (3 * unit.head_size)
             heads.set_head_counts(unit, count, count)

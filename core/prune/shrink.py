@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from core.errors import PrunelabError, error_line
-from core.prune import channel, criteria, heads, select
+from core.prune import channel, conv1d, criteria, heads, select
 from core.prune.result import PruneResult
 
 ROUNDING_NOTED = 0.10  # a layer rounding moves further than this share of its channels is named in the notes
@@ -226,6 +226,7 @@ def check_structure(module: nn.Module, plan, example_input) -> None:
     if plan.granularity != "channel" or example_input is None:
         return
     ignored = list(plan.resolve(module, example_input).ignored)
-    found = heads.find_attention(module, example_input)
-    channel.dependency_groups(module, channel.build_graph(module, example_input), ignored, found,
-                              keep_width=not plan.prune_width)
+    with conv1d.as_linear(module):
+        found = heads.find_attention(module, example_input)
+        channel.dependency_groups(module, channel.build_graph(module, example_input), ignored, found,
+                                  keep_width=not plan.prune_width)
