@@ -43,12 +43,20 @@ def note(text: str) -> str:
 def quality(metrics: dict, dense: dict | None = None) -> dict:
     """The headline quality card of a report side: ``{"title", "value", "delta", "help"}``.
 
-    Accuracy with labels; without labels, top-1 agreement for classifiers (with the relative output
+    Perplexity for language models on text (lower is better: ``lower_is_better``); accuracy with
+    labels; without labels, top-1 agreement for classifiers (with the relative output
     error in the help) and, for embedding models, the mean cosine similarity to the dense embeddings
     (with its 5th percentile and the nearest-neighbour agreement in the help).
     """
     dense = dense or {}
     label = metrics.get("label", "accuracy")
+    if label == "perplexity":
+        value = metrics.get("perplexity")
+        return {"title": "Perplexity", "value": "–" if value is None else f"{value:.1f}",
+                "delta": change(value, dense.get("perplexity")), "lower_is_better": True,
+                "help": f"exp of the mean next-token loss on the test text (context {metrics.get('context')}, "
+                        f"stride {metrics.get('stride')}; lower is better); next-token agreement with the dense "
+                        f"model {percent(metrics.get('agreement'))}, KL {metrics.get('kl', 0):.3g}"}
     if label == "cosine":
         value = metrics.get("cosine")
         moved = value is not None and dense.get("cosine") is not None and abs(value - dense["cosine"]) >= 5e-4
@@ -67,6 +75,10 @@ def quality(metrics: dict, dense: dict | None = None) -> dict:
 
 def fidelity(metrics: dict) -> tuple[str, str, str] | None:
     """A second fidelity card (title, value, help) where labels are missing, else None."""
+    if metrics.get("label") == "perplexity":
+        return ("Next-token agreement", percent(metrics.get("agreement")),
+                f"share of positions where the pruned model's most likely next token is the dense model's; "
+                f"KL to the dense model {metrics.get('kl', 0):.3g} per position")
     if metrics.get("label") == "cosine":
         return ("Neighbours kept", percent(metrics.get("neighbour_agreement")),
                 "share of items whose nearest other item is the same as under the dense model")
@@ -75,3 +87,19 @@ def fidelity(metrics: dict) -> tuple[str, str, str] | None:
                 "relative L2 distance of the outputs to the dense model's; still meaningful when every input "
                 "gets the same class")
     return None
+
+
+def tokens_per_second(figures: dict | None, part: str) -> tuple[str, str | None]:
+    """('1,234 tok/s', delta) for ``part`` 'prefill' or 'decode' of a report's ``generation`` figures."""
+    if not figures:
+        return "–", None
+    value = figures[f"{part}_tokens_per_s"]
+    speedup = (figures.get("speedup") or {}).get(part)
+    if not speedup or speedup.get("same_kernels"):
+        delta = "same graph" if speedup else None
+    elif not speedup["measurable"]:
+        delta = f"noise: {speedup['low']:.2f}–{speedup['high']:.2f}×"
+    else:
+        delta = f"{100 * (speedup['p50'] - 1):+.0f}% ({speedup['low']:.2f}–{speedup['high']:.2f}×)"
+    return f"{value:,.0f} tok/s", delta
+

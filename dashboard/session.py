@@ -335,6 +335,19 @@ def measure() -> dict:
     return report
 
 
+def is_language_model() -> bool:
+    """True for a causal language model with a tokenizer: the Tune page offers a prompt."""
+    handle = model()
+    return handle.output_kind == "causal" and handle.tokenizer is not None
+
+
+def continuations(prompt: str) -> dict:
+    """The dense and the pruned model's greedy continuations of ``prompt`` under this session's plan
+    (FP32 KV-cache graphs in ONNX Runtime): ``{"dense", "pruned", "prompt_tokens"}``. Raises PrunelabError."""
+    with state.lock(model_key()):
+        return evaluator(None).continuations(plan_object(), prompt)
+
+
 def last_report() -> dict | None:
     """The last measured report when it belongs to this session's current model, plan and settings."""
     report = st.session_state.get(state.LAST_REPORT)

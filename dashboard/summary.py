@@ -105,7 +105,8 @@ def cards(report: dict) -> None:
     _, _, latency_delta = speed_values(pruned)
     top, middle, bottom = st.columns(3), st.columns(3), st.columns(3)
     splits = report.get("settings", {}).get("splits")
-    _card(top[0], quality["title"], quality["value"], quality["delta"], lower_is_better=False,
+    _card(top[0], quality["title"], quality["value"], quality["delta"],
+          lower_is_better=quality.get("lower_is_better", False),
           help=quality["help"] + (f". {splits}" if splits else "") + f". {TERMS['pts']}")
     _card(top[1], "p50 latency", formatting.milliseconds(pruned["latency_ms"]["p50"]), latency_delta,
           help=f"{TERMS['p50']}. Dense: {formatting.milliseconds(dense['latency_ms']['p50'])}; the change comes "
@@ -123,6 +124,20 @@ def cards(report: dict) -> None:
     second = formatting.fidelity(pruned)
     if second is not None:
         _card(bottom[2], second[0], second[1], None, help=second[2])
+    if pruned.get("generation"):
+        generation_cards(pruned["generation"])
+
+
+def generation_cards(figures: dict) -> None:
+    """Decode and prefill speed of a language model, each with its speedup over the dense model, paired."""
+    left, right = st.columns(2)
+    for column, part, words in ((left, "decode", f"one token at a time after the prompt, "
+                                                 f"{figures['new_tokens']} greedy steps"),
+                                (right, "prefill", f"the {figures['prompt_tokens']}-token prompt in one call")):
+        value, delta = formatting.tokens_per_second(figures, part)
+        _card(column, part.capitalize(), value, delta, lower_is_better=False,
+              help=f"{part} speed on the KV-cache ONNX graph in ONNX Runtime: {words}; the change is the median "
+                   f"speedup over rounds timed in alternation with the dense model, with its 95% interval")
 
 
 def read_out(report: dict, stale: bool = False) -> None:

@@ -54,3 +54,29 @@ def test_prefill_and_decode_are_timed_against_the_dense_model(tinylm):
     assert set(pruned["speedup"]) == {"prefill", "decode"} and pruned["speedup"]["decode"]["pairs"] >= 4
     same = evaluator.measure(Plan(granularity="unstructured", sparsity=0.5))["pruned"]["generation"]
     assert same["speedup"]["decode"]["same_kernels"] and same["decode_ms_per_token"] == dense["decode_ms_per_token"]
+
+
+@pytest.mark.slow
+def test_continuations_come_from_the_dense_and_the_pruned_graph(tinylm):
+    evaluator = LiveEvaluator(tinylm, threads=1)
+    dense = evaluator.continuations(None, "The with statement is used to", new_tokens=12)
+    assert dense["dense"] == dense["pruned"] and dense["prompt_tokens"] > 3
+    ids = tinylm.tokenizer("The with statement is used to", add_special_tokens=False)["input_ids"]
+    assert tinylm.tokenizer.decode(torch_greedy(tinylm.module, np.asarray(ids), 12)) == dense["dense"]
+    pruned = evaluator.continuations(Plan(granularity="channel", sparsity=0.5), "The with statement is used to", 12)
+    assert pruned["dense"] == dense["dense"] and pruned["pruned"] != dense["dense"]
+
+
+def test_language_model_cards_read_perplexity_and_tokens_per_second():
+    from dashboard import formatting
+
+    dense = {"label": "perplexity", "perplexity": 96.6, "context": 128, "stride": 128, "agreement": 1.0, "kl": 0.0}
+    pruned = dict(dense, perplexity=131.1, agreement=0.54, kl=0.42)
+    card = formatting.quality(pruned, dense)
+    assert card["title"] == "Perplexity" and card["value"] == "131.1" and card["delta"] == "+36%"
+    assert card["lower_is_better"] and "context 128, stride 128" in card["help"]
+    figures = {"decode_tokens_per_s": 445.2, "prefill_tokens_per_s": 7857.0,
+               "speedup": {"decode": {"p50": 1.15, "low": 1.05, "high": 1.3, "measurable": True},
+                           "prefill": {"p50": 1.06, "low": 0.9, "high": 1.46, "measurable": False}}}
+    assert formatting.tokens_per_second(figures, "decode") == ("445 tok/s", "+15% (1.05–1.30×)")
+    assert formatting.tokens_per_second(figures, "prefill")[1].startswith("noise")

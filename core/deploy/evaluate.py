@@ -48,6 +48,8 @@ from core.sources import ModelHandle
 from core.sources.load import read_data
 
 REPORT_CACHE_ENTRIES = 128
+CONTINUATION_TOKENS = 32  # tokens a greedy continuation adds to a prompt
+GENERATOR_CACHE_ENTRIES = 4
 BASELINE_CACHE_ENTRIES = 8
 PARITY_ITEMS = 64
 LIVE_PARITY_ITEMS = 16
@@ -96,6 +98,7 @@ def evaluation_items(macs: int | None, available: int) -> int:
 
 
 _REPORTS = MemoryLRU(REPORT_CACHE_ENTRIES)
+_GENERATORS = MemoryLRU(GENERATOR_CACHE_ENTRIES)  # KV-cache sessions of pruned language models, for continuations
 _BASELINES = MemoryLRU(BASELINE_CACHE_ENTRIES)
 _BASELINE_SERIALS = itertools.count()
 
@@ -104,6 +107,7 @@ def clear_caches() -> None:
     """Forget every cached report and baseline (tests and benchmarks use this)."""
     _REPORTS.clear()
     _BASELINES.clear()
+    _GENERATORS.clear()
 
 
 class _Baseline:
@@ -326,6 +330,26 @@ class LiveEvaluator:
             return dict(dense, speedup={"prefill": same, "decode": same})
         pruned = generation.Generator(generation.export_cached(artifact.module), self.settings.threads)
         return generation.compared_generation(dense_generator, pruned, prompt, new_tokens, self.settings.live)
+
+    def continuations(self, plan: Plan | dict | None, prompt: str, new_tokens: int = CONTINUATION_TOKENS) -> dict:
+        """The dense and the pruned model's greedy continuations of ``prompt``, run on their KV-cache
+        graphs in ONNX Runtime: ``{"dense": text, "pruned": text, "prompt_tokens": n}``.
+
+        Raises PrunelabError for a model that is not a language model with a tokenizer, or an empty prompt.
+        """
+        plan = Plan.from_dict(plan) if isinstance(plan, dict) else plan
+        tokenizer = self.handle.tokenizer
+        if self.handle.output_kind != "causal" or tokenizer is None or self.handle.module is None:
+            raise PrunelabError(f"{self.handle.name}: continuations need a causal language model with a tokenizer")
+        ids = generation.prompt_ids(tokenizer, prompt, self.handle.module, new_tokens)
+        dense = self._baseline_state().generation(self.settings)[0]
+        pruned = dense if plan is None else _GENERATORS.get(self._key(plan))
+        if pruned is None:
+            module = apply_plan(self.handle, plan, data=self.data).module.eval()
+            pruned = _GENERATORS.put(self._key(plan), generation.Generator(generation.export_cached(module),
+                                                                           self.settings.threads))
+        return {"dense": generation.decode(tokenizer, dense.greedy(ids, new_tokens)),
+                "pruned": generation.decode(tokenizer, pruned.greedy(ids, new_tokens)), "prompt_tokens": len(ids)}
 
     def _quantize_mode(self, baseline: _Baseline) -> str | None:
         """The INT8 mode as applied ('int8' resolved to static or dynamic), or None."""

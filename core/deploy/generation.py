@@ -141,6 +141,25 @@ class Generator:
         return (prefilled - started) * 1000.0, (decoded - prefilled) * 1000.0 / max(1, new_tokens)
 
 
+def prompt_ids(tokenizer, prompt: str, module: nn.Module, new_tokens: int) -> np.ndarray:
+    """``prompt`` as int64 ids, its start cut so prompt and ``new_tokens`` fit the model's positions.
+
+    Raises PrunelabError for a prompt that gives no tokens.
+    """
+    from core.sources.huggingface import max_tokens
+
+    ids = np.asarray(tokenizer(str(prompt), add_special_tokens=False)["input_ids"], dtype=np.int64)
+    if len(ids) == 0:
+        raise PrunelabError("the prompt is empty: type a few words for the models to continue")
+    limit = max_tokens(module)
+    return ids if limit is None else ids[-max(1, limit - new_tokens):]
+
+
+def decode(tokenizer, ids: list[int]) -> str:
+    """Token ids back to text, special tokens shown as they are (an end of document is worth seeing)."""
+    return tokenizer.decode(ids, skip_special_tokens=False)
+
+
 def new_tokens_for(module: nn.Module, prompt_tokens: int) -> int:
     """NEW_TOKENS, fewer when the model's positions end before the prompt plus NEW_TOKENS."""
     from core.sources.huggingface import max_tokens

@@ -175,6 +175,35 @@ def metrics_panel() -> None:
                 st.caption(formatting.note(note))
 
 
+PROMPT = "The with statement is used to"
+CONTINUATION = "tune.continuation"  # the last continuations shown, with the plan they were made for
+
+
+def prompt_ui() -> None:
+    """A prompt, and the dense and the pruned model's greedy continuations of it side by side."""
+    with st.container(border=True, key="tune-prompt"):
+        state.seed("w.tune.prompt", PROMPT)
+        prompt = st.text_input("Prompt", key="w.tune.prompt",
+                               help="both models continue it greedily (the most likely token each time) on their "
+                                    "ONNX KV-cache graphs; the pruned one uses this page's plan")
+        plan_digest = session.plan_object().digest
+        if st.button("Continue with the dense and the pruned model", icon=":material/play_arrow:",
+                     key="tune-continue"):
+            with session.guard("continuing the prompt"):
+                st.session_state[CONTINUATION] = dict(session.continuations(prompt), plan=plan_digest,
+                                                      prompt=prompt)
+        shown = st.session_state.get(CONTINUATION)
+        if not shown:
+            return
+        if shown["plan"] != plan_digest or shown["prompt"] != prompt:
+            st.caption(":material/history: made for an earlier plan or prompt: press the button again")
+        dense, pruned = st.columns(2)
+        for column, title, key in ((dense, "Dense", "dense"), (pruned, "Pruned", "pruned")):
+            box = column.container(border=True, key=f"tune-continuation-{key}")
+            box.markdown(f"**{title}**")
+            box.text(shown["prompt"] + shown[key])
+
+
 VIEWS = ("Sparsity per layer", "Per-layer table", "Model graph")
 
 
@@ -229,4 +258,6 @@ with session.guard("loading the model"):
         sliders_ui(current)
     with panel:
         metrics_panel()
+        if session.is_language_model():
+            prompt_ui()
         layers_ui()
