@@ -1,7 +1,10 @@
-"""Shared fixtures: the demo models loaded once per test session, an unseen user architecture."""
+"""Shared fixtures: the demo models loaded once per test session, an unseen user architecture, the
+dashboard driven by AppTest, the command line in a child process, Chromium and a dashboard server,
+and ``wait_until`` for everything that finishes in the background (no test sleeps a fixed time)."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,11 @@ from core.sources import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 USER_MODELS = ROOT / "tests" / "fixtures" / "user_models.py"
+APP = ROOT / "dashboard" / "app.py"
+PAGES = ROOT / "dashboard" / "pages"
+# Variables that choose what the dashboard opens with; every AppTest starts without them.
+SOURCE_VARIABLES = ("PRUNELAB_MODEL", "PRUNELAB_WEIGHTS", "PRUNELAB_INPUT_SHAPE", "PRUNELAB_DATA",
+                    "PRUNELAB_TRUST", "PRUNELAB_ALLOW_CODE", "PRUNELAB_MODEL_ROOT")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -136,3 +144,73 @@ def server(tmp_path_factory):
     process, url = start_server(None, tmp_path_factory.mktemp("prunelab-home"))
     yield url
     stop_server(process)
+
+
+# ---------------------------------------------------------------- the dashboard through AppTest
+
+@pytest.fixture
+def open_app(monkeypatch):
+    """``open_app(model=None, page=None, timeout=120, run=True)``: the dashboard as a new visitor sees it.
+
+    ``model`` is what ``prunelab dashboard MODEL`` would open (None: the default, digits-cnn);
+    ``page`` a file name under dashboard/pages ("history") to switch to; ``run=False`` hands the
+    app back before its first run (to set query parameters first); ``env`` sets more PRUNELAB_*
+    variables (the dashboard's source options).
+    """
+    from streamlit.testing.v1 import AppTest
+
+    def open_(model: str | None = None, page: str | None = None, timeout: float = 120, run: bool = True,
+              env: dict[str, str] | None = None):
+        for name in SOURCE_VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in {**({"PRUNELAB_MODEL": model} if model else {}), **(env or {})}.items():
+            monkeypatch.setenv(name, value)
+        app = AppTest.from_file(str(APP), default_timeout=timeout)
+        if not run:
+            return app
+        app.run()
+        return app.switch_page(f"pages/{page}.py").run() if page else app
+
+    return open_
+
+
+@pytest.fixture
+def open_page(monkeypatch):
+    """``open_page(name, model=None, timeout=60)``: one page file of dashboard/pages, alone, not yet run
+    (its session state can be filled first)."""
+    from streamlit.testing.v1 import AppTest
+
+    def open_(name: str, model: str | None = None, timeout: float = 60):
+        for variable in SOURCE_VARIABLES:
+            monkeypatch.delenv(variable, raising=False)
+        if model:
+            monkeypatch.setenv("PRUNELAB_MODEL", model)
+        return AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=timeout)
+
+    return open_
+
+
+@pytest.fixture
+def clean_environment(monkeypatch):
+    """No PRUNELAB_* source variable set (as a person starting ``prunelab dashboard`` plainly)."""
+    for name in SOURCE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def app(open_app):
+    """The dashboard as a fresh visitor sees it (digits-cnn on the Tune page)."""
+    return open_app()
+
+
+def wait_until(condition, seconds: float = 120, what: str = "the condition", poll: float = 0.05):
+    """Call ``condition`` until it returns something true, and return that; AssertionError naming
+    ``what`` after ``seconds``. Polls quickly: a test waits as long as the work takes, no longer."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {seconds:g} s")
+        time.sleep(poll)

@@ -157,13 +157,8 @@ def test_channel_allocation_with_rounding_checks_the_target_on_the_rounded_model
 
 
 @pytest.mark.slow
-def test_the_tune_page_auto_allocate_button_fills_the_sliders(cnn, sweep):
-    from pathlib import Path
-
-    from streamlit.testing.v1 import AppTest
-
-    page = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "tune.py"),
-                             default_timeout=90)
+def test_the_tune_page_auto_allocate_button_fills_the_sliders(cnn, sweep, open_page):
+    page = open_page("tune", timeout=90)
     page.session_state["prunelab.sensitivity"] = {**sweep, "model_key": f"{cnn.digest}-{cnn.data.digest}"}
     page.session_state["prunelab.plan"] = {"granularity": "unstructured", "criterion": "l1", "scope": "layer",
                                            "sparsity": 0.9, "layers": {}}

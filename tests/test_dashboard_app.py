@@ -11,16 +11,8 @@ from streamlit.testing.v1 import AppTest
 
 from core.api import layer_table
 
-APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 PLAN = "prunelab.plan"
 REPORT = "prunelab.report"
-
-
-@pytest.fixture
-def app(monkeypatch):
-    """The dashboard as a fresh visitor sees it (digits-cnn on the Tune page)."""
-    monkeypatch.delenv("PRUNELAB_MODEL", raising=False)
-    return AppTest.from_file(APP, default_timeout=120).run()
 
 
 def layer_sliders(app: AppTest) -> list:
@@ -179,9 +171,8 @@ def test_two_uploads_of_the_same_bytes_never_share_a_file():
     assert not first.exists() and second.read_bytes() == b"same bytes"
 
 
-def test_two_visitors_keep_their_own_plans(monkeypatch):
-    monkeypatch.delenv("PRUNELAB_MODEL", raising=False)
-    first, second = AppTest.from_file(APP, default_timeout=120).run(), AppTest.from_file(APP, default_timeout=120).run()
+def test_two_visitors_keep_their_own_plans(open_app):
+    first, second = open_app(), open_app()
     first.slider(key="w.layer.fc1").set_value(80).run()
     second.run()
     assert second.slider(key="w.layer.fc1").value == 0
@@ -204,9 +195,8 @@ def test_an_uploaded_onnx_model_is_tuned_without_channel_granularity(app, cnn):
     assert app.session_state[REPORT]["pruned"]["sparsity"] > 0.4
 
 
-def test_a_link_without_a_model_applies_its_plan_to_the_current_one(monkeypatch):
-    monkeypatch.delenv("PRUNELAB_MODEL", raising=False)
-    app = AppTest.from_file(APP, default_timeout=120)
+def test_a_link_without_a_model_applies_its_plan_to_the_current_one(open_app):
+    app = open_app(run=False)
     app.query_params.update({"granularity": "unstructured", "sparsity": "30", "layers": "fc1:10"})
     app.run()
     assert not app.exception and not app.error and not app.warning

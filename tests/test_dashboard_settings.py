@@ -5,30 +5,20 @@ changes, the Layers page's channel preview with rounding, and 2:4 layers that st
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.api import Plan, apply_plan, channel_importance
 from dashboard import formatting
 
-APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 PAGES = ["pages/model.py", "pages/layers.py", "pages/sensitivity.py", "pages/tune.py", "pages/recover.py",
          "pages/history.py", "pages/export.py"]
 PLAN = "prunelab.plan"
 
 
 @pytest.fixture
-def mlp_app(monkeypatch):
-    monkeypatch.setenv("PRUNELAB_MODEL", "digits-mlp")
-    return AppTest.from_file(APP, default_timeout=120).run()
-
-
-@pytest.fixture
-def cnn_app(monkeypatch):
-    monkeypatch.delenv("PRUNELAB_MODEL", raising=False)
-    return AppTest.from_file(APP, default_timeout=120).run()
+def mlp_app(open_app):
+    return open_app("digits-mlp")
 
 
 def visit(app: AppTest, page: str) -> AppTest:
@@ -76,8 +66,7 @@ def test_every_setting_on_every_page_survives_visiting_every_other_page(mlp_app)
     assert app.session_state[PLAN]["scope"] == "global" and app.session_state[PLAN]["layers"]["fc1"] == 0.6
 
 
-def test_changing_granularity_keeps_the_per_layer_targets_for_a_switch_back(cnn_app):
-    app = cnn_app
+def test_changing_granularity_keeps_the_per_layer_targets_for_a_switch_back(app):
     app.slider(key="w.layer.features.1.0").set_value(70).run()
     app.selectbox(key="w.granularity").set_value("channel").run()
     assert not app.exception and not app.error
@@ -106,8 +95,7 @@ def test_gradual_pruning_without_a_target_explains_itself_and_uses_the_per_layer
     assert next(button for button in app.button if button.label == "Run").disabled
 
 
-def test_the_layers_page_prints_no_stray_values_and_previews_rounded_channels(cnn_app, cnn):
-    app = cnn_app
+def test_the_layers_page_prints_no_stray_values_and_previews_rounded_channels(app, cnn):
     app.selectbox(key="w.granularity").set_value("channel").run()
     app.selectbox(key="w.round_to").set_value(8).run()
     app.slider(key="w.global").set_value(30).run()
@@ -121,8 +109,7 @@ def test_the_layers_page_prints_no_stray_values_and_previews_rounded_channels(cn
     assert sum(channel_importance(cnn, "features.0.0", "l1", 0.3)["removed"]) != sum(preview["removed"])
 
 
-def test_2_of_4_sliders_show_the_fixed_pattern_and_the_layers_it_leaves_dense(cnn_app):
-    app = cnn_app
+def test_2_of_4_sliders_show_the_fixed_pattern_and_the_layers_it_leaves_dense(app):
     app.selectbox(key="w.granularity").set_value("2:4").run()
     assert not app.exception and not app.error
     first = app.slider(key="w.layer.features.0.0")  # 1 input channel x 3x3: no groups of 4
@@ -133,8 +120,7 @@ def test_2_of_4_sliders_show_the_fixed_pattern_and_the_layers_it_leaves_dense(cn
     assert measured["features.0.0"] == 0 and measured["features.1.0"] == pytest.approx(0.5)
 
 
-def test_channel_mode_shows_the_share_of_weights_removed(cnn_app):
-    app = cnn_app
+def test_channel_mode_shows_the_share_of_weights_removed(app):
     app.selectbox(key="w.granularity").set_value("channel").run()
     app.slider(key="w.global").set_value(50).run()
     cards = {metric.label: metric.value for metric in app.metric}
@@ -143,8 +129,7 @@ def test_channel_mode_shows_the_share_of_weights_removed(cnn_app):
     assert cards["Weights removed"] == f"{100 * report['pruned']['removed']:.1f}%"
 
 
-def test_int8_notes_do_not_claim_the_file_stays_the_same(cnn_app):
-    app = cnn_app
+def test_int8_notes_do_not_claim_the_file_stays_the_same(app):
     app.slider(key="w.global").set_value(50).run()
     app.toggle(key="w.quantize").set_value(True).run()
     captions = " ".join(caption.value for caption in app.caption)
@@ -155,8 +140,7 @@ def test_int8_notes_do_not_claim_the_file_stays_the_same(cnn_app):
 
 
 @pytest.mark.slow
-def test_export_describes_the_plan_it_hands_over_after_a_run_is_loaded_from_history(cnn_app):
-    app = cnn_app
+def test_export_describes_the_plan_it_hands_over_after_a_run_is_loaded_from_history(app):
     app.slider(key="w.global").set_value(50).run()
     visit(app, "pages/history.py")
     app.button(key="history-save").click().run()
@@ -177,8 +161,7 @@ def test_export_describes_the_plan_it_hands_over_after_a_run_is_loaded_from_hist
     assert "-perlayer" not in app.code[-1].value
 
 
-def test_the_model_page_and_tune_show_the_same_dense_latency(cnn_app):
-    app = cnn_app
+def test_the_model_page_and_tune_show_the_same_dense_latency(app):
     app.toggle(key="w.quantize").set_value(True).run()
     tune_dense = app.session_state["prunelab.report"]["baseline"]["latency_ms"]["p50"]
     visit(app, "pages/model.py")

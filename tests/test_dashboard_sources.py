@@ -7,20 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
 
 from core.cli import main
 from tests.fixtures.hf_models import TINY_BERT
-
-APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
-SOURCE_VARIABLES = ("PRUNELAB_MODEL", "PRUNELAB_WEIGHTS", "PRUNELAB_INPUT_SHAPE", "PRUNELAB_DATA", "PRUNELAB_TRUST",
-                    "PRUNELAB_ALLOW_CODE", "PRUNELAB_MODEL_ROOT")
-
-
-@pytest.fixture
-def clean_environment(monkeypatch):
-    for name in SOURCE_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
 
 
 def test_dashboard_takes_the_same_source_options(monkeypatch, tmp_path, clean_environment):
@@ -41,32 +30,27 @@ def test_source_options_without_a_model_are_refused(monkeypatch, capsys, clean_e
     assert "name the model too" in capsys.readouterr().err
 
 
-def test_dashboard_opens_a_hugging_face_directory_with_embedding_fidelity(monkeypatch, tmp_path, clean_environment):
+def test_dashboard_opens_a_hugging_face_directory_with_embedding_fidelity(tmp_path, open_app):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     directory = tmp_path / "tiny-bert"
     transformers.BertModel(transformers.BertConfig(**TINY_BERT)).save_pretrained(directory)
     ids = np.random.default_rng(0).integers(1, 100, size=(40, 8))
     np.savez(tmp_path / "tokens.npz", input_ids=ids)
-    monkeypatch.setenv("PRUNELAB_MODEL", str(directory))
-    monkeypatch.setenv("PRUNELAB_INPUT_SHAPE", "1,8")
-    monkeypatch.setenv("PRUNELAB_DATA", str(tmp_path / "tokens.npz"))
-    app = AppTest.from_file(APP, default_timeout=180).run()
+    app = open_app(str(directory), timeout=180,
+                   env={"PRUNELAB_INPUT_SHAPE": "1,8", "PRUNELAB_DATA": str(tmp_path / "tokens.npz")})
     assert not app.exception and not app.error
     cards = {metric.label: metric.value for metric in app.metric}
     assert cards["Cosine to dense"] == "1.000" and cards["Neighbours kept"] == "100.0%"
     assert "Accuracy" not in cards
 
 
-def test_a_transformer_channel_plan_can_prune_the_residual_stream_from_the_page(monkeypatch, tmp_path,
-                                                                                 clean_environment):
+def test_a_transformer_channel_plan_can_prune_the_residual_stream_from_the_page(tmp_path, open_app):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     directory = tmp_path / "tiny-bert"
     transformers.BertForSequenceClassification(transformers.BertConfig(**TINY_BERT)).save_pretrained(directory)
-    monkeypatch.setenv("PRUNELAB_MODEL", str(directory))
-    monkeypatch.setenv("PRUNELAB_INPUT_SHAPE", "1,8")
-    app = AppTest.from_file(APP, default_timeout=180).run()
+    app = open_app(str(directory), timeout=180, env={"PRUNELAB_INPUT_SHAPE": "1,8"})
     assert app.toggle(key="w.recalibrate").proto.disabled  # no BatchNorm in BERT
     assert not [toggle for toggle in app.toggle if toggle.key == "w.prune_width"]  # channel plans only
     app.selectbox(key="w.granularity").set_value("channel").run()

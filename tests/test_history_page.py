@@ -1,29 +1,22 @@
 """The History page, driven by AppTest: runs table, save, open, load the plan into the sliders, compare."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core.history.runs import list_runs, record_run
 from tests.test_runs import make_report
 
-APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 PLAN = "prunelab.plan"
 OPEN_RUN = "prunelab.history.open"
 
 
 @pytest.fixture
-def history(monkeypatch):
-    monkeypatch.delenv("PRUNELAB_MODEL", raising=False)
+def history(open_app):
     first = record_run(make_report(accuracy=0.9, p50=2.0, model="digits-cnn"), label="accurate")
     report = make_report(accuracy=0.8, p50=1.0, sparsity=0.3, model="digits-cnn")
     report["plan"]["layers"] = {"fc1": 0.6}
     second = record_run(report, label="fast")
-    app = AppTest.from_file(APP, default_timeout=120).run()
-    app.switch_page("pages/history.py").run()
-    return app, first, second
+    return open_app(page="history"), first, second
 
 
 def test_history_lists_runs_and_compares_without_error(history):

@@ -16,7 +16,6 @@ from tests.test_hostile import LIMIT_MIB, npz_bomb, onnx_with_input
 
 # ---------------------------------------------------------------- the dashboard runs no code without consent
 
-APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 FACTORY = """import pathlib
 pathlib.Path({marker!r}).write_text("imported")
 from torch import nn
@@ -26,13 +25,8 @@ def factory():
 
 
 @pytest.fixture
-def model_page(monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
-    for name in ("PRUNELAB_MODEL", "PRUNELAB_ALLOW_CODE", "PRUNELAB_MODEL_ROOT"):
-        monkeypatch.delenv(name, raising=False)
-    app = AppTest.from_file(APP, default_timeout=120).run()
-    return app.switch_page("pages/model.py").run()
+def model_page(open_app):
+    return open_app(page="model")
 
 
 def load_factory(app, spec: str, trust: bool = False):

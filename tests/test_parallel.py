@@ -6,7 +6,6 @@ import os
 import pickle
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -15,6 +14,7 @@ from core.errors import PrunelabError
 from core.search.executors import executor_for
 from core.search.parallel import Outcome, PoolExecutor, Work
 from core.search.sensitivity import sensitivity
+from tests.conftest import wait_until
 
 LEVELS = (0.0, 0.5, 0.9)
 ITEMS = 120
@@ -147,26 +147,20 @@ def test_bad_grids_are_one_line_errors(capsys):
     assert "float" in capsys.readouterr().err
 
 
-def test_history_page_measures_a_grid_in_the_background(monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
+def test_history_page_measures_a_grid_in_the_background(open_app):
     from core.api import list_runs
 
-    monkeypatch.delenv("PRUNELAB_MODEL", raising=False)
-    app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py"),
-                            default_timeout=120).run()
-    app.switch_page("pages/history.py").run()
+    app = open_app(page="history")
     app.text_input(key="w.history.grid").set_value("sparsity=0.4,0.8;criterion=l1;granularity=unstructured").run()
     app.button(key="history-grid").click().run()
     assert not app.exception and not app.error
-    deadline = time.monotonic() + 120
-    while len(list_runs()) < 2 and time.monotonic() < deadline:
-        time.sleep(1)
-    time.sleep(1)
-    app.run()
+    def finished():  # the page says so once the job has recorded both runs and ended
+        app.run()
+        return any("Measured 2 of 2 plans" in message.value for message in app.success)
+
+    wait_until(finished, 120, "the grid job's end")
     assert not app.exception and not app.error
     assert sorted(run.plan["sparsity"] for run in list_runs()) == [0.4, 0.8]
-    assert any("Measured 2 of 2 plans" in message.value for message in app.success)
 
 
 def test_allocation_checks_its_candidates_on_workers_and_picks_the_serial_choice(cnn, serial):

@@ -79,15 +79,8 @@ def test_cli_table_and_bad_counts(capsys, tmp_path):
     assert "--runs must be between 1 and 10000" in capsys.readouterr().err
 
 
-def test_the_profile_page_times_dense_and_pruned_layers(monkeypatch):
-    from pathlib import Path
-
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.delenv("PRUNELAB_MODEL", raising=False)
-    app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py"),
-                            default_timeout=120).run()
-    app.switch_page("pages/profile.py").run()
+def test_the_profile_page_times_dense_and_pruned_layers(open_app):
+    app = open_app(page="profile")
     assert app.title[0].value == "Profile" and not app.exception
     app.button[0].click().run()
     assert not app.exception and not app.error

@@ -169,14 +169,8 @@ def test_recover_cli_needs_training_data(capsys, tmp_path):
     assert code == 2 and "x_train/y_train" in capsys.readouterr().err
 
 
-def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(monkeypatch):
-    from pathlib import Path
-
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("PRUNELAB_MODEL", "digits-mlp")
-    page = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "recover.py"),
-                             default_timeout=60)
+def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(open_page):
+    page = open_page("recover", model="digits-mlp")
     page.session_state["prunelab.plan"] = {"granularity": "unstructured", "criterion": "l1", "scope": "global",
                                            "sparsity": 0.9, "layers": {}}
     page.run()
@@ -193,8 +187,7 @@ def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(m
     assert page.number_input(key="w.recover.epochs").value == 2  # the form keeps its settings after a run
 
     # the Export page measures and hands out the fine-tuned model, not the one-shot one
-    pages = Path(__file__).resolve().parent.parent / "dashboard" / "pages"
-    export_page = AppTest.from_file(str(pages / "export.py"), default_timeout=60)
+    export_page = open_page("export", model="digits-mlp")
     for key in ("prunelab.plan", "prunelab.recovered"):
         export_page.session_state[key] = page.session_state[key]
     export_page.run()
@@ -225,6 +218,8 @@ def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(m
         st.session_state.pop(state.RECOVERED)  # without the recovered model: the one-shot pruned weights
         one_shot = torch.load(io.BytesIO(handover.download("state_dict")()), weights_only=True)
         st.session_state["differs"] = not one_shot["fc1.weight"].equal(weights["fc1.weight"])
+
+    from streamlit.testing.v1 import AppTest
 
     export = AppTest.from_function(export_state_dict, default_timeout=60)
     for key in ("prunelab.plan", "prunelab.recovered"):

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import time
-from pathlib import Path
 
 import pytest
 
@@ -14,9 +12,9 @@ from core.errors import PrunelabError
 from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 from core.search.sensitivity import Scorer, check_levels, scored_items, sensitivity
+from tests.conftest import wait_until
 
 LEVELS = (0.0, 0.5, 0.9)
-PAGE = Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "sensitivity.py"
 # the module, not the function of the same name that the core package exports
 sensitivity_module = importlib.import_module("core.search.sensitivity")
 
@@ -189,19 +187,16 @@ def test_channel_sweeps_prune_coupled_groups_and_time_each_level(cnn):
     assert accuracy == pytest.approx(one["curve"][1]["accuracy"], abs=1e-9)
 
 
-def test_dashboard_page_runs_a_sweep_and_shows_it(prunelab_home):
-    from streamlit.testing.v1 import AppTest
-
-    page = AppTest.from_file(str(PAGE), default_timeout=60)
+def test_dashboard_page_runs_a_sweep_and_shows_it(open_page):
+    page = open_page("sensitivity")
     page.run()
     page.toggle(key="w.sensitivity.quick").set_value(True)
     page.toggle(key="w.sensitivity.every").set_value(True)
     page.button[0].click().run()
-    for _ in range(120):  # the sweep runs in a worker thread; each run of the page polls it
-        if "prunelab.sensitivity" in page.session_state:
-            break
-        time.sleep(0.5)
-        page.run()
+    def finished():  # the sweep runs in a worker thread; each run of the page polls it
+        return "prunelab.sensitivity" in page.run().session_state
+
+    wait_until(finished, 60, "the sweep's end")
     assert not page.exception
     result = page.session_state["prunelab.sensitivity"]
     assert result["complete"] and result["levels"] == [0.0, 0.3, 0.5, 0.7, 0.9]

@@ -23,3 +23,23 @@ def test_within_noise_both_measured_latencies_show_with_the_paired_verdict():
 def test_a_measurable_speedup_is_named():
     text = latency_text(report(0.0200, {"p50": 1.6, "low": 1.5, "high": 1.7, "measurable": True}))
     assert "20" in text and "faster in paired runs" in text
+
+
+def test_card_colours_follow_the_numbers_not_the_words():
+    from dashboard import summary
+
+    drawn = {}
+
+    class Column:
+        def metric(self, label, value, delta, delta_color, **_):
+            drawn[label] = delta_color
+
+    summary._card(Column(), "rounds to zero", "1", "-0%", 0.0)
+    summary._card(Column(), "smaller", "1", "-37%", -37.0)
+    summary._card(Column(), "better", "1", "+1.2 pts", 1.2, lower_is_better=False)
+    summary._card(Column(), "reworded", "1", "0% (a new wording)", -3.0)
+    assert drawn == {"rounds to zero": "off", "smaller": "inverse", "better": "normal", "reworded": "inverse"}
+    item = report(0.0200, {"p50": 1.6, "low": 1.5, "high": 1.7, "measurable": True})
+    assert summary.latency_change(item["pruned"]) == -38.0
+    noise = report(0.06, {"p50": 0.98, "low": 0.8, "high": 1.1, "measurable": False})
+    assert summary.latency_change(noise["pruned"]) == 0
