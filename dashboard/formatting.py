@@ -18,18 +18,31 @@ CONTROLS = {
 }
 
 
-def change(new: float | None, old: float | None) -> str | None:
-    """Relative change as '-37%' for a metric card delta; None when there is nothing to compare."""
+def shown_change(new: float | None, old: float | None) -> float | None:
+    """The relative change in percent as a card shows it (whole percents), None with nothing to compare;
+    its sign, not the text, colours the card."""
     if new is None or not old:
         return None
-    return f"{100 * (new - old) / old:+.0f}%"
+    return round(100 * (new - old) / old) + 0.0  # + 0.0: -0.0 reads as no change
+
+
+def change(new: float | None, old: float | None) -> str | None:
+    """Relative change as '-37%' for a metric card delta; None when there is nothing to compare."""
+    shown = shown_change(new, old)
+    return None if shown is None else f"{shown:+.0f}%"
+
+
+def shown_points(new: float | None, old: float | None) -> float | None:
+    """The difference of two fractions in percentage points as shown (one decimal), None without both."""
+    if new is None or old is None:
+        return None
+    return round(100 * (new - old), 1) + 0.0
 
 
 def points(new: float | None, old: float | None) -> str | None:
     """Difference of two fractions in percentage points, '+1.2 pts'."""
-    if new is None or old is None:
-        return None
-    return f"{100 * (new - old):+.1f} pts"
+    shown = shown_points(new, old)
+    return None if shown is None else f"{shown:+.1f} pts"
 
 
 def note(text: str) -> str:
@@ -41,7 +54,8 @@ def note(text: str) -> str:
 
 
 def quality(metrics: dict, dense: dict | None = None) -> dict:
-    """The headline quality card of a report side: ``{"title", "value", "delta", "help"}``.
+    """The headline quality card of a report side: ``{"title", "value", "delta", "moved", "help"}``,
+    ``moved`` being the delta as a number (0 when it shows no change; its sign colours the card).
 
     Perplexity for language models on text (lower is better: ``lower_is_better``); accuracy with
     labels; without labels, top-1 agreement for classifiers (with the relative output
@@ -54,6 +68,7 @@ def quality(metrics: dict, dense: dict | None = None) -> dict:
         value = metrics.get("perplexity")
         return {"title": "Perplexity", "value": "–" if value is None else f"{value:.1f}",
                 "delta": change(value, dense.get("perplexity")), "lower_is_better": True,
+                "moved": shown_change(value, dense.get("perplexity")) or 0.0,
                 "help": f"exp of the mean next-token loss on the test text (context {metrics.get('context')}, "
                         f"stride {metrics.get('stride')}; lower is better); next-token agreement with the dense "
                         f"model {percent(metrics.get('agreement'))}, KL {metrics.get('kl', 0):.3g}"}
@@ -62,6 +77,7 @@ def quality(metrics: dict, dense: dict | None = None) -> dict:
         moved = value is not None and dense.get("cosine") is not None and abs(value - dense["cosine"]) >= 5e-4
         delta = f"{value - dense['cosine']:+.3f}" if moved else None
         return {"title": "Cosine to dense", "value": "–" if value is None else f"{value:.3f}", "delta": delta,
+                "moved": round(value - dense["cosine"], 3) if moved else 0.0,
                 "help": f"embeddings without labels: mean cosine similarity to the dense model's embeddings "
                         f"(5th percentile {metrics.get('cosine_p5', 0):.3f}); nearest-neighbour agreement "
                         f"{percent(metrics.get('neighbour_agreement'))}"}
@@ -70,7 +86,7 @@ def quality(metrics: dict, dense: dict | None = None) -> dict:
     if metrics.get("output_error") is not None:
         help_text += f"; relative output error {metrics['output_error']:.3g}, KL {metrics.get('kl', 0):.3g}"
     return {"title": label.capitalize(), "value": percent(value), "delta": points(value, dense.get(label)),
-            "help": help_text}
+            "moved": shown_points(value, dense.get(label)) or 0.0, "help": help_text}
 
 
 def fidelity(metrics: dict) -> tuple[str, str, str] | None:

@@ -63,13 +63,33 @@ def strip(report: dict) -> None:
             column.markdown(f"**{text}**")
 
 
-def _card(column, label: str, value: str, delta: str | None, lower_is_better: bool = True,
-          help: str | None = None) -> None:
-    """A metric card; a delta that rounds to zero or is noise is grey, a change is coloured by whether it helps."""
-    flat = delta is None or delta.lstrip("+-").startswith(("0%", "0.0 pts", "no measurable", "same graph", "noise"))
+def _card(column, label: str, value: str, delta: str | None, moved: float | None = None,
+          lower_is_better: bool = True, help: str | None = None) -> None:
+    """A metric card; ``moved`` is the delta as the number shown: zero or None (no change, or noise) is
+    grey, a change is coloured by whether it helps."""
+    flat = delta is None or not moved
     colour = "off" if flat else ("inverse" if lower_is_better else "normal")
     column.metric(label, value, delta, delta_color=colour, delta_arrow="off" if flat else "auto", border=True,
                   help=help)
+
+
+def measurable(pruned: dict) -> bool:
+    """Whether the paired runs tell the pruned model's latency apart from the dense one's."""
+    speedup = pruned.get("speedup") or {}
+    return bool(speedup) and not speedup.get("same_model") and bool(speedup.get("measurable"))
+
+
+def latency_change(pruned: dict) -> float | None:
+    """The latency change in whole percents from the paired runs; 0 within noise, None unmeasured."""
+    speedup = pruned.get("speedup")
+    if not speedup:
+        return None
+    return formatting.shown_change(1 / speedup["p50"], 1.0) if measurable(pruned) else 0.0
+
+
+def _delta(new: float | None, old: float | None) -> tuple[str | None, float | None]:
+    """(delta text, the change as shown) of a relative change, for ``_card``."""
+    return formatting.change(new, old), formatting.shown_change(new, old)
 
 
 def speed_values(pruned: dict) -> tuple[str, str | None, str | None]:
@@ -82,17 +102,17 @@ def speed_values(pruned: dict) -> tuple[str, str | None, str | None]:
     interval = f"{speedup['low']:.2f}–{speedup['high']:.2f}×"
     if not speedup["measurable"]:
         return f"{speedup['p50']:.2f}×", f"noise: {interval}", "no measurable change"
-    return f"{speedup['p50']:.2f}×", f"{interval} (95%)", f"{100 * (1 / speedup['p50'] - 1):+.0f}%"
+    return f"{speedup['p50']:.2f}×", f"{interval} (95%)", f"{latency_change(pruned):+.0f}%"
 
 
 def _speed_card(column, pruned: dict) -> None:
     """The Speedup card: its interval in green when faster, red when slower, grey when within noise."""
     value, delta, _ = speed_values(pruned)
-    measurable = delta is not None and delta[0].isdigit()  # an interval, not 'noise' or 'same graph'
-    slower = measurable and pruned["speedup"]["p50"] < 1.0
-    arrow = ("down" if slower else "up") if measurable else "off"
+    slower = measurable(pruned) and pruned["speedup"]["p50"] < 1.0
+    measured = measurable(pruned)
+    arrow = ("down" if slower else "up") if measured else "off"
     column.metric("Speedup", value, delta, border=True, delta_color="inverse" if slower else
-                  ("normal" if measurable else "off"), delta_arrow=arrow,
+                  ("normal" if measured else "off"), delta_arrow=arrow,
                   help=f"{TERMS['speedup']}: the median over pairs of runs timed in alternation, with its 95% "
                        f"interval; 'no measurable change' when the interval holds 1x or it is within "
                        f"{SPEEDUP_FLOOR:.0%} of 1x")
@@ -105,22 +125,22 @@ def cards(report: dict) -> None:
     _, _, latency_delta = speed_values(pruned)
     top, middle, bottom = st.columns(3), st.columns(3), st.columns(3)
     splits = report.get("settings", {}).get("splits")
-    _card(top[0], quality["title"], quality["value"], quality["delta"],
+    _card(top[0], quality["title"], quality["value"], quality["delta"], quality["moved"],
           lower_is_better=quality.get("lower_is_better", False),
           help=quality["help"] + (f". {splits}" if splits else "") + f". {TERMS['pts']}")
     _card(top[1], "p50 latency", formatting.milliseconds(pruned["latency_ms"]["p50"]), latency_delta,
-          help=f"{TERMS['p50']}. Dense: {formatting.milliseconds(dense['latency_ms']['p50'])}; the change comes "
-               "from runs timed in alternation with the dense model")
+          latency_change(pruned), help=f"{TERMS['p50']}. Dense: {formatting.milliseconds(dense['latency_ms']['p50'])}; "
+                                       "the change comes from runs timed in alternation with the dense model")
     _speed_card(top[2], pruned)
-    _card(middle[0], "MACs", formatting.count(pruned["macs"]), formatting.change(pruned["macs"], dense["macs"]),
+    _card(middle[0], "MACs", formatting.count(pruned["macs"]), *_delta(pruned["macs"], dense["macs"]),
           help=TERMS["macs"])
     _card(middle[1], "Parameters", formatting.count(pruned["nonzero_params"]),
-          formatting.change(pruned["nonzero_params"], dense["nonzero_params"]), help=TERMS["params"])
+          *_delta(pruned["nonzero_params"], dense["nonzero_params"]), help=TERMS["params"])
     _card(middle[2], "Weights removed", formatting.percent(pruned.get("removed")), None, help=TERMS["removed"])
     _card(bottom[0], "File size", formatting.size(pruned["onnx_bytes"]),
-          formatting.change(pruned["onnx_bytes"], dense["onnx_bytes"]), help=TERMS["size"])
+          *_delta(pruned["onnx_bytes"], dense["onnx_bytes"]), help=TERMS["size"])
     _card(bottom[1], "Compressed", formatting.size(pruned["compressed_bytes"]),
-          formatting.change(pruned["compressed_bytes"], dense["compressed_bytes"]), help=TERMS["compressed"])
+          *_delta(pruned["compressed_bytes"], dense["compressed_bytes"]), help=TERMS["compressed"])
     second = formatting.fidelity(pruned)
     if second is not None:
         _card(bottom[2], second[0], second[1], None, help=second[2])
