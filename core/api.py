@@ -44,6 +44,9 @@ from core.search.explore import DEFAULT_GRID, check_grid_size, explore, parse_gr
 from core.search.parallel import default_workers
 from core.search.sensitivity import DEFAULT_LEVELS, QUICK_LEVELS, SWEPT_GRANULARITIES, parse_levels, sensitivity
 from core.sources import ModelHandle, load_model
+from core.train.methods import METHODS as RECOVERY_METHODS
+from core.train.methods import recover as run_recovery
+from core.train.methods import total_epochs
 from core.train.recovery import (
     Recovery,
     finetune,
@@ -51,9 +54,7 @@ from core.train.recovery import (
     iterative_prune,
     lottery_ticket,
     steps_per_epoch,
-    total_epochs,
 )
-from core.train.recovery import recover as run_recovery
 from core.train.schedule import END_FRACTION as SCHEDULE_END_FRACTION
 from core.train.schedule import POWER as SCHEDULE_POWER
 from core.train.schedule import PolynomialDecay, default_schedule, polynomial_decay
@@ -273,7 +274,7 @@ __all__ = [
     "executor_for", "default_workers", "explore", "parse_grid", "check_grid_size", "DEFAULT_GRID",
     # recovery
     "Recovery", "finetune", "gradual_prune", "iterative_prune", "lottery_ticket", "recover", "recovered_handle",
-    "measure_recovered", "recovery_epochs", "schedule_curve", "private_copy", "PolynomialDecay",
+    "measure_recovered", "recovery_epochs", "schedule_curve", "private_copy", "PolynomialDecay", "RECOVERY_METHODS",
     "SCHEDULE_END_FRACTION", "SCHEDULE_POWER",
     "polynomial_decay",
     # history

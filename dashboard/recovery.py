@@ -14,7 +14,7 @@ from core.errors import PrunelabError
 from dashboard import jobs, session, state
 
 JOB = "recovery run"
-METHODS = ("finetune", "gradual", "iterative", "lottery")
+METHODS = tuple(api.RECOVERY_METHODS)
 SCHEDULE_END_FRACTION, SCHEDULE_POWER = api.SCHEDULE_END_FRACTION, api.SCHEDULE_POWER  # AGP defaults (core)
 
 

@@ -232,3 +232,16 @@ def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(o
     assert export.session_state["same"] and export.session_state["differs"]
     assert export.session_state["int8"]
     assert "--quantize int8 --finetune 2" in export.session_state["command"]
+
+
+def test_one_name_per_method_runs_through_the_table(mlp, monkeypatch):
+    from core.train import methods
+
+    calls = []
+    monkeypatch.setattr(recovery, "fit", lambda module, data, epochs, *args, **kwargs: calls.append(epochs))
+    result = methods.recover(mlp, Plan(scope="global", sparsity=0.5), "lottery", epochs=1, rounds=1)
+    assert result.method == "lottery" and result.summary()["method"] == "lottery"
+    assert sum(calls) == methods.total_epochs("lottery", 1, 1) == 3  # dense, one round, the control
+    assert list(methods.METHODS) == ["finetune", "gradual", "iterative", "lottery"]
+    with pytest.raises(PrunelabError, match="unknown recovery method 'ticket'"):
+        methods.recover(mlp, Plan(), "ticket", epochs=1)

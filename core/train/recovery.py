@@ -74,12 +74,15 @@ class _Stopped(Exception):
     """Raised inside the training loop when ``should_stop()`` says so."""
 
 
-@dataclass
-class _Training:
-    epochs: int
-    lr: float
-    seed: int
-    batch_size: int
+@dataclass(frozen=True)
+class Training:
+    """The training settings every recovery method shares (epochs per phase or round, peak learning
+    rate, seed, batch size); their defaults live here."""
+
+    epochs: int = 5
+    lr: float = 3e-3
+    seed: int = 0
+    batch_size: int = 64
 
 
 @dataclass
@@ -126,7 +129,7 @@ def _hold(module: nn.Module, masks: Masks | None) -> None:
             apply_mask(layer.weight, masks[layer.name])
 
 
-def _train(module: nn.Module, recorder: _Recorder, training: _Training, masks: Masks | None,
+def _train(module: nn.Module, recorder: _Recorder, training: Training, masks: Masks | None,
            hook: Callable[[int], Masks | None] | None = None) -> bool:
     """Train ``module`` in place with ``masks`` held; ``hook(step)`` may return new masks. True when stopped."""
     current = [masks]
@@ -216,7 +219,7 @@ def finetune(model: ModelHandle, plan: Plan, epochs: int = 5, *, lr: float = 3e-
     module = copy.deepcopy(pruned.module)
     recorder = _Recorder(model.data, on_epoch, on_step, should_stop)
     accuracies = {"dense": _accuracy(model.module, model.data), "one_shot": _accuracy(module, model.data)}
-    stopped = _train(module, recorder, _Training(epochs, lr, seed, batch_size), pruned.masks)
+    stopped = _train(module, recorder, Training(epochs, lr, seed, batch_size), pruned.masks)
     return _finish("finetune", module, model, recorder, accuracies, pruned.masks, stopped)
 
 
@@ -257,7 +260,7 @@ def gradual_prune(model: ModelHandle, plan: Plan, epochs: int = 10, *, schedule:
         recorder.tags["sparsity"] = target
         return held[0]
 
-    stopped = _train(module, recorder, _Training(epochs, lr, seed, batch_size), None, hook)
+    stopped = _train(module, recorder, Training(epochs, lr, seed, batch_size), None, hook)
     one_shot = apply_plan(model, base).module
     accuracies = {"dense": _accuracy(model.module, model.data), "one_shot": _accuracy(one_shot, model.data)}
     return _finish("gradual", module, model, recorder, accuracies, held[0], stopped,
@@ -278,7 +281,7 @@ def iterative_prune(model: ModelHandle, plan: Plan, rounds: int = 3, epochs: int
         raise PrunelabError(f"rounds must be at least 1, got {rounds}")
     module, masks, rows = copy.deepcopy(model.module), None, []
     recorder = _Recorder(model.data, on_epoch, on_step, should_stop)
-    training, stopped = _Training(epochs, lr, seed, batch_size), False
+    training, stopped = Training(epochs, lr, seed, batch_size), False
     for round_number in range(1, rounds + 1):
         exponent = 1 / rounds if plan.granularity == "channel" else round_number / rounds
         module, masks = _prune(module, _scaled(plan, lambda value: 1 - (1 - value) ** exponent), model, masks)
@@ -331,7 +334,7 @@ def lottery_ticket(model: ModelHandle, plan: Plan, rounds: int = 3, epochs: int 
     _require_masks(plan, "lottery-ticket rewinding")
     if rounds < 1 or not 0 <= rewind_epoch < epochs:
         raise PrunelabError(f"need rounds >= 1 and 0 <= rewind epoch < epochs, got {rounds} and {rewind_epoch}")
-    training = _Training(epochs, lr, seed, batch_size)
+    training = Training(epochs, lr, seed, batch_size)
     recorder = _Recorder(model.data, on_epoch, on_step, should_stop, tags={"phase": "dense", "sparsity": 0.0})
     module = copy.deepcopy(model.module)
     notes = reinitialize(module, seed)
@@ -363,33 +366,4 @@ def lottery_ticket(model: ModelHandle, plan: Plan, rounds: int = 3, epochs: int 
         accuracies["random_reinit"] = _accuracy(control, model.data)
     details = {"rounds": rows, "rewind_epoch": rewind_epoch, "rewind_step": rewind_step,
                "not_reinitialized": notes}
-    return _finish("lottery_ticket", module, model, recorder, accuracies, masks, stopped, details)
-
-
-METHODS = ("finetune", "gradual", "iterative", "lottery")
-
-
-def recover(model: ModelHandle, plan: Plan, method: str, *, epochs: int, lr: float = 3e-3, rounds: int = 3,
-            rewind_epoch: int = 0, schedule: PolynomialDecay | None = None, seed: int = 0, on_epoch=None,
-            should_stop=None) -> Recovery:
-    """Run recovery ``method`` (one of METHODS) of ``model`` pruned by ``plan``; see each method for its
-    arguments (``rounds`` for iterative and lottery, ``rewind_epoch`` for lottery, ``schedule`` for gradual).
-
-    Raises PrunelabError for an unknown method or anything the method refuses.
-    """
-    callbacks = {"lr": lr, "seed": seed, "on_epoch": on_epoch, "should_stop": should_stop}
-    if method == "finetune":
-        return finetune(model, plan, epochs, **callbacks)
-    if method == "gradual":
-        return gradual_prune(model, plan, epochs, schedule=schedule, **callbacks)
-    if method == "iterative":
-        return iterative_prune(model, plan, rounds, epochs, **callbacks)
-    if method == "lottery":
-        return lottery_ticket(model, plan, rounds, epochs, rewind_epoch=rewind_epoch, **callbacks)
-    raise PrunelabError(f"unknown recovery method '{method}' (choose from {', '.join(METHODS)})")
-
-
-def total_epochs(method: str, epochs: int, rounds: int) -> int:
-    """Epochs a run trains in all (lottery: dense, each round, and the random re-init control)."""
-    return {"finetune": epochs, "gradual": epochs, "iterative": rounds * epochs,
-            "lottery": (rounds + 2) * epochs}.get(method, epochs)
+    return _finish("lottery", module, model, recorder, accuracies, masks, stopped, details)
