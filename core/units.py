@@ -59,6 +59,13 @@ def times(ratio: float | None) -> str:
 # Metric names as stored in a report (flattened), with a label and the function that formats them.
 METRICS = {
     "accuracy": ("Accuracy", percent), "agreement": ("Agreement with the dense model", percent),
+    "perplexity": ("Perplexity on the test text", lambda value: MISSING if value is None else f"{value:.2f}"),
+    "next_token_accuracy": ("Next-token accuracy", percent),
+    "kl": ("KL divergence to the dense model", lambda value: MISSING if value is None else f"{value:.3g}"),
+    "generation.prefill_tokens_per_s": ("Prefill (tokens/s)", lambda value: MISSING if value is None
+                                        else f"{value:,.0f}"),
+    "generation.decode_tokens_per_s": ("Decode (tokens/s)", lambda value: MISSING if value is None
+                                       else f"{value:,.0f}"),
     "loss": ("Loss (cross-entropy)", lambda value: MISSING if value is None else f"{value:.3f}"),
     "latency_ms.p50": ("Latency, median (p50)", milliseconds),
     "latency_ms.p90": ("Latency, p90", milliseconds), "latency_ms.p99": ("Latency, p99", milliseconds),

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from core.data import load_documents, split_stream, windows  # noqa: E402
-from core.deploy.evaluate import evaluate  # noqa: E402
+from core.deploy.evaluate import LiveEvaluator, evaluate  # noqa: E402
 from core.deploy.fidelity import next_token_quality  # noqa: E402
 from core.errors import PrunelabError  # noqa: E402
 from core.files import ASSETS  # noqa: E402
@@ -64,7 +64,7 @@ def test_tinylm_dense_perplexity_matches_its_card_and_pruning_raises_it(tinylm):
 def test_factory_lms_without_tokenizer_get_random_ids_and_no_perplexity(name):
     handle = load_model(f"{CAUSAL}:{name}", input_shape="1,16")
     assert handle.output_kind == "causal" and handle.data.synthetic
-    report = evaluate(handle, Plan(granularity="unstructured", sparsity=0.5))
+    report = LiveEvaluator(handle, threads=1).measure(Plan(granularity="unstructured", sparsity=0.5))
     assert report["baseline"]["perplexity"] is None and report["pruned"]["perplexity"] is None
     assert report["pruned"]["kl"] > 0 and report["pruned"]["agreement"] <= 1.0
     assert any("perplexity is not available" in note for note in report["notes"])

@@ -88,7 +88,8 @@ def print_table(result: dict) -> None:
     print(f"{result['model']}: {result['granularity']} sensitivity, criterion {result['criterion']}, "
           f"baseline {label} {baseline:.2%} on {describe(result['evaluated_on'])}")
     print(f"drop in {label} (points) when only that layer is pruned; shade {SHADES[1:]!r} = more damage:")
-    print(f"{'layer':<26}" + "".join(f"{level:>7.0%}" for level in levels))
+    width = max([26] + [len(layer["name"]) + 1 for layer in result["layers"]])  # whole names: LM layers differ late
+    print(f"{'layer':<{width}}" + "".join(f"{level:>7.0%}" for level in levels))
     for layer in result["layers"]:
         cells, measured = [], {point["sparsity"]: point for point in layer["curve"]}
         shown = levels if result.get("missing") else [point["sparsity"] for point in layer["curve"]]
@@ -98,9 +99,9 @@ def print_table(result: dict) -> None:
                 continue
             drop = 100 * (baseline - measured[level]["accuracy"])
             cells.append(f"{drop:>6.1f}{SHADES[min(len(SHADES) - 1, max(0, int(drop / 5.5)))]}")
-        print(f"{layer['name'][:25]:<26}" + "".join(cells))
+        print(f"{layer['name']:<{width}}" + "".join(cells))
         if layer["curve"] and "latency_ms" in layer["curve"][0]:
-            print(f"{'  p50 ms':<26}" + "".join(f"{point['latency_ms']:>7.3f}" for point in layer["curve"]))
+            print(f"{'  p50 ms':<{width}}" + "".join(f"{point['latency_ms']:>7.3f}" for point in layer["curve"]))
     if result.get("missing"):
         print(f"missing (lost with a worker twice): {', '.join(result['missing'])}")
     elif not result["complete"]:

@@ -21,7 +21,8 @@ from core.history.runs import Run, get_run
 from core.units import MISSING, metric_label, milliseconds, percent, readable, size
 from core.units import metric as units_metric
 
-TABLE_METRICS = ["accuracy", "agreement", "loss", "latency_ms.p50", "latency_ms.p90", "throughput", "removed",
+TABLE_METRICS = ["accuracy", "perplexity", "agreement", "loss", "generation.decode_tokens_per_s",
+                 "generation.prefill_tokens_per_s", "latency_ms.p50", "latency_ms.p90", "throughput", "removed",
                  "sparsity", "params", "nonzero_params", "macs", "onnx_bytes", "compressed_bytes", "max_abs_diff"]
 STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
