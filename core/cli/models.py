@@ -16,9 +16,11 @@ def run(args) -> int:
     if args.json:
         print_json(cards)
         return 0
-    print(f"{'name':<15} {'params':>11} {'input':<14} {'test acc':>8}  description")
+    print(f"{'name':<15} {'params':>11} {'input':<14} {'test':>8}  description")
     for card in cards:
         accuracy = "-" if card["test_accuracy"] is None else f"{card['test_accuracy']:.3f}"
+        if card.get("test_perplexity") is not None:  # a language model: perplexity, lower is better
+            accuracy = f"ppl {card['test_perplexity']:.1f}"
         shape = "x".join(str(size) for size in card["input_shape"])
         print(f"{card['name']:<15} {card['params'] or 0:>11,} {shape:<14} {accuracy:>8}  {card['description']}")
     return 0
