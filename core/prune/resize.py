@@ -7,6 +7,8 @@ head counts), so ``load_state_dict`` then restores the pruned model exactly.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -26,30 +28,67 @@ def _resize_tensors(child: nn.Module, prefix: str, state: dict) -> bool:
     return changed
 
 
-def _update_sizes(child: nn.Module) -> None:
-    """The size attributes of a standard layer, from its (resized) weight."""
-    weight = getattr(child, "weight", None)
-    if isinstance(child, nn.Linear):
-        child.out_features, child.in_features = weight.shape
-    elif isinstance(child, nn.modules.conv._ConvNd):
-        depthwise = child.groups > 1 and child.groups == child.in_channels == child.out_channels
-        child.out_channels = weight.shape[0]
-        child.in_channels = weight.shape[1] * (weight.shape[0] if depthwise else child.groups)
-        child.groups = weight.shape[0] if depthwise else child.groups
-    elif isinstance(child, nn.modules.batchnorm._NormBase):
-        child.num_features = (weight if weight is not None else child.running_mean).shape[0]
-    elif isinstance(child, nn.LayerNorm) and weight is not None:
+def _linear(child: nn.Linear, weight: torch.Tensor) -> None:
+    child.out_features, child.in_features = weight.shape
+
+
+def _conv(child: nn.modules.conv._ConvNd, weight: torch.Tensor) -> None:
+    depthwise = child.groups > 1 and child.groups == child.in_channels == child.out_channels
+    child.out_channels = weight.shape[0]
+    child.in_channels = weight.shape[1] * (weight.shape[0] if depthwise else child.groups)
+    child.groups = weight.shape[0] if depthwise else child.groups
+
+
+def _batchnorm(child: nn.modules.batchnorm._NormBase, weight: torch.Tensor | None) -> None:
+    child.num_features = (weight if weight is not None else child.running_mean).shape[0]
+
+
+def _layernorm(child: nn.LayerNorm, weight: torch.Tensor | None) -> None:
+    if weight is not None:
         child.normalized_shape = tuple(weight.shape)
-    elif isinstance(child, nn.GroupNorm) and weight is not None:
+
+
+def _groupnorm(child: nn.GroupNorm, weight: torch.Tensor | None) -> None:
+    if weight is not None:
         child.num_channels = weight.shape[0]
-    elif isinstance(child, nn.Embedding):
-        child.num_embeddings, child.embedding_dim = weight.shape
-    elif conv1d.is_conv1d(child):  # transformers' Conv1D: weight (in, out)
-        child.nx, child.nf = weight.shape
-    elif isinstance(child, nn.MultiheadAttention):
-        size = child.head_dim
-        child.embed_dim = child.kdim = child.vdim = child.in_proj_weight.shape[1]
-        child.num_heads, child.head_dim = child.embed_dim // size, size
+
+
+def _embedding(child: nn.Embedding, weight: torch.Tensor) -> None:
+    child.num_embeddings, child.embedding_dim = weight.shape
+
+
+def _conv1d(child: nn.Module, weight: torch.Tensor) -> None:
+    child.nx, child.nf = weight.shape  # transformers' Conv1D: weight (in, out)
+
+
+def _multihead(child: nn.MultiheadAttention, weight) -> None:
+    size = child.head_dim
+    child.embed_dim = child.kdim = child.vdim = child.in_proj_weight.shape[1]
+    child.num_heads, child.head_dim = child.embed_dim // size, size
+
+
+# Module type -> ``updater(module, weight)`` that sets the size attributes forward passes read from
+# the (resized) weight. Subclasses use their closest registered base; a type from an optional library
+# is registered as 'package.ClassName' (transformers' Conv1D). Add an entry for a new layer type.
+SIZE_UPDATERS: dict[type | str, Callable[[nn.Module, torch.Tensor | None], None]] = {
+    nn.Linear: _linear,
+    nn.modules.conv._ConvNd: _conv,
+    nn.modules.batchnorm._NormBase: _batchnorm,
+    nn.LayerNorm: _layernorm,
+    nn.GroupNorm: _groupnorm,
+    nn.Embedding: _embedding,
+    nn.MultiheadAttention: _multihead,
+    "transformers.Conv1D": _conv1d,
+}
+
+
+def _update_sizes(child: nn.Module) -> None:
+    """The size attributes of a layer, from its (resized) weight, by the updater of its type."""
+    for kind in type(child).__mro__:
+        updater = SIZE_UPDATERS.get(kind) or SIZE_UPDATERS.get(f"{kind.__module__.split('.')[0]}.{kind.__name__}")
+        if updater is not None:
+            updater(child, getattr(child, "weight", None))
+            return
 
 
 def _outputs(layer: nn.Module) -> int:
