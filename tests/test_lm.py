@@ -11,7 +11,6 @@ from core.deploy.evaluate import LiveEvaluator, evaluate  # noqa: E402
 from core.deploy.fidelity import next_token_quality  # noqa: E402
 from core.errors import PrunelabError  # noqa: E402
 from core.files import ASSETS  # noqa: E402
-from core.inspect import inspect_model  # noqa: E402
 from core.prune.plan import Plan  # noqa: E402
 from core.sources import load_model  # noqa: E402
 from core.sources.huggingface import stream_tokenizer  # noqa: E402
@@ -76,13 +75,3 @@ def test_short_text_names_the_split_that_got_no_window(tmp_path, tinylm):
     short.write_text("def f(): return 1\n" * 20)
     with pytest.raises(PrunelabError, match="too few for a 128-token window"):
         load_documents(short, stream_tokenizer(tinylm.tokenizer), 128)
-
-
-def test_gpt2_conv1d_layers_prune_as_linear_layers():
-    handle = load_model(f"{CAUSAL}:gpt2", input_shape="1,16")
-    names = [row["name"] for row in inspect_model(handle.module, handle.example_input(1))["layers"]]
-    assert "model.transformer.h.0.attn.c_attn" in names and "model.transformer.h.1.mlp.c_fc" in names
-    report = LiveEvaluator(handle, threads=1).measure(Plan(granularity="channel", sparsity=0.5))
-    assert report["pruned"]["macs"] < report["baseline"]["macs"] and report["pruned"]["parity_ok"]
-    assert 0 < report["pruned"]["kl"]
-

@@ -7,7 +7,6 @@ is wrapped so prunelab can feed it one tensor and get one tensor back:
 - token models take int64 ``input_ids`` shaped ``(batch, tokens)``; the attention mask is derived
   from the padding (ids equal to the pad id are masked), so the exported graph has one integer input;
 - image models take float ``pixel_values``;
-- GPT-2-style ``Conv1D`` layers become ``nn.Linear`` (``linear_layout``: the same arithmetic);
 - a causal language model (``*ForCausalLM``, GPT-2's ``LMHeadModel``) returns its next-token logits
   for every position, flattened to ``(batch, tokens * vocabulary)``, and is fed no attention mask
   (causal attention already keeps padding after the text from touching it);
@@ -172,7 +171,7 @@ def _builder(model_class, config):
 def adapt(model: nn.Module, directory: Path | None = None) -> Adapted:
     """Wrap a ``PreTrainedModel`` so it takes one tensor; read the tokenizer from ``directory`` if there."""
     config = model.config
-    linear_layout(model).eval()
+    model.eval()
     if getattr(model, "main_input_name", "input_ids") == "pixel_values":
         size = getattr(config, "image_size", 224)
         size = size if isinstance(size, int) else 224
@@ -187,25 +186,6 @@ def adapt(model: nn.Module, directory: Path | None = None) -> Adapted:
     encode = None if tokenizer is None else _encoder(tokenizer)
     return Adapted(TokenModel(model, pad_id, _pooling(directory), causal).eval(), kind, None,
                    vocab_size=int(config.vocab_size), pad_id=pad_id, encode=encode, tokenizer=tokenizer)
-
-
-def linear_layout(model: nn.Module) -> nn.Module:
-    """``model`` with GPT-2-style ``Conv1D`` layers (weight stored in x out) replaced by ``nn.Linear``.
-
-    The same arithmetic (the weight transposed, the bias kept), so every criterion, N:M pattern and
-    channel cut reads them as the Linear layers they are. Changed in place; returned for chaining.
-    """
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child).__name__ == "Conv1D" and type(child).__module__.startswith("transformers"):
-                inputs, outputs = child.weight.shape
-                linear = nn.Linear(inputs, outputs, bias=child.bias is not None)
-                with torch.no_grad():
-                    linear.weight.copy_(child.weight.t())
-                    if child.bias is not None:
-                        linear.bias.copy_(child.bias)
-                setattr(parent, name, linear)
-    return model
 
 
 def is_causal_lm(model: nn.Module) -> bool:

@@ -83,8 +83,6 @@ def _factory(spec: str, weights) -> ModelHandle:
     model = seeded_call(factory, spec)
     if not isinstance(model, nn.Module):
         raise PrunelabError(f"the factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
-    if huggingface.is_pretrained(model):
-        huggingface.linear_layout(model)  # before --weights: the state dicts prunelab writes are in this layout
     if weights is not None:
         _load_weights(model, weights, spec)
     if huggingface.is_pretrained(model):
