@@ -2,12 +2,17 @@
 convolutions as matrix products, and the layer-by-layer order of calibration inputs."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from core.data import Dataset
+from core.errors import PrunelabError
 from core.inspect import prunable_layers
 from core.prune import calibrated, layer_inputs, layerwise
+from core.prune.engine import apply_plan
+from core.prune.plan import Plan
 from core.prune.sparsegpt import Target, reconstruct
 
 
@@ -68,14 +73,15 @@ def test_wanda_equals_a_hand_computation():
     layer = nn.Linear(4, 2, bias=False)
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, 0.6], [4.0, 1.0, -1.0, 2.0]]))
-    inputs = torch.tensor([[1.0, 0.0, 0.1, 2.0], [1.0, 0.0, 0.1, 2.0], [1.0, 3.0, 0.1, 2.0], [1.0, 4.0, 0.1, 2.0]])
-    # input norms: 2, 5, 0.2, 4 -> scores row 0: 2, 10, 0.6, 2.4; row 1: 8, 5, 0.2, 8
-    model = nn.Sequential(layer)
-    layers = prunable_layers(model)
-    layerwise.prune_layerwise(model, layers, [inputs], False,
-                               calibrated._solver("wanda", lambda name: 0.5, None, []))
+    inputs = np.array([[1.0, 0.0, 0.1, 2.0], [1.0, 0.0, 0.1, 2.0], [1.0, 3.0, 0.1, 2.0], [1.0, 4.0, 0.1, 2.0]],
+                      dtype=np.float32)
+    # input norms 2, 5, 0.2, 4: scores row 0: 2, 10, 0.6, 2.4; row 1: 8, 5, 0.2, 8. Globally the two lowest
+    # of row 1 would survive row 0's 2 and 2.4; compared within rows, each row loses its own two lowest.
+    data = Dataset("hand", inputs, None, inputs, None, x_train=inputs)
+    result = apply_plan(nn.Sequential(layer), Plan(criterion="wanda", ignore=[]), data, torch.from_numpy(inputs[:1]))
     expected = torch.tensor([[0.0, -2.0, 0.0, 0.6], [4.0, 0.0, 0.0, 2.0]])
-    assert torch.equal(layer.weight.detach(), expected)
+    assert torch.equal(result.module[0].weight.detach(), expected)
+    assert torch.equal(layer.weight[0], torch.tensor([1.0, -2.0, 3.0, 0.6]))  # the input model is untouched
 
 
 @pytest.mark.parametrize("conv", [nn.Conv2d(6, 8, 3, stride=2, padding=1, dilation=2, groups=2),
@@ -99,9 +105,9 @@ def test_each_layer_sees_the_already_pruned_layers_before_it():
 
     def solve(layer, observer):
         seen[layer.name] = observer.sums[0].clone()
-        return calibrated._solver("sparsegpt", lambda name: 0.5, None, [])(layer, observer)
+        return calibrated.solver(lambda name: 0.5, None, [])(layer, observer)
 
-    layerwise.prune_layerwise(model, prunable_layers(model), batches, True, solve)
+    layerwise.prune_layerwise(model, prunable_layers(model), batches, solve)
     hidden = torch.cat([model[1](model[0](batch)) for batch in batches]).detach()  # the pruned first layer
     assert torch.allclose(seen["2"], hidden.T @ hidden, rtol=1e-4, atol=1e-4)
 
@@ -120,16 +126,16 @@ def test_transformer_blocks_chain_and_match_the_pass_that_stops_at_each_block(ti
     batches = [torch.randint(0, 64, (4, 16)) for _ in range(2)]
     stages = layerwise.stages_of(tiny_llama, blocks_of(tiny_llama))
     assert [len(stage.layers) for stage in stages] == [7, 7, 7]
-    solve = calibrated._solver("sparsegpt", lambda name: 0.5, (2, 4), [])
+    solve = calibrated.solver(lambda name: 0.5, (2, 4), [])
     chained = copy.deepcopy(tiny_llama)
     chain = layerwise._Chain(chained, list(chained.model.layers), 0, batches)
     assert chain.valid
     masks = layerwise.prune_layerwise(chained, blocks_of(chained),
-                                      batches, True, solve)
+                                      batches, solve)
     monkeypatch.setattr(layerwise._Chain, "__init__", _invalid_chain)
     unchained = copy.deepcopy(tiny_llama)
     again = layerwise.prune_layerwise(unchained, blocks_of(unchained),
-                                      batches, True, solve)
+                                      batches, solve)
     assert masks.keys() == again.keys() and len(masks) == 21
     for name, mask in masks.items():
         assert torch.equal(mask, again[name]), name
@@ -143,3 +149,43 @@ def blocks_of(model):
 
 def _invalid_chain(self, model, blocks, first, batches):
     self.calls, self.valid = [], False
+
+
+@pytest.mark.slow
+def test_sparsegpt_plans_prune_exactly_and_say_what_they_did(cnn):
+    before = {key: value.clone() for key, value in cnn.module.state_dict().items()}
+    result = apply_plan(cnn, Plan(granularity="2:4", criterion="sparsegpt"))
+    assert set(result.masks) == {"features.1.0", "features.3.0", "fc1"}
+    layers, dense = dict(result.module.named_modules()), dict(cnn.module.named_modules())
+    for name, keep in result.masks.items():
+        weight = layers[name].weight.detach()
+        assert int((weight[~keep] != 0).sum()) == 0
+        groups = (~keep).movedim(1, -1).reshape(-1, 4) if keep.ndim == 4 else (~keep).reshape(-1, 4)
+        assert torch.all(groups.sum(1) == 2)
+    keep = result.masks["fc1"]
+    assert not torch.equal(layers["fc1"].weight[keep], dense["fc1"].weight[keep])  # survivors rebuilt
+    assert any("calibration items" in note and "surviving weights" in note for note in result.notes)
+    assert any("features.0.0" in note for note in result.notes)
+    assert all(torch.equal(before[key], value) for key, value in cnn.module.state_dict().items())
+    unstructured = apply_plan(cnn, Plan(criterion="sparsegpt", sparsity=0.6, layers={"fc1": 0.3}))
+    for name, keep in unstructured.masks.items():
+        assert int((~keep).sum()) == round((0.3 if name == "fc1" else 0.6) * keep.numel())
+
+
+def test_wanda_compares_within_rows_and_keeps_survivors(cnn):
+    result = apply_plan(cnn, Plan(criterion="wanda", sparsity=0.5, scope="global"))
+    dense = dict(cnn.module.named_modules())
+    for name, keep in result.masks.items():
+        rows = keep.reshape(keep.shape[0], -1)
+        assert torch.all((~rows).sum(1) == round(0.5 * rows.shape[1]))
+        assert torch.equal(dict(result.module.named_modules())[name].weight[keep], dense[name].weight[keep])
+    assert any("within each output row" in note for note in result.notes)
+
+
+def test_calibrated_criteria_need_data_and_weights():
+    with pytest.raises(PrunelabError, match="calibration data"):
+        apply_plan(nn.Sequential(nn.Linear(8, 8)), Plan(criterion="sparsegpt", ignore=[]), data=None,
+                   example_input=torch.randn(1, 8))
+    for name in ("wanda", "sparsegpt"):
+        with pytest.raises(PrunelabError, match="not channel"):
+            Plan(criterion=name, granularity="channel")

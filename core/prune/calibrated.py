@@ -1,22 +1,16 @@
-"""The layer-wise criteria, ``wanda`` and ``sparsegpt``, for unstructured and N:M plans.
+"""The ``sparsegpt`` criterion: unstructured and N:M pruning that rebuilds each layer's outputs.
 
-Both run layer by layer on calibration inputs (core.prune.layerwise), each layer seeing the
-outputs of the layers already pruned before it:
-
-- wanda scores each weight by ``|w| * ||x_j||`` (the L2 norm of its input over the calibration
-  inputs) and compares weights within each output row (N:M: within each group of M). Surviving
-  weights are unchanged. Sun et al., "A Simple and Effective Pruning Approach for LLMs" (2024).
-- sparsegpt chooses and prunes weights from the inputs' Hessian and **updates the surviving
-  weights** to reconstruct the layer's dense outputs (core.prune.sparsegpt), so "surviving weights
-  are unchanged" does not hold for it.
-
-A layer whose inputs no hook sees (an attention output projection called functionally) falls back
-to magnitude, and the notes say so.
+Layers are pruned layer by layer on the calibration items (core.prune.layerwise), each seeing the
+outputs of the layers already pruned before it. For each layer the Hessian of its inputs chooses
+the weights to prune and the surviving weights are **updated** to reconstruct the dense layer's
+outputs (core.prune.sparsegpt), so, unlike every other criterion, "surviving weights are
+unchanged" does not hold: that is the point. The notes say how many calibration items were used
+and how long it took. A layer whose inputs no hook sees (an attention output projection called
+functionally) falls back to magnitude, and the notes name it.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -24,34 +18,12 @@ import torch
 from core.errors import PrunelabError
 from core.inspect import Layer
 from core.prune import layer_inputs, nm, unstructured
+from core.prune.criteria import CALIBRATION_BATCH, CALIBRATION_ITEMS
 from core.prune.layerwise import Observer, Solve, prune_layerwise
 from core.prune.sparsegpt import Target, reconstruct
 
-CALIBRATION_ITEMS = 128   # items of the train split seen layer by layer
-CALIBRATION_BATCH = 16
-
-
-def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Keep-mask with round(sparsity * row length) lowest scores of every output row pruned."""
-    rows = scores.reshape(scores.shape[0], -1)                   # (out_channels, inputs per output)
-    count = int(round(sparsity * rows.shape[1]))
-    keep = torch.ones(rows.shape, dtype=torch.bool)
-    if count:
-        keep.scatter_(1, torch.topk(rows, count, dim=1, largest=False, sorted=False).indices, False)
-    return keep.reshape(scores.shape)
-
-
-def _select(scores: torch.Tensor, sparsity: float, pattern: tuple[int, int] | None, rows: bool) -> torch.Tensor | None:
-    if pattern is not None:
-        return nm.nm_mask(scores, *pattern)
-    return row_mask(scores, sparsity) if rows else unstructured.layer_mask(scores, sparsity)
-
-
-def _wanda_scores(layer: Layer, observer: Observer) -> torch.Tensor:
-    """|w| times the L2 norm of the input column it reads, shaped like the weight."""
-    parts = layer_inputs.adapter(layer).parts(layer)
-    norms = [total.sqrt().float() for total in observer.sums]
-    return layer_inputs.assemble(layer, [part.abs() * norm for part, norm in zip(parts, norms)])
+SURVIVORS_NOTE = ("sparsegpt updates the surviving weights to rebuild each layer's outputs, so they differ from "
+                  "the dense model's")
 
 
 def _split(total: int, sizes: list[int]) -> list[int]:
@@ -61,8 +33,8 @@ def _split(total: int, sizes: list[int]) -> list[int]:
     return [after - before for before, after in zip(cumulative, cumulative[1:])]
 
 
-def _sparsegpt(layer: Layer, observer: Observer, sparsity: float,
-               pattern: tuple[int, int] | None) -> torch.Tensor | None:
+def _reconstruct_layer(layer: Layer, observer: Observer, sparsity: float,
+                       pattern: tuple[int, int] | None) -> torch.Tensor | None:
     """Prune and reconstruct ``layer`` in place; its keep-mask, or None if it cannot take the N:M pattern."""
     order = layer_inputs.column_order(layer, pattern[1]) if pattern else torch.arange(layer.weight[0].numel())
     if order is None:
@@ -81,29 +53,22 @@ def _sparsegpt(layer: Layer, observer: Observer, sparsity: float,
     return layer_inputs.assemble(layer, keeps)
 
 
-def _solver(name: str, targets: Callable[[str], float], pattern, unseen: list[str]) -> Solve:
-    """The solve step of criterion ``name``: prune one observed layer in place, return its keep-mask."""
+def solver(targets, pattern: tuple[int, int] | None, unseen: list[str]) -> Solve:
+    """Prune one observed layer in place to ``targets(name)`` (or the N:M ``pattern``); return its keep-mask."""
     def solve(layer: Layer, observer: Observer) -> torch.Tensor | None:
-        sparsity = targets(layer.name)
-        if observer.sums is None:  # no calibration input reached it: magnitude, within the same groups
-            unseen.append(layer.name)
-            mask = _select(layer.weight.detach().abs(), sparsity, pattern, rows=name == "wanda")
-        elif name == "sparsegpt":
-            return _sparsegpt(layer, observer, sparsity, pattern)
-        else:
-            mask = _select(_wanda_scores(layer, observer), sparsity, pattern, rows=True)
+        if observer.sums is not None:
+            return _reconstruct_layer(layer, observer, targets(layer.name), pattern)
+        unseen.append(layer.name)  # no calibration input reached it: magnitude
+        scores = layer.weight.detach().abs()
+        mask = nm.nm_mask(scores, *pattern) if pattern else unstructured.layer_mask(scores, targets(layer.name))
         if mask is not None:
             unstructured.apply_mask(layer.weight, mask)
         return mask
     return solve
 
 
-SOLVERS = ("wanda", "sparsegpt")
-FULL_HESSIAN = {"wanda": False, "sparsegpt": True}
-
-
 def calibration_batches(data, name: str) -> list[torch.Tensor]:
-    """The calibration inputs for criterion ``name``, in batches; PrunelabError without data."""
+    """The calibration items for criterion ``name``, in batches; PrunelabError without data."""
     if data is None:
         raise PrunelabError(f"criterion '{name}' needs calibration data (pass --data or use a model that has some)")
     inputs = torch.from_numpy(np.ascontiguousarray(data.calibration(CALIBRATION_ITEMS)))
@@ -111,21 +76,23 @@ def calibration_batches(data, name: str) -> list[torch.Tensor]:
     return list(inputs.split(CALIBRATION_BATCH))
 
 
-def prune_calibrated(job, name: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Prune ``job``'s layers in place with criterion ``name`` layer by layer; (keep-masks, notes)."""
+def prune_calibrated(job) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Prune ``job``'s layers in place layer by layer with SparseGPT; (keep-masks, notes)."""
     plan = job.plan
-    batches = calibration_batches(job.data, name)
+    batches = calibration_batches(job.data, plan.criterion)
     unseen: list[str] = []
     started = time.perf_counter()
-    solve = _solver(name, job.target, plan.nm, unseen)
-    masks = prune_layerwise(job.module, job.layers, batches, FULL_HESSIAN[name], solve)
+    layers = [layer for layer in job.layers if plan.nm or job.target(layer.name) > 0]  # a 0 target: nothing to do
+    masks = prune_layerwise(job.module, layers, batches, solver(job.target, plan.nm, unseen))
     seconds = time.perf_counter() - started
     items = sum(len(batch) for batch in batches)
-    what = ("weights chosen from the inputs' Hessian and the surviving weights reconstructed"
-            if name == "sparsegpt" else "|weight| x input norm compared within each output row")
-    notes = [f"{name}: {what}, layer by layer on {items} calibration items in {seconds:.1f} s"]
+    notes = [f"sparsegpt: weights chosen from each layer's input Hessian, layer by layer on {items} calibration "
+             f"items in {seconds:.1f} s; {SURVIVORS_NOTE}"]
     if unseen:
-        notes.append(f"{name}: no calibration input reached {', '.join(unseen)}; magnitude used there")
-    if plan.scope != "layer" and plan.nm is None:
-        notes.append(f"{name} prunes each layer to its own target; scope '{plan.scope}' does not apply")
-    return {key: mask for key, mask in masks.items() if mask is not None}, notes
+        notes.append(f"sparsegpt: no calibration input reached {', '.join(unseen)}; magnitude used there")
+    if plan.nm:
+        dense = [nm.dense_name(layer) for layer in job.layers if masks.get(layer.name) is None]
+        notes += nm.nm_notes(plan, {name: mask for name, mask in masks.items() if mask is not None}, dense)
+    elif plan.scope != "layer":
+        notes.append(f"sparsegpt prunes each layer to its own target; scope '{plan.scope}' does not apply")
+    return {name: mask for name, mask in masks.items() if mask is not None}, notes

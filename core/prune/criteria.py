@@ -19,7 +19,11 @@ Adding a criterion is one entry in ``CRITERIA``; nothing else names it::
 collector of each need in ``COLLECTORS`` (gradients, activations); "batchnorm" is read per channel
 group from the BatchNorm that follows it (core.prune.channel), and where a group or a view has no
 BatchNorm the criterion's ``fallback`` ranks it instead, with a note. A new kind of evidence is a
-new ``Evidence`` field plus one entry in ``COLLECTORS``. Plans validate their criterion against
+new ``Evidence`` field plus one entry in ``COLLECTORS``. "layer_inputs" marks a criterion that
+prunes each layer itself from that layer's own inputs, taken layer by layer from the already
+pruned model (SparseGPT's reconstruction: core.prune.calibrated); it has no score function.
+``compare`` says where weights compete for a layer's target: the whole layer (or every layer,
+in global scope) or each output row (Wanda's per-output groups). Plans validate their criterion against
 ``granularities``; the dashboard's help text is ``help``; plan export reads ``torch_pruning``.
 """
 from __future__ import annotations
@@ -38,7 +42,9 @@ from core.inspect import Layer
 CALIBRATION_ITEMS = 64
 CALIBRATION_BATCH = 16
 # Evidence a criterion may declare it needs.
-NEEDS = ("gradients", "activations", "batchnorm")
+NEEDS = ("gradients", "activations", "batchnorm", "layer_inputs")
+LAYER_INPUTS = "layer_inputs"
+COMPARE = ("layer", "row")
 KINDS = ("unstructured", "channel", "N:M")  # granularity kinds (core.prune.plan.granularity_kind)
 
 
@@ -73,6 +79,7 @@ class Criterion:
         group with no BatchNorm, an attention head).
     help: one line for the dashboard's glossary.
     torch_pruning: the equivalent Torch-Pruning importance, as Python text (plan export).
+    compare: where weights compete for a layer's unstructured target: 'layer' or 'row' (each output row).
     """
 
     name: str
@@ -83,12 +90,20 @@ class Criterion:
     fallback: str | None = None
     help: str = ""
     torch_pruning: str | None = None
+    compare: str = "layer"
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(NEEDS) or set(self.granularities) - set(KINDS)
-        if unknown or (self.weight_score is None and self.channel_score is None):
-            raise ValueError(f"criterion {self.name}: unknown need or granularity {sorted(unknown)}, "
+        unknown = unknown or {self.compare} - set(COMPARE)
+        scores = self.weight_score is not None or self.channel_score is not None
+        if unknown or not (scores or LAYER_INPUTS in self.needs):
+            raise ValueError(f"criterion {self.name}: unknown need, granularity or comparison {sorted(unknown)}, "
                              f"or no score function")
+
+    @property
+    def prunes_layers(self) -> bool:
+        """True when the criterion prunes each layer itself from its layer-by-layer inputs (no scores)."""
+        return LAYER_INPUTS in self.needs
 
     def ranks(self, kind: str) -> bool:
         """Whether this criterion ranks weights at the granularity kind ``kind``."""
@@ -160,6 +175,13 @@ CRITERIA: dict[str, Criterion] = {criterion.name: criterion for criterion in (
     Criterion("activation", KINDS, _activation, needs=frozenset({"activations"}),
               help="activation (Wanda-style): |weight| times how strongly its input fires on real data",
               torch_pruning="tp.importance.ActivationImportance()"),
+    Criterion("wanda", ("unstructured", "N:M"), _activation, needs=frozenset({"activations"}), compare="row",
+              help=f"wanda: |weight| times its input's norm on {CALIBRATION_ITEMS} calibration items, compared "
+                   "within each output row (Wanda); one pass over the items, surviving weights unchanged"),
+    Criterion("sparsegpt", ("unstructured", "N:M"), needs=frozenset({LAYER_INPUTS}),
+              help=f"sparsegpt: prune layer by layer on {CALIBRATION_ITEMS} calibration items and update the "
+                   "surviving weights to rebuild each layer's outputs (SparseGPT); best quality, slowest "
+                   "(seconds on the demos, minutes on a 100M-parameter LM)"),
     Criterion("bn_scale", ("channel",), None, _bn_scale, needs=frozenset({"batchnorm"}), fallback="l2",
               help="bn_scale: rank channels by the BatchNorm scale that follows them (channel pruning only)",
               torch_pruning="tp.importance.BNScaleImportance()"),

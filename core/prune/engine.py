@@ -15,25 +15,31 @@ from torch import nn
 from core.data import Dataset
 from core.errors import PrunelabError
 from core.inspect import prunable_layers
-from core.prune import batchnorm, conv1d, criteria, depth, nm, shrink, unstructured
+from core.prune import batchnorm, calibrated, conv1d, criteria, depth, nm, shrink, unstructured
 from core.prune.blocks import find_blocks
 from core.prune.plan import Plan, granularity_kind
 from core.prune.result import Job, PruneResult
 
 
-def _weight_masks(job: Job) -> dict[str, torch.Tensor]:
-    """Keep-masks for unstructured plans: per-layer targets, or one global ranking."""
+def _weight_masks(job: Job) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Keep-masks for unstructured plans: per-layer targets (within each layer or each output row, as the
+    criterion compares), or one global ranking; and notes."""
     plan = job.plan
+    ranking = criteria.criterion(plan.criterion)
     evidence = criteria.gather_evidence(job.module, job.layers, plan.criterion, job.data, plan.seed)
     scores = {layer.name: criteria.weight_scores(layer, plan.criterion, evidence[layer.name])
               for layer in job.layers}
+    if ranking.compare == "row":
+        notes = [f"{plan.criterion} compares weights within each output row; scope '{plan.scope}' does not apply"
+                 ] if plan.scope != "layer" else []
+        return {name: unstructured.row_mask(score, job.target(name)) for name, score in scores.items()}, notes
     if plan.scope == "layer":
-        return {name: unstructured.layer_mask(score, job.target(name)) for name, score in scores.items()}
+        return {name: unstructured.layer_mask(score, job.target(name)) for name, score in scores.items()}, []
     overridden = {name: score for name, score in scores.items() if name in plan.layer_targets}
     ranked = {name: score for name, score in scores.items() if name not in overridden}
     masks = unstructured.global_masks(ranked, plan.sparsity)
     masks.update({name: unstructured.layer_mask(score, job.target(name)) for name, score in overridden.items()})
-    return masks
+    return masks, []
 
 
 def _apply_masks(job: Job, masks: dict[str, torch.Tensor], result: PruneResult) -> PruneResult:
@@ -46,12 +52,14 @@ def _apply_masks(job: Job, masks: dict[str, torch.Tensor], result: PruneResult) 
     return result
 
 
-def _prune_unstructured(job: Job) -> PruneResult:
-    return _apply_masks(job, _weight_masks(job), PruneResult(job.module, job.plan))
-
-
-def _prune_nm(job: Job) -> PruneResult:
-    masks, notes = nm.nm_masks(job)
+def _prune_weights(job: Job) -> PruneResult:
+    """Unstructured and N:M plans: a criterion that prunes layer by layer itself, or scores then masks."""
+    if criteria.criterion(job.plan.criterion).prunes_layers:
+        masks, notes = calibrated.prune_calibrated(job)
+    elif job.plan.nm is not None:
+        masks, notes = nm.nm_masks(job)
+    else:
+        masks, notes = _weight_masks(job)
     return _apply_masks(job, masks, PruneResult(job.module, job.plan, notes=notes))
 
 
@@ -63,7 +71,7 @@ def _prune_channels(job: Job) -> PruneResult:
         return shrink.prune_structure(job)
 
 
-HANDLERS = {"unstructured": _prune_unstructured, "N:M": _prune_nm, "channel": _prune_channels}
+HANDLERS = {"unstructured": _prune_weights, "N:M": _prune_weights, "channel": _prune_channels}
 OPERATIONS = {"unstructured": "unstructured", "N:M": "unstructured", "channel": "channel"}
 
 

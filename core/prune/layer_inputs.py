@@ -4,7 +4,7 @@ parts, and its calibration inputs unrolled into (samples x columns) matrices, on
 A Linear layer is one part. A convolution is one part per group, its inputs unfolded into patches
 (``in_channels * kernel`` columns, ordered like the flattened weight). An attention input
 projection (3E x E) is three parts, the query, key and value rows, each reading its own input.
-Layer-wise criteria (Wanda, SparseGPT) read a layer only through these functions.
+Layer-by-layer pruning (SparseGPT) reads a layer only through these functions.
 """
 from __future__ import annotations
 

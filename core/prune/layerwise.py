@@ -26,25 +26,20 @@ class _Stop(Exception):
 
 
 class Observer:
-    """What one layer's calibration inputs say: per part, ``X^T X`` (full) or the diagonal only."""
+    """What one layer's calibration inputs say: per part, ``X^T X`` summed over every input row."""
 
-    def __init__(self, layer: Layer, full: bool):
+    def __init__(self, layer: Layer):
         self.layer = layer
-        self.full = full
-        self.sums: list[torch.Tensor] | None = None
+        self.sums: list[torch.Tensor] | None = None  # (columns, columns) per part; None until an input arrives
         self.samples = 0
 
     def add(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         matrices = layer_inputs.adapter(self.layer).inputs(module, args, kwargs)
-        if self.sums is None:  # X^T X in float32 (fast matmul); squared norms in float64
-            shapes = [(matrix.shape[1],) * (2 if self.full else 1) for matrix in matrices]
-            self.sums = [torch.zeros(shape, dtype=torch.float32 if self.full else torch.float64) for shape in shapes]
+        if self.sums is None:
+            self.sums = [torch.zeros(matrix.shape[1], matrix.shape[1]) for matrix in matrices]
         for total, matrix in zip(self.sums, matrices):
             matrix = matrix.detach().float()
-            if self.full:
-                total.addmm_(matrix.T, matrix)                       # (columns, columns)
-            else:
-                total.add_(matrix.double().pow(2).sum(0))            # (columns,)
+            total.addmm_(matrix.T, matrix)                           # (columns, columns)
         self.samples += len(matrices[0])
 
     def hook(self):
@@ -189,12 +184,11 @@ def _chains(stage: Stage, following: Stage | None, chain: _Chain | None) -> bool
                 and following.block == (stage.block[0], stage.block[1] + 1))
 
 
-def prune_layerwise(model: nn.Module, layers: list[Layer], batches: list[torch.Tensor], full: bool,
+def prune_layerwise(model: nn.Module, layers: list[Layer], batches: list[torch.Tensor],
                     solve: Solve) -> dict[str, torch.Tensor]:
     """Prune ``layers`` of ``model`` in place, stage by stage, with ``solve``; return their keep-masks.
 
-    ``batches`` are the calibration inputs; ``full`` asks the observers for ``X^T X`` (SparseGPT)
-    rather than its diagonal (Wanda).
+    ``batches`` are the calibration inputs; ``solve`` sees each layer with the Hessian of its inputs.
     """
     stages = stages_of(model, layers)
     found = repeated_blocks(model, layers)
@@ -208,7 +202,7 @@ def prune_layerwise(model: nn.Module, layers: list[Layer], batches: list[torch.T
                 stage.inputs = chain_inputs(outputs, chain.calls[stage.block[1]])
             else:
                 stage.inputs = record_inputs(model, stage.module, batches)
-            observers = [Observer(layer, full) for layer in stage.layers]
+            observers = [Observer(layer) for layer in stage.layers]
             run(stage, observers)
             for observer in observers:
                 masks[observer.layer.name] = solve(observer.layer, observer)

@@ -59,13 +59,24 @@ def nm_masks(job) -> tuple[dict[str, torch.Tensor], list[str]]:
     for layer in job.layers:
         mask = nm_mask(criteria.weight_scores(layer, job.plan.criterion, evidence[layer.name]), n, m)
         if mask is None:
-            dense.append(f"{layer.name} ({layer.weight.shape[1]} inputs per group)")
+            dense.append(dense_name(layer))
         else:
             masks[layer.name] = mask
-    notes = [f"{job.plan.granularity} applied to: {', '.join(masks) or 'no layer'}"]
+    return masks, nm_notes(job.plan, masks, dense)
+
+
+def dense_name(layer) -> str:
+    """A layer an N:M pattern cannot group, named for the notes with its inputs per group."""
+    return f"{layer.name} ({layer.weight.shape[1]} inputs per group)"
+
+
+def nm_notes(plan, masks: dict, dense: list[str]) -> list[str]:
+    """What an N:M plan did: the layers it applied to, those left dense (named with why), the hardware remark."""
+    n, m = plan.nm
+    notes = [f"{plan.granularity} applied to: {', '.join(masks) or 'no layer'}"]
     if dense:
         notes.append(f"left dense, input size not divisible by {m}: {', '.join(dense)}")
-    if job.plan.layers or job.plan.scope != "layer":
-        notes.append(f"{job.plan.granularity} fixes the sparsity at {n}/{m} per layer; "
+    if plan.layers or plan.scope != "layer":
+        notes.append(f"{plan.granularity} fixes the sparsity at {n}/{m} per layer; "
                      "the plan's sparsity, per-layer targets and scope do not apply")
-    return masks, notes + [HARDWARE_NOTE]
+    return notes + [HARDWARE_NOTE]

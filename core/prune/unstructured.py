@@ -50,6 +50,17 @@ def layer_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return _lowest({"layer": scores}, _prune_count(sparsity, scores.numel()))["layer"]
 
 
+def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask with round(sparsity * row length) lowest scores of every output row pruned
+    (per-output comparison groups, as Wanda compares weights)."""
+    rows = scores.reshape(scores.shape[0], -1)                   # (out_channels, inputs per output)
+    count = _prune_count(sparsity, rows.shape[1])
+    keep = torch.ones(rows.shape, dtype=torch.bool)
+    if count:
+        keep.scatter_(1, torch.topk(rows, count, dim=1, largest=False, sorted=False).indices, False)
+    return keep.reshape(scores.shape)
+
+
 def global_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
     """One threshold over all layers' scores: round(sparsity * total) lowest pruned across them."""
     if not scores:
