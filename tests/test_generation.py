@@ -80,3 +80,12 @@ def test_language_model_cards_read_perplexity_and_tokens_per_second():
                            "prefill": {"p50": 1.06, "low": 0.9, "high": 1.46, "measurable": False}}}
     assert formatting.tokens_per_second(figures, "decode") == ("445 tok/s", "+15% (1.05–1.30×)")
     assert formatting.tokens_per_second(figures, "prefill")[1].startswith("noise")
+
+
+def test_channel_pruned_gpt2_keeps_conv1d_and_generates_what_torch_generates():
+    handle = load_model(f"{CAUSAL}:gpt2", input_shape="1,16")
+    pruned = apply_plan(handle, Plan(granularity="channel", sparsity=0.5)).module
+    generator = Generator(export_cached(pruned), threads=1)
+    assert {shape[1] for _, shape in generator.past} == {2}  # half of the 4 heads, in the cache too
+    prompt = handle.data.x_test[0][:10]
+    assert generator.greedy(prompt, 5) == torch_greedy(pruned, prompt, 5)
