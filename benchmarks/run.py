@@ -31,6 +31,7 @@ BENCHMARKS = {
     "conformance": "Conformance models under a 50% channel plan: MACs and ONNX Runtime speedup at batch 1",
     "minilm_heads": "MiniLM with attention heads removed: embedding fidelity against a random-head control",
     "profile_layers": "Where the time goes: per-layer profiles reconciled with unprofiled latency",
+    "oneshot": "One-shot structured pruning: every channel criterion with and without reconstruction",
     "scale": "Sweeps and plan grids on local worker processes and on a local Ray cluster",
 }
 

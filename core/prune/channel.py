@@ -398,12 +398,14 @@ def _segments(group: Group, graph) -> list[list[int]]:
 
 # ---- apply ---------------------------------------------------------------------------------------
 
-def remove_channels(group: Group, graph, pruned: list[int]) -> bool:
-    """Cut root channels ``pruned`` of ``group``; False (nothing cut) when an earlier group already
-    changed its root, so the indices no longer apply."""
+def remove_channels(group: Group, graph, pruned: list[int], names: dict) -> dict[str, list[int]] | None:
+    """Cut root channels ``pruned`` of ``group``: {layer: the output channels it lost}, or None (nothing
+    cut) when an earlier group already changed its root, so the indices no longer apply."""
     if not pruned:
-        return True
+        return {}
     if out_channels(group.root) != group.channels:
-        return False
-    graph.get_pruning_group(group.root, group.items[0].dep.handler, pruned).prune()
-    return True
+        return None
+    tp_group = graph.get_pruning_group(group.root, group.items[0].dep.handler, pruned)
+    cut = {name: list(idxs) for name, idxs in _cut_layers(graph, tp_group, names)}
+    tp_group.prune()
+    return cut

@@ -23,7 +23,8 @@ new ``Evidence`` field plus one entry in ``COLLECTORS``. "layer_inputs" marks a 
 prunes each layer itself from that layer's own inputs, taken layer by layer from the already
 pruned model (SparseGPT's reconstruction: core.prune.calibrated); it has no score function.
 ``compare`` says where weights compete for a layer's target: the whole layer (or every layer,
-in global scope) or each output row (Wanda's per-output groups). Plans validate their criterion against
+in global scope) or each output row (Wanda's per-output groups). "mask_gradients" ranks whole units
+(channel groups, heads) at once, so channel plans hand it to core.prune.oneshot. Plans validate their criterion against
 ``granularities``; the dashboard's help text is ``help``; plan export reads ``torch_pruning``.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ from core.inspect import Layer
 CALIBRATION_ITEMS = 64
 CALIBRATION_BATCH = 16
 # Evidence a criterion may declare it needs.
-NEEDS = ("gradients", "activations", "batchnorm", "layer_inputs")
+NEEDS = ("gradients", "activations", "batchnorm", "layer_inputs", "mask_gradients")
 LAYER_INPUTS = "layer_inputs"
 COMPARE = ("layer", "row")
 KINDS = ("unstructured", "channel", "N:M")  # granularity kinds (core.prune.plan.granularity_kind)
@@ -147,6 +148,10 @@ def _taylor(weight: torch.Tensor, evidence: Evidence) -> torch.Tensor:
     return _require(evidence.gradient_score, "gradients", "taylor")
 
 
+def _fisher(weight: torch.Tensor, evidence: Evidence) -> torch.Tensor:
+    raise PrunelabError("criterion 'fisher' ranks whole channel groups and heads of a channel plan")
+
+
 def _fpgm(weight: torch.Tensor, evidence: Evidence) -> torch.Tensor:
     """Filters near the geometric median of the layer's filters are redundant: sum of distances to the others."""
     rows = _rows(weight).double()
@@ -189,6 +194,11 @@ CRITERIA: dict[str, Criterion] = {criterion.name: criterion for criterion in (
               help="fpgm: cut the channels closest to the geometric median of the layer, the most replaceable "
                    "ones (channel pruning only)",
               torch_pruning="tp.importance.FPGMImportance()"),
+    Criterion("fisher", ("channel",), None, _fisher, needs=frozenset({"mask_gradients"}),
+              help="fisher: cut the heads, neurons and channels whose removal the model's own predictions "
+                   "notice least (Fisher information of unit masks on the calibration items; no labels needed, "
+                   "channel pruning only)",
+              torch_pruning="tp.importance.GroupHessianImportance()"),
 )}
 
 
@@ -206,7 +216,7 @@ def for_granularity(kind: str) -> list[str]:
 
 # ---- evidence --------------------------------------------------------------------------------
 
-def _calibration(data: Dataset | None, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+def calibration_items(data: Dataset | None, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A few inputs (and their labels, when the train split has them) for data-driven criteria."""
     if data is None:
         raise PrunelabError(f"criterion '{name}' needs data (pass --data or use a model that has some)")
@@ -229,7 +239,7 @@ def collect_gradient_scores(module: nn.Module, layers: list[Layer], data: Datase
 
     Unlabelled data uses the model's own predictions as targets.
     """
-    inputs, labels = _calibration(data, "taylor")
+    inputs, labels = calibration_items(data, "taylor")
     scores = {layer.name: torch.zeros_like(layer.weight) for layer in layers}
     module.eval()
     for start in range(0, len(inputs), CALIBRATION_BATCH):
@@ -256,7 +266,7 @@ def _square_sums(tensor: torch.Tensor, channel_dim: int) -> torch.Tensor:
 
 def collect_input_norms(module: nn.Module, layers: list[Layer], data: Dataset | None) -> dict[str, torch.Tensor]:
     """L2 norm of each input feature (Linear, attention) or input channel (Conv) over calibration data."""
-    inputs, _ = _calibration(data, "activation")
+    inputs, _ = calibration_items(data, "activation")
     sums: dict[str, torch.Tensor] = {}
 
     def hook_for(layer: Layer):

@@ -70,6 +70,9 @@ class Plan:
         replaced by its skip path; combinable with any width plan (use sparsity 0 for depth alone).
     depth: share of the removable blocks to remove, least influential first, in [0, 1), rounded to the
         nearest whole block; the blocks in ``drop`` count towards it.
+    reconstruct: channel plans: refit the layers that read removed channels or heads by least squares
+        so they reproduce the dense model's outputs on the calibration items (core.prune.reconstruct;
+        skipped for synthetic data).
     Raises PrunelabError naming the field and the value when something is out of range.
     """
 
@@ -85,6 +88,7 @@ class Plan:
     prune_width: bool = False
     drop: tuple[str, ...] = ()
     depth: float = 0.0
+    reconstruct: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.granularity, str) or (
@@ -112,7 +116,7 @@ class Plan:
         for name, value in (("round_to", self.round_to), ("seed", self.seed)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise PrunelabError(f"{name} must be an integer, got {brief(value)}")
-        for name in ("recalibrate", "prune_width"):
+        for name in ("recalibrate", "prune_width", "reconstruct"):
             if not isinstance(getattr(self, name), bool):
                 raise PrunelabError(f"{name} must be true or false, got {brief(getattr(self, name))}")
         if self.round_to < 1:

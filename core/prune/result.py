@@ -47,6 +47,8 @@ class Job:
     data: Dataset | None
     example_input: torch.Tensor | None
     notes: list[str] = field(default_factory=list)
+    output_kind: str = "logits"        # the model's output: logits or embedding (ModelHandle.output_kind)
+    pad_id: int | None = None          # token models: the padding id (its positions are not calibration data)
 
     @property
     def plan(self) -> Plan:

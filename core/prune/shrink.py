@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from core.errors import PrunelabError, error_line
-from core.prune import channel, conv1d, criteria, heads, select
+from core.prune import channel, conv1d, criteria, heads, oneshot, select
 from core.prune.result import PruneResult
 
 ROUNDING_NOTED = 0.10  # a layer rounding moves further than this share of its channels is named in the notes
@@ -60,15 +60,20 @@ def _restore_head_sizes(sizes: dict[nn.MultiheadAttention, int]) -> None:
         attention.head_dim, attention.num_heads = size, attention.embed_dim // size
 
 
-def _remove_groups(groups, graph, names, scores: dict, targets: dict, round_to: int, notes: list) -> list[dict]:
-    """Cut every channel group as chosen on the dense copy; one report entry per group."""
+def _remove_groups(groups, graph, names, scores: dict, targets: dict, round_to: int, notes: list,
+                   removed: dict[str, list[int]]) -> list[dict]:
+    """Cut every channel group as chosen on the dense copy; one report entry per group. ``removed``
+    collects the output channels each layer lost."""
     sizes, report = _multihead_sizes(graph.model), []
     for group in groups:
         pruned = channel.choose_channels(group, graph, names, scores[group.leader], targets[group.leader], round_to)
-        if not channel.remove_channels(group, graph, pruned):
+        cut = channel.remove_channels(group, graph, pruned, names)
+        if cut is None:
             notes.append(f"the group led by '{group.leader}' was left as it is: an earlier coupled group "
                          f"already changed it")
             pruned = []
+        for name, idxs in (cut or {}).items():
+            removed.setdefault(name, []).extend(idxs)
         report.append({**group.as_dict(), "target": targets[group.leader], "kept": group.channels - len(pruned),
                        "pruned": pruned})
     _restore_head_sizes(sizes)
@@ -101,16 +106,24 @@ def prune_structure(job) -> PruneResult:
                                               notes=notes)
     groups = [group for group in groups if included & set(group.members)]
     evidence = criteria.gather_evidence(module, job.layers, plan.criterion, job.data, plan.seed)
-    scores = {group.leader: channel.scores_or_fallback(group, graph, plan.criterion, evidence, names, notes)
-              for group in groups}
-    scores.update({unit.leader: _head_scores(unit, plan.criterion, evidence, module) for unit in attention})
+    if "mask_gradients" in criteria.criterion(plan.criterion).needs:  # whole units at once (core.prune.oneshot)
+        scores = oneshot.unit_fisher(job, groups, attention, graph, names, evidence)
+    else:
+        scores = {group.leader: channel.scores_or_fallback(group, graph, plan.criterion, evidence, names, notes)
+                  for group in groups}
+        scores.update({unit.leader: _head_scores(unit, plan.criterion, evidence, module) for unit in attention})
     units = {group.leader: group.members for group in groups}
     units.update({unit.leader: list(unit.projections) for unit in attention})
     targets = _targets(job, units, scores)
     dropped = {unit.leader: heads.select_heads(scores[unit.leader], heads.kept_heads(unit, targets[unit.leader]))
                for unit in attention}
-    report = _remove_groups(groups, graph, names, scores, targets, plan.round_to, notes)
+    reconstruction = _reconstruction(job, groups, attention, graph, names)
+    removed: dict[str, list[int]] = {}
+    report = _remove_groups(groups, graph, names, scores, targets, plan.round_to, notes, removed)
     report += _remove_heads(module, attention, dropped, targets)
+    refit = reconstruction.refit(module, removed) if reconstruction is not None else None
+    if refit:
+        notes.append(refit)
     _check_output(module, job.example_input, dense_output, plan.prune_width)
     result = PruneResult(module, plan, masks=None, groups=report, notes=notes)
     after = _units(module, job.layers, found)
@@ -118,6 +131,14 @@ def prune_structure(job) -> PruneResult:
     result.kept = kept_table(before, after, _layer_targets(units, targets), _dense_reasons(job, units, width))
     _explain(result, included, units, width, _slack(groups, attention, plan.round_to))
     return result
+
+
+def _reconstruction(job, groups, attention, graph, names) -> oneshot.Reconstruction | None:
+    """The dense outputs reconstruction needs, when the plan asks for it and the data is real."""
+    if not job.plan.reconstruct or job.data is None or job.data.synthetic:
+        return None
+    consumers = oneshot.consumers_of(groups, attention, graph, names, job.module)
+    return oneshot.Reconstruction(job, consumers) if consumers else None
 
 
 def _units(module: nn.Module, layers, attention) -> dict[str, tuple[str, int]]:
