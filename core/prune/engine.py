@@ -127,9 +127,9 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     ignored = list(resolved.ignored)
     dropped, influence = _drop_blocks(working, plan, data, example_input)
     layers = [layer for layer in prunable_layers(working) if layer.name not in ignored]
+    pad_id = getattr(model, "pad_id", None) if getattr(model, "vocab_size", None) else None
     result = HANDLERS[kind](Job(working, resolved, layers, data, example_input,
-                                  output_kind=getattr(model, "output_kind", "logits"),
-                                  pad_id=getattr(model, "pad_id", None) if getattr(model, "vocab_size", None) else None))
+                                output_kind=getattr(model, "output_kind", "logits"), pad_id=pad_id))
     result.dropped, result.influence = dropped, influence
     if dropped:
         result.notes.insert(0, f"removed {len(dropped)} block(s), each replaced by its skip path: {', '.join(dropped)}")

@@ -20,7 +20,7 @@ from torch import nn
 
 RIDGE = 1.0           # relative ridge: times the mean diagonal of X^T X (pulls towards the pruned weights)
 MAX_INPUTS = 8192     # a consumer with more inputs (times kernel elements) than this is not refit
-MAX_ROWS = 65_536     # rows (items x positions) used per consumer; beyond, positions are subsampled
+MAX_ROWS = 16_384     # rows (items x positions) used per consumer; beyond, positions are subsampled
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
 
@@ -123,6 +123,14 @@ def refit_layer(layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, r
     return 1.0 - after / max(before, 1e-30)
 
 
+def _leading_items(layer: nn.Module, value: torch.Tensor, rows: int) -> torch.Tensor:
+    """A convolution's input cut to the first items that give MAX_ROWS rows (im2col of every item is slow)."""
+    if isinstance(layer, nn.Linear):
+        return value
+    per_item = rows // len(value)                                               # output positions per item
+    return value[:max(1, -(-MAX_ROWS // max(per_item, 1)))]
+
+
 def _subsample(rows: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """At most MAX_ROWS rows, evenly spread (convolution positions are many and alike)."""
     if len(rows) <= MAX_ROWS:
@@ -146,10 +154,11 @@ def refit(module: nn.Module, targets: list[Target], dense: dict[str, torch.Tenso
         def hook(layer, args):
             if target.name in reduced:  # a layer called twice per pass: its first call only
                 return
-            weights = _row_weights(args[0], positions, layer)
-            rows = _rows(layer, args[0].detach())
+            value = _leading_items(layer, args[0].detach(), len(dense[target.name]))
+            weights = _row_weights(value, positions, layer)
+            rows = _rows(layer, value)
             rows = rows if weights is None else rows[weights]
-            wanted = dense[target.name]
+            wanted = dense[target.name][:len(rows)]
             if target.kept_outputs is not None:
                 wanted = wanted[:, target.kept_outputs]
             if rows.shape[1] <= MAX_INPUTS and len(rows) == len(wanted):
