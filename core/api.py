@@ -12,7 +12,7 @@ import yaml
 
 from core import run_folder
 from core.deploy.artifacts import module_bytes, save_pruned
-from core.deploy.evaluate import LiveEvaluator, evaluate
+from core.deploy.evaluate import Cancelled, LiveEvaluator, evaluate
 from core.deploy.export import export_onnx
 from core.deploy.measure import SPEEDUP_FLOOR, torch_outputs
 from core.deploy.onnx_source import inspect_onnx
@@ -267,7 +267,8 @@ __all__ = [
     "check_plan",
     "layers_left_dense", "resolve_plan", "ResolvedPlan", "PruneResult", "apply_plan",
     # measuring and exporting
-    "evaluate", "LiveEvaluator", "QUANTIZE_MODES", "export_onnx", "export_file", "save_pruned", "torch_outputs",
+    "evaluate", "LiveEvaluator", "Cancelled", "QUANTIZE_MODES", "export_onnx", "export_file", "save_pruned",
+    "torch_outputs",
     "SPEEDUP_FLOOR", "profile_plan", "profile_summary", "layer_time_figure",
     # search
     "sensitivity", "SWEPT_GRANULARITIES", "DEFAULT_LEVELS", "QUICK_LEVELS", "parse_levels", "allocate", "check_request",

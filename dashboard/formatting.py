@@ -119,3 +119,14 @@ def tokens_per_second(figures: dict | None, part: str) -> tuple[str, str | None]
         delta = f"{100 * (speedup['p50'] - 1):+.0f}% ({speedup['low']:.2f}–{speedup['high']:.2f}×)"
     return f"{value:,.0f} tok/s", delta
 
+
+def short_names(names: list[str]) -> dict[str, str]:
+    """Layer name -> the name as sliders and charts show it: without the dotted prefix every layer shares
+    (a wrapper's ``model.``), so ``model.encoder.layer.0.attention.self.query`` reads ``encoder.layer.0...``."""
+    if len(names) < 2:
+        return {name: name for name in names}
+    parts = [name.split(".") for name in names]
+    shared = 0
+    while all(len(part) > shared + 1 and part[shared] == parts[0][shared] for part in parts):
+        shared += 1
+    return {name: ".".join(part[shared:]) for name, part in zip(names, parts)}

@@ -6,6 +6,8 @@ which spends the sensitivity sweep's curves where they hurt least. Part of the s
 """
 from __future__ import annotations
 
+import streamlit as st
+
 from core import api
 from core.errors import PrunelabError
 from dashboard import session, state, sweeps
@@ -17,6 +19,34 @@ GOALS = {
     "drop": ("Accuracy drop at most", "largest drop (pts)", (0.0, 50.0, 1.0, 0.1), False),
     "sparsity": ("Smaller", "weights removed (%)", (1.0, 95.0, 50.0, 1.0), False),
 }
+
+
+# The "drop" goal speaks of the quality figure the model has: name -> (label, unit, bounds, units per fraction).
+QUALITY_DROPS = {
+    "accuracy": ("Accuracy drop at most", "largest drop (pts)", (0.0, 50.0, 1.0, 0.1), 100.0),
+    "agreement": ("Agreement drop at most", "largest drop in agreement (pts)", (0.0, 50.0, 1.0, 0.1), 100.0),
+    "cosine": ("Cosine drop at most", "largest drop in cosine to dense", (0.0, 0.5, 0.01, 0.005), 1.0),
+}
+
+
+def goal_text(name: str) -> tuple[str, str, tuple]:
+    """(label, unit, (min, max, default, step)) of a goal as this session's model reads it."""
+    if name == "drop":
+        return QUALITY_DROPS[session.quality_label()][:3]
+    return GOALS[name][:3]
+
+
+def goal_key(name: str) -> str:
+    """The widget key of a goal's value (per quality figure: a cosine budget is not a number of points)."""
+    return f"w.tune.goal.{name}" + (f".{session.quality_label()}" if name == "drop" else "")
+
+
+def accepted_drop() -> tuple[float, str]:
+    """The largest quality drop the Goal box accepts, as a fraction, and in words ('1.0 pts', '0.010')."""
+    _, _, (_, _, default, _) = goal_text("drop")
+    value = float(st.session_state.get(goal_key("drop"), default))
+    per_fraction = QUALITY_DROPS[session.quality_label()][3]
+    return value / per_fraction, (f"{value:.1f} pts" if per_fraction == 100.0 else f"{value:.3f}")
 
 
 def goals_for(granularity: str) -> list[str]:
@@ -58,7 +88,7 @@ def _request(goal: str, value: float) -> dict:
     if goal == "latency":
         return {"target_latency_ms": value}
     if goal == "drop":
-        return {"max_accuracy_drop": value / 100}
+        return {"max_accuracy_drop": value / QUALITY_DROPS[session.quality_label()][3]}
     if goal == "sparsity":
         return {"target_sparsity": value / 100}
     raise PrunelabError(f"unknown goal '{goal}'")

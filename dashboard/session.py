@@ -22,12 +22,13 @@ Conventions for every page in ``dashboard/pages/``:
 from __future__ import annotations
 
 import contextlib
+import os
 
 import streamlit as st
 
 from core import api
 from core.errors import PrunelabError, error_line
-from dashboard import consent, state, uploads
+from dashboard import consent, live, state, uploads
 from dashboard.consent import code_allowed  # noqa: F401 (pages use it)
 from dashboard.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, save_upload, shown  # noqa: F401 (pages use them)
 
@@ -35,6 +36,7 @@ GRANULARITIES = api.GRANULARITIES
 SCOPES = api.SCOPES
 MAX_SPARSITY = api.MAX_SPARSITY
 DEFAULT_LEVELS, QUICK_LEVELS = api.DEFAULT_LEVELS, api.QUICK_LEVELS  # sensitivity sweeps
+LIVE_WAIT = 1.0  # default of live_wait()
 SPEEDUP_FLOOR = api.SPEEDUP_FLOOR  # a speedup closer to 1x than this reads as no measurable change
 
 
@@ -106,6 +108,18 @@ def capabilities() -> list[str]:
 def granularities() -> list[str]:
     """The granularities this session's model can take (no channels for .onnx and .pt2 sources)."""
     return [name for name in GRANULARITIES if name != "channel" or can("channel")]
+
+
+def quality_label() -> str:
+    """The model's headline quality figure: 'cosine' (embeddings), 'accuracy' (labelled data) or 'agreement'."""
+    handle = model()
+    if handle.output_kind == "embedding":
+        return "cosine"
+    return "accuracy" if handle.data.labelled else "agreement"
+
+
+def has_batchnorm() -> bool:
+    return bool(layer_table()["totals"].get("batchnorm_layers", 0))
 
 
 def data_name() -> str:
@@ -254,7 +268,10 @@ def plan_object(values: dict | None = None):
     """The validated core Plan for ``values`` (default: this session's plan). Raises PrunelabError."""
     values = state.plan() if values is None else values
     layers = {name: value for name, value in values["layers"].items() if value != values["sparsity"]}
-    return api.Plan.from_dict({**values, "layers": layers})
+    fitted = {**values, "layers": layers}
+    if not has_batchnorm():
+        fitted["recalibrate"] = False  # nothing to re-estimate: the plan file says so
+    return api.Plan.from_dict(fitted)
 
 
 def plan_yaml() -> str:
@@ -297,7 +314,8 @@ def plan_label(values: dict | None = None) -> str:
 
 @st.cache_resource(max_entries=12, show_spinner=False)
 def _evaluator(_handle, key: str, quantize: str | None):
-    return api.LiveEvaluator(_handle, threads=2, quantize=quantize)
+    # The full measurement, as `prunelab evaluate` makes it: the Tune page shows it in stages (see live_report).
+    return api.LiveEvaluator(_handle, threads=2, quantize=quantize, live=False)
 
 
 def evaluator(quantize: str | None = None):
@@ -322,6 +340,9 @@ def measure() -> dict:
     """Measure this session's plan (INT8 when switched on; the recovered model while one is in use) on
     ONNX Runtime: ``{"pruned", "baseline", "notes", ...}`` plus ``"measured_for"``. Raises PrunelabError."""
     current, quantize, adopted = plan_object(), state.quantize(), recovered()
+    job = st.session_state.get(state.LIVE_JOB)
+    if adopted is None and job is not None and job.key == _measured_for():
+        job.wait_final(None)  # the Tune page is measuring this very plan: its final stage is this report
     with state.lock(model_key()):
         if adopted is None:
             report = evaluator(quantize).measure(current)
@@ -346,6 +367,53 @@ def continuations(prompt: str) -> dict:
     (FP32 KV-cache graphs in ONNX Runtime): ``{"dense", "pruned", "prompt_tokens"}``. Raises PrunelabError."""
     with state.lock(model_key()):
         return evaluator(None).continuations(plan_object(), prompt)
+
+
+def live_wait() -> float:
+    """Seconds a page run waits for the final figures before it shows the stages as they come
+    (PRUNELAB_LIVE_WAIT; the demo models are done within it, so their page never flickers)."""
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(os.environ.get("PRUNELAB_LIVE_WAIT", LIVE_WAIT)))
+    return LIVE_WAIT
+
+
+def live_report(wait: float = 0.0) -> dict | None:
+    """The newest figures of this session's plan while it is measured in stages on a worker thread
+    (see dashboard/live.py): the finished report when there is one (then also ``last_report``), else
+    the latest stage, else None; ``wait`` seconds for the final one first. A plan not measured yet
+    starts its job here and cancels the one it replaces. Raises PrunelabError when the measurement failed."""
+    wanted, quantize = _measured_for(), state.quantize()
+    job = st.session_state.get(state.LIVE_JOB)
+    if recovered() is not None:
+        return measure()
+    if job is None or job.key != wanted:
+        if job is not None:
+            job.cancel()
+        chosen, plan = evaluator(quantize), plan_object()
+        cached = chosen.cached(plan)
+        if cached is not None:
+            st.session_state.pop(state.LIVE_JOB, None)
+            return _keep(cached, wanted)
+        job = live.LiveJob(wanted, lambda cancelled: chosen.stages(plan, cancelled), state.lock(model_key()))
+        st.session_state[state.LIVE_JOB] = job
+    job.wait_final(wait)
+    if job.error is not None:
+        raise PrunelabError(job.error)
+    if job.latest is None:
+        return None
+    return _keep(job.latest, wanted) if job.final else {**job.latest, "measured_for": wanted}
+
+
+def live_failed() -> bool:
+    """True when the measurement of this session's plan failed (live_report then raises its error)."""
+    job = st.session_state.get(state.LIVE_JOB)
+    return job is not None and job.error is not None
+
+
+def _keep(report: dict, measured_for: dict) -> dict:
+    report = {**report, "measured_for": measured_for}
+    st.session_state[state.LAST_REPORT] = report
+    return report
 
 
 def last_report() -> dict | None:

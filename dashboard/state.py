@@ -17,6 +17,7 @@ MODEL = "prunelab.model"        # dict: spec, weights, trust, data, input_shape 
 PLAN = "prunelab.plan"          # dict accepted by Plan.from_dict
 LAYER = "prunelab.layer"        # the layer shown on the Layers page
 LAST_REPORT = "prunelab.report"  # the last measured report (plan, quantize and model it belongs to inside)
+LIVE_JOB = "prunelab.live"  # the plan being measured in stages (dashboard.live.LiveJob)
 QUANTIZE = "prunelab.quantize"  # None, or the INT8 mode applied before measuring
 SENSITIVITY = "prunelab.sensitivity"  # the last finished sensitivity sweep
 RECOVERED = "prunelab.recovered"  # the adopted recovered model: {"model_key", "plan_digest", "handle", "id"}

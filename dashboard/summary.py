@@ -2,7 +2,8 @@
 
 ``strip`` and ``cards`` take a measured report (see core.deploy.evaluate) and draw it; nothing
 here measures. A report drawn while a newer plan is measured is shown faded under a "measuring"
-line (``stale=True``), so the screen never passes old figures off as new ones.
+line (``stale=True``), so the screen never passes old figures off as new ones. A report still
+being refined (``pruned["progress"]["final"]`` False) says on each figure how far it has got.
 """
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ def _size_pair(report: dict) -> tuple[str, str, str]:
     """(label, help key, field): gzip size when the file itself cannot shrink (zeros only), else the file."""
     plan = report.get("plan") or {}
     shrinks = plan.get("granularity") == "channel" or report["pruned"].get("quantized")
-    return ("Size", "size", "onnx_bytes") if shrinks else ("Size (gzip)", "compressed", "compressed_bytes")
+    return ("File size (.onnx)", "size", "onnx_bytes") if shrinks else ("Compressed (gzip)", "compressed",
+                                                                         "compressed_bytes")
+
+
+def _progress(pruned: dict) -> dict | None:
+    """How far a report still being refined has got ({"items", "of", "runs"}), None once it is final."""
+    progress = pruned.get("progress") or {}
+    return None if progress.get("final", True) else progress
 
 
 def _speed_words(pruned: dict) -> str:
@@ -27,6 +35,8 @@ def _speed_words(pruned: dict) -> str:
     speedup = pruned.get("speedup")
     if not speedup:
         return ""
+    if speedup.get("same_kernels"):
+        return "same kernels as dense: no change"
     if speedup.get("same_model") or not speedup.get("measurable"):
         return "no measurable change"
     ratio = speedup["p50"]
@@ -43,14 +53,72 @@ def strip_items(report: dict) -> list[tuple[str, str, str]]:
     speed = _speed_words(pruned)
     # Both figures are what was measured; the verdict comes from the paired runs, which alone compare
     # the two models under the same load (the dense p50 is the one dense measurement, taken earlier).
-    after = formatting.milliseconds(latency) + (f" ({speed} in paired runs)" if speed else "")
+    paired = "" if (pruned.get("speedup") or {}).get("same_kernels") else " in paired runs"
+    after = formatting.milliseconds(latency) + (f" ({speed}{paired})" if speed else "")
     return [
         (quality["title"], f"{dense_quality['value']} → {quality['value']}", quality["help"]),
         ("Latency (p50)", f"{formatting.milliseconds(dense_latency)} → {after}", TERMS["p50"]),
-        (size_label, f"{formatting.size(dense[field])} → {formatting.size(pruned[field])}", TERMS[size_help]),
+        (size_label, f"{formatting.size(dense[field])} → {_size(pruned[field])}", TERMS[size_help]),
         ("Work per input", f"{formatting.count(dense['macs'])} → {formatting.count(pruned['macs'])} MACs",
          TERMS["macs"]),
     ]
+
+
+def _size(value: int | None) -> str:
+    return "compressing…" if value is None else formatting.size(value)
+
+
+def what_was_pruned(report: dict) -> str:
+    """'Unstructured l1, 30.0% of prunable weights removed (every layer 30%)' from the report's plan."""
+    plan, pruned = report.get("plan"), report["pruned"]
+    if not plan:
+        return "Dense: nothing pruned"
+    removed = pruned.get("removed") or 0.0
+    spread = "per-layer targets" if plan.get("layers") else f"every layer {plan.get('sparsity', 0):.0%}"
+    int8 = ", then INT8" if pruned.get("quantized") else ""
+    return f"{plan['granularity'].capitalize()} {plan['criterion']}, {removed:.1%} of prunable weights removed " \
+           f"({spread}{int8})"
+
+
+def quality_verdict(report: dict, accepted: tuple[float, str] | None) -> str:
+    """'cosine 0.934, 0.066 below dense: more than the 0.010 the Goal box accepts' (so far, while refined)."""
+    pruned, dense = report["pruned"], report["baseline"]
+    label = pruned.get("label", "accuracy")
+    value, reference = pruned.get(label), dense.get(label)
+    if value is None or reference is None:
+        return ""
+    shown = formatting.quality(pruned, dense)["value"]
+    drop = reference - value
+    words = f"{drop:.3f}" if label == "cosine" else f"{100 * drop:.1f} pts"
+    text = f"{label} {shown}, {words} below dense" if drop > 0 else f"{label} {shown}, no lower than dense"
+    if accepted is not None and drop > 0:
+        verdict = "within" if drop <= accepted[0] else "more than"
+        text += f": {verdict} the {accepted[1]} the Goal box accepts"
+    progress = _progress(pruned)
+    return text + (f" (so far: {progress['items']} of {progress['of']} items)" if progress else "")
+
+
+def speed_verdict(report: dict) -> str:
+    """Why the pruned model is (not) faster, in one sentence."""
+    pruned, dense = report["pruned"], report["baseline"]
+    speedup = pruned.get("speedup") or {}
+    if speedup.get("same_model"):
+        return "the same graph as dense"
+    if speedup.get("same_kernels"):
+        return ("not faster: the zeros stay in the dense graph and ONNX Runtime's CPU kernels multiply them "
+                "anyway (prune channels or quantize to INT8 for speed)")
+    fewer = formatting.change(pruned.get("macs"), dense.get("macs")) or "no change in"
+    if not speedup.get("measurable"):
+        return f"no measurable change in latency ({fewer} MACs)"
+    return f"{_speed_words(pruned)} in paired runs ({fewer} MACs)"
+
+
+def headline(report: dict, accepted: tuple[float, str] | None = None) -> None:
+    """What was pruned, whether the quality is acceptable and why it is (not) faster: the first lines a
+    stakeholder reads."""
+    parts = [part for part in (quality_verdict(report, accepted), speed_verdict(report)) if part]
+    text = "; ".join(parts)
+    st.markdown(f"**{what_was_pruned(report)}**. {text[:1].upper() + text[1:]}.")
 
 
 def strip(report: dict) -> None:
@@ -99,6 +167,8 @@ def speed_values(pruned: dict) -> tuple[str, str | None, str | None]:
         return "–", None, None
     if speedup.get("same_model"):
         return "1.00×", "same graph", None
+    if speedup.get("same_kernels"):
+        return "1.00×", "same kernels", "no measurable change"
     interval = f"{speedup['low']:.2f}–{speedup['high']:.2f}×"
     if not speedup["measurable"]:
         return f"{speedup['p50']:.2f}×", f"noise: {interval}", "no measurable change"
@@ -111,35 +181,57 @@ def _speed_card(column, pruned: dict) -> None:
     slower = measurable(pruned) and pruned["speedup"]["p50"] < 1.0
     measured = measurable(pruned)
     arrow = ("down" if slower else "up") if measured else "off"
-    column.metric("Speedup", value, delta, border=True, delta_color="inverse" if slower else
+    column.metric("Speedup", value, _runs(delta, pruned), border=True, delta_color="inverse" if slower else
                   ("normal" if measured else "off"), delta_arrow=arrow,
                   help=f"{TERMS['speedup']}: the median over pairs of runs timed in alternation, with its 95% "
                        f"interval; 'no measurable change' when the interval holds 1x or it is within "
                        f"{SPEEDUP_FLOOR:.0%} of 1x")
 
 
+def _runs(delta: str | None, pruned: dict) -> str | None:
+    """``delta`` with ' · 8 runs' while a timed figure is refined (as is once final, or for the dense kernels)."""
+    progress = _progress(pruned)
+    if progress is None or (pruned.get("speedup") or {}).get("same_kernels"):
+        return delta
+    return f"{delta or '…'} · {progress['runs']} runs"
+
+
+def _quality_card(column, report: dict) -> None:
+    """The headline quality; while refined, its delta names the items scored and the 95% interval."""
+    pruned, dense = report["pruned"], report["baseline"]
+    quality = formatting.quality(pruned, dense)
+    splits = report.get("settings", {}).get("splits")
+    delta, moved, progress = quality["delta"], quality["moved"], _progress(pruned)
+    interval = pruned.get("quality_interval")
+    if progress is not None:
+        delta, moved = f"{progress['items']}/{progress['of']} items", None
+        if interval:
+            delta += f", 95%: {formatting.quality({**pruned, pruned['label']: interval['low']})['value']}–" \
+                     f"{formatting.quality({**pruned, pruned['label']: interval['high']})['value']}"
+    _card(column, quality["title"], quality["value"], delta, moved,
+          lower_is_better=quality.get("lower_is_better", False),
+          help=quality["help"] + (f". {splits}" if splits else "") + f". {TERMS['pts']}")
+
+
 def cards(report: dict) -> None:
     """Metric cards of the pruned model with deltas against the dense one (the one dense measurement)."""
     pruned, dense = report["pruned"], report["baseline"]
-    quality = formatting.quality(pruned, dense)
     _, _, latency_delta = speed_values(pruned)
     top, middle, bottom = st.columns(3), st.columns(3), st.columns(3)
-    splits = report.get("settings", {}).get("splits")
-    _card(top[0], quality["title"], quality["value"], quality["delta"], quality["moved"],
-          lower_is_better=quality.get("lower_is_better", False),
-          help=quality["help"] + (f". {splits}" if splits else "") + f". {TERMS['pts']}")
-    _card(top[1], "p50 latency", formatting.milliseconds(pruned["latency_ms"]["p50"]), latency_delta,
-          latency_change(pruned), help=f"{TERMS['p50']}. Dense: {formatting.milliseconds(dense['latency_ms']['p50'])}; "
-                                       "the change comes from runs timed in alternation with the dense model")
+    _quality_card(top[0], report)
+    _card(top[1], "p50 latency", formatting.milliseconds(pruned["latency_ms"]["p50"]),
+          _runs(latency_delta, pruned), latency_change(pruned),
+          help=f"{TERMS['p50']}. Dense: {formatting.milliseconds(dense['latency_ms']['p50'])}; "
+               "the change comes from runs timed in alternation with the dense model")
     _speed_card(top[2], pruned)
     _card(middle[0], "MACs", formatting.count(pruned["macs"]), *_delta(pruned["macs"], dense["macs"]),
           help=TERMS["macs"])
     _card(middle[1], "Parameters", formatting.count(pruned["nonzero_params"]),
           *_delta(pruned["nonzero_params"], dense["nonzero_params"]), help=TERMS["params"])
     _card(middle[2], "Weights removed", formatting.percent(pruned.get("removed")), None, help=TERMS["removed"])
-    _card(bottom[0], "File size", formatting.size(pruned["onnx_bytes"]),
+    _card(bottom[0], "File size (.onnx)", formatting.size(pruned["onnx_bytes"]),
           *_delta(pruned["onnx_bytes"], dense["onnx_bytes"]), help=TERMS["size"])
-    _card(bottom[1], "Compressed", formatting.size(pruned["compressed_bytes"]),
+    _card(bottom[1], "Compressed (gzip)", _size(pruned["compressed_bytes"]),
           *_delta(pruned["compressed_bytes"], dense["compressed_bytes"]), help=TERMS["compressed"])
     second = formatting.fidelity(pruned)
     if second is not None:
@@ -160,12 +252,25 @@ def generation_cards(figures: dict) -> None:
                    f"speedup over rounds timed in alternation with the dense model, with its 95% interval")
 
 
-def read_out(report: dict, stale: bool = False) -> None:
+def read_out(report: dict, stale: bool = False, accepted: tuple[float, str] | None = None) -> None:
     """The strip and the cards; faded, under a 'measuring' line, when ``stale``."""
     if stale:
         st.html(STALE_STYLE)
         st.caption(":material/hourglass_top: Measuring the new plan on ONNX Runtime… the figures below are "
                    "the previous plan's.")
-    with st.container(key="tune-stale" if stale else "tune-fresh"):
+    progress = None if stale else _progress(report["pruned"])
+    if progress is not None:
+        st.progress(progress["items"] / max(1, progress["of"]), text=progress_text(report["pruned"]))
+    with st.container(key="tune-stale" if stale else "tune-fresh" if progress is None else "tune-live"):
+        headline(report, accepted)
         strip(report)
         cards(report)
+
+
+def progress_text(pruned: dict) -> str:
+    """'Refining: quality on 56 of 240 test items, latency from 8 paired runs; ...' for a report in stages."""
+    progress = _progress(pruned)
+    timed = "the dense kernels' latency" if (pruned.get("speedup") or {}).get("same_kernels") else \
+        f"latency from {progress['runs']} paired runs"
+    return (f":material/progress_activity: Refining: quality on {progress['items']} of {progress['of']} test "
+            f"items, {timed}; the figures settle once every item is scored and the full timing is done.")

@@ -28,6 +28,7 @@ def prunelab_home(tmp_path, monkeypatch):
     """Every test gets its own PRUNELAB_HOME, so no test touches a person's saved runs."""
     home = tmp_path / "prunelab-home"
     monkeypatch.setenv("PRUNELAB_HOME", str(home))
+    monkeypatch.setenv("PRUNELAB_LIVE_WAIT", "600")  # AppTest runs the page once: it shows the final figures
     return home
 
 

@@ -163,7 +163,7 @@ def test_the_tune_page_auto_allocate_button_fills_the_sliders(cnn, sweep, open_p
     page.session_state["prunelab.plan"] = {"granularity": "unstructured", "criterion": "l1", "scope": "layer",
                                            "sparsity": 0.9, "layers": {}}
     page.run()
-    page.selectbox(key="w.tune.goal").set_value("sparsity").run()  # the goal: a share of the weights removed
+    page.selectbox(key="w.tune.goal.accuracy").set_value("sparsity").run()  # the goal: a share of the weights removed
     page.number_input(key="w.tune.goal.sparsity").set_value(90.0).run()
     next(button for button in page.button if button.label == "Auto-allocate").click().run()
     assert not page.exception and not page.error

@@ -39,11 +39,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model: str | None, home: Path) -> tuple[subprocess.Popen, str]:
-    """Start ``prunelab dashboard --port N [MODEL]`` and wait until /_stcore/health answers."""
+def start_server(model: str | None, home: Path, live_wait: float | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``prunelab dashboard --port N [MODEL]`` and wait until /_stcore/health answers; ``live_wait``:
+    the seconds a Tune run waits for the final figures before showing stages (default: the product's)."""
     port = free_port()
     env = {**os.environ, "PRUNELAB_HOME": str(home)}
     env.pop("PRUNELAB_MODEL", None)
+    env.pop("PRUNELAB_LIVE_WAIT", None)  # the page as people get it: first figures, then the final ones
+    if live_wait is not None:
+        env["PRUNELAB_LIVE_WAIT"] = str(live_wait)
     command = [sys.executable, "-m", "core.cli", "dashboard", "--port", str(port)] + ([model] if model else [])
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
@@ -80,6 +84,7 @@ def open_tune(context, url: str):
     wait_idle(page)
     page.locator("[data-testid=stMetricValue]").first.wait_for(timeout=TIMEOUT_MS)
     wait_idle(page)  # the first run was idle before it started, and the sliders come after the metrics
+    wait_final(page)
     return page
 
 
@@ -129,7 +134,19 @@ def wait_settled(page, layer: str) -> None:
     moment late. The address carries the plan and is written after the metrics of a run.
     """
     page.wait_for_function(SETTLED, arg=layer, timeout=TIMEOUT_MS)
+    wait_final(page)
+
+
+# The Tune page shows a plan's figures in stages (.st-key-tune-live) until the final ones (.st-key-tune-fresh).
+FINAL = """() => document.querySelector('.st-key-tune-fresh') !== null
+    && document.querySelector('.st-key-tune-live, .st-key-tune-stale') === null"""
+
+
+def wait_final(page) -> None:
+    """Wait until the Tune page shows the final figures of its plan and the server is idle."""
+    page.wait_for_function(FINAL, timeout=TIMEOUT_MS)
     wait_idle(page)
+    page.wait_for_function(FINAL, timeout=TIMEOUT_MS)
 
 
 # Watches the DOM instead of polling it: polling on every animation frame keeps the renderer
@@ -189,7 +206,7 @@ def test_tune_page_opens_with_one_slider_per_layer_and_a_chart(page):
 
 
 def test_arrow_right_on_a_slider_updates_the_metrics(page, tmp_path):
-    before = {label: metric(page, label) for label in ("Parameters", "Compressed", "Weights removed")}
+    before = {label: metric(page, label) for label in ("Parameters", "Compressed (gzip)", "Weights removed")}
     seconds = press_and_time(page, "features.1.0", presses=4)
     after = {label: metric(page, label) for label in before}
     assert slider(page, "features.1.0").get_attribute("aria-valuetext") == "20%"

@@ -80,7 +80,7 @@ def test_a_copied_link_shows_the_same_sliders_and_metrics_in_a_new_browser(brows
     other = open_tune(second, link)
     for layer, value in (("features.1.0", "15%"), ("fc1", "10%"), ("features.0.0", "0%")):
         assert slider(other, layer).get_attribute("aria-valuetext") == value, layer
-    for label in ("Parameters", "Weights removed", "MACs", "Compressed"):
+    for label in ("Parameters", "Weights removed", "MACs", "Compressed (gzip)"):
         assert metric(other, label) == metric(page, label), label
     first.close()
     second.close()
@@ -231,9 +231,17 @@ def test_every_page_at_1280x800_keeps_its_text_whole_and_follows_the_colour_sche
     context.close()
 
 
-def test_the_previous_figures_are_marked_stale_while_a_plan_is_measured(browser, cnn_server):
+@pytest.fixture(scope="module")
+def staged_server(tmp_path_factory):
+    """digits-cnn with no wait for the final figures: every plan change shows its stages."""
+    process, url = start_server("digits-cnn", tmp_path_factory.mktemp("prunelab-home"), live_wait=0)
+    yield url
+    stop_server(process)
+
+
+def test_the_previous_figures_are_marked_stale_while_a_plan_is_measured(browser, staged_server):
     context = browser.new_context(viewport=VIEWPORT)
-    page = open_tune(context, cnn_server)
+    page = open_tune(context, staged_server)
     page.evaluate("""() => { window.sawStale = false;
         new MutationObserver(() => { if (document.querySelector('.st-key-tune-stale')) window.sawStale = true; })
           .observe(document.body, {childList: true, subtree: true, attributes: true, attributeFilter: ['class']}); }""")

@@ -26,7 +26,7 @@ def test_opens_on_tune_with_the_demo_and_no_error(app, cnn):
     names = [row["name"] for row in layer_table(cnn)["layers"]]
     assert [slider.label for slider in layer_sliders(app)] == names
     labels = [metric.label for metric in app.metric]
-    for label in ("Accuracy", "p50 latency", "Speedup", "MACs", "Parameters", "File size", "Compressed"):
+    for label in ("Accuracy", "p50 latency", "Speedup", "MACs", "Parameters", "File size (.onnx)", "Compressed (gzip)"):
         assert label in labels
 
 

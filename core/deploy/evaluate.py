@@ -198,9 +198,12 @@ class LiveEvaluator:
         return (self.handle.digest, None if plan is None else plan.digest, self._data_digest, self.settings,
                 self._baseline_state().serial)
 
+    def _baseline_key(self) -> tuple:
+        return (self.handle.digest, self._data_digest, self.settings.threads, self.settings.batch_size,
+                self.settings.live)
+
     def _baseline_state(self) -> _Baseline:
-        key = (self.handle.digest, self._data_digest, self.settings.threads, self.settings.batch_size,
-               self.settings.live)
+        key = self._baseline_key()
         with self._lock:
             baseline = _BASELINES.get(key)
             if baseline is None:
@@ -214,6 +217,12 @@ class LiveEvaluator:
     def measure(self, plan: Plan | dict | None = None) -> dict:
         """The report for ``plan`` (None: the dense model, quantized if asked); cached per plan."""
         return last(self.stages(plan))
+
+    def cached(self, plan: Plan | None) -> dict | None:
+        """The finished report of ``plan`` when it is cached, else None; never measures anything."""
+        if _BASELINES.get(self._baseline_key()) is None:
+            return None
+        return _REPORTS.get(self._key(plan))
 
     def stages(self, plan: Plan | dict | None = None, cancelled=None):
         """The report for ``plan`` in stages, first figures first (see core.deploy.progressive); the last

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import formatting, handover, session, state
+from dashboard import formatting, handover, session, state, summary
 
 FILES = [  # (kind, button label, file suffix, mime type, what it is)
     ("onnx", "Pruned ONNX", ".onnx", "application/octet-stream",
@@ -17,14 +17,17 @@ FILES = [  # (kind, button label, file suffix, mime type, what it is)
 
 
 def measured_ui(report: dict) -> None:
-    """What the downloads hold, as measured for exactly this plan and these settings."""
-    pruned = report["pruned"]
-    label = pruned.get("label", "accuracy")
+    """What the downloads hold, as measured for exactly this plan and these settings (figures as on Tune)."""
+    pruned, dense = report["pruned"], report["baseline"]
+    quality = formatting.quality(pruned, dense)
+    speed, _, _ = summary.speed_values(pruned)
     int8 = " INT8" if state.quantize() else ""
-    st.markdown(f"Measured for this plan{int8}: {label} {formatting.percent(pruned.get(label))}, "
-                f"p50 {formatting.milliseconds(pruned['latency_ms']['p50'])}, "
-                f"{formatting.size(pruned['onnx_bytes'])} ONNX, "
-                f"{formatting.percent(pruned.get('removed'))} of prunable weights removed.")
+    st.markdown(f"Measured for this plan{int8}: {quality['title'].lower()} {quality['value']} "
+                f"(dense {formatting.quality(dense)['value']}), "
+                f"p50 {formatting.milliseconds(pruned['latency_ms']['p50'])}, speedup {speed} "
+                f"({summary.speed_verdict(report)}), "
+                f"{formatting.size(pruned['onnx_bytes'])} .onnx ({formatting.size(pruned['compressed_bytes'])} "
+                f"gzip), {formatting.percent(pruned.get('removed'))} of prunable weights removed.")
     st.caption(f"Plan: {session.plan_label()}. Splits: {report.get('settings', {}).get('splits', '')}.")
 
 
@@ -47,7 +50,7 @@ def plan_ui(stem: str) -> None:
     st.download_button("Plan (YAML)", text, file_name=f"{stem}-plan.yaml", mime="text/yaml",
                        icon=":material/description:", key="export-plan", on_click="ignore")
     st.caption("Reproduce from the command line:")
-    st.code(handover.reproduce_command(), language="bash")
+    st.code(handover.reproduce_command(), language="bash", wrap_lines=True)
 
 
 st.title("Export")

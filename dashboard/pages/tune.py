@@ -56,8 +56,10 @@ def method_ui(values: dict) -> None:
             state.seed("w.prune_width", bool(values.get("prune_width", False)))
             st.toggle("Prune the residual stream too", key="w.prune_width", help=TERMS["prune_width"],
                       on_change=lambda: state.update_plan(prune_width=bool(st.session_state["w.prune_width"])))
-    state.seed("w.recalibrate", bool(values.get("recalibrate", True)))
     batchnorm = table["totals"].get("batchnorm_layers", 0)
+    state.seed("w.recalibrate", bool(values.get("recalibrate", True)))
+    if not batchnorm:
+        st.session_state["w.recalibrate"] = False  # the plan says recalibrate: false (session.plan_object)
     why_off = "" if batchnorm else " This model has no BatchNorm layer, so there is nothing to re-estimate."
     st.toggle("Re-estimate BatchNorm statistics", key="w.recalibrate", disabled=not batchnorm,
               help=TERMS["batchnorm"] + why_off,
@@ -87,12 +89,14 @@ def goal_ui(values: dict) -> None:
     """Pick a goal; Auto-allocate fills the sliders, after the sweep it needs (offered right here)."""
     with st.container(border=True):
         available = goals.goals_for(values["granularity"])
+        names = {name: goals.goal_text(name)[0] for name in available}  # fixed now: AppTest formats later
         goal_column, value_column = st.columns([3, 2])
-        goal = goal_column.selectbox("Goal", available, format_func=lambda name: goals.GOALS[name][0],
-                                     key="w.tune.goal", help="what Auto-allocate aims for; fewer MACs and a "
+        goal = goal_column.selectbox("Goal", available, format_func=names.get,
+                                     key=f"w.tune.goal.{session.quality_label()}",
+                                     help="what Auto-allocate aims for; fewer MACs and a "
                                      "latency need Granularity: channel, since zeroed weights do not change them")
-        low, high, default, step = goals.GOALS[goal][2]
-        value = value_column.number_input(goals.GOALS[goal][1], low, high, default, step, key=f"w.tune.goal.{goal}")
+        _, unit, (low, high, default, step) = goals.goal_text(goal)
+        value = value_column.number_input(unit, low, high, default, step, key=goals.goal_key(goal))
         job = sweeps.sweep_job()
         missing = goals.needs_sweep()
         if job is not None and job.running:
@@ -124,14 +128,16 @@ def edit_ui() -> None:
 
 def rows(values: dict) -> list[tuple[str, str, str]]:
     """(plan key, slider label, help) per slider: one per layer, or one per coupled group in channel mode."""
+    shown = formatting.short_names(session.layer_names())
     if values["granularity"] != "channel":
-        return [(name, name, "") for name in session.layer_names()]
+        return [(name, shown[name], name if shown[name] != name else "") for name in session.layer_names()]
     order = {name: index for index, name in enumerate(session.layer_names())}
     result = []
     for group in sorted(session.groups(), key=lambda group: order.get(group["leader"], len(order))):
         others = [name for name in group["members"] if name != group["leader"]]
-        label = group["leader"] + (f" ({group['channels']} heads, with q/k/v)" if group.get("unit") == "head" else
-                                   f" (+{len(others)} coupled)" if others else "")
+        suffix = (f" ({group['channels']} heads, with q/k/v)" if group.get("unit") == "head" else
+                  f" (+{len(others)} coupled)" if others else "")
+        label = shown.get(group["leader"], group["leader"]) + suffix
         unit = "heads" if group.get("unit") == "head" else "channels"
         result.append((group["leader"], label, f"{group['channels']} {unit} shared by: "
                                                f"{', '.join(group['members'])}. {TERMS['coupled']}"))
@@ -159,20 +165,48 @@ def sliders_ui(values: dict) -> None:
                   disabled=name in dense or pattern is not None, help=dense.get(name) or fixed or help_text or None)
 
 
-@st.fragment
+POLL_SECONDS = 0.25  # how often the page reads the figures of a plan being measured
+
+
+def _final(report: dict | None) -> bool:
+    return report is not None and report["pruned"].get("progress", {}).get("final", True)
+
+
+def _draw(report: dict) -> None:
+    summary.read_out(report, accepted=goals.accepted_drop())
+    for note in report.get("notes", []):
+        st.caption(formatting.note(note))
+
+
 def metrics_panel() -> None:
-    """Measure this session's plan: the previous figures stay, faded, until the new ones are in."""
+    """This session's plan, measured in stages: first figures within a second or two, refined in place."""
+    measuring = False
     with session.guard("measuring the plan"):
+        report = session.live_report(wait=session.live_wait())
+        measuring = not _final(report)
+        if not measuring:
+            _draw(report)
+    if measuring:
+        live_panel()
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def live_panel() -> None:
+    """The figures so far of the plan being measured; the whole page reruns once they are final."""
+    if session.live_failed():
+        st.rerun(scope="app")  # the page says what failed, once
+    with session.guard("measuring the plan"):
+        report = session.live_report()
+        if _final(report):
+            st.rerun(scope="app")  # the per-layer views and the plan's label read the finished report
+        if report is not None:
+            _draw(report)
+            return
         previous = st.session_state.get(state.LAST_REPORT)
-        slot = st.empty()
-        if previous is not None and session.last_report() is None:
-            with slot.container():
-                summary.read_out(previous, stale=True)
-        report = session.measure()
-        with slot.container():
-            summary.read_out(report)
-            for note in report.get("notes", []):
-                st.caption(formatting.note(note))
+        if previous is not None:
+            summary.read_out(previous, stale=True, accepted=goals.accepted_drop())
+        else:
+            st.caption(":material/hourglass_top: Measuring the dense model and this plan on ONNX Runtime…")
 
 
 PROMPT = "The with statement is used to"
@@ -225,7 +259,8 @@ def layers_ui() -> None:
     else:
         names = session.layer_names()
         measured = (report or {}).get("layer_sparsity") or {}
-        figure = charts.layer_targets(names, [session.target_of_layer(name) for name in names],
+        figure = charts.layer_targets(list(formatting.short_names(names).values()),
+                                      [session.target_of_layer(name) for name in names],
                                       [measured.get(name, 0.0) for name in names] if measured else None)
         st.plotly_chart(figure, key="tune-targets", config={"displayModeBar": False})
 

@@ -1,0 +1,66 @@
+"""The Tune page's live measurement: the newest plan measured in stages on a worker thread.
+
+The page starts a ``LiveJob`` for the plan it shows and polls it from the script thread (a
+fragment with ``run_every``); the worker never calls Streamlit. A newer plan cancels the job it
+replaces, which stops between stages (core.deploy.progressive); finished reports stay in the
+evaluator's cache, so going back to a measured plan is instant.
+"""
+from __future__ import annotations
+
+import threading
+
+from core.api import Cancelled
+from core.errors import PrunelabError, error_line
+
+
+class LiveJob:
+    """One plan measured in stages: ``latest`` is the newest stage, ``final`` True once it is the last one."""
+
+    def __init__(self, key: dict, stages, lock: threading.RLock):
+        self.key = key  # what the report belongs to (session._measured_for)
+        self.latest: dict | None = None
+        self.error: str | None = None
+        self.done = False
+        self._stages, self._lock, self._stop = stages, lock, threading.Event()
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="prunelab-live", daemon=True)
+        self._thread.start()
+
+    @property
+    def final(self) -> bool:
+        return self.latest is not None and self.latest["pruned"].get("progress", {}).get("final", True)
+
+    def cancel(self) -> None:
+        """Stop at the next stage boundary (the worker ends by itself)."""
+        self._stop.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stop.is_set()
+
+    def wait_final(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the final figures (or the end of the job)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.final or self.done, timeout)
+
+    def _publish(self, **values) -> None:
+        with self._changed:
+            for name, value in values.items():
+                setattr(self, name, value)
+            self._changed.notify_all()
+
+    def _run(self) -> None:
+        try:
+            iterator = self._stages(self._stop.is_set)
+            while not self._stop.is_set():
+                with self._lock:  # torch work on the shared model (pruning, the parity check) is not thread-safe
+                    report = next(iterator, None)
+                if report is None:
+                    break
+                self._publish(latest=report)
+        except Cancelled:
+            pass
+        except Exception as error:  # shown on the page as one line
+            self._publish(error=str(error) if isinstance(error, PrunelabError) else error_line(error, with_type=True))
+        finally:
+            self._publish(done=True)
