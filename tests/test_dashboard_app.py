@@ -204,3 +204,20 @@ def test_a_link_without_a_model_applies_its_plan_to_the_current_one(open_app):
     assert plan["granularity"] == "unstructured" and plan["sparsity"] == pytest.approx(0.3)
     assert plan["layers"]["fc1"] == pytest.approx(0.1)
     assert app.slider(key="w.layer.fc1").value == 10
+
+
+@pytest.mark.slow
+def test_a_language_model_shows_perplexity_tokens_per_second_and_both_continuations(open_app):
+    app = open_app("tinylm", timeout=600)
+    assert not app.exception and not app.error
+    labels = [metric.label for metric in app.metric]
+    assert {"Perplexity", "Decode", "Prefill", "Next-token agreement"} <= set(labels)
+    perplexity = next(metric for metric in app.metric if metric.label == "Perplexity")
+    assert float(perplexity.value) == pytest.approx(96.6, abs=0.1)
+    app.slider(key="w.global").set_value(50).run()
+    app.button(key="tune-continue").click().run()
+    assert not app.exception and not app.error
+    shown = app.session_state["tune.continuation"]
+    assert shown["prompt"] == "The with statement is used to" and shown["dense"] != shown["pruned"]
+    texts = [element.value for element in app.text]
+    assert shown["prompt"] + shown["dense"] in texts and shown["prompt"] + shown["pruned"] in texts
