@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from core.errors import PrunelabError
 from core.hooks import forward_once
+from core.outputs import leaves
 
 # Module type -> (kind, name of the weight it prunes). Subclasses match through the MRO.
 LAYER_TYPES: dict[type, tuple[str, str]] = {
@@ -256,3 +257,46 @@ def final_classifier(module: nn.Module, example_input: torch.Tensor | None) -> s
         if value is output:
             return name
     return seen[-1][0] if seen else layers[-1].name
+
+
+def _output_writers(module: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """Prunable layers whose outputs reach a model output through operations without weights (a
+    detector's heads through concatenations and reshapes): their output channels are the output's."""
+    layers = prunable_layers(module)
+    produced: dict[object, str] = {}
+
+    def remember(name):
+        def hook(child, args, output):
+            produced.setdefault(getattr(output[0] if isinstance(output, tuple) else output, "grad_fn", None), name)
+        return hook
+
+    handles = [layer.module.register_forward_hook(remember(layer.name)) for layer in layers]
+    try:
+        with torch.enable_grad():
+            found = [tensor for _, tensor in leaves(module(example_input))]
+    finally:
+        for handle in handles:
+            handle.remove()
+    writers, stack, seen = [], [tensor.grad_fn for tensor in found if tensor.grad_fn is not None], set()
+    while stack:
+        function = stack.pop()
+        if function is None or function in seen:
+            continue
+        seen.add(function)
+        if function in produced:
+            writers.append(produced[function])
+            continue
+        stack += [parent for parent, _ in function.next_functions]
+    order = [layer.name for layer in layers]
+    return sorted(set(writers), key=order.index)
+
+
+def dense_by_default(module: nn.Module, example_input: torch.Tensor | None) -> list[str]:
+    """The layers plans leave dense unless they say otherwise: the final classifier, or, for a model
+    returning several tensors, every layer that writes one (see ``_output_writers``)."""
+    if example_input is not None:
+        with torch.no_grad():
+            several = len(leaves(module(example_input))) > 1
+        if several:
+            return _output_writers(module, example_input)
+    return [name for name in [final_classifier(module, example_input)] if name]

@@ -18,6 +18,7 @@ import torch
 from core.budget import OverBudget, within
 from core.deploy.export import export_onnx
 from core.deploy.measure import create_session, total_macs
+from core.outputs import leaves
 from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 from core.sources.load import load_model
@@ -46,8 +47,7 @@ def ort_gaps(module: torch.nn.Module, inputs: torch.Tensor) -> list[float]:
     """max |torch - ORT| for every output of the exported model."""
     session, _ = create_session(export_onnx(module, inputs), threads=1)
     with torch.no_grad():
-        expected = module(inputs)
-    expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+        expected = [tensor for _, tensor in leaves(module(inputs))]
     [name] = [value.name for value in session.get_inputs()]
     got = session.run(None, {name: inputs.numpy()})
     assert len(got) == len(expected)
@@ -133,3 +133,13 @@ def test_pruned_gpt2_reloads_into_a_fresh_gpt2(gpt2):
     rebuilt.load_state_dict(state)
     with torch.no_grad():
         assert torch.allclose(rebuilt.eval()(inputs), result.module(inputs), atol=1e-5)
+
+
+def test_yolov8_prunes_keeps_its_outputs_and_leaves_c2f_chunks_dense(downloads):
+    handle, result, inputs, before = pruned(downloads, "yolov8n", "1,3,64,64")
+    assert handle.output_kind == "outputs" and len(handle.outputs) >= 2
+    gaps = ort_gaps(result.module, inputs)
+    assert len(gaps) == len(handle.outputs) and max(gaps) < 1e-3
+    assert total_macs(result.module, inputs) < 0.6 * before
+    assert any("chunk or split" in note and "m.0.cv2" in note for note in result.notes)
+    assert result.module.model[22].cv3[0][2].out_channels == 80  # the class scores stay

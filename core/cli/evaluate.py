@@ -115,8 +115,18 @@ def print_report(report: dict) -> None:
         ratio = "" if key in ("output_error", "kl") else ratio
         print(f"{label:<22} {_format(before, kind):>14} {_format(after, kind):>14} {ratio:>8}")
     _print_generation(report["pruned"].get("generation"))
+    _print_outputs(report["pruned"])
     for note in report["notes"]:
         print(f"note: {note}")
+
+
+def _print_outputs(pruned: dict) -> None:
+    """One line per output of a model returning several tensors: its error, agreement and parity."""
+    parity = pruned.get("parity_outputs") or {}
+    for name, row in (pruned.get("outputs") or {}).items():
+        agreement = "" if row["agreement"] is None else f", agreement {row['agreement']:.2%}"
+        gap = f", max |torch - ORT| {parity[name]:.3g}" if name in parity else ""
+        print(f"output {name} {tuple(row['shape'])}: error (rel L2) {row['error']:.4g}{agreement}{gap}")
 
 
 def _print_generation(figures: dict | None) -> None:

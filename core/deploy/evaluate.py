@@ -75,7 +75,8 @@ class Settings:
     threads: int = 2
     quantize: str | None = None
     live: bool = True
-    kind: str = "logits"  # the model's output: logits, embedding or causal (see ModelHandle.output_kind)
+    kind: str = "logits"  # the model's output: logits, embedding, causal or outputs (see ModelHandle.output_kind)
+    outputs: tuple = ()   # the layout of a many-output model (see core.outputs)
 
     def timing(self, macs: int | None = None) -> dict:
         """Timed runs and seconds; fewer runs for a model whose usual count would exceed TIMING_BUDGET_MACS."""
@@ -188,7 +189,7 @@ class LiveEvaluator:
         handle.require("evaluate")
         self.handle = handle
         self.data = _dataset(handle, data)
-        self.settings = Settings(int(batch_size), int(threads), quantize, live, handle.output_kind)
+        self.settings = Settings(int(batch_size), int(threads), quantize, live, handle.output_kind, handle.outputs)
         self._data_digest = self.data.digest  # hashes every array: once, not on every call
         self._lock = threading.Lock()
 

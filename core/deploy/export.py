@@ -27,6 +27,7 @@ from torch.nn.utils import parametrize, prune
 from core.errors import PrunelabError, error_line
 from core.files import write_atomic
 from core.inspect import prunable_layers
+from core.outputs import leaves
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -55,7 +56,8 @@ def strip_reparametrizations(module: nn.Module) -> nn.Module:
 
 
 def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path | None = None) -> bytes:
-    """Export ``module`` to one self-contained ONNX file with a dynamic batch axis; return its bytes.
+    """Export ``module`` to one self-contained ONNX file with a dynamic batch axis (and a dynamic
+    sequence axis for token ids), keeping every output the model returns; return its bytes.
 
     Uses the TorchScript-based exporter (about 50 ms on the demo models) and falls back to the
     dynamo exporter when that one is missing or fails. With ``path`` the file is also written
@@ -75,8 +77,30 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path
     return model_bytes
 
 
+def is_tokens(example_input: torch.Tensor) -> bool:
+    """Token ids (batch, sequence) of integers: exported with a dynamic sequence axis too."""
+    return example_input.ndim == 2 and not example_input.is_floating_point()
+
+
+def output_names(module: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """ONNX names of the model's outputs: 'logits' for one tensor, else each tensor's path ('output_1_0')."""
+    with torch.no_grad():
+        found = leaves(module(example_input))
+    if len(found) == 1:
+        return [OUTPUT_NAME]
+    return [f"output_{name}".replace(".", "_") for name, _ in found]
+
+
+def _axes(module: nn.Module, example_input: torch.Tensor) -> tuple[list[str], dict]:
+    """Output names and the dynamic axes: batch everywhere, and the sequence of token inputs."""
+    names = output_names(module, example_input)
+    inputs = {0: "batch", 1: "sequence"} if is_tokens(example_input) else {0: "batch"}
+    return names, {INPUT_NAME: inputs, **{name: {0: "batch"} for name in names}}
+
+
 def _export_legacy(module: nn.Module, example_input: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
+    names, axes = _axes(module, example_input)
     # nn.MultiheadAttention's inference fast path (_native_multi_head_attention) has no ONNX
     # translation; the plain path exports as MatMul/Softmax ops and keeps in_proj_weight by name.
     fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -85,8 +109,7 @@ def _export_legacy(module: nn.Module, example_input: torch.Tensor) -> bytes:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (example_input,), buffer, dynamo=False, opset_version=OPSET,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                              input_names=[INPUT_NAME], output_names=names, dynamic_axes=axes,
                               do_constant_folding=False)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
@@ -94,12 +117,14 @@ def _export_legacy(module: nn.Module, example_input: torch.Tensor) -> bytes:
 
 
 def _export_dynamo(module: nn.Module, example_input: torch.Tensor) -> bytes:
-    batch = torch.export.Dim("batch", min=1)
+    shapes = {0: torch.export.Dim("batch", min=1)}
+    if is_tokens(example_input):
+        shapes[1] = torch.export.Dim("sequence", min=1)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, (example_input,), dynamo=True, external_data=False,
-                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes=({0: batch},), optimize=True, verbose=False)
+                                    input_names=[INPUT_NAME], output_names=output_names(module, example_input),
+                                    dynamic_shapes=(shapes,), optimize=True, verbose=False)
     return program.model_proto.SerializeToString()
 
 

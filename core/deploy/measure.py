@@ -21,6 +21,8 @@ from torch import nn
 from core.deploy import fidelity
 from core.errors import PrunelabError, error_line
 from core.inspect import count_macs, prunable_layers
+from core.outputs import flat
+from core.outputs import quality as output_quality
 
 # Full measurement (CLI, API): at least this many timed runs and this many seconds.
 MIN_RUNS = 30
@@ -98,10 +100,12 @@ def run_batched(session, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     outputs = []
     for start in range(0, len(x), batch_size):
         try:
-            outputs.append(session.run(None, {name: np.ascontiguousarray(x[start:start + batch_size])})[0])
+            chunk = x[start:start + batch_size]
+            every = session.run(None, {name: np.ascontiguousarray(chunk)})
         except Exception as error:  # shape or type mismatch with the user's data
             raise PrunelabError(f"ONNX Runtime cannot run the model on the data: {error_line(error)[:300]}") from None
-    return np.concatenate(outputs).reshape(len(x), -1)
+        outputs.append(np.concatenate([value.reshape(len(chunk), -1) for value in every], axis=1))
+    return np.concatenate(outputs)  # every output side by side, as core.outputs.flat lays them
 
 
 def latency(session, example: np.ndarray, min_runs: int = MIN_RUNS, min_seconds: float = MIN_SECONDS,
@@ -203,7 +207,7 @@ def latency_summary(milliseconds: np.ndarray, items: int) -> dict:
 
 
 def quality(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None,
-            kind: str = "logits", inputs: np.ndarray | None = None, text: bool = False) -> dict:
+            kind: str = "logits", inputs: np.ndarray | None = None, text: bool = False, layout: tuple = ()) -> dict:
     """How good the outputs are: against ``labels`` when there are any, and against the ``reference``
     (dense) outputs always (None: these are the dense outputs).
 
@@ -212,8 +216,11 @@ def quality(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray
     the headline figure, 'accuracy' or 'agreement'. Embeddings (``kind="embedding"``): ``cosine``
     (the headline), ``cosine_p5`` and ``neighbour_agreement``, which ``agreement`` repeats. Causal
     language models (``kind="causal"``): the windows of token ids ``inputs`` are their own labels;
-    perplexity when they are real ``text`` (see core.deploy.fidelity.next_token_quality).
+    perplexity when they are real ``text`` (see core.deploy.fidelity.next_token_quality). Many outputs
+    (``kind="outputs"``, their ``layout``): figures per output (see core.outputs.quality).
     """
+    if kind == "outputs":
+        return output_quality(logits, reference, layout)
     if kind == "causal":
         return fidelity.next_token_quality(logits, inputs, reference, text)
     if kind == "embedding":
@@ -283,5 +290,5 @@ def torch_outputs(module: nn.Module, x: np.ndarray) -> np.ndarray:
         try:
             output = module(inputs)
         except (AssertionError, RuntimeError):  # a .pt2 program traced for one batch size
-            output = torch.cat([module(item[None]) for item in inputs])
-    return output.detach().cpu().numpy().reshape(len(x), -1)
+            return np.concatenate([flat(module(item[None]), 1) for item in inputs])
+    return flat(output, len(x))

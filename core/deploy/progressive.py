@@ -24,6 +24,7 @@ import numpy as np
 
 from core.deploy import measure
 from core.deploy.notes import PARITY_TOLERANCE
+from core.outputs import parity as output_parity
 
 ACCURACY_BATCH = 512
 SCORING_BATCH_MACS = 2e10  # items per ONNX Runtime call when scoring: fewer for big models, bounding activation memory
@@ -63,7 +64,7 @@ def quality_interval(logits: np.ndarray, labels: np.ndarray | None, reference: n
     the dense model's agreement or cosine with itself). Accuracy and agreement: Wilson's score interval;
     cosine: the mean's normal interval. None for causal language models (their figures pool thousands of
     positions per item)."""
-    if kind == "causal":
+    if kind in ("causal", "outputs"):
         return None
     if kind == "embedding":
         if reference is None:
@@ -156,7 +157,7 @@ class _Stages:
         labels = None if self.data.y_test is None else self.data.y_test[:count]
         reference = None if self.reference is None else self.reference[:count]
         result = measure.quality(logits, labels, reference, self.settings.kind, self.data.x_test[:count],
-                                 not self.data.synthetic)
+                                 not self.data.synthetic, self.settings.outputs)
         result["quality_interval"] = quality_interval(logits, labels, reference, self.settings.kind)
         result.update(self.timing)
         result["session_ms"] = session_ms
@@ -233,7 +234,10 @@ def _parity(artifact: measure.Artifact, data, settings, logits: np.ndarray) -> d
     items = data.x_test[:settings.parity_items(artifact.macs)]
     expected = measure.torch_outputs(artifact.module, items)
     diff = float(np.abs(expected - logits[:len(items)]).max())
-    return {"max_abs_diff": diff, "parity_ok": diff <= PARITY_TOLERANCE * max(1.0, float(np.abs(expected).max()))}
+    found = {"max_abs_diff": diff, "parity_ok": diff <= PARITY_TOLERANCE * max(1.0, float(np.abs(expected).max()))}
+    if settings.outputs:
+        found["parity_outputs"] = output_parity(expected, logits[:len(items)], settings.outputs)
+    return found
 
 
 def last(stages: Iterator[dict]) -> dict:

@@ -199,6 +199,21 @@ def too_large_note(too_large: list[str]) -> str:
             f"to the plan's ignore list to skip the search")
 
 
+def _indices_fit(graph, tp_group) -> bool:
+    """Whether every channel index the group cuts lies within its layer (torch-pruning misreads some
+    chunk/split -> concatenation patterns, such as YOLOv8's C2f, and maps indices past the end)."""
+    for dep, idxs in tp_group:
+        target = dep.target.module
+        pruner = graph.get_pruner_of_module(target) if isinstance(target, nn.Module) else None
+        if pruner is None or not idxs:
+            continue
+        out = graph.is_out_channel_pruning_fn(dep.handler)
+        size = pruner.get_out_channels(target) if out else pruner.get_in_channels(target)
+        if size is not None and max(idxs) >= size:
+            return False
+    return True
+
+
 def _reads_attention(tp_group, names: dict, inside: tuple[str, ...]) -> bool:
     """Whether the group cuts the width attention reads: an nn.MultiheadAttention's embedding, or a
     layer or parameter inside a self-attention module (``inside``: their name prefixes)."""
@@ -221,7 +236,7 @@ def dependency_groups(module: nn.Module, graph, ignored: list[str], attention=()
     projections = {name for unit in attention for name in unit.projections}
     skipped = [by_name[name] for name in projections if name in by_name]
     inside = tuple(f"{name}." for name in attention_modules(module))
-    groups, width, conflicts, leaders, too_large = [], [], [], [], []
+    groups, width, conflicts, leaders, too_large, misread = [], [], [], [], [], []
     for tp_group in traced_groups(graph, skipped, names, too_large):
         members, consumers, others = _describe(module, graph, tp_group, names, by_name)
         if keep_width and (projections & set(consumers) or _reads_attention(tp_group, names, inside)):
@@ -230,6 +245,9 @@ def dependency_groups(module: nn.Module, graph, ignored: list[str], attention=()
         if set(ignored) & set(members):
             continue
         root, tp_group = _reroot(graph, tp_group, members, by_name)
+        if not _indices_fit(graph, tp_group):
+            misread.append(names[root])
+            continue
         channels = len(tp_group[0].idxs)
         found = _conflicts(graph, tp_group, names, names[root], channels)
         if found:
@@ -243,6 +261,9 @@ def dependency_groups(module: nn.Module, graph, ignored: list[str], attention=()
         raise PrunelabError(conflict_message(conflicts, sorted(leaders, key=order.index)))
     if too_large and notes is not None:
         notes.append(too_large_note(too_large))
+    if misread and notes is not None:
+        notes.append(f"left dense, their channels mapped past a layer's size through a chunk or split: the groups "
+                     f"led by {', '.join(misread)}")
     return sorted(groups, key=lambda group: order.index(group.leader)), width
 
 

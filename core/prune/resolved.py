@@ -102,11 +102,12 @@ def check_names(plan: Plan, layers) -> None:
                                 f"(layers: {', '.join(layers) or 'none'})")
 
 
-def resolve_names(plan: Plan, layers, classifier: str | None, ungroupable: dict[str, str] | None = None
+def resolve_names(plan: Plan, layers, classifier: str | list[str] | None, ungroupable: dict[str, str] | None = None
                   ) -> ResolvedPlan:
-    """Resolve ``plan`` against layer names alone; ``classifier`` is the layer left dense by default."""
+    """Resolve ``plan`` against layer names alone; ``classifier`` is the layer (or layers) left dense by default."""
     check_names(plan, layers)
-    ignored = plan.ignore if plan.ignore is not None else tuple(name for name in [classifier] if name)
+    defaults = [classifier] if isinstance(classifier, str) else list(classifier or [])
+    ignored = plan.ignore if plan.ignore is not None else tuple(name for name in defaults if name)
     return ResolvedPlan(plan, tuple(layers), tuple(name for name in layers if name in ignored),
                         tuple((ungroupable or {}).items()))
 
@@ -117,7 +118,7 @@ def resolve(plan: Plan, model, example_input=None) -> ResolvedPlan:
     The final classifier is found by running ``example_input`` once. Raises PrunelabError for a
     layer the model lacks.
     """
-    from core.inspect import final_classifier, prunable_layers
+    from core.inspect import dense_by_default, prunable_layers
     from core.prune.nm import layout
 
     module = getattr(model, "module", model)
@@ -131,5 +132,5 @@ def resolve(plan: Plan, model, example_input=None) -> ResolvedPlan:
         m = plan.nm[1]
         ungroupable = {layer.name: f"stays dense: its inputs do not split into groups of {m}"
                        for layer in layers if layout(layer.weight, m) is None}
-    classifier = final_classifier(module, example_input) if plan.ignore is None else None
+    classifier = dense_by_default(module, example_input) if plan.ignore is None else None
     return resolve_names(plan, [layer.name for layer in layers], classifier, ungroupable)

@@ -42,7 +42,9 @@ class ModelHandle:
     ``fixed_batch`` is set when the module only accepts that batch size (a ``.pt2`` program).
     ``output_kind`` is ``"logits"`` (a classifier: accuracy or top-1 agreement), ``"embedding"``
     (an encoder: cosine similarity and nearest-neighbour agreement with the dense model) or
-    ``"causal"`` (a decoder language model: next-token logits at every position; perplexity).
+    ``"causal"`` (a decoder language model: next-token logits at every position; perplexity) or
+    ``"outputs"`` (anything else: a tuple, list or dict of tensors, or one tensor that is not
+    (batch, classes), each measured on its own; ``outputs`` is their layout, see core.outputs).
     ``vocab_size`` and ``pad_id`` are set for token models (int64 ``input_ids``), ``encode`` and
     ``tokenizer`` when a tokenizer is known: ``encode(sentences, seq_len) -> ids``.
     """
@@ -56,6 +58,7 @@ class ModelHandle:
     description: str = ""
     fixed_batch: int | None = None  # a .pt2 program is traced for one batch size only
     output_kind: str = "logits"
+    outputs: tuple = ()  # ((name, shape per item), ...) when output_kind is "outputs"
     vocab_size: int | None = None
     pad_id: int = 0
     encode: object = field(default=None, repr=False)

@@ -15,6 +15,7 @@ from torch import nn
 from core.data import Dataset, load_documents, load_npz, load_text, random_data
 from core.errors import PrunelabError, error_line
 from core.limits import check_tokens, clip
+from core.outputs import layout as output_layout
 from core.sources import huggingface
 from core.sources.handle import ModelHandle
 from core.zoo.registry import BUILTINS, builtin
@@ -323,9 +324,13 @@ def _check_forward(handle: ModelHandle) -> None:
             output = _forward(handle)
         except Exception:
             raise PrunelabError(_dtype_problem(handle, message)) from None
-    if not isinstance(output, torch.Tensor) or output.ndim != 2:
-        raise PrunelabError(f"{handle.name} must return one tensor of shape (batch, classes); "
-                            f"got {getattr(output, 'shape', type(output).__name__)}")
+    if isinstance(output, torch.Tensor) and output.ndim == 2:
+        return
+    try:
+        handle.outputs = output_layout(output)
+    except PrunelabError as error:
+        raise PrunelabError(f"{handle.name}: {error}") from None
+    handle.output_kind = "outputs"
 
 
 def _forward(handle: ModelHandle):

@@ -1,0 +1,69 @@
+"""Models returning several tensors (a dict, a tuple, nested) are measured output by output, their
+ONNX keeps every output, and token models export with dynamic batch and sequence axes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from core.deploy.evaluate import evaluate
+from core.deploy.export import export_onnx
+from core.errors import PrunelabError
+from core.outputs import flat, layout, leaves, split
+from core.prune.plan import Plan
+from core.sources import load_model
+
+TWO_HEADS = Path(__file__).parent / "fixtures" / "two_heads.py"
+
+
+@pytest.fixture(scope="module")
+def two_heads():
+    return load_model(f"{TWO_HEADS}:factory", input_shape="1,3,16,16")
+
+
+def test_nested_outputs_are_named_flattened_and_split_back(two_heads):
+    inputs = two_heads.example_input(3)
+    with torch.no_grad():
+        output = two_heads.module(inputs)
+    assert two_heads.output_kind == "outputs"
+    assert two_heads.outputs == (("logits", (5,)), ("extra.0", (4, 16, 16)), ("extra.1", (16, 16)))
+    parts = split(flat(output, 3), layout(output))
+    assert np.array_equal(parts["extra.0"], output["extra"][0].numpy())
+    with pytest.raises(PrunelabError, match="returns a str"):
+        leaves({"a": torch.zeros(1), "b": "text"})
+
+
+def test_onnx_keeps_every_output_and_matches_torch(two_heads):
+    inputs = two_heads.example_input(2)
+    session = ort.InferenceSession(export_onnx(two_heads.module, inputs), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": inputs.numpy()})
+    with torch.no_grad():
+        expected = [tensor.numpy() for _, tensor in leaves(two_heads.module(inputs))]
+    assert [value.name for value in session.get_outputs()] == ["output_logits", "output_extra_0", "output_extra_1"]
+    assert all(np.abs(a - b).max() < 1e-5 for a, b in zip(got, expected))
+
+
+def test_a_channel_plan_is_measured_output_by_output(two_heads):
+    report = evaluate(two_heads, Plan(granularity="channel", sparsity=0.5))
+    pruned = report["pruned"]
+    assert set(pruned["outputs"]) == {"logits", "extra.0", "extra.1"}
+    assert pruned["outputs"]["logits"]["agreement"] is not None and pruned["outputs"]["extra.0"]["agreement"] is None
+    assert pruned["output_error"] == max(row["error"] for row in pruned["outputs"].values()) > 0
+    assert set(pruned["parity_outputs"]) == set(pruned["outputs"]) and max(pruned["parity_outputs"].values()) < 1e-4
+    assert pruned["macs"] < 0.7 * report["baseline"]["macs"]
+    assert "boxes" in " ".join(report["notes"]) and "classes" in " ".join(report["notes"])  # output writers stay
+
+
+def test_token_model_runs_in_onnx_runtime_at_any_length():
+    handle = load_model("minilm")
+    inputs = handle.example_input(2)
+    session = ort.InferenceSession(export_onnx(handle.module, inputs), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", "sequence"]
+    for length in (16, 5):
+        ids = inputs[:, :length]
+        with torch.no_grad():
+            expected = handle.module(ids).numpy()
+        assert np.abs(session.run(None, {"input": ids.numpy()})[0] - expected).max() < 1e-4
