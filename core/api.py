@@ -28,13 +28,13 @@ from core.history.plan_formats import export_plan, plan_layers
 from core.history.report import build_report, layer_time_figure, pareto_figure, write_report
 from core.history.runs import RunStore, delete_run, get_run, list_runs, record_run
 from core.inspect import final_classifier as classifier_of
-from core.inspect import inspect_model, layer_by_name, weight_histogram
+from core.inspect import inspect_model, layer_by_name, threshold_of, weight_histogram
 from core.prune import criteria
 from core.prune.channel import coupled_groups as module_groups
 from core.prune.criteria import CRITERIA
 from core.prune.depth import block_table as depth_blocks
 from core.prune.engine import apply_plan
-from core.prune.plan import GRANULARITIES, MAX_SPARSITY, SCOPES, Plan, granularity_kind, parse_nm
+from core.prune.plan import GRANULARITIES, MAX_SPARSITY, SCOPES, Plan, granularity_kind, nm_share, parse_nm
 from core.prune.resolved import ResolvedPlan, resolve_names
 from core.prune.result import PruneResult
 from core.prune.select import kept_channels
@@ -261,10 +261,11 @@ __all__ = [
     "run_folder",
     # models and layers
     "ModelHandle", "load_model", "BUILTINS", "DEFAULT_MODEL", "builtin_models", "default_model", "layer_table",
-    "histogram", "final_classifier", "coupled_groups", "block_table", "layer_graph", "channel_importance",
+    "histogram", "threshold_of", "final_classifier", "coupled_groups", "block_table", "layer_graph",
+    "channel_importance",
     # plans and pruning
-    "Plan", "GRANULARITIES", "MAX_SPARSITY", "CRITERIA", "SCOPES", "granularity_kind", "criteria_for", "plan_text",
-    "check_plan",
+    "Plan", "GRANULARITIES", "MAX_SPARSITY", "CRITERIA", "SCOPES", "granularity_kind", "nm_share", "criteria_for",
+    "plan_text", "check_plan",
     "layers_left_dense", "resolve_plan", "ResolvedPlan", "PruneResult", "apply_plan",
     # measuring and exporting
     "evaluate", "LiveEvaluator", "Cancelled", "QUANTIZE_MODES", "export_onnx", "export_file", "save_pruned",

@@ -235,6 +235,18 @@ def weight_histogram(module: nn.Module, name: str, bins: int = 60, absolute: boo
             "zeros": int((weight == 0).sum())}
 
 
+def threshold_of(histogram: dict, sparsity: float) -> float:
+    """The value below which a share ``sparsity`` of a histogram's entries lie, interpolated within a bin
+    (``histogram``: ``{"counts", "edges"}`` of magnitudes, as ``weight_histogram`` gives)."""
+    counts, edges = histogram["counts"], histogram["edges"]
+    target, running = sparsity * sum(counts), 0.0
+    for count, low, high in zip(counts, edges[:-1], edges[1:]):
+        if count and running + count >= target:
+            return low + (high - low) * (target - running) / count
+        running += count
+    return edges[-1]
+
+
 def final_classifier(module: nn.Module, example_input: torch.Tensor | None) -> str | None:
     """The last prunable layer whose output is the model's output (else the last one that ran)."""
     layers = prunable_layers(module)

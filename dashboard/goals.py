@@ -67,7 +67,7 @@ def matching_sweep() -> dict | None:
 def needs_sweep() -> str | None:
     """What the page must say before Auto-allocate can work, or None when it can."""
     values = state.plan()
-    if ":" in values["granularity"]:
+    if session.nm_share(values["granularity"]) is not None:
         return f"{values['granularity']} fixes every layer's sparsity; Auto-allocate works for unstructured "\
                "and channel."
     if matching_sweep() is None:
@@ -105,6 +105,6 @@ def allocate_to_goal(goal: str, value: float) -> dict[str, float]:
     with state.lock(session.model_key()):
         allocated = api.allocate(session.model(), granularity=values["granularity"], criterion=values["criterion"],
                                  max_sparsity=session.MAX_SPARSITY, sensitivity=result,
-                                 round_to=int(values.get("round_to") or 1), **_request(goal, value))
+                                 round_to=state.round_to(values), **_request(goal, value))
     state.update_plan(scope="layer", sparsity=0.0, layers=dict(allocated.layer_targets))
     return dict(allocated.layer_targets)

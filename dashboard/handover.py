@@ -15,8 +15,8 @@ def file_stem() -> str:
     removed = (report or {}).get("pruned", {}).get("removed")
     share = f"{round(100 * removed)}pct" if removed is not None else f"target{round(100 * values['sparsity'])}"
     parts = [session.model().name, values["granularity"].replace(":", "of"), share]
-    if values["granularity"] == "channel" and int(values.get("round_to") or 1) > 1:
-        parts.append(f"r{int(values['round_to'])}")
+    if values["granularity"] == "channel" and state.round_to(values) > 1:
+        parts.append(f"r{state.round_to(values)}")
     if session.per_layer(values):
         parts.append("perlayer")
     if state.quantize():

@@ -9,9 +9,12 @@ Conventions for every page in ``dashboard/pages/``:
 - One owner per cache. ``st.cache_resource`` holds loaded models and evaluators (one object for
   every visitor, used under the model's lock, because a forward pass with hooks on a shared
   module is not thread-safe); reports and dense baselines are cached by the evaluator itself
-  (core.deploy.evaluate), never again here. ``st.cache_data`` holds plain facts about a model
-  (layer table, histograms, groups). Unhashable arguments start with ``_`` and the model's key
-  is passed next to them.
+  (core.deploy.evaluate), never again here, except the reports of an adopted recovered model,
+  which live with that model in the person's state (``state.RECOVERED``) and go when it does.
+  ``st.cache_data`` holds plain facts about a model (layer table, histograms, groups, the plan
+  resolved against it). Plan rules (which layers stay dense, a layer's target, a plan's label)
+  are core's (core.prune.resolved, core.prune.plan); this module only asks for them. Unhashable
+  arguments start with ``_`` and the model's key is passed next to them.
 - Per-person state (model source, plan, INT8 switch, ...) lives in ``dashboard/state.py``.
 - Work that can fail goes inside ``with session.guard():`` so the person sees one ``st.error``
   line, never a stack trace, and the rest of the page keeps working.
@@ -172,14 +175,7 @@ def histogram(layer: str, bins: int = 60) -> dict:
 
 def threshold(layer: str, sparsity: float) -> float:
     """The |w| below which a fraction ``sparsity`` of the layer's weights lie (from a fine histogram)."""
-    fine = histogram(layer, bins=400)
-    counts, edges = fine["counts"], fine["edges"]
-    target, running = sparsity * sum(counts), 0.0
-    for count, low, high in zip(counts, edges[:-1], edges[1:]):
-        if count and running + count >= target:
-            return low + (high - low) * (target - running) / count
-        running += count
-    return edges[-1]
+    return api.threshold_of(histogram(layer, bins=400), sparsity)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -204,7 +200,7 @@ def channel_importance(layer: str) -> dict:
     """``{"scores", "removed"}`` per output channel of ``layer`` under this session's plan (rounding included)."""
     values = state.plan()
     return _channel_importance(model(), model_key(), layer, values["criterion"], target_of_layer(layer),
-                               int(values.get("round_to") or 1))
+                               state.round_to(values))
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -237,9 +233,8 @@ def left_dense(granularity: str | None = None) -> dict[str, str]:
 
 
 def nm_share(granularity: str) -> float | None:
-    """n/m for an N:M granularity (every layer that can take it loses exactly that share), else None."""
-    nm = api.parse_nm(granularity)
-    return None if nm is None else nm[0] / nm[1]
+    """n/m for an N:M granularity, else None (core.prune.plan.nm_share)."""
+    return api.nm_share(granularity)
 
 
 def target_of_layer(layer: str) -> float:
@@ -289,25 +284,15 @@ def per_layer(values: dict | None = None) -> bool:
 
 
 def plan_label(values: dict | None = None) -> str:
-    """The plan in a few words, e.g. 'channel l1, round to 8, per-layer targets: 23.4% of weights removed'.
+    """The plan in a few words, e.g. 'channel, l1, round to 8, per-layer targets: 23.4% of weights removed'.
 
     The share removed is measured when the last report is of this plan; otherwise the targets are named.
     """
     values = state.plan() if values is None else values
-    parts = [values["granularity"], values["criterion"]]
-    if values["granularity"] == "channel" and int(values.get("round_to") or 1) > 1:
-        parts.append(f"round to {int(values['round_to'])}")
-    if values.get("scope") == "global":
-        parts.append("global ranking")
     report = last_report() if values == state.plan() else None
     removed = (report or {}).get("pruned", {}).get("removed")
-    if per_layer(values):
-        own = sum(1 for value in values["layers"].values() if value != values["sparsity"])
-        targets = f"per-layer targets ({own} layer{'s' if own != 1 else ''} own, others {values['sparsity']:.0%})"
-    else:
-        targets = f"all layers {values['sparsity']:.0%}"
     measured = f": {removed:.1%} of prunable weights removed (measured)" if removed is not None else ""
-    return f"{', '.join(parts)}, {targets}{measured}"
+    return plan_object(values).label + measured
 
 
 # ---------------------------------------------------------------- measurement

@@ -95,6 +95,12 @@ def plan() -> dict:
     return {**current, "layers": dict(current["layers"])}
 
 
+def round_to(values: dict | None = None) -> int:
+    """The plan's ``round_to`` (default: this session's plan), 1 when it has none."""
+    values = plan() if values is None else values
+    return int(values.get("round_to") or 1)
+
+
 def update_plan(**changes) -> None:
     st.session_state[PLAN] = {**plan(), **changes}
 

@@ -43,8 +43,8 @@ def encode(source: dict, values: dict, quantize: str | None) -> dict[str, str]:
     layers = {name: value for name, value in values["layers"].items() if value != values["sparsity"]}
     if layers:
         params["layers"] = ",".join(f"{name}:{_percent(value)}" for name, value in sorted(layers.items()))
-    if int(values.get("round_to") or 1) > 1:
-        params["round_to"] = str(int(values["round_to"]))
+    if state.round_to(values) > 1:
+        params["round_to"] = str(state.round_to(values))
     if values.get("recalibrate") is False:
         params["recalibrate"] = "0"
     if values.get("prune_width"):

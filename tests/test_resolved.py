@@ -66,3 +66,13 @@ def test_channel_scores_default_to_summed_weight_scores():
     assert torch.allclose(summed(weight, criteria.Evidence(), per="channel"), l1(weight, None, per="channel"))
     with pytest.raises(PrunelabError, match="channels only"):
         criteria.criterion("fpgm")(weight, criteria.Evidence())
+
+
+def test_a_plans_label_and_the_histogram_threshold():
+    from core.inspect import threshold_of
+
+    plan = Plan(granularity="channel", round_to=8, scope="global", sparsity=0.5, layers={"a": 0.3, "b": 0.5})
+    assert plan.label == "channel, l1, round to 8, global ranking, per-layer targets (1 layer own, others 50%)"
+    assert Plan(sparsity=0.2).label == "unstructured, l1, all layers 20%"
+    histogram = {"counts": [2, 2], "edges": [0.0, 1.0, 2.0]}
+    assert threshold_of(histogram, 0.25) == 0.5 and threshold_of(histogram, 0.75) == 1.5

@@ -35,6 +35,12 @@ def parse_nm(granularity: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+def nm_share(granularity: str) -> float | None:
+    """n/m for an N:M granularity (every layer that can take it loses exactly that share), else None."""
+    nm = parse_nm(granularity)
+    return None if nm is None else nm[0] / nm[1]
+
+
 def granularity_kind(granularity: str) -> str:
     """``"N:M"`` for an N:M granularity, else the granularity itself (what a criterion's granularities list)."""
     return "N:M" if parse_nm(granularity) else granularity
@@ -165,6 +171,20 @@ class Plan:
     def layer_targets(self) -> dict[str, float]:
         """The per-layer overrides as a dict."""
         return dict(self.layers)
+
+    @property
+    def label(self) -> str:
+        """The plan in a few words: 'channel, l1, round to 8, global ranking, per-layer targets (2 layers
+        own, others 50%)' or '..., all layers 50%'."""
+        parts = [self.granularity, self.criterion]
+        if self.granularity == "channel" and self.round_to > 1:
+            parts.append(f"round to {self.round_to}")
+        if self.scope == "global":
+            parts.append("global ranking")
+        own = sum(1 for _, value in self.layers if value != self.sparsity)
+        targets = (f"per-layer targets ({own} layer{'s' if own != 1 else ''} own, others {self.sparsity:.0%})"
+                   if own else f"all layers {self.sparsity:.0%}")
+        return f"{', '.join(parts)}, {targets}"
 
     @property
     def nm(self) -> tuple[int, int] | None:

@@ -35,7 +35,7 @@ def settings_ui(values: dict) -> dict | None:
     schedule, ready = None, True
     granularity = values["granularity"]
     if (method in ("gradual", "lottery") and granularity != "unstructured") or (method == "iterative"
-                                                                               and ":" in granularity):
+                                                                               and session.nm_share(granularity)):
         st.info(f"{METHODS[method]} ramps weight masks up; a {granularity} plan cannot: use fine-tuning"
                 f"{' or iterative pruning' if granularity == 'channel' else ''}, or pick unstructured on the "
                 f"Tune page.", icon=":material/info:")
