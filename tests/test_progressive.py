@@ -63,3 +63,20 @@ def test_quality_interval_covers_the_figure(kind):
         value = (outputs.argmax(1) == reference.argmax(1)).mean()
     assert interval["low"] < value < interval["high"] and interval["high"] - interval["low"] < 0.3
     assert progressive.quality_interval(reference, None, None, kind) is None  # the dense model against itself
+
+
+def test_weights_written_into_the_exported_bytes_equal_a_rebuilt_graph(cnn):
+    import onnx
+    import torch
+
+    from core.deploy.export import changed_tensors, export_onnx, float_spans, patched_weights, with_weights
+    from core.prune.engine import apply_plan
+
+    model_bytes = export_onnx(cnn.module, cnn.example_input())
+    template = onnx.load_from_string(model_bytes)
+    pruned = apply_plan(cnn, Plan(sparsity=0.5), data=cnn.data).module
+    changed = changed_tensors(cnn.module.state_dict(), pruned.state_dict())
+    assert changed and patched_weights(model_bytes, float_spans(template, model_bytes), changed) == \
+        with_weights(template, changed)
+    wrong = {next(iter(changed)): torch.zeros(3)}  # a tensor of another shape: the caller exports again
+    assert patched_weights(model_bytes, float_spans(template, model_bytes), wrong) is None

@@ -36,7 +36,7 @@ import torch
 from core.cache import MemoryLRU
 from core.data import Dataset
 from core.deploy import generation, measure
-from core.deploy.export import changed_tensors, export_onnx, with_weights
+from core.deploy.export import changed_tensors, export_onnx, float_spans, patched_weights, with_weights
 from core.deploy.notes import report_notes
 from core.deploy.onnx_source import onnx_artifact, prune_onnx
 from core.deploy.progressive import Cancelled, last, metric_stages, scoring_batch  # noqa: F401
@@ -124,6 +124,7 @@ class _Baseline:
             self.artifact = measure.Artifact(export_onnx(module, example), module, measure.weight_counts(module),
                                       measure.total_macs(module, example))
         self.template = onnx.load_from_string(self.artifact.model_bytes)
+        self.spans, self._patch_lock = None, threading.Lock()  # initializer positions inside the bytes (patched)
         self.state = None if handle.module is None else {
             key: tensor.detach().clone() for key, tensor in handle.module.state_dict().items()}
         self.data = data.head(evaluation_items(self.artifact.macs, len(data.x_test)))  # what gets scored
@@ -133,6 +134,13 @@ class _Baseline:
                                 session=(self.session, session_ms), logits=self.logits)
         self.generator = None  # the KV-cache session of a language model, made on first use
         self._lock = threading.Lock()
+
+    def patched(self, state: dict) -> bytes | None:
+        """The dense graph's bytes with ``state``'s weights written over its initializers (None: cannot)."""
+        with self._patch_lock:
+            if self.spans is None:  # found once, on the first plan that needs it
+                self.spans = float_spans(self.template, self.artifact.model_bytes)
+        return patched_weights(self.artifact.model_bytes, self.spans, state)
 
     def generation(self, settings: Settings) -> tuple[generation.Generator, np.ndarray, int]:
         """The dense KV-cache session, the prompt and the new tokens; the dense figures go into ``metrics``."""
@@ -378,7 +386,8 @@ class LiveEvaluator:
         model_bytes = None
         if plan.granularity != "channel" and not result.dropped:  # same graph, new weights
             changed = changed_tensors(baseline.state, module.state_dict())
-            model_bytes = with_weights(baseline.template, changed) if changed else baseline.artifact.model_bytes
+            model_bytes = (baseline.patched(changed) or with_weights(baseline.template, changed)) if changed \
+                else baseline.artifact.model_bytes
         same_shape = model_bytes is not None
         if model_bytes is None:
             model_bytes = export_onnx(module, example)

@@ -175,3 +175,79 @@ def with_weights(template: onnx.ModelProto, state: dict[str, torch.Tensor]) -> b
         initializer.data_type = onnx.TensorProto.FLOAT
         initializer.raw_data = values.tobytes()
     return model.SerializeToString()
+
+
+def initializer_spans(model_bytes: bytes) -> dict[str, tuple[int, int]]:
+    """Initializer name -> (start, end) of its ``raw_data`` inside the serialized model, read from the
+    protobuf wire format (ModelProto.graph = 7, GraphProto.initializer = 5, TensorProto.name = 8,
+    raw_data = 9). Lets ``patched_weights`` write new values without parsing and serializing the graph."""
+    spans = {}
+    for number, start, end in _fields(model_bytes, 0, len(model_bytes)):
+        if number != 7:
+            continue
+        for field, tensor_start, tensor_end in _fields(model_bytes, start, end):
+            if field != 5:
+                continue
+            name, raw = None, None
+            for key, value_start, value_end in _fields(model_bytes, tensor_start, tensor_end):
+                if key == 8:
+                    name = bytes(model_bytes[value_start:value_end]).decode()
+                elif key == 9:
+                    raw = (value_start, value_end)
+            if name is not None and raw is not None:
+                spans[name] = raw
+    return spans
+
+
+def _varint(buffer: bytes, position: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = buffer[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+
+
+def _fields(buffer: bytes, position: int, end: int):
+    """(field number, start, end) of each length-delimited field of one message; other fields skipped."""
+    while position < end:
+        key, position = _varint(buffer, position)
+        wire = key & 7
+        if wire == 0:
+            _, position = _varint(buffer, position)
+        elif wire == 1:
+            position += 8
+        elif wire == 5:
+            position += 4
+        elif wire == 2:
+            length, position = _varint(buffer, position)
+            yield key >> 3, position, position + length
+            position += length
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+
+
+def float_spans(template: onnx.ModelProto, model_bytes: bytes) -> dict[str, tuple[int, int, tuple[int, ...]]]:
+    """Name -> (start, end, dims) of every float32 initializer stored as raw data in ``model_bytes``
+    (the serialized ``template``)."""
+    spans = initializer_spans(model_bytes)
+    return {initializer.name: (*spans[initializer.name], tuple(initializer.dims))
+            for initializer in template.graph.initializer
+            if initializer.data_type == onnx.TensorProto.FLOAT and initializer.name in spans}
+
+
+def patched_weights(model_bytes: bytes, spans: dict, state: dict[str, torch.Tensor]) -> bytes | None:
+    """``model_bytes`` with ``state``'s tensors written over the raw data of the float32 initializers of the
+    same name and shape (``spans`` from ``float_spans``): the bytes ``with_weights`` builds, without parsing
+    and serializing the graph. None when a floating-point tensor has no such initializer."""
+    buffer = bytearray(model_bytes)
+    for key, tensor in state.items():
+        if not tensor.is_floating_point():
+            continue
+        span = spans.get(key)
+        if span is None or span[2] != tuple(tensor.shape):
+            return None
+        buffer[span[0]:span[1]] = np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype="<f4").tobytes()
+    return bytes(buffer)

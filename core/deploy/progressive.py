@@ -29,9 +29,9 @@ from core.outputs import parity as output_parity
 ACCURACY_BATCH = 512
 SCORING_BATCH_MACS = 2e10  # items per ONNX Runtime call when scoring: fewer for big models, bounding activation memory
 FIRST_ITEMS_MACS = 2e10  # the first slice scored is about this much work (minilm: 28 items, a ResNet-50: 5)
-MIN_FIRST_ITEMS = 16
+MIN_FIRST_ITEMS = 4
 FIRST_RUNS = 8  # pairs of runs in the first, short timing ...
-FIRST_TIMING_MACS = 3e10  # ... fewer for a big model, at least MIN_FIRST_RUNS
+FIRST_TIMING_MACS = 1.5e10  # ... fewer for a big model, at least MIN_FIRST_RUNS
 MIN_FIRST_RUNS = 3
 REFRESH_SECONDS = 0.4  # at most one refined stage this often while the items are scored
 Z95 = 1.959964
