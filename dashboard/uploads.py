@@ -2,7 +2,9 @@
 
 The folder is made on the first upload with ``tempfile.mkdtemp`` (mode 0700, a name nobody can
 guess), removed when the server exits, and folders left by servers that were killed are removed
-when the next one starts. A file the engine refuses is deleted at once (``discard``).
+when the next one starts (``remove_stale``, called by dashboard.serve). A file the engine refuses
+is deleted at once (``discard``). A ``.txt`` of sentences is held to the text limit
+(PRUNELAB_MAX_TEXT_MB) before it is written.
 Nothing here touches Streamlit; dashboard.session re-exports these names for the pages.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 from pathlib import Path
 
 from core.errors import PrunelabError
+from core.limits import check_text_size
 
 UPLOAD_SUFFIXES = {".pt2", ".onnx", ".pt", ".pth"}
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
@@ -29,13 +32,13 @@ def folder() -> Path:
     """This server's private upload folder, made (and stale ones of dead servers removed) on first use."""
     with _FOLDER_LOCK:
         if not _FOLDER:
-            _remove_stale()
+            remove_stale()
             _FOLDER.append(Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")))
             atexit.register(shutil.rmtree, _FOLDER[0], True)
         return _FOLDER[0]
 
 
-def _remove_stale() -> None:
+def remove_stale() -> None:
     """Remove upload folders of this user whose server process is gone."""
     for path in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
         pid = path.name[len(PREFIX):].split("-")[0]
@@ -65,6 +68,8 @@ def save_upload(name: str, content: bytes, allowed: set[str]) -> str:
         raise PrunelabError(f"'{name}' is not one of {', '.join(sorted(allowed))}")
     if len(content) > MAX_UPLOAD_BYTES:
         raise PrunelabError(f"'{name}' is {len(content) / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB")
+    if suffix == ".txt":
+        check_text_size(len(content), f"'{cleaned}'")
     if not content:
         raise PrunelabError(f"'{name}' is empty")
     place = folder() / secrets.token_hex(10)

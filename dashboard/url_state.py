@@ -87,11 +87,23 @@ def restore() -> None:
                                     or params.get("shape")):
             session.use_source(params["model"], data=params.get("data") or None, input_shape=params.get("shape"))
         values = decode(params)
+        values["layers"], unknown = _known_layers(values["layers"])
         session.plan_object(values)  # validates every field and layer value
         state.set_plan(values)
         state.set_quantize(params.get("int8") == "1")
+        if unknown:
+            shown = ", ".join(repr(name[:40]) for name in unknown[:3])
+            st.session_state[PROBLEM] = (f"The link names {len(unknown):,} layer(s) this model does not have "
+                                         f"({shown}{', ...' if len(unknown) > 3 else ''}); they were left out.")
     except Exception as error:  # anything in a hand-edited address: one line on the page, defaults stay
-        st.session_state[PROBLEM] = f"The link's settings could not all be used: {str(error).splitlines()[0]}"
+        st.session_state[PROBLEM] = str(error).splitlines()[0][:300]
+
+
+def _known_layers(layers: dict) -> tuple[dict, list[str]]:
+    """The link's per-layer targets for layers of the open model, and the names it does not have."""
+    names = set(session.layer_names())
+    return ({name: value for name, value in layers.items() if name in names},
+            [name for name in layers if name not in names])
 
 
 def publish() -> None:
@@ -107,5 +119,7 @@ def publish() -> None:
 def problem_ui() -> None:
     """The one line about an address that could not be used, shown once."""
     problem = st.session_state.pop(PROBLEM, None)
-    if problem:
-        st.warning(problem, icon=":material/link_off:")
+    if problem:  # its words come from the address: shown as plain text, never as Markdown (images, links)
+        st.warning("The link's settings could not all be used; the rest of the link applies:",
+                   icon=":material/link_off:")
+        st.text(problem)

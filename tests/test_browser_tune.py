@@ -92,7 +92,7 @@ def test_a_link_cannot_open_code_the_server_was_not_given(browser, cnn_server):
     page.goto(f"{cnn_server}/?model=tests/fixtures/user_models.py:mixed&sparsity=40")
     wait_idle(page)
     page.get_by_text("The link's settings could not all be used").wait_for(timeout=TIMEOUT_MS)
-    assert "runs Python code on the server" in page.locator("[data-testid=stAlert]").first.inner_text()
+    assert "runs Python code on the server" in page.locator("[data-testid=stText]").first.inner_text()
     assert "digits-cnn" in page.locator("[data-testid=stCaptionContainer]", has_text="Model:").first.inner_text()
     context.close()
 

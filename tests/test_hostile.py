@@ -379,3 +379,8 @@ def _stub_import(name, *args, **kwargs):
     import types
 
     return json if name == "json" else types.ModuleType(name)
+
+
+def test_a_run_store_that_is_a_folder_is_named(cli, prunelab_home):
+    (prunelab_home / "runs.db").mkdir(parents=True)
+    refused(cli("runs"), "runs.db is a folder, not an SQLite file")

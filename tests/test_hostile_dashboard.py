@@ -158,3 +158,90 @@ def test_dashboard_refuses_an_input_too_big_and_draws_a_big_one_in_bounded_memor
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < LIMIT_MIB
     new = set(uploads.folder().glob("*/*")) - kept
     assert [path.name for path in new] == ["big.onnx"]  # the refused file is gone
+
+
+# ---------------------------------------------------------------- links and uploads of the third round
+
+def link_problem(app) -> str:
+    """The warning about a link (fixed words) and the plain-text line under it that says what was wrong."""
+    [warning] = [element.value for element in app.warning]
+    assert "could not all be used" in warning
+    return " ".join(element.value for element in app.text)
+
+
+def linked_app(open_app, **params):
+    """The app opened from a link with ``params`` (a new session's first run)."""
+    app = open_app(run=False)
+    app.query_params.update(params)
+    return app.run()
+
+
+def test_a_link_asking_for_a_million_tokens_is_refused_in_bounded_memory(open_app):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    app = linked_app(open_app, model="minilm", shape="1,1000000")
+    assert not app.exception
+    warning = link_problem(app)
+    assert "at most 512 tokens" in warning and "1,000,000" in warning
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < LIMIT_MIB
+    assert app.session_state["prunelab.model"]["spec"] == "digits-cnn"  # the default stays
+
+
+def test_a_link_naming_thousands_of_unknown_layers_is_trimmed_with_a_message(open_app):
+    names = ",".join(f"no_such_layer_{index}:30" for index in range(5000))
+    app = linked_app(open_app, model="digits-mlp", sparsity="40", layers=f"fc1:70,{names}")
+    assert not app.exception
+    warning = link_problem(app)
+    assert "5,000 layer(s) this model does not have" in warning and "left out" in warning
+    assert app.session_state["prunelab.plan"]["layers"] == {"fc1": 0.7}
+    assert app.session_state["prunelab.model"]["spec"] == "digits-mlp"
+
+
+def test_the_link_problem_shows_the_address_as_typed_not_as_markdown(open_app):
+    hostile = "[a](//h)![x](http://127.0.0.1:9/t)"
+    app = linked_app(open_app, model="digits-mlp", granularity=hostile)
+    assert hostile in link_problem(app)
+    assert all(hostile not in element.value for element in [*app.markdown, *app.warning])
+
+
+@pytest.mark.slow
+def test_a_link_works_on_a_fresh_server_and_its_warning_renders_no_image_or_link(browser, server):
+    """The first visitor of a new server arrives by a /tune link (no one has opened / yet)."""
+    hostile = "%5Ba%5D(//h)!%5Bx%5D(http://127.0.0.1:9/t)"  # [a](//h)![x](http://127.0.0.1:9/t)
+    page = browser.new_page()
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(f"{server}/tune?model=digits-mlp&sparsity=30&granularity={hostile}")
+    page.locator("[data-testid=stAlertContentWarning]").wait_for(timeout=120_000)
+    detail = page.locator("[data-testid=stText]", has_text="[a](//h)![x](http://127.0.0.1:9/t)")
+    detail.wait_for(timeout=30_000)
+    hostile_elements = "[data-testid=stMain] img, [data-testid=stMain] a[href*='127.0.0.1:9'], a[href='//h']"
+    assert page.locator(hostile_elements).count() == 0
+    page.get_by_text("Model: digits-mlp").first.wait_for(timeout=120_000)  # the link's model, on the first visit
+    assert not [url for url in requested if url.startswith(("http://127.0.0.1:9/", "http://h/"))]
+    page.close()
+
+
+def test_an_upload_folder_of_a_killed_server_is_removed_when_the_next_one_starts(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                              check=True)
+    stale = tmp_path / f"prunelab-uploads-{finished.stdout.strip()}-abcd"  # its process has exited
+    (stale / "0a1b").mkdir(parents=True)
+    (stale / "0a1b" / "data.txt").write_text("left behind\n")
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TMPDIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "dashboard.serve", "version"], capture_output=True, text=True,
+                            env=environment, timeout=120)
+    assert result.returncode == 0 and "Streamlit" in result.stdout, result.stderr
+    assert not stale.exists()
+
+
+def test_a_text_upload_over_the_text_limit_is_refused_before_it_is_written(monkeypatch):
+    from core.errors import PrunelabError
+    from dashboard import uploads
+
+    monkeypatch.setenv("PRUNELAB_MAX_TEXT_MB", "0.001")
+    kept = set(uploads.folder().rglob("*"))
+    with pytest.raises(PrunelabError, match="PRUNELAB_MAX_TEXT_MB"):
+        uploads.save_upload("lines.txt", b"a short line\n" * 1000, {".npz", ".txt"})
+    assert set(uploads.folder().rglob("*")) == kept

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_until
 from tests.test_hostile import refused
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,9 +103,7 @@ def test_ctrl_c_ends_explore_in_seconds_and_keeps_what_was_measured(tmp_path, wo
                                 "--grid", grid], env=environment, start_new_session=True, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 240
-        while run_count(home / "runs.db") < 1 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)  # polling a condition: the first plan recorded
+        wait_until(lambda: run_count(home / "runs.db") >= 1 or process.poll() is not None, 240, "the first run")
         assert process.poll() is None, process.communicate()
         os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole process group
         stopped = time.monotonic()
@@ -119,7 +118,4 @@ def test_ctrl_c_ends_explore_in_seconds_and_keeps_what_was_measured(tmp_path, wo
     kept = run_count(home / "runs.db")
     assert 1 <= kept < 18
     assert f"measured {kept} of 18 plans" in out
-    deadline = time.monotonic() + 10
-    while session_processes(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert session_processes(process.pid) == []  # no worker left behind
+    wait_until(lambda: not session_processes(process.pid), 10, "every worker ending")  # none left behind

@@ -190,3 +190,10 @@ def test_a_directory_asking_for_remote_code_never_runs_it(tmp_path, model_type):
         assert "asks for custom code" in result.stderr and "never runs code" in result.stderr
     else:
         assert result.returncode == 0, result.stderr
+
+
+def test_a_modules_json_that_is_not_a_list_is_one_line(cli, tokenized, tmp_path):
+    directory = tmp_path / "odd-modules"
+    shutil.copytree(tokenized, directory)
+    (directory / "modules.json").write_text("5")
+    refused(cli("inspect", directory), "modules.json must be a JSON list", "got int")

@@ -32,7 +32,7 @@ LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "::1")
 
 
 def command(port: int, address: str = "127.0.0.1") -> list[str]:
-    return [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+    return [sys.executable, "-m", "dashboard.serve", "run", str(APP), "--server.headless", "true",
             "--server.port", str(port), "--server.address", address, "--browser.gatherUsageStats", "false",
             "--server.fileWatcherType", "none", "--server.maxUploadSize", "200",
             "--server.maxCacheDataSize", "256mb", "--client.toolbarMode", "minimal",

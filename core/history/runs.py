@@ -119,6 +119,9 @@ class RunStore:
     @contextmanager
     def _connect(self):
         """A fresh connection, migrated to SCHEMA_VERSION, closed on exit."""
+        if self.path.is_dir():
+            raise PrunelabError(f"the run store {self.path} is a folder, not an SQLite file: move it away and "
+                                f"prunelab creates a new store there")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)

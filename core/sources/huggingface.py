@@ -210,8 +210,11 @@ def _pooling(directory: Path | None) -> Pooling:
             mode = "cls"
         if modules.is_file():
             entries = json.loads(modules.read_text())
+            if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+                raise PrunelabError(f"{modules} must be a JSON list of sentence-transformers modules (objects "
+                                    f"with a 'type'), got {type(entries).__name__}")
             normalize = any(str(entry.get("type", "")).endswith("Normalize") for entry in entries)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, UnicodeDecodeError):
         pass  # unreadable sentence-transformers files: plain mean pooling
     return Pooling(mode, normalize)
 
