@@ -5,7 +5,8 @@ import math
 import sys
 
 from core.api import QUANTIZE_MODES, Plan, evaluate
-from core.cli.options import add_model_arguments, model_from, print_json
+from core.cli.options import add_metric_argument, add_model_arguments, metric_from, model_from, print_json
+from core.limits import clip
 
 
 def add_measure_arguments(parser) -> None:
@@ -21,6 +22,7 @@ def add_measure_arguments(parser) -> None:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help="measure accuracy, latency, size and MACs on ONNX Runtime")
     add_model_arguments(parser)
+    add_metric_argument(parser)
     parser.add_argument("--plan", help="a plan file (.yaml or .json) to prune with before measuring")
     add_measure_arguments(parser)
     parser.set_defaults(func=run)
@@ -34,12 +36,14 @@ def load_plan(path: str) -> Plan:
 
 def run(args) -> int:
     handle = model_from(args)
+    metric = metric_from(args)
     plan = load_plan(args.plan) if args.plan else None
     if plan is not None and handle.module is not None:
         plan.validate_for(handle.module)
     progress(f"measuring {handle.name} on ONNX Runtime ({args.threads} threads, batch {args.batch_size})"
              + (f", {args.quantize}" if args.quantize else ""))
-    report = evaluate(handle, plan, batch_size=args.batch_size, threads=args.threads, quantize=args.quantize)
+    report = evaluate(handle, plan, batch_size=args.batch_size, threads=args.threads, quantize=args.quantize,
+                      metric=metric)
     if args.json:
         print_json(report)
     else:
@@ -116,8 +120,18 @@ def print_report(report: dict) -> None:
         print(f"{label:<22} {_format(before, kind):>14} {_format(after, kind):>14} {ratio:>8}")
     _print_generation(report["pruned"].get("generation"))
     _print_outputs(report["pruned"])
+    _print_metrics(report)
     for note in report["notes"]:
         print(f"note: {note}")
+
+
+def _print_metrics(report: dict) -> None:
+    """The user's own metric (--metric), dense and pruned."""
+    dense, pruned = report["baseline"].get("metrics") or {}, report["pruned"].get("metrics") or {}
+    for name, before in dense.items():
+        after = pruned.get(name)
+        ratio = f"{after / before:.2f}x" if before and after is not None else ""
+        print(f"{clip(name, 22):<22} {_format(before, 'float'):>14} {_format(after, 'float'):>14} {ratio:>8}")
 
 
 def _print_outputs(pruned: dict) -> None:

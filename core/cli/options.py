@@ -22,6 +22,19 @@ def model_from(args: argparse.Namespace) -> ModelHandle:
                       data=args.data)
 
 
+def add_metric_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metric", help="your own metric, file.py:function(outputs, data) -> {name: number}, "
+                                         "reported beside accuracy (see the README)")
+
+
+def metric_from(args: argparse.Namespace):
+    """The --metric function (core.metric.Metric), or None."""
+    if not getattr(args, "metric", None):
+        return None
+    from core.metric import load_metric
+    return load_metric(args.metric)
+
+
 def print_json(value) -> None:
     json.dump(value, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

@@ -77,6 +77,7 @@ class Settings:
     live: bool = True
     kind: str = "logits"  # the model's output: logits, embedding, causal or outputs (see ModelHandle.output_kind)
     outputs: tuple = ()   # the layout of a many-output model (see core.outputs)
+    metric: object = None  # the user's own metric (core.metric.Metric), reported under 'metrics'
 
     def timing(self, macs: int | None = None) -> dict:
         """Timed runs and seconds; fewer runs for a model whose usual count would exceed TIMING_BUDGET_MACS."""
@@ -186,10 +187,11 @@ class LiveEvaluator:
     ``threads`` are ONNX Runtime's intra-op threads, ``batch_size`` the items per timed run,
     ``quantize`` None or an INT8 mode of core.deploy.quantize, ``data`` a Dataset or .npz path (default:
     the model's data). ``live=False`` times the full >= 30 runs / 0.5 s (what ``evaluate`` uses).
+    ``metric`` (a core.metric.Metric) adds the user's own named numbers under ``metrics``.
     """
 
     def __init__(self, handle: ModelHandle, threads: int = 2, batch_size: int = 1, quantize: str | None = None,
-                 data: Dataset | str | Path | None = None, live: bool = True):
+                 data: Dataset | str | Path | None = None, live: bool = True, metric=None):
         if quantize is not None:
             check_mode(quantize)
         if int(batch_size) < 1 or int(threads) < 1:
@@ -197,7 +199,8 @@ class LiveEvaluator:
         handle.require("evaluate")
         self.handle = handle
         self.data = _dataset(handle, data)
-        self.settings = Settings(int(batch_size), int(threads), quantize, live, handle.output_kind, handle.outputs)
+        self.settings = Settings(int(batch_size), int(threads), quantize, live, handle.output_kind, handle.outputs,
+                                 metric)
         self._data_digest = self.data.digest  # hashes every array: once, not on every call
         self._lock = threading.Lock()
 
@@ -209,7 +212,7 @@ class LiveEvaluator:
 
     def _baseline_key(self) -> tuple:
         return (self.handle.digest, self._data_digest, self.settings.threads, self.settings.batch_size,
-                self.settings.live)
+                self.settings.live, self.settings.metric)
 
     def _baseline_state(self) -> _Baseline:
         key = self._baseline_key()
@@ -413,13 +416,14 @@ def _measured(dense: dict) -> str:
 
 
 def evaluate(handle: ModelHandle, plan: Plan | dict | None = None, *, batch_size: int = 1, threads: int = 2,
-             quantize: str | None = None, data: Dataset | str | Path | None = None) -> dict:
+             quantize: str | None = None, data: Dataset | str | Path | None = None, metric=None) -> dict:
     """Measure ``handle`` pruned by ``plan`` (and quantized when ``quantize`` is an INT8 mode) against
     its dense baseline, with full latency timing (>= 30 runs and >= 0.5 s after a warm-up).
 
-    Raises PrunelabError for a plan that does not fit the model, data of the wrong shape, or a
-    graph ONNX Runtime refuses.
+    ``metric`` (core.metric.Metric) adds the user's own named numbers under ``metrics``. Raises
+    PrunelabError for a plan that does not fit the model, data of the wrong shape, a graph ONNX Runtime
+    refuses, or a metric that fails.
     """
     evaluator = LiveEvaluator(handle, threads=threads, batch_size=batch_size, quantize=quantize, data=data,
-                              live=False)
+                              live=False, metric=metric)
     return evaluator.measure(plan)

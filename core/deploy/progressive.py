@@ -158,6 +158,8 @@ class _Stages:
         reference = None if self.reference is None else self.reference[:count]
         result = measure.quality(logits, labels, reference, self.settings.kind, self.data.x_test[:count],
                                  not self.data.synthetic, self.settings.outputs)
+        if self.settings.metric is not None:
+            result["metrics"] = self.settings.metric(logits, self.settings.outputs, self.data.x_test[:count], labels)
         result["quality_interval"] = quality_interval(logits, labels, reference, self.settings.kind)
         result.update(self.timing)
         result["session_ms"] = session_ms

@@ -77,7 +77,7 @@ def _builtin(name: str, weights, shape: tuple[int, ...] | None) -> ModelHandle:
 
 def _factory(spec: str, weights) -> ModelHandle:
     location, _, function_name = spec.rpartition(":")
-    module_namespace = _import(location)
+    module_namespace = import_location(location)
     factory = getattr(module_namespace, function_name, None)
     if not callable(factory):
         raise PrunelabError(f"'{location}' has no callable named '{function_name}'")
@@ -112,11 +112,12 @@ def _adapted(adapted, name: str, source: str, description: str) -> ModelHandle:
                        tokenizer=adapted.tokenizer)
 
 
-def _import(location: str):
+def import_location(location: str):
+    """The namespace of a user's ``file.py`` (executed) or an importable module; PrunelabError otherwise."""
     if location.endswith(".py"):
         path = Path(location)
         if not path.is_file():
-            raise PrunelabError(f"model file not found: {path}")
+            raise PrunelabError(f"file not found: {path}")
         name = f"prunelab_user_{abs(hash(path.resolve()))}"
         module_spec = importlib.util.spec_from_file_location(name, path)
         namespace = importlib.util.module_from_spec(module_spec)
