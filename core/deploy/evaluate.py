@@ -133,8 +133,7 @@ class _Baseline:
         self.logits = measure.run_batched(self.session, self.data.x_test, scoring_batch(self.artifact.macs))
         self.metrics = _measure(self.artifact, self.data, settings, reference=None,
                                 session=(self.session, session_ms), logits=self.logits)
-        self.generator = None  # the KV-cache session of a language model, made on first use
-        self._lock = threading.Lock()
+        self.speed = generation.DenseSpeed(self.artifact.module, self.data.x_test)  # language models only
 
     def patched(self, state: dict) -> bytes | None:
         """The dense graph's bytes with ``state``'s weights written over its initializers (None: cannot)."""
@@ -142,20 +141,6 @@ class _Baseline:
             if self.spans is None:  # found once, on the first plan that needs it
                 self.spans = float_spans(self.template, self.artifact.model_bytes)
         return patched_weights(self.artifact.model_bytes, self.spans, state)
-
-    def generation(self, settings: Settings) -> tuple[generation.Generator, np.ndarray, int]:
-        """The dense KV-cache session, the prompt and the new tokens; the dense figures go into ``metrics``."""
-        with self._lock:
-            if self.generator is None:
-                prompt = generation.prompt_for(self.data.x_test, settings.batch_size)
-                new_tokens = generation.new_tokens_for(self.artifact.module, prompt.shape[1])
-                model_bytes = generation.export_cached(self.artifact.module)
-                self.generator = generation.Generator(model_bytes, settings.threads)
-                twin = generation.Generator(model_bytes, settings.threads)
-                self.metrics["generation"] = generation.dense_generation(self.generator, twin, prompt, new_tokens,
-                                                                         settings.live)
-                self.prompt, self.new_tokens = prompt, new_tokens
-        return self.generator, self.prompt, self.new_tokens
 
 
 def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, reference: np.ndarray | None,
@@ -316,7 +301,7 @@ class LiveEvaluator:
                                                "final": True})["final"]
         if final and self._generates(artifact):
             pruned["generation"] = self._generation(baseline, artifact)
-            dense["generation"] = baseline.metrics["generation"]
+            dense["generation"] = baseline.metrics["generation"] = baseline.speed.figures
         timings = dict(artifact.timings_ms, measure=(time.perf_counter() - started) * 1000.0)
         report = {"model": self.handle.name, "plan": None if plan is None else plan.to_dict(),
                   "settings": {"batch_size": self.settings.batch_size, "threads": self.settings.threads,
@@ -339,18 +324,11 @@ class LiveEvaluator:
         return self.handle.output_kind == "causal" and artifact.module is not None and not artifact.quantized
 
     def _generation(self, baseline: _Baseline, artifact: measure.Artifact) -> dict:
-        """Prefill and decode figures of ``artifact`` against the dense model's KV-cache graph, paired.
-
-        The dense graph itself (no plan) and a dense graph with new weight values (unstructured, N:M:
-        the same dense kernels) get the dense figures at 1.00x, as their latency does.
-        """
-        dense_generator, prompt, new_tokens = baseline.generation(self.settings)
-        dense = baseline.metrics["generation"]
-        if artifact.same_graph or artifact.model_bytes == baseline.artifact.model_bytes:
-            same = {"p50": 1.0, "low": 1.0, "high": 1.0, "measurable": False, "pairs": 0, "same_kernels": True}
-            return dict(dense, speedup={"prefill": same, "decode": same})
-        pruned = generation.Generator(generation.export_cached(artifact.module), self.settings.threads)
-        return generation.compared_generation(dense_generator, pruned, prompt, new_tokens, self.settings.live)
+        """Prefill and decode figures of ``artifact`` against the dense KV-cache graph (see
+        core.deploy.generation.DenseSpeed.compare); a graph the dense one's kernels run gets 1.00x."""
+        same = artifact.same_graph or artifact.model_bytes == baseline.artifact.model_bytes
+        return baseline.speed.compare(None if same else artifact.module, self.settings.threads,
+                                      self.settings.batch_size, self.settings.live)
 
     def continuations(self, plan: Plan | dict | None, prompt: str, new_tokens: int = CONTINUATION_TOKENS) -> dict:
         """The dense and the pruned model's greedy continuations of ``prompt``, run on their KV-cache
@@ -363,7 +341,8 @@ class LiveEvaluator:
         if self.handle.output_kind != "causal" or tokenizer is None or self.handle.module is None:
             raise PrunelabError(f"{self.handle.name}: continuations need a causal language model with a tokenizer")
         ids = generation.prompt_ids(tokenizer, prompt, self.handle.module, new_tokens)
-        dense = self._baseline_state().generation(self.settings)[0]
+        dense = self._baseline_state().speed.session(self.settings.threads, self.settings.batch_size,
+                                                      self.settings.live)
         pruned = dense if plan is None else _GENERATORS.get(self._key(plan))
         if pruned is None:
             module = apply_plan(self.handle, plan, data=self.data).module.eval()
