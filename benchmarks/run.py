@@ -30,6 +30,8 @@ BENCHMARKS = {
     "accuracy_curves": "Accuracy against sparsity for each demo model",
     "conformance": "Conformance models under a 50% channel plan: MACs and ONNX Runtime speedup at batch 1",
     "minilm_heads": "MiniLM with attention heads removed: embedding fidelity against a random-head control",
+    "llm_criteria": "Magnitude, Wanda and SparseGPT on the built-in language model, beside the published "
+                    "LLaMA-2-7B table; SparseGPT on a 135M-parameter Llama",
     "profile_layers": "Where the time goes: per-layer profiles reconciled with unprofiled latency",
     "oneshot": "One-shot structured pruning: every channel criterion with and without reconstruction",
     "scale": "Sweeps and plan grids on local worker processes and on a local Ray cluster",

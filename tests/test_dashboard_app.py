@@ -102,6 +102,15 @@ def test_a_criterion_that_does_not_fit_the_granularity_is_replaced(app):
     assert not app.exception and not app.error
 
 
+def test_a_criterion_that_reads_data_says_what_it_needs(app):
+    app.selectbox(key="w.criterion").set_value("sparsegpt").run()
+    assert app.session_state[PLAN]["criterion"] == "sparsegpt"
+    assert any("calibration items" in caption.value for caption in app.caption)
+    assert "sparsegpt" not in app.selectbox(key="w.granularity").set_value("channel").run().selectbox(
+        key="w.criterion").options
+    assert not app.exception and not app.error
+
+
 def test_slider_values_survive_a_page_switch(app):
     app.slider(key="w.layer.fc1").set_value(70).run()
     app.switch_page("pages/layers.py").run()

@@ -143,12 +143,17 @@ class _Chain:
             def hook(child, args, kwargs):
                 kept = args if index in (first, first + 1) else (None, *args[1:])
                 calls[index].append((kept, kwargs))
+                if index == len(blocks) - 1:  # the rest of the model (an LM's vocabulary projection) is not needed
+                    raise _Stop
             return hook
 
         handles = [block.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, block in enumerate(blocks)]
         try:
             for batch in batches:
-                model(batch)
+                try:
+                    model(batch)
+                except _Stop:
+                    pass
         finally:
             for handle in handles:
                 handle.remove()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import charts, formatting, goals, graph_view, plan_editor, session, state, summary, sweeps
-from dashboard.glossary import TERMS
+from dashboard.glossary import CALIBRATED, CRITERIA, TERMS
 
 MAX_PERCENT = round(100 * session.MAX_SPARSITY)  # sliders hold whole percents; the plan holds fractions
 ROUND_TO = (1, 4, 8, 16)
@@ -48,6 +48,8 @@ def method_ui(values: dict) -> None:
                      help=TERMS["criterion"])
     third.selectbox("Scope", session.SCOPES, key="w.scope", help=TERMS["scope"],
                     on_change=lambda: state.update_plan(scope=st.session_state["w.scope"]))
+    if values["criterion"] in CALIBRATED:  # what it reads and what it costs, where the choice is made
+        st.caption(f"Needs the model's data: {CRITERIA[values['criterion']]}")
     if values["granularity"] == "channel":
         state.seed("w.round_to", int(values.get("round_to", 1)))
         st.selectbox("Round kept channels to a multiple of", ROUND_TO, key="w.round_to", help=TERMS["round_to"],
