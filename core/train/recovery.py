@@ -154,6 +154,9 @@ def _require_training(model: ModelHandle) -> None:
     if not isinstance(model, ModelHandle):
         raise PrunelabError("recovery needs a loaded model (core.load_model) with its data, not a bare module")
     model.require("finetune")
+    if model.output_kind == "causal":
+        raise PrunelabError(f"{model.name}: recovery trains classifiers on labels; fine-tuning a language model on "
+                            f"next-token loss is not available yet (its perplexity and tokens/s are measured as usual)")
     if not model.data.trainable:
         raise PrunelabError(f"{model.name}: fine-tuning needs training data: the data '{model.data.name}' has no "
                             "x_train/y_train (pass --data with an .npz holding x_train and y_train)")
