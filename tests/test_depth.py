@@ -167,3 +167,14 @@ def test_block_rows_count_the_attention_inside_a_layer():
     assert all(row["influence"] > 0 and len(row["layers"]) == 6 for row in rows)
     result = apply_plan(module, Plan(drop=[rows[0]["name"]], **DEPTH_ONLY), example_input=example)
     assert count_macs(module, example) - count_macs(result.module, example) == rows[0]["macs"]
+
+
+def test_width_targets_name_the_dense_models_layers_when_blocks_go():
+    module = hf_models.bert()
+    example = torch.randint(0, hf_models.VOCAB, hf_models.TOKENS).float()
+    plan = Plan(granularity="channel", sparsity=0.0, drop=["model.encoder.layer.0"],
+                layers={"model.encoder.layer.1.intermediate.dense": 0.5})
+    result = apply_plan(module, plan, example_input=example)
+    assert result.layer_sparsity["model.encoder.layer.1.intermediate.dense"] == pytest.approx(0.5)
+    layers = result.module.model.encoder.layer
+    assert len(layers) == 1 and layers[0].intermediate.dense.out_features == 64  # the old layer 1, halved

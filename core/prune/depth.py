@@ -3,7 +3,7 @@
 Score -> select -> apply, as for weights: ``block_influence`` scores each removable block by how much
 it changes what flows through it (1 - cosine between its input and output on calibration data,
 ShortGPT's Block Influence); ``blocks_to_drop`` turns a plan's ``drop`` list and ``depth`` share
-into names; ``drop_blocks`` removes them physically, so the exported graph has fewer nodes.
+into names; ``skip_blocks`` and ``compact`` remove them physically, so the exported graph has fewer nodes.
 """
 from __future__ import annotations
 
@@ -138,26 +138,29 @@ def _renumber(container: nn.ModuleList | nn.Sequential, removed: list[int], leng
                 config.layer_types = [kind for index, kind in enumerate(types) if index not in removed]
 
 
-def drop_blocks(module: nn.Module, names: list[str], blocks: list[Block]) -> None:
-    """Remove the named blocks from ``module`` in place: deleted from the ModuleList or Sequential that
-    holds them (layer indices and counts renumbered), else replaced by a SkipBlock."""
+def skip_blocks(module: nn.Module, names: list[str], blocks: list[Block]) -> None:
+    """Replace each named block of ``module`` by a SkipBlock, in place; every other layer keeps its name,
+    so a width plan written for the dense model still finds its layers. ``compact`` then takes them out."""
     kinds = {block.name: block.output for block in blocks}
-    by_parent: dict[str, list[str]] = {}
     for name in names:
-        by_parent.setdefault(name.rpartition(".")[0], []).append(name.rpartition(".")[2])
-    for parent_name, children in by_parent.items():
-        parent = module.get_submodule(parent_name)
-        if isinstance(parent, (nn.ModuleList, nn.Sequential)) and all(child.isdigit() for child in children):
-            length = len(parent)
-            removed = sorted(int(child) for child in children)
-            for index in reversed(removed):
-                del parent[index]
-            _renumber(parent, removed, length)
+        parent_name, _, child = name.rpartition(".")
+        output = kinds.get(name, "tensor")
+        items = int(output.split(":")[1]) if output.startswith("tuple:") else 1
+        setattr(module.get_submodule(parent_name), child, SkipBlock(items))
+
+
+def compact(module: nn.Module) -> None:
+    """Delete the SkipBlocks that sit in a ModuleList or Sequential (the loop over the list then runs fewer
+    layers), renumbering ``layer_idx`` and the config's layer counts; SkipBlocks elsewhere stay, as the
+    identity they are (the exporter leaves no node for them)."""
+    for container in [child for child in module.modules() if isinstance(child, (nn.ModuleList, nn.Sequential))]:
+        removed = [index for index, layer in enumerate(container) if isinstance(layer, SkipBlock)]
+        if not removed:
             continue
-        for child in children:
-            output = kinds.get(f"{parent_name}.{child}".lstrip("."), "tensor")
-            items = int(output.split(":")[1]) if output.startswith("tuple:") else 1
-            setattr(parent, child, SkipBlock(items))
+        length = len(container)
+        for index in reversed(removed):
+            del container[index]
+        _renumber(container, removed, length)
 
 
 def block_table(module: nn.Module, example_input, data=None) -> list[dict]:

@@ -105,7 +105,7 @@ def _drop_blocks(working: nn.Module, plan: Plan, data: Dataset | None, example_i
         raise PrunelabError("removing blocks needs an example input to find them")
     blocks = find_blocks(working, example_input)
     names, influence = depth.blocks_to_drop(working, plan.drop, plan.depth, data, example_input, blocks)
-    depth.drop_blocks(working, names, blocks)
+    depth.skip_blocks(working, names, blocks)
     return names, influence
 
 
@@ -131,6 +131,7 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     result = HANDLERS[kind](Job(working, resolved, layers, data, example_input,
                                 output_kind=getattr(model, "output_kind", "logits"), pad_id=pad_id))
     result.dropped, result.influence = dropped, influence
+    depth.compact(result.module)  # after the width plan, whose layer names are the dense model's
     if dropped:
         result.notes.insert(0, f"removed {len(dropped)} block(s), each replaced by its skip path: {', '.join(dropped)}")
     if ignored:
