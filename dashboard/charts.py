@@ -95,11 +95,12 @@ def _arrow_heads(edges: list[list[str]], positions: dict) -> go.Scatter:
 
 
 def model_graph(graph: dict, cut: dict[str, float], colour_by: str = "cut", selected: str | None = None,
-                times: dict[str, float] | None = None) -> go.Figure:
+                times: dict[str, float] | None = None, removed: set[str] | None = None) -> go.Figure:
     """The layers as a top-to-bottom directed graph; node colour = share cut (or coupled group, or time).
 
     ``graph`` as core.api.layer_graph returns it; ``cut`` maps a node id to the share of its
-    weights the plan removes; with ``colour_by="time"``, ``times`` maps a node id to measured ms.
+    weights the plan removes; with ``colour_by="time"``, ``times`` maps a node id to measured ms; nodes in
+    ``removed`` (inside a block the plan removes whole) are drawn as a cross, named "removed".
     Each node's ``customdata`` is its id (click to select).
     """
     nodes, positions = graph["nodes"], _graph_positions(graph["nodes"])
@@ -124,11 +125,15 @@ def model_graph(graph: dict, cut: dict[str, float], colour_by: str = "cut", sele
     else:
         marker = {"color": [100 * cut.get(node["id"], 0.0) for node in nodes], "cmin": 0, "cmax": 100,
                   "colorscale": "OrRd", "colorbar": {"title": {"text": "cut (%)"}, "thickness": 12}}
+    removed = removed or set()
+    marker.update(symbol=["x" if node["id"] in removed else "circle" for node in nodes],
+                  opacity=[0.55 if node["id"] in removed else 1.0 for node in nodes])
     marker.update(size=[22 if node["id"] == selected else 16 for node in nodes],
                   line={"width": [3 if node["id"] == selected else 1 for node in nodes], "color": "#555"})
     figure.add_trace(go.Scatter(
         x=[positions[node["id"]][0] for node in nodes], y=[positions[node["id"]][1] for node in nodes],
-        mode="markers+text", text=[_short_name(node["id"], label_width) for node in nodes],
+        mode="markers+text", text=[_short_name(node["id"], label_width) + (" (removed)" if node["id"] in removed
+                                                                            else "") for node in nodes],
         textposition=["middle left" if positions[node["id"]][0] < 0 else "middle right" for node in nodes],
         textfont={"size": 10}, customdata=[node["id"] for node in nodes], marker=marker, showlegend=False,
         hovertext=[_node_hover(node, cut.get(node["id"], 0.0))

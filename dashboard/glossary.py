@@ -42,6 +42,10 @@ TERMS = {
                    "itself is narrowed in every block at once: smaller and faster, usually at a larger accuracy cost",
     "quantize": "static INT8 in ONNX Runtime after pruning: a 4x smaller file and, on CNNs, lower latency "
                 "(the deltas stay against the dense FP32 model)",
+    "blocks": "removable blocks: residual blocks and transformer layers whose input a skip connection adds to "
+              "their output; removing one leaves the skip path (the identity), so the whole block's work goes",
+    "influence": "block influence: 1 - cosine between what enters a block and what leaves it, on calibration "
+                 "data; a block that barely changes its input costs little to remove",
     "sensitivity": "how much accuracy drops when only this layer is pruned to its target, from the sensitivity "
                    "sweep (green: under 0.5 pts, orange: under 2 pts, red: more)",
 }

@@ -22,11 +22,21 @@ def layer_graph() -> dict:
     return _layer_graph(session.model(), session.model_key())
 
 
+def removed_nodes(graph: dict) -> set[str]:
+    """Nodes whose layers all lie inside a block the plan removes whole."""
+    inside = tuple(f"{block}." for block in state.dropped())
+    return {node["id"] for node in graph["nodes"]
+            if inside and all(name.startswith(inside) for name in node["layers"])}
+
+
 def node_cut(graph: dict) -> dict[str, float]:
-    """Share of each node's weights the plan removes (a folded block: weighted by its layers' sizes)."""
+    """Share of each node's weights the plan removes (a folded block: weighted by its layers' sizes; a
+    removed block: all of them)."""
     layers = {row["name"]: row["params"] for row in session.layer_table()["layers"]}
-    shares = {}
+    shares = dict.fromkeys(removed_nodes(graph), 1.0)
     for node in graph["nodes"]:
+        if node["id"] in shares:
+            continue
         total = sum(layers.get(name, 0) for name in node["layers"]) or 1
         shares[node["id"]] = sum(layers.get(name, 0) * session.cut_share(name) for name in node["layers"]) / total
     return shares
@@ -69,7 +79,7 @@ def graph_ui() -> None:
                              format_func={"cut": "how much is cut", "group": "coupled group"}.get,
                              help=TERMS["coupled"])
         selected = st.session_state.get(SELECTED)
-        figure = charts.model_graph(graph, node_cut(graph), colour_by, selected)
+        figure = charts.model_graph(graph, node_cut(graph), colour_by, selected, removed=removed_nodes(graph))
         event = st.plotly_chart(figure, key="tune-graph", on_select="rerun", selection_mode="points",
                                 config={"displayModeBar": False})
         clicked = [point["customdata"] for point in (event.selection.points if event else [])

@@ -50,7 +50,8 @@ def undo() -> None:
 
 def reset_to_dense() -> None:
     """Every slider back to 0% (Undo brings the plan back)."""
-    state.update_plan(sparsity=0.0, layers={})
+    values = {key: value for key, value in state.plan().items() if key not in ("drop", "depth")}
+    st.session_state[state.PLAN] = {**values, "sparsity": 0.0, "layers": {}}  # every block back too
     forget_widgets()
 
 

@@ -155,8 +155,10 @@ def _blocks(_handle, key: str) -> list[dict]:
 
 
 def block_table() -> list[dict]:
-    """Blocks a depth plan can remove (with influence) and residual ones it cannot (see core.api.block_table)."""
-    return _blocks(model(), model_key())
+    """Blocks a depth plan can remove (with influence) and residual ones it cannot (see core.api.block_table);
+    [] for a model that cannot be traced with gradients."""
+    handle = model()
+    return _blocks(handle, model_key()) if handle.module is not None else []
 
 
 def layer_names() -> list[str]:

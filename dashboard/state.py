@@ -49,6 +49,7 @@ def forget_widgets(prefix: str) -> None:
 def forget_plan_widgets() -> None:
     """Drop every plan widget so each reseeds from the plan (after the plan changed from elsewhere)."""
     forget_widgets("w.layer.")
+    forget_widgets("w.block.")
     for key in PLAN_WIDGETS:
         st.session_state.pop(key, None)
 
@@ -117,6 +118,17 @@ def set_target(layer: str, value: float) -> None:
     current = plan()
     current["layers"][layer] = float(value)
     st.session_state[PLAN] = current
+
+
+def set_dropped(block: str, dropped: bool) -> None:
+    """Remove a whole block (``dropped``) or keep it; the plan's ``drop`` list stays sorted."""
+    current = set(plan().get("drop") or ())
+    current = current | {block} if dropped else current - {block}
+    update_plan(drop=sorted(current))
+
+
+def dropped() -> list[str]:
+    return list(plan().get("drop") or ())
 
 
 def target(layer: str) -> float:

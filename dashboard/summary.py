@@ -44,7 +44,8 @@ def _speed_words(pruned: dict) -> str:
 
 
 def strip_items(report: dict) -> list[tuple[str, str, str]]:
-    """(label, 'dense -> pruned' text, help) for accuracy, latency, size and MACs."""
+    """(label, 'dense -> pruned' text, help) for accuracy, latency, size and MACs, and removable blocks when
+    the model has any."""
     pruned, dense = report["pruned"], report["baseline"]
     quality = formatting.quality(pruned, dense)
     dense_quality = formatting.quality(dense)
@@ -55,13 +56,18 @@ def strip_items(report: dict) -> list[tuple[str, str, str]]:
     # the two models under the same load (the dense p50 is the one dense measurement, taken earlier).
     paired = "" if (pruned.get("speedup") or {}).get("same_kernels") else " in paired runs"
     after = formatting.milliseconds(latency) + (f" ({speed}{paired})" if speed else "")
-    return [
+    items = [
         (quality["title"], f"{dense_quality['value']} → {quality['value']}", quality["help"]),
         ("Latency (p50)", f"{formatting.milliseconds(dense_latency)} → {after}", TERMS["p50"]),
         (size_label, f"{formatting.size(dense[field])} → {_size(pruned[field])}", TERMS[size_help]),
         ("Work per input", f"{formatting.count(dense['macs'])} → {formatting.count(pruned['macs'])} MACs",
          TERMS["macs"]),
     ]
+    blocks = report.get("blocks") or {}
+    if blocks.get("dense"):
+        left = blocks["dense"] - len(blocks["removed"])
+        items.append(("Blocks", f"{blocks['dense']} → {left}", TERMS["blocks"]))
+    return items
 
 
 def _size(value: int | None) -> str:
@@ -126,7 +132,8 @@ def strip(report: dict) -> None:
     with st.container(border=True):
         st.markdown("**Dense → Pruned**", help="left of the arrow: the model as loaded; right: with this plan, "
                                                "both measured the same way on ONNX Runtime")
-        for column, (label, text, help_text) in zip(st.columns(4), strip_items(report)):
+        items = strip_items(report)
+        for column, (label, text, help_text) in zip(st.columns(len(items)), items):
             column.markdown(f":gray[{label}]", help=help_text)
             column.markdown(f"**{text}**")
 

@@ -42,6 +42,7 @@ from core.deploy.onnx_source import onnx_artifact, prune_onnx
 from core.deploy.progressive import Cancelled, last, metric_stages, scoring_batch  # noqa: F401
 from core.deploy.quantize import check_mode, quantize_model, resolve_mode
 from core.errors import PrunelabError
+from core.prune.blocks import removable_blocks
 from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 from core.sources import ModelHandle
@@ -128,6 +129,7 @@ class _Baseline:
         self.spans, self._patch_lock = None, threading.Lock()  # initializer positions inside the bytes (patched)
         self.state = None if handle.module is None else {
             key: tensor.detach().clone() for key, tensor in handle.module.state_dict().items()}
+        self.blocks = 0 if handle.module is None else _removable_count(handle.module, example)
         self.data = data.head(evaluation_items(self.artifact.macs, len(data.x_test)))  # what gets scored
         self.session, session_ms = measure.create_session(self.artifact.model_bytes, settings.threads)
         self.logits = measure.run_batched(self.session, self.data.x_test, scoring_batch(self.artifact.macs))
@@ -141,6 +143,14 @@ class _Baseline:
             if self.spans is None:  # found once, on the first plan that needs it
                 self.spans = float_spans(self.template, self.artifact.model_bytes)
         return patched_weights(self.artifact.model_bytes, self.spans, state)
+
+
+def _removable_count(module, example) -> int:
+    """How many blocks of the dense model a depth plan could remove (0 when the graph cannot be traced)."""
+    try:
+        return len(removable_blocks(module, example))
+    except Exception:  # a model whose forward pass cannot run with gradients still measures
+        return 0
 
 
 def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, reference: np.ndarray | None,
@@ -312,7 +322,8 @@ class LiveEvaluator:
                   "pruned": pruned, "baseline": dense,
                   "layer_sparsity": {} if result is None else dict(result.layer_sparsity),
                   "kept": {} if result is None else dict(result.kept),
-                  "groups": None if result is None else result.groups, "timings_ms": timings}
+                  "groups": None if result is None else result.groups, "timings_ms": timings,
+                  "blocks": {"dense": baseline.blocks, "removed": [] if result is None else list(result.dropped)}}
         notes = [] if result is None else list(result.notes)
         if final:
             notes += report_notes(plan, pruned, dense, self._quantize_mode(baseline))
@@ -358,6 +369,9 @@ class LiveEvaluator:
     def _pruned(self, baseline: _Baseline, plan: Plan):
         """The pruned artifact: new weights written into the exported graph, or a fresh export."""
         if self.handle.module is None:
+            if plan.removes_blocks:
+                raise PrunelabError(f"{self.handle.name}: removing whole blocks needs the PyTorch model, "
+                                    f"not an ONNX file")
             return prune_onnx(self.handle, baseline.template, plan, self.data)
 
         started = time.perf_counter()

@@ -33,6 +33,7 @@ class OnnxPruneResult:
     notes: list[str] = field(default_factory=list)
     groups: list[dict] = field(default_factory=list)
     kept: dict = field(default_factory=dict)  # channels kept per layer: none removed from a fixed graph
+    dropped: list = field(default_factory=list)  # blocks removed whole: none from a fixed graph
 
 
 def _layer_name(initializer_name: str) -> str:

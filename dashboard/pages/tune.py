@@ -157,8 +157,12 @@ def sliders_ui(values: dict) -> None:
     if pattern is not None:
         st.caption(f"{values['granularity']} zeroes a fixed {pattern:.0%} of every layer that can take it (the "
                    f"sliders show which); per-layer values do not apply.")
+    inside = tuple(f"{block}." for block in state.dropped())
     for name, label, help_text in rows(values):
         key = f"w.layer.{name}"
+        if inside and name.startswith(inside):
+            st.caption(f"~~{label}~~ removed with its block (switch the block back on under Blocks to prune it)")
+            continue
         if name in dense or pattern is not None:  # a value the person cannot change: shown as it is
             st.session_state[key] = round(100 * session.target_of_layer(name))
         state.seed(key, round(100 * state.target(name)))
@@ -178,6 +182,28 @@ def _draw(report: dict) -> None:
     summary.read_out(report, accepted=goals.accepted_drop())
     for note in report.get("notes", []):
         st.caption(formatting.note(note))
+
+
+def _on_block(name: str) -> None:
+    state.set_dropped(name, not st.session_state[f"w.block.{name}"])
+
+
+def blocks_ui() -> None:
+    """One switch per removable block (on: kept); off removes the whole block, leaving its skip path."""
+    blocks = [block for block in session.block_table() if block["removable"]]
+    if not blocks:
+        return
+    dropped = set(state.dropped())
+    with st.expander(f"Blocks: {len(blocks) - len(dropped & {b['name'] for b in blocks})} of {len(blocks)} kept",
+                     expanded=bool(dropped), icon=":material/layers:"):
+        st.caption("Switch a block off to remove it whole (depth pruning); low influence goes first.",
+                   help=TERMS["blocks"])
+        for block in blocks:
+            key = f"w.block.{block['name']}"
+            state.seed(key, block["name"] not in dropped)
+            st.toggle(f"{block['name']} · influence {block['influence']:.3f} · "
+                      f"{formatting.count(block['macs'])} MACs", key=key, on_change=_on_block, args=(block["name"],),
+                      help=f"{block['kind']}, {len(block['layers'])} prunable layers. {TERMS['influence']}")
 
 
 def metrics_panel() -> None:
@@ -292,6 +318,7 @@ with session.guard("loading the model"):
         method_ui(current)
         goal_ui(current)
         edit_ui()
+        blocks_ui()
         sliders_ui(current)
     with panel:
         metrics_panel()
