@@ -34,6 +34,7 @@ BENCHMARKS = {
                     "LLaMA-2-7B table; SparseGPT on a 135M-parameter Llama",
     "profile_layers": "Where the time goes: per-layer profiles reconciled with unprofiled latency",
     "oneshot": "One-shot structured pruning: every channel criterion with and without reconstruction",
+    "depth": "Depth against width at equal MAC reductions: whole blocks, channels and heads, and both",
     "scale": "Sweeps and plan grids on local worker processes and on a local Ray cluster",
 }
 
