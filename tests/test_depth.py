@@ -178,3 +178,12 @@ def test_width_targets_name_the_dense_models_layers_when_blocks_go():
     assert result.layer_sparsity["model.encoder.layer.1.intermediate.dense"] == pytest.approx(0.5)
     layers = result.module.model.encoder.layer
     assert len(layers) == 1 and layers[0].intermediate.dense.out_features == 64  # the old layer 1, halved
+
+
+def test_prune_writes_the_blocks_a_depth_share_chose_by_name(cli, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("sparsity: 0\ndepth: 0.34\nrecalibrate: false\n")
+    answer = cli("prune", "digits-resnet", "--plan", plan, "--out", tmp_path / "out", "--json")
+    assert answer["code"] == 0, answer["stderr"]
+    applied = Plan.load(tmp_path / "out" / "plan.yaml")
+    assert applied.depth == 0 and applied.drop == ("layer3",)  # the least influential block

@@ -105,8 +105,12 @@ def write_outputs(out: Path, handle, plan, report: dict, artifact) -> tuple[dict
 
 
 def resolved_plan_yaml(plan, report: dict, handle) -> str:
-    """The plan as applied (the default ``ignore`` spelled out) plus the effective sparsity per layer."""
+    """The plan as applied (the default ``ignore`` and the removed blocks spelled out) plus the effective
+    sparsity per layer."""
     values = plan.resolve(handle).to_dict() if handle.module is not None else plan.to_dict()
+    removed = (report.get("blocks") or {}).get("removed")
+    if removed:  # the blocks a depth share chose, by name: the file reproduces this very model
+        values = {**{key: value for key, value in values.items() if key != "depth"}, "drop": list(removed)}
     sparsity = report.get("layer_sparsity") or {}
     text = yaml.safe_dump(values, sort_keys=False)
     text += ("# effective_sparsity: the share of zero weights (or of removed channels) in every layer, measured\n"

@@ -138,10 +138,11 @@ def _renumber(container: nn.ModuleList | nn.Sequential, removed: list[int], leng
                 config.layer_types = [kind for index, kind in enumerate(types) if index not in removed]
 
 
-def skip_blocks(module: nn.Module, names: list[str], blocks: list[Block]) -> None:
+def skip_blocks(module: nn.Module, names: list[str], outputs: dict[str, str]) -> None:
     """Replace each named block of ``module`` by a SkipBlock, in place; every other layer keeps its name,
-    so a width plan written for the dense model still finds its layers. ``compact`` then takes them out."""
-    kinds = {block.name: block.output for block in blocks}
+    so a width plan written for the dense model still finds its layers. ``compact`` then takes them out.
+    ``outputs``: {block: "tensor" | "tuple:N"}, how each block returns its hidden state."""
+    kinds = outputs
     for name in names:
         parent_name, _, child = name.rpartition(".")
         output = kinds.get(name, "tensor")

@@ -16,7 +16,6 @@ from core.data import Dataset
 from core.errors import PrunelabError
 from core.inspect import prunable_layers
 from core.prune import batchnorm, calibrated, conv1d, criteria, depth, nm, shrink, unstructured
-from core.prune.blocks import find_blocks
 from core.prune.plan import Plan, granularity_kind
 from core.prune.result import Job, PruneResult
 
@@ -97,18 +96,6 @@ def _recalibrate(result: PruneResult, data: Dataset | None) -> None:
                         f"(set recalibrate: false to keep the dense model's)")
 
 
-def _drop_blocks(working: nn.Module, plan: Plan, data: Dataset | None, example_input) -> tuple[list, dict]:
-    """Take out the blocks ``plan`` drops (its ``drop`` list and ``depth`` share) from ``working``, in place."""
-    if not plan.removes_blocks:
-        return [], {}
-    if example_input is None:
-        raise PrunelabError("removing blocks needs an example input to find them")
-    blocks = find_blocks(working, example_input)
-    names, influence = depth.blocks_to_drop(working, plan.drop, plan.depth, data, example_input, blocks)
-    depth.skip_blocks(working, names, blocks)
-    return names, influence
-
-
 def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=None) -> PruneResult:
     """Prune a copy of ``model`` (a ModelHandle or an nn.Module) as ``plan`` says; the input is never mutated.
 
@@ -123,9 +110,10 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     working = copy.deepcopy(module).eval()
     for parameter in working.parameters():  # gradients for taylor, even where the original is frozen
         parameter.requires_grad_(True)
-    resolved = plan.resolve(working, example_input)
+    resolved = plan.resolve(working, example_input).with_depth(working, example_input, data)
     ignored = list(resolved.ignored)
-    dropped, influence = _drop_blocks(working, plan, data, example_input)
+    dropped, influence = list(resolved.dropped), dict(resolved.influence)
+    depth.skip_blocks(working, dropped, dict(resolved.outputs))
     layers = [layer for layer in prunable_layers(working) if layer.name not in ignored]
     pad_id = getattr(model, "pad_id", None) if getattr(model, "vocab_size", None) else None
     result = HANDLERS[kind](Job(working, resolved, layers, data, example_input,

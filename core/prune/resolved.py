@@ -7,6 +7,7 @@ plan export, the CLI and the dashboard all read a ResolvedPlan instead of re-der
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from core.errors import PrunelabError
@@ -27,12 +28,39 @@ class ResolvedPlan:
     layers: every prunable layer, in definition order.
     ignored: layers left dense by the plan's ``ignore`` (None there: the final classifier).
     ungroupable: N:M plans: {layer: reason} for layers the pattern cannot group, which stay dense.
+    dropped: blocks removed whole (the plan's ``drop`` and the least influential blocks its ``depth`` share
+        adds), in call order; filled by ``with_depth``. influence: (block, block influence) pairs when the
+        ``depth`` share ranked them. outputs: (block, "tensor" | "tuple:N") for the dropped blocks.
     """
 
     plan: Plan
     layers: tuple[str, ...]
     ignored: tuple[str, ...]
     ungroupable: tuple[tuple[str, str], ...] = ()
+    dropped: tuple[str, ...] = ()
+    influence: tuple[tuple[str, float], ...] = ()
+    outputs: tuple[tuple[str, str], ...] = ()
+
+    def removed(self, name: str) -> bool:
+        """Whether layer ``name`` goes with a block the plan removes whole."""
+        return any(name.startswith(f"{block}.") for block in self.dropped)
+
+    def with_depth(self, module, example_input, data=None) -> ResolvedPlan:
+        """This resolution with the blocks the plan removes named (see core.prune.depth.blocks_to_drop):
+        runs the model once with gradients to find them, and on calibration data when ``depth`` ranks them.
+        Raises PrunelabError for a ``drop`` name that is not a removable block."""
+        if not self.plan.removes_blocks:
+            return self
+        from core.prune.blocks import find_blocks
+        from core.prune.depth import blocks_to_drop
+
+        if example_input is None:
+            raise PrunelabError("removing blocks needs an example input to find them")
+        blocks = find_blocks(module, example_input)
+        names, influence = blocks_to_drop(module, self.plan.drop, self.plan.depth, data, example_input, blocks)
+        outputs = {block.name: block.output for block in blocks}
+        return dataclasses.replace(self, dropped=tuple(names), influence=tuple(influence.items()),
+                                   outputs=tuple((name, outputs[name]) for name in names))
 
     @property
     def included(self) -> tuple[str, ...]:
@@ -86,11 +114,17 @@ class ResolvedPlan:
         (the same granularity and ``ignore``), without running the model again."""
         if (plan.granularity, plan.ignore) != (self.plan.granularity, self.plan.ignore):
             raise ValueError("with_plan needs the same granularity and ignore list; resolve the plan afresh")
-        return ResolvedPlan(plan, self.layers, self.ignored, self.ungroupable)
+        same_depth = (plan.drop, plan.depth) == (self.plan.drop, self.plan.depth)
+        return dataclasses.replace(self, plan=plan, **({} if same_depth else {"dropped": (), "influence": (),
+                                                                               "outputs": ()}))
 
     def to_dict(self) -> dict:
-        """The plan's plain values with the default ``ignore`` spelled out (what was applied)."""
-        return {**self.plan.to_dict(), "ignore": list(self.ignored)}
+        """The plan's plain values with the default ``ignore`` and the blocks removed spelled out (what was applied)."""
+        values = {**self.plan.to_dict(), "ignore": list(self.ignored)}
+        if self.dropped:
+            values["drop"] = list(self.dropped)
+            values.pop("depth", None)  # the share is now the named blocks
+        return values
 
 
 def check_names(plan: Plan, layers) -> None:
