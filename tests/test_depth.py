@@ -84,7 +84,7 @@ def test_dropping_decoder_layers_keeps_cache_indices_and_counts_consistent():
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-                         layer_types=["full_attention"] * 3)
+                         layer_types=["full_attention"] * 3, use_cache=False)  # plain passes return logits only
     model = LlamaForCausalLM(config).eval()
     ids = torch.randint(0, 64, (1, 6))
     names = removable_blocks(model, ids)
@@ -187,3 +187,14 @@ def test_prune_writes_the_blocks_a_depth_share_chose_by_name(cli, tmp_path):
     assert answer["code"] == 0, answer["stderr"]
     applied = Plan.load(tmp_path / "out" / "plan.yaml")
     assert applied.depth == 0 and applied.drop == ("layer3",)  # the least influential block
+
+
+@pytest.mark.slow
+def test_the_sensitivity_sweep_measures_one_point_per_block(resnet):
+    from core.search.sensitivity import sensitivity
+    result = sensitivity(resnet, "unstructured", levels=(0.0,), max_items=64)  # the dense point and the blocks
+    assert [block["name"] for block in result["blocks"]] == ["layer1", "layer3", "layer5"]
+    for block in result["blocks"]:
+        assert 0.0 <= block["accuracy"] <= 1.0 and block["macs"] < 247_081_472
+        assert block["latency_saving_ms"] is not None
+    assert all("latency_ms" not in point for layer in result["layers"] for point in layer["curve"])

@@ -102,6 +102,7 @@ def print_table(result: dict) -> None:
         print(f"{layer['name']:<{width}}" + "".join(cells))
         if layer["curve"] and "latency_ms" in layer["curve"][0]:
             print(f"{'  p50 ms':<{width}}" + "".join(f"{point['latency_ms']:>7.3f}" for point in layer["curve"]))
+    _print_blocks(result, label, baseline, width)
     if result.get("missing"):
         print(f"missing (lost with a worker twice): {', '.join(result['missing'])}")
     elif not result["complete"]:
@@ -121,3 +122,15 @@ def describe(evaluated_on: dict) -> str:
     if evaluated_on.get("batchnorm_items"):
         text += f"; BatchNorm re-estimated on {evaluated_on['batchnorm_items']} training items per point"
     return text
+
+
+def _print_blocks(result: dict, label: str, baseline: float, width: int) -> None:
+    """One line per removable block: the drop without it, its MACs and its measured latency saving."""
+    blocks = result.get("blocks") or []
+    if not blocks:
+        return
+    print(f"\nwithout one whole block (its skip path in its place): drop in {label} (points), MACs, "
+          f"measured p50 saving")
+    for block in blocks:
+        saving = "-" if block.get("latency_saving_ms") is None else f"{block['latency_saving_ms']:.3f} ms"
+        print(f"{block['name']:<{width}}{100 * (baseline - block['accuracy']):>7.1f} {block['macs']:>14,} {saving:>12}")

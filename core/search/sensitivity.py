@@ -28,6 +28,7 @@ from core.search.executors import executor_for
 from core.search.parallel import Outcome, Work
 from core.search.sweep_points import (  # noqa: F401
     BASELINE,
+    BLOCK,
     LATENCY_RUNS,
     LATENCY_THREADS,
     Scorer,
@@ -41,10 +42,11 @@ DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 QUICK_LEVELS = (0.0, 0.3, 0.5, 0.7, 0.9)  # a first look in a fraction of the time
 # Sweeps cut one layer or channel group at a time; N:M patterns are not swept.
 SWEPT_GRANULARITIES = tuple(name for name in GRANULARITIES if granularity_kind(name) != "N:M")
-CACHE_VERSION = 5
+CACHE_VERSION = 7  # 7: one point per removable block
 SCORING_BUDGET_MACS = 40e9       # multiply-accumulates per scored point before a subset is used
 MIN_AUTO_ITEMS = 128
 
+FOOTPRINT = ("params", "macs", "latency_ms")  # what channel and block points measure beside quality
 Progress = Callable[[int, int, str], None]
 
 
@@ -124,7 +126,7 @@ def sensitivity(handle: ModelHandle, granularity: str = "unstructured", criterio
     macs = (total_macs(handle.module, handle.example_input(1)) or 0) if max_items in (None, "auto") else 0
     items, reason = scored_items(macs, available, max_items)
     settings = {"granularity": granularity, "criterion": criterion, "levels": levels, "split": split,
-                "max_items": items, "reason": reason}
+                "max_items": items, "reason": reason, "blocks": sweep_points.sweepable_blocks(handle)}
     cache = ResultCache("sensitivity")
     key = cache_key("sensitivity", CACHE_VERSION, handle.digest, handle.data.digest, settings)
     cached = cache.get(key)
@@ -146,6 +148,7 @@ def _run(handle: ModelHandle, settings: dict, executor, progress: Progress, shou
     entries = _entries(handle, settings["granularity"])
     jobs = [(BASELINE, 0.0)] + [(entry["name"], level) for entry in entries
                                 for level in settings["levels"] if level != 0.0]
+    jobs += [(f"{BLOCK}{name}", 1.0) for name in settings.get("blocks", [])]
     work = Work(jobs, prepare=lambda: sweep_points.prepare(handle, settings),
                 pack=lambda: sweep_points.pack(handle, settings), build=sweep_points.build,
                 run=sweep_points.measure, describe=sweep_points.describe_job)
@@ -178,7 +181,8 @@ def _assemble(handle: ModelHandle, settings: dict, entries: list[dict], jobs: li
             job = (BASELINE, 0.0) if level == 0.0 else (entry["name"], level)
             if job not in points:
                 continue
-            point = {key: value for key, value in points[job].items() if key not in ("label", "evaluated_on")}
+            skipped = ("label", "evaluated_on") if channel else ("label", "evaluated_on", *FOOTPRINT)
+            point = {key: value for key, value in points[job].items() if key not in skipped}
             if channel:
                 point["measured_on"] = nodes[job]
             curve.append({"sparsity": level, **point})
@@ -195,7 +199,21 @@ def _assemble(handle: ModelHandle, settings: dict, entries: list[dict], jobs: li
             "baseline_loss": baseline["loss"] if baseline else None,
             "label": baseline["label"] if baseline else None, "levels": settings["levels"],
             "evaluated_on": evaluated_on, "layers": layers, "complete": outcome.complete and baseline is not None,
-            "missing": missing}
+            "missing": missing, "blocks": _block_points(settings, points, baseline)}
+
+
+def _block_points(settings: dict, points: dict, baseline: dict | None) -> list[dict]:
+    """One row per removable block: quality without it, its MACs and its measured latency saving (ms)."""
+    rows = []
+    for name in settings.get("blocks", []):
+        point = points.get((f"{BLOCK}{name}", 1.0))
+        if point is None:
+            continue
+        saving = None
+        if baseline and baseline.get("latency_ms") is not None:
+            saving = baseline["latency_ms"] - point["latency_ms"]
+        rows.append({"name": name, **point, "latency_saving_ms": saving})
+    return rows
 
 
 def _latency_note(nodes: set) -> dict:

@@ -27,6 +27,7 @@ from core.prune import batchnorm
 from core.sources import ModelHandle
 
 BASELINE = "(dense)"
+BLOCK = "(block) "  # a job name for the model without one whole block: BLOCK + the block name
 LATENCY_RUNS = 30
 LATENCY_SECONDS = 0.05
 LATENCY_THREADS = 1
@@ -172,7 +173,19 @@ def build(payload: bytes, threads: int) -> SweepState:
 
 def describe_job(job: tuple) -> str:
     name, level = job
+    if name.startswith(BLOCK):
+        return f"without block {name[len(BLOCK):]}"
     return "dense model" if name == BASELINE else f"{name} at {level:.0%}"
+
+
+def sweepable_blocks(handle: ModelHandle) -> list[str]:
+    """The removable blocks a sweep measures one point for (none when the model cannot be traced)."""
+    from core.prune.blocks import removable_blocks
+
+    try:
+        return removable_blocks(handle.module, handle.example_input(1))
+    except Exception:  # a forward pass with gradients can fail where a plain one runs: no block points
+        return []
 
 
 def measure(state: SweepState, job: tuple) -> dict:
@@ -180,6 +193,8 @@ def measure(state: SweepState, job: tuple) -> dict:
     name, level = job
     if name == BASELINE:
         return _baseline(state)
+    if name.startswith(BLOCK):
+        return _block_point(state, name[len(BLOCK):])
     if state.settings["granularity"] == "unstructured":
         return _unstructured_point(state, name, level)
     return _channel_point(state, name, level)
@@ -192,9 +207,19 @@ def _baseline(state: SweepState) -> dict:
     evaluated_on["batchnorm_items"] = 0 if state.recalibration is None or not batchnorm.batchnorm_layers(module) \
         else len(state.recalibration)
     point = {"accuracy": accuracy, "loss": loss, "label": state.scorer.label, "evaluated_on": evaluated_on}
-    if state.settings["granularity"] == "channel":
+    if state.settings["granularity"] == "channel" or state.settings.get("blocks"):
         point.update(footprint(module, state.handle.example_input(1)))
     return point
+
+
+def _block_point(state: SweepState, block: str) -> dict:
+    """The model without ``block`` (its skip path in its place): quality, MACs and ORT latency."""
+    from core.prune.engine import apply_plan
+    from core.prune.plan import Plan
+
+    pruned = apply_plan(state.handle, Plan(sparsity=0.0, drop=[block])).module.eval()
+    accuracy, loss = state.scorer(pruned)
+    return {"accuracy": accuracy, "loss": loss, **footprint(pruned, state.handle.example_input(1))}
 
 
 def _unstructured_point(state: SweepState, name: str, level: float) -> dict:
