@@ -98,9 +98,10 @@ def restore() -> None:
         if unknown:
             shown = ", ".join(repr(name[:40]) for name in unknown[:3])
             st.session_state[PROBLEM] = (f"The link names {len(unknown):,} layer(s) this model does not have "
-                                         f"({shown}{', ...' if len(unknown) > 3 else ''}); they were left out.")
+                                         f"({shown}{', ...' if len(unknown) > 3 else ''}); they were left out.",
+                                         state.plan())
     except Exception as error:  # anything in a hand-edited address: one line on the page, defaults stay
-        st.session_state[PROBLEM] = str(error).splitlines()[0][:300]
+        st.session_state[PROBLEM] = (str(error).splitlines()[0][:300], state.plan())
 
 
 def _known_layers(layers: dict) -> tuple[dict, list[str]]:
@@ -121,9 +122,12 @@ def publish() -> None:
 
 
 def problem_ui() -> None:
-    """The one line about an address that could not be used, shown once."""
-    problem = st.session_state.pop(PROBLEM, None)
-    if problem:  # its words come from the address: shown as plain text, never as Markdown (images, links)
-        st.warning("The link's settings could not all be used; the rest of the link applies:",
-                   icon=":material/link_off:")
-        st.text(problem)
+    """The one line about an address that could not be used, shown until the plan changes (the Tune
+    page reruns by itself once a plan's final figures are in)."""
+    problem = st.session_state.get(PROBLEM)
+    if not problem or problem[1] != state.plan():
+        st.session_state.pop(PROBLEM, None)
+        return
+    # its words come from the address: shown as plain text, never as Markdown (images, links)
+    st.warning("The link's settings could not all be used; the rest of the link applies:", icon=":material/link_off:")
+    st.text(problem[0])

@@ -171,7 +171,7 @@ def sliders_ui(values: dict) -> None:
                   disabled=name in dense or pattern is not None, help=dense.get(name) or fixed or help_text or None)
 
 
-POLL_SECONDS = 0.25  # how often the page reads the figures of a plan being measured
+POLL_SECONDS = 0.4  # how often the page reads the figures of a plan being measured
 
 
 def _final(report: dict | None) -> bool:
