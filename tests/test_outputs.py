@@ -67,3 +67,11 @@ def test_token_model_runs_in_onnx_runtime_at_any_length():
         with torch.no_grad():
             expected = handle.module(ids).numpy()
         assert np.abs(session.run(None, {"input": ids.numpy()})[0] - expected).max() < 1e-4
+
+
+def test_a_forward_that_cannot_be_traced_names_its_module():
+    from core.prune.channel import build_graph
+    module = load_model(f"{Path(__file__).parent / 'fixtures' / 'user_models.py'}:untraceable",
+                        input_shape="1,3,8,8").module
+    with pytest.raises(PrunelabError, match=r"in module '1\.1' \(_Untraceable\): TypeError"):
+        build_graph(module, torch.zeros(1, 3, 8, 8))

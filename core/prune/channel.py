@@ -10,6 +10,7 @@ behind this module: the rest of prunelab sees groups as plain dicts of layer nam
 from __future__ import annotations
 
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 
@@ -58,8 +59,21 @@ def build_graph(module: nn.Module, example_input: torch.Tensor):
             warnings.simplefilter("ignore")
             return tp.DependencyGraph().build_dependency(module, example_inputs=example_input)
     except Exception as error:  # tracing of arbitrary user code: report, never crash
-        raise PrunelabError(f"the dependency graph cannot trace this model: "
+        where = failing_module(module, error)
+        raise PrunelabError(f"the dependency graph cannot trace this model{where}: "
                             f"{error_line(error, with_type=True)}") from None
+
+
+def failing_module(root: nn.Module, error: BaseException) -> str:
+    """" in module 'name' (Class)" for the innermost module of ``root`` whose code ``error`` passed
+    through (its traceback), or "" when none did (the tracer itself failed)."""
+    names = {id(child): name for name, child in root.named_modules() if name}
+    found = ""
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        owner = frame.f_locals.get("self")
+        if id(owner) in names:
+            found = f" in module '{names[id(owner)]}' ({type(owner).__name__})"
+    return found
 
 
 def module_names(module: nn.Module, graph) -> dict:
