@@ -13,6 +13,7 @@ CONTROLS = {
     "recalibrate: false": "'Re-estimate BatchNorm statistics' off",
     "set prune_width: true": "turn on 'Prune the residual stream too'",
     "set prune_width: false": "turn off 'Prune the residual stream too'",
+    "set reconstruct: false": "turn off 'Reconstruct the layers that read removed units'",
     "(granularity 'channel')": "(Granularity: channel)",
     "round_to": "'Round kept channels'",
 }

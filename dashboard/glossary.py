@@ -40,6 +40,10 @@ TERMS = {
     "prune_width": "channel plans on transformers keep the residual stream (the width every attention layer "
                    "reads and adds back to) whole and prune heads and feed-forward channels; on, the stream "
                    "itself is narrowed in every block at once: smaller and faster, usually at a larger accuracy cost",
+    "reconstruct": "after channels, neurons or heads are cut, the layers that read them are refit by least "
+                   "squares so they reproduce the dense model's outputs on the calibration items (64 of the "
+                   "model's own inputs, no labels; about two forward passes over them). Usually the largest "
+                   "one-shot gain: digits-resnet at 50% keeps far more accuracy with it",
     "quantize": "static INT8 in ONNX Runtime after pruning: a 4x smaller file and, on CNNs, lower latency "
                 "(the deltas stay against the dense FP32 model)",
     "blocks": "removable blocks: residual blocks and transformer layers whose input a skip connection adds to "

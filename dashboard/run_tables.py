@@ -8,7 +8,8 @@ from core.units import METRICS, metric, metric_label, percent
 PLAN_FIELDS = {"granularity": "Granularity", "criterion": "Criterion", "scope": "Scope",
                "sparsity": "All layers (default target)", "round_to": "Round kept channels to",
                "recalibrate": "Re-estimate BatchNorm statistics",
-               "prune_width": "Prune the residual stream too", "ignore": "Left dense", "seed": "Seed"}
+               "prune_width": "Prune the residual stream too", "reconstruct": "Reconstruct",
+               "ignore": "Left dense", "seed": "Seed"}
 
 
 def _flat(metrics: dict) -> dict:

@@ -23,7 +23,7 @@ SENSITIVITY = "prunelab.sensitivity"  # the last finished sensitivity sweep
 RECOVERED = "prunelab.recovered"  # the adopted recovered model: {"model_key", "plan_digest", "handle", "id"}
 SAVED_LAYERS = "prunelab.layers_by_granularity"  # per-layer targets kept when the granularity changes
 PLAN_WIDGETS = ("w.granularity", "w.criterion", "w.scope", "w.global", "w.quantize", "w.round_to",
-                "w.recalibrate", "w.prune_width")
+                "w.recalibrate", "w.prune_width", "w.reconstruct")
 
 _LOCKS: dict[str, threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()

@@ -7,7 +7,8 @@ after every run (only when it changed). The address reads like the plan file:
          &layers=layer5.conv2:40,layer1.conv1:20&round_to=8&int8=1
 
 (``width=1``: a transformer's channel plan also prunes the residual stream, ``recalibrate=0``: no
-BatchNorm re-estimation, ``drop=layer1,layer5``: whole blocks removed.)
+BatchNorm re-estimation, ``drop=layer1,layer5``: whole blocks removed, ``reconstruct=0``: no
+least-squares refit of the layers that read removed units.)
 
 Sparsities are whole or decimal percents. A value the dashboard cannot use is reported once on
 the page and the rest of the address still applies. A link is held to the same rules as the Model
@@ -23,7 +24,7 @@ from dashboard import session, state
 READ = "prunelab.url.read"       # set once the address was read in this session
 PROBLEM = "prunelab.url.problem"  # a line saying what in the address could not be used
 FIELDS = ("granularity", "criterion", "scope")
-PLAN_KEYS = (*FIELDS, "sparsity", "layers", "round_to", "recalibrate", "width", "drop", "int8")
+PLAN_KEYS = (*FIELDS, "sparsity", "layers", "round_to", "recalibrate", "width", "drop", "reconstruct", "int8")
 
 
 def _percent(value: float) -> str:
@@ -51,6 +52,8 @@ def encode(source: dict, values: dict, quantize: str | None) -> dict[str, str]:
         params["width"] = "1"
     if values.get("drop"):
         params["drop"] = ",".join(sorted(values["drop"]))
+    if values.get("reconstruct") is False:
+        params["reconstruct"] = "0"
     if quantize:
         params["int8"] = "1"
     return params
@@ -75,6 +78,8 @@ def decode(params: dict[str, str]) -> dict:
         values["prune_width"] = True
     if params.get("drop"):
         values["drop"] = [name for name in params["drop"].split(",") if name]
+    if params.get("reconstruct") == "0":
+        values["reconstruct"] = False
     return values
 
 

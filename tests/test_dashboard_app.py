@@ -93,6 +93,21 @@ def test_batchnorm_toggle_reaches_the_plan_and_changes_accuracy(app):
     assert with_statistics["pruned"]["accuracy"] != without["pruned"]["accuracy"]
 
 
+@pytest.mark.slow
+def test_fisher_and_the_reconstruct_toggle_reach_the_channel_plan(app):
+    app.selectbox(key="w.granularity").set_value("channel").run()
+    assert "fisher" in app.selectbox(key="w.criterion").options
+    app.selectbox(key="w.criterion").set_value("fisher").run()
+    app.slider(key="w.global").set_value(50).run()
+    with_refit = app.session_state[REPORT]
+    app.toggle(key="w.reconstruct").set_value(False).run()
+    without = app.session_state[REPORT]
+    assert not app.exception and not app.error
+    assert with_refit["plan"]["criterion"] == "fisher"
+    assert with_refit["plan"]["reconstruct"] is True and without["plan"]["reconstruct"] is False
+    assert with_refit["pruned"]["accuracy"] != without["pruned"]["accuracy"]
+
+
 def test_a_criterion_that_does_not_fit_the_granularity_is_replaced(app):
     app.selectbox(key="w.granularity").set_value("channel").run()
     app.selectbox(key="w.criterion").set_value("fpgm").run()

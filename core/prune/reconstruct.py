@@ -20,7 +20,7 @@ from torch import nn
 
 RIDGE = 1.0           # relative ridge: times the mean diagonal of X^T X (pulls towards the pruned weights)
 MAX_INPUTS = 8192     # a consumer with more inputs (times kernel elements) than this is not refit
-MAX_ROWS = 16_384     # rows (items x positions) used per consumer; beyond, positions are subsampled
+MAX_ROWS = 8_192      # rows (items x positions) used per consumer; beyond, positions are subsampled
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
 
@@ -93,14 +93,16 @@ def solve(inputs: torch.Tensor, targets: torch.Tensor, prior: torch.Tensor, bias
     The penalty is ``ridge`` (default RIDGE) times the mean diagonal of X^T X; a large ridge keeps
     the pruned weights as they are (and still refits the bias); the bias is not penalised.
     """
-    x, y, prior = inputs.double(), targets.double(), prior.double()
+    x, y, prior = inputs.float(), targets.float(), prior.double()
     if bias:
         mean_x, mean_y = x.mean(0), y.mean(0)
         x, y = x - mean_x, y - mean_y
-    gram = x.T @ x                                                              # (inputs, inputs)
+    gram = (x.T @ x).double()                                                   # (inputs, inputs); float32 products
+    projected = (x.T @ y).double()
+    mean_x, mean_y = (mean_x.double(), mean_y.double()) if bias else (None, None)
     penalty = (RIDGE if ridge is None else ridge) * gram.diagonal().mean().clamp_min(1e-12)
     gram.diagonal().add_(penalty)
-    weight = torch.linalg.solve(gram, x.T @ y + penalty * prior.T).T            # (outputs, inputs)
+    weight = torch.linalg.solve(gram, projected + penalty * prior.T).T          # (outputs, inputs)
     return weight, (mean_y - weight @ mean_x) if bias else None
 
 

@@ -8,6 +8,7 @@ from dashboard.glossary import CALIBRATED, CRITERIA, TERMS
 
 MAX_PERCENT = round(100 * session.MAX_SPARSITY)  # sliders hold whole percents; the plan holds fractions
 ROUND_TO = (1, 4, 8, 16)
+RECONSTRUCT = "Reconstruct the layers that read removed units"
 
 
 def _on_granularity() -> None:
@@ -58,6 +59,9 @@ def method_ui(values: dict) -> None:
             state.seed("w.prune_width", bool(values.get("prune_width", False)))
             st.toggle("Prune the residual stream too", key="w.prune_width", help=TERMS["prune_width"],
                       on_change=lambda: state.update_plan(prune_width=bool(st.session_state["w.prune_width"])))
+        state.seed("w.reconstruct", bool(values.get("reconstruct", True)))
+        st.toggle(RECONSTRUCT, key="w.reconstruct", help=TERMS["reconstruct"],
+                  on_change=lambda: state.update_plan(reconstruct=bool(st.session_state["w.reconstruct"])))
     batchnorm = table["totals"].get("batchnorm_layers", 0)
     state.seed("w.recalibrate", bool(values.get("recalibrate", True)))
     if not batchnorm:
