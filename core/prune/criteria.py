@@ -186,7 +186,7 @@ CRITERIA: dict[str, Criterion] = {criterion.name: criterion for criterion in (
     Criterion("sparsegpt", ("unstructured", "N:M"), needs=frozenset({LAYER_INPUTS}),
               help=f"sparsegpt: prune layer by layer on {CALIBRATION_ITEMS} calibration items and update the "
                    "surviving weights to rebuild each layer's outputs (SparseGPT); best quality, slowest "
-                   "(seconds on the demos, minutes on a 100M-parameter LM)"),
+                   "(seconds on the demos, minutes on a 100M-parameter language model)"),
     Criterion("bn_scale", ("channel",), None, _bn_scale, needs=frozenset({"batchnorm"}), fallback="l2",
               help="bn_scale: rank channels by the BatchNorm scale that follows them (channel pruning only)",
               torch_pruning="tp.importance.BNScaleImportance()"),
