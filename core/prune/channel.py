@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch_pruning.dependency.index_mapping import update_index_mapping
 
 from core.budget import OverBudget, within
 from core.errors import PrunelabError, error_line
@@ -177,25 +178,34 @@ def _search(graph, root: nn.Module, seconds: float):
         return spent[0] if spent else f"{seconds:g} s"
 
 
+def _mapping_seconds(graph) -> float:
+    """How long torch-pruning's index-mapping update takes on ``graph`` (it precedes every group search)."""
+    started = time.monotonic()
+    update_index_mapping(graph)
+    return time.monotonic() - started
+
+
 def traced_groups(graph, skipped: list, names: dict, too_large: list[str]):
     """torch-pruning's get_all_groups with every layer's search bounded in time and memory.
 
     Every root layer is searched once briefly; the slow ones are retried with a longer budget while
-    GROUP_SECONDS last. A layer whose search never ends is appended to ``too_large`` (its channels
-    stay) and the model's other groups are still found.
+    GROUP_SECONDS last; each budget also covers the fixed cost torch-pruning pays before any search.
+    A layer whose search never ends is appended to ``too_large`` (its channels stay) and the model's
+    other groups are still found.
     """
     skipped = set(map(id, [*skipped, *graph.IGNORED_LAYERS_IN_TRACING]))
     roots = [module for module in graph.module2node if isinstance(module, ROOT_TYPES) and id(module) not in skipped
              and graph.get_pruner_of_module(module) is not None
              and graph.get_pruner_of_module(module).get_out_channels(module) is not None]
-    visited, deadline = set(), time.monotonic() + GROUP_SECONDS
+    overhead = _mapping_seconds(graph)  # every search first redoes this; a big graph on a busy machine is slow
+    visited, deadline = set(), time.monotonic() + GROUP_SECONDS + overhead * len(roots)
     for seconds in ROOT_SECONDS:
         slow = []
         for root in roots:
             left = deadline - time.monotonic()
             if id(root) in visited:
                 continue
-            found = _search(graph, root, min(seconds, left)) if left > 0 else f"the {GROUP_SECONDS} s for all layers"
+            found = _search(graph, root, min(seconds + 2 * overhead, left)) if left > 0 else "the time for all layers"
             if isinstance(found, str):
                 slow.append((root, found))
                 continue
