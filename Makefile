@@ -2,6 +2,8 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PORT    ?= 8501
+# Test processes (pytest-xdist): each takes whole test files, so a file's module fixtures are built once.
+WORKERS ?= 2
 
 .PHONY: setup run test test-fast lint bench browser clean testdeps
 
@@ -34,10 +36,10 @@ lint: setup
 	$(PYTHON) -m ruff check .
 
 test: setup browser lint testdeps
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(WORKERS) --dist loadfile
 
 test-fast: setup
-	$(PYTHON) -m pytest -q -m "not slow and not browser"
+	$(PYTHON) -m pytest -q -n $(WORKERS) --dist loadfile -m "not slow and not browser"
 
 bench: setup
 	$(PYTHON) -m benchmarks.run
