@@ -22,6 +22,7 @@ RIDGE = 1.0           # relative ridge: times the mean diagonal of X^T X (pulls 
 MAX_INPUTS = 8192     # a consumer with more inputs (times kernel elements) than this is not refit
 MAX_ROWS = 8_192      # rows (items x positions) used per consumer; beyond, positions are subsampled
 SUPPORTED = (nn.Linear, nn.Conv2d)
+MIN_ROWS_PER_INPUT = 2  # fewer calibration rows than this per input overfit (minilm's FFN: 806 rows, 768 inputs)
 
 
 @dataclass
@@ -163,7 +164,8 @@ def refit(module: nn.Module, targets: list[Target], dense: dict[str, torch.Tenso
             wanted = dense[target.name][:len(rows)]
             if target.kept_outputs is not None:
                 wanted = wanted[:, target.kept_outputs]
-            if rows.shape[1] <= MAX_INPUTS and len(rows) == len(wanted):
+            enough = len(rows) >= MIN_ROWS_PER_INPUT * rows.shape[1]
+            if rows.shape[1] <= MAX_INPUTS and len(rows) == len(wanted) and enough:
                 rows, wanted = _subsample(rows, wanted)
                 reduced[target.name] = refit_layer(layer, rows, wanted, ridge)
         return hook
