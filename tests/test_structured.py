@@ -172,7 +172,8 @@ class PositionBias(nn.Module):
 
 
 def test_every_conflict_is_listed_in_one_message():
-    model = nn.Sequential(PositionBias(), nn.ReLU(), PositionBias(8), nn.Flatten(), nn.Linear(8 * 36, 2))
+    model = nn.Sequential(PositionBias(), nn.ReLU(), PositionBias(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 2))
     with pytest.raises(PrunelabError) as error:
         apply_plan(model, Plan(granularity="channel"), example_input=torch.randn(1, 3, 6, 6))
     message = str(error.value)
