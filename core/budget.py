@@ -15,6 +15,8 @@ import time
 from contextlib import contextmanager
 
 POLL_SECONDS = 0.05
+REPEAT_SECONDS = 0.5
+REPEATS = 20
 
 
 class OverBudget(BaseException):
@@ -53,15 +55,25 @@ def within(seconds: float, extra_bytes: int):
                 spent.append(f"{extra_bytes / 2**30:.1f} GB of memory")
             else:
                 continue
+            break
+        else:
+            return  # the block ended within its budget
+        for _ in range(REPEATS):  # again every REPEAT_SECONDS: traced code may swallow one interruption
             _interrupt(target, OverBudget)
-            return
+            if done.wait(REPEAT_SECONDS):
+                return
 
     watcher = threading.Thread(target=watch, name="prunelab-budget", daemon=True)
     watcher.start()
     try:
         yield spent
     finally:
-        done.set()
-        watcher.join()
-        if spent:
-            _interrupt(target, None)  # clear an interruption that had not arrived yet
+        while True:
+            try:
+                done.set()
+                watcher.join()
+                if spent:
+                    _interrupt(target, None)  # clear an interruption that had not arrived yet
+                break
+            except OverBudget:  # a repeat that arrived while the block was already ending
+                continue

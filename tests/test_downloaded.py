@@ -86,14 +86,35 @@ def test_torchvision_vit_keeps_hidden_dim_and_prunes_its_mlp(downloads):
     assert total_macs(result.module, inputs) < 0.8 * before
 
 
-def test_torchvision_swin_prunes_its_mlps_within_the_budget(downloads):
+def swin_prunes_its_mlps_within_the_budget() -> None:
+    """The Swin check itself, run in a process of its own by the test below."""
+    for name in STUBS:
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.path.insert(0, str(TESTDEPS))
     started = time.monotonic()
-    handle, result, inputs, before = pruned(downloads, "swin_small", "1,3,64,64")
+    handle, result, inputs, before = pruned(None, "swin_small", "1,3,64,64")
     assert time.monotonic() - started < 60
     block = result.module.features[1][0]
     assert block.mlp[0].out_features == 64 and block.attn.qkv.out_features == 96  # heads stay: see heads.py
     assert max(ort_gaps(result.module, inputs)) < 1e-3
     assert total_macs(result.module, inputs) < 0.85 * before
+
+
+def test_torchvision_swin_prunes_its_mlps_within_the_budget(downloads):
+    """In a fresh process capped at 8 GB: after many other tests in one process, the coupling search of
+    torchvision's Swin once grew past its budget to 22 GB (open; alone it passes in seconds)."""
+    import os
+    import resource
+    import subprocess
+
+    def cap_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (8 * 2**30, 8 * 2**30))
+
+    code = "from tests.test_downloaded import swin_prunes_its_mlps_within_the_budget as check; check()"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300, preexec_fn=cap_memory)
+    assert run.returncode == 0, run.stderr[-3000:]
 
 
 def test_a_search_that_never_ends_is_stopped_in_time_and_memory():
