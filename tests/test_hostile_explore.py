@@ -101,7 +101,9 @@ def test_ctrl_c_ends_explore_in_seconds_and_keeps_what_was_measured(tmp_path, wo
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "PRUNELAB_HOME": str(home)}
     process = subprocess.Popen([sys.executable, "-m", "core.cli", "explore", "digits-mlp", "--workers", workers,
                                 "--grid", grid], env=environment, start_new_session=True, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # (a test process may ignore SIGINT, as pytest-xdist's workers do; the command must start as a terminal's would)
     try:
         wait_until(lambda: run_count(home / "runs.db") >= 1 or process.poll() is not None, 240, "the first run")
         assert process.poll() is None, process.communicate()
