@@ -197,3 +197,46 @@ def test_a_modules_json_that_is_not_a_list_is_one_line(cli, tokenized, tmp_path)
     shutil.copytree(tokenized, directory)
     (directory / "modules.json").write_text("5")
     refused(cli("inspect", directory), "modules.json must be a JSON list", "got int")
+
+
+# ---------------------------------------------------------------- 5. lazy layers
+
+LAZY = """
+from torch import nn
+
+def lazy():
+    return nn.Sequential(nn.Flatten(), nn.LazyLinear(32), nn.ReLU(), nn.LazyLinear(10))
+
+def lazy_conv():
+    return nn.Sequential(nn.LazyConv2d(8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+"""
+
+
+@pytest.fixture
+def lazy_file(tmp_path) -> Path:
+    path = tmp_path / "lazy.py"
+    path.write_text(LAZY)
+    return path
+
+
+def test_lazy_layers_are_sized_by_one_forward_on_the_given_shape(lazy_file):
+    from core.prune.plan import Plan
+    from core.sources.load import load_model
+
+    handle = load_model(f"{lazy_file}:lazy_conv", input_shape="1,1,8,8")
+    linear = handle.module[3]
+    assert type(linear) is torch.nn.Linear and linear.weight.shape == (10, 8 * 6 * 6)
+    again = load_model(f"{lazy_file}:lazy_conv", input_shape="1,1,8,8")
+    assert torch.equal(again.module[3].weight, linear.weight)  # seeded: the same model on every load
+    from core.prune.engine import apply_plan
+
+    pruned = apply_plan(handle, Plan(granularity="channel", sparsity=0.5)).module
+    assert pruned[0].out_channels == 4 and pruned(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_lazy_layers_without_a_shape_ask_for_one(cli, lazy_file):
+    refused(cli("evaluate", f"{lazy_file}:lazy"), "--input-shape", "lazy layers take their sizes")
+
+
+def test_lazy_layers_on_an_input_too_small_are_one_line(cli, lazy_file):
+    refused(cli("evaluate", f"{lazy_file}:lazy_conv", "--input-shape", "1,1,2,2"), "lazy layers", "(1, 1, 2, 2)")

@@ -263,12 +263,14 @@ def _finish(handle: ModelHandle, shape, data) -> ModelHandle:
     if shape is None and handle.vocab_size is not None:
         shape = (1, huggingface.token_length(handle.module))
     if shape is None:
-        raise PrunelabError(f"cannot tell the input shape of {handle.name}: pass --input-shape, e.g. 1,3,32,32")
+        lazy = " (its lazy layers take their sizes from the first input)" if _is_lazy(handle.module) else ""
+        raise PrunelabError(f"cannot tell the input shape of {handle.name}{lazy}: pass --input-shape, e.g. 1,3,32,32")
     handle.input_shape = tuple(shape)
     if dataset is None:
         dataset = handle.data or random_data(handle.input_shape, vocab_size=handle.vocab_size, pad_id=handle.pad_id)
     dataset.check_shape(handle.input_shape)
     handle.data = dataset
+    _materialise(handle)
     _check_finite(handle)
     _check_forward(handle)
     return handle
@@ -307,6 +309,30 @@ def _check_finite(handle: ModelHandle) -> None:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise PrunelabError(f"{handle.name}: weight '{clip(name, 80)}' holds NaN or infinite values; "
                                 f"prunelab measures finite weights only")
+
+
+def _is_lazy(module: nn.Module | None) -> bool:
+    """True while ``module`` holds parameters or buffers of lazy layers (``nn.LazyLinear``...) not yet sized."""
+    if module is None:
+        return False
+    tensors = [*module.parameters(), *module.buffers()]
+    return any(isinstance(tensor, nn.parameter.UninitializedTensorMixin) for tensor in tensors)
+
+
+def _materialise(handle: ModelHandle) -> None:
+    """Size lazy layers with one seeded forward on the given input shape, as their authors intend."""
+    if not _is_lazy(handle.module):
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(FACTORY_SEED)
+        try:
+            _forward(handle)
+        except Exception as error:
+            raise PrunelabError(f"{handle.name} has lazy layers, sized by one forward pass, and that pass failed "
+                                f"on input of shape {handle.input_shape}: {error_line(error)}") from None
+    if _is_lazy(handle.module):
+        raise PrunelabError(f"{handle.name} has lazy layers that one forward pass on input of shape "
+                            f"{handle.input_shape} left unsized: they must run in forward")
 
 
 def _check_forward(handle: ModelHandle) -> None:
