@@ -35,7 +35,7 @@ from core.prune.criteria import CRITERIA
 from core.prune.depth import block_table as depth_blocks
 from core.prune.engine import apply_plan
 from core.prune.plan import GRANULARITIES, MAX_SPARSITY, SCOPES, Plan, granularity_kind, nm_share, parse_nm
-from core.prune.resolved import ResolvedPlan, resolve_names
+from core.prune.resolved import ResolvedPlan, resolve, resolve_names, validate_for
 from core.prune.result import PruneResult
 from core.prune.select import kept_channels
 from core.search.allocate import allocate, check_request
@@ -164,7 +164,7 @@ def plan_text(plan: Plan) -> str:
 def check_plan(handle: ModelHandle, plan: Plan) -> None:
     """Raise PrunelabError naming a layer of ``plan`` that ``handle``'s model lacks (ONNX sources: no check)."""
     if handle.module is not None:
-        plan.validate_for(handle.module)
+        validate_for(plan, handle.module)
 
 
 def resolve_plan(handle: ModelHandle, plan: Plan) -> ResolvedPlan:
@@ -174,7 +174,7 @@ def resolve_plan(handle: ModelHandle, plan: Plan) -> ResolvedPlan:
     of ``plan`` that the model lacks.
     """
     if handle.module is not None:
-        return plan.resolve(handle)
+        return resolve(plan, handle)
     names = [row["name"] for row in inspect_onnx(handle)["layers"]]
     return resolve_names(plan, names, names[-1] if names else None)
 
@@ -184,7 +184,7 @@ def layers_left_dense(handle: ModelHandle, granularity: str) -> dict[str, str]:
     {} for other granularities and for ONNX sources (whose pruning checks each initializer itself)."""
     if parse_nm(granularity) is None or handle.module is None:
         return {}
-    return dict(Plan(granularity=granularity, ignore=[]).resolve(handle).ungroupable)
+    return dict(resolve(Plan(granularity=granularity, ignore=[]), handle).ungroupable)
 
 
 # ---- measuring and exporting ---------------------------------------------------------------------

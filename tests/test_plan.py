@@ -5,6 +5,7 @@ import pytest
 
 from core.errors import PrunelabError
 from core.prune.plan import Plan
+from core.prune.resolved import validate_for
 
 FULL = Plan(granularity="channel", criterion="fpgm", scope="global", sparsity=0.4,
             layers={"layer2.conv1": 0.25, "stem.0": 0.1}, ignore=["fc", "stem.0"], round_to=8, seed=3)
@@ -68,11 +69,11 @@ def test_unknown_fields_in_a_file_are_refused(tmp_path):
 
 
 def test_an_unknown_layer_is_named(mlp):
-    Plan(layers={"fc1": 0.5}).validate_for(mlp.module)
+    validate_for(Plan(layers={"fc1": 0.5}), mlp.module)
     with pytest.raises(PrunelabError, match="fc9"):
-        Plan(layers={"fc9": 0.5}).validate_for(mlp.module)
+        validate_for(Plan(layers={"fc9": 0.5}), mlp.module)
     with pytest.raises(PrunelabError, match="nope"):
-        Plan(ignore=["nope"]).validate_for(mlp.module)
+        validate_for(Plan(ignore=["nope"]), mlp.module)
 
 
 def test_a_resolved_plan_file_reads_back_skipping_its_record(tmp_path):

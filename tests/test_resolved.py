@@ -7,13 +7,13 @@ from core.errors import PrunelabError
 from core.inspect import final_classifier, prunable_layers
 from core.prune import criteria
 from core.prune.plan import Plan
-from core.prune.resolved import resolve_names
+from core.prune.resolved import resolve, resolve_names
 
 
 def test_the_default_ignore_is_the_final_classifier_and_targets_follow_the_plan(mlp):
     names = [layer.name for layer in prunable_layers(mlp.module)]
     classifier = final_classifier(mlp.module, mlp.example_input())
-    resolved = Plan(sparsity=0.4, layers={names[0]: 0.7}).resolve(mlp)
+    resolved = resolve(Plan(sparsity=0.4, layers={names[0]: 0.7}), mlp)
     assert resolved.ignored == (classifier,)
     assert classifier not in resolved.included and len(resolved.included) == len(names) - 1
     assert resolved.target(names[0]) == 0.7 and resolved.target(names[1]) == 0.4

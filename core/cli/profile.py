@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from core.api import Plan, profile_plan
+from core.api import Plan, check_plan, profile_plan
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.deploy.profile import PROFILE_RUNS
 from core.errors import PrunelabError
@@ -29,8 +29,8 @@ def run(args) -> int:
             raise PrunelabError(f"--{name.replace('_', '-')} must be between 1 and 10000, got {getattr(args, name)}")
     handle = model_from(args)
     plan = Plan.load(args.plan) if args.plan else None
-    if plan is not None and handle.module is not None:
-        plan.validate_for(handle.module)
+    if plan is not None:
+        check_plan(handle, plan)
     print(f"prunelab: profiling {handle.name} on ONNX Runtime ({args.runs} runs"
           f"{' each, dense and pruned in turn' if plan else ''}) ...", file=sys.stderr, flush=True)
     report = profile_plan(handle, plan, batch_size=args.batch_size, threads=args.threads, runs=args.runs)

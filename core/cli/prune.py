@@ -16,10 +16,12 @@ import yaml
 from core.api import (
     LiveEvaluator,
     RunStore,
+    check_plan,
     log_runs,
     profile_plan,
     profile_summary,
     record_run,
+    resolve_plan,
     run_folder,
     save_pruned,
     sha256_file,
@@ -56,7 +58,7 @@ def run(args) -> int:
     plan = load_plan(args.plan)
     if handle.module is not None:
         from core.prune.shrink import check_structure
-        plan.validate_for(handle.module)
+        check_plan(handle, plan)
         check_structure(handle.module, plan, handle.example_input(1))  # every conflict, before any export
     progress(f"pruning {handle.name} ({plan.granularity}, {plan.criterion}, {plan.scope} {plan.sparsity:g}) "
              f"and measuring on ONNX Runtime")
@@ -107,7 +109,7 @@ def write_outputs(out: Path, handle, plan, report: dict, artifact) -> tuple[dict
 def resolved_plan_yaml(plan, report: dict, handle) -> str:
     """The plan as applied (the default ``ignore`` and the removed blocks spelled out) plus the effective
     sparsity per layer."""
-    values = plan.resolve(handle).to_dict() if handle.module is not None else plan.to_dict()
+    values = resolve_plan(handle, plan).to_dict() if handle.module is not None else plan.to_dict()
     removed = (report.get("blocks") or {}).get("removed")
     if removed:  # the blocks a depth share chose, by name: the file reproduces this very model
         values = {**{key: value for key, value in values.items() if key != "depth"}, "drop": list(removed)}

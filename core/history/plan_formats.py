@@ -54,8 +54,9 @@ def plan_layers(plan, handle) -> list[LayerTarget]:
     ``ignore=None`` resolves to the final classifier, as the engine does (core.prune.resolved).
     """
     from core.inspect import prunable_layers  # exporting a plan file alone needs no torch
+    from core.prune.resolved import resolve
 
-    resolved = plan.resolve(handle)
+    resolved = resolve(plan, handle)
     ignored = set(resolved.ignored)
     return [LayerTarget(layer.name, type(layer.module).__name__, f"{layer.name}.{layer.weight_name}",
                         0.0 if layer.name in ignored else resolved.asked(layer.name), layer.name in ignored)

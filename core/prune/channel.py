@@ -25,6 +25,7 @@ from core.prune import criteria, select
 from core.prune.conv1d import as_linear
 from core.prune.heads import attention_modules, find_attention
 from core.prune.plan import Plan
+from core.prune.resolved import resolve
 
 ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 GROUP_SECONDS = 45  # finding the groups of a model stops here, so a channel plan ends within a minute
@@ -299,7 +300,7 @@ def coupled_groups(module: nn.Module, example_input: torch.Tensor, ignore: list[
     ``ignore`` names layers whose groups are left out; None means the final classifier. ``keep_width``
     leaves out the residual width attention reads (a plan's ``prune_width: false``).
     """
-    ignore = list(Plan(granularity="channel", ignore=ignore).resolve(module, example_input).ignored)
+    ignore = list(resolve(Plan(granularity="channel", ignore=ignore), module, example_input).ignored)
     with as_linear(module):
         attention = find_attention(module, example_input)
         groups, _ = dependency_groups(module, build_graph(module, example_input), ignore, attention, keep_width)

@@ -17,6 +17,7 @@ from core.errors import PrunelabError
 from core.inspect import prunable_layers
 from core.prune import batchnorm, calibrated, conv1d, criteria, depth, nm, shrink, unstructured
 from core.prune.plan import Plan, granularity_kind
+from core.prune.resolved import resolve
 from core.prune.result import Job, PruneResult
 
 
@@ -110,7 +111,7 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     working = copy.deepcopy(module).eval()
     for parameter in working.parameters():  # gradients for taylor, even where the original is frozen
         parameter.requires_grad_(True)
-    resolved = plan.resolve(working, example_input).with_depth(working, example_input, data)
+    resolved = resolve(plan, working, example_input).with_depth(working, example_input, data)
     ignored = list(resolved.ignored)
     dropped, influence = list(resolved.dropped), dict(resolved.influence)
     depth.skip_blocks(working, dropped, dict(resolved.outputs))

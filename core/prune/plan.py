@@ -263,17 +263,3 @@ class Plan:
             raise PrunelabError(f"plan file {path.name} is not valid {path.suffix[1:].upper()}: "
                                 f"{error_line(error)}") from None
         return cls.from_dict(values or {})
-
-    def validate_for(self, module) -> None:
-        """Raise PrunelabError naming any layer in ``layers`` or ``ignore`` that ``module`` lacks."""
-        from core.inspect import prunable_layers  # plans stay readable without torch; it loads here
-        from core.prune.resolved import check_names
-
-        check_names(self, [layer.name for layer in prunable_layers(module)])
-
-    def resolve(self, model, example_input=None):
-        """This plan read against ``model`` (a ModelHandle, or an nn.Module and its example input): a
-        core.prune.resolved.ResolvedPlan saying which layers stay dense and what each one's target is."""
-        from core.prune.resolved import resolve
-
-        return resolve(self, model, example_input)

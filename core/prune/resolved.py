@@ -136,6 +136,13 @@ def check_names(plan: Plan, layers) -> None:
                                 f"(layers: {', '.join(layers) or 'none'})")
 
 
+def validate_for(plan: Plan, module) -> None:
+    """Raise PrunelabError naming any layer in ``plan``'s ``layers`` or ``ignore`` that ``module`` lacks."""
+    from core.inspect import prunable_layers  # plans stay readable without torch; it loads here
+
+    check_names(plan, [layer.name for layer in prunable_layers(module)])
+
+
 def resolve_names(plan: Plan, layers, classifier: str | list[str] | None, ungroupable: dict[str, str] | None = None
                   ) -> ResolvedPlan:
     """Resolve ``plan`` against layer names alone; ``classifier`` is the layer (or layers) left dense by default."""

@@ -14,6 +14,7 @@ from torch import nn
 
 from core.errors import PrunelabError, error_line
 from core.prune import channel, conv1d, criteria, heads, oneshot, select
+from core.prune.resolved import resolve
 from core.prune.result import PruneResult
 
 ROUNDING_NOTED = 0.10  # a layer rounding moves further than this share of its channels is named in the notes
@@ -246,7 +247,7 @@ def check_structure(module: nn.Module, plan, example_input) -> None:
     plan would meet: one message listing every coupling it cannot restructure. No-op for other plans."""
     if plan.granularity != "channel" or example_input is None:
         return
-    ignored = list(plan.resolve(module, example_input).ignored)
+    ignored = list(resolve(plan, module, example_input).ignored)
     with conv1d.as_linear(module):
         found = heads.find_attention(module, example_input)
         channel.dependency_groups(module, channel.build_graph(module, example_input), ignored, found,

@@ -110,8 +110,9 @@ def included_layers(module: nn.Module, example: torch.Tensor) -> list:
     """The layers a plan prunes by default: every prunable layer but the final classifier."""
     from core.inspect import prunable_layers
     from core.prune.plan import Plan
+    from core.prune.resolved import resolve
 
-    included = set(Plan().resolve(module, example).included)
+    included = set(resolve(Plan(), module, example).included)
     return [layer for layer in prunable_layers(module) if layer.name in included]
 
 
