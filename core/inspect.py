@@ -1,8 +1,9 @@
 """Per-layer facts about a model: the prunable layers, their weight statistics, histograms and MACs.
 
-A prunable layer is every Conv, Linear and attention input projection, named as in
-``named_modules()``. Models without module structure (a ``.pt2`` program, an ONNX graph) fall
-back to their 2-D and 4-D weight tensors, named by the prefix of the weight.
+A prunable layer is every Conv, Linear (transformers' ``Conv1D`` too, GPT-2's projections) and
+attention input projection, named as in ``named_modules()``. Models without module structure (a
+``.pt2`` program, an ONNX graph) fall back to their 2-D and 4-D weight tensors, named by the prefix
+of the weight.
 """
 from __future__ import annotations
 
@@ -17,35 +18,47 @@ from core.errors import PrunelabError
 from core.hooks import forward_once
 from core.outputs import leaves
 
-# Module type -> (kind, name of the weight it prunes). Subclasses match through the MRO.
-LAYER_TYPES: dict[type, tuple[str, str]] = {
-    nn.Conv1d: ("conv1d", "weight"),
-    nn.Conv2d: ("conv2d", "weight"),
-    nn.Conv3d: ("conv3d", "weight"),
-    nn.Linear: ("linear", "weight"),
-    nn.MultiheadAttention: ("attention", "in_proj_weight"),
+# Module type -> (kind, name of the weight it prunes, whether that weight is stored transposed).
+# Subclasses match through the MRO.
+LAYER_TYPES: dict[type, tuple[str, str, bool]] = {
+    nn.Conv1d: ("conv1d", "weight", False),
+    nn.Conv2d: ("conv2d", "weight", False),
+    nn.Conv3d: ("conv3d", "weight", False),
+    nn.Linear: ("linear", "weight", False),
+    nn.MultiheadAttention: ("attention", "in_proj_weight", False),
+}
+# The same for classes of libraries prunelab does not import, by "module.QualifiedName".
+# transformers' Conv1D computes x @ W + b with W stored (in, out): a Linear whose weight is transposed.
+LAYER_TYPES_BY_NAME: dict[str, tuple[str, str, bool]] = {
+    "transformers.pytorch_utils.Conv1D": ("linear", "weight", True),
 }
 
 
 @dataclass(frozen=True)
 class Layer:
-    """A prunable layer: its name, kind, the module that owns the weight and the weight's attribute."""
+    """A prunable layer: its name, kind, the module that owns the weight and the weight's attribute.
+
+    ``weight`` is always laid out as its kind expects (a linear layer's is (out, in)); for a layer
+    storing it transposed it is a transposed view, so writing into it in place writes the layer's own.
+    """
 
     name: str
     kind: str
     module: nn.Module
     weight_name: str
+    transposed: bool = False
 
     @property
     def weight(self) -> torch.Tensor:
-        return getattr(self.module, self.weight_name)
+        weight = getattr(self.module, self.weight_name)
+        return weight.t() if self.transposed else weight
 
 
-def _layer_type(module: nn.Module) -> tuple[str, str] | None:
+def _layer_type(module: nn.Module) -> tuple[str, str, bool] | None:
     for cls in type(module).__mro__:
-        if cls in LAYER_TYPES:
-            kind, weight_name = LAYER_TYPES[cls]
-            return (kind, weight_name) if isinstance(getattr(module, weight_name, None), torch.Tensor) else None
+        found = LAYER_TYPES.get(cls) or LAYER_TYPES_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+        if found:
+            return found if isinstance(getattr(module, found[1], None), torch.Tensor) else None
     return None
 
 
@@ -55,7 +68,7 @@ def prunable_layers(module: nn.Module) -> list[Layer]:
     for name, child in module.named_modules():
         found = _layer_type(child)
         if found and name:
-            layers.append(Layer(name, found[0], child, found[1]))
+            layers.append(Layer(name, found[0], child, found[1], found[2]))
     if layers:
         return layers
     owners = dict(module.named_modules())

@@ -156,6 +156,29 @@ def test_pruned_gpt2_reloads_into_a_fresh_gpt2(gpt2):
         assert torch.allclose(rebuilt.eval()(inputs), result.module(inputs), atol=1e-5)
 
 
+@pytest.mark.parametrize("granularity, criterion", [("unstructured", "wanda"), ("2:4", "sparsegpt")])
+def test_gpt2_conv1d_layers_take_unstructured_and_nm_plans(granularity, criterion):
+    """GPT-2's Conv1D layers are in the layer table (weights stored (in, out)): half of each goes."""
+    pytest.importorskip("transformers")
+    from core.deploy.measure import weight_counts
+    from core.inspect import prunable_layers
+
+    handle = load_model(f"{MODELS}:gpt2_small", input_shape="1,16")
+    names = [layer.name for layer in prunable_layers(handle.module)]
+    assert "model.transformer.h.0.attn.c_attn" in names and "model.transformer.h.1.mlp.c_proj" in names
+    result = apply_plan(handle, Plan(granularity=granularity, criterion=criterion, sparsity=0.5))
+    conv1d = [layer for layer in prunable_layers(result.module) if layer.transposed]
+    assert len(conv1d) == 8 and all(result.layer_sparsity[layer.name] == 0.5 for layer in conv1d)
+    stored = result.module.state_dict()["model.transformer.h.0.mlp.c_fc.weight"]  # (in, out)
+    if granularity == "2:4":  # groups of 4 consecutive inputs, each with at least 2 zeros
+        assert bool(((stored.t().reshape(-1, 4) == 0).sum(1) >= 2).all())
+    lm_head = result.module.model.lm_head.weight.numel()  # left dense: the final classifier
+    counts = weight_counts(result.module)
+    removed = counts["prunable_params"] - counts["nonzero_prunable_params"]
+    assert removed == (counts["prunable_params"] - lm_head) // 2
+    assert max(ort_gaps(result.module, handle.example_input(1))) < 1e-3
+
+
 def test_yolov8_prunes_keeps_its_outputs_and_leaves_c2f_chunks_dense(downloads):
     handle, result, inputs, before = pruned(downloads, "yolov8n", "1,3,64,64")
     assert handle.output_kind == "outputs" and len(handle.outputs) >= 2
