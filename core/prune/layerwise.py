@@ -15,14 +15,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from core.hooks import Stop, forward_each
 from core.inspect import Layer
 from core.prune import layer_inputs
 
 Inputs = list[tuple[tuple, dict]]  # per calibration batch: (positional arguments, keyword arguments)
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the stage's inputs are recorded."""
 
 
 class Observer:
@@ -92,17 +89,9 @@ def record_inputs(model: nn.Module, target: nn.Module, batches: list[torch.Tenso
 
     def hook(child, args, kwargs):
         recorded.append((args, kwargs))
-        raise _Stop
+        raise Stop
 
-    handle = target.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for batch in batches:
-            try:
-                model(batch)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
+    forward_each(model, batches, [target.register_forward_pre_hook(hook, with_kwargs=True)])
     return recorded
 
 
@@ -144,19 +133,11 @@ class _Chain:
                 kept = args if index in (first, first + 1) else (None, *args[1:])
                 calls[index].append((kept, kwargs))
                 if index == len(blocks) - 1:  # the rest of the model (an LM's vocabulary projection) is not needed
-                    raise _Stop
+                    raise Stop
             return hook
 
-        handles = [block.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, block in enumerate(blocks)]
-        try:
-            for batch in batches:
-                try:
-                    model(batch)
-                except _Stop:
-                    pass
-        finally:
-            for handle in handles:
-                handle.remove()
+        forward_each(model, batches,
+                     [block.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, block in enumerate(blocks)])
         self.calls = calls
         self.valid = first + 1 < len(blocks) and all(len(call) == len(batches) for call in calls[first:])
         if self.valid:

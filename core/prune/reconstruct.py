@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from core.hooks import forward_once
+
 RIDGE = 1.0           # relative ridge: times the mean diagonal of X^T X (pulls towards the pruned weights)
 MAX_INPUTS = 8192     # a consumer with more inputs (times kernel elements) than this is not refit
 MAX_ROWS = 8_192      # rows (items x positions) used per consumer; beyond, positions are subsampled
@@ -77,12 +79,7 @@ def dense_outputs(module: nn.Module, names: list[str], inputs: torch.Tensor,
                 rows = _outputs(layer, output.detach())
                 found[name] = rows if weights is None else rows[weights]
         handles.append(layer.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            module(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_once(module, inputs, handles)
     return found
 
 
@@ -172,10 +169,5 @@ def refit(module: nn.Module, targets: list[Target], dense: dict[str, torch.Tenso
 
     handles = [module.get_submodule(target.name).register_forward_pre_hook(hook_for(target))
                for target in targets if target.name in dense and refittable(module.get_submodule(target.name))]
-    try:
-        with torch.no_grad():
-            module(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_once(module, inputs, handles)
     return reduced
