@@ -12,12 +12,13 @@ import yaml
 
 from core import run_folder
 from core.deploy.artifacts import module_bytes, save_pruned
-from core.deploy.evaluate import Cancelled, LiveEvaluator, evaluate
+from core.deploy.evaluate import LiveEvaluator, evaluate
 from core.deploy.export import export_onnx
 from core.deploy.measure import SPEEDUP_FLOOR, torch_outputs
 from core.deploy.onnx_source import inspect_onnx
 from core.deploy.profile import profile_plan
 from core.deploy.profile import summary as profile_summary
+from core.deploy.progressive import Cancelled
 from core.deploy.quantize import MODES as QUANTIZE_MODES
 from core.errors import PrunelabError, error_line
 from core.files import home, sha256_file, writable_folder, writable_home, write_atomic

@@ -26,7 +26,7 @@ _BLOCK = re.compile(r"^(?P<stem>.*?\.)(?P<index>\d+)(?:\.|$)")
 
 def _traced_edges(module: nn.Module, example_input: torch.Tensor, names: dict) -> tuple[list, object]:
     """Edges between prunable layers from torch-pruning's graph (walking through weightless operations)."""
-    from core.prune.channel import build_graph
+    from core.prune.tracing import build_graph
 
     graph = build_graph(module, example_input)
     edges = []

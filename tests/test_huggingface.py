@@ -227,7 +227,8 @@ def test_minilm_is_listed_with_the_demos(capsys):
 
 
 def test_big_models_are_measured_within_bounds():
-    from core.deploy.evaluate import Settings, evaluation_items, scoring_batch
+    from core.deploy.baseline import Settings, evaluation_items
+    from core.deploy.progressive import scoring_batch
 
     vit_b = 17_563_061_760  # MACs of a ViT-B/16 at 224x224, attention included
     assert evaluation_items(vit_b, 128) == 14 and evaluation_items(2_444_544, 360) == 360

@@ -70,7 +70,7 @@ def test_token_model_runs_in_onnx_runtime_at_any_length():
 
 
 def test_a_forward_that_cannot_be_traced_names_its_module():
-    from core.prune.channel import build_graph
+    from core.prune.tracing import build_graph
     module = load_model(f"{Path(__file__).parent / 'fixtures' / 'user_models.py'}:untraceable",
                         input_shape="1,3,8,8").module
     with pytest.raises(PrunelabError, match=r"in module '1\.1' \(_Untraceable\): TypeError"):

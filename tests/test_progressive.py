@@ -6,7 +6,8 @@ import pytest
 
 from core.deploy import evaluate as evaluation
 from core.deploy import progressive
-from core.deploy.evaluate import Cancelled, LiveEvaluator, evaluate
+from core.deploy.evaluate import LiveEvaluator, evaluate
+from core.deploy.progressive import Cancelled
 from core.prune.plan import Plan
 
 

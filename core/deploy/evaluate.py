@@ -12,9 +12,8 @@ output_error and kl: see core.deploy.measure.quality). The pruned metrics also h
 and whether it is measurable at all (core.deploy.measure.speedup). ``baseline`` is the one dense
 measurement per model and settings, the same in every report.
 
-Big models are measured within bounds: the test items scored, the items checked against torch
-and the timed runs shrink so each stays near a budget of multiply-accumulates (EVALUATION_BUDGET_MACS,
-PARITY_BUDGET_MACS, TIMING_BUDGET_MACS); the report's data name says when a subset was scored.
+Big models are measured within bounds (see core.deploy.baseline.Settings); the report's data name
+says when a subset was scored.
 
 LiveEvaluator is what the dashboard calls on every slider release. It measures the dense model
 once, caches reports by (model, plan, data, settings) in a bounded LRU shared by all threads,
@@ -23,26 +22,23 @@ exporting again (see core.deploy.export.with_weights).
 """
 from __future__ import annotations
 
-import itertools
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 from core.cache import MemoryLRU
 from core.data import Dataset
 from core.deploy import generation, measure
-from core.deploy.export import changed_tensors, export_onnx, float_spans, patched_weights, with_weights
+from core.deploy.baseline import Baseline, Settings
+from core.deploy.export import changed_tensors, export_onnx, with_weights
 from core.deploy.notes import report_notes
-from core.deploy.onnx_source import onnx_artifact, prune_onnx
-from core.deploy.progressive import Cancelled, last, metric_stages, scoring_batch  # noqa: F401
+from core.deploy.onnx_source import prune_onnx
+from core.deploy.progressive import last, metric_stages
 from core.deploy.quantize import check_mode, quantize_model, resolve_mode
 from core.errors import PrunelabError
-from core.prune.blocks import removable_blocks
 from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 from core.sources import ModelHandle
@@ -52,58 +48,9 @@ REPORT_CACHE_ENTRIES = 128
 CONTINUATION_TOKENS = 32  # tokens a greedy continuation adds to a prompt
 GENERATOR_CACHE_ENTRIES = 4
 BASELINE_CACHE_ENTRIES = 8
-PARITY_ITEMS = 64
-LIVE_PARITY_ITEMS = 16
-# The live loop times fewer runs: at least this many, for at least this long (pairs of runs when a
-# pruned model is timed against the dense one: enough blocks for the speedup's interval). The
-# interval says how sure a figure is; ``evaluate`` and Export time the full MIN_RUNS / MIN_SECONDS.
-LIVE_RUNS = 36
-LIVE_SECONDS = 0.1
-# Bounds for big models (a ViT-B/16 is 17.6 GMACs per item): score at most this much work...
-EVALUATION_BUDGET_MACS = 2.5e11
-MIN_EVALUATION_ITEMS = 8
-PARITY_BUDGET_MACS = 1e11
-MIN_PARITY_ITEMS = 2
-TIMING_BUDGET_MACS = 1.5e11  # ... and time fewer runs (at least MIN_BIG_RUNS) when the usual count costs more
-MIN_BIG_RUNS = 8
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How to measure: items per timed run, ORT threads, INT8 mode (None for FP32), live or full timing."""
-
-    batch_size: int = 1
-    threads: int = 2
-    quantize: str | None = None
-    live: bool = True
-    kind: str = "logits"  # the model's output: logits, embedding, causal or outputs (see ModelHandle.output_kind)
-    outputs: tuple = ()   # the layout of a many-output model (see core.outputs)
-    metric: object = None  # the user's own metric (core.metric.Metric), reported under 'metrics'
-
-    def timing(self, macs: int | None = None) -> dict:
-        """Timed runs and seconds; fewer runs for a model whose usual count would exceed TIMING_BUDGET_MACS."""
-        runs, seconds = (LIVE_RUNS, LIVE_SECONDS) if self.live else (measure.MIN_RUNS, measure.MIN_SECONDS)
-        if macs and macs * self.batch_size * runs > TIMING_BUDGET_MACS:
-            runs = max(MIN_BIG_RUNS, int(TIMING_BUDGET_MACS // (macs * self.batch_size)))
-            seconds = 0.0
-        return {"min_runs": runs, "min_seconds": seconds}
-
-    def parity_items(self, macs: int | None = None) -> int:
-        items = LIVE_PARITY_ITEMS if self.live else PARITY_ITEMS
-        return items if not macs else max(MIN_PARITY_ITEMS, min(items, int(PARITY_BUDGET_MACS // macs)))
-
-
-def evaluation_items(macs: int | None, available: int) -> int:
-    """How many test items to score: all of them, unless that exceeds EVALUATION_BUDGET_MACS."""
-    if not macs:
-        return available
-    return min(available, max(MIN_EVALUATION_ITEMS, int(EVALUATION_BUDGET_MACS // macs)))
-
-
 _REPORTS = MemoryLRU(REPORT_CACHE_ENTRIES)
 _GENERATORS = MemoryLRU(GENERATOR_CACHE_ENTRIES)  # KV-cache sessions of pruned language models, for continuations
 _BASELINES = MemoryLRU(BASELINE_CACHE_ENTRIES)
-_BASELINE_SERIALS = itertools.count()
 
 
 def clear_caches() -> None:
@@ -111,52 +58,6 @@ def clear_caches() -> None:
     _REPORTS.clear()
     _BASELINES.clear()
     _GENERATORS.clear()
-
-
-class _Baseline:
-    """The dense model, measured once: its exported graph, state, logits on the data and metrics."""
-
-    def __init__(self, handle: ModelHandle, data: Dataset, settings: Settings):
-        self.serial = next(_BASELINE_SERIALS)  # which dense measurement this is (reports are keyed on it)
-        if handle.module is None:
-            self.artifact = onnx_artifact(handle)
-        else:
-            module = handle.module
-            example = torch.from_numpy(np.ascontiguousarray(data.x_test[:1]))
-            self.artifact = measure.Artifact(export_onnx(module, example), module, measure.weight_counts(module),
-                                      measure.total_macs(module, example))
-        self.template = onnx.load_from_string(self.artifact.model_bytes)
-        self.spans, self._patch_lock = None, threading.Lock()  # initializer positions inside the bytes (patched)
-        self.state = None if handle.module is None else {
-            key: tensor.detach().clone() for key, tensor in handle.module.state_dict().items()}
-        self.blocks = 0 if handle.module is None else _removable_count(handle.module, example)
-        self.data = data.head(evaluation_items(self.artifact.macs, len(data.x_test)))  # what gets scored
-        self.session, session_ms = measure.create_session(self.artifact.model_bytes, settings.threads)
-        self.logits = measure.run_batched(self.session, self.data.x_test, scoring_batch(self.artifact.macs))
-        self.metrics = _measure(self.artifact, self.data, settings, reference=None,
-                                session=(self.session, session_ms), logits=self.logits)
-        self.speed = generation.DenseSpeed(self.artifact.module, self.data.x_test)  # language models only
-
-    def patched(self, state: dict) -> bytes | None:
-        """The dense graph's bytes with ``state``'s weights written over its initializers (None: cannot)."""
-        with self._patch_lock:
-            if self.spans is None:  # found once, on the first plan that needs it
-                self.spans = float_spans(self.template, self.artifact.model_bytes)
-        return patched_weights(self.artifact.model_bytes, self.spans, state)
-
-
-def _removable_count(module, example) -> int:
-    """How many blocks of the dense model a depth plan could remove (0 when the graph cannot be traced)."""
-    try:
-        return len(removable_blocks(module, example))
-    except Exception:  # a model whose forward pass cannot run with gradients still measures
-        return 0
-
-
-def _measure(artifact: measure.Artifact, data: Dataset, settings: Settings, reference: np.ndarray | None,
-             session=None, logits: np.ndarray | None = None, reference_session=None) -> dict:
-    """All metrics of one artifact on ``data``: the last stage of core.deploy.progressive.metric_stages."""
-    return last(metric_stages(artifact, data, settings, reference, session, logits, reference_session))
 
 
 def removed_share(pruned: dict, dense: dict) -> float | None:
@@ -209,12 +110,12 @@ class LiveEvaluator:
         return (self.handle.digest, self._data_digest, self.settings.threads, self.settings.batch_size,
                 self.settings.live, self.settings.metric)
 
-    def _baseline_state(self) -> _Baseline:
+    def _baseline_state(self) -> Baseline:
         key = self._baseline_key()
         with self._lock:
             baseline = _BASELINES.get(key)
             if baseline is None:
-                baseline = _BASELINES.put(key, _Baseline(self.handle, self.data, self.settings))
+                baseline = _BASELINES.put(key, Baseline(self.handle, self.data, self.settings))
         return baseline
 
     def baseline(self) -> dict:
@@ -334,9 +235,9 @@ class LiveEvaluator:
         """Prefill and decode are timed for FP32 causal language models with a torch module."""
         return self.handle.output_kind == "causal" and artifact.module is not None and not artifact.quantized
 
-    def _generation(self, baseline: _Baseline, artifact: measure.Artifact) -> dict:
+    def _generation(self, baseline: Baseline, artifact: measure.Artifact) -> dict:
         """Prefill and decode figures of ``artifact`` against the dense KV-cache graph (see
-        core.deploy.generation.DenseSpeed.compare); a graph the dense one's kernels run gets 1.00x."""
+        core.deploy.baseline.DenseSpeed.compare); a graph the dense one's kernels run gets 1.00x."""
         same = artifact.same_graph or artifact.model_bytes == baseline.artifact.model_bytes
         return baseline.speed.compare(None if same else artifact.module, self.settings.threads,
                                       self.settings.batch_size, self.settings.live)
@@ -362,11 +263,11 @@ class LiveEvaluator:
         return {"dense": generation.decode(tokenizer, dense.greedy(ids, new_tokens)),
                 "pruned": generation.decode(tokenizer, pruned.greedy(ids, new_tokens)), "prompt_tokens": len(ids)}
 
-    def _quantize_mode(self, baseline: _Baseline) -> str | None:
+    def _quantize_mode(self, baseline: Baseline) -> str | None:
         """The INT8 mode as applied ('int8' resolved to static or dynamic), or None."""
         return None if self.settings.quantize is None else resolve_mode(baseline.template, self.settings.quantize)
 
-    def _pruned(self, baseline: _Baseline, plan: Plan):
+    def _pruned(self, baseline: Baseline, plan: Plan):
         """The pruned artifact: new weights written into the exported graph, or a fresh export."""
         if self.handle.module is None:
             if plan.removes_blocks:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import inspect
 import io
-import threading
 import time
 import warnings
 
@@ -219,40 +218,3 @@ def compared_generation(dense: Generator, pruned: Generator, prompt: np.ndarray,
     figures["speedup"] = {part: measure.speedup(dense_times[part], pruned_times[part])
                           for part in ("prefill", "decode")}
     return figures
-
-
-class DenseSpeed:
-    """The dense model's KV-cache session and its prefill and decode figures, made once on first use.
-
-    ``module`` is the dense model (prunelab's TokenModel), ``windows`` the test windows whose first
-    PROMPT_TOKENS tokens are the prompt. Safe to share between threads.
-    """
-
-    def __init__(self, module: nn.Module | None, windows: np.ndarray):
-        self.module, self.windows = module, windows
-        self.generator: Generator | None = None
-        self.figures: dict | None = None
-        self._lock = threading.Lock()
-
-    def session(self, threads: int, batch_size: int, live: bool) -> Generator:
-        """The dense KV-cache session (exported, and its figures timed against a twin, on first use)."""
-        with self._lock:
-            if self.generator is None:
-                self.prompt = prompt_for(self.windows, batch_size)
-                self.new_tokens = new_tokens_for(self.module, self.prompt.shape[1])
-                model_bytes = export_cached(self.module)
-                self.generator = Generator(model_bytes, threads)
-                twin = Generator(model_bytes, threads)
-                self.figures = dense_generation(self.generator, twin, self.prompt, self.new_tokens, live)
-        return self.generator
-
-    def compare(self, pruned: nn.Module | None, threads: int, batch_size: int, live: bool) -> dict:
-        """The figures of ``pruned`` with their paired speedup over the dense model; None (a graph that
-        runs the dense kernels: no plan, or new weight values only) gets the dense figures at 1.00x."""
-        dense = self.session(threads, batch_size, live)
-        if pruned is None:
-            same = {"p50": 1.0, "low": 1.0, "high": 1.0, "measurable": False, "pairs": 0, "same_kernels": True}
-            return dict(self.figures, speedup={"prefill": same, "decode": same})
-        other = Generator(export_cached(pruned), threads)
-        return compared_generation(dense, other, self.prompt, self.new_tokens, live)
-

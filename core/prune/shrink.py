@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from core.errors import PrunelabError, error_line
-from core.prune import channel, conv1d, criteria, heads, oneshot, select
+from core.prune import channel, conv1d, criteria, heads, oneshot, select, tracing
 from core.prune.resolved import resolve
 from core.prune.result import PruneResult
 
@@ -101,8 +101,8 @@ def prune_structure(job) -> PruneResult:
     before = _units(module, job.layers, found)
     included = {layer.name for layer in job.layers}
     attention = [unit for unit in found if included.issuperset(unit.projections)]
-    graph = channel.build_graph(module, job.example_input)
-    names = channel.module_names(module, graph)
+    graph = tracing.build_graph(module, job.example_input)
+    names = tracing.module_names(module, graph)
     groups, width = channel.dependency_groups(module, graph, job.ignored, found, keep_width=not plan.prune_width,
                                               notes=notes)
     groups = [group for group in groups if included & set(group.members)]
@@ -250,5 +250,5 @@ def check_structure(module: nn.Module, plan, example_input) -> None:
     ignored = list(resolve(plan, module, example_input).ignored)
     with conv1d.as_linear(module):
         found = heads.find_attention(module, example_input)
-        channel.dependency_groups(module, channel.build_graph(module, example_input), ignored, found,
+        channel.dependency_groups(module, tracing.build_graph(module, example_input), ignored, found,
                                   keep_width=not plan.prune_width)
