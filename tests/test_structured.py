@@ -181,6 +181,15 @@ def test_every_conflict_is_listed_in_one_message():
     assert "ignore list: 0.conv, 2.conv" in message
 
 
+def test_a_position_bias_flattened_into_the_classifier_is_left_dense_with_what_happened():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), PositionBias(8), nn.Flatten(),
+                          nn.Linear(8 * 36, 2))
+    result = apply_plan(model, Plan(granularity="channel"), example_input=torch.randn(1, 3, 6, 6))
+    [note] = [note for note in result.notes if "mapped past" in note]
+    assert "inputs of '4' through a flatten or reshape" in note and note.endswith("led by 2.conv")
+    assert "chunk" not in note and result.module[2].conv.out_channels == 8 and result.module[0].out_channels == 4
+
+
 def test_saved_artifacts_reload_without_source(tmp_path, cnn):
     result = apply_plan(cnn, Plan(granularity="channel", sparsity=0.5))
     save_pruned(result.module, cnn.example_input(), tmp_path)

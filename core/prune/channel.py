@@ -126,9 +126,20 @@ def _describe(module: nn.Module, graph, tp_group, names: dict, by_name: dict) ->
     return members, consumers, others
 
 
-def _indices_fit(graph, tp_group) -> bool:
-    """Whether every channel index the group cuts lies within its layer (torch-pruning misreads some
-    chunk/split -> concatenation patterns, such as YOLOv8's C2f, and maps indices past the end)."""
+# torch-pruning's index mappings (core of its dependency graph), in a person's words.
+MAPPING_WORDS = {
+    "_FlattenIndexMapping": "a flatten or reshape",
+    "_SplitIndexMapping": "a chunk or split",
+    "_SliceIndexMapping": "a slice",
+    "_ConcatIndexMapping": "a concatenation",
+    "_GQAIndexMapping": "a grouped-query repeat",
+}
+
+
+def _misfit(graph, tp_group, names: dict) -> str | None:
+    """None when every channel index the group cuts lies within its layer; else which layer the indices
+    passed the end of, and through what. torch-pruning misreads some patterns, such as YOLOv8's C2f
+    chunks or a per-position parameter flattened into a classifier, and maps indices past the end."""
     for dep, idxs in tp_group:
         target = dep.target.module
         pruner = graph.get_pruner_of_module(target) if isinstance(target, nn.Module) else None
@@ -137,8 +148,12 @@ def _indices_fit(graph, tp_group) -> bool:
         out = graph.is_out_channel_pruning_fn(dep.handler)
         size = pruner.get_out_channels(target) if out else pruner.get_in_channels(target)
         if size is not None and max(idxs) >= size:
-            return False
-    return True
+            kinds = {type(mapping).__name__ for dep, _ in tp_group for mapping in dep.index_mapping}
+            words = [word for name, word in MAPPING_WORDS.items() if name in kinds]
+            how = " and ".join(words) or "an operation torch-pruning cannot follow"
+            side = "outputs" if out else "inputs"
+            return f"past the {size} {side} of '{names.get(target, type(target).__name__)}' through {how}"
+    return None
 
 
 def _reads_attention(tp_group, names: dict, inside: tuple[str, ...]) -> bool:
@@ -163,7 +178,7 @@ def dependency_groups(module: nn.Module, graph, ignored: list[str], attention=()
     projections = {name for unit in attention for name in unit.projections}
     skipped = [by_name[name] for name in projections if name in by_name]
     inside = tuple(f"{name}." for name in attention_modules(module))
-    groups, width, conflicts, leaders, too_large, misread = [], [], [], [], [], []
+    groups, width, conflicts, leaders, too_large, misread = [], [], [], [], [], {}
     for tp_group in traced_groups(graph, skipped, names, too_large):
         members, consumers, others = _describe(module, graph, tp_group, names, by_name)
         if keep_width and (projections & set(consumers) or _reads_attention(tp_group, names, inside)):
@@ -172,8 +187,9 @@ def dependency_groups(module: nn.Module, graph, ignored: list[str], attention=()
         if set(ignored) & set(members):
             continue
         root, tp_group = _reroot(graph, tp_group, members, by_name)
-        if not _indices_fit(graph, tp_group):
-            misread.append(names[root])
+        cause = _misfit(graph, tp_group, names)
+        if cause:
+            misread.setdefault(cause, []).append(names[root])
             continue
         channels = len(tp_group[0].idxs)
         found = _conflicts(graph, tp_group, names, names[root], channels)
@@ -188,9 +204,9 @@ def dependency_groups(module: nn.Module, graph, ignored: list[str], attention=()
         raise PrunelabError(conflict_message(conflicts, sorted(leaders, key=order.index)))
     if too_large and notes is not None:
         notes.append(too_large_note(too_large))
-    if misread and notes is not None:
-        notes.append(f"left dense, their channels mapped past a layer's size through a chunk or split: the groups "
-                     f"led by {', '.join(misread)}")
+    if notes is not None:
+        notes += [f"left dense, their channels mapped {cause}: the groups led by {', '.join(found)}"
+                  for cause, found in misread.items()]
     return sorted(groups, key=lambda group: order.index(group.leader)), width
 
 
