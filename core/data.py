@@ -36,6 +36,7 @@ class Dataset:
     y_train: np.ndarray | None = None
     synthetic: bool = False  # seeded random inputs: fit for agreement, not for statistics
     origin: dict = field(default_factory=dict)  # split -> where its items come from, in words
+    stride: int | None = None  # causal LM test windows overlapping, each start this many tokens after the last
 
     def describe_splits(self) -> str:
         """Where each split's items come from, e.g. 'test: x (300 items); val: 20% of x_train held out (96 items)'."""
@@ -87,14 +88,14 @@ class Dataset:
             return self
         y_test = None if self.y_test is None else self.y_test[:count]
         return Dataset(f"{self.name}, first {count} of {len(self.x_test)} items", self.x_test[:count], y_test,
-                       self.x_val, self.y_val, self.x_train, self.y_train, self.synthetic, self.origin)
+                       self.x_val, self.y_val, self.x_train, self.y_train, self.synthetic, self.origin, self.stride)
 
     def as_float(self) -> Dataset:
         """The same data with float32 inputs (integer features fed to a float model)."""
         def cast(x):
             return None if x is None else x.astype(np.float32)
         return Dataset(self.name, cast(self.x_test), self.y_test, cast(self.x_val), self.y_val,
-                       cast(self.x_train), self.y_train, self.synthetic, self.origin)
+                       cast(self.x_train), self.y_train, self.synthetic, self.origin, self.stride)
 
     def check_shape(self, input_shape: tuple[int, ...]) -> None:
         """Raise when the per-item shape of the inputs differs from the model's input shape."""
@@ -313,10 +314,32 @@ def split_stream(ids: np.ndarray) -> dict[str, np.ndarray]:
     return {"train": ids[:train_end], "val": ids[train_end:val_end], "test": ids[val_end:]}
 
 
-def windows(ids: np.ndarray, context: int) -> np.ndarray:
-    """Consecutive, non-overlapping windows of ``context`` tokens (stride = context); the tail is dropped."""
-    count = len(ids) // context
-    return np.ascontiguousarray(ids[:count * context].reshape(count, context)).astype(np.int64)  # (windows, context)
+def windows(ids: np.ndarray, context: int, stride: int | None = None) -> np.ndarray:
+    """Windows of ``context`` tokens starting every ``stride`` tokens (None: ``context``, no overlap);
+    a tail too short for a whole window is dropped."""
+    stride = context if stride is None else stride
+    count = (len(ids) - context) // stride + 1 if len(ids) >= context else 0
+    starts = np.arange(count)[:, None] * stride + np.arange(context)[None, :]  # (windows, context)
+    return np.ascontiguousarray(ids[starts]).astype(np.int64)
+
+
+def with_stride(data: Dataset, stride: int) -> Dataset:
+    """``data`` with its test windows re-cut every ``stride`` tokens, for sliding-window perplexity.
+
+    The test windows are joined back into their token stream (they are consecutive and do not
+    overlap) and cut again: each window then scores only the tokens the one before it did not
+    (core.deploy.fidelity.next_token_quality). Raises PrunelabError when ``stride`` is outside
+    ``1..context`` or the test split already overlaps.
+    """
+    context = data.x_test.shape[1]
+    if not 1 <= int(stride) <= context:
+        raise PrunelabError(f"stride {stride} must be between 1 and the context length {context}")
+    if data.stride not in (None, context):
+        raise PrunelabError(f"the test windows of {data.name} already overlap (stride {data.stride})")
+    cut = windows(data.x_test.reshape(-1), context, int(stride))
+    origin = {**data.origin, "test": f"{data.origin.get('test', 'the test split')}, re-cut every {stride} tokens"}
+    return Dataset(data.name, cut, None, data.x_val, data.y_val, data.x_train, data.y_train, data.synthetic,
+                   origin, int(stride))
 
 
 def load_documents(path: str | Path, tokenize, context: int) -> Dataset:

@@ -3,10 +3,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 
-from core.data import load_documents, split_stream, windows  # noqa: E402
+from core.data import load_documents, split_stream, windows, with_stride  # noqa: E402
 from core.deploy.evaluate import LiveEvaluator, evaluate  # noqa: E402
 from core.deploy.fidelity import next_token_quality  # noqa: E402
 from core.errors import PrunelabError  # noqa: E402
@@ -75,3 +76,48 @@ def test_short_text_names_the_split_that_got_no_window(tmp_path, tinylm):
     short.write_text("def f(): return 1\n" * 20)
     with pytest.raises(PrunelabError, match="too few for a 128-token window"):
         load_documents(short, stream_tokenizer(tinylm.tokenizer), 128)
+
+
+def _sliding_window_perplexity(model, stream, context: int, stride: int) -> float:
+    """Hugging Face's sliding-window perplexity, computed directly in torch: each window scores only the
+    tokens the window before it did not."""
+    total, count, previous_end = 0.0, 0, 0
+    for begin in range(0, len(stream), stride):
+        end = min(begin + context, len(stream))
+        window = torch.as_tensor(stream[begin:end])[None]
+        with torch.no_grad():
+            logits = model(window).double().reshape(1, window.shape[1], -1)  # (1, tokens, vocabulary)
+        log_probabilities = torch.log_softmax(logits, -1)[0]
+        new = end - previous_end  # the last `new` tokens of the window are scored
+        for position in range(max(1, window.shape[1] - new), window.shape[1]):
+            total -= float(log_probabilities[position - 1, window[0, position]])
+            count += 1
+        previous_end = end
+        if end == len(stream):
+            break
+    return float(np.exp(total / count))
+
+
+def test_stride_scores_each_token_once_as_hugging_face_does(tinylm):
+    context, stride = 128, 48
+    stream = tinylm.data.x_test.ravel()[:context + 4 * stride]
+    recut = with_stride(tinylm.data, stride)
+    assert recut.stride == stride and recut.x_val is tinylm.data.x_val
+    ids = recut.x_test[:5]
+    assert np.array_equal(ids, windows(stream, context, stride))
+    with torch.no_grad():
+        logits = tinylm.module(torch.from_numpy(ids)).float().numpy().reshape(5, -1)
+    figures = next_token_quality(logits, ids, None, text=True, stride=stride)
+    assert figures["stride"] == stride and figures["context"] == context
+    assert figures["perplexity"] == pytest.approx(_sliding_window_perplexity(tinylm.module, stream, context, stride),
+                                                  rel=1e-6)
+    apart = next_token_quality(logits[:1], ids[:1], None, text=True)  # one window: the same tokens either way
+    assert apart["perplexity"] == pytest.approx(_sliding_window_perplexity(tinylm.module, stream[:context], context,
+                                                                           context), rel=1e-6)
+
+
+def test_stride_is_refused_outside_the_context_or_for_other_models(tinylm):
+    with pytest.raises(PrunelabError, match="stride 129 must be between 1 and the context length 128"):
+        with_stride(tinylm.data, 129)
+    with pytest.raises(PrunelabError, match="applies to causal language models"):
+        load_model("digits-mlp", stride=4)

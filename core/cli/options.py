@@ -15,11 +15,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", help="input shape with batch dimension, e.g. 1,3,32,32")
     parser.add_argument("--data", help=".npz with x and y (optionally x_train, y_train, x_val, y_val)")
     parser.add_argument("--trust", action="store_true", help="allow unpickling a full module (runs code from the file)")
+    parser.add_argument("--stride", type=int,
+                        help="causal language models: start a test window every N tokens and score only the "
+                             "tokens the previous window did not (sliding-window perplexity; default: the "
+                             "context length, windows apart)")
 
 
 def model_from(args: argparse.Namespace) -> ModelHandle:
     return load_model(args.model, input_shape=args.input_shape, weights=args.weights, trust=args.trust,
-                      data=args.data)
+                      data=args.data, stride=getattr(args, "stride", None))
 
 
 def add_metric_argument(parser: argparse.ArgumentParser) -> None:

@@ -67,35 +67,29 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 CAUSAL_BLOCK = 16  # windows turned into float64 log-probabilities at once (16 x 128 x 2048 = 32 MB)
 
 
-def next_token_quality(logits: np.ndarray, ids: np.ndarray, reference: np.ndarray | None, text: bool) -> dict:
+def next_token_quality(logits: np.ndarray, ids: np.ndarray, reference: np.ndarray | None, text: bool,
+                       stride: int | None = None) -> dict:
     """A causal LM's quality on windows of token ids ``ids`` (windows, context).
 
     ``logits`` are its outputs flattened to ``(windows, context * vocabulary)``; position ``t``
-    predicts token ``t + 1``, so each window scores ``context - 1`` tokens (stride = context).
-    ``reference`` are the dense model's logits (None: these are the dense ones). ``text`` False
-    (random token ids) leaves ``perplexity``, ``loss`` and ``next_token_accuracy`` None.
+    predicts token ``t + 1``. ``stride`` None (or ``context``): the windows do not overlap and each
+    scores its ``context - 1`` predictable tokens. A smaller ``stride``: window ``i + 1`` starts
+    ``stride`` tokens after window ``i`` (core.data.with_stride) and, as in Hugging Face's
+    sliding-window perplexity, the first window scores all its tokens and every later one only its
+    last ``stride``, the tokens no earlier window scored, each with up to ``context - stride`` tokens
+    of history. ``reference`` are the dense model's logits (None: these are the dense ones). ``text``
+    False (random token ids) leaves ``perplexity``, ``loss`` and ``next_token_accuracy`` None.
     Returns those, ``agreement`` (top-1 next token equal to the dense model's), ``kl`` (mean
-    KL(dense || pruned) per position), ``output_error``, ``context``, ``stride`` and ``label``.
+    KL(dense || pruned) per scored position), ``output_error``, ``context``, ``stride`` and ``label``.
     """
     windows, context = ids.shape
-    vocabulary = logits.shape[1] // context
-    totals = {"nll": 0.0, "correct": 0, "agree": 0, "kl": 0.0, "error": 0.0, "norm": 0.0}
-    for start in range(0, windows, CAUSAL_BLOCK):
-        block = slice(start, start + CAUSAL_BLOCK)
-        raw_pruned = logits[block].reshape(-1, context, vocabulary)[:, :-1]  # (windows, context - 1, vocabulary)
-        pruned = _log_softmax_last(raw_pruned)
-        predicted = pruned.argmax(-1)
-        targets = ids[block, 1:]
-        totals["nll"] -= float(np.take_along_axis(pruned, targets[..., None], -1).sum())
-        totals["correct"] += int((predicted == targets).sum())
-        if reference is not None:
-            raw = reference[block].reshape(-1, context, vocabulary)[:, :-1]
-            dense = _log_softmax_last(raw)
-            totals["agree"] += int((predicted == dense.argmax(-1)).sum())
-            totals["kl"] += float((np.exp(dense) * (dense - pruned)).sum())
-            totals["error"] += float(np.square(raw_pruned - raw, dtype=np.float64).sum())
-            totals["norm"] += float(np.square(raw, dtype=np.float64).sum())
-    scored = windows * (context - 1)
+    stride = context if stride is None else int(stride)
+    later = slice(context - 1 - min(stride, context - 1), context - 1)  # the positions a later window scores
+    totals = {"nll": 0.0, "correct": 0, "agree": 0, "kl": 0.0, "error": 0.0, "norm": 0.0, "scored": 0}
+    for rows in [slice(0, 1)] + [slice(start, start + CAUSAL_BLOCK) for start in range(1, windows, CAUSAL_BLOCK)]:
+        positions = slice(0, context - 1) if rows.start == 0 else later
+        _score_windows(totals, logits[rows], ids[rows], None if reference is None else reference[rows], positions)
+    scored = max(totals["scored"], 1)
     loss = totals["nll"] / scored
     figures = {"perplexity": float(np.exp(loss)) if text else None, "loss": loss if text else None,
                "next_token_accuracy": totals["correct"] / scored if text else None,
@@ -103,8 +97,29 @@ def next_token_quality(logits: np.ndarray, ids: np.ndarray, reference: np.ndarra
                "kl": 0.0 if reference is None else max(totals["kl"] / scored, 0.0),
                "output_error": 0.0 if reference is None else float(np.sqrt(totals["error"] / max(totals["norm"],
                                                                                                   1e-24))),
-               "context": int(context), "stride": int(context)}
+               "context": int(context), "stride": stride}
     return {"accuracy": None, **figures, "label": "perplexity" if text else "agreement"}
+
+
+def _score_windows(totals: dict, logits: np.ndarray, ids: np.ndarray, reference: np.ndarray | None,
+                   positions: slice) -> None:
+    """Add a block of windows' figures at ``positions`` (predicting the token after each) to ``totals``."""
+    windows, context = ids.shape
+    raw_pruned = logits.reshape(windows, context, -1)[:, positions]  # (windows, scored positions, vocabulary)
+    pruned = _log_softmax_last(raw_pruned)
+    predicted = pruned.argmax(-1)
+    targets = ids[:, positions.start + 1:positions.stop + 1]
+    totals["scored"] += targets.size
+    totals["nll"] -= float(np.take_along_axis(pruned, targets[..., None], -1).sum())
+    totals["correct"] += int((predicted == targets).sum())
+    if reference is None:
+        return
+    raw = reference.reshape(windows, context, -1)[:, positions]
+    dense = _log_softmax_last(raw)
+    totals["agree"] += int((predicted == dense.argmax(-1)).sum())
+    totals["kl"] += float((np.exp(dense) * (dense - pruned)).sum())
+    totals["error"] += float(np.square(raw_pruned - raw, dtype=np.float64).sum())
+    totals["norm"] += float(np.square(raw, dtype=np.float64).sum())
 
 
 def _log_softmax_last(logits: np.ndarray) -> np.ndarray:

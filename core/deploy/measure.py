@@ -207,7 +207,8 @@ def latency_summary(milliseconds: np.ndarray, items: int) -> dict:
 
 
 def quality(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None,
-            kind: str = "logits", inputs: np.ndarray | None = None, text: bool = False, layout: tuple = ()) -> dict:
+            kind: str = "logits", inputs: np.ndarray | None = None, text: bool = False, layout: tuple = (),
+            stride: int | None = None) -> dict:
     """How good the outputs are: against ``labels`` when there are any, and against the ``reference``
     (dense) outputs always (None: these are the dense outputs).
 
@@ -216,13 +217,14 @@ def quality(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray
     the headline figure, 'accuracy' or 'agreement'. Embeddings (``kind="embedding"``): ``cosine``
     (the headline), ``cosine_p5`` and ``neighbour_agreement``, which ``agreement`` repeats. Causal
     language models (``kind="causal"``): the windows of token ids ``inputs`` are their own labels;
-    perplexity when they are real ``text`` (see core.deploy.fidelity.next_token_quality). Many outputs
+    perplexity when they are real ``text``, windows starting every ``stride`` tokens (see
+    core.deploy.fidelity.next_token_quality). Many outputs
     (``kind="outputs"``, their ``layout``): figures per output (see core.outputs.quality).
     """
     if kind == "outputs":
         return output_quality(logits, reference, layout)
     if kind == "causal":
-        return fidelity.next_token_quality(logits, inputs, reference, text)
+        return fidelity.next_token_quality(logits, inputs, reference, text, stride)
     if kind == "embedding":
         values = fidelity.embedding_fidelity(logits, reference)
         return {"accuracy": None, "loss": None, "agreement": values["neighbour_agreement"], **values,

@@ -157,7 +157,7 @@ class _Stages:
         labels = None if self.data.y_test is None else self.data.y_test[:count]
         reference = None if self.reference is None else self.reference[:count]
         result = measure.quality(logits, labels, reference, self.settings.kind, self.data.x_test[:count],
-                                 not self.data.synthetic, self.settings.outputs)
+                                 not self.data.synthetic, self.settings.outputs, self.data.stride)
         if self.settings.metric is not None:
             result["metrics"] = self.settings.metric(logits, self.settings.outputs, self.data.x_test[:count], labels)
         result["quality_interval"] = quality_interval(logits, labels, reference, self.settings.kind)

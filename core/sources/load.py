@@ -12,7 +12,7 @@ import onnx
 import torch
 from torch import nn
 
-from core.data import Dataset, load_documents, load_npz, load_text, random_data
+from core.data import Dataset, load_documents, load_npz, load_text, random_data, with_stride
 from core.errors import PrunelabError, error_line
 from core.limits import check_tokens, clip
 from core.outputs import layout as output_layout
@@ -35,7 +35,8 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def load_model(spec: str, input_shape: tuple[int, ...] | str | None = None, weights: str | Path | None = None,
-               trust: bool = False, data: str | Path | Dataset | None = None) -> ModelHandle:
+               trust: bool = False, data: str | Path | Dataset | None = None,
+               stride: int | None = None) -> ModelHandle:
     """Load ``spec`` (a built-in name, ``file.py:factory``, ``module:factory``, ``.pt2``, ``.pt``, ``.onnx``
     or a Hugging Face directory holding ``config.json`` and weights).
 
@@ -44,7 +45,9 @@ def load_model(spec: str, input_shape: tuple[int, ...] | str | None = None, weig
     ``.txt`` of sentences (token models with a tokenizer) or a Dataset; without it a built-in uses
     its own data and anything else gets seeded random inputs (random token ids for token models):
     agreement, not accuracy. A factory is called with torch's random state seeded, so a randomly
-    initialized model is the same on every load. Raises PrunelabError naming the file or value at fault.
+    initialized model is the same on every load. ``stride`` (causal language models) re-cuts the test
+    windows every ``stride`` tokens for sliding-window perplexity (core.data.with_stride); None keeps
+    them apart. Raises PrunelabError naming the file or value at fault.
     """
     shape = parse_input_shape(input_shape) if isinstance(input_shape, str) else input_shape
     spec = str(spec).strip()
@@ -56,7 +59,12 @@ def load_model(spec: str, input_shape: tuple[int, ...] | str | None = None, weig
         handle = _file(Path(spec), trust)
     if weights is not None and handle.source not in ("factory", "builtin"):
         raise PrunelabError(f"--weights applies to file.py:factory models, not to {Path(spec).name}")
-    return _finish(handle, shape, data)
+    handle = _finish(handle, shape, data)
+    if stride is not None:
+        if handle.output_kind != "causal":
+            raise PrunelabError(f"--stride applies to causal language models; {handle.name} is not one")
+        handle.data = with_stride(handle.data, stride)
+    return handle
 
 
 def _builtin(name: str, weights, shape: tuple[int, ...] | None) -> ModelHandle:
