@@ -279,6 +279,12 @@ def criteria_for(granularity: str) -> list[str]:
     return api.criteria_for(granularity)
 
 
+def layer_scope_only(criterion: str, granularity: str) -> str:
+    """Why ``criterion`` has no global scope for ``granularity`` ('' when it has one; N:M plans have no scope)."""
+    entry = api.CRITERIA.get(criterion)
+    return entry.layer_scope_only if entry is not None and granularity == "unstructured" else ""
+
+
 def per_layer(values: dict | None = None) -> bool:
     """True when some layer has its own target (the All-layers value alone does not describe the plan)."""
     values = state.plan() if values is None else values

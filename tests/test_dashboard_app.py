@@ -118,8 +118,10 @@ def test_a_criterion_that_does_not_fit_the_granularity_is_replaced(app):
 
 
 def test_a_criterion_that_reads_data_says_what_it_needs(app):
+    app.selectbox(key="w.scope").set_value("global").run()
     app.selectbox(key="w.criterion").set_value("sparsegpt").run()
     assert app.session_state[PLAN]["criterion"] == "sparsegpt"
+    assert app.session_state[PLAN]["scope"] == "layer" and app.selectbox(key="w.scope").disabled  # no global ranking
     assert any("calibration items" in caption.value for caption in app.caption)
     assert "sparsegpt" not in app.selectbox(key="w.granularity").set_value("channel").run().selectbox(
         key="w.criterion").options

@@ -173,13 +173,21 @@ def test_sparsegpt_plans_prune_exactly_and_say_what_they_did(cnn):
 
 
 def test_wanda_compares_within_rows_and_keeps_survivors(cnn):
-    result = apply_plan(cnn, Plan(criterion="wanda", sparsity=0.5, scope="global"))
+    result = apply_plan(cnn, Plan(criterion="wanda", sparsity=0.5))
     dense = dict(cnn.module.named_modules())
     for name, keep in result.masks.items():
         rows = keep.reshape(keep.shape[0], -1)
         assert torch.all((~rows).sum(1) == round(0.5 * rows.shape[1]))
         assert torch.equal(dict(result.module.named_modules())[name].weight[keep], dense[name].weight[keep])
-    assert any("within each output row" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("name, hint", [("wanda", "criterion 'activation'"), ("sparsegpt", "per-layer targets")])
+def test_layer_only_criteria_refuse_global_scope_in_one_line(name, hint):
+    with pytest.raises(PrunelabError, match=f"scope 'global' does not apply to criterion '{name}'") as refused:
+        Plan(criterion=name, scope="global")
+    assert hint in str(refused.value) and "\n" not in str(refused.value)
+    assert Plan(criterion=name, granularity="2:4", scope="global").scope == "global"  # N:M has no ranking anyway
+    assert Plan(criterion="activation", scope="global").scope == "global"
 
 
 def test_calibrated_criteria_need_data_and_weights():

@@ -93,6 +93,4 @@ def prune_calibrated(job) -> tuple[dict[str, torch.Tensor], list[str]]:
     if plan.nm:
         dense = [nm.dense_name(layer) for layer in job.layers if masks.get(layer.name) is None]
         notes += nm.nm_notes(plan, {name: mask for name, mask in masks.items() if mask is not None}, dense)
-    elif plan.scope != "layer":
-        notes.append(f"sparsegpt prunes each layer to its own target; scope '{plan.scope}' does not apply")
     return {name: mask for name, mask in masks.items() if mask is not None}, notes

@@ -81,6 +81,8 @@ class Criterion:
     help: one line for the dashboard's glossary.
     torch_pruning: the equivalent Torch-Pruning importance, as Python text (plan export).
     compare: where weights compete for a layer's unstructured target: 'layer' or 'row' (each output row).
+    layer_scope_only: why the criterion has no ranking across layers, so a plan refuses ``scope:
+        global`` for it ('' : it has one).
     """
 
     name: str
@@ -92,6 +94,7 @@ class Criterion:
     help: str = ""
     torch_pruning: str | None = None
     compare: str = "layer"
+    layer_scope_only: str = ""
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(NEEDS) or set(self.granularities) - set(KINDS)
@@ -182,11 +185,17 @@ CRITERIA: dict[str, Criterion] = {criterion.name: criterion for criterion in (
               torch_pruning="tp.importance.ActivationImportance()"),
     Criterion("wanda", ("unstructured", "N:M"), _activation, needs=frozenset({"activations"}), compare="row",
               help=f"wanda: |weight| times its input's norm on {CALIBRATION_ITEMS} calibration items, compared "
-                   "within each output row (Wanda); one pass over the items, surviving weights unchanged"),
+                   "within each output row (Wanda); one pass over the items, surviving weights unchanged",
+              layer_scope_only="compares weights within each output row, as Wanda does, so it has no ranking "
+                               "across layers: use scope 'layer', or criterion 'activation' (the same |weight| "
+                               "x input norm) for one ranking over all layers"),
     Criterion("sparsegpt", ("unstructured", "N:M"), needs=frozenset({LAYER_INPUTS}),
               help=f"sparsegpt: prune layer by layer on {CALIBRATION_ITEMS} calibration items and update the "
                    "surviving weights to rebuild each layer's outputs (SparseGPT); best quality, slowest "
-                   "(seconds on the demos, minutes on a 100M-parameter language model)"),
+                   "(seconds on the demos, minutes on a 100M-parameter language model)",
+              layer_scope_only="prunes and rebuilds each layer to its own target, as SparseGPT does, so it has no "
+                               "ranking across layers: use scope 'layer', and per-layer targets (the plan's "
+                               "layers, or `prunelab allocate`) where layers should differ"),
     Criterion("bn_scale", ("channel",), None, _bn_scale, needs=frozenset({"batchnorm"}), fallback="l2",
               help="bn_scale: rank channels by the BatchNorm scale that follows them (channel pruning only)",
               torch_pruning="tp.importance.BNScaleImportance()"),

@@ -29,10 +29,8 @@ def _weight_masks(job: Job) -> tuple[dict[str, torch.Tensor], list[str]]:
     evidence = criteria.gather_evidence(job.module, job.layers, plan.criterion, job.data, plan.seed)
     scores = {layer.name: criteria.weight_scores(layer, plan.criterion, evidence[layer.name])
               for layer in job.layers}
-    if ranking.compare == "row":
-        notes = [f"{plan.criterion} compares weights within each output row; scope '{plan.scope}' does not apply"
-                 ] if plan.scope != "layer" else []
-        return {name: unstructured.row_mask(score, job.target(name)) for name, score in scores.items()}, notes
+    if ranking.compare == "row":  # a plan refuses global scope for it (Criterion.layer_scope_only)
+        return {name: unstructured.row_mask(score, job.target(name)) for name, score in scores.items()}, []
     if plan.scope == "layer":
         return {name: unstructured.layer_mask(score, job.target(name)) for name, score in scores.items()}, []
     overridden = {name: score for name, score in scores.items() if name in plan.layer_targets}

@@ -114,6 +114,9 @@ class Plan:
             raise PrunelabError(f"criterion {brief(self.criterion)} ranks {ranks}, not {self.granularity} weights")
         if self.scope not in SCOPES:
             raise PrunelabError(f"scope must be one of {', '.join(SCOPES)}, got {brief(self.scope)}")
+        if self.scope == "global" and nm is None and CRITERIA[self.criterion].layer_scope_only:
+            raise PrunelabError(f"scope 'global' does not apply to criterion '{self.criterion}': it "
+                                f"{CRITERIA[self.criterion].layer_scope_only}")
         object.__setattr__(self, "sparsity", _fraction(self.sparsity, "sparsity"))
         object.__setattr__(self, "layers", self._normalized_layers(self.layers))
         object.__setattr__(self, "ignore", self._normalized_ignore(self.ignore))

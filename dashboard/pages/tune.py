@@ -17,6 +17,9 @@ def _on_granularity() -> None:
     if criterion not in session.criteria_for(granularity):
         criterion = "l1"
         st.session_state["w.criterion"] = criterion
+    if session.layer_scope_only(criterion, granularity) and state.plan()["scope"] != "layer":
+        st.session_state["w.scope"] = "layer"
+        state.update_plan(scope="layer")
     previous = state.plan()["granularity"]
     if state.switch_granularity(granularity, criterion):
         st.toast(f"Per-layer targets of {previous} are kept: switch back to {previous} to get them again.",
@@ -36,6 +39,16 @@ def _on_layer(name: str) -> None:
     state.set_target(name, st.session_state[f"w.layer.{name}"] / 100)
 
 
+def _on_criterion() -> None:
+    """A criterion without a ranking across layers (wanda, sparsegpt) takes the plan back to layer scope."""
+    criterion = st.session_state["w.criterion"]
+    if session.layer_scope_only(criterion, state.plan()["granularity"]):
+        st.session_state["w.scope"] = "layer"
+        state.update_plan(criterion=criterion, scope="layer")
+    else:
+        state.update_plan(criterion=criterion)
+
+
 def method_ui(values: dict) -> None:
     """Granularity, criterion and scope selects and the two toggles; each writes straight into the plan."""
     for key, field in (("w.granularity", "granularity"), ("w.criterion", "criterion"), ("w.scope", "scope")):
@@ -45,9 +58,10 @@ def method_ui(values: dict) -> None:
     first.selectbox("Granularity", session.granularities(), key="w.granularity", on_change=_on_granularity,
                     help=TERMS["granularity"])
     second.selectbox("Criterion", session.criteria_for(values["granularity"]), key="w.criterion",
-                     on_change=lambda: state.update_plan(criterion=st.session_state["w.criterion"]),
-                     help=TERMS["criterion"])
-    third.selectbox("Scope", session.SCOPES, key="w.scope", help=TERMS["scope"],
+                     on_change=_on_criterion, help=TERMS["criterion"])
+    layer_only = session.layer_scope_only(values["criterion"], values["granularity"])
+    third.selectbox("Scope", session.SCOPES, key="w.scope", disabled=bool(layer_only),
+                    help=f"{values['criterion']} {layer_only}" if layer_only else TERMS["scope"],
                     on_change=lambda: state.update_plan(scope=st.session_state["w.scope"]))
     if values["criterion"] in CALIBRATED:  # what it reads and what it costs, where the choice is made
         st.caption(f"Needs the model's data: {CRITERIA[values['criterion']]}")
