@@ -254,9 +254,11 @@ def generation_cards(figures: dict) -> None:
                                                  f"{figures['new_tokens']} greedy steps"),
                                 (right, "prefill", f"the {figures['prompt_tokens']}-token prompt in one call")):
         value, delta = formatting.tokens_per_second(figures, part)
-        _card(column, part.capitalize(), value, delta, lower_is_better=False,
-              help=f"{part} speed on the KV-cache ONNX graph in ONNX Runtime: {words}; the change is the median "
-                   f"speedup over rounds timed in alternation with the dense model, with its 95% interval")
+        graph = f"{figures['quantized']} KV-cache ONNX graph" if figures.get("quantized") else "KV-cache ONNX graph"
+        _card(column, f"{part.capitalize()}{' (INT8)' if figures.get('quantized') else ''}", value, delta,
+              lower_is_better=False,
+              help=f"{part} speed on the {graph} in ONNX Runtime: {words}; the change is the median speedup over "
+                   f"rounds timed in alternation with the dense FP32 model, with its 95% interval")
 
 
 def read_out(report: dict, stale: bool = False, accepted: tuple[float, str] | None = None) -> None:

@@ -56,6 +56,21 @@ def test_prefill_and_decode_are_timed_against_the_dense_model(tinylm):
     assert same["speedup"]["decode"]["same_kernels"] and same["decode_ms_per_token"] == dense["decode_ms_per_token"]
 
 
+def test_int8_prefill_and_decode_run_an_int8_graph_paired_against_dense_fp32():
+    import onnx
+
+    from core.deploy.generation import int8_cached
+
+    handle = load_model(f"{CAUSAL}:llama", input_shape="1,16")
+    graph = onnx.load_from_string(int8_cached(handle.module))
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= {node.op_type for node in graph.graph.node}
+    report = LiveEvaluator(handle, threads=1, quantize="int8").measure(None)
+    dense, int8 = report["baseline"]["generation"], report["pruned"]["generation"]
+    assert int8["quantized"] == "int8-dynamic" and "quantized" not in dense
+    assert not int8["speedup"]["decode"].get("same_kernels") and int8["speedup"]["decode"]["pairs"] >= 4
+    assert int8["decode_tokens_per_s"] == pytest.approx(1000.0 / int8["decode_ms_per_token"])
+
+
 @pytest.mark.slow
 def test_continuations_come_from_the_dense_and_the_pruned_graph(tinylm):
     evaluator = LiveEvaluator(tinylm, threads=1)

@@ -147,9 +147,10 @@ def _print_generation(figures: dict | None) -> None:
     """What the prefill and decode rows measured, and their paired speedups."""
     if not figures:
         return
-    print(f"generation: KV-cache ONNX graph, prefill of {figures['prompt_tokens']} prompt tokens, then "
+    graph = f"{figures['quantized']} KV-cache ONNX graph" if figures.get("quantized") else "KV-cache ONNX graph"
+    print(f"generation: {graph}, prefill of {figures['prompt_tokens']} prompt tokens, then "
           f"{figures['new_tokens']} greedy decode steps, batch {figures['batch']}, medians of {figures['rounds']} "
-          f"rounds timed in alternation with the dense model")
+          f"rounds timed in alternation with the dense FP32 model")
     for part, speedup in figures.get("speedup", {}).items():
         if speedup.get("same_kernels"):
             print(f"{part} speedup: 1.00x (the dense graph's kernels)")

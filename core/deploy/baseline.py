@@ -22,10 +22,12 @@ from core.data import Dataset
 from core.deploy import measure
 from core.deploy.export import export_onnx, float_spans, patched_weights
 from core.deploy.generation import (
+    INT8_MODE,
     Generator,
     compared_generation,
     dense_generation,
     export_cached,
+    int8_cached,
     new_tokens_for,
     prompt_for,
 )
@@ -156,13 +158,16 @@ class DenseSpeed:
                 self.figures = dense_generation(self.generator, twin, self.prompt, self.new_tokens, live)
         return self.generator
 
-    def compare(self, pruned: nn.Module | None, threads: int, batch_size: int, live: bool) -> dict:
-        """The figures of ``pruned`` with their paired speedup over the dense model; None (a graph that
-        runs the dense kernels: no plan, or new weight values only) gets the dense figures at 1.00x."""
+    def compare(self, pruned: nn.Module | None, threads: int, batch_size: int, live: bool,
+                int8: bool = False) -> dict:
+        """The figures of ``pruned`` with their paired speedup over the dense FP32 model; None (a graph
+        that runs the dense kernels: no plan, or new weight values only) gets the dense figures at 1.00x.
+        ``int8``: ``pruned``'s KV-cache graph is quantized first (``quantized`` names the mode)."""
         dense = self.session(threads, batch_size, live)
         if pruned is None:
             same = {"p50": 1.0, "low": 1.0, "high": 1.0, "measurable": False, "pairs": 0, "same_kernels": True}
             return dict(self.figures, speedup={"prefill": same, "decode": same})
-        other = Generator(export_cached(pruned), threads)
-        return compared_generation(dense, other, self.prompt, self.new_tokens, live)
+        other = Generator(int8_cached(pruned) if int8 else export_cached(pruned), threads)
+        figures = compared_generation(dense, other, self.prompt, self.new_tokens, live)
+        return dict(figures, quantized=INT8_MODE) if int8 else figures
 

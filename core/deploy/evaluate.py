@@ -232,15 +232,16 @@ class LiveEvaluator:
         return report
 
     def _generates(self, artifact: measure.Artifact) -> bool:
-        """Prefill and decode are timed for FP32 causal language models with a torch module."""
-        return self.handle.output_kind == "causal" and artifact.module is not None and not artifact.quantized
+        """Prefill and decode are timed for causal language models with a torch module (FP32 or INT8)."""
+        return self.handle.output_kind == "causal" and artifact.module is not None
 
     def _generation(self, baseline: Baseline, artifact: measure.Artifact) -> dict:
         """Prefill and decode figures of ``artifact`` against the dense KV-cache graph (see
-        core.deploy.baseline.DenseSpeed.compare); a graph the dense one's kernels run gets 1.00x."""
-        same = artifact.same_graph or artifact.model_bytes == baseline.artifact.model_bytes
+        core.deploy.baseline.DenseSpeed.compare); a graph the dense one's kernels run gets 1.00x, an
+        INT8 one is quantized and paired against the dense FP32 graph."""
+        same = not artifact.quantized and (artifact.same_graph or artifact.model_bytes == baseline.artifact.model_bytes)
         return baseline.speed.compare(None if same else artifact.module, self.settings.threads,
-                                      self.settings.batch_size, self.settings.live)
+                                      self.settings.batch_size, self.settings.live, int8=artifact.quantized)
 
     def continuations(self, plan: Plan | dict | None, prompt: str, new_tokens: int = CONTINUATION_TOKENS) -> dict:
         """The dense and the pruned model's greedy continuations of ``prompt``, run on their KV-cache

@@ -11,7 +11,8 @@ whose heads and FFN widths differ per layer exports as it is. transformers 5 kee
 ``generation_times`` runs that graph in ONNX Runtime: a prefill of the prompt (one call over
 PROMPT_TOKENS tokens with an empty past), then NEW_TOKENS decode calls of one token each, feeding
 the presents back, for two sessions in alternation (dense and pruned), so their speed is compared
-under the same load. ``greedy`` is the same loop returning the tokens chosen.
+under the same load. An INT8 model's graph is quantized dynamically (``int8_cached``) and paired
+against the dense FP32 graph. ``greedy`` is the same loop returning the tokens chosen.
 """
 from __future__ import annotations
 
@@ -218,3 +219,13 @@ def compared_generation(dense: Generator, pruned: Generator, prompt: np.ndarray,
     figures["speedup"] = {part: measure.speedup(dense_times[part], pruned_times[part])
                           for part in ("prefill", "decode")}
     return figures
+
+
+INT8_MODE = "int8-dynamic"  # a KV-cache graph has many inputs, so static calibration does not apply to it
+
+
+def int8_cached(module: nn.Module) -> bytes:
+    """The KV-cache graph of ``module`` with INT8 weights (dynamic quantization, as for every transformer)."""
+    from core.deploy.quantize import quantize_model
+
+    return quantize_model(export_cached(module), None, INT8_MODE)
