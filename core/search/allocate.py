@@ -22,6 +22,7 @@ import numpy as np
 
 from core.errors import PrunelabError
 from core.inspect import prunable_layers
+from core.prune.criteria import CRITERIA
 from core.prune.engine import apply_plan
 from core.prune.plan import MAX_SPARSITY, Plan
 from core.search import candidates
@@ -227,8 +228,11 @@ def _weight_candidates(handle: ModelHandle, criterion: str, chosen: dict[str, fl
     """The curve allocation, the split a global ranking makes at the same target, and their mean.
 
     Curves measure one layer at a time; a global ranking sees every layer at once. Both reach the
-    same overall sparsity (the target is a parameter-weighted sum), and so does their mean.
+    same overall sparsity (the target is a parameter-weighted sum), and so does their mean. A
+    criterion with no ranking across layers (wanda, sparsegpt) has the curve allocation only.
     """
+    if CRITERIA[criterion].layer_scope_only:
+        return [chosen]
     spread = _global_within(handle, criterion, list(chosen), target, bounds)
     if spread is None:
         return [chosen]
