@@ -198,3 +198,13 @@ def test_the_sensitivity_sweep_measures_one_point_per_block(resnet):
         assert 0.0 <= block["accuracy"] <= 1.0 and block["macs"] < 247_081_472
         assert block["latency_saving_ms"] is not None
     assert all("latency_ms" not in point for layer in result["layers"] for point in layer["curve"])
+
+
+def test_block_influence_leaves_padding_tokens_out():
+    from core.sources.huggingface import Pooling, TokenModel
+    module = TokenModel(hf_models.bert().model, pad_id=0, pooling=Pooling()).eval()
+    ids = torch.randint(1, hf_models.VOCAB, (4, 8), generator=torch.Generator().manual_seed(0))
+    padded = torch.cat([ids, torch.zeros(4, 8, dtype=torch.long)], 1)  # the same sentences, half padding
+    names = ["model.encoder.layer.0", "model.encoder.layer.1"]
+    plain = block_influence(module, names, example_input=ids)
+    assert block_influence(module, names, example_input=padded) == pytest.approx(plain, rel=1e-4)

@@ -40,10 +40,22 @@ def _calibration(data, example_input) -> torch.Tensor:
     return inputs if not inputs.is_floating_point() else inputs.float()
 
 
-def _cosines(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-    """Cosine per position along the feature axis: channels of a feature map (dim 1), else the last dim."""
+def _cosines(before: torch.Tensor, after: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """Cosine per position along the feature axis: channels of a feature map (dim 1), else the last dim.
+    ``positions`` (batch, tokens), True at real tokens: padding positions are left out when it fits."""
     dim = 1 if before.ndim == 4 else -1
-    return nn.functional.cosine_similarity(before.float(), after.float(), dim=dim).flatten()
+    cosines = nn.functional.cosine_similarity(before.float(), after.float(), dim=dim)
+    if positions is not None and cosines.shape == positions.shape:
+        return cosines[positions]
+    return cosines.flatten()
+
+
+def _positions(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor | None:
+    """(items, tokens) True at real tokens of token-id inputs of a model with a padding id, else None."""
+    pad_id = getattr(module, "pad_id", None)
+    if pad_id is None or inputs.is_floating_point() or inputs.ndim != 2:
+        return None
+    return inputs != pad_id
 
 
 @torch.no_grad()
@@ -51,9 +63,12 @@ def block_influence(module: nn.Module, names: list[str], data=None, example_inpu
     """Block influence of each named block: the mean over calibration positions of 1 - cos(input, output).
 
     A block that barely changes its input (influence near 0) is the cheapest to remove. ``data`` is a
-    Dataset (its calibration inputs are used) or None (``example_input`` alone). The module is unchanged.
+    Dataset (its calibration inputs are used) or None (``example_input`` alone). Padding tokens (of a
+    token model with a ``pad_id``, as its attention mask leaves them out) do not count. The module is unchanged.
     """
     inputs = _calibration(data, example_input)
+    positions = _positions(module, inputs)
+    batch_positions: list[torch.Tensor | None] = [None]
     sums = {name: [0.0, 0] for name in names}
     pending: dict[str, torch.Tensor] = {}
 
@@ -62,7 +77,7 @@ def block_influence(module: nn.Module, names: list[str], data=None, example_inpu
             pending[name] = hidden_state(args) if args else hidden_state(kwargs.get("hidden_states"))
 
         def after(child, args, kwargs, output):
-            cosines = _cosines(pending.pop(name), hidden_state(output))
+            cosines = _cosines(pending.pop(name), hidden_state(output), batch_positions[0])
             sums[name][0] += float((1.0 - cosines).sum())
             sums[name][1] += cosines.numel()
         return before, after
@@ -75,6 +90,7 @@ def block_influence(module: nn.Module, names: list[str], data=None, example_inpu
                     child.register_forward_hook(after, with_kwargs=True)]
     try:
         for start in range(0, len(inputs), INFLUENCE_BATCH):
+            batch_positions[0] = None if positions is None else positions[start:start + INFLUENCE_BATCH]
             module(inputs[start:start + INFLUENCE_BATCH])
     finally:
         for handle in handles:
