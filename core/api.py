@@ -45,6 +45,7 @@ from core.search.explore import DEFAULT_GRID, check_grid_size, explore, parse_gr
 from core.search.parallel import default_workers
 from core.search.sensitivity import DEFAULT_LEVELS, QUICK_LEVELS, SWEPT_GRANULARITIES, parse_levels, sensitivity
 from core.sources import ModelHandle, load_model
+from core.train.language import next_token_finetune
 from core.train.methods import METHODS as RECOVERY_METHODS
 from core.train.methods import recover as run_recovery
 from core.train.methods import total_epochs
@@ -226,8 +227,9 @@ def recover(handle: ModelHandle, plan: Plan, method: str, *, epochs: int, lr: fl
             rewind_epoch: int = 0, schedule: dict | None = None, on_epoch=None,
             should_stop=None) -> tuple[dict, ModelHandle]:
     """Train ``handle`` back after pruning by ``plan`` with recovery ``method`` (finetune, gradual, iterative,
-    lottery); ``schedule`` holds PolynomialDecay's arguments for gradual. Returns the run's summary and the
-    recovered model as a handle (measure it with ``LiveEvaluator.measure_module``). Raises PrunelabError.
+    lottery, next_token for causal language models); ``schedule`` holds PolynomialDecay's arguments for
+    gradual. Returns the run's summary and the recovered model as a handle (measure it with
+    ``LiveEvaluator.measure_module``). Raises PrunelabError.
     """
     result = run_recovery(handle, plan, method, epochs=epochs, lr=lr, rounds=rounds, rewind_epoch=rewind_epoch,
                           schedule=PolynomialDecay(**schedule) if schedule else None, seed=plan.seed,
@@ -276,8 +278,9 @@ __all__ = [
     "sensitivity", "SWEPT_GRANULARITIES", "DEFAULT_LEVELS", "QUICK_LEVELS", "parse_levels", "allocate", "check_request",
     "executor_for", "default_workers", "explore", "parse_grid", "check_grid_size", "DEFAULT_GRID",
     # recovery
-    "Recovery", "finetune", "gradual_prune", "iterative_prune", "lottery_ticket", "recover", "recovered_handle",
-    "measure_recovered", "recovery_epochs", "schedule_curve", "private_copy", "PolynomialDecay", "RECOVERY_METHODS",
+    "Recovery", "finetune", "gradual_prune", "iterative_prune", "lottery_ticket", "next_token_finetune", "recover",
+    "recovered_handle", "measure_recovered", "recovery_epochs", "schedule_curve", "private_copy", "PolynomialDecay",
+    "RECOVERY_METHODS",
     "SCHEDULE_END_FRACTION", "SCHEDULE_POWER",
     "polynomial_decay",
     # history

@@ -192,17 +192,24 @@ def sensitivity_heatmap(result: dict) -> go.Figure:
 
 
 def training_curves(history: list[dict]) -> tuple[go.Figure, go.Figure]:
-    """Two small charts per epoch, one y-axis each: mean training loss, and validation accuracy (%)."""
+    """Two small charts per epoch, one y-axis each: mean training loss, and validation accuracy (%) or, for a
+    language model (rows with ``val_perplexity``), validation perplexity."""
     epochs = [row["epoch"] for row in history]
     loss = go.Figure(go.Scatter(x=epochs, y=[row["loss"] for row in history], mode="lines+markers",
                                 marker_color=KEPT, text=[row.get("phase", "") for row in history],
                                 hovertemplate="epoch %{x}<br>loss %{y:.4f}<extra>%{text}</extra>"))
-    accuracy = go.Figure(go.Scatter(
-        x=epochs, y=[None if row.get("val_accuracy") is None else 100 * row["val_accuracy"] for row in history],
-        mode="lines+markers", marker_color=EFFECTIVE, text=[row.get("phase", "") for row in history],
-        hovertemplate="epoch %{x}<br>%{y:.1f}%<extra>%{text}</extra>"))
-    for figure in (loss, accuracy):
+    language = any(row.get("val_perplexity") is not None for row in history)
+    if language:
+        values, hover = [row.get("val_perplexity") for row in history], "epoch %{x}<br>perplexity %{y:.2f}"
+    else:
+        values = [None if row.get("val_accuracy") is None else 100 * row["val_accuracy"] for row in history]
+        hover = "epoch %{x}<br>%{y:.1f}%"
+    validation = go.Figure(go.Scatter(x=epochs, y=values, mode="lines+markers", marker_color=EFFECTIVE,
+                                      text=[row.get("phase", "") for row in history],
+                                      hovertemplate=hover + "<extra>%{text}</extra>"))
+    for figure in (loss, validation):
         figure.update_xaxes(tickmode="linear", dtick=1, tickformat="d", rangemode="tozero")
+    titles = ("Validation perplexity", "perplexity") if language else ("Validation accuracy", "accuracy (%)")
     return (_layout(loss, "Training loss", "epoch", "mean cross-entropy", height=280),
-            _layout(accuracy, "Validation accuracy", "epoch", "accuracy (%)", height=280))
+            _layout(validation, titles[0], "epoch", titles[1], height=280))
 

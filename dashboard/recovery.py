@@ -43,7 +43,7 @@ def start_recovery(method: str, epochs: int, lr: float = 3e-3, rounds: int = 3, 
         raise PrunelabError(f"unknown recovery method '{method}' (choose from {', '.join(METHODS)})")
     handle = session.model()
     handle.require("finetune")
-    if not handle.data.trainable:
+    if not handle.data.trainable and handle.output_kind != "causal":  # a language model trains on its own text
         raise PrunelabError(f"fine-tuning needs training data: '{handle.data.name}' has no x_train/y_train")
     plan = session.plan_object()
     if method == "gradual" and gradual_target() <= 0:

@@ -247,3 +247,6 @@ def test_a_language_model_shows_perplexity_tokens_per_second_and_both_continuati
     assert shown["prompt"] == "The with statement is used to" and shown["dense"] != shown["pruned"]
     texts = [element.value for element in app.text]
     assert shown["prompt"] + shown["dense"] in texts and shown["prompt"] + shown["pruned"] in texts
+    app.switch_page("pages/recover.py").run()
+    method = app.selectbox(key="w.recover.method")  # a language model recovers on its own text, not labels
+    assert method.value == "next_token" and len(method.options) == 1 and not app.exception and not app.error

@@ -121,3 +121,41 @@ def test_stride_is_refused_outside_the_context_or_for_other_models(tinylm):
         with_stride(tinylm.data, 129)
     with pytest.raises(PrunelabError, match="applies to causal language models"):
         load_model("digits-mlp", stride=4)
+
+
+def test_next_token_objective_is_the_hugging_face_causal_loss(tinylm):
+    from core.train.loop import next_token
+
+    ids = torch.from_numpy(tinylm.data.x_train[:3])
+    with torch.no_grad():
+        expected = tinylm.module.model(input_ids=ids, labels=ids).loss
+        assert float(next_token(tinylm.module, ids, None, None)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_next_token_recovery_trains_on_the_text_with_pruned_weights_held(tinylm):
+    import dataclasses
+
+    from core.data import Dataset
+    from core.train.methods import recover
+
+    train = tinylm.data.x_train[:12]  # a few windows: the test checks the mechanics, not the figure
+    small = Dataset("tinylm, 12 train windows", train, None, tinylm.data.x_val[:2], None, x_train=train)
+    handle = dataclasses.replace(tinylm, data=small, _digest=None)
+    seen = []
+    result = recover(handle, Plan(sparsity=0.5), "next_token", epochs=2, lr=1e-3, on_epoch=seen.append)
+    figures = result.details["perplexity"]
+    assert [row["epoch"] for row in seen] == [1, 2] and all(row["val_perplexity"] > 1 for row in seen)
+    assert figures["dense"] < figures["one_shot"] and figures["recovered"] < figures["one_shot"]  # scored on train
+    layers = dict(result.module.named_modules())
+    for name, keep in result.masks.items():
+        assert not layers[name].weight[~keep].any()  # pruned weights stayed zero through AdamW
+    assert result.summary()["method"] == "next_token"
+
+
+def test_next_token_recovery_needs_a_language_model_and_finetune_points_to_it(tinylm, mlp):
+    from core.train.methods import recover
+
+    with pytest.raises(PrunelabError, match="not a causal language model"):
+        recover(mlp, Plan(sparsity=0.5), "next_token", epochs=1)
+    with pytest.raises(PrunelabError, match="method 'next_token'"):
+        recover(tinylm, Plan(sparsity=0.5), "finetune", epochs=1)

@@ -243,6 +243,6 @@ def test_one_name_per_method_runs_through_the_table(mlp, monkeypatch):
     result = methods.recover(mlp, Plan(scope="global", sparsity=0.5), "lottery", epochs=1, rounds=1)
     assert result.method == "lottery" and result.summary()["method"] == "lottery"
     assert sum(calls) == methods.total_epochs("lottery", 1, 1) == 3  # dense, one round, the control
-    assert list(methods.METHODS) == ["finetune", "gradual", "iterative", "lottery"]
+    assert list(methods.METHODS) == ["finetune", "next_token", "gradual", "iterative", "lottery"]
     with pytest.raises(PrunelabError, match="unknown recovery method 'ticket'"):
         methods.recover(mlp, Plan(), "ticket", epochs=1)

@@ -1,7 +1,9 @@
-"""prunelab recover: train accuracy back by gradual, iterative or lottery-ticket pruning.
+"""prunelab recover: train accuracy back by gradual, iterative or lottery-ticket pruning, or a
+language model's perplexity by next-token fine-tuning.
 
     prunelab recover digits-cnn --method gradual --sparsity 0.95 --epochs 8
     prunelab recover digits-cnn --method lottery --sparsity 0.98 --rounds 3 --epochs 10 --rewind-epoch 1
+    prunelab recover tinylm --method next_token --plan plan.yaml --epochs 3
 
 Also holds what ``prunelab prune --finetune EPOCHS`` uses: its arguments, the epoch progress bar
 on stderr and the measurement of the recovered model.
@@ -20,13 +22,14 @@ from core.api import (
     gradual_prune,
     iterative_prune,
     lottery_ticket,
+    next_token_finetune,
     write_atomic,
 )
 from core.cli.evaluate import load_plan, progress
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.errors import PrunelabError
 
-METHODS = ("gradual", "iterative", "lottery")
+METHODS = ("gradual", "iterative", "lottery", "next_token")
 
 
 class EpochBar:
@@ -39,6 +42,8 @@ class EpochBar:
         done = min(row["epoch"], self.total)
         filled = self.width * done // self.total
         validation = "" if row["val_accuracy"] is None else f" val {row['val_accuracy']:.1%}"
+        if row.get("val_perplexity") is not None:
+            validation = f" val perplexity {row['val_perplexity']:.2f}"
         phase = f" {row['phase']}" if "phase" in row else ""
         sys.stderr.write(f"\rprunelab: {self.label}{phase} [{'#' * filled}{'.' * (self.width - filled)}] "
                          f"{done}/{self.total} loss {row['loss']:.3f}{validation}   ")
@@ -64,9 +69,11 @@ def finetuned(handle, plan: Plan, pruned, report: dict, args) -> tuple[dict, obj
     """
     if args.finetune < 1:
         raise PrunelabError(f"--finetune needs at least 1 epoch, got {args.finetune}")
-    progress(f"fine-tuning {args.finetune} epochs with the masks held")
-    result = finetune(handle, plan, args.finetune, lr=args.lr, seed=plan.seed, pruned=pruned,
-                               on_epoch=EpochBar(args.finetune, "fine-tuning"))
+    language = handle.output_kind == "causal"  # a language model learns its text's next tokens
+    progress(f"fine-tuning {args.finetune} epochs{' on next-token loss' if language else ''} with the masks held")
+    tune = next_token_finetune if language else finetune
+    result = tune(handle, plan, args.finetune, lr=args.lr, seed=plan.seed, pruned=pruned,
+                  on_epoch=EpochBar(args.finetune, "fine-tuning"))
     evaluator = LiveEvaluator(handle, threads=args.threads, batch_size=args.batch_size, quantize=args.quantize,
                               live=False)
     measured, artifact = evaluator.measure_module(result.module, plan)  # against the same dense baseline
@@ -77,11 +84,17 @@ def finetuned(handle, plan: Plan, pruned, report: dict, args) -> tuple[dict, obj
                            f"one-shot {accuracy['one_shot']:.1%} -> recovered {accuracy['recovered']:.1%} "
                            f"(dense {accuracy['dense']:.1%}); {result.sparsity:.1%} of prunable weights zero"
                            ] + report["notes"]
+    figures = result.details.get("perplexity")
+    if figures:
+        report["notes"] = [f"fine-tuned {len(result.history)} epochs on next-token loss with pruned weights held "
+                           f"at zero: test perplexity one-shot {figures['one_shot']:.2f} -> recovered "
+                           f"{figures['recovered']:.2f} (dense {figures['dense']:.2f})"] + report["notes"]
     return report, artifact
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("recover", help="gradual, iterative or lottery-ticket pruning with training")
+    parser = subparsers.add_parser("recover", help="gradual, iterative or lottery-ticket pruning with training, "
+                                                   "or next-token fine-tuning of a language model")
     add_model_arguments(parser)
     parser.add_argument("--method", choices=METHODS, default="gradual", help="how to prune while training")
     parser.add_argument("--plan", help="a plan file; default: global L1 unstructured at --sparsity")
@@ -106,6 +119,9 @@ def run(args) -> int:
     elif args.method == "iterative":
         bar = EpochBar(args.rounds * args.epochs, "iterative pruning")
         result = iterative_prune(handle, plan, args.rounds, args.epochs, on_epoch=bar, **common)
+    elif args.method == "next_token":
+        result = next_token_finetune(handle, plan, args.epochs, on_epoch=EpochBar(args.epochs, "next-token"),
+                                     **common)
     else:
         bar = EpochBar((args.rounds + 2) * args.epochs, "lottery ticket")
         result = lottery_ticket(handle, plan, args.rounds, args.epochs, rewind_epoch=args.rewind_epoch,
@@ -121,7 +137,10 @@ def run(args) -> int:
     print(f"{handle.name}: {args.method} to {plan.sparsity:g} ({plan.granularity}, {plan.criterion}, {plan.scope})")
     for name, value in summary["accuracy"].items():
         name = "ticket" if args.method == "lottery" and name == "recovered" else name.replace("_", " ")
-        print(f"{name + ' accuracy':<26} {'-' if value is None else f'{value:.1%}':>8}")
+        if value is not None or "perplexity" not in summary["details"]:
+            print(f"{name + ' accuracy':<26} {'-' if value is None else f'{value:.1%}':>8}")
+    for name, value in summary["details"].get("perplexity", {}).items():
+        print(f"{name.replace('_', ' ') + ' test perplexity':<26} {value:>8.2f}")
     print(f"{'prunable weights zero':<26} {result.sparsity:>8.1%}")
     if args.save:
         print(f"wrote {args.save}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from core.errors import PrunelabError
 from core.prune.plan import Plan
 from core.sources import ModelHandle
+from core.train.language import next_token_finetune
 from core.train.recovery import Recovery, Training, finetune, gradual_prune, iterative_prune, lottery_ticket
 from core.train.schedule import PolynomialDecay
 
@@ -27,6 +28,11 @@ class Method:
 def _run_finetune(model, plan, training: Training, options: dict, callbacks: dict) -> Recovery:
     return finetune(model, plan, training.epochs, lr=training.lr, seed=training.seed,
                     batch_size=training.batch_size, **callbacks)
+
+
+def _run_next_token(model, plan, training: Training, options: dict, callbacks: dict) -> Recovery:
+    return next_token_finetune(model, plan, training.epochs, lr=training.lr, seed=training.seed,
+                               batch_size=training.batch_size, **callbacks)
 
 
 def _run_gradual(model, plan, training: Training, options: dict, callbacks: dict) -> Recovery:
@@ -48,6 +54,7 @@ def _run_lottery(model, plan, training: Training, options: dict, callbacks: dict
 # lottery ticket trains dense, then each round, then its random re-init control.
 METHODS: dict[str, Method] = {
     "finetune": Method(_run_finetune, lambda epochs, rounds: epochs),
+    "next_token": Method(_run_next_token, lambda epochs, rounds: epochs),  # causal language models
     "gradual": Method(_run_gradual, lambda epochs, rounds: epochs),
     "iterative": Method(_run_iterative, lambda epochs, rounds: rounds * epochs),
     "lottery": Method(_run_lottery, lambda epochs, rounds: (rounds + 2) * epochs),

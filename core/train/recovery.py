@@ -31,7 +31,7 @@ from core.prune.engine import PruneResult, apply_plan
 from core.prune.plan import Plan
 from core.prune.unstructured import apply_mask
 from core.sources import ModelHandle
-from core.train.loop import accuracy, fit
+from core.train.loop import accuracy, classification, fit
 from core.train.schedule import PolynomialDecay, default_schedule
 
 Masks = dict[str, torch.Tensor]
@@ -97,6 +97,7 @@ class _Recorder:
     tags: dict = field(default_factory=dict)
     steps: int = 0
     losses: list[float] = field(default_factory=list)
+    scores: Callable[[nn.Module], dict] | None = None  # the validation figures of a row (default: accuracy)
 
     def step(self, loss: float) -> None:
         self.losses.append(loss)
@@ -107,8 +108,9 @@ class _Recorder:
             raise _Stopped
 
     def epoch(self, module: nn.Module) -> None:
-        row = {"epoch": len(self.history) + 1, "loss": sum(self.losses) / max(1, len(self.losses)),
-               "val_accuracy": _accuracy(module, self.data, "val"), **self.tags}
+        scores = self.scores(module) if self.scores else {"val_accuracy": _accuracy(module, self.data, "val")}
+        row = {"epoch": len(self.history) + 1, "loss": sum(self.losses) / max(1, len(self.losses)), **scores,
+               **self.tags}
         self.losses.clear()
         self.history.append(row)
         if self.on_epoch is not None:
@@ -130,8 +132,9 @@ def _hold(module: nn.Module, masks: Masks | None) -> None:
 
 
 def _train(module: nn.Module, recorder: _Recorder, training: Training, masks: Masks | None,
-           hook: Callable[[int], Masks | None] | None = None) -> bool:
-    """Train ``module`` in place with ``masks`` held; ``hook(step)`` may return new masks. True when stopped."""
+           hook: Callable[[int], Masks | None] | None = None, objective=classification) -> bool:
+    """Train ``module`` in place on ``objective`` (core.train.loop) with ``masks`` held; ``hook(step)`` may
+    return new masks. True when stopped."""
     current = [masks]
 
     def on_step(step: int, loss: float) -> None:
@@ -143,7 +146,7 @@ def _train(module: nn.Module, recorder: _Recorder, training: Training, masks: Ma
     _hold(module, masks)
     try:
         fit(module, recorder.data, training.epochs, training.lr, training.seed, training.batch_size,
-            on_epoch=lambda epoch, loss: recorder.epoch(module), on_step=on_step)
+            on_epoch=lambda epoch, loss: recorder.epoch(module), on_step=on_step, objective=objective)
     except _Stopped:
         module.eval()
         return True
@@ -155,8 +158,8 @@ def _require_training(model: ModelHandle) -> None:
         raise PrunelabError("recovery needs a loaded model (core.load_model) with its data, not a bare module")
     model.require("finetune")
     if model.output_kind == "causal":
-        raise PrunelabError(f"{model.name}: recovery trains classifiers on labels; fine-tuning a language model on "
-                            f"next-token loss is not available yet (its perplexity and tokens/s are measured as usual)")
+        raise PrunelabError(f"{model.name}: this recovery method trains classifiers on labels; a language model "
+                            f"recovers with method 'next_token' (next-token loss on the train split of its text)")
     if not model.data.trainable:
         raise PrunelabError(f"{model.name}: fine-tuning needs training data: the data '{model.data.name}' has no "
                             "x_train/y_train (pass --data with an .npz holding x_train and y_train)")

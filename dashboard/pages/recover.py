@@ -7,7 +7,9 @@ import streamlit as st
 from dashboard import charts, recovery, session, state
 
 METHODS = {"finetune": "Fine-tune (masks held)", "gradual": "Gradual pruning (AGP schedule)",
-           "iterative": "Iterative prune-then-fine-tune", "lottery": "Lottery ticket (rewinding)"}
+           "iterative": "Iterative prune-then-fine-tune", "lottery": "Lottery ticket (rewinding)",
+           "next_token": "Next-token fine-tuning on the train text (masks held)"}
+LANGUAGE_METHODS = ("next_token",)  # what a causal language model offers: it trains on its own text, not labels
 HEIGHT = 320
 
 
@@ -20,7 +22,11 @@ def settings_ui(values: dict) -> dict | None:
     """Method and training settings (kept across page switches and runs); returns them when Run is pressed."""
     for key, value in DEFAULTS.items():
         state.seed(key, value)
-    method = st.selectbox("Method", list(METHODS), format_func=METHODS.get, key="w.recover.method",
+    language = session.is_language_model()
+    offered = [name for name in METHODS if (name in LANGUAGE_METHODS) == language]
+    if st.session_state["w.recover.method"] not in offered:
+        st.session_state["w.recover.method"] = offered[0]
+    method = st.selectbox("Method", offered, format_func=METHODS.get, key="w.recover.method",
                           persist_state="session")
     first, second, third, fourth = st.columns(4)
     epochs = first.number_input("Epochs" + (" per round" if method in ("iterative", "lottery") else ""),
@@ -28,7 +34,7 @@ def settings_ui(values: dict) -> dict | None:
     lr = second.number_input("Peak learning rate", 1e-4, 1e-1, format="%.4f", key="w.recover.lr",
                              persist_state="session")
     rounds = third.number_input("Rounds", 1, 10, key="w.recover.rounds", persist_state="session",
-                                disabled=method in ("finetune", "gradual"))
+                                disabled=method not in ("iterative", "lottery"))
     rewind = fourth.number_input("Rewind to epoch", 0, 99, key="w.recover.rewind", persist_state="session",
                                  disabled=method != "lottery",
                                  help="0 rewinds to the initialization; 1 or 2 (late rewinding) helps at high sparsity")
@@ -112,10 +118,14 @@ def progress_panel() -> None:
 
 
 def results_ui(summary: dict) -> None:
-    accuracy = summary["accuracy"]
-    columns = st.columns(len(accuracy) + 1)
-    for column, (name, value) in zip(columns, accuracy.items()):
-        column.metric(f"{name.replace('_', ' ')} accuracy", "-" if value is None else f"{value:.2%}")
+    perplexity = summary["details"].get("perplexity")  # a language model: test perplexity, lower is better
+    figures = perplexity or summary["accuracy"]
+    columns = st.columns(len(figures) + 1)
+    for column, (name, value) in zip(columns, figures.items()):
+        if perplexity:
+            column.metric(f"{name.replace('_', ' ')} perplexity", f"{value:.2f}")
+        else:
+            column.metric(f"{name.replace('_', ' ')} accuracy", "-" if value is None else f"{value:.2%}")
     columns[-1].metric("prunable weights zero", f"{summary['sparsity']:.1%}")
     if summary["stopped"]:
         st.warning("Stopped early: these are the figures of the partly trained model.")
