@@ -1,10 +1,11 @@
 """LLM pruning criteria on the built-in language model: tinylm's test perplexity after magnitude, Wanda
 and SparseGPT at 50% unstructured, 4:8 and 2:4, and after 25% heads + FFN channel cuts, with prefill
 and decode tokens/s in ONNX Runtime (paired against the dense model), printed beside the published
-LLaMA-2-7B WikiText-2 table so the orderings can be compared. Then SparseGPT's time and peak resident
-memory on a 135M-parameter Llama with SmolLM-135M's configuration (random weights), in a fresh process.
+LLaMA-2-7B WikiText-2 table so the orderings can be compared. Then SparseGPT's wall time, CPU time
+and peak resident memory, each on a line of its own, on tinylm and on a 135M-parameter Llama with
+SmolLM-135M's configuration (random weights), each in a fresh process.
 
-    python -m benchmarks.llm_criteria [--quick] [--large-only]
+    python -m benchmarks.llm_criteria [--quick] [--timing-only] [--large-only]
 """
 from __future__ import annotations
 
@@ -91,10 +92,16 @@ def smollm_135m():
     return LlamaForCausalLM(LlamaConfig(**SMOLLM))
 
 
-def _large_child() -> None:
-    """Prune the 135M model with SparseGPT 50% and print seconds, then peak RSS (this process only)."""
+TIMED = {"tinylm": ("tinylm", None), "135m": (f"{__file__}:smollm_135m", (1, LARGE_TOKENS))}
+TIMED_NAMES = {"tinylm": "tinylm", "135m": "135M Llama (SmolLM-135M config, random weights)"}
+
+
+def _timed_child(model: str) -> None:
+    """Prune ``model`` (a TIMED key) with SparseGPT 50% and print parameters, wall s, CPU s, peak RSS GiB
+    and the pruning note (this process only: loading happens before the clocks start)."""
     torch.set_num_threads(2)
-    handle = load_model(f"{__file__}:smollm_135m", input_shape=(1, LARGE_TOKENS))
+    spec, shape = TIMED[model]
+    handle = load_model(spec, input_shape=shape)
     params = sum(parameter.numel() for parameter in handle.module.parameters())
     started, cpu = time.perf_counter(), time.process_time()
     result = apply_plan(handle, Plan(criterion="sparsegpt", sparsity=0.5))
@@ -104,37 +111,44 @@ def _large_child() -> None:
     print(f"{params} {seconds:.1f} {cpu:.1f} {int(peak) / 2 ** 20:.2f} {note}")
 
 
-def large_run() -> None:
+def timed_run(model: str) -> None:
+    """SparseGPT 50% on ``model`` in a fresh process: wall time, CPU time and peak RSS, each on its own line."""
     started_load = os.getloadavg()[0]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get(
         "PYTHONPATH")]))}
-    output = subprocess.run([sys.executable, "-m", "benchmarks.llm_criteria", "--large-child"], env=environment,
+    output = subprocess.run([sys.executable, "-m", "benchmarks.llm_criteria", "--child", model], env=environment,
                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     params, seconds, cpu, gib, note = output.split(" ", 4)
-    print_table(["model", "parameters", "plan", "wall s", "CPU s (both cores)", "peak resident GiB (whole process)"],
-                [["Llama, SmolLM-135M config, random weights", f"{int(params) / 1e6:.0f}M", "sparsegpt 50%",
-                  seconds, cpu, gib]])
-    print(f"\n{note}\nload average {started_load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on "
-          f"{os.cpu_count()} cores (wall time stretches with the load; CPU time does not); peak RSS is VmHWM of a "
-          "fresh process that loaded and pruned the model (torch threads 2)")
+    label = f"sparsegpt 50% on {TIMED_NAMES[model]}, {int(params) / 1e6:.1f}M parameters"
+    print(f"{label}: wall time {seconds} s")
+    print(f"{label}: CPU time {cpu} s (all threads, torch threads 2)")
+    print(f"{label}: peak RSS {gib} GiB (VmHWM of a fresh process that loaded and pruned the model)")
+    print(f"  {note}\n  load average {started_load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on "
+          f"{os.cpu_count()} cores (wall time stretches with the load; CPU time much less)")
 
 
 def main(quick: bool = False) -> None:
     tinylm_table(quick)
+    print()
+    timed_run("tinylm")
     if not quick:
-        print()
-        large_run()
+        timed_run("135m")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer test windows and patterns, no 135M run")
-    parser.add_argument("--large-only", action="store_true", help="only the 135M-parameter SparseGPT run")
-    parser.add_argument("--large-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--timing-only", action="store_true",
+                        help="only SparseGPT's wall time, CPU time and peak RSS on tinylm and the 135M Llama")
+    parser.add_argument("--large-only", action="store_true", help="only the 135M-parameter SparseGPT timing")
+    parser.add_argument("--child", choices=TIMED, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    if arguments.large_child:
-        _large_child()
+    if arguments.child:
+        _timed_child(arguments.child)
     elif arguments.large_only:
-        large_run()
+        timed_run("135m")
+    elif arguments.timing_only:
+        timed_run("tinylm")
+        timed_run("135m")
     else:
         main(arguments.quick)

@@ -130,6 +130,7 @@ def test_transformer_blocks_chain_and_match_the_pass_that_stops_at_each_block(ti
     chained = copy.deepcopy(tiny_llama)
     chain = layerwise._Chain(chained, list(chained.model.layers), 0, batches)
     assert chain.valid
+    assert chain.calls[2][1][1] is chain.calls[1][1][1]  # alike layers: block 2 reuses block 1's arguments
     masks = layerwise.prune_layerwise(chained, blocks_of(chained),
                                       batches, solve)
     monkeypatch.setattr(layerwise._Chain, "__init__", _invalid_chain)
@@ -141,6 +142,18 @@ def test_transformer_blocks_chain_and_match_the_pass_that_stops_at_each_block(ti
         assert torch.equal(mask, again[name]), name
     weight = dict(chained.named_modules())["model.layers.2.mlp.down_proj"].weight
     assert torch.allclose(weight, dict(unchained.named_modules())["model.layers.2.mlp.down_proj"].weight, atol=1e-5)
+
+
+def test_only_alike_hugging_face_layers_share_their_arguments(tiny_llama):
+    assert layerwise._uniform_layers(tiny_llama)
+    assert not layerwise._uniform_layers(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)))  # no config: full pass
+    mixed = copy.deepcopy(tiny_llama)
+    mixed.config.layer_types = ["sliding_attention", "full_attention", "sliding_attention"]  # Gemma 2's pattern
+    assert not layerwise._uniform_layers(mixed)
+    mask = torch.ones(2, 3)
+    assert layerwise._same_arguments([((None, mask), {"position": (mask, mask)})],
+                                     [((torch.zeros(1), mask.clone()), {"position": (mask, mask)})])
+    assert not layerwise._same_arguments([((None,), {"bias": mask})], [((None,), {"bias": mask + 1})])
 
 
 def blocks_of(model):
