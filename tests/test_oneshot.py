@@ -117,3 +117,19 @@ def test_reconstruction_leaves_the_input_model_alone_and_skips_models_without_da
     assert all(torch.equal(value, cnn.module.state_dict()[key]) for key, value in before.items())
     bare = apply_plan(cnn.module, Plan(granularity="channel", sparsity=0.5), example_input=cnn.example_input())
     assert not any("reconstruction:" in note for note in bare.notes)
+
+
+def test_fisher_evidence_is_computed_once_per_model_and_data(cnn, monkeypatch):
+    calls = []
+    compute = fisher.mask_gradients
+    monkeypatch.setattr(fisher, "mask_gradients", lambda *args, **kwargs: calls.append(1) or compute(*args, **kwargs))
+    fisher.clear_cache()
+    plans = [Plan(granularity="channel", criterion="fisher", sparsity=share, reconstruct=False) for share in (0.3, 0.6)]
+    first, second = (apply_plan(cnn, plan) for plan in plans)
+    assert len(calls) == 1
+    assert sum(p.numel() for p in first.module.parameters()) > sum(p.numel() for p in second.module.parameters())
+    changed = copy.deepcopy(cnn.module)
+    with torch.no_grad():
+        next(changed.parameters()).mul_(0.5)
+    apply_plan(changed, plans[0], data=cnn.data, example_input=cnn.example_input())
+    assert len(calls) == 2

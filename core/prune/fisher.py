@@ -21,11 +21,19 @@ multiplied by a ones tensor with one entry per (item, input column); its gradien
 mask gradient. Units spanning several columns (a head, a channel read by several layers, a
 channel after a flatten) add their columns' gradients per item before squaring, which is the
 gradient of one shared mask.
+
+The per-item gradients depend only on the model's weights, the calibration items and the
+consumers, not on the targets: ``cached_mask_gradients`` keeps the last few sets in memory, so a
+sweep or a slider move over the same model reads them instead of running backward passes again.
 """
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
+
+from core.cache import MemoryLRU
 
 DRAWS = 2  # targets drawn per item (one with labels: they do not change between draws)
 CONSUMER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -110,6 +118,39 @@ def mask_gradients(module: nn.Module, consumers: dict[str, nn.Module],
         for handle in handles:
             handle.remove()
     return {name: torch.cat(parts).double() for name, parts in collected.items() if parts}
+
+
+_CACHE = MemoryLRU(4)  # the one home of Fisher evidence: {key: {consumer: per-item gradients}}
+
+
+def weights_digest(module: nn.Module) -> str:
+    """A fingerprint of ``module``'s parameters: names, shapes and two sums each (cheap next to a backward pass)."""
+    hasher = hashlib.sha256()
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            values = parameter.detach().double()
+            hasher.update(f"{name}{tuple(parameter.shape)}{values.sum().item():.12e}"
+                          f"{values.pow(2).sum().item():.12e}{values.flatten()[::97].sum().item():.12e}".encode())
+    return hasher.hexdigest()[:24]
+
+
+def cached_mask_gradients(module: nn.Module, consumers: dict[str, nn.Module],
+                          batches: list[tuple[torch.Tensor, torch.Tensor | None]], kind: str, seed: int,
+                          data_key: str) -> dict[str, torch.Tensor]:
+    """``mask_gradients``, kept in memory by the model's weights, ``data_key`` (the calibration
+    items), the output kind and the seed; a request for consumers the kept set lacks computes them all."""
+    key = (weights_digest(module), data_key, kind, seed, tuple(len(batch) for batch, _ in batches))
+    kept = _CACHE.get(key)
+    if kept is not None and kept["asked"].issuperset(consumers):
+        return {name: kept["gradients"][name] for name in consumers if name in kept["gradients"]}
+    gradients = mask_gradients(module, consumers, batches, kind, seed)
+    _CACHE.put(key, {"asked": frozenset(consumers), "gradients": gradients})
+    return gradients
+
+
+def clear_cache() -> None:
+    """Forget every kept set of Fisher evidence."""
+    _CACHE.clear()
 
 
 def fisher(per_item: torch.Tensor) -> torch.Tensor:

@@ -83,7 +83,9 @@ def unit_fisher(job, groups, attention, graph, names: dict, evidence: dict) -> d
                  for target in [item.dep.target.module]}
     consumers.update({unit.output: module.get_submodule(unit.output) for unit in attention if unit.output})
     cal = calibration(job, job.plan.criterion)
-    gradients = fisher.mask_gradients(module, consumers, cal.batches(), job.output_kind, job.plan.seed)
+    data_key = f"{job.data.digest}:{len(cal.inputs)}:{job.pad_id}"
+    gradients = fisher.cached_mask_gradients(module, consumers, cal.batches(), job.output_kind, job.plan.seed,
+                                             data_key)
     scores, fallen = {}, []
     for group in groups:
         columns = [(gradients[name], item.idxs, item.root_idxs)
