@@ -34,10 +34,10 @@ MODELS = {
     "digits-cnn": ({"spec": "digits-cnn"}, ("unstructured", "channel"), None, 1.0),
     "digits-resnet": ({"spec": "digits-resnet"}, ("unstructured", "channel"), None, 1.0),
     "minilm": ({"spec": "minilm"}, ("unstructured", "channel"), 2.0, 10.0),
-    "resnet50": ({"spec": "benchmarks.scale:resnet50", "input_shape": (1, 3, 224, 224)}, ("unstructured",), 2.0,
-                 10.0),
+    "resnet50": ({"spec": "benchmarks.scale:resnet50", "input_shape": (1, 3, 224, 224)}, ("unstructured", "channel"),
+                 2.0, 10.0),
     "bert-base": ({"spec": "benchmarks.live_loop:bert_base", "input_shape": (1, 128), "vocab_size": 30522},
-                  ("unstructured",), 2.0, 10.0),
+                  ("unstructured", "channel"), 2.0, 10.0),
 }
 
 

@@ -39,16 +39,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model: str | None, home: Path, live_wait: float | None = None) -> tuple[subprocess.Popen, str]:
-    """Start ``prunelab dashboard --port N [MODEL]`` and wait until /_stcore/health answers; ``live_wait``:
-    the seconds a Tune run waits for the final figures before showing stages (default: the product's)."""
+def start_server(model: str | None, home: Path, live_wait: float | None = None,
+                 options: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """Start ``prunelab dashboard --port N [OPTIONS] [MODEL]`` and wait until /_stcore/health answers;
+    ``live_wait``: the seconds a Tune run waits for the final figures before showing stages (default: the
+    product's); ``options``: more command-line options, e.g. ``("--input-shape", "1,3,224,224")``."""
     port = free_port()
     env = {**os.environ, "PRUNELAB_HOME": str(home)}
     env.pop("PRUNELAB_MODEL", None)
     env.pop("PRUNELAB_LIVE_WAIT", None)  # the page as people get it: first figures, then the final ones
     if live_wait is not None:
         env["PRUNELAB_LIVE_WAIT"] = str(live_wait)
-    command = [sys.executable, "-m", "core.cli", "dashboard", "--port", str(port)] + ([model] if model else [])
+    command = [sys.executable, "-m", "core.cli", "dashboard", "--port", str(port), *options,
+               *([model] if model else [])]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
