@@ -133,3 +133,26 @@ def test_fisher_evidence_is_computed_once_per_model_and_data(cnn, monkeypatch):
         next(changed.parameters()).mul_(0.5)
     apply_plan(changed, plans[0], data=cnn.data, example_input=cnn.example_input())
     assert len(calls) == 2
+
+
+def test_comparable_scores_are_ranked_as_they_are_in_global_scope():
+    from core.prune import select
+
+    scores = {"quiet": torch.tensor([1.0, 2.0]), "loud": torch.tensor([10.0, 20.0])}
+    assert select.global_sparsities(scores, 0.5) == {"quiet": 0.5, "loud": 0.5}
+    assert select.global_sparsities(scores, 0.5, normalize=False) == {"quiet": 1.0, "loud": 0.0}
+
+
+def test_global_fisher_shares_heads_and_neurons_between_layers(tinylm):
+    import dataclasses
+
+    data = tinylm.data
+    few = dataclasses.replace(data, x_train=(data.x_train if data.x_train is not None else data.x_val)[:8])
+    result = apply_plan(tinylm, Plan(granularity="channel", criterion="fisher", scope="global", sparsity=0.5,
+                                     reconstruct=False), data=few)
+    for unit in ("head", "channel"):
+        rows = [row for row in result.kept.values() if row["unit"] == unit and row["target"] > 0]
+        assert rows
+        assert len({row["target"] for row in rows}) > 1                    # each layer its own share
+        kept, total = sum(row["kept"] for row in rows), sum(row["total"] for row in rows)
+        assert abs(kept / total - 0.5) < 0.1

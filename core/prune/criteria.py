@@ -83,6 +83,9 @@ class Criterion:
     compare: where weights compete for a layer's unstructured target: 'layer' or 'row' (each output row).
     layer_scope_only: why the criterion has no ranking across layers, so a plan refuses ``scope:
         global`` for it ('' : it has one).
+    comparable: its scores are in the same units in every layer (a loss change), so global scope ranks
+        them as they are, heads against heads and channels against channels, instead of dividing each
+        group's scores by their mean.
     """
 
     name: str
@@ -95,6 +98,7 @@ class Criterion:
     torch_pruning: str | None = None
     compare: str = "layer"
     layer_scope_only: str = ""
+    comparable: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(NEEDS) or set(self.granularities) - set(KINDS)
@@ -207,7 +211,7 @@ CRITERIA: dict[str, Criterion] = {criterion.name: criterion for criterion in (
               help="fisher: cut the heads, neurons and channels whose removal the model's own predictions "
                    "notice least (Fisher information of unit masks on 64 calibration items, no labels needed; "
                    "about three forward passes; channel pruning only)",
-              torch_pruning="tp.importance.GroupHessianImportance()"),
+              torch_pruning="tp.importance.GroupHessianImportance()", comparable=True),
 )}
 
 

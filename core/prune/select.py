@@ -67,11 +67,13 @@ def select_units(units: list[list[int]], scores: torch.Tensor, removes: list[dic
     return sorted(chosen)
 
 
-def global_sparsities(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, float]:
-    """Sparsity per unit group from one ranking of mean-normalized scores over all groups."""
+def global_sparsities(scores: dict[str, torch.Tensor], sparsity: float, normalize: bool = True) -> dict[str, float]:
+    """Sparsity per unit group from one ranking over all groups; ``normalize`` divides each group's scores
+    by their mean first (scores whose scale differs between layers, such as weight norms)."""
     if not scores:
         return {}
-    normalized = {key: values / values.mean().clamp_min(1e-12) for key, values in scores.items()}
+    normalized = {key: values / values.mean().clamp_min(1e-12) if normalize else values
+                  for key, values in scores.items()}
     flat = torch.cat(list(normalized.values()))
     count = int(round(sparsity * len(flat)))
     if count == 0:

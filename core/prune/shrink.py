@@ -29,10 +29,12 @@ def _head_scores(attention: heads.Attention, name: str, evidence: dict, module: 
     return heads.head_scores(attention, rows)
 
 
-def _targets(job, units: dict[str, list[str]], scores: dict) -> dict[str, float]:
+def _targets(job, units: dict[str, list[str]], scores: dict, kinds: dict[str, str]) -> dict[str, float]:
     """Sparsity per unit group (a channel group or an attention layer), keyed by its leader.
 
-    ``units`` maps each leader to the layers whose plan targets apply to it.
+    ``units`` maps each leader to the layers whose plan targets apply to it; ``kinds`` maps it to its
+    unit ('head' or 'channel'). Global scope ranks every group without its own target at once; scores
+    comparable between layers (criteria.Criterion.comparable) are ranked as they are, within each kind.
     """
     targets = job.plan.layer_targets
     chosen = {}
@@ -46,7 +48,12 @@ def _targets(job, units: dict[str, list[str]], scores: dict) -> dict[str, float]
         job.notes.append(f"target for '{name}' not applied: its output channels are not in a prunable group")
     if job.plan.scope == "global":
         ranked = {leader: scores[leader] for leader, value in chosen.items() if value is None}
-        chosen.update(select.global_sparsities(ranked, job.plan.sparsity))
+        if criteria.criterion(job.plan.criterion).comparable:
+            for kind in set(kinds.values()):
+                chosen.update(select.global_sparsities({leader: values for leader, values in ranked.items()
+                                                        if kinds[leader] == kind}, job.plan.sparsity, normalize=False))
+        else:
+            chosen.update(select.global_sparsities(ranked, job.plan.sparsity))
     return {leader: job.plan.sparsity if value is None else value for leader, value in chosen.items()}
 
 
@@ -115,7 +122,8 @@ def prune_structure(job) -> PruneResult:
         scores.update({unit.leader: _head_scores(unit, plan.criterion, evidence, module) for unit in attention})
     units = {group.leader: group.members for group in groups}
     units.update({unit.leader: list(unit.projections) for unit in attention})
-    targets = _targets(job, units, scores)
+    kinds = {**dict.fromkeys(units, "channel"), **{unit.leader: "head" for unit in attention}}
+    targets = _targets(job, units, scores, kinds)
     dropped = {unit.leader: heads.select_heads(scores[unit.leader], heads.kept_heads(unit, targets[unit.leader]))
                for unit in attention}
     reconstruction = _reconstruction(job, groups, attention, graph, names)
