@@ -14,8 +14,10 @@ model alike.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +39,7 @@ class Metric:
 
     spec: str
     function: object
+    digest: str = ""  # names the metric in cache keys: its spec and, for a file, the file's contents
 
     def __call__(self, outputs: np.ndarray, layout: tuple, x: np.ndarray, y: np.ndarray | None) -> dict[str, float]:
         """The metric's named numbers for ``outputs`` (laid side by side as core.outputs.flat lays them)."""
@@ -46,6 +49,10 @@ class Metric:
         except Exception as error:  # the user's code: report, never crash
             raise PrunelabError(f"the metric {self.spec} raised {error_line(error, with_type=True)}") from None
         return _numbers(values, self.spec)
+
+    def __reduce__(self):
+        """Pickled by where it came from: a worker process imports the file again."""
+        return load_metric, (self.spec,)
 
 
 def _numbers(values, spec: str) -> dict[str, float]:
@@ -74,4 +81,6 @@ def load_metric(spec: str) -> Metric:
     function = getattr(import_location(location), name, None)
     if not callable(function):
         raise PrunelabError(f"'{location}' has no callable named '{name}'")
-    return Metric(str(spec), function)
+    path = Path(location)
+    content = path.read_bytes() if location.endswith(".py") and path.is_file() else b""
+    return Metric(str(spec), function, f"{spec}-{hashlib.sha256(content).hexdigest()[:16]}")

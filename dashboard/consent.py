@@ -73,11 +73,15 @@ def started_with(candidate: dict) -> bool:
 def check_source(candidate: dict, builtins) -> None:
     """Raise PrunelabError when a visitor may not make the server load ``candidate``.
 
-    ``candidate`` is a source dict (spec, weights, trust, data, input_shape). It holds no memory
+    ``candidate`` is a source dict (spec, weights, trust, data, input_shape, metric). It holds no memory
     of earlier consent beyond its own ``trust``, so it is checked wherever a source is loaded,
     however the source reached the session. The model named when the server was started
     (``PRUNELAB_MODEL``) counts as agreed to.
     """
+    if candidate.get("metric"):  # a metric is code, whatever the model is
+        location = candidate["metric"].rpartition(":")[0]
+        check_path(location if location.endswith(".py") else None, "the metric file")
+        _check_code("importing this metric", candidate["trust"])
     if started_with(candidate):
         return
     for key in ("weights", "data"):
@@ -87,9 +91,13 @@ def check_source(candidate: dict, builtins) -> None:
     path, imports = describe(candidate["spec"], builtins)
     check_path(path, "the model file")
     if imports or candidate["trust"]:
-        what = "importing this architecture" if imports else "unpickling this module"
-        if not code_allowed():
-            raise PrunelabError(f"{what} runs Python code on the server, which this dashboard does not allow; "
-                                f"whoever runs it can start it with `prunelab dashboard --allow-code`")
-        if not candidate["trust"]:
-            raise PrunelabError(f"{what} runs Python code on the server: tick the box to trust it first")
+        _check_code("importing this architecture" if imports else "unpickling this module", candidate["trust"])
+
+
+def _check_code(what: str, trusted: bool) -> None:
+    """Code runs only on a dashboard started with --allow-code, and only after the visitor's tick."""
+    if not code_allowed():
+        raise PrunelabError(f"{what} runs Python code on the server, which this dashboard does not allow; "
+                            f"whoever runs it can start it with `prunelab dashboard --allow-code`")
+    if not trusted:
+        raise PrunelabError(f"{what} runs Python code on the server: tick the box to trust it first")

@@ -29,8 +29,15 @@ QUALITY_DROPS = {
 }
 
 
+OWN = "metric:"  # a goal named OWN + a number of the model's own metric: the largest drop of that number
+OWN_BOUNDS = (0.0, 1e6, 0.01, 0.001)  # in the metric's own units
+
+
 def goal_text(name: str) -> tuple[str, str, tuple]:
     """(label, unit, (min, max, default, step)) of a goal as this session's model reads it."""
+    if name.startswith(OWN):
+        figure = name[len(OWN):]
+        return f"{figure} drop at most", f"largest drop in {figure}", OWN_BOUNDS
     if name == "drop":
         return QUALITY_DROPS[session.quality_label()][:3]
     return GOALS[name][:3]
@@ -50,8 +57,10 @@ def accepted_drop() -> tuple[float, str]:
 
 
 def goals_for(granularity: str) -> list[str]:
-    """The goals a plan of ``granularity`` can reach (MACs and latency only move with channel pruning)."""
-    return [name for name, (_, _, _, channel_only) in GOALS.items() if granularity == "channel" or not channel_only]
+    """The goals a plan of ``granularity`` can reach (MACs and latency only move with channel pruning), and a
+    largest drop of each number the model's own metric returns."""
+    return ([name for name, (_, _, _, channel_only) in GOALS.items() if granularity == "channel" or not channel_only]
+            + [f"{OWN}{figure}" for figure in session.metric_names()])
 
 
 def matching_sweep() -> dict | None:
@@ -83,6 +92,8 @@ def start_quick_sweep() -> None:
 
 
 def _request(goal: str, value: float) -> dict:
+    if goal.startswith(OWN):
+        return {"max_accuracy_drop": value, "quality": goal[len(OWN):]}
     if goal == "macs":
         return {"target_mac_reduction": value}
     if goal == "latency":

@@ -43,12 +43,28 @@ def layer_table(plan: dict, measured: dict) -> pd.DataFrame:
                           "measured": percent(measured.get(name))} for name in names])
 
 
+OWN = "metrics."  # the flat key prefix of the numbers a run's own metric (--metric) returned
+
+
+def _label(name: str) -> str:
+    return f"{name[len(OWN):]} (your metric)" if name.startswith(OWN) else metric_label(name)
+
+
+def _value(name: str, value) -> str | None:
+    return (None if value is None else f"{value:.4g}") if name.startswith(OWN) else metric(name, value)
+
+
+def _shown(names) -> list[str]:
+    """The figures a table shows: the run's own metric first, then the built-in ones."""
+    names = list(names)
+    return [name for name in names if name.startswith(OWN)] + [name for name in METRICS if name in names]
+
+
 def metrics_table(pruned: dict, baseline: dict) -> pd.DataFrame:
-    """Dense and pruned figures side by side, every metric with its name and unit."""
+    """Dense and pruned figures side by side, every metric with its name and unit (the run's own metric first)."""
     dense, after = _flat(baseline), _flat(pruned)
-    rows = [{"metric": metric_label(name), "dense": metric(name, dense.get(name)),
-             "this run": metric(name, after.get(name))}
-            for name in METRICS if dense.get(name) is not None or after.get(name) is not None]
+    rows = [{"metric": _label(name), "dense": _value(name, dense.get(name)), "this run": _value(name, after.get(name))}
+            for name in _shown(dict.fromkeys([*dense, *after]))]
     return pd.DataFrame(rows)
 
 
@@ -57,7 +73,7 @@ def difference_tables(diff: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     layers = pd.DataFrame([{"layer": row["layer"], "run A": percent(row["a"]), "run B": percent(row["b"]),
                             "B - A": None if row["delta"] is None else f"{100 * row['delta']:+.1f} pts"}
                            for row in diff["layers"]])
-    metrics = pd.DataFrame([{"metric": metric_label(row["metric"]), "run A": metric(row["metric"], row["a"]),
-                             "run B": metric(row["metric"], row["b"])}
-                            for row in diff["metrics"] if row["metric"] in METRICS])
+    rows = {row["metric"]: row for row in diff["metrics"]}
+    metrics = pd.DataFrame([{"metric": _label(name), "run A": _value(name, rows[name]["a"]),
+                             "run B": _value(name, rows[name]["b"])} for name in _shown(rows)])
     return layers, metrics

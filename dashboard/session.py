@@ -64,8 +64,10 @@ def builtin_description(name: str) -> str:
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading the model…")
-def _load(spec: str, weights: str | None, trust: bool, data: str | None, input_shape: str | None):
-    return api.load_model(spec, input_shape=input_shape or None, weights=weights, trust=trust, data=data)
+def _load(spec: str, weights: str | None, trust: bool, data: str | None, input_shape: str | None,
+          metric: str | None = None):
+    return api.load_model(spec, input_shape=input_shape or None, weights=weights, trust=trust, data=data,
+                          metric=metric)
 
 
 def source() -> dict:
@@ -76,19 +78,21 @@ def model():
     """This session's ModelHandle (shared, read-only: pass it back to core, never look inside)."""
     current = source()
     consent.check_source(current, api.builtin_models())
-    return _load(current["spec"], current["weights"], current["trust"], current["data"], current["input_shape"])
+    return _load(current["spec"], current["weights"], current["trust"], current["data"], current["input_shape"],
+                 current.get("metric"))
 
 
 def model_key() -> str:
     """A key naming this session's model and data, for the caches and the model's lock."""
     handle = model()
-    return f"{handle.digest}-{handle.data.digest}"
+    return f"{handle.digest}-{handle.data.digest}" + (f"-{handle.metric.digest}" if handle.metric else "")
 
 
 def use_source(spec: str, weights: str | None = None, trust: bool = False, data: str | None = None,
-               input_shape: str | None = None) -> None:
-    """Switch this session to another model; loads it first, so a bad file leaves the old one in place."""
-    candidate = {"spec": spec, "weights": weights, "trust": bool(trust), "data": data, "input_shape": input_shape}
+               input_shape: str | None = None, metric: str | None = None) -> None:
+    """Switch this session to another model (or metric); loads it first, so a bad file leaves the old one in place."""
+    candidate = {"spec": spec, "weights": weights, "trust": bool(trust), "data": data, "input_shape": input_shape,
+                 "metric": metric or None}
     current = source()
     try:
         consent.check_source(candidate, api.builtin_models())  # code needs --allow-code and a tick
@@ -119,6 +123,11 @@ def quality_label() -> str:
     if handle.output_kind == "embedding":
         return "cosine"
     return "accuracy" if handle.data.labelled else "agreement"
+
+
+def metric_names() -> list[str]:
+    """The names of the numbers the model's own metric returns (none without one)."""
+    return list(baseline().get("metrics") or {}) if model().metric is not None else []
 
 
 def has_batchnorm() -> bool:

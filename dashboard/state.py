@@ -13,7 +13,7 @@ import threading
 
 import streamlit as st
 
-MODEL = "prunelab.model"        # dict: spec, weights, trust, data, input_shape (all str or None)
+MODEL = "prunelab.model"        # dict: spec, weights, trust, data, input_shape, metric (all str or None)
 PLAN = "prunelab.plan"          # dict accepted by Plan.from_dict
 LAYER = "prunelab.layer"        # the layer shown on the Layers page
 LAST_REPORT = "prunelab.report"  # the last measured report (plan, quantize and model it belongs to inside)
@@ -60,10 +60,11 @@ def default_source(default_model: str) -> dict:
     """The model a new visitor sees: PRUNELAB_MODEL (with the source options ``prunelab dashboard`` was
     given: PRUNELAB_WEIGHTS, PRUNELAB_INPUT_SHAPE, PRUNELAB_DATA, PRUNELAB_TRUST) or ``default_model``."""
     if not os.environ.get("PRUNELAB_MODEL"):
-        return {"spec": default_model, "weights": None, "trust": False, "data": None, "input_shape": None}
+        return {"spec": default_model, "weights": None, "trust": False, "data": None, "input_shape": None,
+                "metric": None}
     return {"spec": os.environ["PRUNELAB_MODEL"], "weights": os.environ.get("PRUNELAB_WEIGHTS") or None,
             "trust": os.environ.get("PRUNELAB_TRUST") == "1", "data": os.environ.get("PRUNELAB_DATA") or None,
-            "input_shape": os.environ.get("PRUNELAB_INPUT_SHAPE") or None}
+            "input_shape": os.environ.get("PRUNELAB_INPUT_SHAPE") or None, "metric": None}
 
 
 def source(default_model: str) -> dict:

@@ -243,8 +243,20 @@ def cards(report: dict) -> None:
     second = formatting.fidelity(pruned)
     if second is not None:
         _card(bottom[2], second[0], second[1], None, help=second[2])
+    own_metric_cards(pruned, dense)
     if pruned.get("generation"):
         generation_cards(pruned["generation"])
+
+
+def own_metric_cards(pruned: dict, dense: dict | None = None) -> None:
+    """One card per number the model's own metric (file.py:function) returned, with its change from dense."""
+    numbers, before = pruned.get("metrics") or {}, (dense or {}).get("metrics") or {}
+    for column, (name, value) in zip(st.columns(max(3, len(numbers))), numbers.items()):
+        old = before.get(name) if dense is not None else None
+        moved = None if old is None else round(value - old, 4)
+        _card(column, name, f"{value:.4g}", None if not moved else f"{moved:+.4g}", moved, lower_is_better=False,
+              help="your own metric, on the same test items as the other figures"
+                   + ("" if old is None else f"; dense {old:.4g}"))
 
 
 def generation_cards(figures: dict) -> None:

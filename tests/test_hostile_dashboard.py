@@ -62,6 +62,37 @@ def test_dashboard_imports_code_with_allow_code_and_a_tick(model_page, tmp_path,
     assert model_page.session_state["prunelab.model"]["spec"] == spec
 
 
+METRIC = """import pathlib
+pathlib.Path({marker!r}).write_text("imported")
+def top_class_share(outputs, data):
+    return {{"top class share": float((outputs.argmax(1) == 0).mean())}}
+"""
+
+
+def use_metric(app, spec: str, trust: bool = False):
+    app.text_input[[box.label for box in app.text_input].index("Metric")].input(spec).run()
+    if trust:
+        app.checkbox(key="metric-trust").check()
+    next(button for button in app.button if button.label == "Use this metric").click().run()
+    assert not app.exception
+    return [error.value for error in app.error]
+
+
+def test_a_metric_is_code_under_the_same_consent_and_then_shows_on_the_cards(model_page, tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "metrics.py").write_text(METRIC.format(marker=str(marker)))
+    monkeypatch.setenv("PRUNELAB_MODEL_ROOT", str(tmp_path))
+    spec = f"{tmp_path / 'metrics.py'}:top_class_share"
+    [message] = use_metric(model_page, spec)
+    assert "importing this metric" in message and "--allow-code" in message and not marker.exists()
+    monkeypatch.setenv("PRUNELAB_ALLOW_CODE", "1")
+    [message] = use_metric(model_page.run(), spec)
+    assert "tick the box" in message and not marker.exists()
+    assert use_metric(model_page, spec, trust=True) == [] and marker.exists()
+    assert model_page.session_state["prunelab.model"]["metric"] == spec
+    assert "top class share" in [card.label for card in model_page.metric]
+
+
 def test_dashboard_opens_server_paths_only_under_its_model_root(model_page, tmp_path, monkeypatch):
     root, outside = tmp_path / "root", tmp_path / "outside"
     root.mkdir()

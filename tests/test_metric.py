@@ -46,3 +46,28 @@ def test_cli_prints_the_metric_and_refuses_a_bad_one(cli):
     assert done["code"] == 0 and "macro F1" in done["stdout"]
     done = cli("evaluate", "digits-mlp", "--metric", "no-colon")
     assert done["code"] == 2 and done["stderr"].strip().splitlines()[-1].startswith("prunelab: error: --metric")
+
+
+def test_the_metric_travels_with_the_model_to_sensitivity_allocation_and_evaluation(monkeypatch, tmp_path):
+    """One path: the handle carries the metric; every measurement of the model reports its numbers."""
+    import pickle
+
+    from core.search.allocate import allocate
+    from core.search.sensitivity import sensitivity
+    from core.sources.load import load_model
+
+    monkeypatch.setenv("PRUNELAB_HOME", str(tmp_path))
+    handle = load_model("digits-mlp", metric=f"{METRICS}:macro_f1")
+    assert pickle.loads(pickle.dumps(handle.metric)).spec == handle.metric.spec  # workers import it again
+    result = sensitivity(handle, levels=(0.0, 0.5, 0.9), max_items=120)
+    assert 0 < result["baseline_metrics"]["macro F1"] <= 1
+    curve = result["layers"][0]["curve"]
+    assert curve[0]["metrics"]["macro F1"] == result["baseline_metrics"]["macro F1"]
+    assert curve[-1]["metrics"]["macro F1"] != curve[0]["metrics"]["macro F1"]
+    plan = allocate(handle, max_accuracy_drop=0.02, sensitivity=result, quality="macro F1")
+    loose = allocate(handle, max_accuracy_drop=0.3, sensitivity=result, quality="macro F1")
+    assert sum(level for _, level in plan.layers) < sum(level for _, level in loose.layers)
+    with pytest.raises(PrunelabError, match="no figure 'mAP': its metric gives macro F1"):
+        allocate(handle, max_accuracy_drop=0.02, sensitivity=result, quality="mAP")
+    report = evaluate(handle, plan)  # no metric argument: the model's own
+    assert set(report["pruned"]["metrics"]) == {"macro F1"}

@@ -12,7 +12,7 @@ from core.api import (
     writable_folder,
     writable_home,
 )
-from core.cli.options import add_model_arguments, model_from
+from core.cli.options import add_metric_argument, add_model_arguments, model_from
 from core.cli.sensitivity import ProgressBar, add_parallel_arguments, check_parallel
 from core.errors import PrunelabError
 
@@ -20,11 +20,15 @@ from core.errors import PrunelabError
 def register(subparsers) -> None:
     parser = subparsers.add_parser("allocate", help="choose per-layer sparsities that reach a target")
     add_model_arguments(parser)
+    add_metric_argument(parser)
     parser.add_argument("--target-sparsity", type=float, help="overall fraction of weights removed, e.g. 0.9")
     parser.add_argument("--target-latency-ms", type=float, help="ONNX Runtime p50 at batch 1 (channel plans)")
     parser.add_argument("--target-mac-reduction", type=float, help="dense MACs / pruned MACs, e.g. 2 (channel plans)")
     parser.add_argument("--max-accuracy-drop", type=float,
                         help="largest predicted drop as a fraction (0.01 = one point); alone it sets the target")
+    parser.add_argument("--quality", metavar="NAME",
+                        help="the figure --max-accuracy-drop and the damage are read in: a number your --metric "
+                             "returns (e.g. mAP; higher is better, drop in its own units); default accuracy")
     parser.add_argument("--granularity", choices=SWEPT_GRANULARITIES, default="unstructured")
     parser.add_argument("--criterion", default="l1", help="how weights or channels are ranked (default l1)")
     parser.add_argument("--min-sparsity", type=float, default=0.0, help="lowest sparsity of any layer")
@@ -43,7 +47,10 @@ def run(args) -> int:
     if args.round_to < 1:
         raise PrunelabError(f"--round-to must be at least 1, got {args.round_to}")
     check_request(args.target_sparsity, args.target_latency_ms, args.target_mac_reduction, args.max_accuracy_drop,
-                  args.granularity, (args.min_sparsity, args.max_sparsity))
+                  args.granularity, (args.min_sparsity, args.max_sparsity), args.quality)
+    if args.quality and not args.metric:
+        raise PrunelabError(f"--quality {args.quality} names a number of your own metric: "
+                            f"pass --metric file.py:function")
     check_parallel(args)  # a bad count or address fails before the model loads
     writable_home()  # the sweep is cached there, and the plan written to --out: both checked before the sweep
     writable_folder(Path(args.out).resolve().parent, "the folder of --out")
@@ -54,7 +61,7 @@ def run(args) -> int:
                     target_mac_reduction=args.target_mac_reduction, granularity=args.granularity,
                     criterion=args.criterion, max_accuracy_drop=args.max_accuracy_drop,
                     min_sparsity=args.min_sparsity, max_sparsity=args.max_sparsity, sensitivity=curves,
-                    round_to=args.round_to, workers=args.workers, ray_address=args.ray_address)
+                    round_to=args.round_to, workers=args.workers, ray_address=args.ray_address, quality=args.quality)
     plan.save(args.out)
     print(f"wrote {args.out}")
     for name, value in plan.layers:

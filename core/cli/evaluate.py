@@ -5,7 +5,7 @@ import math
 import sys
 
 from core.api import QUANTIZE_MODES, Plan, check_plan, evaluate
-from core.cli.options import add_metric_argument, add_model_arguments, metric_from, model_from, print_json
+from core.cli.options import add_metric_argument, add_model_arguments, model_from, print_json
 from core.limits import clip
 
 
@@ -36,14 +36,12 @@ def load_plan(path: str) -> Plan:
 
 def run(args) -> int:
     handle = model_from(args)
-    metric = metric_from(args)
     plan = load_plan(args.plan) if args.plan else None
     if plan is not None:
         check_plan(handle, plan)
     progress(f"measuring {handle.name} on ONNX Runtime ({args.threads} threads, batch {args.batch_size})"
              + (f", {args.quantize}" if args.quantize else ""))
-    report = evaluate(handle, plan, batch_size=args.batch_size, threads=args.threads, quantize=args.quantize,
-                      metric=metric)
+    report = evaluate(handle, plan, batch_size=args.batch_size, threads=args.threads, quantize=args.quantize)
     if args.json:
         print_json(report)
     else:

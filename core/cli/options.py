@@ -23,20 +23,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_from(args: argparse.Namespace) -> ModelHandle:
     return load_model(args.model, input_shape=args.input_shape, weights=args.weights, trust=args.trust,
-                      data=args.data, stride=getattr(args, "stride", None))
+                      data=args.data, stride=getattr(args, "stride", None), metric=getattr(args, "metric", None))
 
 
 def add_metric_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", help="your own metric, file.py:function(outputs, data) -> {name: number}, "
-                                         "reported beside accuracy (see the README)")
-
-
-def metric_from(args: argparse.Namespace):
-    """The --metric function (core.metric.Metric), or None."""
-    if not getattr(args, "metric", None):
-        return None
-    from core.metric import load_metric
-    return load_metric(args.metric)
+                                         "reported beside accuracy wherever the model is measured (see the README)")
 
 
 def print_json(value) -> None:

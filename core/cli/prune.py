@@ -28,7 +28,7 @@ from core.api import (
     write_atomic,
 )
 from core.cli.evaluate import add_measure_arguments, load_plan, print_report, progress
-from core.cli.options import add_metric_argument, add_model_arguments, metric_from, model_from, print_json
+from core.cli.options import add_metric_argument, add_model_arguments, model_from, print_json
 from core.cli.recover import add_finetune_arguments, finetuned
 
 FILES = ("model.onnx", "state_dict.pt", "model.pt2", "plan.yaml", "report.json")
@@ -63,7 +63,7 @@ def run(args) -> int:
     progress(f"pruning {handle.name} ({plan.granularity}, {plan.criterion}, {plan.scope} {plan.sparsity:g}) "
              f"and measuring on ONNX Runtime")
     evaluator = LiveEvaluator(handle, threads=args.threads, batch_size=args.batch_size, quantize=args.quantize,
-                              live=False, metric=metric_from(args))
+                              live=False)
     report, artifact, result = evaluator.measure_artifact(plan)
     report = dict(report)  # the cached report stays as measured; this copy also lists the files
     if args.finetune:  # recovery (core/cli/recover.py): the report and files become the fine-tuned model's

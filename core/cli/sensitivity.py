@@ -5,7 +5,7 @@ import os
 import sys
 
 from core.api import DEFAULT_LEVELS, SWEPT_GRANULARITIES, executor_for, parse_levels, sensitivity, writable_home
-from core.cli.options import add_model_arguments, model_from, print_json
+from core.cli.options import add_metric_argument, add_model_arguments, model_from, print_json
 from core.search.executors import capped_workers
 from core.search.parallel import ADDRESS_VARIABLE
 
@@ -15,6 +15,7 @@ SHADES = " .:-=+*#%@"  # no drop ... a drop of 50 points or more
 def register(subparsers) -> None:
     parser = subparsers.add_parser("sensitivity", help="per-layer accuracy and loss against sparsity")
     add_model_arguments(parser)
+    add_metric_argument(parser)
     parser.add_argument("--granularity", choices=SWEPT_GRANULARITIES, default="unstructured")
     parser.add_argument("--criterion", default="l1", help="how weights or channels are ranked (default l1)")
     default_levels = ",".join(f"{level:g}" for level in DEFAULT_LEVELS)

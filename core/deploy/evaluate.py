@@ -96,7 +96,7 @@ class LiveEvaluator:
         self.handle = handle
         self.data = _dataset(handle, data)
         self.settings = Settings(int(batch_size), int(threads), quantize, live, handle.output_kind, handle.outputs,
-                                 metric)
+                                 metric if metric is not None else handle.metric)
         self._data_digest = self.data.digest  # hashes every array: once, not on every call
         self._lock = threading.Lock()
 

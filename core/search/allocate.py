@@ -55,11 +55,30 @@ def _interpolate(levels, values, bounds: tuple[float, float]) -> tuple[np.ndarra
     return points, np.interp(points, levels, values)
 
 
-def curves_for(result: dict, resource: str, bounds: tuple[float, float]) -> list[Curve]:
+def quality_values(points: list[dict], quality: str | None) -> np.ndarray:
+    """The quality figure at each point: accuracy, or the named number of the model's own metric."""
+    if quality is None:
+        return np.array([point["accuracy"] for point in points])
+    return np.array([point["metrics"][quality] for point in points])
+
+
+def check_quality(result: dict, quality: str | None) -> None:
+    """Refuse a quality figure the sensitivity result does not carry, naming the ones it does."""
+    if quality is None:
+        return
+    named = result.get("baseline_metrics") or {}
+    if quality not in named:
+        have = f"its metric gives {', '.join(named)}" if named else "it was measured without --metric"
+        raise PrunelabError(f"the sensitivity result has no figure '{quality}': {have}")
+
+
+def curves_for(result: dict, resource: str, bounds: tuple[float, float], quality: str | None = None) -> list[Curve]:
     """Allocation curves from a sensitivity ``result`` for ``resource`` ('weights', 'params', 'macs', 'latency_ms').
 
     'weights' counts zeroed weights of the layer itself; the others read the measured whole-model
-    figure at each level (channel sweeps), so the removed amount is dense minus pruned.
+    figure at each level (channel sweeps), so the removed amount is dense minus pruned. Damage is
+    the loss increase plus the accuracy drop, or, with ``quality`` (a name the model's own metric
+    returns, higher being better), the drop of that figure alone.
     """
     curves = []
     for layer in result["layers"]:
@@ -69,15 +88,15 @@ def curves_for(result: dict, resource: str, bounds: tuple[float, float]) -> list
             continue
         high = min(bounds[1], float(levels[-1]))
         low = min(bounds[0], high)
-        accuracy = np.array([point["accuracy"] for point in points])
+        values = quality_values(points, quality)
         loss = np.array([point["loss"] for point in points])
         if resource == "weights":
             removed = levels * layer["params"]
         else:
             measured = np.array([point[resource] for point in points], dtype=float)
             removed = measured[0] - measured
-        drop = accuracy[0] - accuracy
-        damage = (loss - loss[0]) + ACCURACY_WEIGHT * drop
+        drop = values[0] - values
+        damage = drop if quality else (loss - loss[0]) + ACCURACY_WEIGHT * drop
         sparsity, removed = _interpolate(levels, removed, (low, high))
         _, damage = _interpolate(levels, damage, (low, high))
         _, drop = _interpolate(levels, drop, (low, high))
@@ -161,7 +180,7 @@ def _single_target(target_sparsity, target_latency_ms, target_mac_reduction, max
 
 
 def check_request(target_sparsity, target_latency_ms, target_mac_reduction, max_accuracy_drop, granularity: str,
-                  bounds: tuple[float, float]) -> tuple[str, float, tuple[float, float]]:
+                  bounds: tuple[float, float], quality: str | None = None) -> tuple[str, float, tuple[float, float]]:
     """``(target kind, value, (min, max))`` for an allocation request; PrunelabError for a bad one."""
     bounds = _check_bounds(*bounds)
     kind, value = _single_target(target_sparsity, target_latency_ms, target_mac_reduction, max_accuracy_drop)
@@ -170,7 +189,9 @@ def check_request(target_sparsity, target_latency_ms, target_mac_reduction, max_
     if granularity != "channel" and kind in ("latency_ms", "mac_reduction"):
         raise PrunelabError("zeroed weights leave latency and MACs unchanged on ONNX Runtime: "
                             "latency and MAC targets need granularity channel")
-    if max_accuracy_drop is not None and not 0.0 <= float(max_accuracy_drop) <= 1.0:
+    if max_accuracy_drop is not None and quality is not None and float(max_accuracy_drop) < 0:
+        raise PrunelabError(f"max drop of {quality} must be at least 0, got {max_accuracy_drop}")
+    if max_accuracy_drop is not None and quality is None and not 0.0 <= float(max_accuracy_drop) <= 1.0:
         raise PrunelabError(f"max accuracy drop is a fraction in [0, 1] (0.01 = one point), got {max_accuracy_drop}")
     return kind, value, bounds
 
@@ -179,7 +200,7 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
              granularity: str = "unstructured", criterion: str = "l1", max_accuracy_drop: float | None = None,
              min_sparsity: float = 0.0, max_sparsity: float = MAX_SPARSITY, sensitivity: dict | None = None,
              target_mac_reduction: float | None = None, round_to: int = 1, workers: int | None = 1,
-             ray_address: str | None = None) -> Plan:
+             ray_address: str | None = None, quality: str | None = None) -> Plan:
     """A per-layer plan that reaches one target while losing as little accuracy as the curves predict.
 
     Targets (give one): target_sparsity, the overall fraction of weights removed (zeroed weights of
@@ -193,10 +214,13 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
     plans): kept channels rounded to a multiple, as in Plan; the target is checked on the rounded
     model and the plan carries the rounding. The final classifier stays dense, as in every plan.
     workers / ray_address: where the omitted sweep and the candidate checks run (see
-    core.search.executors.executor_for). Raises PrunelabError for conflicting or unreachable targets.
+    core.search.executors.executor_for). quality: the figure the damage and max_accuracy_drop are read
+    in: accuracy (None) or a number the model's own metric returns (``handle.metric``, e.g. 'mAP'),
+    its drop then in the metric's own units. Raises PrunelabError for conflicting or unreachable
+    targets, or a quality figure the sweep did not measure.
     """
     kind, value, bounds = check_request(target_sparsity, target_latency_ms, target_mac_reduction, max_accuracy_drop,
-                                        granularity, (min_sparsity, max_sparsity))
+                                        granularity, (min_sparsity, max_sparsity), quality)
     executor = executor_for(workers, ray_address)
     result = sensitivity if sensitivity is not None else sweep(handle, granularity, criterion, workers=workers,
                                                                 ray_address=ray_address)
@@ -205,22 +229,28 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
                             f"not {granularity}/{criterion}")
     if not result.get("complete", True):
         raise PrunelabError("the sensitivity sweep was stopped early; allocation needs every layer's curve")
+    check_quality(result, quality)
     if granularity == "channel":
-        chosen = _allocate_channels(handle, result, kind, value, bounds, criterion, round_to)
+        chosen = _allocate_channels(handle, result, kind, value, bounds, criterion, round_to, quality)
     else:
-        chosen = _allocate_weights(result, kind, value, bounds)
+        chosen = _allocate_weights(result, kind, value, bounds, quality)
         if kind == "sparsity":
             chosen = candidates.best(handle, criterion, _weight_candidates(handle, criterion, chosen, value, bounds),
-                                     executor)
+                                     executor, quality)
     if max_accuracy_drop is not None and kind != "drop":
-        curves = curves_for(result, "weights" if granularity != "channel" else "params", bounds)
-        drop = predicted_drop(curves, chosen)
-        if drop > max_accuracy_drop + 1e-9:
-            raise PrunelabError(f"reaching that target is predicted to cost {drop:.1%} of {result['label']}, "
-                                f"more than the allowed {max_accuracy_drop:.1%}")
+        _check_drop(result, chosen, granularity, bounds, max_accuracy_drop, quality)
     return Plan(granularity=granularity, criterion=criterion, scope="layer", sparsity=0.0,
                 layers={name: round(level, 4) for name, level in chosen.items()},
                 round_to=round_to if granularity == "channel" else 1)
+
+
+def _check_drop(result: dict, chosen: dict, granularity: str, bounds, limit: float, quality: str | None) -> None:
+    curves = curves_for(result, "weights" if granularity != "channel" else "params", bounds, quality)
+    drop = predicted_drop(curves, chosen)
+    if drop > limit + 1e-9:
+        cost, allowed = (f"{drop:.4g}", f"{limit:.4g}") if quality else (f"{drop:.1%}", f"{limit:.1%}")
+        raise PrunelabError(f"reaching that target is predicted to cost {cost} of {quality or result['label']}, "
+                            f"more than the allowed {allowed}")
 
 
 def _weight_candidates(handle: ModelHandle, criterion: str, chosen: dict[str, float], target: float,
@@ -281,8 +311,8 @@ def _largest_within(curves: list[Curve], limit: float, total: float) -> dict[str
     return greedy(curves, low)
 
 
-def _allocate_weights(result: dict, kind: str, value: float, bounds) -> dict[str, float]:
-    curves = curves_for(result, "weights", bounds)
+def _allocate_weights(result: dict, kind: str, value: float, bounds, quality: str | None) -> dict[str, float]:
+    curves = curves_for(result, "weights", bounds, quality)
     params = {layer["name"]: layer["params"] for layer in result["layers"]}
     total = float(sum(params[curve.name] for curve in curves))
     if kind == "drop":
@@ -300,10 +330,10 @@ CHANNEL_RESOURCES = {"sparsity": "params", "mac_reduction": "macs", "latency_ms"
 
 
 def _allocate_channels(handle: ModelHandle, result: dict, kind: str, value: float, bounds,
-                       criterion: str, round_to: int = 1) -> dict[str, float]:
+                       criterion: str, round_to: int = 1, quality: str | None = None) -> dict[str, float]:
     """Group sparsities whose real (engine-measured) params, MACs or latency meet the target."""
     resource = CHANNEL_RESOURCES[kind]
-    curves = curves_for(result, resource, bounds)
+    curves = curves_for(result, resource, bounds, quality)
     if not curves:
         raise PrunelabError(f"{handle.name}: the sensitivity result has no channel groups to allocate")
     dense = float(result["layers"][0]["curve"][0][resource])

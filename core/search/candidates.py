@@ -21,12 +21,13 @@ class CandidateState:
     handle: ModelHandle
     criterion: str
     scorers: list          # (Scorer, items) per split
+    quality: str | None = None  # a number of the model's own metric to rank by, instead of accuracy
 
 
-def prepare(handle: ModelHandle, criterion: str) -> CandidateState:
+def prepare(handle: ModelHandle, criterion: str, quality: str | None = None) -> CandidateState:
     splits = ["val"] + (["train"] if handle.data.x_train is not None else [])
     return CandidateState(handle, criterion, [(Scorer(handle, split), len(getattr(handle.data, f"x_{split}")))
-                                              for split in splits])
+                                              for split in splits], quality)
 
 
 def build(payload: bytes, threads: int) -> CandidateState:
@@ -34,22 +35,27 @@ def build(payload: bytes, threads: int) -> CandidateState:
 
 
 def score(state: CandidateState, chosen: dict[str, float]) -> tuple[float, float]:
-    """``(accuracy, -loss)`` of the candidate over every scored item: larger is better."""
+    """``(accuracy or the quality figure, -loss)`` of the candidate over every scored item: larger is better."""
     plan = Plan(criterion=state.criterion, scope="layer", sparsity=0.0, layers=chosen)
     module = apply_plan(state.handle, plan).module
-    results = [(scorer(module), count) for scorer, count in state.scorers]
+    results = [(scorer.figures(module), count) for scorer, count in state.scorers]
     items = sum(count for _, count in state.scorers)
-    accuracy = sum(result[0] * count for result, count in results) / items
-    loss = sum(result[1] * count for result, count in results) / items
-    return accuracy, -loss
+    quality = sum(_quality(figures, state.quality) * count for figures, count in results) / items
+    loss = sum(figures["loss"] * count for figures, count in results) / items
+    return quality, -loss
 
 
-def best(handle: ModelHandle, criterion: str, candidates: list[dict[str, float]], executor) -> dict[str, float]:
+def _quality(figures: dict, quality: str | None) -> float:
+    return figures["accuracy"] if quality is None else figures["metrics"][quality]
+
+
+def best(handle: ModelHandle, criterion: str, candidates: list[dict[str, float]], executor,
+         quality: str | None = None) -> dict[str, float]:
     """The candidate that scores best (the first one when a single one is given or none could be scored)."""
     if len(candidates) == 1:
         return candidates[0]
-    work = Work(list(candidates), prepare=lambda: prepare(handle, criterion),
-                pack=lambda: pack_object((handle, criterion)), build=build, run=score,
+    work = Work(list(candidates), prepare=lambda: prepare(handle, criterion, quality),
+                pack=lambda: pack_object((handle, criterion, quality)), build=build, run=score,
                 describe=lambda chosen: "checking a candidate allocation")
     outcome = executor.map(work, lambda done, total, text: None, lambda: False)
     if not outcome.values:

@@ -126,7 +126,8 @@ def sensitivity(handle: ModelHandle, granularity: str = "unstructured", criterio
     macs = (total_macs(handle.module, handle.example_input(1)) or 0) if max_items in (None, "auto") else 0
     items, reason = scored_items(macs, available, max_items)
     settings = {"granularity": granularity, "criterion": criterion, "levels": levels, "split": split,
-                "max_items": items, "reason": reason, "blocks": sweep_points.sweepable_blocks(handle)}
+                "max_items": items, "reason": reason, "blocks": sweep_points.sweepable_blocks(handle),
+                "metric": handle.metric.digest if handle.metric is not None else None}
     cache = ResultCache("sensitivity")
     key = cache_key("sensitivity", CACHE_VERSION, handle.digest, handle.data.digest, settings)
     cached = cache.get(key)
@@ -197,6 +198,7 @@ def _assemble(handle: ModelHandle, settings: dict, entries: list[dict], jobs: li
     return {"model": handle.name, "granularity": settings["granularity"], "criterion": settings["criterion"],
             "baseline_accuracy": baseline["accuracy"] if baseline else None,
             "baseline_loss": baseline["loss"] if baseline else None,
+            "baseline_metrics": baseline.get("metrics") if baseline else None,
             "label": baseline["label"] if baseline else None, "levels": settings["levels"],
             "evaluated_on": evaluated_on, "layers": layers, "complete": outcome.complete and baseline is not None,
             "missing": missing, "blocks": _block_points(settings, points, baseline)}

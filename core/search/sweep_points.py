@@ -44,6 +44,8 @@ class Scorer:
     language model (``"causal"``) the "accuracy" is the next-token top-1 agreement with the dense
     model at every position and the loss is the next-token cross-entropy on the text (the log of
     its perplexity; against the dense model's choices when the ids are random).
+    A model with its own metric (``handle.metric``, core.metric.Metric) also gets that metric's
+    named numbers on the same outputs and items (``figures``).
     """
 
     def __init__(self, handle: ModelHandle, split: str = "val", max_items: int | None = None, reason: str = ""):
@@ -52,6 +54,8 @@ class Scorer:
         count = available if max_items is None else max(1, min(int(max_items), available))
         self.split, self.items, self.available, self.reason = split, count, available, reason
         self.inputs = torch.from_numpy(np.ascontiguousarray(x[:count]))
+        self.metric, self.layout = handle.metric, handle.outputs
+        self.x, self.y = x[:count], None if labels is None else labels[:count]
         self.embedding = handle.output_kind == "embedding"
         self.causal = handle.output_kind == "causal"
         if self.causal:
@@ -74,20 +78,32 @@ class Scorer:
         windows, context = self.inputs.shape
         return self._predict(module).reshape(windows, context, -1)[:, :-1]
 
+    def figures(self, module: nn.Module) -> dict:
+        """``{"accuracy", "loss"}`` of ``module`` on the split, and ``"metrics"`` with the model's own metric."""
+        outputs = self._predict(module)
+        accuracy, loss = self._score(outputs)
+        found = {"accuracy": accuracy, "loss": loss}
+        if self.metric is not None:
+            found["metrics"] = self.metric(outputs.numpy(), self.layout, self.x, self.y)
+        return found
+
     def __call__(self, module: nn.Module) -> tuple[float, float]:
         """``(accuracy, loss)`` of ``module`` on the split."""
+        return self._score(self._predict(module))
+
+    def _score(self, outputs: torch.Tensor) -> tuple[float, float]:
         if self.causal:
-            logits = self._next_token(module)
+            windows, context = self.inputs.shape
+            logits = outputs.reshape(windows, context, -1)[:, :-1]  # next-token logits
             agreement = (logits.argmax(-1) == self.targets).float().mean().item()
             wanted = self.targets if self.text is None else self.text
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), wanted.reshape(-1)).item()
             return float(agreement), float(loss)
-        logits = self._predict(module)
         if self.embedding:
-            cosine = (F.normalize(logits, dim=1) * self.targets).sum(1).mean().item()
+            cosine = (F.normalize(outputs, dim=1) * self.targets).sum(1).mean().item()
             return float(cosine), float(1.0 - cosine)
-        accuracy = (logits.argmax(1) == self.targets).float().mean().item()
-        loss = F.cross_entropy(logits, self.targets).item()
+        accuracy = (outputs.argmax(1) == self.targets).float().mean().item()
+        loss = F.cross_entropy(outputs, self.targets).item()
         return float(accuracy), float(loss)
 
     def describe(self) -> dict:
@@ -190,7 +206,8 @@ def sweepable_blocks(handle: ModelHandle) -> list[str]:
 
 
 def measure(state: SweepState, job: tuple) -> dict:
-    """One point: ``{"accuracy", "loss"}`` (channel sweeps add params, MACs and latency_ms)."""
+    """One point: ``{"accuracy", "loss"}``, ``"metrics"`` with the model's own metric (channel sweeps add params,
+    MACs and latency_ms)."""
     name, level = job
     if name == BASELINE:
         return _baseline(state)
@@ -203,11 +220,11 @@ def measure(state: SweepState, job: tuple) -> dict:
 
 def _baseline(state: SweepState) -> dict:
     module = state.handle.module
-    accuracy, loss = state.scorer(module)
+    figures = state.scorer.figures(module)
     evaluated_on = state.scorer.describe()
     evaluated_on["batchnorm_items"] = 0 if state.recalibration is None or not batchnorm.batchnorm_layers(module) \
         else len(state.recalibration)
-    point = {"accuracy": accuracy, "loss": loss, "label": state.scorer.label, "evaluated_on": evaluated_on}
+    point = {**figures, "label": state.scorer.label, "evaluated_on": evaluated_on}
     if state.settings["granularity"] == "channel" or state.settings.get("blocks"):
         point.update(footprint(module, state.handle.example_input(1)))
     return point
@@ -219,8 +236,7 @@ def _block_point(state: SweepState, block: str) -> dict:
     from core.prune.plan import Plan
 
     pruned = apply_plan(state.handle, Plan(sparsity=0.0, drop=[block])).module.eval()
-    accuracy, loss = state.scorer(pruned)
-    return {"accuracy": accuracy, "loss": loss, **footprint(pruned, state.handle.example_input(1))}
+    return {**state.scorer.figures(pruned), **footprint(pruned, state.handle.example_input(1))}
 
 
 def _unstructured_point(state: SweepState, name: str, level: float) -> dict:
@@ -236,12 +252,12 @@ def _unstructured_point(state: SweepState, name: str, level: float) -> dict:
             layer.weight.copy_(original * layer_mask(state.scores[name], level))
         if state.recalibration is not None:
             batchnorm.recalibrate(module, state.recalibration)
-        accuracy, loss = state.scorer(module)
+        figures = state.scorer.figures(module)
     finally:
         with torch.no_grad():
             layer.weight.copy_(original)
         batchnorm.restore(module, state.dense_statistics)
-    return {"accuracy": accuracy, "loss": loss}
+    return figures
 
 
 def _channel_point(state: SweepState, leader: str, level: float) -> dict:
@@ -250,5 +266,4 @@ def _channel_point(state: SweepState, leader: str, level: float) -> dict:
 
     plan = Plan(granularity="channel", criterion=state.settings["criterion"], sparsity=0.0, layers={leader: level})
     pruned = apply_plan(state.handle, plan).module.eval()
-    accuracy, loss = state.scorer(pruned)
-    return {"accuracy": accuracy, "loss": loss, **footprint(pruned, state.handle.example_input(1))}
+    return {**state.scorer.figures(pruned), **footprint(pruned, state.handle.example_input(1))}

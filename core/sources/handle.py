@@ -46,7 +46,9 @@ class ModelHandle:
     ``"outputs"`` (anything else: a tuple, list or dict of tensors, or one tensor that is not
     (batch, classes), each measured on its own; ``outputs`` is their layout, see core.outputs).
     ``vocab_size`` and ``pad_id`` are set for token models (int64 ``input_ids``), ``encode`` and
-    ``tokenizer`` when a tokenizer is known: ``encode(sentences, seq_len) -> ids``.
+    ``tokenizer`` when a tokenizer is known: ``encode(sentences, seq_len) -> ids``. ``metric`` is the
+    person's own metric (core.metric.Metric) or None: every evaluation, sensitivity sweep and
+    allocation of this model reports its named numbers beside the built-in figures.
     """
 
     name: str
@@ -63,6 +65,7 @@ class ModelHandle:
     pad_id: int = 0
     encode: object = field(default=None, repr=False)
     tokenizer: object = field(default=None, repr=False)
+    metric: object = field(default=None, repr=False)
     _digest: str | None = field(default=None, repr=False)
 
     def can(self, operation: str) -> bool:

@@ -36,7 +36,7 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
 
 def load_model(spec: str, input_shape: tuple[int, ...] | str | None = None, weights: str | Path | None = None,
                trust: bool = False, data: str | Path | Dataset | None = None,
-               stride: int | None = None) -> ModelHandle:
+               stride: int | None = None, metric: str | None = None) -> ModelHandle:
     """Load ``spec`` (a built-in name, ``file.py:factory``, ``module:factory``, ``.pt2``, ``.pt``, ``.onnx``
     or a Hugging Face directory holding ``config.json`` and weights).
 
@@ -47,7 +47,9 @@ def load_model(spec: str, input_shape: tuple[int, ...] | str | None = None, weig
     agreement, not accuracy. A factory is called with torch's random state seeded, so a randomly
     initialized model is the same on every load. ``stride`` (causal language models) re-cuts the test
     windows every ``stride`` tokens for sliding-window perplexity (core.data.with_stride); None keeps
-    them apart. Raises PrunelabError naming the file or value at fault.
+    them apart. ``metric`` is the person's own ``file.py:function`` (core.metric), which every
+    measurement of the model then reports (importing it runs its code). Raises PrunelabError
+    naming the file or value at fault.
     """
     shape = parse_input_shape(input_shape) if isinstance(input_shape, str) else input_shape
     spec = str(spec).strip()
@@ -64,6 +66,10 @@ def load_model(spec: str, input_shape: tuple[int, ...] | str | None = None, weig
         if handle.output_kind != "causal":
             raise PrunelabError(f"--stride applies to causal language models; {handle.name} is not one")
         handle.data = with_stride(handle.data, stride)
+    if metric:
+        from core.metric import load_metric
+
+        handle.metric = load_metric(metric)
     return handle
 
 

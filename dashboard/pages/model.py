@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import formatting, session
+from dashboard import formatting, session, summary
 
 TRUST_TEXT = ("I trust this file: loading a pickled module unpickles it, which runs code from the file "
               "on this server")
@@ -82,7 +82,31 @@ def data_ui() -> None:
         with session.guard(f"loading {uploaded.name}"):
             path = session.save_upload(uploaded.name, uploaded.getvalue(), {".npz", ".txt"})
             current = session.source()
-            session.use_source(current["spec"], current["weights"], current["trust"], path, current["input_shape"])
+            session.use_source(current["spec"], current["weights"], current["trust"], path, current["input_shape"],
+                               current.get("metric"))
+            st.rerun()
+
+
+def metric_ui() -> None:
+    """Your own metric, ``file.py:function(outputs, data) -> {name: number}``, under the same consent as code."""
+    current = session.source()
+    spec = st.text_input("Metric", value=current.get("metric") or "", placeholder="/path/to/metrics.py:mean_ap",
+                         help="a Python file on this machine and the function in it that takes the model's outputs "
+                              "and the scored items and returns named numbers (mAP, F1, BLEU...); they appear beside "
+                              "the built-in figures on every card, in sensitivity sweeps, goals and History. "
+                              "Loading imports the file, which runs its code")
+    trust = st.checkbox(CODE_TRUST_TEXT, value=False, key="metric-trust", disabled=not session.code_allowed(),
+                        help=None if session.code_allowed() else CODE_OFF_TEXT)
+    use, remove = st.columns(2)
+    if use.button("Use this metric", disabled=not spec.strip()):
+        with session.guard("loading the metric"):
+            session.use_source(current["spec"], current["weights"], current["trust"] or trust, current["data"],
+                               current["input_shape"], spec.strip())
+            st.rerun()
+    if remove.button("Remove the metric", disabled=not current.get("metric")):
+        with session.guard("removing the metric"):
+            session.use_source(current["spec"], current["weights"], current["trust"], current["data"],
+                               current["input_shape"])
             st.rerun()
 
 
@@ -103,6 +127,7 @@ def summary_ui() -> None:
                   help="ONNX Runtime, CPU, batch 1, 2 threads: the dense figure the Tune page compares against")
     fifth.metric("ONNX file", formatting.size(dense["onnx_bytes"]), border=True,
                  help=f"gzip: {formatting.size(dense['compressed_bytes'])}")
+    summary.own_metric_cards(dense)
     st.caption(f"{totals['layers']} prunable layers · data: {session.data_name()} · "
                f"can prune: {', '.join(session.capabilities())}")
     st.caption(f"Splits: {session.data_splits()}. {quality['title']} is measured on test; sensitivity, allocation, "
@@ -113,8 +138,8 @@ st.title("Model")
 st.caption("Pick the model to prune and the data to measure it on; the summary below is the dense baseline.")
 with session.guard("loading the model"):
     summary_ui()
-demo, upload, factory, huggingface, data = st.tabs(["Demo", "Upload a file", "file.py:factory", "Hugging Face",
-                                                    "Data"])
+demo, upload, factory, huggingface, data, own = st.tabs(["Demo", "Upload a file", "file.py:factory",
+                                                         "Hugging Face", "Data", "Your metric"])
 with demo:
     builtin_ui()
 with upload:
@@ -125,3 +150,5 @@ with huggingface:
     huggingface_ui()
 with data:
     data_ui()
+with own:
+    metric_ui()

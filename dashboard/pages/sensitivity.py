@@ -47,13 +47,20 @@ def progress_panel() -> None:
               disabled=job.stop.is_set())
 
 
+def _value(point: dict, field: str):
+    """A point's ``field``; 'metrics.NAME' reads a number of the model's own metric."""
+    if field.startswith("metrics."):
+        return (point.get("metrics") or {}).get(field[len("metrics."):])
+    return point.get(field)
+
+
 def curves(result: dict, field: str, title: str, y_title: str, scale: float = 1.0) -> go.Figure:
     """One line per layer of ``field`` against its sparsity."""
     figure = go.Figure()
     for layer in result["layers"]:
-        points = [point for point in layer["curve"] if point.get(field) is not None]
+        points = [point for point in layer["curve"] if _value(point, field) is not None]
         figure.add_trace(go.Scatter(x=[100 * point["sparsity"] for point in points],
-                                    y=[scale * point[field] for point in points], mode="lines+markers",
+                                    y=[scale * _value(point, field) for point in points], mode="lines+markers",
                                     name=layer["name"]))
     return _layout(figure, title, "sparsity of that layer (%)", y_title)
 
@@ -81,6 +88,9 @@ def results_ui(result: dict) -> None:
                       key="sensitivity-accuracy", config={"displayModeBar": False})
     right.plotly_chart(curves(result, "loss", "Loss per layer", "cross-entropy"), key="sensitivity-loss",
                        config={"displayModeBar": False})
+    for name in result.get("baseline_metrics") or {}:
+        st.plotly_chart(curves(result, f"metrics.{name}", f"{name} per layer (your metric)", name),
+                        key=f"sensitivity-metric-{name}", config={"displayModeBar": False})
     if result["granularity"] == "channel":
         st.plotly_chart(curves(result, "latency_ms", "Latency each group buys (ONNX Runtime p50, batch 1)", "ms"),
                         key="sensitivity-latency", config={"displayModeBar": False})
