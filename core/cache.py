@@ -101,6 +101,11 @@ class MemoryLRU:
                 self._items.popitem(last=False)
         return value
 
+    def pop(self, key):
+        """The value of ``key``, taken out of the map (None when absent)."""
+        with self._lock:
+            return self._items.pop(key, None)
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

@@ -3,7 +3,8 @@
 The page starts a ``LiveJob`` for the plan it shows and polls it from the script thread (a
 fragment with ``run_every``); the worker never calls Streamlit. A newer plan cancels the job it
 replaces, which stops between stages (core.deploy.progressive); finished reports stay in the
-evaluator's cache, so going back to a measured plan is instant.
+evaluator's cache, so going back to a measured plan is instant, and a plan stopped part way goes
+on from where it stopped.
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ class LiveJob:
             self._changed.notify_all()
 
     def _run(self) -> None:
+        iterator = None
         try:
             iterator = self._stages(self._stop.is_set)
             while not self._stop.is_set():
@@ -63,4 +65,6 @@ class LiveJob:
         except Exception as error:  # shown on the page as one line
             self._publish(error=str(error) if isinstance(error, PrunelabError) else error_line(error, with_type=True))
         finally:
+            if iterator is not None:
+                iterator.close()  # a stopped plan keeps what it finished, for when it comes back (core.deploy.evaluate)
             self._publish(done=True)

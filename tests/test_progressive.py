@@ -51,6 +51,25 @@ def test_a_cancelled_measurement_stops_and_caches_nothing(mlp):
     assert report["pruned"]["progress"]["final"] and next(evaluator.stages(plan)) is report  # now cached
 
 
+def test_a_stopped_plan_goes_on_where_it_stopped_when_it_comes_back(mlp, monkeypatch):
+    monkeypatch.setattr(progressive, "REFRESH_SECONDS", 0.0)
+    monkeypatch.setattr(progressive, "ACCURACY_BATCH", 64)
+    monkeypatch.setattr(progressive, "FIRST_ITEMS_MACS", 1)
+    evaluator, plan = LiveEvaluator(mlp, live=False), Plan(granularity="channel", sparsity=0.45)
+    stages = evaluator.stages(plan)
+    next(stages)
+    stopped = next(stages)["pruned"]["progress"]["items"]
+    stages.close()  # a newer slider release: the job stops taking stages
+    pruned = []
+    monkeypatch.setattr(evaluation, "apply_plan", lambda *args, **kwargs: pruned.append(args))
+    again = list(evaluator.stages(plan))
+    assert not pruned  # the pruned model and its session were kept
+    assert again[0]["pruned"]["progress"]["items"] == stopped and again[-1]["pruned"]["progress"]["final"]
+    evaluation._REPORTS.clear()
+    monkeypatch.undo()
+    _same_figures(again[-1]["pruned"], evaluate(mlp, plan)["pruned"])
+
+
 @pytest.mark.parametrize("kind", ["embedding", "logits"])
 def test_quality_interval_covers_the_figure(kind):
     rng = np.random.default_rng(0)

@@ -36,7 +36,7 @@ from core.deploy.baseline import Baseline, Settings
 from core.deploy.export import changed_tensors, export_onnx, with_weights
 from core.deploy.notes import report_notes
 from core.deploy.onnx_source import prune_onnx
-from core.deploy.progressive import last, metric_stages
+from core.deploy.progressive import Carried, last, metric_stages
 from core.deploy.quantize import check_mode, quantize_model, resolve_mode
 from core.errors import PrunelabError
 from core.prune.engine import apply_plan
@@ -48,15 +48,18 @@ REPORT_CACHE_ENTRIES = 128
 CONTINUATION_TOKENS = 32  # tokens a greedy continuation adds to a prompt
 GENERATOR_CACHE_ENTRIES = 4
 BASELINE_CACHE_ENTRIES = 8
+STOPPED_CACHE_ENTRIES = 4
 _REPORTS = MemoryLRU(REPORT_CACHE_ENTRIES)
 _GENERATORS = MemoryLRU(GENERATOR_CACHE_ENTRIES)  # KV-cache sessions of pruned language models, for continuations
 _BASELINES = MemoryLRU(BASELINE_CACHE_ENTRIES)
+_STOPPED = MemoryLRU(STOPPED_CACHE_ENTRIES)  # plans whose measurement stopped part way: artifact, result, progress
 
 
 def clear_caches() -> None:
     """Forget every cached report and baseline (tests and benchmarks use this)."""
     _REPORTS.clear()
     _BASELINES.clear()
+    _STOPPED.clear()
     _GENERATORS.clear()
 
 
@@ -142,11 +145,18 @@ class LiveEvaluator:
         if report is not None:
             yield report
             return
-        artifact, result = self._artifact(plan)
-        for report in self._report_stages(plan, artifact, result, cancelled):
-            if report["pruned"]["progress"]["final"]:
-                report = _REPORTS.put(key, report)
-            yield report
+        # A plan stopped part way (a newer slider release replaced it) goes on where it stopped when it comes
+        # back: its pruned artifact, its ONNX Runtime session and the items already scored are kept.
+        artifact, result, carried = _STOPPED.pop(key) or (*self._artifact(plan), Carried())
+        finished = False
+        try:
+            for report in self._report_stages(plan, artifact, result, cancelled, carried):
+                if report["pruned"]["progress"]["final"]:
+                    report, finished = _REPORTS.put(key, report), True
+                yield report
+        finally:
+            if not finished:
+                _STOPPED.put(key, (artifact, result, carried))
 
     def measure_artifact(self, plan: Plan | None = None) -> tuple[dict, measure.Artifact, object]:
         """The report, the measured artifact and the engine's PruneResult (None without a plan).
@@ -188,7 +198,8 @@ class LiveEvaluator:
     def _report(self, plan: Plan | None, artifact: measure.Artifact, result) -> dict:
         return last(self._report_stages(plan, artifact, result))
 
-    def _report_stages(self, plan: Plan | None, artifact: measure.Artifact, result, cancelled=None):
+    def _report_stages(self, plan: Plan | None, artifact: measure.Artifact, result, cancelled=None,
+                       carried: Carried | None = None):
         baseline = self._baseline_state()
         started = time.perf_counter()
         dense = dict(baseline.metrics)  # one dense measurement per model and settings, shown everywhere
@@ -200,7 +211,8 @@ class LiveEvaluator:
             return
         same_kernels = dense if artifact.same_graph and not artifact.quantized else None
         for pruned in metric_stages(artifact, baseline.data, self.settings, baseline.logits,
-                                    reference_session=baseline.session, dense=same_kernels, cancelled=cancelled):
+                                    reference_session=baseline.session, dense=same_kernels, cancelled=cancelled,
+                                    carried=carried):
             yield self._compose(plan, pruned, dense, result, artifact, started)
 
     def _compose(self, plan: Plan | None, pruned: dict, dense: dict, result, artifact, started: float) -> dict:

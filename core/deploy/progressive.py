@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -109,17 +110,38 @@ def _example(x: np.ndarray, batch_size: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([x] * repeats)[:batch_size]) if repeats > 1 else x[:batch_size]
 
 
+@dataclass
+class Carried:
+    """What a progressive measurement has done so far, kept by its caller so that a measurement
+    stopped part way can go on where it stopped: the ONNX Runtime session (and its creation ms),
+    the outputs of the items scored (whole scoring batches, in order), the latest short timing and
+    the file sizes being computed."""
+
+    session: tuple | None = None
+    parts: list = field(default_factory=list)
+    timing: dict = field(default_factory=dict)
+    sizes: Future | None = None
+
+
 class _Stages:
     """The state of one progressive measurement (see ``metric_stages``)."""
 
-    def __init__(self, artifact: measure.Artifact, data, settings, reference, dense: dict | None):
+    def __init__(self, artifact: measure.Artifact, data, settings, reference, dense: dict | None, carried: Carried):
         self.artifact, self.data, self.settings, self.reference = artifact, data, settings, reference
         self.dense = dense  # the dense metrics when the graph is the dense one (same kernels)
         self.batch = scoring_batch(artifact.macs)
-        self.parts: list[np.ndarray] = []
-        self.timing: dict = {}
+        self.carried = carried
+        self.parts: list[np.ndarray] = carried.parts  # grows in place: a stopped measurement keeps it
         self.sizes = {"onnx_bytes": len(artifact.model_bytes), "compressed_bytes": None,
                       "compressed_estimated": None}
+
+    @property
+    def timing(self) -> dict:
+        return self.carried.timing
+
+    @timing.setter
+    def timing(self, value: dict) -> None:
+        self.carried.timing = value
 
     @property
     def scored(self) -> int:
@@ -176,23 +198,32 @@ class _Stages:
 
 def metric_stages(artifact: measure.Artifact, data, settings, reference: np.ndarray | None = None,
                   session=None, logits: np.ndarray | None = None, reference_session=None, dense: dict | None = None,
-                  cancelled: Callable[[], bool] | None = None) -> Iterator[dict]:
+                  cancelled: Callable[[], bool] | None = None, carried: Carried | None = None) -> Iterator[dict]:
     """Metrics of ``artifact`` on ``data`` in stages (see the module docstring); the last one is final.
 
     ``reference`` are the dense outputs (None: this is the dense model); ``session`` a (session, ms)
     pair already made, ``logits`` its outputs on ``data`` already scored; with ``reference_session``
     the two models are timed in alternation and ``speedup`` holds the paired speedup. ``dense``
     (the dense metrics) says the graph is the dense one with new weight values: its latency is the
-    dense model's. Raises Cancelled when ``cancelled()`` turns True, PrunelabError when ONNX Runtime
+    dense model's. ``carried`` keeps what is done as it is done (the session, the items scored, the sizes):
+    a measurement stopped part way and started again with the same ``carried`` goes on from there, its
+    first stage at once. Raises Cancelled when ``cancelled()`` turns True, PrunelabError when ONNX Runtime
     refuses the model or the data.
     """
     stop = cancelled or (lambda: False)
-    stages = _Stages(artifact, data, settings, reference, dense)
-    sizes = _beside(measure.sizes, artifact.model_bytes)  # deflate frees the GIL: it runs beside the scoring
-    session, session_ms = session or measure.create_session(artifact.model_bytes, settings.threads)
+    carried = carried if carried is not None else Carried()
+    stages = _Stages(artifact, data, settings, reference, dense, carried)
+    sizes = carried.sizes or _beside(measure.sizes, artifact.model_bytes)  # deflate frees the GIL: runs beside
+    carried.sizes = sizes
+    if carried.session is None:
+        carried.session = session or measure.create_session(artifact.model_bytes, settings.threads)
+    session, session_ms = carried.session
     total = len(data.x_test)
     if logits is not None:
         stages.parts.append(logits)
+    elif stages.parts:  # a stopped measurement of this artifact, taken up again: its figures so far at once
+        _sizes_if_done(stages, sizes)
+        yield stages.metrics(session_ms, final=False)
     else:
         stages.score(session, first_items(artifact.macs, stages.batch, total))
         stages.time_runs([session], reference_session, {"min_runs": first_runs(artifact.macs, settings.batch_size),
