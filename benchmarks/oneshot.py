@@ -1,7 +1,9 @@
 """One-shot structured pruning, no training: every channel criterion with and without reconstruction.
 
 minilm (all-MiniLM-L6-v2): 25% and 50% of attention heads, and the plain 50% channel plan (half
-the heads and half the feed-forward neurons of every layer); embedding cosine to the dense model
+the heads and half the feed-forward neurons of every layer); fisher also in global scope, where
+its scores share the overall target between layers (heads only: the feed-forward layers at 0);
+embedding cosine to the dense model
 on the 240 test sentences (calibration reads the 60 val sentences), in ONNX Runtime.
 digits-resnet: 30/50/70% of channels, round_to 8; test accuracy (calibration and BatchNorm
 re-estimation read the train split). random is the control; seconds are the whole apply_plan.
@@ -19,7 +21,7 @@ import torch
 from benchmarks.common import print_table, test_accuracy
 from benchmarks.minilm_heads import embeddings
 from core.deploy.fidelity import embedding_fidelity
-from core.inspect import attention_heads
+from core.inspect import attention_heads, prunable_layers
 from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 from core.sources import load_model
@@ -40,13 +42,17 @@ def minilm_rows(quick: bool) -> list[list]:
     example = handle.example_input(1)
     dense = embeddings(handle.module, example, items)
     leaders = [name for name in attention_heads(handle.module, example) if name.endswith(("query", "q_proj"))]
-    settings = [("heads 50%", dict(sparsity=0.0, layers=dict.fromkeys(leaders, 0.5)))]
+    feed_forward = [layer.name for layer in prunable_layers(handle.module) if layer.name.endswith("intermediate.dense")]
+    settings = [("heads 50%", dict(sparsity=0.0, layers=dict.fromkeys(leaders, 0.5)), CRITERIA),
+                ("heads 50%, global", dict(sparsity=0.5, scope="global", layers=dict.fromkeys(feed_forward, 0.0)),
+                 ("fisher",))]
     if not quick:
-        settings = [("heads 25%", dict(sparsity=0.0, layers=dict.fromkeys(leaders, 0.25))), *settings,
-                    ("channels 50%", dict(sparsity=0.5))]
+        settings = [("heads 25%", dict(sparsity=0.0, layers=dict.fromkeys(leaders, 0.25)), CRITERIA), *settings,
+                    ("channels 50%", dict(sparsity=0.5), CRITERIA),
+                    ("channels 50%, global", dict(sparsity=0.5, scope="global"), ("fisher",))]
     rows = []
-    for label, values in settings:
-        for criterion in ("random", "fisher") if quick else CRITERIA:
+    for label, values, criteria in settings:
+        for criterion in [name for name in criteria if name in ("random", "fisher")] if quick else criteria:
             for reconstruct in (False, True):
                 result, seconds = _timed(handle, Plan(granularity="channel", criterion=criterion,
                                                       reconstruct=reconstruct, **values))
