@@ -5,6 +5,7 @@ what only the dashboard needs.
 """
 from __future__ import annotations
 
+from core.outputs import TOP_DETECTIONS
 from core.units import count, metric, metric_label, milliseconds, percent, readable, size, times  # noqa: F401
 
 # Words of the engine's notes that name a plan file key, and the dashboard control that does the same.
@@ -82,12 +83,33 @@ def quality(metrics: dict, dense: dict | None = None) -> dict:
                 "help": f"embeddings without labels: mean cosine similarity to the dense model's embeddings "
                         f"(5th percentile {metrics.get('cosine_p5', 0):.3f}); nearest-neighbour agreement "
                         f"{percent(metrics.get('neighbour_agreement'))}"}
+    if label in ("detections", "output_error"):
+        return _outputs_quality(metrics, dense)
     value = metrics.get(label) if metrics.get(label) is not None else metrics.get("agreement")
     help_text = "on the test split" if label == "accuracy" else "no labels: top-1 match with the dense model"
     if metrics.get("output_error") is not None:
         help_text += f"; relative output error {metrics['output_error']:.3g}, KL {metrics.get('kl', 0):.3g}"
     return {"title": label.capitalize(), "value": percent(value), "delta": points(value, dense.get(label)),
             "moved": shown_points(value, dense.get(label)) or 0.0, "help": help_text}
+
+
+def _outputs_quality(metrics: dict, dense: dict) -> dict:
+    """The headline of a many-output model without logits: a detector's top detections kept, else the
+    relative output error (lower is better)."""
+    error = f"relative output error {metrics.get('output_error', 0):.3g} (largest over the outputs)"
+    if metrics["label"] == "detections":
+        value = metrics.get("detections")
+        return {"title": "Detections kept", "value": percent(value), "delta": points(value, dense.get("detections")),
+                "moved": shown_points(value, dense.get("detections")) or 0.0,
+                "help": f"a detector: per image, the share of the dense model's {TOP_DETECTIONS} highest-scoring "
+                        f"detections (anchor and class) that the pruned model also ranks in its top "
+                        f"{TOP_DETECTIONS}, averaged over the test images; {error}"}
+    value = metrics.get("output_error")
+    return {"title": "Output error", "value": "–" if value is None else f"{value:.3g}", "lower_is_better": True,
+            "delta": None if value is None or dense.get("output_error") is None
+            else f"{value - dense['output_error']:+.3g}",
+            "moved": 0.0 if value is None else round(value - (dense.get("output_error") or 0.0), 4),
+            "help": f"no logits to compare: {error}; 0 is the dense model"}
 
 
 def fidelity(metrics: dict) -> tuple[str, str, str] | None:

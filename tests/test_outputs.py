@@ -55,6 +55,36 @@ def test_a_channel_plan_is_measured_output_by_output(two_heads):
     assert set(pruned["parity_outputs"]) == set(pruned["outputs"]) and max(pruned["parity_outputs"].values()) < 1e-4
     assert pruned["macs"] < 0.7 * report["baseline"]["macs"]
     assert "boxes" in " ".join(report["notes"]) and "classes" in " ".join(report["notes"])  # output writers stay
+    interval = pruned["quality_interval"]  # headline: the logits' agreement, bootstrapped over items
+    assert pruned["label"] == "agreement" and interval["low"] <= pruned["agreement"] <= interval["high"]
+    assert report["baseline"]["quality_interval"] is None  # the dense model against itself: exact
+
+
+def detector_outputs(items: int = 60, classes: int = 6, anchors: int = 40, noise: float = 0.0, seed: int = 0):
+    """Flat outputs of a YOLO-like detector, (4 + classes, anchors) then a feature map, and a noisy copy."""
+    generator = np.random.default_rng(seed)
+    outputs = (("0", (4 + classes, anchors)), ("1", (8, 2, 2)))
+    dense = generator.normal(size=(items, (4 + classes) * anchors + 32))
+    return outputs, dense, dense + noise * generator.normal(size=dense.shape)
+
+
+def test_a_detectors_headline_is_its_top_detections_kept_with_a_bootstrap_interval():
+    from core.outputs import TOP_DETECTIONS, interval, quality
+
+    outputs, dense, same = detector_outputs()
+    assert quality(same, dense, outputs)["detections"] == 1.0
+    outputs, dense, noisy = detector_outputs(noise=0.5)
+    figures = quality(noisy, dense, outputs)
+    assert figures["label"] == "detections" and 0.0 < figures["detections"] < 1.0
+    scores = [split(array, outputs)["0"][:, 4:, :].reshape(len(array), -1) for array in (noisy, dense)]
+    by_hand = np.mean([len(set(np.argsort(-a)[:TOP_DETECTIONS]) & set(np.argsort(-b)[:TOP_DETECTIONS]))
+                       for a, b in zip(*scores)]) / TOP_DETECTIONS
+    assert figures["detections"] == pytest.approx(by_hand)
+    bounds = interval(noisy, dense, outputs, "detections")
+    assert bounds["low"] < figures["detections"] < bounds["high"] and bounds["high"] - bounds["low"] < 0.2
+    error = interval(noisy, dense, outputs, "output_error")
+    assert error["low"] < figures["output_error"] < error["high"]
+    assert quality(noisy, dense, (("0", (40, 10)), ("1", (8, 2, 2))))["label"] == "output_error"  # no detections
 
 
 def test_token_model_runs_in_onnx_runtime_at_any_length():

@@ -7,6 +7,7 @@ import sys
 from core.api import QUANTIZE_MODES, Plan, check_plan, evaluate
 from core.cli.options import add_metric_argument, add_model_arguments, model_from, print_json
 from core.limits import clip
+from core.outputs import TOP_DETECTIONS
 
 
 def add_measure_arguments(parser) -> None:
@@ -59,6 +60,7 @@ ROWS = [  # (label, metric key, format)
     ("loss", "loss", "float"),
     ("cosine to dense", "cosine", "float"), ("cosine p5", "cosine_p5", "float"),
     ("nearest-neighbour agr.", "neighbour_agreement", "percent"),
+    (f"top-{TOP_DETECTIONS} detections kept", "detections", "percent"),
     ("output error (rel L2)", "output_error", "float"), ("KL to dense", "kl", "float"),
     ("latency p50 (ms)", ("latency_ms", "p50"), "ms"), ("latency p90 (ms)", ("latency_ms", "p90"), "ms"),
     ("latency p99 (ms)", ("latency_ms", "p99"), "ms"), ("throughput (items/s)", "throughput", "int"),

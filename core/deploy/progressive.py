@@ -25,6 +25,7 @@ import numpy as np
 
 from core.deploy import measure
 from core.deploy.notes import PARITY_TOLERANCE
+from core.outputs import interval as output_interval
 from core.outputs import parity as output_parity
 
 ACCURACY_BATCH = 512
@@ -60,12 +61,15 @@ def first_runs(macs: int | None, batch_size: int) -> int:
 
 
 def quality_interval(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None,
-                     kind: str) -> dict | None:
+                     kind: str, outputs: tuple = (), label: str | None = None) -> dict | None:
     """The 95% interval of the headline quality figure over the items scored (None when it is exact:
     the dense model's agreement or cosine with itself). Accuracy and agreement: Wilson's score interval;
-    cosine: the mean's normal interval. None for causal language models (their figures pool thousands of
+    cosine: the mean's normal interval; many outputs (``outputs``, headline ``label``): a bootstrap over
+    items (core.outputs.interval). None for causal language models (their figures pool thousands of
     positions per item)."""
-    if kind in ("causal", "outputs"):
+    if kind == "outputs":
+        return output_interval(logits, reference, outputs, label)
+    if kind == "causal":
         return None
     if kind == "embedding":
         if reference is None:
@@ -182,7 +186,8 @@ class _Stages:
                                  not self.data.synthetic, self.settings.outputs, self.data.stride)
         if self.settings.metric is not None:
             result["metrics"] = self.settings.metric(logits, self.settings.outputs, self.data.x_test[:count], labels)
-        result["quality_interval"] = quality_interval(logits, labels, reference, self.settings.kind)
+        result["quality_interval"] = quality_interval(logits, labels, reference, self.settings.kind,
+                                                      self.settings.outputs, result.get("label"))
         result.update(self.timing)
         result["session_ms"] = session_ms
         result.update(self.artifact.counts)
