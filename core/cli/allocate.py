@@ -5,10 +5,12 @@ from pathlib import Path
 
 from core.api import (
     MAX_SPARSITY,
+    SPENDS,
     SWEPT_GRANULARITIES,
     allocate,
     check_request,
     sensitivity,
+    spend_budget,
     writable_folder,
     writable_home,
 )
@@ -36,6 +38,10 @@ def register(subparsers) -> None:
                         help=f"highest sparsity of any layer (default {MAX_SPARSITY})")
     parser.add_argument("--round-to", type=int, default=1,
                         help="channel plans: kept channels rounded to a multiple (8 suits ONNX Runtime's CPU kernels)")
+    parser.add_argument("--spend", choices=SPENDS, default="width",
+                        help="spend a MAC or latency target on channels (width, the default), on whole blocks "
+                             "(depth), on both, or on whichever of the three keeps the most quality (best); "
+                             "every choice but width sweeps channels and prints the options it compared")
     add_parallel_arguments(parser)
     parser.add_argument("--out", required=True, help="plan file to write (.yaml, .yml or .json)")
     parser.set_defaults(func=run)
@@ -46,6 +52,10 @@ def run(args) -> int:
         raise PrunelabError(f"plan file {args.out}: use a .yaml, .yml or .json name")
     if args.round_to < 1:
         raise PrunelabError(f"--round-to must be at least 1, got {args.round_to}")
+    if args.spend != "width":
+        if args.target_mac_reduction is None and args.target_latency_ms is None:
+            raise PrunelabError(f"--spend {args.spend} needs --target-mac-reduction or --target-latency-ms")
+        args.granularity = "channel"
     check_request(args.target_sparsity, args.target_latency_ms, args.target_mac_reduction, args.max_accuracy_drop,
                   args.granularity, (args.min_sparsity, args.max_sparsity), args.quality)
     if args.quality and not args.metric:
@@ -57,6 +67,8 @@ def run(args) -> int:
     handle = model_from(args)
     curves = sensitivity(handle, granularity=args.granularity, criterion=args.criterion, progress=ProgressBar(),
                          workers=args.workers, ray_address=args.ray_address)
+    if args.spend != "width":
+        return _spend(args, handle, curves)
     plan = allocate(handle, target_sparsity=args.target_sparsity, target_latency_ms=args.target_latency_ms,
                     target_mac_reduction=args.target_mac_reduction, granularity=args.granularity,
                     criterion=args.criterion, max_accuracy_drop=args.max_accuracy_drop,
@@ -66,4 +78,17 @@ def run(args) -> int:
     print(f"wrote {args.out}")
     for name, value in plan.layers:
         print(f"  {name:<28} {value:>6.1%}")
+    return 0
+
+
+def _spend(args, handle, curves: dict) -> int:
+    """Depth, width or both: write the chosen plan and print every option compared."""
+    spending = spend_budget(handle, args.spend, target_mac_reduction=args.target_mac_reduction,
+                            target_latency_ms=args.target_latency_ms, criterion=args.criterion, sensitivity=curves,
+                            bounds=(args.min_sparsity, args.max_sparsity), round_to=args.round_to,
+                            max_accuracy_drop=args.max_accuracy_drop)
+    spending.plan.save(args.out)
+    print(f"wrote {args.out}")
+    for line in spending.lines():
+        print(line)
     return 0
