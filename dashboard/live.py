@@ -9,6 +9,7 @@ on from where it stopped.
 from __future__ import annotations
 
 import threading
+import time
 
 from core.api import Cancelled
 from core.errors import PrunelabError, error_line
@@ -24,6 +25,7 @@ class LiveJob:
         self.done = False
         self._stages, self._lock, self._stop = stages, lock, threading.Event()
         self._changed = threading.Condition()
+        self._started = self._stage_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="prunelab-live", daemon=True)
         self._thread.start()
 
@@ -39,13 +41,33 @@ class LiveJob:
     def cancelled(self) -> bool:
         return self._stop.is_set()
 
-    def wait_final(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the final figures (or the end of the job)."""
+    def wait_final(self, timeout: float | None) -> None:
+        """Wait up to ``timeout`` seconds (None: as long as it takes) for the final figures (or the end of the job)."""
         with self._changed:
             self._changed.wait_for(lambda: self.final or self.done, timeout)
 
+    def wait_shown(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the final figures, so a plan measured within it shows them at
+        once; but return as soon as a stage is in and the final figures cannot come within it (the time so
+        far, scaled from the items scored to all of them, is past it), so a big model shows its first
+        figures without waiting the rest of ``timeout``."""
+        deadline = time.monotonic() + timeout
+
+        def ready() -> bool:
+            if self.final or self.done:
+                return True
+            progress = (self.latest or {}).get("pruned", {}).get("progress") or {}
+            if not progress.get("items"):
+                return False
+            projected = self._started + (self._stage_at - self._started) * progress["of"] / progress["items"]
+            return projected > deadline
+
+        with self._changed:
+            self._changed.wait_for(ready, timeout)
+
     def _publish(self, **values) -> None:
         with self._changed:
+            self._stage_at = time.monotonic()
             for name, value in values.items():
                 setattr(self, name, value)
             self._changed.notify_all()

@@ -372,8 +372,9 @@ def continuations(prompt: str) -> dict:
 
 
 def live_wait() -> float:
-    """Seconds a page run waits for the final figures before it shows the stages as they come
-    (PRUNELAB_LIVE_WAIT; the demo models are done within it, so their page never flickers)."""
+    """Seconds a page run waits at most for the final figures before it shows the stages as they come
+    (PRUNELAB_LIVE_WAIT; the demo models are done within it, so their page never flickers; a big model's
+    first stage shows as soon as it says the final figures will not come within it: LiveJob.wait_shown)."""
     with contextlib.suppress(ValueError):
         return max(0.0, float(os.environ.get("PRUNELAB_LIVE_WAIT", LIVE_WAIT)))
     return LIVE_WAIT
@@ -398,7 +399,7 @@ def live_report(wait: float = 0.0) -> dict | None:
             return _keep(cached, wanted)
         job = live.LiveJob(wanted, lambda cancelled: chosen.stages(plan, cancelled), state.lock(model_key()))
         st.session_state[state.LIVE_JOB] = job
-    job.wait_final(wait)
+    job.wait_shown(wait)
     if job.error is not None:
         raise PrunelabError(job.error)
     if job.latest is None:
