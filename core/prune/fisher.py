@@ -120,7 +120,7 @@ def mask_gradients(module: nn.Module, consumers: dict[str, nn.Module],
     return {name: torch.cat(parts).double() for name, parts in collected.items() if parts}
 
 
-_CACHE = MemoryLRU(4)  # the one home of Fisher evidence: {key: {consumer: per-item gradients}}
+_CACHE = MemoryLRU(2)  # the one home of Fisher evidence: {key: {consumer: per-item gradients}} (a sweep needs one)
 
 
 def weights_digest(module: nn.Module) -> str:
