@@ -1,14 +1,15 @@
 """Depth against width at equal MAC reductions: whole blocks removed (least block influence first),
 channels and heads removed, and both, with the measured ONNX Runtime speedup and the quality kept.
 
-    python -m benchmarks.depth [--quick]
+    python -m benchmarks.depth [--quick] [--model NAME ...]
 
 For each model and MAC-reduction target (about 1.5x and 2x), depth removes the k least influential
 removable blocks whose MAC reduction is closest to the target; width is a uniform channel plan
 bisected to the same MAC count; "both" removes fewer blocks (about half the reduction in log
 terms) and bisects width for the rest. Latency: dense and pruned sessions timed alternately at
-batch 1, medians. Quality: test accuracy (digits-resnet) or the mean cosine of the pruned model's
-outputs to the dense ones on the test split (embeddings, language models). No fine-tuning.
+batch 1, medians; for a language model (tinylm), greedy decode tokens/s through the KV-cache graph.
+Quality: test accuracy (digits-resnet), the mean cosine of the pruned model's outputs to the dense
+ones on the test split (embeddings), or test perplexity (language models). No fine-tuning.
 """
 from __future__ import annotations
 
@@ -108,45 +109,75 @@ def configurations(handle, steps: int, targets: tuple[float, ...] = TARGETS) -> 
     return rows
 
 
-def measure_model(name: str, quick: bool) -> list[dict]:
-    handle = load_model(name)
+def _timed_figures(handle, module, quick: bool) -> dict:
+    """Classifiers and embeddings: ORT p50 at batch 1 (dense and pruned alternately) and the quality kept."""
     example = handle.example_input(1)
+    dense_ms, pruned_ms = paired_p50_ms(handle.module, module, example, threads=2, rounds=5 if quick else 150)
     with torch.no_grad():
         dense_outputs = torch.cat([handle.module(torch.from_numpy(np.ascontiguousarray(handle.data.x_test[i:i + 32])))
                                    for i in range(0, len(handle.data.x_test), 32)])
     label, dense_quality = quality(handle, handle.module, dense_outputs)
+    return {"label": label, "dense_quality": dense_quality, "quality": quality(handle, module, dense_outputs)[1],
+            "dense_speed": dense_ms, "speed": pruned_ms, "speedup": dense_ms / pruned_ms,
+            "lost": 100 * (dense_quality - quality(handle, module, dense_outputs)[1])}
+
+
+def _decoding_figures(handle, module, quick: bool) -> dict:
+    """Causal language models: test perplexity and greedy decode tokens/s through the KV-cache graph
+    (dense and pruned rounds alternately, core.deploy.generation)."""
+    from core.deploy import generation
+    from core.zoo.tinylm import perplexity
+
+    windows = handle.data.x_test.astype(np.int64)
+    dense_perplexity, pruned_perplexity = perplexity(handle.module.model, windows), perplexity(module.model, windows)
+    dense, pruned = (generation.Generator(generation.export_cached(model)) for model in (handle.module, module))
+    prompt = generation.prompt_for(windows, 1)
+    new_tokens = generation.new_tokens_for(module, prompt.shape[1])
+    dense_times, pruned_times = generation.paired_rounds([dense, pruned], prompt, new_tokens, live=quick)
+    dense_speed = generation.summary(dense_times, prompt, new_tokens)["decode_tokens_per_s"]
+    speed = generation.summary(pruned_times, prompt, new_tokens)["decode_tokens_per_s"]
+    return {"label": "perplexity", "dense_quality": dense_perplexity, "quality": pruned_perplexity,
+            "dense_speed": dense_speed, "speed": speed, "speedup": speed / dense_speed,
+            "lost": pruned_perplexity - dense_perplexity}
+
+
+FIGURES = {"causal": _decoding_figures}  # output kind -> how quality and speed are measured (else _timed_figures)
+
+
+def measure_model(name: str, quick: bool) -> list[dict]:
+    """One row per method and target: blocks removed, width, MACs, measured speed and quality."""
+    handle = load_model(name)
+    example = handle.example_input(1)
     dense_macs = count_macs(handle.module, example)
-    rounds = 5 if quick else 150
+    figures_of = FIGURES.get(handle.output_kind, _timed_figures)
+    blocks = len(removable_blocks(handle.module, example))
     rows = []
     for method, target, drop, module, sparsity in configurations(handle, 1 if quick else 7,
                                                                  TARGETS[:1] if quick else TARGETS):
-        dense_ms, pruned_ms = paired_p50_ms(handle.module, module, example, threads=2, rounds=rounds)
-        _, kept = quality(handle, module, dense_outputs)
-        speedup = dense_ms / pruned_ms
-        lost = 100 * (dense_quality - kept)
-        rows.append({"model": name, "method": method, "target": target,
-                     "blocks": f"{len(drop)} of {len(removable_blocks(handle.module, example))}",
-                     "width": sparsity, "mac_reduction": dense_macs / count_macs(module, example),
-                     "dense_ms": dense_ms, "pruned_ms": pruned_ms, "speedup": speedup, "label": label,
-                     "dense_quality": dense_quality, "quality": kept, "lost_pts": lost,
-                     "speedup_per_pt": (speedup - 1) / lost if lost > 0.05 else None, "dropped": drop})
+        figures = figures_of(handle, module, quick)
+        lost = figures["lost"]
+        rows.append({"model": name, "method": method, "target": target, "blocks": f"{len(drop)} of {blocks}",
+                     "width": sparsity, "mac_reduction": dense_macs / count_macs(module, example), **figures,
+                     "speedup_per_lost": (figures["speedup"] - 1) / lost if lost > 0.05 else None, "dropped": drop})
     return rows
 
 
-def main(quick: bool = False) -> list[dict]:
+def main(quick: bool = False, models: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(2)
     rows = []
-    for name in ["digits-resnet"] if quick else _models():
+    for name in models or (["digits-resnet"] if quick else _models()):
         rows += measure_model(name, quick)
     load = os.getloadavg()[0]
     print(f"batch 1, ONNX Runtime 2 threads, dense and pruned timed alternately, medians; load average at the "
-          f"end {load:.1f} on {os.cpu_count()} cores; one-shot (no fine-tuning)\n")
-    print_table(["model", "method", "blocks removed", "width sparsity", "MAC reduction", "dense p50 ms",
-                 "pruned p50 ms", "measured speedup", "quality", "dense", "pruned", "lost (pts)",
-                 "speedup gained per pt lost"],
-                [[row["model"], row["method"], row["blocks"], row["width"], row["mac_reduction"], row["dense_ms"],
-                  row["pruned_ms"], row["speedup"], row["label"], row["dense_quality"], row["quality"],
-                  row["lost_pts"], "-" if row["speedup_per_pt"] is None else row["speedup_per_pt"]]
+          f"end {load:.1f} on {os.cpu_count()} cores; one-shot (no fine-tuning). Speed: p50 ms per item, or "
+          "greedy decode tokens/s for language models (32 new tokens after a 128-token prompt, KV cache). "
+          "Lost: points of accuracy or cosine, or the rise in test perplexity\n")
+    print_table(["model", "method", "blocks removed", "width sparsity", "MAC reduction", "dense speed",
+                 "pruned speed", "measured speedup", "quality", "dense", "pruned", "lost",
+                 "speedup gained per unit lost"],
+                [[row["model"], row["method"], row["blocks"], row["width"], row["mac_reduction"], row["dense_speed"],
+                  row["speed"], row["speedup"], row["label"], row["dense_quality"], row["quality"],
+                  row["lost"], "-" if row["speedup_per_lost"] is None else row["speedup_per_lost"]]
                  for row in rows])
     print()
     for row in rows:
@@ -158,4 +189,6 @@ def main(quick: bool = False) -> list[dict]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    main(parser.parse_args().quick)
+    parser.add_argument("--model", action="append", help="measure only this model (repeatable)")
+    arguments = parser.parse_args()
+    main(arguments.quick, arguments.model)
