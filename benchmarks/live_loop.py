@@ -98,8 +98,8 @@ def loop(name: str, sparsities: tuple[float, ...]) -> list[dict]:
 
 
 def _median_stages(stages: list[dict]) -> str:
-    """'prune 23 / export 2 / measure 347' in ms, the median of each stage over the plans."""
-    names = [name for name in ("prune", "export", "quantize", "measure") if name in stages[0]]
+    """'prune 23 / batchnorm 0 / export 2 / measure 347' in ms, the median of each stage over the plans."""
+    names = [name for name in ("prune", "batchnorm", "export", "quantize", "measure") if name in stages[0]]
     return " / ".join(f"{name} {statistics.median(stage[name] for stage in stages):.0f}" for name in names)
 
 
@@ -122,8 +122,8 @@ def main(quick: bool = False, models: list[str] | None = None) -> list[dict]:
                   row["final_s"], row["final_max_s"], row["items"], row["runs"],
                   "-" if row["first_target"] is None else row["first_target"], row["final_target"]]
                  for row in rows])
-    print("\nMedian stage times (ms): pruning (engine), export (same graph: weights into the exported graph), "
-          "measurement (all stages).\n")
+    print("\nMedian stage times (ms): pruning (engine, BatchNorm re-estimation included), of which BatchNorm "
+          "re-estimation, export (same graph: weights into the exported graph), measurement (all stages).\n")
     print_table(["model", "granularity", "stages"], [[row["model"], row["granularity"], row["stages"]]
                                                      for row in rows])
     return rows

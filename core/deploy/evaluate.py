@@ -302,8 +302,8 @@ class LiveEvaluator:
         if model_bytes is None:
             model_bytes = export_onnx(module, example)
         macs = baseline.artifact.macs if same_shape else measure.total_macs(module, example)
-        timings = {"prune": (pruned_at - started) * 1000.0, "export": (time.perf_counter() - pruned_at) * 1000.0,
-                   "fast_path": same_shape}
+        timings = {"prune": (pruned_at - started) * 1000.0, "batchnorm": result.batchnorm_ms,
+                   "export": (time.perf_counter() - pruned_at) * 1000.0, "fast_path": same_shape}
         return measure.Artifact(model_bytes, module, measure.weight_counts(module), macs, timings_ms=timings,
                                 same_graph=same_shape), result
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 
 import torch
 from torch import nn
@@ -90,7 +91,9 @@ def _recalibrate(result: PruneResult, data: Dataset | None) -> None:
     inputs = batchnorm.calibration_inputs(data)
     if inputs is None or not batchnorm.batchnorm_layers(result.module):
         return
+    started = time.perf_counter()
     count = batchnorm.recalibrate(result.module, inputs)
+    result.batchnorm_ms = (time.perf_counter() - started) * 1000.0
     result.notes.append(f"BatchNorm statistics of {count} layers re-estimated on {len(inputs)} inputs "
                         f"(set recalibrate: false to keep the dense model's)")
 

@@ -24,6 +24,7 @@ class PruneResult:
         what every included layer kept against what its target asked for.
     dropped: blocks removed whole (depth plans), in call order; influence: {block: block influence}
         of the removable blocks when the plan's ``depth`` share ranked them.
+    batchnorm_ms: milliseconds spent re-estimating BatchNorm statistics (0 when none were).
     """
 
     module: nn.Module
@@ -35,6 +36,7 @@ class PruneResult:
     kept: dict[str, dict] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
     influence: dict[str, float] = field(default_factory=dict)
+    batchnorm_ms: float = 0.0
 
 
 @dataclass
