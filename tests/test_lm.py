@@ -132,20 +132,22 @@ def test_next_token_objective_is_the_hugging_face_causal_loss(tinylm):
         assert float(next_token(tinylm.module, ids, None, None)) == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_next_token_recovery_trains_on_the_text_with_pruned_weights_held(tinylm):
+def test_next_token_recovery_trains_on_the_text_with_pruned_weights_held():
     import dataclasses
 
     from core.data import Dataset
     from core.train.methods import recover
 
-    train = tinylm.data.x_train[:12]  # a few windows: the test checks the mechanics, not the figure
-    small = Dataset("tinylm, 12 train windows", train, None, tinylm.data.x_val[:2], None, x_train=train)
-    handle = dataclasses.replace(tinylm, data=small, _digest=None)
+    handle = load_model(f"{CAUSAL}:llama", input_shape="1,16")
+    vocabulary = handle.module.model.config.vocab_size
+    text = (np.arange(12 * 16) * 7 % vocabulary).reshape(12, 16)  # a fixed pattern a few steps can learn
+    data = Dataset("pattern", text, None, text[:2], None, x_train=text)
+    handle = dataclasses.replace(handle, data=data, _digest=None)
     seen = []
-    result = recover(handle, Plan(sparsity=0.5), "next_token", epochs=2, lr=1e-3, on_epoch=seen.append)
+    result = recover(handle, Plan(sparsity=0.5), "next_token", epochs=3, lr=1e-2, on_epoch=seen.append)
     figures = result.details["perplexity"]
-    assert [row["epoch"] for row in seen] == [1, 2] and all(row["val_perplexity"] > 1 for row in seen)
-    assert figures["dense"] < figures["one_shot"] and figures["recovered"] < figures["one_shot"]  # scored on train
+    assert [row["epoch"] for row in seen] == [1, 2, 3] and all(row["val_perplexity"] > 1 for row in seen)
+    assert figures["recovered"] < 0.9 * figures["one_shot"]  # scored on the text it trained on
     layers = dict(result.module.named_modules())
     for name, keep in result.masks.items():
         assert not layers[name].weight[~keep].any()  # pruned weights stayed zero through AdamW
