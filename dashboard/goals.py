@@ -105,17 +105,46 @@ def _request(goal: str, value: float) -> dict:
     raise PrunelabError(f"unknown goal '{goal}'")
 
 
-def allocate_to_goal(goal: str, value: float) -> dict[str, float]:
+# How a MAC or latency goal may be spent (core.search.spend): name -> words in the Spend on box.
+SPENDS = {"width": "channels (width)", "depth": "whole blocks (depth)", "both": "blocks and channels",
+          "best": "whichever keeps most quality"}
+SPENDING = "tune.spending"  # the options the last depth-aware allocation compared (rows for a table)
+
+
+def spend_choices(goal: str) -> list[str]:
+    """The ways a goal can be spent: depth too only for MAC and latency goals on a model with removable blocks."""
+    if goal not in ("macs", "latency") or not any(block["removable"] for block in session.block_table()):
+        return ["width"]
+    return list(SPENDS)
+
+
+def allocate_to_goal(goal: str, value: float, spend: str = "width") -> dict[str, float]:
     """Fill the plan's per-layer targets to reach ``goal`` at ``value``; returns the targets.
 
+    spend: "width" fills the sliders; "depth", "both" and "best" may also switch blocks off, and keep
+    the options compared in session state (SPENDING) for the page to show.
     Raises PrunelabError without a matching sweep, or for a goal the curves cannot reach.
     """
     result, values = matching_sweep(), state.plan()
     if result is None:
         raise PrunelabError(needs_sweep() or "run a sensitivity sweep first")
+    st.session_state.pop(SPENDING, None)
+    if spend != "width":
+        return _spend(goal, value, spend, result, values)
     with state.lock(session.model_key()):
         allocated = api.allocate(session.model(), granularity=values["granularity"], criterion=values["criterion"],
                                  max_sparsity=session.MAX_SPARSITY, sensitivity=result,
                                  round_to=state.round_to(values), **_request(goal, value))
     state.update_plan(scope="layer", sparsity=0.0, layers=dict(allocated.layer_targets))
     return dict(allocated.layer_targets)
+
+
+def _spend(goal: str, value: float, spend: str, result: dict, values: dict) -> dict[str, float]:
+    with state.lock(session.model_key()):
+        spending = api.spend_budget(session.model(), spend, criterion=values["criterion"], sensitivity=result,
+                                    bounds=(0.0, session.MAX_SPARSITY), round_to=state.round_to(values),
+                                    **_request(goal, value))
+    state.update_plan(scope="layer", sparsity=0.0, layers=dict(spending.plan.layer_targets),
+                      drop=list(spending.plan.drop))
+    st.session_state[SPENDING] = {"way": spending.way, "rows": spending.rows(), "resource": spending.resource}
+    return dict(spending.plan.layer_targets)

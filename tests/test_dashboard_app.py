@@ -250,3 +250,13 @@ def test_a_language_model_shows_perplexity_tokens_per_second_and_both_continuati
     app.switch_page("pages/recover.py").run()
     method = app.selectbox(key="w.recover.method")  # a language model recovers on its own text, not labels
     assert method.value == "next_token" and len(method.options) == 1 and not app.exception and not app.error
+
+
+def test_a_mac_goal_on_a_model_with_blocks_offers_depth(open_app):
+    app = open_app("digits-resnet", page="tune", timeout=600)
+    assert not [box for box in app.selectbox if box.label == "Spend on"]  # unstructured: no MAC goal
+    app.selectbox(key="w.granularity").set_value("channel").run()
+    next(box for box in app.selectbox if box.label == "Goal").set_value("macs").run()
+    spend = next(box for box in app.selectbox if box.label == "Spend on")
+    assert len(spend.options) == 4 and "whole blocks (depth)" in spend.options
+    assert not app.exception

@@ -99,10 +99,19 @@ def sweep_progress() -> None:
                 text=f"Sensitivity sweep {job.done}/{job.total or '?'}: {job.text}")
 
 
-def _allocate(goal: str, value: float) -> None:
+def _allocate(goal: str, value: float, spend: str = "width") -> None:
     with session.guard("auto-allocate"):
-        goals.allocate_to_goal(goal, value)
+        goals.allocate_to_goal(goal, value, spend)
         plan_editor.forget_widgets()
+
+
+def spending_ui() -> None:
+    """What the last depth-aware Auto-allocate chose, beside the options it compared."""
+    spending = st.session_state.get(goals.SPENDING)
+    if spending:
+        st.markdown(f":material/call_split: Spent on **{spending['way']}**, the option that kept most quality "
+                    "on the validation items:")
+        st.dataframe(spending["rows"], hide_index=True, key="tune-spending")
 
 
 def goal_ui(values: dict) -> None:
@@ -117,6 +126,10 @@ def goal_ui(values: dict) -> None:
                                      "latency need Granularity: channel, since zeroed weights do not change them")
         _, unit, (low, high, default, step) = goals.goal_text(goal)
         value = value_column.number_input(unit, low, high, default, step, key=goals.goal_key(goal))
+        ways = goals.spend_choices(goal)
+        spend = "width" if len(ways) == 1 else st.selectbox(
+            "Spend on", ways, format_func=goals.SPENDS.get, key="w.tune.spend",
+            help="remove channels, whole blocks, both, or let allocation try all three and keep the best")
         job = sweeps.sweep_job()
         missing = goals.needs_sweep()
         if job is not None and job.running:
@@ -131,9 +144,10 @@ def goal_ui(values: dict) -> None:
         if job is not None and job.error:
             st.error(job.error)
         st.button("Auto-allocate", icon=":material/auto_fix_high:", type="primary", disabled=bool(missing),
-                  on_click=_allocate, args=(goal, value), key="tune-allocate",
+                  on_click=_allocate, args=(goal, value, spend), key="tune-allocate",
                   help="fills the sliders below to reach the goal while losing as little accuracy as the sweep "
                        "predicts")
+        spending_ui()
 
 
 def edit_ui() -> None:
