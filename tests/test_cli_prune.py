@@ -106,3 +106,31 @@ def test_evaluate_prints_the_share_of_weights_a_channel_plan_removes(tmp_path, c
     assert rows["zero weights (prunable)"][-1] == "0.00%"  # channels are gone, not zeroed
     removed = float(rows["weights removed"][-1].rstrip("%"))
     assert 20 < removed < 90  # coupled inputs of the next layer go too
+
+
+def test_timed_rows_show_the_paired_ratio_not_one_of_figures_timed_apart(capsys):
+    """Under load the dense figures timed on their own can be far from the dense figures of the paired rounds:
+    the table shows the latter and the paired speedup, which the speedup line below it repeats."""
+    from core.cli.evaluate import print_report
+
+    def figures(prefill_ms: float, decode_ms: float) -> dict:
+        return {"prompt_tokens": 128, "new_tokens": 32, "batch": 1, "rounds": 8, "prefill_ms": prefill_ms,
+                "prefill_tokens_per_s": 128_000 / prefill_ms, "decode_ms_per_token": decode_ms,
+                "decode_tokens_per_s": 1000 / decode_ms}
+
+    paired = {"p50": 1.05, "low": 1.01, "high": 1.1, "measurable": True, "pairs": 8}
+    pruned_generation = dict(figures(20.0, 4.0), dense=figures(21.0, 4.2),
+                             speedup={"prefill": paired, "decode": dict(paired, p50=1.04)})
+    latency = {"p50": 3.0, "p90": 4.0, "p99": 5.0}
+    report = {"model": "lm", "plan": None, "notes": [],
+              "settings": {"quantize": None, "data": "text", "threads": 1, "batch_size": 1},
+              "baseline": {"accuracy": None, "generation": figures(6.0, 1.3), "latency_ms": dict(latency, p50=1.0)},
+              "pruned": {"accuracy": None, "generation": pruned_generation, "latency_ms": latency,
+                         "speedup": dict(paired, p50=1.2, reference_p50=3.6)}}
+    print_report(report)
+    rows = {line[:22].strip(): line.split()[-3:] for line in capsys.readouterr().out.splitlines()}
+    assert rows["prefill (tokens/s)"] == ["6,095", "6,400", "1.05x"]
+    assert rows["prefill (ms)"] == ["21.000", "20.000", "0.95x"]
+    assert rows["decode (tokens/s)"] == ["238", "250", "1.04x"]
+    assert rows["decode (ms/token)"] == ["4.200", "4.000", "0.96x"]
+    assert rows["latency p50 (ms)"] == ["3.600", "3.000", "0.83x"]

@@ -117,12 +117,29 @@ def print_report(report: dict) -> None:
             continue  # no labels, no loss
         ratio = f"{after / before:.2f}x" if isinstance(before, (int, float)) and before and after is not None else ""
         ratio = "" if key in ("output_error", "kl") else ratio
+        if isinstance(key, tuple) and key[0] == "generation":
+            before, ratio = _paired(report, key[1], before)
+        elif key == ("latency_ms", "p50") and report["pruned"].get("speedup"):
+            speedup = report["pruned"]["speedup"]  # the dense p50 and the ratio of the paired runs
+            before, ratio = speedup.get("reference_p50", before), f"{1.0 / speedup['p50']:.2f}x"
         print(f"{label:<22} {_format(before, kind):>14} {_format(after, kind):>14} {ratio:>8}")
     _print_generation(report["pruned"].get("generation"))
     _print_outputs(report["pruned"])
     _print_metrics(report)
     for note in report["notes"]:
         print(f"note: {note}")
+
+
+def _paired(report: dict, key: str, before):
+    """(dense figure, ratio) of a prefill or decode row: both from the rounds timed in alternation with the
+    pruned model, so the ratio is the paired speedup printed below the table (its inverse for times)."""
+    figures = report["pruned"].get("generation") or {}
+    speedup = (figures.get("speedup") or {}).get(key.split("_")[0])
+    if not speedup:
+        return before, ""
+    before = (figures.get("dense") or {}).get(key, before)
+    ratio = speedup["p50"] if key.endswith("tokens_per_s") else 1.0 / speedup["p50"]
+    return before, f"{ratio:.2f}x"
 
 
 def _print_metrics(report: dict) -> None:
@@ -150,7 +167,7 @@ def _print_generation(figures: dict | None) -> None:
     graph = f"{figures['quantized']} KV-cache ONNX graph" if figures.get("quantized") else "KV-cache ONNX graph"
     print(f"generation: {graph}, prefill of {figures['prompt_tokens']} prompt tokens, then "
           f"{figures['new_tokens']} greedy decode steps, batch {figures['batch']}, medians of {figures['rounds']} "
-          f"rounds timed in alternation with the dense FP32 model")
+          f"rounds timed in alternation with the dense FP32 model (the baseline of these rows)")
     for part, speedup in figures.get("speedup", {}).items():
         if speedup.get("same_kernels"):
             print(f"{part} speedup: 1.00x (the dense graph's kernels)")

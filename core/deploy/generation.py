@@ -213,9 +213,11 @@ def dense_generation(generator: Generator, twin: Generator, prompt: np.ndarray, 
 
 def compared_generation(dense: Generator, pruned: Generator, prompt: np.ndarray, new_tokens: int,
                         live: bool) -> dict:
-    """The pruned model's figures with ``speedup`` of prefill and decode over the dense model, paired."""
+    """The pruned model's figures with ``speedup`` of prefill and decode over the dense model, paired, and
+    ``dense``: the dense model's figures from the same rounds (what the speedup compares against)."""
     dense_times, pruned_times = paired_rounds([dense, pruned], prompt, new_tokens, live)
     figures = summary(pruned_times, prompt, new_tokens)
+    figures["dense"] = summary(dense_times, prompt, new_tokens)
     figures["speedup"] = {part: measure.speedup(dense_times[part], pruned_times[part])
                           for part in ("prefill", "decode")}
     return figures
