@@ -153,6 +153,9 @@ def test_prune_cli_finetune_reports_one_shot_and_recovered_and_writes_zeros(caps
     assert report["recovery"]["accuracy"]["recovered"] > report["recovery"]["accuracy"]["one_shot"]
     assert report["pruned"]["accuracy"] == pytest.approx(report["recovery"]["accuracy"]["recovered"], abs=1e-6)
     assert report["one_shot"]["accuracy"] == pytest.approx(report["recovery"]["accuracy"]["one_shot"], abs=1e-6)
+    sizes = [note for note in report["notes"] if "compressed size" in note]  # the saved model's, not the one-shot's
+    assert len(sizes) == 1 and f"-> {report['pruned']['compressed_bytes']:,} bytes" in sizes[0]
+    assert report["pruned"]["compressed_bytes"] != report["one_shot"]["compressed_bytes"]
     state = torch.load(tmp_path / "out" / "state_dict.pt")
     masked = [state[f"{name}.weight"] for name in ("fc1", "fc2")]
     zeros = sum(int((weight == 0).sum()) for weight in masked) / sum(weight.numel() for weight in masked)

@@ -78,7 +78,8 @@ def finetuned(handle, plan: Plan, pruned, report: dict, args) -> tuple[dict, obj
                               live=False)
     measured, artifact = evaluator.measure_module(result.module, plan)  # against the same dense baseline
     accuracy = result.accuracy
-    report = {**report, "one_shot": report["pruned"], "pruned": measured["pruned"], "recovery": result.summary()}
+    report = {**report, "one_shot": report["pruned"], "pruned": measured["pruned"], "recovery": result.summary(),
+              "notes": list(pruned.notes) + measured["notes"]}  # what pruning did, then the saved model's figures
     if accuracy["recovered"] is not None:
         report["notes"] = [f"fine-tuned {len(result.history)} epochs with pruned weights held at zero: test accuracy "
                            f"one-shot {accuracy['one_shot']:.1%} -> recovered {accuracy['recovered']:.1%} "
