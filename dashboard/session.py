@@ -380,25 +380,43 @@ def live_wait() -> float:
     return LIVE_WAIT
 
 
+def start_measuring() -> None:
+    """Start measuring this session's plan on a worker thread unless it is measured or being measured, so
+    the measurement runs while the page draws its controls (``live_report`` then reads it)."""
+    if recovered() is None:
+        with contextlib.suppress(PrunelabError):  # live_report meets the same problem and says it on the page
+            _live_job(_measured_for())
+
+
+def _live_job(wanted: dict):
+    """(the job measuring ``wanted``, None), or (None, the cached report) when it was measured before; a new
+    job cancels the one it replaces."""
+    job = st.session_state.get(state.LIVE_JOB)
+    if job is not None and job.key == wanted:
+        return job, None
+    if job is not None:
+        job.cancel()
+    chosen, plan = evaluator(state.quantize()), plan_object()
+    cached = chosen.cached(plan)
+    if cached is not None:
+        st.session_state.pop(state.LIVE_JOB, None)
+        return None, cached
+    job = live.LiveJob(wanted, lambda cancelled: chosen.stages(plan, cancelled), state.lock(model_key()))
+    st.session_state[state.LIVE_JOB] = job
+    return job, None
+
+
 def live_report(wait: float = 0.0) -> dict | None:
     """The newest figures of this session's plan while it is measured in stages on a worker thread
     (see dashboard/live.py): the finished report when there is one (then also ``last_report``), else
     the latest stage, else None; ``wait`` seconds for the final one first. A plan not measured yet
     starts its job here and cancels the one it replaces. Raises PrunelabError when the measurement failed."""
-    wanted, quantize = _measured_for(), state.quantize()
-    job = st.session_state.get(state.LIVE_JOB)
+    wanted = _measured_for()
     if recovered() is not None:
         return measure()
-    if job is None or job.key != wanted:
-        if job is not None:
-            job.cancel()
-        chosen, plan = evaluator(quantize), plan_object()
-        cached = chosen.cached(plan)
-        if cached is not None:
-            st.session_state.pop(state.LIVE_JOB, None)
-            return _keep(cached, wanted)
-        job = live.LiveJob(wanted, lambda cancelled: chosen.stages(plan, cancelled), state.lock(model_key()))
-        st.session_state[state.LIVE_JOB] = job
+    job, cached = _live_job(wanted)
+    if cached is not None:
+        return _keep(cached, wanted)
     job.wait_shown(wait)
     if job.error is not None:
         raise PrunelabError(job.error)

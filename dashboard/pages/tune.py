@@ -344,6 +344,7 @@ st.caption("Drag a layer's slider (or pick a goal) to choose how much of each la
 with session.guard("loading the model"):
     plan_editor.track()
     current = state.plan()
+    session.start_measuring()  # the plan is measured while the controls are drawn; the cards show it below
     st.caption(f"Model: **{session.model().name}**, {session.model().description} (change it on the Model page)")
     controls, panel = st.columns([2, 3], gap="large")
     with controls:
