@@ -209,3 +209,16 @@ def test_targets_on_coupled_layers_are_reported(resnet):
     assert group["target"] == 0.25 and group["kept"] == round(0.75 * resnet.module.stem[0].out_channels)
     assert any("different targets" in note for note in result.notes)
     assert any("'fc' not applied" in note for note in result.notes)
+
+
+def test_the_index_mapping_is_not_redone_before_every_group_search(monkeypatch, resnet):
+    """torch-pruning redoes it before every group search; nothing changes between them, so the coupling
+    search works it out once (a re-rooted group outside the search may add one more)."""
+    from core.prune import tracing
+    from core.prune.channel import coupled_groups
+
+    calls = []
+    original = tracing.update_index_mapping
+    monkeypatch.setattr(tracing, "update_index_mapping", lambda graph: calls.append(graph) or original(graph))
+    groups = coupled_groups(resnet.module, resnet.example_input(1))
+    assert len(groups) > 3 and len(calls) <= 2 < len(groups)
