@@ -30,15 +30,15 @@ from core.history.report import build_report, layer_time_figure, pareto_figure, 
 from core.history.runs import RunStore, delete_run, get_run, list_runs, record_run
 from core.inspect import final_classifier as classifier_of
 from core.inspect import inspect_model, layer_by_name, threshold_of, weight_histogram
+from core.kernels import channel_multiple
 from core.prune import criteria
 from core.prune.channel import coupled_groups as module_groups
 from core.prune.criteria import CRITERIA
 from core.prune.depth import block_table as depth_blocks
 from core.prune.engine import apply_plan
-from core.prune.plan import GRANULARITIES, MAX_SPARSITY, SCOPES, Plan, granularity_kind, nm_share, parse_nm
+from core.prune.plan import AUTO, GRANULARITIES, MAX_SPARSITY, SCOPES, Plan, granularity_kind, nm_share, parse_nm
 from core.prune.resolved import ResolvedPlan, resolve, resolve_names, validate_for
 from core.prune.result import PruneResult
-from core.prune.select import kept_channels
 from core.search.allocate import allocate, check_request
 from core.search.executors import executor_for
 from core.search.explore import DEFAULT_GRID, check_grid_size, explore, parse_grid
@@ -127,9 +127,9 @@ def histogram(handle: ModelHandle, layer: str, bins: int = 60, absolute: bool = 
 
 
 def channel_importance(handle: ModelHandle, layer: str, criterion: str = "l1", sparsity: float = 0.0,
-                       seed: int = 0, round_to: int = 1) -> dict:
+                       seed: int = 0, round_to: int | str = 1) -> dict:
     """Per-output-channel importance of one layer and the channels ``sparsity`` removes: the lowest
-    ``n - kept``, where ``kept`` is rounded to a multiple of ``round_to`` as the engine rounds it.
+    ``n - kept``, where ``kept`` is rounded to a multiple of ``round_to`` (or ``"auto"``) as the engine rounds it.
 
     Returns ``{"scores": [...], "removed": [bool, ...]}``: what the layer alone would lose at
     ``sparsity`` (coupled layers are ranked together by the engine, so its choice can differ).
@@ -144,7 +144,8 @@ def channel_importance(handle: ModelHandle, layer: str, criterion: str = "l1", s
                             f"group); pick {', '.join(shown)}")
     evidence = criteria.gather_evidence(handle.module, [target], criterion, handle.data, seed)[layer]
     scores = ranking(target.weight.detach(), evidence, per="channel").float()
-    count = scores.numel() - kept_channels(scores.numel(), sparsity, max(1, int(round_to)), 1)
+    rounding = resolve_names(Plan(granularity="channel", round_to=round_to), [layer], None)
+    count = scores.numel() - rounding.kept_channels(scores.numel(), sparsity)
     removed = [False] * scores.numel()
     for index in scores.argsort()[:count].tolist():
         removed[index] = True
@@ -269,6 +270,7 @@ __all__ = [
     "channel_importance",
     # plans and pruning
     "Plan", "GRANULARITIES", "MAX_SPARSITY", "CRITERIA", "SCOPES", "granularity_kind", "nm_share", "criteria_for",
+    "AUTO", "channel_multiple",
     "plan_text", "check_plan",
     "layers_left_dense", "resolve_plan", "ResolvedPlan", "PruneResult", "apply_plan",
     # measuring and exporting

@@ -35,8 +35,9 @@ TERMS = {
     "coupled": "(+N coupled): this layer's output channels feed N other layers (through a residual add, a "
                "concatenation or a depthwise convolution), so removing a channel removes it from all of them; "
                "one slider moves the whole group",
-    "round_to": "ONNX Runtime's convolution kernels work in blocks of 8 channels: odd counts can run slower "
-                "than the dense model, so 8 usually buys the most speed",
+    "round_to": "ONNX Runtime's convolution kernels work in blocks of channels (8 with AVX2): odd counts can run "
+                "slower than the dense model. 'auto' takes the multiple this CPU's kernels want; small layers "
+                "round to smaller multiples so they still lose channels",
     "prune_width": "channel plans on transformers keep the residual stream (the width every attention layer "
                    "reads and adds back to) whole and prune heads and feed-forward channels; on, the stream "
                    "itself is narrowed in every block at once: smaller and faster, usually at a larger accuracy cost",

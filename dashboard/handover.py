@@ -15,7 +15,7 @@ def file_stem() -> str:
     removed = (report or {}).get("pruned", {}).get("removed")
     share = f"{round(100 * removed)}pct" if removed is not None else f"target{round(100 * values['sparsity'])}"
     parts = [session.model().name, values["granularity"].replace(":", "of"), share]
-    if values["granularity"] == "channel" and state.round_to(values) > 1:
+    if values["granularity"] == "channel" and state.round_to(values) != state.AUTO_ROUND:
         parts.append(f"r{state.round_to(values)}")
     if session.per_layer(values):
         parts.append("perlayer")

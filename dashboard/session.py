@@ -202,7 +202,7 @@ def groups() -> list[dict]:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _channel_importance(_handle, key: str, layer: str, criterion: str, sparsity: float, round_to: int) -> dict:
+def _channel_importance(_handle, key: str, layer: str, criterion: str, sparsity: float, round_to: int | str) -> dict:
     with state.lock(key):
         return api.channel_importance(_handle, layer, criterion, sparsity, round_to=round_to)
 
@@ -212,6 +212,11 @@ def channel_importance(layer: str) -> dict:
     values = state.plan()
     return _channel_importance(model(), model_key(), layer, values["criterion"], target_of_layer(layer),
                                state.round_to(values))
+
+
+def round_to_label(value) -> str:
+    """A choice of Round kept channels as shown: 'auto (8 on this CPU)' or the number."""
+    return f"auto ({api.channel_multiple()[0]} on this CPU)" if value == state.AUTO_ROUND else str(value)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

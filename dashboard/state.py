@@ -85,6 +85,9 @@ def set_source(candidate: dict) -> None:
 
 # ---------------------------------------------------------------- the plan
 
+AUTO_ROUND = "auto"  # core.prune.plan.AUTO: kept channels follow the CPU's kernels
+
+
 def default_plan() -> dict:
     return {"granularity": "unstructured", "criterion": "l1", "scope": "layer", "sparsity": 0.0, "layers": {}}
 
@@ -97,10 +100,11 @@ def plan() -> dict:
     return {**current, "layers": dict(current["layers"])}
 
 
-def round_to(values: dict | None = None) -> int:
-    """The plan's ``round_to`` (default: this session's plan), 1 when it has none."""
+def round_to(values: dict | None = None) -> int | str:
+    """The plan's ``round_to`` (default: this session's plan): a number, or "auto" when it has none."""
     values = plan() if values is None else values
-    return int(values.get("round_to") or 1)
+    value = values.get("round_to") or AUTO_ROUND
+    return AUTO_ROUND if value == AUTO_ROUND else int(value)
 
 
 def update_plan(**changes) -> None:

@@ -44,7 +44,7 @@ def encode(source: dict, values: dict, quantize: str | None) -> dict[str, str]:
     layers = {name: value for name, value in values["layers"].items() if value != values["sparsity"]}
     if layers:
         params["layers"] = ",".join(f"{name}:{_percent(value)}" for name, value in sorted(layers.items()))
-    if state.round_to(values) > 1:
+    if state.round_to(values) != state.AUTO_ROUND:
         params["round_to"] = str(state.round_to(values))
     if values.get("recalibrate") is False:
         params["recalibrate"] = "0"
@@ -71,7 +71,7 @@ def decode(params: dict[str, str]) -> dict:
         layers[name] = float(value) / 100
     values["layers"] = layers
     if params.get("round_to"):
-        values["round_to"] = int(params["round_to"])
+        values["round_to"] = state.round_to({"round_to": params["round_to"]})
     if params.get("recalibrate") == "0":
         values["recalibrate"] = False
     if params.get("width") == "1":

@@ -57,6 +57,11 @@ def test_torch_pruning_arguments_are_metapruner_keywords(mlp, channel_plan):
 
 
 def test_torch_pruning_snippet_prunes_the_model_as_planned(mlp, channel_plan, tmp_path, monkeypatch):
+    from core.kernels import channel_multiple
+
+    multiple = channel_multiple()[0]  # round_to: auto is exported as what it means on this CPU
+    assert to_torch_pruning(channel_plan)["round_to"] == (multiple if multiple > 1 else None)
+    channel_plan = channel_plan.replace(round_to=1)
     files = export_plan(channel_plan, "torch-pruning", plan_layers(channel_plan, mlp), stem="ratios")
     (tmp_path / "ratios.json").write_text(files[".json"])
     monkeypatch.chdir(tmp_path)

@@ -72,8 +72,16 @@ def to_torch_pruning(plan, layers: list[LayerTarget] | None = None) -> dict:
                   if not layer.ignored and (layer.name in plan.layer_targets or plan.scope == "layer")}
         ignored = [layer.name for layer in layers if layer.ignored]
     return {"pruning_ratio": plan.sparsity, "pruning_ratio_dict": ratios, "ignored_layers": ignored,
-            "global_pruning": plan.scope == "global", "round_to": plan.round_to if plan.round_to > 1 else None,
+            "global_pruning": plan.scope == "global", "round_to": _round_to(plan),
             "importance": torch_pruning_importance(plan.criterion)}
+
+
+def _round_to(plan) -> int | None:
+    """Torch-Pruning's round_to: the plan's number, or what ``auto`` means on this CPU; None for 1."""
+    from core.prune.resolved import resolve_rounding
+
+    round_to, _ = resolve_rounding(plan)
+    return round_to if round_to > 1 else None
 
 
 SNIPPET_FIRST_LINE = "# Prune `model` (an nn.Module) with Torch-Pruning as the prunelab plan says."

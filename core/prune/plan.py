@@ -24,6 +24,8 @@ GRANULARITIES = ("unstructured", "channel", "2:4")
 SCOPES = ("layer", "global")
 # The largest per-layer target the dashboard offers and allocation assigns (the last level sweeps measure).
 MAX_SPARSITY = 0.95
+# round_to's default: the channel multiple follows the CPU's kernels (core.kernels).
+AUTO = "auto"
 # Keys a resolved plan file (``prunelab prune``'s plan.yaml) carries as a record; read back, they are skipped.
 RECORD_KEYS = ("effective_sparsity", "kept")
 NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
@@ -65,7 +67,9 @@ class Plan:
     sparsity: default target of every included layer, or the overall target in global scope; in [0, 1).
     layers: per-layer overrides, name -> sparsity (a dict is accepted; stored as a sorted tuple of pairs).
     ignore: layers left dense; None means "the final classifier".
-    round_to: kept channels are rounded to a multiple of this (channel plans).
+    round_to: kept channels are rounded to a multiple of this (channel plans); "auto" (the default)
+        takes the multiple this CPU's convolution kernels run best at (core.kernels), resolved once in
+        the resolved plan.
     seed: seeds the random criterion and any sampling.
     recalibrate: re-estimate BatchNorm statistics on the model's real inputs after pruning
         (no labels needed; skipped for synthetic data and models without BatchNorm).
@@ -88,7 +92,7 @@ class Plan:
     sparsity: float = 0.5
     layers: tuple[tuple[str, float], ...] = ()
     ignore: tuple[str, ...] | None = None
-    round_to: int = 1
+    round_to: int | str = AUTO
     seed: int = 0
     recalibrate: bool = True
     prune_width: bool = False
@@ -122,13 +126,14 @@ class Plan:
         object.__setattr__(self, "ignore", self._normalized_ignore(self.ignore))
         object.__setattr__(self, "drop", self._normalized_drop(self.drop))
         object.__setattr__(self, "depth", _fraction(self.depth, "depth"))
-        for name, value in (("round_to", self.round_to), ("seed", self.seed)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise PrunelabError(f"{name} must be an integer, got {brief(value)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise PrunelabError(f"seed must be an integer, got {brief(self.seed)}")
+        if self.round_to != AUTO and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)):
+            raise PrunelabError(f"round_to must be an integer or 'auto', got {brief(self.round_to)}")
         for name in ("recalibrate", "prune_width", "reconstruct"):
             if not isinstance(getattr(self, name), bool):
                 raise PrunelabError(f"{name} must be true or false, got {brief(getattr(self, name))}")
-        if self.round_to < 1:
+        if self.round_to != AUTO and self.round_to < 1:
             raise PrunelabError(f"round_to must be at least 1, got {brief(self.round_to)}")
 
     @staticmethod
@@ -180,7 +185,7 @@ class Plan:
         """The plan in a few words: 'channel, l1, round to 8, global ranking, per-layer targets (2 layers
         own, others 50%)' or '..., all layers 50%'."""
         parts = [self.granularity, self.criterion]
-        if self.granularity == "channel" and self.round_to > 1:
+        if self.granularity == "channel" and self.round_to != AUTO and self.round_to > 1:
             parts.append(f"round to {self.round_to}")
         if self.scope == "global":
             parts.append("global ranking")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from core.errors import PrunelabError
 from core.limits import brief
-from core.prune.plan import Plan, granularity_kind
+from core.prune.plan import AUTO, Plan, granularity_kind
 
 # What a layer's target is a share of, per granularity kind (attention layers in channel plans
 # lose whole heads: core.prune.shrink reports those in heads).
@@ -31,6 +31,9 @@ class ResolvedPlan:
     dropped: blocks removed whole (the plan's ``drop`` and the least influential blocks its ``depth`` share
         adds), in call order; filled by ``with_depth``. influence: (block, block influence) pairs when the
         ``depth`` share ranked them. outputs: (block, "tensor" | "tuple:N") for the dropped blocks.
+    round_to: the multiple kept channels round to (channel plans; 1 otherwise): the plan's own number, or
+        under ``round_to: auto`` the multiple this CPU's kernels want (core.kernels.channel_multiple), which
+        a small group halves (``rounding``). rounding_reason: why, in a few words ("" when the plan set it).
     """
 
     plan: Plan
@@ -40,6 +43,30 @@ class ResolvedPlan:
     dropped: tuple[str, ...] = ()
     influence: tuple[tuple[str, float], ...] = ()
     outputs: tuple[tuple[str, str], ...] = ()
+    round_to: int = 1
+    rounding_reason: str = ""
+
+    @property
+    def auto_rounding(self) -> bool:
+        """Whether the rounding follows the CPU (the plan's ``round_to: auto``)."""
+        return self.plan.round_to == AUTO
+
+    def rounding(self, channels: int) -> int:
+        """The multiple a group of ``channels`` rounds its kept count to: ``round_to``, halved under ``auto``
+        until the group holds a few multiples (core.kernels.group_multiple)."""
+        from core.kernels import group_multiple
+
+        return group_multiple(self.round_to, channels) if self.auto_rounding else self.round_to
+
+    @property
+    def rounding_note(self) -> str:
+        """One line saying how kept channels were rounded, for the notes ("" outside channel plans)."""
+        if self.plan.granularity != "channel":
+            return ""
+        if not self.auto_rounding:
+            return f"kept channels rounded to multiples of {self.round_to} (the plan's round_to)"
+        return (f"kept channels rounded to multiples of {self.round_to} (round_to: auto; {self.rounding_reason}; "
+                f"groups under {4 * self.round_to} channels round to smaller multiples)")
 
     def removed(self, name: str) -> bool:
         """Whether layer ``name`` goes with a block the plan removes whole."""
@@ -107,7 +134,7 @@ class ResolvedPlan:
         """Channels a unit of ``channels`` keeps at ``target``, rounded to ``round_to`` and to ``blocks``."""
         from core.prune.select import kept_channels
 
-        return kept_channels(channels, target, self.plan.round_to, blocks)
+        return kept_channels(channels, target, self.rounding(channels), blocks)
 
     def with_plan(self, plan: Plan) -> ResolvedPlan:
         """This resolution for ``plan``, a plan that differs only in targets, criterion or settings
@@ -115,12 +142,15 @@ class ResolvedPlan:
         if (plan.granularity, plan.ignore) != (self.plan.granularity, self.plan.ignore):
             raise ValueError("with_plan needs the same granularity and ignore list; resolve the plan afresh")
         same_depth = (plan.drop, plan.depth) == (self.plan.drop, self.plan.depth)
-        return dataclasses.replace(self, plan=plan, **({} if same_depth else {"dropped": (), "influence": (),
-                                                                               "outputs": ()}))
+        round_to, reason = resolve_rounding(plan)
+        return dataclasses.replace(self, plan=plan, round_to=round_to, rounding_reason=reason,
+                                   **({} if same_depth else {"dropped": (), "influence": (), "outputs": ()}))
 
     def to_dict(self) -> dict:
         """The plan's plain values with the default ``ignore`` and the blocks removed spelled out (what was applied)."""
         values = {**self.plan.to_dict(), "ignore": list(self.ignored)}
+        if self.plan.granularity == "channel":
+            values["round_to"] = self.round_to  # what auto resolved to on this CPU
         if self.dropped:
             values["drop"] = list(self.dropped)
             values.pop("depth", None)  # the share is now the named blocks
@@ -149,8 +179,21 @@ def resolve_names(plan: Plan, layers, classifier: str | list[str] | None, ungrou
     check_names(plan, layers)
     defaults = [classifier] if isinstance(classifier, str) else list(classifier or [])
     ignored = plan.ignore if plan.ignore is not None else tuple(name for name in defaults if name)
+    round_to, reason = resolve_rounding(plan)
     return ResolvedPlan(plan, tuple(layers), tuple(name for name in layers if name in ignored),
-                        tuple((ungroupable or {}).items()))
+                        tuple((ungroupable or {}).items()), round_to=round_to, rounding_reason=reason)
+
+
+def resolve_rounding(plan: Plan) -> tuple[int, str]:
+    """The multiple ``plan`` rounds kept channels to and why: 1 outside channel plans, the plan's number,
+    or under ``auto`` the multiple this CPU's kernels want (core.kernels.channel_multiple)."""
+    if plan.granularity != "channel":
+        return 1, ""
+    if plan.round_to != AUTO:
+        return plan.round_to, ""
+    from core.kernels import channel_multiple
+
+    return channel_multiple()
 
 
 def resolve(plan: Plan, model, example_input=None) -> ResolvedPlan:

@@ -68,13 +68,15 @@ def _restore_head_sizes(sizes: dict[nn.MultiheadAttention, int]) -> None:
         attention.head_dim, attention.num_heads = size, attention.embed_dim // size
 
 
-def _remove_groups(groups, graph, names, scores: dict, targets: dict, round_to: int, notes: list,
+def _remove_groups(groups, graph, names, scores: dict, targets: dict, rounding, notes: list,
                    removed: dict[str, list[int]]) -> list[dict]:
-    """Cut every channel group as chosen on the dense copy; one report entry per group. ``removed``
-    collects the output channels each layer lost."""
+    """Cut every channel group as chosen on the dense copy; one report entry per group. ``rounding``
+    maps a group's channel count to the multiple it rounds to; ``removed`` collects the output channels
+    each layer lost."""
     sizes, report = _multihead_sizes(graph.model), []
     for group in groups:
-        pruned = channel.choose_channels(group, graph, names, scores[group.leader], targets[group.leader], round_to)
+        pruned = channel.choose_channels(group, graph, names, scores[group.leader], targets[group.leader],
+                                         rounding(group.channels))
         cut = channel.remove_channels(group, graph, pruned, names)
         if cut is None:
             notes.append(f"the group led by '{group.leader}' was left as it is: an earlier coupled group "
@@ -128,7 +130,7 @@ def prune_structure(job) -> PruneResult:
                for unit in attention}
     reconstruction = _reconstruction(job, groups, attention, graph, names)
     removed: dict[str, list[int]] = {}
-    report = _remove_groups(groups, graph, names, scores, targets, plan.round_to, notes, removed)
+    report = _remove_groups(groups, graph, names, scores, targets, job.resolved.rounding, notes, removed)
     report += _remove_heads(module, attention, dropped, targets)
     refit = reconstruction.refit(module, removed) if reconstruction is not None else None
     if refit:
@@ -138,7 +140,9 @@ def prune_structure(job) -> PruneResult:
     after = _units(module, job.layers, found)
     result.layer_sparsity = {name: 1.0 - after[name][1] / count for name, (_, count) in before.items() if count}
     result.kept = kept_table(before, after, _layer_targets(units, targets), _dense_reasons(job, units, width))
-    _explain(result, included, units, width, _slack(groups, attention, plan.round_to))
+    _explain(result, included, units, width, _slack(groups, attention, job.resolved.rounding), job.resolved)
+    if groups:
+        result.notes.append(job.resolved.rounding_note)
     return result
 
 
@@ -177,12 +181,13 @@ def _dense_reasons(job, units: dict[str, list[str]], width: list[str]) -> dict[s
             for layer in job.layers if layer.name not in grouped}
 
 
-def _slack(groups, attention, round_to: int) -> dict[str, int]:
+def _slack(groups, attention, rounding) -> dict[str, int]:
     """How far rounding may move each layer's kept count from its target: the group's rounding unit
     (round_to and equal blocks) for channels, the query heads sharing one key/value head for heads."""
     slack = {}
     for group in groups:
-        unit = round_to * group.blocks // math.gcd(round_to, group.blocks)
+        multiple = rounding(group.channels)
+        unit = multiple * group.blocks // math.gcd(multiple, group.blocks)
         slack.update(dict.fromkeys(group.members, unit))
     for unit in attention:
         slack.update(dict.fromkeys(unit.projections, unit.heads // unit.kv_heads))
@@ -204,7 +209,8 @@ def kept_table(before: dict, after: dict, targets: dict[str, float], dense: dict
     return table
 
 
-def _explain(result: PruneResult, included: set, units: dict, width: list[str], slack: dict[str, int]) -> None:
+def _explain(result: PruneResult, included: set, units: dict, width: list[str], slack: dict[str, int],
+             resolved) -> None:
     """Notes: layers kept at full width, layers left dense, every target that could not be met, and
     the layers Round kept channels moved far from their targets (a small layer rounds coarsely)."""
     grouped = {name for leader, layers in units.items() for name in [leader, *layers]}
@@ -226,8 +232,9 @@ def _explain(result: PruneResult, included: set, units: dict, width: list[str], 
     rounded = [f"{name} kept {row['kept']}/{row['total']} (target {row['target_kept']})"
                for name, row in result.kept.items() if name in slack and row["unit"] == "channel"
                and ROUNDING_NOTED * row["total"] < abs(row["kept"] - row["target_kept"]) <= slack[name]]
-    if result.plan.round_to > 1 and rounded:
-        result.notes.append(f"rounding to multiples of {result.plan.round_to} channels (round_to) moved these "
+    if rounded:
+        how = "round_to: auto" if resolved.auto_rounding else "round_to"
+        result.notes.append(f"rounding to multiples of {resolved.round_to} channels ({how}) moved these "
                             f"layers more than {ROUNDING_NOTED:.0%} of their channels from the target: "
                             + "; ".join(rounded))
 

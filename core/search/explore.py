@@ -21,13 +21,18 @@ from contextlib import contextmanager
 
 from core.errors import PrunelabError
 from core.limits import PLANS_VARIABLE, plan_limit
-from core.prune.plan import Plan
+from core.prune.plan import AUTO, Plan
 from core.search.executors import executor_for
 from core.search.parallel import Outcome, Work, pack_object
 from core.sources import ModelHandle
 
 DEFAULT_GRID = "sparsity=0.3,0.5,0.7,0.9;criterion=l1,l2,taylor;granularity=unstructured,channel;scope=global"
-GRID_KEYS = {"sparsity": float, "criterion": str, "granularity": str, "scope": str, "round_to": int}
+def int_or_auto(text: str) -> int | str:
+    """A grid's round_to value: 'auto' or a whole number (ValueError otherwise; the name is the error's)."""
+    return AUTO if text == AUTO else int(text)
+
+
+GRID_KEYS = {"sparsity": float, "criterion": str, "granularity": str, "scope": str, "round_to": int_or_auto}
 SERIAL_THREADS = 2   # ORT threads when the grid runs in this process (evaluate's default)
 
 
@@ -87,7 +92,7 @@ def plan_name(settings: dict) -> str:
     """A short label such as ``channel l1 global 50%``."""
     words = [str(settings.get("granularity", "unstructured")), str(settings.get("criterion", "l1")),
              str(settings.get("scope", "layer")), f"{float(settings.get('sparsity', 0.0)):.0%}"]
-    if int(settings.get("round_to", 1)) > 1:
+    if settings.get("round_to", AUTO) not in (AUTO, 1):
         words.append(f"round {settings['round_to']}")
     return " ".join(words)
 

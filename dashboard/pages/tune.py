@@ -7,7 +7,7 @@ from dashboard import charts, formatting, goals, graph_view, plan_editor, sessio
 from dashboard.glossary import CALIBRATED, CRITERIA, TERMS
 
 MAX_PERCENT = round(100 * session.MAX_SPARSITY)  # sliders hold whole percents; the plan holds fractions
-ROUND_TO = (1, 4, 8, 16)
+ROUND_TO = (state.AUTO_ROUND, 1, 4, 8, 16)
 RECONSTRUCT = "Reconstruct the layers that read removed units"
 
 
@@ -66,9 +66,10 @@ def method_ui(values: dict) -> None:
     if values["criterion"] in CALIBRATED:  # what it reads and what it costs, where the choice is made
         st.caption(f"Needs the model's data: {CRITERIA[values['criterion']]}")
     if values["granularity"] == "channel":
-        state.seed("w.round_to", int(values.get("round_to", 1)))
+        state.seed("w.round_to", state.round_to(values))
         st.selectbox("Round kept channels to a multiple of", ROUND_TO, key="w.round_to", help=TERMS["round_to"],
-                     on_change=lambda: state.update_plan(round_to=int(st.session_state["w.round_to"])))
+                     format_func=session.round_to_label,
+                     on_change=lambda: state.update_plan(round_to=st.session_state["w.round_to"]))
         if any(row.get("unit") == "head" for row in table["layers"]):
             state.seed("w.prune_width", bool(values.get("prune_width", False)))
             st.toggle("Prune the residual stream too", key="w.prune_width", help=TERMS["prune_width"],
