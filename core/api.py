@@ -52,6 +52,7 @@ from core.train.methods import recover as run_recovery
 from core.train.methods import total_epochs
 from core.train.recovery import (
     Recovery,
+    Training,
     finetune,
     gradual_prune,
     iterative_prune,
@@ -225,17 +226,19 @@ def schedule_curve(handle: ModelHandle, final_sparsity: float, epochs: int, init
     return schedule.to_dict(), [{**point, "epoch": point["step"] / per_epoch} for point in schedule.curve(total)]
 
 
+TRAINING_BATCH = Training.batch_size  # items per optimizer step of every recovery method
+
 def recover(handle: ModelHandle, plan: Plan, method: str, *, epochs: int, lr: float = 3e-3, rounds: int = 3,
             rewind_epoch: int = 0, schedule: dict | None = None, on_epoch=None,
-            should_stop=None) -> tuple[dict, ModelHandle]:
+            should_stop=None, on_step=None) -> tuple[dict, ModelHandle]:
     """Train ``handle`` back after pruning by ``plan`` with recovery ``method`` (finetune, gradual, iterative,
     lottery, next_token for causal language models); ``schedule`` holds PolynomialDecay's arguments for
-    gradual. Returns the run's summary and the recovered model as a handle (measure it with
-    ``LiveEvaluator.measure_module``). Raises PrunelabError.
+    gradual; ``on_step(step, loss)`` follows the optimizer steps of the whole run. Returns the run's summary
+    and the recovered model as a handle (measure it with ``LiveEvaluator.measure_module``). Raises PrunelabError.
     """
     result = run_recovery(handle, plan, method, epochs=epochs, lr=lr, rounds=rounds, rewind_epoch=rewind_epoch,
                           schedule=PolynomialDecay(**schedule) if schedule else None, seed=plan.seed,
-                          on_epoch=on_epoch, should_stop=should_stop)
+                          on_epoch=on_epoch, should_stop=should_stop, on_step=on_step)
     return result.summary(), handle.with_module(result.module)
 
 
@@ -284,7 +287,7 @@ __all__ = [
     # recovery
     "Recovery", "finetune", "gradual_prune", "iterative_prune", "lottery_ticket", "next_token_finetune", "recover",
     "recovered_handle", "measure_recovered", "recovery_epochs", "schedule_curve", "private_copy", "PolynomialDecay",
-    "RECOVERY_METHODS",
+    "RECOVERY_METHODS", "TRAINING_BATCH",
     "SCHEDULE_END_FRACTION", "SCHEDULE_POWER",
     "polynomial_decay",
     # history

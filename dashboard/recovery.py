@@ -7,6 +7,7 @@ plan stays the one it was trained for; "Discard" or any plan change ends that.
 """
 from __future__ import annotations
 
+import math
 import uuid
 
 from core import api
@@ -14,6 +15,7 @@ from core.errors import PrunelabError
 from dashboard import jobs, session, state
 
 JOB = "recovery run"
+BATCH = api.TRAINING_BATCH  # items per optimizer step, as every recovery method trains
 METHODS = tuple(api.RECOVERY_METHODS)
 SCHEDULE_END_FRACTION, SCHEDULE_POWER = api.SCHEDULE_END_FRACTION, api.SCHEDULE_POWER  # AGP defaults (core)
 
@@ -53,14 +55,17 @@ def start_recovery(method: str, epochs: int, lr: float = 3e-3, rounds: int = 3, 
     settings = {"method": method, "epochs": int(epochs), "lr": float(lr), "rounds": int(rounds),
                 "rewind_epoch": int(rewind_epoch), "schedule": schedule, "plan_digest": plan.digest}
 
+    steps = recovery_epochs(method, int(epochs), int(rounds)) * math.ceil(len(private.data.x_train) / BATCH)
+
     def work(job: jobs.Job):
         summary, recovered = api.recover(private, plan, method, epochs=int(epochs), lr=float(lr), rounds=int(rounds),
                                          rewind_epoch=int(rewind_epoch), schedule=schedule,
-                                         on_epoch=job.rows.append, should_stop=job.stop.is_set)
+                                         on_epoch=job.rows.append, should_stop=job.stop.is_set,
+                                         on_step=lambda step, loss: job.report(step, steps, f"loss {loss:.3f}"))
         return {"summary": summary, "handle": recovered}
 
     session.discard_recovered()
-    jobs.start(JOB, work, settings, total=recovery_epochs(method, int(epochs), int(rounds)))
+    jobs.start(JOB, work, settings, total=steps)  # job.done counts optimizer steps, job.rows the epochs
 
 
 def recovery_job() -> jobs.Job | None:

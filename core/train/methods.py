@@ -63,7 +63,7 @@ METHODS: dict[str, Method] = {
 
 def recover(model: ModelHandle, plan: Plan, method: str, *, epochs: int, lr: float = Training.lr, rounds: int = 3,
             rewind_epoch: int = 0, schedule: PolynomialDecay | None = None, seed: int = 0, on_epoch=None,
-            should_stop=None) -> Recovery:
+            should_stop=None, on_step=None) -> Recovery:
     """Run recovery ``method`` (a name in METHODS) of ``model`` pruned by ``plan``; see each method for its
     arguments (``rounds`` for iterative and lottery, ``rewind_epoch`` for lottery, ``schedule`` for gradual).
 
@@ -73,7 +73,7 @@ def recover(model: ModelHandle, plan: Plan, method: str, *, epochs: int, lr: flo
         raise PrunelabError(f"unknown recovery method '{method}' (choose from {', '.join(METHODS)})")
     options = {"rounds": rounds, "rewind_epoch": rewind_epoch, "schedule": schedule}
     return METHODS[method].run(model, plan, Training(epochs, lr, seed), options,
-                               {"on_epoch": on_epoch, "should_stop": should_stop})
+                               {"on_epoch": on_epoch, "should_stop": should_stop, "on_step": on_step})
 
 
 def total_epochs(method: str, epochs: int, rounds: int) -> int:

@@ -87,8 +87,9 @@ def schedule_figure(curve: list[dict]) -> go.Figure:
 def training_ui(history: list[dict], key: str) -> None:
     """Loss and validation accuracy per epoch, side by side; a line instead of an empty chart before epoch 1."""
     if not history:
-        st.caption(":material/hourglass_top: The first epoch is running; its loss and accuracy appear here "
-                   "when it ends.")
+        figure = "perplexity" if session.is_language_model() else "accuracy"
+        st.caption(f":material/hourglass_top: The first epoch is running; its loss and validation {figure} "
+                   f"appear here when it ends.")
         return
     loss, accuracy = charts.training_curves(history)
     left, right = st.columns(2)
@@ -110,8 +111,11 @@ def progress_panel() -> None:
     if job is None or not job.running:
         st.rerun(scope="app")
     history = list(job.rows)
-    st.progress(min(1.0, len(history) / job.total), text=f"epoch {len(history)}/{job.total}"
-                + (f" ({history[-1]['phase']})" if history and "phase" in history[-1] else ""))
+    epochs = recovery.recovery_epochs(job.settings["method"], job.settings["epochs"], job.settings["rounds"])
+    phase = f" ({history[-1]['phase']})" if history and "phase" in history[-1] else ""
+    steps = (f", step {job.done:,}/{job.total:,}, {job.text}" if job.done
+             else ", pruning and scoring the one-shot model before the first step")
+    st.progress(job.fraction, text=f"epoch {min(len(history) + 1, epochs)}/{epochs}{phase}{steps}")
     training_ui(history, "recover-live")
     st.button("Stop", icon=":material/stop:", on_click=recovery.stop_recovery, key="recover-stop",
               disabled=job.stop.is_set())
