@@ -191,6 +191,24 @@ def sensitivity_heatmap(result: dict) -> go.Figure:
     return _layout(figure, title, "sparsity of that layer", "", height=max(HEIGHT, 28 * len(names) + 110))
 
 
+def block_points(result: dict) -> go.Figure:
+    """One point per removable block: its measured latency saving (x) against the quality without it (y),
+    with the dense model's quality as a dashed line; the cheapest blocks to remove sit top right."""
+    label, baseline = result["label"], result["baseline_accuracy"]
+    scale = 1.0 if label == "cosine" else 100.0
+    blocks = [block for block in result.get("blocks") or [] if block.get("latency_saving_ms") is not None]
+    figure = go.Figure(go.Scatter(
+        x=[block["latency_saving_ms"] for block in blocks], y=[scale * block["accuracy"] for block in blocks],
+        mode="markers+text", text=[_short_name(block["name"], 24) for block in blocks], textposition="top center",
+        customdata=[[block["name"], f"{block['macs']:,}"] for block in blocks], marker={"size": 10},
+        hovertemplate=f"without %{{customdata[0]}}<br>{label} %{{y:.4g}}<br>saves %{{x:.3f}} ms "
+                      "(p50, batch 1)<br>%{customdata[1]} MACs left<extra></extra>"))
+    figure.add_hline(y=scale * baseline, line_dash="dash", annotation_text=f"dense {scale * baseline:.4g}")
+    unit = "" if label == "cosine" else " (%)"
+    return _layout(figure, f"Without one whole block: {label} and the time it saves", "measured p50 saving (ms)",
+                   f"{label}{unit}")
+
+
 def training_curves(history: list[dict]) -> tuple[go.Figure, go.Figure]:
     """Two small charts per epoch, one y-axis each: mean training loss, and validation accuracy (%) or, for a
     language model (rows with ``val_perplexity``), validation perplexity."""

@@ -71,6 +71,16 @@ def _layout(figure: go.Figure, title: str, x_title: str, y_title: str, height: i
     return figure
 
 
+def blocks_ui(result: dict) -> None:
+    """The block points: quality without each removable block against its measured latency saving."""
+    st.plotly_chart(charts.block_points(result), key="sensitivity-blocks", config={"displayModeBar": False})
+    scale = 1.0 if result["label"] == "cosine" else 100.0
+    st.dataframe([{"block": block["name"], f"{result['label']} without it": round(scale * block["accuracy"], 2),
+                   "drop": round(scale * (result["baseline_accuracy"] - block["accuracy"]), 2),
+                   "MACs left": block["macs"], "saves (ms)": block.get("latency_saving_ms")}
+                  for block in result["blocks"]], hide_index=True, key="sensitivity-block-table")
+
+
 def results_ui(result: dict) -> None:
     where = result["evaluated_on"]
     subset = f" ({where['subset']})" if where.get("subset") else ""
@@ -94,6 +104,8 @@ def results_ui(result: dict) -> None:
     if result["granularity"] == "channel":
         st.plotly_chart(curves(result, "latency_ms", "Latency each group buys (ONNX Runtime p50, batch 1)", "ms"),
                         key="sensitivity-latency", config={"displayModeBar": False})
+    if result.get("blocks"):
+        blocks_ui(result)
     if result["complete"]:
         st.info("On the Tune page, set 'All layers' to an overall target and press Auto-allocate to spread it "
                 "over the layers by these curves.", icon=":material/auto_fix_high:")
