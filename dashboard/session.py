@@ -135,7 +135,12 @@ def has_batchnorm() -> bool:
 
 
 def data_name() -> str:
-    data = model().data
+    handle = model()
+    data = handle.data
+    if handle.output_kind == "causal":  # perplexity depends on the window length and stride: say both
+        context = data.x_test.shape[1]
+        return (f"{data.name} ({len(data.x_test)} test windows, context {context} tokens, "
+                f"stride {data.stride or context})")
     return f"{data.name} ({len(data.x_test)} test items{'' if data.labelled else ', no labels'})"
 
 

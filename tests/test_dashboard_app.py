@@ -260,3 +260,13 @@ def test_a_mac_goal_on_a_model_with_blocks_offers_depth(open_app):
     spend = next(box for box in app.selectbox if box.label == "Spend on")
     assert len(spend.options) == 4 and "whole blocks (depth)" in spend.options
     assert not app.exception
+
+
+
+def test_the_model_page_states_a_language_models_context_and_stride(open_app):
+    import re
+
+    app = open_app("tests/fixtures/causal_lms.py:llama", page="model")
+    assert not app.exception and not app.error
+    captions = " ".join(caption.value for caption in app.caption)
+    assert re.search(r"\d+ test windows, context (\d+) tokens, stride \1\b", captions), captions
