@@ -13,11 +13,34 @@ from core.search.sensitivity import Scorer, sensitivity
 
 
 @pytest.fixture(scope="module")
-def sweep(cnn, tmp_path_factory):
-    """One default sweep for the whole file (its cache in a private home, never the person's)."""
+def sweep_home(tmp_path_factory):
+    """A private home for this file's sweeps (never the person's); the CLI reads their cache there."""
+    return tmp_path_factory.mktemp("sweep-home")
+
+
+def swept(handle, home, **options) -> dict:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PRUNELAB_HOME", str(tmp_path_factory.mktemp("sweep-home")))
-        return sensitivity(cnn)
+        patch.setenv("PRUNELAB_HOME", str(home))
+        return sensitivity(handle, **options)
+
+
+@pytest.fixture(scope="module")
+def sweep(cnn, sweep_home):
+    """One default sweep for the whole file."""
+    return swept(cnn, sweep_home)
+
+
+@pytest.fixture(scope="module")
+def channel_sweep(cnn, sweep_home):
+    """One channel sweep for the channel allocations."""
+    return swept(cnn, sweep_home, granularity="channel", levels=(0.0, 0.3, 0.6, 0.9))
+
+
+def at_levels(result: dict, levels: tuple[float, ...]) -> dict:
+    """``result`` as a sweep of only ``levels`` would have made it (every point is measured on its own)."""
+    layers = [{**row, "curve": [point for point in row["curve"] if point["sparsity"] in levels]}
+              for row in result["layers"]]
+    return {**result, "levels": [level for level in result["levels"] if level in levels], "layers": layers}
 
 
 def overall_sparsity(handle, plan: Plan) -> float:
@@ -116,7 +139,8 @@ def test_bad_requests_are_one_line_errors(cnn, sweep):
 
 
 @pytest.mark.slow
-def test_cli_writes_a_plan_that_loads_and_matches_the_api(cnn, sweep, tmp_path, capsys):
+def test_cli_writes_a_plan_that_loads_and_matches_the_api(cnn, sweep, sweep_home, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PRUNELAB_HOME", str(sweep_home))  # the CLI finds the fixture's sweep in its cache
     out = tmp_path / "allocated.yaml"
     assert main(["allocate", "digits-cnn", "--target-sparsity", "0.8", "--out", str(out)]) == 0
     assert Plan.load(out) == allocate(cnn, target_sparsity=0.8, sensitivity=sweep)
@@ -128,8 +152,8 @@ def test_cli_writes_a_plan_that_loads_and_matches_the_api(cnn, sweep, tmp_path, 
 
 
 @pytest.mark.slow
-def test_channel_allocation_reaches_a_mac_reduction(cnn):
-    result = sensitivity(cnn, granularity="channel", levels=(0.0, 0.3, 0.6, 0.9))
+def test_channel_allocation_reaches_a_mac_reduction(cnn, channel_sweep):
+    result = channel_sweep
     plan = allocate(cnn, target_mac_reduction=2.0, granularity="channel", sensitivity=result)
     assert plan.granularity == "channel"
     assert set(plan.layer_targets) <= {layer["name"] for layer in result["layers"]}
@@ -143,10 +167,10 @@ def test_channel_allocation_reaches_a_mac_reduction(cnn):
 
 
 @pytest.mark.slow
-def test_channel_allocation_with_rounding_checks_the_target_on_the_rounded_model(cnn):
+def test_channel_allocation_with_rounding_checks_the_target_on_the_rounded_model(cnn, channel_sweep):
     from core.inspect import layer_macs, prunable_layers
 
-    result = sensitivity(cnn, granularity="channel", levels=(0.0, 0.3, 0.6, 0.9))
+    result = channel_sweep
     plan = allocate(cnn, target_mac_reduction=2.0, granularity="channel", sensitivity=result, round_to=8)
     assert plan.round_to == 8
     example = cnn.example_input(1)
@@ -189,10 +213,10 @@ def test_the_global_candidate_keeps_every_layer_within_its_bounds(cnn):
 
 
 @pytest.mark.slow
-def test_a_target_at_the_end_of_the_curves_is_not_forced_to_uniform(cnn):
+def test_a_target_at_the_end_of_the_curves_is_not_forced_to_uniform(cnn, sweep):
     # curves that end at 90% leave a 90% target no choice but uniform; the global candidate,
     # with its layers past the 91% bound pinned there, is another plan and the better one
-    short = sensitivity(cnn, levels=(0.0, 0.5, 0.9))
+    short = at_levels(sweep, (0.0, 0.5, 0.9))
     scorer = Scorer(cnn, "test")
     plan = allocate(cnn, target_sparsity=0.9, max_sparsity=0.91, sensitivity=short)
     assert max(plan.layer_targets.values()) <= 0.91 + 1e-9
