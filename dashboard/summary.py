@@ -267,10 +267,12 @@ def generation_cards(figures: dict) -> None:
                                 (right, "prefill", f"the {figures['prompt_tokens']}-token prompt in one call")):
         value, delta = formatting.tokens_per_second(figures, part)
         graph = f"{figures['quantized']} KV-cache ONNX graph" if figures.get("quantized") else "KV-cache ONNX graph"
+        paired = figures.get("dense")  # the dense model in the same rounds, the figure the change compares with
+        dense = f" (dense {paired[f'{part}_tokens_per_s']:,.0f} tok/s in those rounds)" if paired else ""
         _card(column, f"{part.capitalize()}{' (INT8)' if figures.get('quantized') else ''}", value, delta,
               lower_is_better=False,
               help=f"{part} speed on the {graph} in ONNX Runtime: {words}; the change is the median speedup over "
-                   f"rounds timed in alternation with the dense FP32 model, with its 95% interval")
+                   f"rounds timed in alternation with the dense FP32 model{dense}, with its 95% interval")
 
 
 def read_out(report: dict, stale: bool = False, accepted: tuple[float, str] | None = None) -> None:
