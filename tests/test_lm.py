@@ -143,10 +143,12 @@ def test_next_token_recovery_trains_on_the_text_with_pruned_weights_held():
     text = (np.arange(12 * 16) * 7 % vocabulary).reshape(12, 16)  # a fixed pattern a few steps can learn
     data = Dataset("pattern", text, None, text[:2], None, x_train=text)
     handle = dataclasses.replace(handle, data=data, _digest=None)
-    seen = []
-    result = recover(handle, Plan(sparsity=0.5), "next_token", epochs=3, lr=1e-2, on_epoch=seen.append)
+    seen, steps = [], []
+    result = recover(handle, Plan(sparsity=0.5), "next_token", epochs=3, lr=1e-2, on_epoch=seen.append,
+                     on_step=lambda step, loss: steps.append(step))
     figures = result.details["perplexity"]
     assert [row["epoch"] for row in seen] == [1, 2, 3] and all(row["val_perplexity"] > 1 for row in seen)
+    assert steps == [1, 2, 3]  # one batch of 12 windows an epoch: the Recover page's progress counts these
     assert figures["recovered"] < 0.9 * figures["one_shot"]  # scored on the text it trained on
     layers = dict(result.module.named_modules())
     for name, keep in result.masks.items():
