@@ -38,6 +38,12 @@ TERMS = {
     "round_to": "ONNX Runtime's convolution kernels work in blocks of channels (8 with AVX2): odd counts can run "
                 "slower than the dense model. 'auto' takes the multiple this CPU's kernels want; small layers "
                 "round to smaller multiples so they still lose channels",
+    "by_profile": "on: profile the dense model once and price every candidate plan by each layer's measured ms per "
+                  "MAC (no candidate is timed, so load does not move the result; time outside layers is assumed to "
+                  "stay). Off: every candidate plan is timed whole",
+    "ms_per_mac": "the pruned layer's time per MAC over the dense layer's: 1.00x means its time fell with its "
+                  "MACs; well above 1, the cut bought less time than it removed work (blocked kernels lost, "
+                  "memory-bound)",
     "prune_width": "channel plans on transformers keep the residual stream (the width every attention layer "
                    "reads and adds back to) whole and prune heads and feed-forward channels; on, the stream "
                    "itself is narrowed in every block at once: smaller and faster, usually at a larger accuracy cost",

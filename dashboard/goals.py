@@ -31,6 +31,8 @@ QUALITY_DROPS = {
 
 OWN = "metric:"  # a goal named OWN + a number of the model's own metric: the largest drop of that number
 OWN_BOUNDS = (0.0, 1e6, 0.01, 0.001)  # in the metric's own units
+# The Goal box's switch: a latency goal priced by the dense model's profile (ms per layer), not whole-model timing.
+BY_PROFILE = "w.tune.goal.by_profile"
 
 
 def goal_text(name: str) -> tuple[str, str, tuple]:
@@ -97,7 +99,7 @@ def _request(goal: str, value: float) -> dict:
     if goal == "macs":
         return {"target_mac_reduction": value}
     if goal == "latency":
-        return {"target_latency_ms": value}
+        return {"target_latency_ms": value, "latency_cost": "profile" if st.session_state.get(BY_PROFILE) else "sweep"}
     if goal == "drop":
         return {"max_accuracy_drop": value / QUALITY_DROPS[session.quality_label()][3]}
     if goal == "sparsity":

@@ -77,8 +77,9 @@ def sensitivity_word(drop: float | None) -> str:
     return next(word for limit, word in SENSITIVITY_LEVELS if drop < limit)
 
 
-def table_rows(report: dict | None, sweep: dict | None) -> pd.DataFrame:
-    """One row per prunable layer: size, work, sensitivity at its target, target and measured sparsity (%)."""
+def table_rows(report: dict | None, sweep: dict | None, profile: dict | None = None) -> pd.DataFrame:
+    """One row per prunable layer: size, work, sensitivity at its target, target and measured sparsity (%),
+    and with a ``profile`` of this plan (core.deploy.profile.profile_plan) its measured time (``time_columns``)."""
     measured = (report or {}).get("layer_sparsity") or {}
     dense = session.left_dense()
     rows = []
@@ -92,7 +93,20 @@ def table_rows(report: dict | None, sweep: dict | None) -> pd.DataFrame:
                      "target (%)": round(100 * target, 1),
                      "measured (%)": round(100 * measured[name], 1) if name in measured else None})
     frame = pd.DataFrame(rows)
+    if profile is not None:
+        frame = frame.join(time_columns(profile, list(frame["layer"])))
     return frame if sweep is not None else frame.drop(columns=["drop (pts)"])
+
+
+def time_columns(profile: dict, names: list[str]) -> pd.DataFrame:
+    """ms dense, ms pruned, ms saved and ms per MAC (pruned over dense: 1 when time fell with the MACs) of
+    every layer in ``names``, in that order, from a profile report; empty cells for a layer it did not time."""
+    measured = {row["name"]: row for row in profile["rows"]}
+    cells = [measured.get(name, {}) for name in names]
+    return pd.DataFrame({"ms dense": [row.get("ms_dense") for row in cells],
+                         "ms pruned": [row.get("ms_pruned") for row in cells],
+                         "ms saved": [row.get("ms_saved") for row in cells],
+                         "ms per MAC": [row.get("ms_per_mac") for row in cells]})
 
 
 def apply_edits(frame: pd.DataFrame) -> None:

@@ -482,6 +482,9 @@ def discard_recovered() -> None:
 
 # ---------------------------------------------------------------- where the time goes
 
+PROFILED = "prunelab.profiled"  # {(model key, plan digest): profile report} of the plans profiled this session
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def _profile(_handle, key: str, plan_digest: str, _plan, batch_size: int) -> dict:
     return api.profile_plan(_handle, _plan, batch_size=batch_size, threads=2)
@@ -494,7 +497,15 @@ def layer_time_figure(rows: list[dict], pruned: bool):
 
 def profile(pruned: bool = True, batch_size: int = 1) -> dict:
     """Measured time per layer of the dense model and (``pruned``) this session's plan; see
-    core.deploy.profile.profile_plan. Raises PrunelabError."""
+    core.deploy.profile.profile_plan. The Tune table then shows it (``known_profile``). Raises PrunelabError."""
     plan = plan_object() if pruned else None
     with state.lock(model_key()):
-        return _profile(model(), model_key(), plan.digest if plan else "", plan, batch_size)
+        report = _profile(model(), model_key(), plan.digest if plan else "", plan, batch_size)
+    if plan is not None and batch_size == 1:
+        st.session_state.setdefault(PROFILED, {})[(model_key(), plan.digest)] = report
+    return report
+
+
+def known_profile() -> dict | None:
+    """The profile of this session's plan when one was taken (Profile buttons), else None: never measured here."""
+    return st.session_state.get(PROFILED, {}).get((model_key(), plan_object().digest))

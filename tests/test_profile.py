@@ -102,3 +102,17 @@ def test_a_profiled_prune_run_carries_its_layer_times_into_the_html_report(tmp_p
     assert main(["report", "1", "--out", str(tmp_path / "report.html")]) == 0
     html = (tmp_path / "report.html").read_text()
     assert "Where the time goes" in html and "Measured time per layer" in html
+
+
+def test_the_tune_table_gains_measured_times_only_when_asked(open_app):
+    app = open_app(page="tune", run=False)
+    app.session_state["w.tune.view"] = "Per-layer table"
+    app.run().switch_page("pages/tune.py").run()
+    assert not app.exception
+    assert "ms dense" not in app.dataframe[0].value.columns  # nothing is profiled on opening or on a slider move
+    app.button(key="tune-profile").click().run()
+    assert not app.exception and not app.error
+    frame = app.dataframe[0].value
+    assert {"ms dense", "ms pruned", "ms saved", "ms per MAC"} <= set(frame.columns)
+    assert len(frame) == 5 and (frame["ms dense"] > 0).all()  # digits-cnn's five layers, each timed
+    assert "tune-profile" not in [button.key for button in app.button]  # profiled: the button goes

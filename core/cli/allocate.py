@@ -17,6 +17,17 @@ from core.api import (
 from core.cli.options import add_metric_argument, add_model_arguments, model_from
 from core.cli.sensitivity import ProgressBar, add_parallel_arguments, check_parallel
 from core.errors import PrunelabError
+from core.prune.plan import AUTO
+from core.search.allocate import LATENCY_COSTS, check_latency_cost
+
+
+def round_to_value(text: str) -> int | str:
+    """--round-to: 'auto' or a whole number of at least 1; PrunelabError in one line otherwise."""
+    if text == AUTO:
+        return AUTO
+    if not text.isdigit() or int(text) < 1:
+        raise PrunelabError(f"--round-to must be 'auto' or a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def register(subparsers) -> None:
@@ -25,6 +36,9 @@ def register(subparsers) -> None:
     add_metric_argument(parser)
     parser.add_argument("--target-sparsity", type=float, help="overall fraction of weights removed, e.g. 0.9")
     parser.add_argument("--target-latency-ms", type=float, help="ONNX Runtime p50 at batch 1 (channel plans)")
+    parser.add_argument("--latency-cost", choices=LATENCY_COSTS, default="sweep",
+                        help="how --target-latency-ms is priced: sweep (each candidate plan timed whole, the default) "
+                             "or profile (the dense model's measured ms per layer, from one ORT profile)")
     parser.add_argument("--target-mac-reduction", type=float, help="dense MACs / pruned MACs, e.g. 2 (channel plans)")
     parser.add_argument("--max-accuracy-drop", type=float,
                         help="largest predicted drop as a fraction (0.01 = one point); alone it sets the target")
@@ -36,8 +50,9 @@ def register(subparsers) -> None:
     parser.add_argument("--min-sparsity", type=float, default=0.0, help="lowest sparsity of any layer")
     parser.add_argument("--max-sparsity", type=float, default=MAX_SPARSITY,
                         help=f"highest sparsity of any layer (default {MAX_SPARSITY})")
-    parser.add_argument("--round-to", type=int, default=1,
-                        help="channel plans: kept channels rounded to a multiple (8 suits ONNX Runtime's CPU kernels)")
+    parser.add_argument("--round-to", default=AUTO,
+                        help="channel plans: kept channels rounded to a multiple, or 'auto' (the default: the "
+                             "multiple this CPU's convolution kernels want)")
     parser.add_argument("--spend", choices=SPENDS, default="width",
                         help="spend a MAC or latency target on channels (width, the default), on whole blocks "
                              "(depth), on both, or on whichever of the three keeps the most quality (best); "
@@ -50,8 +65,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     if not str(args.out).endswith((".yaml", ".yml", ".json")):  # checked before a long sweep
         raise PrunelabError(f"plan file {args.out}: use a .yaml, .yml or .json name")
-    if args.round_to < 1:
-        raise PrunelabError(f"--round-to must be at least 1, got {args.round_to}")
+    args.round_to = round_to_value(str(args.round_to))
     if args.spend != "width":
         if args.target_mac_reduction is None and args.target_latency_ms is None:
             raise PrunelabError(f"--spend {args.spend} needs --target-mac-reduction or --target-latency-ms")
@@ -61,6 +75,7 @@ def run(args) -> int:
     if args.quality and not args.metric:
         raise PrunelabError(f"--quality {args.quality} names a number of your own metric: "
                             f"pass --metric file.py:function")
+    check_latency_cost(args.latency_cost, "latency_ms" if args.target_latency_ms is not None else "other")
     check_parallel(args)  # a bad count or address fails before the model loads
     writable_home()  # the sweep is cached there, and the plan written to --out: both checked before the sweep
     writable_folder(Path(args.out).resolve().parent, "the folder of --out")
@@ -73,7 +88,8 @@ def run(args) -> int:
                     target_mac_reduction=args.target_mac_reduction, granularity=args.granularity,
                     criterion=args.criterion, max_accuracy_drop=args.max_accuracy_drop,
                     min_sparsity=args.min_sparsity, max_sparsity=args.max_sparsity, sensitivity=curves,
-                    round_to=args.round_to, workers=args.workers, ray_address=args.ray_address, quality=args.quality)
+                    round_to=args.round_to, workers=args.workers, ray_address=args.ray_address, quality=args.quality,
+                    latency_cost=args.latency_cost)
     plan.save(args.out)
     print(f"wrote {args.out}")
     for name, value in plan.layers:

@@ -24,8 +24,8 @@ from core.errors import PrunelabError
 from core.inspect import prunable_layers
 from core.prune.criteria import CRITERIA
 from core.prune.engine import apply_plan
-from core.prune.plan import MAX_SPARSITY, Plan
-from core.search import candidates
+from core.prune.plan import AUTO, MAX_SPARSITY, Plan
+from core.search import candidates, profile_cost
 from core.search.executors import executor_for
 from core.search.sensitivity import footprint
 from core.search.sensitivity import sensitivity as sweep
@@ -34,6 +34,8 @@ from core.sources import ModelHandle
 ACCURACY_WEIGHT = 1.0   # damage = loss increase + ACCURACY_WEIGHT * accuracy drop
 BISECTION_STEPS = 14
 TOLERANCE = 0.002       # relative slack on the reached target
+# How a latency target is priced: each candidate timed whole, or the dense profile's ms per layer.
+LATENCY_COSTS = ("sweep", "profile")
 
 
 @dataclass(frozen=True)
@@ -199,8 +201,8 @@ def check_request(target_sparsity, target_latency_ms, target_mac_reduction, max_
 def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_latency_ms: float | None = None,
              granularity: str = "unstructured", criterion: str = "l1", max_accuracy_drop: float | None = None,
              min_sparsity: float = 0.0, max_sparsity: float = MAX_SPARSITY, sensitivity: dict | None = None,
-             target_mac_reduction: float | None = None, round_to: int = 1, workers: int | None = 1,
-             ray_address: str | None = None, quality: str | None = None) -> Plan:
+             target_mac_reduction: float | None = None, round_to: int | str = AUTO, workers: int | None = 1,
+             ray_address: str | None = None, quality: str | None = None, latency_cost: str = "sweep") -> Plan:
     """A per-layer plan that reaches one target while losing as little accuracy as the curves predict.
 
     Targets (give one): target_sparsity, the overall fraction of weights removed (zeroed weights of
@@ -211,16 +213,19 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
     with a target it is a limit, and an allocation predicted to exceed it raises PrunelabError.
     min_sparsity/max_sparsity bound every layer. sensitivity: a result of core.search.sensitivity with the
     same granularity and criterion (computed on the val split when omitted). round_to (channel
-    plans): kept channels rounded to a multiple, as in Plan; the target is checked on the rounded
+    plans): kept channels rounded to a multiple or "auto", as in Plan; the target is checked on the rounded
     model and the plan carries the rounding. The final classifier stays dense, as in every plan.
     workers / ray_address: where the omitted sweep and the candidate checks run (see
     core.search.executors.executor_for). quality: the figure the damage and max_accuracy_drop are read
     in: accuracy (None) or a number the model's own metric returns (``handle.metric``, e.g. 'mAP'),
     its drop then in the metric's own units. Raises PrunelabError for conflicting or unreachable
-    targets, or a quality figure the sweep did not measure.
+    targets, or a quality figure the sweep did not measure. latency_cost: how a latency target is priced,
+    "sweep" (each candidate plan timed whole) or "profile" (the dense model's measured ms per layer,
+    core.search.profile_cost).
     """
     kind, value, bounds = check_request(target_sparsity, target_latency_ms, target_mac_reduction, max_accuracy_drop,
                                         granularity, (min_sparsity, max_sparsity), quality)
+    check_latency_cost(latency_cost, kind)
     executor = executor_for(workers, ray_address)
     result = sensitivity if sensitivity is not None else sweep(handle, granularity, criterion, workers=workers,
                                                                 ray_address=ray_address)
@@ -230,7 +235,9 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
     if not result.get("complete", True):
         raise PrunelabError("the sensitivity sweep was stopped early; allocation needs every layer's curve")
     check_quality(result, quality)
-    if granularity == "channel":
+    if kind == "latency_ms" and latency_cost == "profile":
+        chosen = _allocate_by_profile(handle, result, value, bounds, criterion, round_to, quality)
+    elif granularity == "channel":
         chosen = _allocate_channels(handle, result, kind, value, bounds, criterion, round_to, quality)
     else:
         chosen = _allocate_weights(result, kind, value, bounds, quality)
@@ -241,7 +248,51 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
         _check_drop(result, chosen, granularity, bounds, max_accuracy_drop, quality)
     return Plan(granularity=granularity, criterion=criterion, scope="layer", sparsity=0.0,
                 layers={name: round(level, 4) for name, level in chosen.items()},
-                round_to=round_to if granularity == "channel" else 1)
+                round_to=round_to if granularity == "channel" else AUTO)
+
+
+def _allocate_by_profile(handle: ModelHandle, result: dict, target_ms: float, bounds, criterion: str,
+                         round_to, quality: str | None = None) -> dict[str, float]:
+    """Group sparsities whose latency, priced by the dense model's profile (core.search.profile_cost), meets
+    ``target_ms`` at the least predicted damage. The dense figure is the profiled p50 (layers, the time
+    outside them and between nodes), so a target below the time outside layers is out of reach."""
+    costs = profile_cost.layer_costs(handle)
+    members = {layer["name"]: layer.get("members", [layer["name"]]) for layer in result["layers"]}
+    curves = profile_cost.profiled_curves(curves_for(result, "macs", bounds, quality), members, costs)
+    if not curves:
+        raise PrunelabError(f"{handle.name}: the sensitivity result has no channel groups to allocate")
+    dense = float(costs["p50_ms"])
+
+    def saved(chosen: dict[str, float]) -> float:  # refits and BatchNorm statistics leave MACs as they are
+        plan = Plan(granularity="channel", criterion=criterion, sparsity=0.0, round_to=round_to,
+                    layers={name: round(level, 4) for name, level in chosen.items()}, reconstruct=False,
+                    recalibrate=False)
+        return profile_cost.predicted_saving_ms(handle, plan, costs)
+
+    return _spend(curves, saved, dense - target_ms, f"p50 at most {target_ms:g} ms, priced by the profile", dense)
+
+
+def _spend(curves: list[Curve], saved, needed: float, words: str, dense: float) -> dict[str, float]:
+    """The smallest greedy budget whose ``saved(chosen)`` reaches ``needed`` (bisected), or PrunelabError."""
+    if needed <= 0:
+        return greedy(curves, 0.0)
+    most = saved(greedy(curves, float("inf")))
+    if most < needed:
+        raise PrunelabError(f"the target ({words}) is out of reach: pruning every group as far as allowed "
+                            f"saves {most:.3g} of {dense:.3g}")
+    low, high = 0.0, float(sum(curve.removed[-1] for curve in curves))
+    for _ in range(BISECTION_STEPS):
+        middle = (low + high) / 2
+        low, high = (low, middle) if saved(greedy(curves, middle)) >= needed else (middle, high)
+    return greedy(curves, high)
+
+
+def check_latency_cost(latency_cost: str, kind: str) -> None:
+    """PrunelabError for an unknown latency pricing, or "profile" without a latency target."""
+    if latency_cost not in LATENCY_COSTS:
+        raise PrunelabError(f"latency cost must be one of {', '.join(LATENCY_COSTS)}, got {latency_cost!r}")
+    if latency_cost == "profile" and kind != "latency_ms":
+        raise PrunelabError("pricing by the profile spends a latency target: give target_latency_ms")
 
 
 def _check_drop(result: dict, chosen: dict, granularity: str, bounds, limit: float, quality: str | None) -> None:
@@ -330,7 +381,7 @@ CHANNEL_RESOURCES = {"sparsity": "params", "mac_reduction": "macs", "latency_ms"
 
 
 def _allocate_channels(handle: ModelHandle, result: dict, kind: str, value: float, bounds,
-                       criterion: str, round_to: int = 1, quality: str | None = None) -> dict[str, float]:
+                       criterion: str, round_to: int | str = AUTO, quality: str | None = None) -> dict[str, float]:
     """Group sparsities whose real (engine-measured) params, MACs or latency meet the target."""
     resource = CHANNEL_RESOURCES[kind]
     curves = curves_for(result, resource, bounds, quality)
@@ -364,7 +415,7 @@ def _allocate_channels(handle: ModelHandle, result: dict, kind: str, value: floa
 
 
 def measure_channel_plan(handle: ModelHandle, criterion: str, chosen: dict[str, float], timed: bool = True,
-                         round_to: int = 1) -> dict:
+                         round_to: int | str = AUTO) -> dict:
     """Parameters, MACs per item and ORT p50 latency of the channel plan ``chosen`` (as the sweep measures)."""
     plan = Plan(granularity="channel", criterion=criterion, sparsity=0.0,
                 layers={name: round(level, 4) for name, level in chosen.items()}, round_to=round_to)

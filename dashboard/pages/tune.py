@@ -127,6 +127,8 @@ def goal_ui(values: dict) -> None:
                                      "latency need Granularity: channel, since zeroed weights do not change them")
         _, unit, (low, high, default, step) = goals.goal_text(goal)
         value = value_column.number_input(unit, low, high, default, step, key=goals.goal_key(goal))
+        if goal == "latency":
+            st.toggle("Price by each layer's measured time", key=goals.BY_PROFILE, help=TERMS["by_profile"])
         ways = goals.spend_choices(goal)
         spend = "width" if len(ways) == 1 else st.selectbox(
             "Spend on", ways, format_func=goals.SPENDS.get, key="w.tune.spend",
@@ -309,9 +311,10 @@ def layers_ui() -> None:
     view = st.segmented_control("Per-layer view", VIEWS, key="w.tune.view", label_visibility="collapsed",
                                 required=True)
     if view == "Per-layer table":
-        frame = plan_editor.table_rows(report, goals.matching_sweep())
+        frame = plan_editor.table_rows(report, goals.matching_sweep(), session.known_profile())
         st.caption("Click a column title to sort; type a target to set it exactly. "
                    "Sensitivity: the sweep's accuracy drop for that layer alone at its target.")
+        profile_button()
         st.data_editor(frame, key=plan_editor.TABLE_KEY, hide_index=True, num_rows="fixed", width="stretch",
                        disabled=[column for column in frame.columns if column != "target (%)"],
                        on_change=plan_editor.apply_edits, args=(frame,), column_config=_table_columns())
@@ -326,6 +329,18 @@ def layers_ui() -> None:
         st.plotly_chart(figure, key="tune-targets", config={"displayModeBar": False})
 
 
+def profile_button() -> None:
+    """Profile the plan on demand (never on a slider move): the table gains each layer's measured ms."""
+    if session.known_profile() is not None:
+        return
+    if st.button("Time every layer", icon=":material/timer:", key="tune-profile",
+                 help="profile the dense model and this plan in ONNX Runtime; the table gains ms dense, ms pruned, "
+                      "ms saved and ms per MAC (a few seconds; longer on big models)"):
+        with session.guard("profiling"), st.spinner("Profiling on ONNX Runtime…"):
+            session.profile(True)
+        st.rerun()
+
+
 def _table_columns() -> dict:
     number = st.column_config.NumberColumn
     return {"layer": st.column_config.TextColumn("layer", width="medium", pinned=True,
@@ -336,7 +351,11 @@ def _table_columns() -> dict:
             "drop (pts)": number("drop (pts)", format="%.2f", help=TERMS["pts"]),
             "target (%)": number("target (%)", min_value=0.0, max_value=100 * session.MAX_SPARSITY, step=0.5,
                                  format="%.1f", help="the sparsity asked for; type an exact value"),
-            "measured (%)": number("measured (%)", format="%.1f", help="the sparsity the pruned model really has")}
+            "measured (%)": number("measured (%)", format="%.1f", help="the sparsity the pruned model really has"),
+            "ms dense": number("ms dense", format="%.3f", help="the layer's measured time in the dense model"),
+            "ms pruned": number("ms pruned", format="%.3f", help="the layer's measured time in the pruned model"),
+            "ms saved": number("ms saved", format="%.3f", help="ms dense minus ms pruned"),
+            "ms per MAC": number("ms per MAC", format="%.2fx", help=TERMS["ms_per_mac"])}
 
 
 st.title("Tune")
