@@ -167,7 +167,8 @@ def _print_generation(figures: dict | None) -> None:
     graph = f"{figures['quantized']} KV-cache ONNX graph" if figures.get("quantized") else "KV-cache ONNX graph"
     print(f"generation: {graph}, prefill of {figures['prompt_tokens']} prompt tokens, then "
           f"{figures['new_tokens']} greedy decode steps, batch {figures['batch']}, medians of {figures['rounds']} "
-          f"rounds timed in alternation with the dense FP32 model (the baseline of these rows)")
+          f"rounds timed in alternation with the dense FP32 model (the baseline of these rows; their ratio is the "
+          f"median of the per-round ratios, which uneven load can set apart from the ratio of the two medians)")
     for part, speedup in figures.get("speedup", {}).items():
         if speedup.get("same_kernels"):
             print(f"{part} speedup: 1.00x (the dense graph's kernels)")
