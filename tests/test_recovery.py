@@ -86,7 +86,7 @@ def test_should_stop_ends_the_run_early_with_masks_held(mlp):
 
 def test_channel_plan_fine_tunes_the_smaller_model(mlp):
     # without least-squares reconstruction, so the one-shot model has accuracy to win back
-    plan = Plan(granularity="channel", criterion="l1", sparsity=0.5, reconstruct=False)
+    plan = Plan(granularity="channel", criterion="l1", sparsity=0.5, reconstruct=False, round_to=1)
     pruned = apply_plan(mlp, plan)
     result = recovery.finetune(mlp, plan, epochs=2, pruned=pruned)
     shapes = {name: tensor.shape for name, tensor in weights(result.module).items()}
