@@ -105,3 +105,20 @@ def test_a_forward_that_cannot_be_traced_names_its_module():
                         input_shape="1,3,8,8").module
     with pytest.raises(PrunelabError, match=r"in module '1\.1' \(_Untraceable\): TypeError"):
         build_graph(module, torch.zeros(1, 3, 8, 8))
+
+
+def test_a_detector_is_swept_and_allocated_on_its_detections_kept_and_its_own_metric(monkeypatch, tmp_path):
+    from core.search.allocate import allocate
+    from core.search.sensitivity import sensitivity
+
+    monkeypatch.setenv("PRUNELAB_HOME", str(tmp_path))
+    handle = load_model(f"{TWO_HEADS}:detector", input_shape="1,3,16,16",
+                        metric=f"{Path(__file__).parent / 'fixtures' / 'metrics.py'}:detections")
+    result = sensitivity(handle, levels=(0.0, 0.9), max_items=64)
+    assert result["complete"] and result["label"] == "detections"
+    assert result["baseline_accuracy"] == 1.0 and result["baseline_loss"] == 0.0  # the dense model against itself
+    worst = min((layer["curve"][-1] for layer in result["layers"]), key=lambda point: point["accuracy"])
+    assert worst["accuracy"] < 1.0 and worst["loss"] > 0.0
+    assert set(worst["metrics"]) == {"detections per image", "top score"}
+    plan = allocate(handle, max_accuracy_drop=0.01, sensitivity=result, quality="top score")
+    assert all(0.0 <= level <= 0.9 for _, level in plan.layers)

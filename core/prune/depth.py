@@ -166,18 +166,33 @@ def skip_blocks(module: nn.Module, names: list[str], outputs: dict[str, str]) ->
         setattr(module.get_submodule(parent_name), child, SkipBlock(items))
 
 
-def compact(module: nn.Module) -> None:
+def compact(module: nn.Module, example_input=None) -> None:
     """Delete the SkipBlocks that sit in a ModuleList or Sequential (the loop over the list then runs fewer
     layers), renumbering ``layer_idx`` and the config's layer counts; SkipBlocks elsewhere stay, as the
-    identity they are (the exporter leaves no node for them)."""
+    identity they are (the exporter leaves no node for them). With ``example_input``, a list the model
+    needs at its full length (Ultralytics' C2f concatenates one output per entry) keeps its SkipBlocks
+    when the model no longer runs without them."""
     for container in [child for child in module.modules() if isinstance(child, (nn.ModuleList, nn.Sequential))]:
         removed = [index for index, layer in enumerate(container) if isinstance(layer, SkipBlock)]
         if not removed:
             continue
-        length = len(container)
+        length, entries = len(container), dict(container._modules)
         for index in reversed(removed):
             del container[index]
+        if example_input is not None and not _runs(module, example_input):
+            container._modules.clear()
+            container._modules.update(entries)  # the pass-throughs stay in place
+            continue
         _renumber(container, removed, length)
+
+
+def _runs(module: nn.Module, example_input) -> bool:
+    try:
+        with torch.no_grad():
+            module(example_input)
+    except Exception:  # any failure: the shorter list is not what the model expects
+        return False
+    return True
 
 
 def block_table(module: nn.Module, example_input, data=None) -> list[dict]:

@@ -121,7 +121,7 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     result = HANDLERS[kind](Job(working, resolved, layers, data, example_input,
                                 output_kind=getattr(model, "output_kind", "logits"), pad_id=pad_id))
     result.dropped, result.influence = dropped, influence
-    depth.compact(result.module)  # after the width plan, whose layer names are the dense model's
+    depth.compact(result.module, example_input)  # after the width plan, whose layer names are the dense model's
     if dropped:
         result.notes.insert(0, f"removed {len(dropped)} block(s), each replaced by its skip path: {', '.join(dropped)}")
     if ignored:

@@ -23,6 +23,7 @@ from torch import nn
 
 from core.deploy.measure import total_macs
 from core.errors import PrunelabError
+from core.outputs import flat, quality
 from core.prune import batchnorm
 from core.sources import ModelHandle
 
@@ -44,6 +45,10 @@ class Scorer:
     language model (``"causal"``) the "accuracy" is the next-token top-1 agreement with the dense
     model at every position and the loss is the next-token cross-entropy on the text (the log of
     its perplexity; against the dense model's choices when the ids are random).
+    A model returning several tensors (``"outputs"``, e.g. a detector) is scored against the dense
+    model's outputs with evaluate's headline (core.outputs.quality): the "accuracy" is the agreement
+    where an output looks like logits, else the share of the top detections kept, else one minus the
+    largest relative output error (label 'output match'); the loss is that largest output error.
     A model with its own metric (``handle.metric``, core.metric.Metric) also gets that metric's
     named numbers on the same outputs and items (``figures``).
     """
@@ -58,7 +63,11 @@ class Scorer:
         self.x, self.y = x[:count], None if labels is None else labels[:count]
         self.embedding = handle.output_kind == "embedding"
         self.causal = handle.output_kind == "causal"
-        if self.causal:
+        self.many = handle.output_kind == "outputs"
+        if self.many:
+            self.targets = self._predict(handle.module).numpy()
+            self.label = _headline(quality(self.targets, self.targets, self.layout)["label"])
+        elif self.causal:
             self.label, self.targets = "agreement", self._next_token(handle.module).argmax(-1)
             self.text = None if handle.data.synthetic else self.inputs[:, 1:]
         elif self.embedding:
@@ -69,9 +78,14 @@ class Scorer:
             self.label, self.targets = "agreement", self._predict(handle.module).argmax(1)
 
     def _predict(self, module: nn.Module) -> torch.Tensor:
+        """The outputs on the scored items; many outputs laid side by side per item (core.outputs.flat)."""
+        parts = []
         with torch.no_grad():
-            return torch.cat([module(self.inputs[start:start + SCORE_BATCH])
-                              for start in range(0, len(self.inputs), SCORE_BATCH)])
+            for start in range(0, len(self.inputs), SCORE_BATCH):
+                batch = self.inputs[start:start + SCORE_BATCH]
+                output = module(batch)
+                parts.append(torch.from_numpy(flat(output, len(batch))) if self.many else output)
+        return torch.cat(parts)
 
     def _next_token(self, module: nn.Module) -> torch.Tensor:
         """Next-token logits ``(windows, context - 1, vocabulary)`` of a causal language model."""
@@ -92,6 +106,10 @@ class Scorer:
         return self._score(self._predict(module))
 
     def _score(self, outputs: torch.Tensor) -> tuple[float, float]:
+        if self.many:
+            found = quality(outputs.numpy(), self.targets, self.layout)
+            error = found["output_error"]
+            return float(1.0 - error if found["label"] == "output_error" else found[found["label"]]), float(error)
         if self.causal:
             windows, context = self.inputs.shape
             logits = outputs.reshape(windows, context, -1)[:, :-1]  # next-token logits
@@ -112,6 +130,11 @@ class Scorer:
             subset = f"first {self.items} of {self.available}" + (f", {self.reason}" if self.reason else "")
         return {"split": self.split, "items": self.items, "available": self.available, "subset": subset,
                 "torch_threads": torch.get_num_threads()}
+
+
+def _headline(label: str) -> str:
+    """The sweep's name for a many-output headline: an error is swept as its complement, higher is better."""
+    return "output match" if label == "output_error" else label
 
 
 def split_arrays(handle: ModelHandle, split: str):
