@@ -46,7 +46,9 @@ def test_onnx_keeps_every_output_and_matches_torch(two_heads):
     assert all(np.abs(a - b).max() < 1e-5 for a, b in zip(got, expected))
 
 
-def test_a_channel_plan_is_measured_output_by_output(two_heads):
+def test_a_channel_plan_is_measured_output_by_output(two_heads, capsys):
+    from core.cli.evaluate import print_report
+
     report = evaluate(two_heads, Plan(granularity="channel", sparsity=0.5))
     pruned = report["pruned"]
     assert set(pruned["outputs"]) == {"logits", "extra.0", "extra.1"}
@@ -58,6 +60,10 @@ def test_a_channel_plan_is_measured_output_by_output(two_heads):
     interval = pruned["quality_interval"]  # headline: the logits' agreement, bootstrapped over items
     assert pruned["label"] == "agreement" and interval["low"] <= pruned["agreement"] <= interval["high"]
     assert report["baseline"]["quality_interval"] is None  # the dense model against itself: exact
+    print_report(report)
+    lines = capsys.readouterr().out.splitlines()
+    row = next(index for index, line in enumerate(lines) if line.startswith("agreement"))
+    assert lines[row + 1].split()[:3] == ["95%", "interval", f"{interval['low']:.2%}-{interval['high']:.2%}"]
 
 
 def detector_outputs(items: int = 60, classes: int = 6, anchors: int = 40, noise: float = 0.0, seed: int = 0):

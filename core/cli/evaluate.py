@@ -123,11 +123,22 @@ def print_report(report: dict) -> None:
             speedup = report["pruned"]["speedup"]  # the dense p50 and the ratio of the paired runs
             before, ratio = speedup.get("reference_p50", before), f"{1.0 / speedup['p50']:.2f}x"
         print(f"{label:<22} {_format(before, kind):>14} {_format(after, kind):>14} {ratio:>8}")
+        _print_interval(report["pruned"], key, kind)
     _print_generation(report["pruned"].get("generation"))
     _print_outputs(report["pruned"])
     _print_metrics(report)
     for note in report["notes"]:
         print(f"note: {note}")
+
+
+def _print_interval(pruned: dict, key, kind: str) -> None:
+    """Under the headline row, its 95% interval over the items scored, where the report has one."""
+    interval = pruned.get("quality_interval")
+    if not interval or key != pruned.get("label"):
+        return
+    bounds = f"{_format(interval['low'], kind)}-{_format(interval['high'], kind)}"
+    method = f", {interval['method']}" if interval.get("method") else ""
+    print(f"{'  95% interval':<22} {'':>14} {bounds:>14}   ({interval['items']} items{method})")
 
 
 def _paired(report: dict, key: str, before):
