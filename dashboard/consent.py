@@ -25,6 +25,7 @@ from core.errors import PrunelabError
 from dashboard import uploads
 
 ALLOW_CODE = "PRUNELAB_ALLOW_CODE"
+STARTED_METRIC = "PRUNELAB_METRIC"  # the metric `prunelab dashboard MODEL --metric` named: agreed to
 MODEL_ROOT = "PRUNELAB_MODEL_ROOT"
 MODEL_SUFFIXES = (".pt2", ".onnx", ".pt", ".pth")
 
@@ -78,7 +79,9 @@ def check_source(candidate: dict, builtins) -> None:
     however the source reached the session. The model named when the server was started
     (``PRUNELAB_MODEL``) counts as agreed to.
     """
-    if candidate.get("metric"):  # a metric is code, whatever the model is
+    if candidate.get("metric") and candidate["metric"] == os.environ.get(STARTED_METRIC):
+        _check_code("importing this metric", True)  # named with `prunelab dashboard --metric --allow-code`
+    elif candidate.get("metric"):  # a metric is code, whatever the model is
         location = candidate["metric"].rpartition(":")[0]
         check_path(location if location.endswith(".py") else None, "the metric file")
         _check_code("importing this metric", candidate["trust"])

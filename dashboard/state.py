@@ -58,13 +58,15 @@ def forget_plan_widgets() -> None:
 
 def default_source(default_model: str) -> dict:
     """The model a new visitor sees: PRUNELAB_MODEL (with the source options ``prunelab dashboard`` was
-    given: PRUNELAB_WEIGHTS, PRUNELAB_INPUT_SHAPE, PRUNELAB_DATA, PRUNELAB_TRUST) or ``default_model``."""
+    given: PRUNELAB_WEIGHTS, PRUNELAB_INPUT_SHAPE, PRUNELAB_DATA, PRUNELAB_TRUST, PRUNELAB_METRIC) or
+    ``default_model``."""
     if not os.environ.get("PRUNELAB_MODEL"):
         return {"spec": default_model, "weights": None, "trust": False, "data": None, "input_shape": None,
                 "metric": None}
     return {"spec": os.environ["PRUNELAB_MODEL"], "weights": os.environ.get("PRUNELAB_WEIGHTS") or None,
             "trust": os.environ.get("PRUNELAB_TRUST") == "1", "data": os.environ.get("PRUNELAB_DATA") or None,
-            "input_shape": os.environ.get("PRUNELAB_INPUT_SHAPE") or None, "metric": None}
+            "input_shape": os.environ.get("PRUNELAB_INPUT_SHAPE") or None,
+            "metric": os.environ.get("PRUNELAB_METRIC") or None}
 
 
 def source(default_model: str) -> dict:

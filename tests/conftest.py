@@ -18,7 +18,7 @@ APP = ROOT / "dashboard" / "app.py"
 PAGES = ROOT / "dashboard" / "pages"
 # Variables that choose what the dashboard opens with; every AppTest starts without them.
 SOURCE_VARIABLES = ("PRUNELAB_MODEL", "PRUNELAB_WEIGHTS", "PRUNELAB_INPUT_SHAPE", "PRUNELAB_DATA",
-                    "PRUNELAB_TRUST", "PRUNELAB_ALLOW_CODE", "PRUNELAB_MODEL_ROOT")
+                    "PRUNELAB_TRUST", "PRUNELAB_ALLOW_CODE", "PRUNELAB_MODEL_ROOT", "PRUNELAB_METRIC")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -63,3 +63,19 @@ def test_a_transformer_channel_plan_can_prune_the_residual_stream_from_the_page(
     narrowed = app.session_state["prunelab.report"]
     assert narrowed["plan"]["prune_width"] is True and kept["plan"].get("prune_width", False) is False
     assert narrowed["pruned"]["macs"] < kept["pruned"]["macs"]
+
+
+def test_dashboard_takes_a_metric_only_with_allow_code_and_opens_with_its_cards(monkeypatch, capsys, open_app,
+                                                                                clean_environment):
+    metrics = Path(__file__).parent / "fixtures" / "metrics.py"
+    monkeypatch.setattr(os, "execve", lambda *args: pytest.fail("the server must not start"))
+    assert main(["dashboard", "digits-mlp", "--metric", f"{metrics}:macro_f1"]) == 2
+    assert "add --allow-code" in capsys.readouterr().err
+    started = {}
+    monkeypatch.setattr(os, "execve", lambda path, arguments, env: started.update(env=env))
+    monkeypatch.chdir(metrics.parent)
+    assert main(["dashboard", "digits-mlp", "--metric", "metrics.py:macro_f1", "--allow-code"]) == 0
+    assert started["env"]["PRUNELAB_METRIC"] == f"{metrics}:macro_f1"  # the file's absolute path
+    app = open_app("digits-mlp", env={key: started["env"][key] for key in ("PRUNELAB_METRIC", "PRUNELAB_ALLOW_CODE")})
+    assert not app.exception and not app.error
+    assert "macro F1" in {metric.label for metric in app.metric}  # no tick asked: the server's owner named it

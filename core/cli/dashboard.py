@@ -19,6 +19,9 @@ def register(subparsers) -> None:
     parser.add_argument("--trust", action="store_true", help="allow unpickling MODEL if it is a pickled module")
     parser.add_argument("--port", type=int, default=8501)
     parser.add_argument("--address", default="127.0.0.1", help="interface to bind (default: localhost only)")
+    parser.add_argument("--metric", metavar="FILE.py:FUNCTION",
+                        help="your own quality metric for MODEL (outputs, data) -> {name: number}; it runs code "
+                             "in the server, so it needs --allow-code")
     parser.add_argument("--allow-code", action="store_true",
                         help="let visitors import file.py:factory architectures and unpickle trusted modules "
                              "(each load still needs their tick); without it the dashboard runs no code from files")
@@ -46,18 +49,29 @@ def command(port: int, address: str = "127.0.0.1") -> list[str]:
 SOURCE_VARIABLES = {"weights": "PRUNELAB_WEIGHTS", "input_shape": "PRUNELAB_INPUT_SHAPE", "data": "PRUNELAB_DATA"}
 
 
+def metric_location(spec: str) -> str:
+    """``file.py:function`` with the file's absolute path (the server may run elsewhere); ``module:function`` as is."""
+    location, _, name = spec.rpartition(":")
+    return f"{Path(location).resolve()}:{name}" if location.endswith(".py") else spec
+
+
 def run(args) -> int:
     env = dict(os.environ)
     if args.model:
         env["PRUNELAB_MODEL"] = args.model
-    elif args.weights or args.input_shape or args.data or args.trust:
-        print("prunelab: error: --weights, --input-shape, --data and --trust describe MODEL: name the model too",
-              file=sys.stderr)
+    elif args.weights or args.input_shape or args.data or args.trust or args.metric:
+        print("prunelab: error: --weights, --input-shape, --data, --trust and --metric describe MODEL: "
+              "name the model too", file=sys.stderr)
+        return 2
+    if args.metric and not args.allow_code:
+        print(f"prunelab: error: --metric {args.metric} runs Python code in the dashboard's server: "
+              f"add --allow-code to allow it", file=sys.stderr)
         return 2
     for option, variable in SOURCE_VARIABLES.items():
         value = getattr(args, option)
         env[variable] = str(Path(value).resolve()) if value and option != "input_shape" else (value or "")
     env["PRUNELAB_TRUST"] = "1" if args.trust else "0"
+    env["PRUNELAB_METRIC"] = metric_location(args.metric) if args.metric else ""
     env["PRUNELAB_MODEL_ROOT"] = str(Path(args.model_root).resolve())
     env["PRUNELAB_ALLOW_CODE"] = "1" if args.allow_code else "0"
     if args.address not in LOCAL_ADDRESSES:
