@@ -118,6 +118,14 @@ def headline(items: dict[str, dict[str, np.ndarray]], label: str, chosen: np.nda
     return min(float(pick(row[label]).mean()) for row in items.values() if label in row)
 
 
+def swept_label(outputs: tuple) -> str:
+    """What a sensitivity sweep scores a many-output model on (core.search.sweep_points.Scorer): 'agreement',
+    'detections', or 'output match' (one minus the output error, so that higher is better as elsewhere)."""
+    if any(logit_like(shape) for _, shape in outputs):
+        return "agreement"
+    return "detections" if detector_output(outputs) else "output match"
+
+
 def interval(array: np.ndarray, reference: np.ndarray | None, outputs: tuple, label: str, seed: int = 0) -> dict | None:
     """The 95% interval of a many-output model's headline figure: a percentile bootstrap over items
     (None against itself: the dense model's figures are exact)."""

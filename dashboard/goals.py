@@ -25,6 +25,10 @@ GOALS = {
 QUALITY_DROPS = {
     "accuracy": ("Accuracy drop at most", "largest drop (pts)", (0.0, 50.0, 1.0, 0.1), 100.0),
     "agreement": ("Agreement drop at most", "largest drop in agreement (pts)", (0.0, 50.0, 1.0, 0.1), 100.0),
+    "detections": ("Detections-kept drop at most", "largest drop in top detections kept (pts)",
+                   (0.0, 50.0, 1.0, 0.1), 100.0),
+    "output match": ("Output error at most", "largest rise in output error (pts of rel. L2)",
+                     (0.0, 50.0, 1.0, 0.1), 100.0),
     "cosine": ("Cosine drop at most", "largest drop in cosine to dense", (0.0, 0.5, 0.01, 0.005), 1.0),
 }
 

@@ -118,10 +118,14 @@ def granularities() -> list[str]:
 
 
 def quality_label() -> str:
-    """The model's headline quality figure: 'cosine' (embeddings), 'accuracy' (labelled data) or 'agreement'."""
+    """The model's headline quality figure: 'cosine' (embeddings), 'accuracy' (labelled data) or 'agreement';
+    a model returning several tensors is swept on 'agreement', 'detections' or 'output match'."""
     handle = model()
     if handle.output_kind == "embedding":
         return "cosine"
+    if handle.output_kind == "outputs":
+        from core.outputs import swept_label
+        return swept_label(handle.outputs)
     return "accuracy" if handle.data.labelled else "agreement"
 
 

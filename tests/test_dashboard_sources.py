@@ -79,3 +79,11 @@ def test_dashboard_takes_a_metric_only_with_allow_code_and_opens_with_its_cards(
     app = open_app("digits-mlp", env={key: started["env"][key] for key in ("PRUNELAB_METRIC", "PRUNELAB_ALLOW_CODE")})
     assert not app.exception and not app.error
     assert "macro F1" in {metric.label for metric in app.metric}  # no tick asked: the server's owner named it
+
+
+def test_a_detectors_goal_box_speaks_of_the_detections_its_sweep_scores(open_app):
+    detector = Path(__file__).parent / "fixtures" / "two_heads.py"
+    app = open_app(f"{detector}:detector", env={"PRUNELAB_INPUT_SHAPE": "1,3,16,16"})
+    assert not app.exception and not app.error
+    goal = app.selectbox(key="w.tune.goal.detections")
+    assert "Detections-kept drop at most" in goal.options

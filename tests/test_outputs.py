@@ -12,7 +12,7 @@ import torch
 from core.deploy.evaluate import evaluate
 from core.deploy.export import export_onnx
 from core.errors import PrunelabError
-from core.outputs import flat, layout, leaves, split
+from core.outputs import flat, layout, leaves, split, swept_label
 from core.prune.plan import Plan
 from core.sources import load_model
 
@@ -121,7 +121,7 @@ def test_a_detector_is_swept_and_allocated_on_its_detections_kept_and_its_own_me
     handle = load_model(f"{TWO_HEADS}:detector", input_shape="1,3,16,16",
                         metric=f"{Path(__file__).parent / 'fixtures' / 'metrics.py'}:detections")
     result = sensitivity(handle, levels=(0.0, 0.9), max_items=64)
-    assert result["complete"] and result["label"] == "detections"
+    assert result["complete"] and result["label"] == "detections" == swept_label(handle.outputs)
     assert result["baseline_accuracy"] == 1.0 and result["baseline_loss"] == 0.0  # the dense model against itself
     worst = min((layer["curve"][-1] for layer in result["layers"]), key=lambda point: point["accuracy"])
     assert worst["accuracy"] < 1.0 and worst["loss"] > 0.0

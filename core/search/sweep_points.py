@@ -23,7 +23,7 @@ from torch import nn
 
 from core.deploy.measure import total_macs
 from core.errors import PrunelabError
-from core.outputs import flat, quality
+from core.outputs import flat, quality, swept_label
 from core.prune import batchnorm
 from core.sources import ModelHandle
 
@@ -66,7 +66,7 @@ class Scorer:
         self.many = handle.output_kind == "outputs"
         if self.many:
             self.targets = self._predict(handle.module).numpy()
-            self.label = _headline(quality(self.targets, self.targets, self.layout)["label"])
+            self.label = swept_label(self.layout)
         elif self.causal:
             self.label, self.targets = "agreement", self._next_token(handle.module).argmax(-1)
             self.text = None if handle.data.synthetic else self.inputs[:, 1:]
@@ -130,11 +130,6 @@ class Scorer:
             subset = f"first {self.items} of {self.available}" + (f", {self.reason}" if self.reason else "")
         return {"split": self.split, "items": self.items, "available": self.available, "subset": subset,
                 "torch_threads": torch.get_num_threads()}
-
-
-def _headline(label: str) -> str:
-    """The sweep's name for a many-output headline: an error is swept as its complement, higher is better."""
-    return "output match" if label == "output_error" else label
 
 
 def split_arrays(handle: ModelHandle, split: str):
