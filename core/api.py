@@ -50,9 +50,8 @@ from core.train.language import next_token_finetune
 from core.train.methods import METHODS as RECOVERY_METHODS
 from core.train.methods import recover as run_recovery
 from core.train.methods import total_epochs
+from core.train.phases import Recovery, Training
 from core.train.recovery import (
-    Recovery,
-    Training,
     finetune,
     gradual_prune,
     iterative_prune,
@@ -286,8 +285,8 @@ __all__ = [
     "executor_for", "default_workers", "explore", "parse_grid", "check_grid_size", "DEFAULT_GRID",
     # recovery
     "Recovery", "finetune", "gradual_prune", "iterative_prune", "lottery_ticket", "next_token_finetune", "recover",
-    "recovered_handle", "measure_recovered", "recovery_epochs", "schedule_curve", "private_copy", "PolynomialDecay",
-    "RECOVERY_METHODS", "TRAINING_BATCH",
+    "recovered_handle", "measure_recovered", "run_recovery", "recovery_epochs", "schedule_curve", "private_copy",
+    "PolynomialDecay", "RECOVERY_METHODS", "TRAINING_BATCH",
     "SCHEDULE_END_FRACTION", "SCHEDULE_POWER",
     "polynomial_decay",
     # history

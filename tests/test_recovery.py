@@ -11,7 +11,7 @@ from core.errors import PrunelabError
 from core.inspect import prunable_layers
 from core.prune.engine import apply_plan
 from core.prune.plan import Plan
-from core.train import recovery
+from core.train import phases, recovery
 from core.train.schedule import PolynomialDecay
 
 GLOBAL_95 = Plan(granularity="unstructured", criterion="l1", scope="global", sparsity=0.95)
@@ -118,13 +118,13 @@ def test_iterative_rounds_reach_the_target(mlp):
 
 def test_lottery_ticket_rewinds_survivors_to_their_initial_values(mlp, monkeypatch):
     starts = []
-    real_fit = recovery.fit
+    real_fit = phases.fit
 
     def recording_fit(module, *args, **kwargs):
         starts.append(weights(module))
         return real_fit(module, *args, **kwargs)
 
-    monkeypatch.setattr(recovery, "fit", recording_fit)
+    monkeypatch.setattr(phases, "fit", recording_fit)
     result = recovery.lottery_ticket(mlp, Plan(scope="global", sparsity=0.8), rounds=1, epochs=2, seed=5)
     initial = dataclasses.replace(mlp).module.__class__()
     recovery.reinitialize(initial, 5)
@@ -243,7 +243,7 @@ def test_one_name_per_method_runs_through_the_table(mlp, monkeypatch):
     from core.train import methods
 
     calls = []
-    monkeypatch.setattr(recovery, "fit", lambda module, data, epochs, *args, **kwargs: calls.append(epochs))
+    monkeypatch.setattr(phases, "fit", lambda module, data, epochs, *args, **kwargs: calls.append(epochs))
     result = methods.recover(mlp, Plan(scope="global", sparsity=0.5), "lottery", epochs=1, rounds=1)
     assert result.method == "lottery" and result.summary()["method"] == "lottery"
     assert sum(calls) == methods.total_epochs("lottery", 1, 1) == 3  # dense, one round, the control

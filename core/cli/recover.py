@@ -19,17 +19,18 @@ from core.api import (
     LiveEvaluator,
     Plan,
     finetune,
-    gradual_prune,
-    iterative_prune,
-    lottery_ticket,
     next_token_finetune,
+    recovery_epochs,
+    run_recovery,
     write_atomic,
 )
 from core.cli.evaluate import load_plan, progress
 from core.cli.options import add_model_arguments, model_from, print_json
 from core.errors import PrunelabError
 
-METHODS = ("gradual", "iterative", "lottery", "next_token")
+# The methods this command offers (names as in the methods table) and their progress bars' labels.
+METHODS = {"gradual": "gradual pruning", "iterative": "iterative pruning", "lottery": "lottery ticket",
+           "next_token": "next-token"}
 
 
 class EpochBar:
@@ -113,20 +114,9 @@ def register(subparsers) -> None:
 def run(args) -> int:
     handle = model_from(args)
     plan = load_plan(args.plan) if args.plan else Plan(criterion="l1", scope="global", sparsity=args.sparsity)
-    common = {"lr": args.lr, "seed": args.seed}
-    if args.method == "gradual":
-        bar = EpochBar(args.epochs, "gradual pruning")
-        result = gradual_prune(handle, plan, args.epochs, on_epoch=bar, **common)
-    elif args.method == "iterative":
-        bar = EpochBar(args.rounds * args.epochs, "iterative pruning")
-        result = iterative_prune(handle, plan, args.rounds, args.epochs, on_epoch=bar, **common)
-    elif args.method == "next_token":
-        result = next_token_finetune(handle, plan, args.epochs, on_epoch=EpochBar(args.epochs, "next-token"),
-                                     **common)
-    else:
-        bar = EpochBar((args.rounds + 2) * args.epochs, "lottery ticket")
-        result = lottery_ticket(handle, plan, args.rounds, args.epochs, rewind_epoch=args.rewind_epoch,
-                                         on_epoch=bar, **common)
+    bar = EpochBar(recovery_epochs(args.method, args.epochs, args.rounds), METHODS[args.method])
+    result = run_recovery(handle, plan, args.method, epochs=args.epochs, lr=args.lr, rounds=args.rounds,
+                          rewind_epoch=args.rewind_epoch, seed=args.seed, on_epoch=bar)
     if args.save:
         buffer = io.BytesIO()
         torch.save(result.module.state_dict(), buffer)

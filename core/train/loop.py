@@ -1,7 +1,7 @@
 """The one training loop: fit a model on a Dataset's train split, and its test-time accuracy.
 
 The demo models are trained with it (core/zoo/train.py) and every recovery method fine-tunes
-with it (core/train/recovery.py), re-applying pruning masks through ``on_step``. What it
+with it (core/train/phases.py), re-applying pruning masks through ``on_step``. What it
 minimizes is an objective ``(model, inputs, labels, generator) -> loss``: ``classification``
 (labels, light shift augmentation) or ``next_token`` (a causal language model on its own windows).
 """

@@ -1,6 +1,8 @@
 """The table of recovery methods: one name per method everywhere (the CLI, the dashboard, a
-Recovery's ``method``), how ``recover`` runs it with the shared Training settings, and how many
-epochs it trains. A new method is one function in core.train.recovery and one entry here.
+Recovery's ``method``), the schedule of masks that is the method (core.train.recovery), the
+options it reads, and how many epochs it trains. ``recover`` runs any of them with the shared
+Training settings, after the method's check of the model. A new method is one schedule (classifiers:
+core.train.recovery; language models: core.train.language) and one entry here.
 """
 from __future__ import annotations
 
@@ -10,54 +12,32 @@ from dataclasses import dataclass
 from core.errors import PrunelabError
 from core.prune.plan import Plan
 from core.sources import ModelHandle
-from core.train.language import next_token_finetune
-from core.train.recovery import Recovery, Training, finetune, gradual_prune, iterative_prune, lottery_ticket
+from core.train.language import next_token_schedule, require_text
+from core.train.phases import Recovery, Schedule, Training, require_training, run
+from core.train.recovery import finetune_schedule, gradual_schedule, iterative_schedule, lottery_schedule
 from core.train.schedule import PolynomialDecay
 
 
 @dataclass(frozen=True)
 class Method:
-    """A recovery method as ``recover`` runs it: ``run(model, plan, training, options, callbacks)`` with
-    ``options`` {rounds, rewind_epoch, schedule} (each method reads its own), and ``epochs(epochs, rounds)``,
-    the epochs a run trains in all."""
+    """A recovery method: its ``schedule`` (see core.train.phases), the ``options`` of ``recover`` it
+    reads (rounds, rewind_epoch, schedule), ``epochs(epochs, rounds)``, the epochs a run trains in all, and
+    ``check(model)``, which raises PrunelabError for a model the method cannot train."""
 
-    run: Callable[..., Recovery]
+    schedule: Callable[..., Schedule]
+    options: tuple[str, ...]
     epochs: Callable[[int, int], int]
+    check: Callable[[ModelHandle], None] = require_training
 
 
-def _run_finetune(model, plan, training: Training, options: dict, callbacks: dict) -> Recovery:
-    return finetune(model, plan, training.epochs, lr=training.lr, seed=training.seed,
-                    batch_size=training.batch_size, **callbacks)
-
-
-def _run_next_token(model, plan, training: Training, options: dict, callbacks: dict) -> Recovery:
-    return next_token_finetune(model, plan, training.epochs, lr=training.lr, seed=training.seed,
-                               batch_size=training.batch_size, **callbacks)
-
-
-def _run_gradual(model, plan, training: Training, options: dict, callbacks: dict) -> Recovery:
-    return gradual_prune(model, plan, training.epochs, schedule=options["schedule"], lr=training.lr,
-                         seed=training.seed, batch_size=training.batch_size, **callbacks)
-
-
-def _run_iterative(model, plan, training: Training, options: dict, callbacks: dict) -> Recovery:
-    return iterative_prune(model, plan, options["rounds"], training.epochs, lr=training.lr, seed=training.seed,
-                           batch_size=training.batch_size, **callbacks)
-
-
-def _run_lottery(model, plan, training: Training, options: dict, callbacks: dict) -> Recovery:
-    return lottery_ticket(model, plan, options["rounds"], training.epochs, rewind_epoch=options["rewind_epoch"],
-                          lr=training.lr, seed=training.seed, batch_size=training.batch_size, **callbacks)
-
-
-# Method name (as the CLI, the dashboard and a Recovery's ``method`` spell it) -> how to run it. The
+# Method name (as the CLI, the dashboard and a Recovery's ``method`` spell it) -> the method. The
 # lottery ticket trains dense, then each round, then its random re-init control.
 METHODS: dict[str, Method] = {
-    "finetune": Method(_run_finetune, lambda epochs, rounds: epochs),
-    "next_token": Method(_run_next_token, lambda epochs, rounds: epochs),  # causal language models
-    "gradual": Method(_run_gradual, lambda epochs, rounds: epochs),
-    "iterative": Method(_run_iterative, lambda epochs, rounds: rounds * epochs),
-    "lottery": Method(_run_lottery, lambda epochs, rounds: (rounds + 2) * epochs),
+    "finetune": Method(finetune_schedule, (), lambda epochs, rounds: epochs),
+    "next_token": Method(next_token_schedule, (), lambda epochs, rounds: epochs, require_text),  # causal LMs
+    "gradual": Method(gradual_schedule, ("schedule",), lambda epochs, rounds: epochs),
+    "iterative": Method(iterative_schedule, ("rounds",), lambda epochs, rounds: rounds * epochs),
+    "lottery": Method(lottery_schedule, ("rounds", "rewind_epoch"), lambda epochs, rounds: (rounds + 2) * epochs),
 }
 
 
@@ -71,9 +51,10 @@ def recover(model: ModelHandle, plan: Plan, method: str, *, epochs: int, lr: flo
     """
     if method not in METHODS:
         raise PrunelabError(f"unknown recovery method '{method}' (choose from {', '.join(METHODS)})")
-    options = {"rounds": rounds, "rewind_epoch": rewind_epoch, "schedule": schedule}
-    return METHODS[method].run(model, plan, Training(epochs, lr, seed), options,
-                               {"on_epoch": on_epoch, "should_stop": should_stop, "on_step": on_step})
+    given = {"rounds": rounds, "rewind_epoch": rewind_epoch, "schedule": schedule}
+    chosen = METHODS[method]
+    return run(chosen.schedule, model, plan, Training(epochs, lr, seed), check=chosen.check, on_epoch=on_epoch,
+               on_step=on_step, should_stop=should_stop, **{name: given[name] for name in chosen.options})
 
 
 def total_epochs(method: str, epochs: int, rounds: int) -> int:

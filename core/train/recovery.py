@@ -8,161 +8,38 @@
   retraining the surviving weights are rewound to their values at initialization (or after an
   early epoch). A control trains a random re-initialization under the same masks.
 
-All of them train with ``core.train.loop.fit`` and re-apply the masks after every optimizer step,
-so AdamW's momentum and weight decay never move a pruned weight off zero. They are deterministic
-for a seed and never mutate the ModelHandle. Progress reaches the caller through
-``on_epoch(row)`` (row is the new history entry), ``on_step(step, loss)``, and ``should_stop()``,
-polled after every step; a stopped run returns what it has, with ``stopped`` set.
+Each method is one schedule of masks: a generator that yields the ``Phase``s to train (a module,
+the masks held on it, and ``update_mask(step)`` for masks that change during training) and returns
+the Recovery; ``run`` is the one loop that trains every phase with the shared ``Training`` settings
+(core/train/phases.py; core.train.methods is the table of methods). A new method is one such
+generator. Every method is deterministic for a seed and never mutates the ModelHandle.
 """
 from __future__ import annotations
 
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from core.data import Dataset
 from core.errors import PrunelabError
-from core.inspect import prunable_layers
 from core.prune.engine import PruneResult, apply_plan
 from core.prune.plan import Plan
-from core.prune.unstructured import apply_mask
 from core.sources import ModelHandle
-from core.train.loop import accuracy, classification, fit
+from core.train.phases import (
+    Masks,
+    Phase,
+    Recovery,
+    Run,
+    Schedule,
+    Training,
+    hold,
+    require_training,
+    run,
+    sparsity_of,
+)
 from core.train.schedule import PolynomialDecay, default_schedule
-
-Masks = dict[str, torch.Tensor]
-
-
-@dataclass
-class Recovery:
-    """What a recovery run produced.
-
-    module: the recovered model (eval mode). history: one row per epoch,
-    ``{"epoch", "loss", "val_accuracy"}`` plus ``"phase"`` and ``"sparsity"`` for multi-phase runs.
-    accuracy: test accuracies ``{"dense", "one_shot", "recovered"}`` (lottery tickets add
-    ``"random_reinit"``); None when the data has no test labels. sparsity: fraction of the dense
-    model's prunable weights that are zero or removed. masks: keep-masks held (None for channel
-    plans). details: per-method facts (rounds, schedule, rewind step).
-    """
-
-    method: str
-    module: nn.Module
-    history: list[dict]
-    accuracy: dict[str, float | None]
-    sparsity: float
-    masks: Masks | None = None
-    stopped: bool = False
-    details: dict = field(default_factory=dict)
-
-    def summary(self) -> dict:
-        """Plain values for JSON, the CLI and the dashboard (everything but the module and masks)."""
-        masked = None
-        if self.masks:
-            kept = sum(int(mask.sum()) for mask in self.masks.values())
-            masked = 1.0 - kept / sum(mask.numel() for mask in self.masks.values())
-        layers = {name: 1.0 - float(mask.float().mean()) for name, mask in (self.masks or {}).items()}
-        return {"method": self.method, "accuracy": dict(self.accuracy), "sparsity": self.sparsity,
-                "pruned_layers_sparsity": masked, "layer_sparsity": layers, "epochs": len(self.history),
-                "stopped": self.stopped, "history": list(self.history), "details": dict(self.details)}
-
-
-class _Stopped(Exception):
-    """Raised inside the training loop when ``should_stop()`` says so."""
-
-
-@dataclass(frozen=True)
-class Training:
-    """The training settings every recovery method shares (epochs per phase or round, peak learning
-    rate, seed, batch size); their defaults live here."""
-
-    epochs: int = 5
-    lr: float = 3e-3
-    seed: int = 0
-    batch_size: int = 64
-
-
-@dataclass
-class _Recorder:
-    """Collects the per-epoch history and forwards progress to the caller's callbacks."""
-
-    data: Dataset
-    on_epoch: Callable[[dict], None] | None = None
-    on_step: Callable[[int, float], None] | None = None
-    should_stop: Callable[[], bool] | None = None
-    history: list[dict] = field(default_factory=list)
-    tags: dict = field(default_factory=dict)
-    steps: int = 0
-    losses: list[float] = field(default_factory=list)
-    scores: Callable[[nn.Module], dict] | None = None  # the validation figures of a row (default: accuracy)
-
-    def step(self, loss: float) -> None:
-        self.losses.append(loss)
-        self.steps += 1
-        if self.on_step is not None:
-            self.on_step(self.steps, loss)
-        if self.should_stop is not None and self.should_stop():
-            raise _Stopped
-
-    def epoch(self, module: nn.Module) -> None:
-        scores = self.scores(module) if self.scores else {"val_accuracy": _accuracy(module, self.data, "val")}
-        row = {"epoch": len(self.history) + 1, "loss": sum(self.losses) / max(1, len(self.losses)), **scores,
-               **self.tags}
-        self.losses.clear()
-        self.history.append(row)
-        if self.on_epoch is not None:
-            self.on_epoch(row)
-
-
-def _accuracy(module: nn.Module, data: Dataset, split: str = "test") -> float | None:
-    labels = getattr(data, f"y_{split}")
-    return None if labels is None else accuracy(module, getattr(data, f"x_{split}"), labels)
-
-
-def _hold(module: nn.Module, masks: Masks | None) -> None:
-    """Zero the pruned weights of ``module`` in place."""
-    if not masks:
-        return
-    for layer in prunable_layers(module):
-        if layer.name in masks:
-            apply_mask(layer.weight, masks[layer.name])
-
-
-def _train(module: nn.Module, recorder: _Recorder, training: Training, masks: Masks | None,
-           hook: Callable[[int], Masks | None] | None = None, objective=classification) -> bool:
-    """Train ``module`` in place on ``objective`` (core.train.loop) with ``masks`` held; ``hook(step)`` may
-    return new masks. True when stopped."""
-    current = [masks]
-
-    def on_step(step: int, loss: float) -> None:
-        if hook is not None:
-            current[0] = hook(step) or current[0]
-        _hold(module, current[0])
-        recorder.step(loss)
-
-    _hold(module, masks)
-    try:
-        fit(module, recorder.data, training.epochs, training.lr, training.seed, training.batch_size,
-            on_epoch=lambda epoch, loss: recorder.epoch(module), on_step=on_step, objective=objective)
-    except _Stopped:
-        module.eval()
-        return True
-    return False
-
-
-def _require_training(model: ModelHandle) -> None:
-    if not isinstance(model, ModelHandle):
-        raise PrunelabError("recovery needs a loaded model (core.load_model) with its data, not a bare module")
-    model.require("finetune")
-    if model.output_kind == "causal":
-        raise PrunelabError(f"{model.name}: this recovery method trains classifiers on labels; a language model "
-                            f"recovers with method 'next_token' (next-token loss on the train split of its text)")
-    if not model.data.trainable:
-        raise PrunelabError(f"{model.name}: fine-tuning needs training data: the data '{model.data.name}' has no "
-                            "x_train/y_train (pass --data with an .npz holding x_train and y_train)")
 
 
 def _require_masks(plan: Plan, method: str) -> None:
@@ -187,13 +64,6 @@ def _intersect(previous: Masks | None, masks: Masks) -> Masks:
     return {name: mask & previous[name] if name in previous else mask for name, mask in masks.items()}
 
 
-def _sparsity(module: nn.Module, dense: nn.Module) -> float:
-    """Fraction of the dense model's prunable weights that are zero (or removed) in ``module``."""
-    total = sum(layer.weight.numel() for layer in prunable_layers(dense))
-    nonzero = sum(int(torch.count_nonzero(layer.weight)) for layer in prunable_layers(module))
-    return 1.0 - nonzero / total
-
-
 def _prune(module: nn.Module, plan: Plan, model: ModelHandle, masks: Masks | None) -> tuple[nn.Module, Masks | None]:
     """Apply ``plan`` to a copy of ``module``; weight masks are intersected with ``masks``."""
     module.eval()
@@ -201,16 +71,17 @@ def _prune(module: nn.Module, plan: Plan, model: ModelHandle, masks: Masks | Non
     if result.masks is None:
         return result.module, None
     masks = _intersect(masks, result.masks)
-    _hold(result.module, masks)
+    hold(result.module, masks)
     return result.module, masks
 
 
-def _finish(method: str, module: nn.Module, model: ModelHandle, recorder: _Recorder, accuracies: dict,
-            masks: Masks | None, stopped: bool, details: dict | None = None) -> Recovery:
-    module.eval()
-    accuracies = {**accuracies, "recovered": _accuracy(module, model.data)}
-    return Recovery(method, module, recorder.history, accuracies, _sparsity(module, model.module),
-                    masks, stopped, details or {})
+def finetune_schedule(run: Run, pruned: PruneResult | None = None) -> Schedule:
+    """Prune once with the plan (or take the ready ``pruned`` result), then train with its masks held."""
+    pruned = pruned if pruned is not None else apply_plan(run.model, run.plan)
+    module = copy.deepcopy(pruned.module)
+    accuracies = {"dense": run.accuracy(run.model.module), "one_shot": run.accuracy(module)}
+    stopped = yield Phase(module, pruned.masks)
+    return run.finish("finetune", module, accuracies, pruned.masks, stopped)
 
 
 def finetune(model: ModelHandle, plan: Plan, epochs: int = 5, *, lr: float = 3e-3, seed: int = 0,
@@ -220,19 +91,43 @@ def finetune(model: ModelHandle, plan: Plan, epochs: int = 5, *, lr: float = 3e-
 
     Raises PrunelabError when the source cannot be trained or its data has no training split.
     """
-    _require_training(model)
-    pruned = pruned if pruned is not None else apply_plan(model, plan)
-    module = copy.deepcopy(pruned.module)
-    recorder = _Recorder(model.data, on_epoch, on_step, should_stop)
-    accuracies = {"dense": _accuracy(model.module, model.data), "one_shot": _accuracy(module, model.data)}
-    stopped = _train(module, recorder, Training(epochs, lr, seed, batch_size), pruned.masks)
-    return _finish("finetune", module, model, recorder, accuracies, pruned.masks, stopped)
+    return run(finetune_schedule, model, plan, Training(epochs, lr, seed, batch_size), on_epoch=on_epoch,
+               on_step=on_step, should_stop=should_stop, pruned=pruned)
 
 
 def steps_per_epoch(model: ModelHandle, batch_size: int = 64) -> int:
     """Optimizer steps in one epoch over the model's training split."""
-    _require_training(model)
+    require_training(model)
     return math.ceil(len(model.data.x_train) / batch_size)
+
+
+def gradual_schedule(run: Run, schedule: PolynomialDecay | None = None) -> Schedule:
+    """One phase from the dense model whose masks follow ``schedule`` step by step (see gradual_prune)."""
+    model, plan = run.model, run.plan
+    _require_masks(plan, "gradual pruning")
+    largest = max([plan.sparsity, *plan.layer_targets.values()])
+    schedule = schedule or default_schedule(largest, run.training.epochs,
+                                            steps_per_epoch(model, run.training.batch_size))
+    if schedule.final_sparsity <= 0:
+        raise PrunelabError("gradual pruning needs a target above 0%: set one on the plan (or --sparsity)")
+    base = plan if plan.layer_targets else plan.replace(sparsity=schedule.final_sparsity)
+    module = copy.deepcopy(model.module)
+    held: list[Masks | None] = [None]
+    tags = {"sparsity": 0.0}
+
+    def update_mask(step: int) -> Masks | None:
+        target = schedule(step)
+        if not schedule.prunes_at(step) or target <= 0:
+            return None
+        fraction = target / schedule.final_sparsity
+        _, held[0] = _prune(module, _scaled(base, lambda value: value * fraction), model, held[0])
+        module.train()
+        tags["sparsity"] = target
+        return held[0]
+
+    stopped = yield Phase(module, None, tags, update_mask)
+    accuracies = {"dense": run.accuracy(model.module), "one_shot": run.accuracy(apply_plan(model, base).module)}
+    return run.finish("gradual", module, accuracies, held[0], stopped, {"schedule": schedule.to_dict()})
 
 
 def gradual_prune(model: ModelHandle, plan: Plan, epochs: int = 10, *, schedule: PolynomialDecay | None = None,
@@ -245,32 +140,28 @@ def gradual_prune(model: ModelHandle, plan: Plan, epochs: int = 10, *, schedule:
     (its default schedule ends at its largest target). Masks only shrink. Unstructured plans only.
     Raises PrunelabError for a plan or schedule whose final sparsity is 0.
     """
-    _require_training(model)
-    _require_masks(plan, "gradual pruning")
-    largest = max([plan.sparsity, *plan.layer_targets.values()])
-    schedule = schedule or default_schedule(largest, epochs, steps_per_epoch(model, batch_size))
-    if schedule.final_sparsity <= 0:
-        raise PrunelabError("gradual pruning needs a target above 0%: set one on the plan (or --sparsity)")
-    base = plan if plan.layer_targets else plan.replace(sparsity=schedule.final_sparsity)
-    module = copy.deepcopy(model.module)
-    recorder = _Recorder(model.data, on_epoch, on_step, should_stop, tags={"sparsity": 0.0})
-    held: list[Masks | None] = [None]
+    return run(gradual_schedule, model, plan, Training(epochs, lr, seed, batch_size), on_epoch=on_epoch,
+               on_step=on_step, should_stop=should_stop, schedule=schedule)
 
-    def hook(step: int) -> Masks | None:
-        target = schedule(step)
-        if not schedule.prunes_at(step) or target <= 0:
-            return None
-        fraction = target / schedule.final_sparsity
-        pruned, held[0] = _prune(module, _scaled(base, lambda value: value * fraction), model, held[0])
-        module.train()
-        recorder.tags["sparsity"] = target
-        return held[0]
 
-    stopped = _train(module, recorder, Training(epochs, lr, seed, batch_size), None, hook)
-    one_shot = apply_plan(model, base).module
-    accuracies = {"dense": _accuracy(model.module, model.data), "one_shot": _accuracy(one_shot, model.data)}
-    return _finish("gradual", module, model, recorder, accuracies, held[0], stopped,
-                   {"schedule": schedule.to_dict()})
+def iterative_schedule(run: Run, rounds: int = 3) -> Schedule:
+    """One phase per round, each from the previous round's model pruned further (see iterative_prune)."""
+    model, plan = run.model, run.plan
+    _require_masks(plan, "iterative pruning")
+    if rounds < 1:
+        raise PrunelabError(f"rounds must be at least 1, got {rounds}")
+    module, masks, rows, stopped = copy.deepcopy(model.module), None, [], False
+    for round_number in range(1, rounds + 1):
+        exponent = 1 / rounds if plan.granularity == "channel" else round_number / rounds
+        module, masks = _prune(module, _scaled(plan, lambda value: 1 - (1 - value) ** exponent), model, masks)
+        pruned_accuracy, sparsity = run.accuracy(module), sparsity_of(module, model.module)
+        stopped = yield Phase(module, masks, {"phase": f"round {round_number}", "sparsity": sparsity})
+        rows.append({"round": round_number, "sparsity": sparsity, "pruned_accuracy": pruned_accuracy,
+                     "accuracy": run.accuracy(module)})
+        if stopped:
+            break
+    accuracies = {"dense": run.accuracy(model.module), "one_shot": run.accuracy(apply_plan(model, plan).module)}
+    return run.finish("iterative", module, accuracies, masks, stopped, {"rounds": rows})
 
 
 def iterative_prune(model: ModelHandle, plan: Plan, rounds: int = 3, epochs: int = 2, *, lr: float = 3e-3,
@@ -281,26 +172,8 @@ def iterative_prune(model: ModelHandle, plan: Plan, rounds: int = 3, epochs: int
     The kept fraction shrinks geometrically: round r keeps (1 - target) ** (r / rounds). A channel
     plan prunes the already smaller model by 1 - (1 - target) ** (1 / rounds) each round.
     """
-    _require_training(model)
-    _require_masks(plan, "iterative pruning")
-    if rounds < 1:
-        raise PrunelabError(f"rounds must be at least 1, got {rounds}")
-    module, masks, rows = copy.deepcopy(model.module), None, []
-    recorder = _Recorder(model.data, on_epoch, on_step, should_stop)
-    training, stopped = Training(epochs, lr, seed, batch_size), False
-    for round_number in range(1, rounds + 1):
-        exponent = 1 / rounds if plan.granularity == "channel" else round_number / rounds
-        module, masks = _prune(module, _scaled(plan, lambda value: 1 - (1 - value) ** exponent), model, masks)
-        pruned_accuracy = _accuracy(module, model.data)
-        recorder.tags = {"phase": f"round {round_number}", "sparsity": _sparsity(module, model.module)}
-        stopped = _train(module, recorder, training, masks)
-        rows.append({"round": round_number, "sparsity": recorder.tags["sparsity"],
-                     "pruned_accuracy": pruned_accuracy, "accuracy": _accuracy(module, model.data)})
-        if stopped:
-            break
-    accuracies = {"dense": _accuracy(model.module, model.data),
-                  "one_shot": _accuracy(apply_plan(model, plan).module, model.data)}
-    return _finish("iterative", module, model, recorder, accuracies, masks, stopped, {"rounds": rows})
+    return run(iterative_schedule, model, plan, Training(epochs, lr, seed, batch_size), on_epoch=on_epoch,
+               on_step=on_step, should_stop=should_stop, rounds=rounds)
 
 
 def reinitialize(module: nn.Module, seed: int) -> list[str]:
@@ -324,6 +197,43 @@ def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in module.state_dict().items()}
 
 
+def lottery_schedule(run: Run, rounds: int = 3, rewind_epoch: int = 0) -> Schedule:
+    """A dense phase, one phase per round from the rewound weights, then the control (see lottery_ticket)."""
+    model, plan, training = run.model, run.plan, run.training
+    _require_masks(plan, "lottery-ticket rewinding")
+    if rounds < 1 or not 0 <= rewind_epoch < training.epochs:
+        raise PrunelabError(f"need rounds >= 1 and 0 <= rewind epoch < epochs, got {rounds} and {rewind_epoch}")
+    module = copy.deepcopy(model.module)
+    notes = reinitialize(module, training.seed)
+    rewind_step = rewind_epoch * steps_per_epoch(model, training.batch_size)
+    saved = {"state": _snapshot(module)}
+
+    def keep_early(step: int) -> None:
+        if step + 1 == rewind_step:
+            saved["state"] = _snapshot(module)
+
+    stopped = yield Phase(module, None, {"phase": "dense", "sparsity": 0.0}, keep_early)
+    accuracies, masks, rows, sparsity = {"dense": run.accuracy(module)}, None, [], 0.0
+    for round_number in range(1, rounds + 1):
+        if stopped:
+            break
+        pruned, masks = _prune(module, _scaled(plan, lambda value: 1 - (1 - value) ** (round_number / rounds)),
+                               model, masks)
+        accuracies["one_shot"] = run.accuracy(pruned)
+        module.load_state_dict(saved["state"])
+        sparsity = sparsity_of(pruned, model.module)
+        stopped = yield Phase(module, masks, {"phase": f"round {round_number}", "sparsity": sparsity})
+        rows.append({"round": round_number, "sparsity": sparsity, "accuracy": run.accuracy(module)})
+    control = copy.deepcopy(model.module)
+    reinitialize(control, training.seed + 1)
+    if not stopped and masks is not None:
+        stopped = yield Phase(control, masks, {"phase": "random reinit", "sparsity": sparsity})
+        accuracies["random_reinit"] = run.accuracy(control)
+    details = {"rounds": rows, "rewind_epoch": rewind_epoch, "rewind_step": rewind_step,
+               "not_reinitialized": notes}
+    return run.finish("lottery", module, accuracies, masks, stopped, details)
+
+
 def lottery_ticket(model: ModelHandle, plan: Plan, rounds: int = 3, epochs: int = 10, *, rewind_epoch: int = 0,
                    lr: float = 3e-3, seed: int = 0, batch_size: int = 64, on_epoch=None, on_step=None,
                    should_stop=None) -> Recovery:
@@ -336,40 +246,5 @@ def lottery_ticket(model: ModelHandle, plan: Plan, rounds: int = 3, epochs: int 
     control re-initializes with ``seed + 1``, applies the final masks and trains as long.
     accuracy gains ``"random_reinit"``. Unstructured plans only.
     """
-    _require_training(model)
-    _require_masks(plan, "lottery-ticket rewinding")
-    if rounds < 1 or not 0 <= rewind_epoch < epochs:
-        raise PrunelabError(f"need rounds >= 1 and 0 <= rewind epoch < epochs, got {rounds} and {rewind_epoch}")
-    training = Training(epochs, lr, seed, batch_size)
-    recorder = _Recorder(model.data, on_epoch, on_step, should_stop, tags={"phase": "dense", "sparsity": 0.0})
-    module = copy.deepcopy(model.module)
-    notes = reinitialize(module, seed)
-    rewind_step = rewind_epoch * steps_per_epoch(model, batch_size)
-    saved = {"state": _snapshot(module)}
-
-    def keep_early(step: int) -> None:
-        if step + 1 == rewind_step:
-            saved["state"] = _snapshot(module)
-
-    stopped = _train(module, recorder, training, None, keep_early)
-    accuracies, masks, rows = {"dense": _accuracy(module, model.data)}, None, []
-    for round_number in range(1, rounds + 1):
-        if stopped:
-            break
-        pruned, masks = _prune(module, _scaled(plan, lambda value: 1 - (1 - value) ** (round_number / rounds)),
-                               model, masks)
-        accuracies["one_shot"] = _accuracy(pruned, model.data)
-        module.load_state_dict(saved["state"])
-        recorder.tags = {"phase": f"round {round_number}", "sparsity": _sparsity(pruned, model.module)}
-        stopped = _train(module, recorder, training, masks)
-        rows.append({"round": round_number, "sparsity": recorder.tags["sparsity"],
-                     "accuracy": _accuracy(module, model.data)})
-    control = copy.deepcopy(model.module)
-    reinitialize(control, seed + 1)
-    if not stopped and masks is not None:
-        recorder.tags = {"phase": "random reinit", "sparsity": recorder.tags["sparsity"]}
-        stopped = _train(control, recorder, training, masks)
-        accuracies["random_reinit"] = _accuracy(control, model.data)
-    details = {"rounds": rows, "rewind_epoch": rewind_epoch, "rewind_step": rewind_step,
-               "not_reinitialized": notes}
-    return _finish("lottery", module, model, recorder, accuracies, masks, stopped, details)
+    return run(lottery_schedule, model, plan, Training(epochs, lr, seed, batch_size), on_epoch=on_epoch,
+               on_step=on_step, should_stop=should_stop, rounds=rounds, rewind_epoch=rewind_epoch)
