@@ -44,3 +44,15 @@ def test_the_model_graph_puts_every_layer_below_its_inputs_and_colours_by_cut_or
     assert len(by_cut.data[1].x) == 3  # an arrow head per edge
     by_group = charts.model_graph(graph, {}, "group").data[-1]
     assert by_group.marker.color[0] != by_group.marker.color[1] and by_group.marker.color[2] == charts.UNGROUPED
+
+
+def test_block_points_place_each_block_by_its_saving_and_quality_beside_the_dense_line():
+    blocks = [{"name": "model.vit.layers.0", "accuracy": 0.97, "macs": 1000, "latency_saving_ms": 0.0304},
+              {"name": "model.vit.layers.1", "accuracy": 0.99, "macs": 1000, "latency_saving_ms": 0.0305},
+              {"name": "untimed", "accuracy": 0.5, "macs": 1000, "latency_saving_ms": None}]
+    figure = charts.block_points({"label": "accuracy", "baseline_accuracy": 0.995, "blocks": blocks})
+    (points,) = figure.data
+    assert list(points.x) == [0.0304, 0.0305] and list(points.y) == [97.0, 99.0]  # the untimed block is left out
+    assert figure.layout.shapes[0].y0 == 99.5 and figure.layout.annotations[0].text == "dense 99.5"
+    assert figure.layout.xaxis.rangemode == "tozero"  # savings read from zero, not a range fitted around them
+    assert figure.layout.yaxis.title.text == "accuracy (%)"
