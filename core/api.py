@@ -39,12 +39,13 @@ from core.prune.engine import apply_plan
 from core.prune.plan import AUTO, GRANULARITIES, MAX_SPARSITY, SCOPES, Plan, granularity_kind, nm_share, parse_nm
 from core.prune.resolved import ResolvedPlan, resolve, resolve_names, validate_for
 from core.prune.result import PruneResult
-from core.search.allocate import allocate, check_request
+from core.search.allocate import allocate, check_request, rise_in_points
 from core.search.executors import executor_for
 from core.search.explore import DEFAULT_GRID, check_grid_size, explore, parse_grid
 from core.search.parallel import default_workers
 from core.search.sensitivity import DEFAULT_LEVELS, QUICK_LEVELS, SWEPT_GRANULARITIES, parse_levels, sensitivity
 from core.search.spend import SPENDS, Spending, spend_budget
+from core.search.sweep_points import has_perplexity
 from core.sources import ModelHandle, load_model
 from core.train.language import next_token_finetune
 from core.train.methods import METHODS as RECOVERY_METHODS
@@ -281,7 +282,7 @@ __all__ = [
     "SPEEDUP_FLOOR", "profile_plan", "profile_summary", "layer_time_figure",
     # search
     "sensitivity", "SWEPT_GRANULARITIES", "DEFAULT_LEVELS", "QUICK_LEVELS", "parse_levels", "allocate", "check_request",
-    "SPENDS", "Spending", "spend_budget",
+    "rise_in_points", "has_perplexity", "SPENDS", "Spending", "spend_budget",
     "executor_for", "default_workers", "explore", "parse_grid", "check_grid_size", "DEFAULT_GRID",
     # recovery
     "Recovery", "finetune", "gradual_prune", "iterative_prune", "lottery_ticket", "next_token_finetune", "recover",

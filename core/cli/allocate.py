@@ -9,6 +9,8 @@ from core.api import (
     SWEPT_GRANULARITIES,
     allocate,
     check_request,
+    has_perplexity,
+    rise_in_points,
     sensitivity,
     spend_budget,
     writable_folder,
@@ -18,7 +20,7 @@ from core.cli.options import add_metric_argument, add_model_arguments, model_fro
 from core.cli.sensitivity import ProgressBar, add_parallel_arguments, check_parallel
 from core.errors import PrunelabError
 from core.prune.plan import AUTO
-from core.search.allocate import LATENCY_COSTS, check_latency_cost
+from core.search.allocate import LATENCY_COSTS, LOWER_IS_BETTER, check_latency_cost
 
 
 def round_to_value(text: str) -> int | str:
@@ -28,6 +30,19 @@ def round_to_value(text: str) -> int | str:
     if not text.isdigit() or int(text) < 1:
         raise PrunelabError(f"--round-to must be 'auto' or a whole number of at least 1, got {text!r}")
     return int(text)
+
+
+def rise_value(text: str) -> tuple[float, bool]:
+    """--max-perplexity-rise: ``(value, in percent)`` from '5' (perplexity points) or '5%' (of dense)."""
+    percent = text.endswith("%")
+    try:
+        value = float(text[:-1] if percent else text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also refuses nan
+        raise PrunelabError(f"--max-perplexity-rise must be a number of perplexity points (5) or a percent of the "
+                            f"dense perplexity (5%), at least 0, got {text!r}")
+    return value, percent
 
 
 def register(subparsers) -> None:
@@ -45,6 +60,9 @@ def register(subparsers) -> None:
     parser.add_argument("--quality", metavar="NAME",
                         help="the figure --max-accuracy-drop and the damage are read in: a number your --metric "
                              "returns (e.g. mAP; higher is better, drop in its own units); default accuracy")
+    parser.add_argument("--max-perplexity-rise", metavar="RISE",
+                        help="language models: largest predicted rise in test perplexity (lower is better), in "
+                             "perplexity points (5) or percent of the dense perplexity (5%%); alone it sets the target")
     parser.add_argument("--granularity", choices=SWEPT_GRANULARITIES, default="unstructured")
     parser.add_argument("--criterion", default="l1", help="how weights or channels are ranked (default l1)")
     parser.add_argument("--min-sparsity", type=float, default=0.0, help="lowest sparsity of any layer")
@@ -66,13 +84,14 @@ def run(args) -> int:
     if not str(args.out).endswith((".yaml", ".yml", ".json")):  # checked before a long sweep
         raise PrunelabError(f"plan file {args.out}: use a .yaml, .yml or .json name")
     args.round_to = round_to_value(str(args.round_to))
+    rise = _perplexity_goal(args)
     if args.spend != "width":
         if args.target_mac_reduction is None and args.target_latency_ms is None:
             raise PrunelabError(f"--spend {args.spend} needs --target-mac-reduction or --target-latency-ms")
         args.granularity = "channel"
     check_request(args.target_sparsity, args.target_latency_ms, args.target_mac_reduction, args.max_accuracy_drop,
                   args.granularity, (args.min_sparsity, args.max_sparsity), args.quality)
-    if args.quality and not args.metric:
+    if args.quality and args.quality not in LOWER_IS_BETTER and not args.metric:
         raise PrunelabError(f"--quality {args.quality} names a number of your own metric: "
                             f"pass --metric file.py:function")
     check_latency_cost(args.latency_cost, "latency_ms" if args.target_latency_ms is not None else "other")
@@ -80,10 +99,17 @@ def run(args) -> int:
     writable_home()  # the sweep is cached there, and the plan written to --out: both checked before the sweep
     writable_folder(Path(args.out).resolve().parent, "the folder of --out")
     handle = model_from(args)
+    if args.quality in LOWER_IS_BETTER and not has_perplexity(handle):  # refused before the sweep
+        raise PrunelabError(f"{handle.name} has no {args.quality}: it needs a causal language model with text "
+                            "data (random token ids have none)")
     curves = sensitivity(handle, granularity=args.granularity, criterion=args.criterion, progress=ProgressBar(),
                          workers=args.workers, ray_address=args.ray_address)
     if args.spend != "width":
         return _spend(args, handle, curves)
+    if rise is not None and rise[1]:
+        args.max_accuracy_drop = rise_in_points(curves, "perplexity", rise[0])
+        print(f"largest perplexity rise: {rise[0]:g}% of the dense {curves['baseline_perplexity']:.2f} "
+              f"= {args.max_accuracy_drop:.2f}")
     plan = allocate(handle, target_sparsity=args.target_sparsity, target_latency_ms=args.target_latency_ms,
                     target_mac_reduction=args.target_mac_reduction, granularity=args.granularity,
                     criterion=args.criterion, max_accuracy_drop=args.max_accuracy_drop,
@@ -95,6 +121,18 @@ def run(args) -> int:
     for name, value in plan.layers:
         print(f"  {name:<28} {value:>6.1%}")
     return 0
+
+
+def _perplexity_goal(args) -> tuple[float, bool] | None:
+    """Read --max-perplexity-rise into --quality perplexity and a drop in points (a percent is converted once
+    the sweep gives the dense perplexity); ``(value, in percent)`` or None without it."""
+    if args.max_perplexity_rise is None:
+        return None
+    if args.max_accuracy_drop is not None or args.quality is not None or args.spend != "width":
+        raise PrunelabError("--max-perplexity-rise goes without --max-accuracy-drop, --quality and --spend")
+    value, percent = rise_value(args.max_perplexity_rise)
+    args.quality, args.max_accuracy_drop = "perplexity", value
+    return value, percent
 
 
 def _spend(args, handle, curves: dict) -> int:

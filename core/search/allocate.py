@@ -29,6 +29,7 @@ from core.search import candidates, profile_cost
 from core.search.executors import executor_for
 from core.search.sensitivity import footprint
 from core.search.sensitivity import sensitivity as sweep
+from core.search.sweep_points import LOWER_IS_BETTER, quality_of
 from core.sources import ModelHandle
 
 ACCURACY_WEIGHT = 1.0   # damage = loss increase + ACCURACY_WEIGHT * accuracy drop
@@ -58,20 +59,32 @@ def _interpolate(levels, values, bounds: tuple[float, float]) -> tuple[np.ndarra
 
 
 def quality_values(points: list[dict], quality: str | None) -> np.ndarray:
-    """The quality figure at each point: accuracy, or the named number of the model's own metric."""
-    if quality is None:
-        return np.array([point["accuracy"] for point in points])
-    return np.array([point["metrics"][quality] for point in points])
+    """The quality figure at each point, higher being better (see sweep_points.quality_of)."""
+    return np.array([quality_of(point, quality) for point in points])
 
 
 def check_quality(result: dict, quality: str | None) -> None:
     """Refuse a quality figure the sensitivity result does not carry, naming the ones it does."""
     if quality is None:
         return
+    if quality in LOWER_IS_BETTER:
+        if result.get(f"baseline_{quality}") is None:
+            raise PrunelabError(f"the sensitivity result has no {quality}: it needs a causal language model "
+                                "scored on text (random token ids have none)")
+        return
     named = result.get("baseline_metrics") or {}
     if quality not in named:
         have = f"its metric gives {', '.join(named)}" if named else "it was measured without --metric"
         raise PrunelabError(f"the sensitivity result has no figure '{quality}': {have}")
+
+
+def rise_in_points(result: dict, quality: str, percent: float) -> float:
+    """A largest rise of a lower-is-better figure given in percent of its dense value, in the figure's own
+    units (5% of a dense perplexity of 96.6 is 4.83); PrunelabError for a negative percent."""
+    check_quality(result, quality)
+    if percent < 0:
+        raise PrunelabError(f"largest {quality} rise must be at least 0%, got {percent}%")
+    return percent / 100.0 * result[f"baseline_{quality}"]
 
 
 def curves_for(result: dict, resource: str, bounds: tuple[float, float], quality: str | None = None) -> list[Curve]:
@@ -80,7 +93,7 @@ def curves_for(result: dict, resource: str, bounds: tuple[float, float], quality
     'weights' counts zeroed weights of the layer itself; the others read the measured whole-model
     figure at each level (channel sweeps), so the removed amount is dense minus pruned. Damage is
     the loss increase plus the accuracy drop, or, with ``quality`` (a name the model's own metric
-    returns, higher being better), the drop of that figure alone.
+    returns, higher being better, or 'perplexity', lower being better), the drop (or rise) of that figure alone.
     """
     curves = []
     for layer in result["layers"]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 from core.search.parallel import Work, pack_object
-from core.search.sweep_points import Scorer
+from core.search.sweep_points import Scorer, quality_of
 from core.sources import ModelHandle
 
 
@@ -40,13 +40,9 @@ def score(state: CandidateState, chosen: dict[str, float]) -> tuple[float, float
     module = apply_plan(state.handle, plan).module
     results = [(scorer.figures(module), count) for scorer, count in state.scorers]
     items = sum(count for _, count in state.scorers)
-    quality = sum(_quality(figures, state.quality) * count for figures, count in results) / items
+    quality = sum(quality_of(figures, state.quality) * count for figures, count in results) / items
     loss = sum(figures["loss"] * count for figures, count in results) / items
     return quality, -loss
-
-
-def _quality(figures: dict, quality: str | None) -> float:
-    return figures["accuracy"] if quality is None else figures["metrics"][quality]
 
 
 def best(handle: ModelHandle, criterion: str, candidates: list[dict[str, float]], executor,

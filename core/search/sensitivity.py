@@ -15,6 +15,7 @@ by the calling process when every point is in.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -42,7 +43,7 @@ DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 QUICK_LEVELS = (0.0, 0.3, 0.5, 0.7, 0.9)  # a first look in a fraction of the time
 # Sweeps cut one layer or channel group at a time; N:M patterns are not swept.
 SWEPT_GRANULARITIES = tuple(name for name in GRANULARITIES if granularity_kind(name) != "N:M")
-CACHE_VERSION = 7  # 7: one point per removable block
+CACHE_VERSION = 8  # 7: one point per removable block; 8: baseline_perplexity
 SCORING_BUDGET_MACS = 40e9       # multiply-accumulates per scored point before a subset is used
 MIN_AUTO_ITEMS = 128
 
@@ -199,9 +200,17 @@ def _assemble(handle: ModelHandle, settings: dict, entries: list[dict], jobs: li
             "baseline_accuracy": baseline["accuracy"] if baseline else None,
             "baseline_loss": baseline["loss"] if baseline else None,
             "baseline_metrics": baseline.get("metrics") if baseline else None,
+            "baseline_perplexity": _perplexity(handle, baseline),
             "label": baseline["label"] if baseline else None, "levels": settings["levels"],
             "evaluated_on": evaluated_on, "layers": layers, "complete": outcome.complete and baseline is not None,
             "missing": missing, "blocks": _block_points(settings, points, baseline)}
+
+
+def _perplexity(handle: ModelHandle, baseline: dict | None) -> float | None:
+    """The dense perplexity on the sweep's items, for a model that has one (sweep_points.has_perplexity)."""
+    if baseline is None or not sweep_points.has_perplexity(handle):
+        return None
+    return float(math.exp(baseline["loss"]))
 
 
 def _block_points(settings: dict, points: dict, baseline: dict | None) -> list[dict]:
