@@ -33,6 +33,15 @@ QUALITY_DROPS = {
 }
 
 
+# A language model scored on text also gets a largest perplexity rise (lower is better, so a rise is the loss):
+# name -> (label, unit, bounds, in percent of the dense perplexity).
+PERPLEXITY_RISES = {
+    "perplexity": ("Perplexity rise at most", "largest rise in perplexity (points)", (0.0, 1e6, 5.0, 0.5), False),
+    "perplexity%": ("Perplexity rise at most (%)", "largest rise in perplexity (% of dense)", (0.0, 1e4, 5.0, 1.0),
+                    True),
+}
+
+
 OWN = "metric:"  # a goal named OWN + a number of the model's own metric: the largest drop of that number
 OWN_BOUNDS = (0.0, 1e6, 0.01, 0.001)  # in the metric's own units
 # The Goal box's switch: a latency goal priced by the dense model's profile (ms per layer), not whole-model timing.
@@ -46,6 +55,8 @@ def goal_text(name: str) -> tuple[str, str, tuple]:
         return f"{figure} drop at most", f"largest drop in {figure}", OWN_BOUNDS
     if name == "drop":
         return QUALITY_DROPS[session.quality_label()][:3]
+    if name in PERPLEXITY_RISES:
+        return PERPLEXITY_RISES[name][:3]
     return GOALS[name][:3]
 
 
@@ -64,8 +75,11 @@ def accepted_drop() -> tuple[float, str]:
 
 def goals_for(granularity: str) -> list[str]:
     """The goals a plan of ``granularity`` can reach (MACs and latency only move with channel pruning), and a
-    largest drop of each number the model's own metric returns."""
-    return ([name for name, (_, _, _, channel_only) in GOALS.items() if granularity == "channel" or not channel_only]
+    largest drop of each number the model's own metric returns; a language model scored on text leads with a
+    largest perplexity rise."""
+    rises = list(PERPLEXITY_RISES) if session.has_perplexity() else []
+    return (rises + [name for name, (_, _, _, channel_only) in GOALS.items()
+                     if granularity == "channel" or not channel_only]
             + [f"{OWN}{figure}" for figure in session.metric_names()])
 
 
@@ -97,7 +111,10 @@ def start_quick_sweep() -> None:
     sweeps.start_sensitivity(values["granularity"], values["criterion"], list(session.QUICK_LEVELS))
 
 
-def _request(goal: str, value: float) -> dict:
+def _request(goal: str, value: float, result: dict) -> dict:
+    if goal in PERPLEXITY_RISES:
+        points = api.rise_in_points(result, "perplexity", value) if PERPLEXITY_RISES[goal][3] else value
+        return {"max_accuracy_drop": points, "quality": "perplexity"}
     if goal.startswith(OWN):
         return {"max_accuracy_drop": value, "quality": goal[len(OWN):]}
     if goal == "macs":
@@ -140,7 +157,7 @@ def allocate_to_goal(goal: str, value: float, spend: str = "width") -> dict[str,
     with state.lock(session.model_key()):
         allocated = api.allocate(session.model(), granularity=values["granularity"], criterion=values["criterion"],
                                  max_sparsity=session.MAX_SPARSITY, sensitivity=result,
-                                 round_to=state.round_to(values), **_request(goal, value))
+                                 round_to=state.round_to(values), **_request(goal, value, result))
     state.update_plan(scope="layer", sparsity=0.0, layers=dict(allocated.layer_targets))
     return dict(allocated.layer_targets)
 
@@ -149,7 +166,7 @@ def _spend(goal: str, value: float, spend: str, result: dict, values: dict) -> d
     with state.lock(session.model_key()):
         spending = api.spend_budget(session.model(), spend, criterion=values["criterion"], sensitivity=result,
                                     bounds=(0.0, session.MAX_SPARSITY), round_to=state.round_to(values),
-                                    **_request(goal, value))
+                                    **_request(goal, value, result))
     state.update_plan(scope="layer", sparsity=0.0, layers=dict(spending.plan.layer_targets),
                       drop=list(spending.plan.drop))
     st.session_state[SPENDING] = {"way": spending.way, "rows": spending.rows(), "resource": spending.resource}

@@ -129,6 +129,11 @@ def quality_label() -> str:
     return "accuracy" if handle.data.labelled else "agreement"
 
 
+def has_perplexity() -> bool:
+    """True for a causal language model scored on text (random token ids give no perplexity)."""
+    return api.has_perplexity(model())
+
+
 def metric_names() -> list[str]:
     """The names of the numbers the model's own metric returns (none without one)."""
     return list(baseline().get("metrics") or {}) if model().metric is not None else []

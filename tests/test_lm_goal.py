@@ -97,3 +97,13 @@ def test_a_perplexity_rise_reads_points_or_percent(text, expected):
 def test_a_bad_perplexity_rise_is_one_line(text):
     with pytest.raises(PrunelabError, match="--max-perplexity-rise"):
         rise_value(text)
+
+
+def test_tune_offers_a_language_model_on_text_a_perplexity_goal(open_app, tmp_path):
+    ids = tmp_path / "ids.npz"
+    np.savez(ids, x=_token_ids())
+    app = open_app(LLAMA, page="tune", env={"PRUNELAB_INPUT_SHAPE": "1,16", "PRUNELAB_DATA": str(ids)})
+    goal = next(box for box in app.selectbox if box.label == "Goal")
+    assert goal.value == "perplexity" and goal.options[:2] == ["Perplexity rise at most",
+                                                               "Perplexity rise at most (%)"]
+    assert "largest rise in perplexity (points)" in [box.label for box in app.number_input]
