@@ -140,7 +140,7 @@ def _spend(args, handle, curves: dict) -> int:
     spending = spend_budget(handle, args.spend, target_mac_reduction=args.target_mac_reduction,
                             target_latency_ms=args.target_latency_ms, criterion=args.criterion, sensitivity=curves,
                             bounds=(args.min_sparsity, args.max_sparsity), round_to=args.round_to,
-                            max_accuracy_drop=args.max_accuracy_drop)
+                            max_accuracy_drop=args.max_accuracy_drop, quality=args.quality)
     spending.plan.save(args.out)
     print(f"wrote {args.out}")
     for line in spending.lines():

@@ -25,6 +25,7 @@ from core.search.allocate import (
     TARGET_WORDS,
     TOLERANCE,
     allocate,
+    check_quality,
     check_request,
     curves_for,
     greedy,
@@ -61,7 +62,7 @@ class Spending:
     options: tuple[Option, ...]
     resource: str        # "macs" or "latency_ms"
     dense: float         # the dense model's figure of that resource
-    label: str           # the quality figure: accuracy, agreement or cosine
+    label: str           # the quality figure: accuracy, agreement, cosine or a name of the model's own metric
     dense_accuracy: float
 
     def rows(self) -> list[dict]:
@@ -101,7 +102,7 @@ def _removes(plan: Plan | None) -> str:
 def spend_budget(handle: ModelHandle, way: str = "best", target_mac_reduction: float | None = None,
                  target_latency_ms: float | None = None, criterion: str = "l1", sensitivity: dict | None = None,
                  bounds: tuple[float, float] = (0.0, MAX_SPARSITY), round_to: int = 1,
-                 max_accuracy_drop: float | None = None) -> Spending:
+                 max_accuracy_drop: float | None = None, quality: str | None = None) -> Spending:
     """Reach a MAC or latency target by removing blocks (``way="depth"``), channels ("width"), both, or
     whichever of the three keeps the most quality ("best").
 
@@ -109,7 +110,10 @@ def spend_budget(handle: ModelHandle, way: str = "best", target_mac_reduction: f
     at batch 1). sensitivity: a channel sweep of ``criterion`` with its block points (run when omitted).
     bounds and round_to apply to the channel groups, as in core.search.allocate.allocate.
     max_accuracy_drop: a fraction; an option losing more on the validation items does not qualify.
-    Raises PrunelabError for a bad request, or when no option meets the target (naming why each failed).
+    quality: a name the model's own metric returns (higher is better), as in allocate: blocks are ranked,
+    channels allocated and options compared by that figure alone, and max_accuracy_drop is in its units.
+    Raises PrunelabError for a bad request, a quality figure the sweep did not measure, or when no option
+    meets the target (naming why each failed).
     """
     if way not in SPENDS:
         raise PrunelabError(f"spend the budget on one of {', '.join(SPENDS)}, not {way!r}")
@@ -117,17 +121,18 @@ def spend_budget(handle: ModelHandle, way: str = "best", target_mac_reduction: f
         raise PrunelabError("spending on depth needs a MAC or a latency target (target_mac_reduction or "
                             "target_latency_ms)")
     kind, value, bounds = check_request(None, target_latency_ms, target_mac_reduction, max_accuracy_drop,
-                                        "channel", bounds)
+                                        "channel", bounds, quality)
     result = sensitivity if sensitivity is not None else sweep(handle, "channel", criterion)
     if (result.get("granularity"), result.get("criterion")) != ("channel", criterion):
         raise PrunelabError(f"spending a budget on depth reads a channel/{criterion} sensitivity sweep, "
                             f"not {result.get('granularity')}/{result.get('criterion')}")
-    budget = _Budget(handle, result, kind, value, criterion, round_to)
-    scorer = Scorer(handle, "val")
+    check_quality(result, quality)
+    budget = _Budget(handle, result, kind, value, criterion, round_to, quality)
+    scorer = _Quality(handle, quality)
     dense_accuracy, dense_loss = scorer(handle.module)
     builders = {"width": lambda: allocate(handle, granularity="channel", criterion=criterion, sensitivity=result,
                                           min_sparsity=bounds[0], max_sparsity=bounds[1], round_to=round_to,
-                                          **{("target_" + kind): value}),
+                                          quality=quality, **{("target_" + kind): value}),
                 "depth": budget.depth_plan, "both": lambda: budget.mixed_plan(bounds)}
     ways = WAYS if way == "best" else (way,)
     options = [_option(name, builders[name], budget, scorer, (dense_accuracy, dense_loss), max_accuracy_drop)
@@ -136,13 +141,34 @@ def spend_budget(handle: ModelHandle, way: str = "best", target_mac_reduction: f
     if not meeting:
         raise PrunelabError(f"no way reaches {TARGET_WORDS[kind].format(value)}: " + "; ".join(
             f"{option.way}: {option.note}" for option in options))
-    chosen = max(meeting, key=lambda option: (ACCURACY_WEIGHT * option.accuracy - option.loss,
-                                              -WAYS.index(option.way)))
+    chosen = max(meeting, key=lambda option: (scorer.merit(option), -WAYS.index(option.way)))
     return Spending(chosen.plan, chosen.way, tuple(options), budget.resource, budget.dense, scorer.label,
                     dense_accuracy)
 
 
-def _option(way: str, build: Callable[[], Plan], budget: _Budget, scorer: Scorer, dense: tuple[float, float],
+class _Quality:
+    """The figure options are compared by: the sweep's accuracy and loss, or one number of the model's own metric.
+
+    Called on a module it gives ``(figure, loss)``; ``merit`` ranks an option, higher being better.
+    """
+
+    def __init__(self, handle: ModelHandle, quality: str | None):
+        self.scorer, self.quality = Scorer(handle, "val"), quality
+        self.label = quality or self.scorer.label
+
+    def __call__(self, module) -> tuple[float, float]:
+        if self.quality is None:
+            return self.scorer(module)
+        figures = self.scorer.figures(module)
+        return float(figures["metrics"][self.quality]), figures["loss"]
+
+    def merit(self, option: Option) -> float:
+        if self.quality is None:
+            return ACCURACY_WEIGHT * option.accuracy - option.loss
+        return option.accuracy
+
+
+def _option(way: str, build: Callable[[], Plan], budget: _Budget, scorer: _Quality, dense: tuple[float, float],
             max_drop: float | None) -> Option:
     """Build, measure and score one way; a way that cannot be built is an Option with the reason."""
     try:
@@ -163,8 +189,10 @@ def _option(way: str, build: Callable[[], Plan], budget: _Budget, scorer: Scorer
 class _Budget:
     """The target in the resource's terms, and the depth ladder: blocks removed cheapest first."""
 
-    def __init__(self, handle: ModelHandle, result: dict, kind: str, value: float, criterion: str, round_to: int):
+    def __init__(self, handle: ModelHandle, result: dict, kind: str, value: float, criterion: str, round_to: int,
+                 quality: str | None = None):
         self.handle, self.result, self.criterion, self.round_to = handle, result, criterion, round_to
+        self.quality = quality
         self.resource = CHANNEL_RESOURCES[kind]
         self.timed = self.resource == "latency_ms"
         self.dense = self.measure_module(handle.module)
@@ -184,13 +212,18 @@ class _Budget:
         return reached <= self.goal + slack * (self.dense - self.goal)
 
     def blocks(self) -> list[str]:
-        """Removable blocks, cheapest first: by the sweep's damage without each (loss rise + accuracy drop)."""
+        """Removable blocks, cheapest first: by the sweep's damage without each (loss rise + accuracy drop,
+        or the drop of the ``quality`` figure alone)."""
         points = self.result.get("blocks") or []
         if not points:
             raise PrunelabError(f"{self.handle.name} has no removable blocks in its sensitivity sweep")
         accuracy, loss = self.result["baseline_accuracy"], self.result["baseline_loss"]
-        damage = {point["name"]: (point["loss"] - loss) + ACCURACY_WEIGHT * (accuracy - point["accuracy"])
-                  for point in points}
+        if self.quality is not None:
+            dense = self.result["baseline_metrics"][self.quality]
+            damage = {point["name"]: dense - point["metrics"][self.quality] for point in points}
+        else:
+            damage = {point["name"]: (point["loss"] - loss) + ACCURACY_WEIGHT * (accuracy - point["accuracy"])
+                      for point in points}
         return sorted(damage, key=damage.get)
 
     def ladder(self) -> list[tuple[list[str], float]]:
@@ -218,7 +251,7 @@ class _Budget:
         if not short:
             raise PrunelabError("the cheapest block alone meets the target, which leaves nothing for width")
         names, _ = min(short, key=lambda step: abs((self.dense - step[1]) - needed / 2))
-        curves = [curve for curve in curves_for(self.result, self.resource, bounds)
+        curves = [curve for curve in curves_for(self.result, self.resource, bounds, self.quality)
                   if not any(curve.name.startswith(block + ".") for block in names)]
         if not curves:
             raise PrunelabError("the sweep has no channel curve outside the removed blocks")
