@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -270,3 +271,17 @@ def test_the_model_page_states_a_language_models_context_and_stride(open_app):
     assert not app.exception and not app.error
     captions = " ".join(caption.value for caption in app.caption)
     assert re.search(r"\d+ test windows, context (\d+) tokens, stride \1\b", captions), captions
+
+
+def test_the_spending_options_show_their_figures_first_and_formatted(open_app):
+    """The options table sits in a narrow column: the figures come before what each way removes."""
+    app = open_app(run=False)
+    rows = [{"way": way, "removes": "drops layer1", "macs": 1000.0, "reduction": 2.0, "agreement": 0.5, "loss": 1.0,
+             "chosen": way == "depth", "note": ""} for way in ("width", "depth", "both")]
+    app.session_state["tune.spending"] = {"way": "depth", "rows": rows, "resource": "macs"}
+    app.run()
+    (table,) = [frame for frame in app.dataframe if "removes" in frame.value.columns]
+    assert list(table.proto.column_order) == ["way", "macs", "reduction", "agreement", "loss", "removes", "note"]
+    formats = {name: column.get("type_config", {}).get("format") for name, column in
+               json.loads(table.proto.columns).items()}
+    assert formats["agreement"] == "percent" and formats["reduction"] == "%.2f×" and formats["macs"] == "localized"

@@ -112,7 +112,21 @@ def spending_ui() -> None:
     if spending:
         st.markdown(f":material/call_split: Spent on **{spending['way']}**, the option that kept most quality "
                     "on the validation items:")
-        st.dataframe(spending["rows"], hide_index=True, key="tune-spending")
+        st.dataframe(spending["rows"], hide_index=True, key="tune-spending", **_spending_columns(spending))
+
+
+SHARES = ("accuracy", "agreement")  # quality figures that are a share of the items
+
+
+def _spending_columns(spending: dict) -> dict:
+    """The figures first (the column is narrow: what each way removes and why not come last), formatted."""
+    figures = [name for name in spending["rows"][0] if name not in ("way", "removes", "chosen", "note")]
+    ratio = "speedup" if spending["resource"] == "latency_ms" else "reduction"
+    config = {ratio: st.column_config.NumberColumn(format="%.2f×"),
+              spending["resource"]: st.column_config.NumberColumn(format="localized")}
+    config.update({name: st.column_config.NumberColumn(format="percent") for name in figures
+                   if name in SHARES})  # a share of the items, shown as elsewhere on the page
+    return {"column_order": ["way", *figures, "removes", "note"], "column_config": config}
 
 
 def goal_ui(values: dict) -> None:
