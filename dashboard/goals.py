@@ -85,30 +85,30 @@ def goals_for(granularity: str) -> list[str]:
 
 def matching_sweep() -> dict | None:
     """This session's complete sweep when it matches the plan's granularity and criterion, else None."""
-    result, values = sweeps.finish_sensitivity(), state.plan()
+    result, plan = sweeps.finish_sensitivity(), state.plan()
     if result is None or not result.get("complete"):
         return None
-    if (result["granularity"], result["criterion"]) != (values["granularity"], values["criterion"]):
+    if (result["granularity"], result["criterion"]) != (plan.granularity, plan.criterion):
         return None
     return result
 
 
 def needs_sweep() -> str | None:
     """What the page must say before Auto-allocate can work, or None when it can."""
-    values = state.plan()
-    if session.nm_share(values["granularity"]) is not None:
-        return f"{values['granularity']} fixes every layer's sparsity; Auto-allocate works for unstructured "\
+    plan = state.plan()
+    if session.nm_share(plan.granularity) is not None:
+        return f"{plan.granularity} fixes every layer's sparsity; Auto-allocate works for unstructured "\
                "and channel."
     if matching_sweep() is None:
         return ("Auto-allocate spends the goal where a sensitivity sweep says it hurts least, so it first needs "
-                f"a sweep of this model with {values['granularity']} / {values['criterion']}.")
+                f"a sweep of this model with {plan.granularity} / {plan.criterion}.")
     return None
 
 
 def start_quick_sweep() -> None:
     """Start the 5-level sweep the plan's granularity and criterion need (progress shows on the page)."""
-    values = state.plan()
-    sweeps.start_sensitivity(values["granularity"], values["criterion"], list(session.QUICK_LEVELS))
+    plan = state.plan()
+    sweeps.start_sensitivity(plan.granularity, plan.criterion, list(session.QUICK_LEVELS))
 
 
 def _request(goal: str, value: float, result: dict) -> dict:
@@ -148,24 +148,24 @@ def allocate_to_goal(goal: str, value: float, spend: str = "width") -> dict[str,
     the options compared in session state (SPENDING) for the page to show.
     Raises PrunelabError without a matching sweep, or for a goal the curves cannot reach.
     """
-    result, values = matching_sweep(), state.plan()
+    result, plan = matching_sweep(), state.plan()
     if result is None:
         raise PrunelabError(needs_sweep() or "run a sensitivity sweep first")
     st.session_state.pop(SPENDING, None)
     if spend != "width":
-        return _spend(goal, value, spend, result, values)
+        return _spend(goal, value, spend, result, plan)
     with state.lock(session.model_key()):
-        allocated = api.allocate(session.model(), granularity=values["granularity"], criterion=values["criterion"],
+        allocated = api.allocate(session.model(), granularity=plan.granularity, criterion=plan.criterion,
                                  max_sparsity=session.MAX_SPARSITY, sensitivity=result,
-                                 round_to=state.round_to(values), **_request(goal, value, result))
+                                 round_to=plan.round_to, **_request(goal, value, result))
     state.update_plan(scope="layer", sparsity=0.0, layers=dict(allocated.layer_targets))
     return dict(allocated.layer_targets)
 
 
-def _spend(goal: str, value: float, spend: str, result: dict, values: dict) -> dict[str, float]:
+def _spend(goal: str, value: float, spend: str, result: dict, plan: state.Plan) -> dict[str, float]:
     with state.lock(session.model_key()):
-        spending = api.spend_budget(session.model(), spend, criterion=values["criterion"], sensitivity=result,
-                                    bounds=(0.0, session.MAX_SPARSITY), round_to=state.round_to(values),
+        spending = api.spend_budget(session.model(), spend, criterion=plan.criterion, sensitivity=result,
+                                    bounds=(0.0, session.MAX_SPARSITY), round_to=plan.round_to,
                                     **_request(goal, value, result))
     state.update_plan(scope="layer", sparsity=0.0, layers=dict(spending.plan.layer_targets),
                       drop=list(spending.plan.drop))

@@ -49,9 +49,9 @@ def _on_target(layer: str) -> None:
 
 def selected_ui(node: dict) -> None:
     """What the clicked node is, and an exact target for it (its first layer, or the group it leads)."""
-    values = state.plan()
+    plan = state.plan()
     layer = node["layers"][0]
-    if values["granularity"] == "channel":
+    if plan.granularity == "channel":
         layer = next((group["leader"] for group in session.groups() if layer in group["members"]), layer)
     shown = ", ".join(node["layers"][:6]) + ("…" if len(node["layers"]) > 6 else "")
     inside = f" ({len(node['layers'])} layers: {shown})" if len(node["layers"]) > 1 else ""

@@ -11,13 +11,13 @@ from dashboard import session, state
 
 def file_stem() -> str:
     """A file name for this plan's downloads: model, granularity, share removed, and what else applies."""
-    values, report = state.plan(), session.last_report()
+    plan, report = state.plan(), session.last_report()
     removed = (report or {}).get("pruned", {}).get("removed")
-    share = f"{round(100 * removed)}pct" if removed is not None else f"target{round(100 * values['sparsity'])}"
-    parts = [session.model().name, values["granularity"].replace(":", "of"), share]
-    if values["granularity"] == "channel" and state.round_to(values) != state.AUTO_ROUND:
-        parts.append(f"r{state.round_to(values)}")
-    if session.per_layer(values):
+    share = f"{round(100 * removed)}pct" if removed is not None else f"target{round(100 * plan.sparsity)}"
+    parts = [session.model().name, plan.granularity.replace(":", "of"), share]
+    if plan.granularity == "channel" and plan.round_to != state.AUTO_ROUND:
+        parts.append(f"r{plan.round_to}")
+    if session.per_layer(plan):
         parts.append("perlayer")
     if state.quantize():
         parts.append("int8")

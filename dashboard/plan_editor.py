@@ -50,8 +50,7 @@ def undo() -> None:
 
 def reset_to_dense() -> None:
     """Every slider back to 0% (Undo brings the plan back)."""
-    values = {key: value for key, value in state.plan().items() if key not in ("drop", "depth")}
-    st.session_state[state.PLAN] = {**values, "sparsity": 0.0, "layers": {}}  # every block back too
+    state.update_plan(sparsity=0.0, layers={}, drop=(), depth=0.0)  # every block back too
     forget_widgets()
 
 
@@ -113,7 +112,7 @@ def apply_edits(frame: pd.DataFrame) -> None:
     """on_change of the table: every edited Target becomes that layer's (or its group leader's) target."""
     edited = st.session_state.get(TABLE_KEY, {}).get("edited_rows", {})
     leaders = {member: group["leader"] for group in session.groups() for member in group["members"]} \
-        if state.plan()["granularity"] == "channel" else {}
+        if state.plan().granularity == "channel" else {}
     for row, changes in edited.items():
         if "target (%)" in changes and changes["target (%)"] is not None:
             name = frame.iloc[int(row)]["layer"]

@@ -24,10 +24,10 @@ def recovery_epochs(method: str, epochs: int, rounds: int) -> int:
     return api.recovery_epochs(method, epochs, rounds)
 
 
-def gradual_target(values: dict | None = None) -> float:
+def gradual_target(plan: api.Plan | None = None) -> float:
     """The largest target of the plan: where a gradual schedule ends (each layer ends at its own target)."""
-    values = state.plan() if values is None else values
-    return max([values["sparsity"], *values["layers"].values()])
+    plan = state.plan() if plan is None else plan
+    return max([plan.sparsity, *plan.layer_targets.values()])
 
 
 def schedule_curve(final_sparsity: float, epochs: int, initial_sparsity: float = 0.0,

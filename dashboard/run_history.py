@@ -61,7 +61,7 @@ def load_run_plan(run_id: int) -> str | None:
     plan = api.Plan.from_dict(run.plan)
     handle = session.model()
     api.check_plan(handle, plan)
-    state.set_plan(plan.to_dict())
+    state.set_plan(plan)
     if run.model != handle.name:
         return f"run {run_id} was made on {run.model}; its plan is now applied to {handle.name}"
     return None

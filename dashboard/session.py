@@ -223,9 +223,9 @@ def _channel_importance(_handle, key: str, layer: str, criterion: str, sparsity:
 
 def channel_importance(layer: str) -> dict:
     """``{"scores", "removed"}`` per output channel of ``layer`` under this session's plan (rounding included)."""
-    values = state.plan()
-    return _channel_importance(model(), model_key(), layer, values["criterion"], target_of_layer(layer),
-                               state.round_to(values))
+    current = state.plan()
+    return _channel_importance(model(), model_key(), layer, current.criterion, target_of_layer(layer),
+                               current.round_to)
 
 
 def round_to_label(value) -> str:
@@ -239,15 +239,15 @@ def _resolved(_handle, key: str, granularity: str, ignore: tuple[str, ...] | Non
         return api.resolve_plan(_handle, api.Plan(granularity=granularity, ignore=ignore))
 
 
-def resolved(values: dict | None = None):
+def resolved(plan: api.Plan | None = None):
     """The plan (default: this session's) read against the model: the layers left dense and why, each
     layer's target (core.prune.resolved.ResolvedPlan). An ignored name the model lacks is passed over."""
-    values = state.plan() if values is None else values
-    ignore = values.get("ignore")
+    plan = state.plan() if plan is None else plan
+    ignore = plan.ignore
     if ignore is not None:
         ignore = tuple(name for name in ignore if name in layer_names())
-    base = _resolved(model(), model_key(), values["granularity"], ignore)
-    return base.with_plan(plan_object({**values, "ignore": ignore}))
+    base = _resolved(model(), model_key(), plan.granularity, ignore)
+    return base.with_plan(plan_object(plan.replace(ignore=ignore)))
 
 
 def ignored_layers() -> list[str]:
@@ -257,9 +257,9 @@ def ignored_layers() -> list[str]:
 
 def left_dense(granularity: str | None = None) -> dict[str, str]:
     """Layers the plan leaves dense, with why: the ignored layers, and those N:M cannot group."""
-    values = state.plan()
-    granularity = values["granularity"] if granularity is None else granularity
-    return resolved({**values, "granularity": granularity, "criterion": "l1"}).dense
+    current = state.plan()
+    granularity = current.granularity if granularity is None else granularity
+    return resolved(current.replace(granularity=granularity, criterion="l1")).dense
 
 
 def nm_share(granularity: str) -> float | None:
@@ -289,14 +289,14 @@ def cut_share(layer: str) -> float:
 
 # ---------------------------------------------------------------- the plan as core sees it
 
-def plan_object(values: dict | None = None):
-    """The validated core Plan for ``values`` (default: this session's plan). Raises PrunelabError."""
-    values = state.plan() if values is None else values
-    layers = {name: value for name, value in values["layers"].items() if value != values["sparsity"]}
-    fitted = {**values, "layers": layers}
+def plan_object(plan: api.Plan | None = None) -> api.Plan:
+    """``plan`` (default: this session's) as it is measured and saved: only the layers whose target
+    differs from the plan's own, and no BatchNorm re-estimation on a model without BatchNorm."""
+    plan = state.plan() if plan is None else plan
+    changes = {"layers": {name: value for name, value in plan.layers if value != plan.sparsity}}
     if not has_batchnorm():
-        fitted["recalibrate"] = False  # nothing to re-estimate: the plan file says so
-    return api.Plan.from_dict(fitted)
+        changes["recalibrate"] = False  # nothing to re-estimate: the plan file says so
+    return plan.replace(**changes)
 
 
 def plan_yaml() -> str:
@@ -313,22 +313,22 @@ def layer_scope_only(criterion: str, granularity: str) -> str:
     return entry.layer_scope_only if entry is not None and granularity == "unstructured" else ""
 
 
-def per_layer(values: dict | None = None) -> bool:
+def per_layer(plan: api.Plan | None = None) -> bool:
     """True when some layer has its own target (the All-layers value alone does not describe the plan)."""
-    values = state.plan() if values is None else values
-    return any(value != values["sparsity"] for value in values["layers"].values())
+    plan = state.plan() if plan is None else plan
+    return any(value != plan.sparsity for _, value in plan.layers)
 
 
-def plan_label(values: dict | None = None) -> str:
+def plan_label(plan: api.Plan | None = None) -> str:
     """The plan in a few words, e.g. 'channel, l1, round to 8, per-layer targets: 23.4% of weights removed'.
 
     The share removed is measured when the last report is of this plan; otherwise the targets are named.
     """
-    values = state.plan() if values is None else values
-    report = last_report() if values == state.plan() else None
+    plan = state.plan() if plan is None else plan
+    report = last_report() if plan == state.plan() else None
     removed = (report or {}).get("pruned", {}).get("removed")
     measured = f": {removed:.1%} of prunable weights removed (measured)" if removed is not None else ""
-    return plan_object(values).label + measured
+    return plan_object(plan).label + measured
 
 
 # ---------------------------------------------------------------- measurement

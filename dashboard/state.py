@@ -13,8 +13,10 @@ import threading
 
 import streamlit as st
 
+from core.api import AUTO, Plan
+
 MODEL = "prunelab.model"        # dict: spec, weights, trust, data, input_shape, metric (all str or None)
-PLAN = "prunelab.plan"          # dict accepted by Plan.from_dict
+PLAN = "prunelab.plan"          # the frozen core Plan (core.prune.plan.Plan)
 LAYER = "prunelab.layer"        # the layer shown on the Layers page
 LAST_REPORT = "prunelab.report"  # the last measured report (plan, quantize and model it belongs to inside)
 LIVE_JOB = "prunelab.live"  # the plan being measured in stages (dashboard.live.LiveJob)
@@ -87,60 +89,51 @@ def set_source(candidate: dict) -> None:
 
 # ---------------------------------------------------------------- the plan
 
-AUTO_ROUND = "auto"  # core.prune.plan.AUTO: kept channels follow the CPU's kernels
+AUTO_ROUND = AUTO  # round_to's default: kept channels follow the CPU's kernels
 
 
-def default_plan() -> dict:
-    return {"granularity": "unstructured", "criterion": "l1", "scope": "layer", "sparsity": 0.0, "layers": {}}
+def default_plan() -> Plan:
+    """The plan a new session starts with: nothing pruned yet."""
+    return Plan(sparsity=0.0)
 
 
-def plan() -> dict:
-    """This session's plan as a plain dict (a copy; change it with ``update_plan``/``set_target``)."""
+def plan() -> Plan:
+    """This session's plan, a frozen core Plan (change it with ``update_plan``/``set_target``)."""
     if PLAN not in st.session_state:
         st.session_state[PLAN] = default_plan()
-    current = st.session_state[PLAN]
-    return {**current, "layers": dict(current["layers"])}
-
-
-def round_to(values: dict | None = None) -> int | str:
-    """The plan's ``round_to`` (default: this session's plan): a number, or "auto" when it has none."""
-    values = plan() if values is None else values
-    value = values.get("round_to") or AUTO_ROUND
-    return AUTO_ROUND if value == AUTO_ROUND else int(value)
+    return st.session_state[PLAN]
 
 
 def update_plan(**changes) -> None:
-    st.session_state[PLAN] = {**plan(), **changes}
+    """Replace fields of the plan (validated: raises PrunelabError naming a bad value)."""
+    st.session_state[PLAN] = plan().replace(**changes)
 
 
-def set_plan(values: dict) -> None:
-    """Replace the plan (a run's plan from History); its widgets reseed on their next draw."""
-    st.session_state[PLAN] = {**values, "layers": dict(values.get("layers") or {})}
+def set_plan(new: Plan) -> None:
+    """Replace the plan (a run's plan from History, a link); its widgets reseed on their next draw."""
+    st.session_state[PLAN] = new
     st.session_state.pop(SAVED_LAYERS, None)
     forget_plan_widgets()
 
 
 def set_target(layer: str, value: float) -> None:
     """Set one layer's (or coupled group leader's) sparsity override."""
-    current = plan()
-    current["layers"][layer] = float(value)
-    st.session_state[PLAN] = current
+    update_plan(layers={**plan().layer_targets, layer: float(value)})
 
 
 def set_dropped(block: str, dropped: bool) -> None:
-    """Remove a whole block (``dropped``) or keep it; the plan's ``drop`` list stays sorted."""
-    current = set(plan().get("drop") or ())
-    current = current | {block} if dropped else current - {block}
-    update_plan(drop=sorted(current))
+    """Remove a whole block (``dropped``) or keep it."""
+    current = set(plan().drop)
+    update_plan(drop=sorted(current | {block} if dropped else current - {block}))
 
 
 def dropped() -> list[str]:
-    return list(plan().get("drop") or ())
+    return list(plan().drop)
 
 
 def target(layer: str) -> float:
     current = plan()
-    return float(current["layers"].get(layer, current["sparsity"]))
+    return current.layer_targets.get(layer, current.sparsity)
 
 
 def switch_granularity(granularity: str, criterion: str) -> bool:
@@ -151,14 +144,14 @@ def switch_granularity(granularity: str, criterion: str) -> bool:
     """
     current = plan()
     saved = dict(st.session_state.get(SAVED_LAYERS) or {})
-    saved[current["granularity"]] = {"layers": current["layers"], "sparsity": current["sparsity"]}
-    restored = saved.pop(granularity, {"layers": {}, "sparsity": current["sparsity"]})
+    saved[current.granularity] = {"layers": current.layer_targets, "sparsity": current.sparsity}
+    restored = saved.pop(granularity, {"layers": {}, "sparsity": current.sparsity})
     st.session_state[SAVED_LAYERS] = saved
     update_plan(granularity=granularity, criterion=criterion, layers=restored["layers"],
                 sparsity=restored["sparsity"])
     forget_widgets("w.layer.")
     st.session_state.pop("w.global", None)
-    return bool(current["layers"])
+    return bool(current.layers)
 
 
 def quantize() -> str | None:

@@ -31,56 +31,57 @@ def _percent(value: float) -> str:
     return f"{100 * value:.4g}"
 
 
-def encode(source: dict, values: dict, quantize: str | None) -> dict[str, str]:
-    """Query parameters for a model source, a plan (as state.plan holds it) and the INT8 switch."""
+def encode(source: dict, plan: state.Plan, quantize: str | None) -> dict[str, str]:
+    """Query parameters for a model source, a plan and the INT8 switch."""
     params = {"model": source["spec"]}
     if source.get("data"):
         params["data"] = source["data"]
     if source.get("input_shape"):
         params["shape"] = ",".join(str(size) for size in source["input_shape"]) \
             if not isinstance(source["input_shape"], str) else source["input_shape"]
-    params.update({field: str(values[field]) for field in FIELDS})
-    params["sparsity"] = _percent(values["sparsity"])
-    layers = {name: value for name, value in values["layers"].items() if value != values["sparsity"]}
+    params.update({field: str(getattr(plan, field)) for field in FIELDS})
+    params["sparsity"] = _percent(plan.sparsity)
+    layers = [(name, value) for name, value in plan.layers if value != plan.sparsity]
     if layers:
-        params["layers"] = ",".join(f"{name}:{_percent(value)}" for name, value in sorted(layers.items()))
-    if state.round_to(values) != state.AUTO_ROUND:
-        params["round_to"] = str(state.round_to(values))
-    if values.get("recalibrate") is False:
+        params["layers"] = ",".join(f"{name}:{_percent(value)}" for name, value in layers)
+    if plan.round_to != state.AUTO_ROUND:
+        params["round_to"] = str(plan.round_to)
+    if not plan.recalibrate:
         params["recalibrate"] = "0"
-    if values.get("prune_width"):
+    if plan.prune_width:
         params["width"] = "1"
-    if values.get("drop"):
-        params["drop"] = ",".join(sorted(values["drop"]))
-    if values.get("reconstruct") is False:
+    if plan.drop:
+        params["drop"] = ",".join(plan.drop)
+    if not plan.reconstruct:
         params["reconstruct"] = "0"
     if quantize:
         params["int8"] = "1"
     return params
 
 
-def decode(params: dict[str, str]) -> dict:
-    """A plan dict from query parameters (missing fields take the default plan's). Raises ValueError."""
-    values = state.default_plan()
-    values.update({field: params[field] for field in FIELDS if params.get(field)})
+def decode(params: dict[str, str]) -> state.Plan:
+    """The plan in query parameters (missing fields take the default plan's). Raises PrunelabError
+    naming a bad field, or ValueError for a number that does not read as one."""
+    changes = {field: params[field] for field in FIELDS if params.get(field)}
     if params.get("sparsity"):
-        values["sparsity"] = float(params["sparsity"]) / 100
+        changes["sparsity"] = float(params["sparsity"]) / 100
     layers = {}
     for item in filter(None, (params.get("layers") or "").split(",")):
         name, _, value = item.rpartition(":")
         layers[name] = float(value) / 100
-    values["layers"] = layers
+    changes["layers"] = layers
     if params.get("round_to"):
-        values["round_to"] = state.round_to({"round_to": params["round_to"]})
+        text = params["round_to"]
+        changes["round_to"] = state.AUTO_ROUND if text == state.AUTO_ROUND else int(text)
     if params.get("recalibrate") == "0":
-        values["recalibrate"] = False
+        changes["recalibrate"] = False
     if params.get("width") == "1":
-        values["prune_width"] = True
+        changes["prune_width"] = True
     if params.get("drop"):
-        values["drop"] = [name for name in params["drop"].split(",") if name]
+        changes["drop"] = [name for name in params["drop"].split(",") if name]
     if params.get("reconstruct") == "0":
-        values["reconstruct"] = False
-    return values
+        changes["reconstruct"] = False
+    return state.default_plan().replace(**changes)
 
 
 def restore() -> None:
@@ -95,10 +96,9 @@ def restore() -> None:
         if params.get("model") and (params["model"] != session.source()["spec"] or params.get("data")
                                     or params.get("shape")):
             session.use_source(params["model"], data=params.get("data") or None, input_shape=params.get("shape"))
-        values = decode(params)
-        values["layers"], unknown = _known_layers(values["layers"])
-        session.plan_object(values)  # validates every field and layer value
-        state.set_plan(values)
+        plan = decode(params)  # validates every field and layer value
+        known, unknown = _known_layers(plan.layer_targets)
+        state.set_plan(plan.replace(layers=known))
         state.set_quantize(params.get("int8") == "1")
         if unknown:
             shown = ", ".join(repr(name[:40]) for name in unknown[:3])

@@ -185,15 +185,14 @@ def test_channel_allocation_with_rounding_checks_the_target_on_the_rounded_model
 def test_the_tune_page_auto_allocate_button_fills_the_sliders(cnn, sweep, open_page):
     page = open_page("tune", timeout=90)
     page.session_state["prunelab.sensitivity"] = {**sweep, "model_key": f"{cnn.digest}-{cnn.data.digest}"}
-    page.session_state["prunelab.plan"] = {"granularity": "unstructured", "criterion": "l1", "scope": "layer",
-                                           "sparsity": 0.9, "layers": {}}
+    page.session_state["prunelab.plan"] = Plan(granularity="unstructured", criterion="l1", scope="layer", sparsity=0.9)
     page.run()
     page.selectbox(key="w.tune.goal.accuracy").set_value("sparsity").run()  # the goal: a share of the weights removed
     page.number_input(key="w.tune.goal.sparsity").set_value(90.0).run()
     next(button for button in page.button if button.label == "Auto-allocate").click().run()
     assert not page.exception and not page.error
     expected = allocate(cnn, target_sparsity=0.9, sensitivity=sweep).layer_targets
-    assert page.session_state["prunelab.plan"]["layers"] == expected
+    assert page.session_state["prunelab.plan"].layer_targets == expected
 
 
 @pytest.mark.slow

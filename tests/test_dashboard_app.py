@@ -35,7 +35,7 @@ def test_moving_a_layer_slider_changes_the_plan_and_the_measured_metrics(app):
     before = app.session_state[REPORT]
     app.slider(key="w.layer.features.1.0").set_value(50).run()
     assert not app.exception and not app.error
-    assert app.session_state[PLAN]["layers"] == {"features.1.0": 0.5}
+    assert app.session_state[PLAN].layer_targets == {"features.1.0": 0.5}
     after = app.session_state[REPORT]
     assert after["pruned"]["nonzero_params"] == before["pruned"]["nonzero_params"] - 32 * 64 * 9 // 2
     parameters = next(metric for metric in app.metric if metric.label == "Parameters")
@@ -48,7 +48,7 @@ def test_the_global_slider_moves_every_layer_but_the_classifier(app):
     assert values.pop("w.layer.fc2") == 0
     assert set(values.values()) == {40}
     assert app.slider(key="w.layer.fc2").disabled
-    assert app.session_state[PLAN]["sparsity"] == pytest.approx(0.4)
+    assert app.session_state[PLAN].sparsity == pytest.approx(0.4)
     assert app.session_state[REPORT]["pruned"]["sparsity"] > 0.3
     notes = [caption.value for caption in app.caption if "zeros stay in the dense ONNX graph" in caption.value]
     assert len(notes) == 1
@@ -113,7 +113,7 @@ def test_a_criterion_that_does_not_fit_the_granularity_is_replaced(app):
     app.selectbox(key="w.granularity").set_value("channel").run()
     app.selectbox(key="w.criterion").set_value("fpgm").run()
     app.selectbox(key="w.granularity").set_value("unstructured").run()
-    assert app.session_state[PLAN]["criterion"] == "l1"
+    assert app.session_state[PLAN].criterion == "l1"
     assert "fpgm" not in app.selectbox(key="w.criterion").options
     assert not app.exception and not app.error
 
@@ -121,8 +121,8 @@ def test_a_criterion_that_does_not_fit_the_granularity_is_replaced(app):
 def test_a_criterion_that_reads_data_says_what_it_needs(app):
     app.selectbox(key="w.scope").set_value("global").run()
     app.selectbox(key="w.criterion").set_value("sparsegpt").run()
-    assert app.session_state[PLAN]["criterion"] == "sparsegpt"
-    assert app.session_state[PLAN]["scope"] == "layer" and app.selectbox(key="w.scope").disabled  # no global ranking
+    assert app.session_state[PLAN].criterion == "sparsegpt"
+    assert app.session_state[PLAN].scope == "layer" and app.selectbox(key="w.scope").disabled  # no global ranking
     assert any("calibration items" in caption.value for caption in app.caption)
     assert "sparsegpt" not in app.selectbox(key="w.granularity").set_value("channel").run().selectbox(
         key="w.criterion").options
@@ -150,7 +150,7 @@ def test_layers_page_in_channel_mode_shows_channels(app):
     app.slider(key="w.global").set_value(50).run()
     app.switch_page("pages/layers.py").run()
     assert not app.exception and not app.error
-    assert app.session_state[PLAN]["granularity"] == "channel"
+    assert app.session_state[PLAN].granularity == "channel"
     assert app.dataframe[-1].value["leader"].tolist()  # the coupled groups table
 
 
@@ -203,7 +203,7 @@ def test_two_visitors_keep_their_own_plans(open_app):
     first.slider(key="w.layer.fc1").set_value(80).run()
     second.run()
     assert second.slider(key="w.layer.fc1").value == 0
-    assert second.session_state[PLAN]["layers"] == {}
+    assert second.session_state[PLAN].layer_targets == {}
 
 
 def test_an_uploaded_onnx_model_is_tuned_without_channel_granularity(app, cnn):
@@ -228,8 +228,8 @@ def test_a_link_without_a_model_applies_its_plan_to_the_current_one(open_app):
     app.run()
     assert not app.exception and not app.error and not app.warning
     plan = app.session_state[PLAN]
-    assert plan["granularity"] == "unstructured" and plan["sparsity"] == pytest.approx(0.3)
-    assert plan["layers"]["fc1"] == pytest.approx(0.1)
+    assert plan.granularity == "unstructured" and plan.sparsity == pytest.approx(0.3)
+    assert plan.layer_targets["fc1"] == pytest.approx(0.1)
     assert app.slider(key="w.layer.fc1").value == 10
 
 

@@ -63,18 +63,18 @@ def test_every_setting_on_every_page_survives_visiting_every_other_page(mlp_app)
     for page, kind, key, value in CHANGES:
         visit(app, page)
         assert widget(app, kind, key).value == value, f"{key} on {page} was reset"
-    assert app.session_state[PLAN]["scope"] == "global" and app.session_state[PLAN]["layers"]["fc1"] == 0.6
+    assert app.session_state[PLAN].scope == "global" and app.session_state[PLAN].layer_targets["fc1"] == 0.6
 
 
 def test_changing_granularity_keeps_the_per_layer_targets_for_a_switch_back(app):
     app.slider(key="w.layer.features.1.0").set_value(70).run()
     app.selectbox(key="w.granularity").set_value("channel").run()
     assert not app.exception and not app.error
-    assert app.session_state[PLAN]["layers"] == {}
+    assert app.session_state[PLAN].layer_targets == {}
     assert any("switch back to unstructured" in toast.value for toast in app.toast)
     app.selectbox(key="w.granularity").set_value("unstructured").run()
     assert app.slider(key="w.layer.features.1.0").value == 70
-    assert app.session_state[PLAN]["layers"] == {"features.1.0": 0.7}
+    assert app.session_state[PLAN].layer_targets == {"features.1.0": 0.7}
 
 
 def test_gradual_pruning_without_a_target_explains_itself_and_uses_the_per_layer_plan(mlp_app):
@@ -83,13 +83,13 @@ def test_gradual_pruning_without_a_target_explains_itself_and_uses_the_per_layer
     assert not app.exception and not app.error
     assert any("set a target above 0%" in info.value for info in app.info)
     assert next(button for button in app.button if button.label == "Run").disabled
-    app.session_state[PLAN] = {**app.session_state[PLAN], "layers": {"fc1": 0.5}}
+    app.session_state[PLAN] = app.session_state[PLAN].replace(layers={"fc1": 0.5})
     app.run()
     assert not app.exception and not app.error
     assert app.slider(key="w.recover.initial").max == pytest.approx(0.5)  # the schedule ends at the layer's target
     assert not next(button for button in app.button if button.label == "Run").disabled
     assert "per-layer targets" in app.caption[1].value
-    app.session_state[PLAN] = {**app.session_state[PLAN], "granularity": "channel"}
+    app.session_state[PLAN] = app.session_state[PLAN].replace(granularity="channel")
     app.run()
     assert any("cannot: use fine-tuning or iterative pruning" in info.value for info in app.info)
     assert next(button for button in app.button if button.label == "Run").disabled

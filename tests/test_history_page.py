@@ -38,8 +38,8 @@ def test_opening_a_run_and_loading_its_plan_into_the_sliders(history):
     assert app.subheader[0].value.startswith(f"Run {second.id}")
     app.button(key="history-load").click().run()
     assert not app.exception and not app.error
-    assert app.session_state[PLAN]["sparsity"] == 0.3
-    assert app.session_state[PLAN]["layers"] == {"fc1": 0.6}
+    assert app.session_state[PLAN].sparsity == 0.3
+    assert app.session_state[PLAN].layer_targets == {"fc1": 0.6}
     app.switch_page("pages/tune.py").run()
     assert app.slider(key="w.layer.fc1").value == 60
 

@@ -225,7 +225,7 @@ def test_a_link_naming_thousands_of_unknown_layers_is_trimmed_with_a_message(ope
     assert not app.exception
     warning = link_problem(app)
     assert "5,000 layer(s) this model does not have" in warning and "left out" in warning
-    assert app.session_state["prunelab.plan"]["layers"] == {"fc1": 0.7}
+    assert app.session_state["prunelab.plan"].layer_targets == {"fc1": 0.7}
     assert app.session_state["prunelab.model"]["spec"] == "digits-mlp"
 
 

@@ -73,10 +73,10 @@ def test_units_say_sizes_times_and_shares_as_people_do():
 
 def test_a_plan_survives_the_address_unchanged():
     source = {"spec": "digits-resnet", "data": None, "input_shape": None}
-    values = {"granularity": "channel", "criterion": "fpgm", "scope": "layer", "sparsity": 0.3,
-              "layers": {"layer5.conv2": 0.375, "stem.0": 0.1}, "round_to": 8, "recalibrate": False}
+    values = api.Plan(granularity="channel", criterion="fpgm", scope="layer", sparsity=0.3,
+                      layers={"layer5.conv2": 0.375, "stem.0": 0.1}, round_to=8, recalibrate=False)
     params = encode(source, values, "int8")
     assert params["layers"] == "layer5.conv2:37.5,stem.0:10" and params["int8"] == "1"
     assert decode(params) == values
-    narrowed = {**values, "prune_width": True}
+    narrowed = values.replace(prune_width=True)
     assert encode(source, narrowed, None)["width"] == "1" and decode(encode(source, narrowed, None)) == narrowed

@@ -175,8 +175,7 @@ def test_recover_cli_needs_training_data(capsys, tmp_path):
 
 def test_recover_page_trains_and_hands_the_recovered_model_to_the_metric_panel(open_page):
     page = open_page("recover", model="digits-mlp")
-    page.session_state["prunelab.plan"] = {"granularity": "unstructured", "criterion": "l1", "scope": "global",
-                                           "sparsity": 0.9, "layers": {}}
+    page.session_state["prunelab.plan"] = Plan(granularity="unstructured", criterion="l1", scope="global", sparsity=0.9)
     page.run()
     page.number_input(key="w.recover.epochs").set_value(2)
     page.run()

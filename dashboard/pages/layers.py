@@ -55,8 +55,8 @@ def weights_view(layer: str) -> None:
     cut = session.threshold(layer, sparsity) if sparsity > 0 else None
     st.plotly_chart(charts.weight_histogram(histogram, cut, layer), key="layers-histogram",
                     config={"displayModeBar": False})
-    if state.plan()["criterion"] not in ("l1", "l2") and sparsity > 0:
-        st.caption(f"'{state.plan()['criterion']}' does not rank by |w| alone: the line marks the same share "
+    if state.plan().criterion not in ("l1", "l2") and sparsity > 0:
+        st.caption(f"'{state.plan().criterion}' does not rank by |w| alone: the line marks the same share "
                    f"of weights ({formatting.percent(sparsity)}), not the exact ones it removes.")
 
 
@@ -86,7 +86,7 @@ with session.guard("reading the layers"):
     rows = session.layer_table()["layers"]
     table_ui(rows)
     layer = layer_ui([row["name"] for row in rows])
-    channel = state.plan()["granularity"] == "channel"
+    channel = state.plan().granularity == "channel"
     with session.guard(f"showing {layer}"):
         if channel:
             channels_view(layer)

@@ -18,7 +18,7 @@ DEFAULTS = {"w.recover.method": "finetune", "w.recover.epochs": 5, "w.recover.lr
             "w.recover.power": recovery.SCHEDULE_POWER}
 
 
-def settings_ui(values: dict) -> dict | None:
+def settings_ui(plan: state.Plan) -> dict | None:
     """Method and training settings (kept across page switches and runs); returns them when Run is pressed."""
     for key, value in DEFAULTS.items():
         state.seed(key, value)
@@ -39,7 +39,7 @@ def settings_ui(values: dict) -> dict | None:
                                  disabled=method != "lottery",
                                  help="0 rewinds to the initialization; 1 or 2 (late rewinding) helps at high sparsity")
     schedule, ready = None, True
-    granularity = values["granularity"]
+    granularity = plan.granularity
     if (method in ("gradual", "lottery") and granularity != "unstructured") or (method == "iterative"
                                                                                and session.nm_share(granularity)):
         st.info(f"{METHODS[method]} ramps weight masks up; a {granularity} plan cannot: use fine-tuning"
@@ -47,7 +47,7 @@ def settings_ui(values: dict) -> dict | None:
                 f"Tune page.", icon=":material/info:")
         ready = False
     elif method == "gradual":
-        final = recovery.gradual_target(values)
+        final = recovery.gradual_target(plan)
         if final <= 0:
             st.info("Gradual pruning ramps up to the plan's targets: set a target above 0% on the Tune page first.",
                     icon=":material/info:")
@@ -144,13 +144,13 @@ st.title("Recover")
 st.caption("Pruning hurts; training heals it. Pruned weights stay exactly zero throughout, channel-pruned models "
            "train as the smaller model they are, and the same seed gives the same weights.")
 with session.guard("recovery"):
-    values = state.plan()
-    st.caption(f"Model **{session.model().name}**, plan: {session.plan_label(values)} (set it on the Tune page)")
+    plan = state.plan()
+    st.caption(f"Model **{session.model().name}**, plan: {session.plan_label(plan)} (set it on the Tune page)")
     job = recovery.recovery_job()
     if job is not None and job.running:
         progress_panel()
     else:
-        settings = settings_ui(values)
+        settings = settings_ui(plan)
         if settings is not None:
             recovery.start_recovery(**settings)
             st.rerun()

@@ -13,14 +13,14 @@ RECONSTRUCT = "Reconstruct the layers that read removed units"
 
 def _on_granularity() -> None:
     granularity = st.session_state["w.granularity"]
-    criterion = state.plan()["criterion"]
+    criterion = state.plan().criterion
     if criterion not in session.criteria_for(granularity):
         criterion = "l1"
         st.session_state["w.criterion"] = criterion
-    if session.layer_scope_only(criterion, granularity) and state.plan()["scope"] != "layer":
+    if session.layer_scope_only(criterion, granularity) and state.plan().scope != "layer":
         st.session_state["w.scope"] = "layer"
         state.update_plan(scope="layer")
-    previous = state.plan()["granularity"]
+    previous = state.plan().granularity
     if state.switch_granularity(granularity, criterion):
         st.toast(f"Per-layer targets of {previous} are kept: switch back to {previous} to get them again.",
                  icon=":material/undo:")
@@ -42,43 +42,43 @@ def _on_layer(name: str) -> None:
 def _on_criterion() -> None:
     """A criterion without a ranking across layers (wanda, sparsegpt) takes the plan back to layer scope."""
     criterion = st.session_state["w.criterion"]
-    if session.layer_scope_only(criterion, state.plan()["granularity"]):
+    if session.layer_scope_only(criterion, state.plan().granularity):
         st.session_state["w.scope"] = "layer"
         state.update_plan(criterion=criterion, scope="layer")
     else:
         state.update_plan(criterion=criterion)
 
 
-def method_ui(values: dict) -> None:
+def method_ui(plan: state.Plan) -> None:
     """Granularity, criterion and scope selects and the two toggles; each writes straight into the plan."""
     for key, field in (("w.granularity", "granularity"), ("w.criterion", "criterion"), ("w.scope", "scope")):
-        state.seed(key, values[field])
+        state.seed(key, getattr(plan, field))
     table = session.layer_table()
     first, second, third = st.columns(3)
     first.selectbox("Granularity", session.granularities(), key="w.granularity", on_change=_on_granularity,
                     help=TERMS["granularity"])
-    second.selectbox("Criterion", session.criteria_for(values["granularity"]), key="w.criterion",
+    second.selectbox("Criterion", session.criteria_for(plan.granularity), key="w.criterion",
                      on_change=_on_criterion, help=TERMS["criterion"])
-    layer_only = session.layer_scope_only(values["criterion"], values["granularity"])
+    layer_only = session.layer_scope_only(plan.criterion, plan.granularity)
     third.selectbox("Scope", session.SCOPES, key="w.scope", disabled=bool(layer_only),
-                    help=f"{values['criterion']} {layer_only}" if layer_only else TERMS["scope"],
+                    help=f"{plan.criterion} {layer_only}" if layer_only else TERMS["scope"],
                     on_change=lambda: state.update_plan(scope=st.session_state["w.scope"]))
-    if values["criterion"] in CALIBRATED:  # what it reads and what it costs, where the choice is made
-        st.caption(f"Needs the model's data: {CRITERIA[values['criterion']]}")
-    if values["granularity"] == "channel":
-        state.seed("w.round_to", state.round_to(values))
+    if plan.criterion in CALIBRATED:  # what it reads and what it costs, where the choice is made
+        st.caption(f"Needs the model's data: {CRITERIA[plan.criterion]}")
+    if plan.granularity == "channel":
+        state.seed("w.round_to", plan.round_to)
         st.selectbox("Round kept channels to a multiple of", ROUND_TO, key="w.round_to", help=TERMS["round_to"],
                      format_func=session.round_to_label,
                      on_change=lambda: state.update_plan(round_to=st.session_state["w.round_to"]))
         if any(row.get("unit") == "head" for row in table["layers"]):
-            state.seed("w.prune_width", bool(values.get("prune_width", False)))
+            state.seed("w.prune_width", plan.prune_width)
             st.toggle("Prune the residual stream too", key="w.prune_width", help=TERMS["prune_width"],
                       on_change=lambda: state.update_plan(prune_width=bool(st.session_state["w.prune_width"])))
-        state.seed("w.reconstruct", bool(values.get("reconstruct", True)))
+        state.seed("w.reconstruct", plan.reconstruct)
         st.toggle(RECONSTRUCT, key="w.reconstruct", help=TERMS["reconstruct"],
                   on_change=lambda: state.update_plan(reconstruct=bool(st.session_state["w.reconstruct"])))
     batchnorm = table["totals"].get("batchnorm_layers", 0)
-    state.seed("w.recalibrate", bool(values.get("recalibrate", True)))
+    state.seed("w.recalibrate", plan.recalibrate)
     if not batchnorm:
         st.session_state["w.recalibrate"] = False  # the plan says recalibrate: false (session.plan_object)
     why_off = "" if batchnorm else " This model has no BatchNorm layer, so there is nothing to re-estimate."
@@ -129,10 +129,10 @@ def _spending_columns(spending: dict) -> dict:
     return {"column_order": ["way", *figures, "removes", "note"], "column_config": config}
 
 
-def goal_ui(values: dict) -> None:
+def goal_ui(plan: state.Plan) -> None:
     """Pick a goal; Auto-allocate fills the sliders, after the sweep it needs (offered right here)."""
     with st.container(border=True):
-        available = goals.goals_for(values["granularity"])
+        available = goals.goals_for(plan.granularity)
         names = {name: goals.goal_text(name)[0] for name in available}  # fixed now: AppTest formats later
         goal_column, value_column = st.columns([3, 2])
         goal = goal_column.selectbox("Goal", available, format_func=names.get,
@@ -153,7 +153,7 @@ def goal_ui(values: dict) -> None:
             sweep_progress()
         elif missing:
             st.markdown(f":material/info: {missing}")
-            if ":" not in values["granularity"]:
+            if plan.nm is None:
                 st.button("Run the quick sweep (5 levels per layer)", icon=":material/play_arrow:",
                           on_click=goals.start_quick_sweep, key="tune-quick-sweep",
                           help="prunes each layer alone to 30/50/70/90% and scores it; the Sensitivity page runs "
@@ -177,10 +177,10 @@ def edit_ui() -> None:
                  help="every slider back to 0% (Undo brings the plan back)")
 
 
-def rows(values: dict) -> list[tuple[str, str, str]]:
+def rows(plan: state.Plan) -> list[tuple[str, str, str]]:
     """(plan key, slider label, help) per slider: one per layer, or one per coupled group in channel mode."""
     shown = formatting.short_names(session.layer_names())
-    if values["granularity"] != "channel":
+    if plan.granularity != "channel":
         return [(name, shown[name], name if shown[name] != name else "") for name in session.layer_names()]
     order = {name: index for index, name in enumerate(session.layer_names())}
     result = []
@@ -195,19 +195,19 @@ def rows(values: dict) -> list[tuple[str, str, str]]:
     return result
 
 
-def sliders_ui(values: dict) -> None:
+def sliders_ui(plan: state.Plan) -> None:
     """The global slider and one slider per layer (or group)."""
-    pattern = session.nm_share(values["granularity"])
-    state.seed("w.global", round(100 * values["sparsity"]))
+    pattern = session.nm_share(plan.granularity)
+    state.seed("w.global", round(100 * plan.sparsity))
     st.slider("All layers", 0, MAX_PERCENT, step=5, format="%d%%", key="w.global", on_change=_on_global,
               disabled=pattern is not None,
               help="sets every layer to this sparsity (layers you move afterwards keep their own value)")
-    dense = session.left_dense(values["granularity"])
+    dense = session.left_dense(plan.granularity)
     if pattern is not None:
-        st.caption(f"{values['granularity']} zeroes a fixed {pattern:.0%} of every layer that can take it (the "
+        st.caption(f"{plan.granularity} zeroes a fixed {pattern:.0%} of every layer that can take it (the "
                    f"sliders show which); per-layer values do not apply.")
     inside = tuple(f"{block}." for block in state.dropped())
-    for name, label, help_text in rows(values):
+    for name, label, help_text in rows(plan):
         key = f"w.layer.{name}"
         if inside and name.startswith(inside):
             st.caption(f"~~{label}~~ removed with its block (switch the block back on under Blocks to prune it)")
@@ -215,7 +215,7 @@ def sliders_ui(values: dict) -> None:
         if name in dense or pattern is not None:  # a value the person cannot change: shown as it is
             st.session_state[key] = round(100 * session.target_of_layer(name))
         state.seed(key, round(100 * state.target(name)))
-        fixed = f"{values['granularity']}: a fixed pattern" if pattern is not None else None
+        fixed = f"{plan.granularity}: a fixed pattern" if pattern is not None else None
         st.slider(label, 0, MAX_PERCENT, step=5, format="%d%%", key=key, on_change=_on_layer, args=(name,),
                   disabled=name in dense or pattern is not None, help=dense.get(name) or fixed or help_text or None)
 
