@@ -49,11 +49,11 @@ def strip_items(report: dict) -> list[tuple[str, str, str]]:
     pruned, dense = report["pruned"], report["baseline"]
     quality = formatting.quality(pruned, dense)
     dense_quality = formatting.quality(dense)
-    latency, dense_latency = pruned["latency_ms"]["p50"], dense["latency_ms"]["p50"]
+    latency, dense_latency = pruned["latency_ms"]["p50"], dense_p50(report)
     size_label, size_help, field = _size_pair(report)
     speed = _speed_words(pruned)
     # Both figures are what was measured; the verdict comes from the paired runs, which alone compare
-    # the two models under the same load (the dense p50 is the one dense measurement, taken earlier).
+    # the two models under the same load.
     paired = "" if (pruned.get("speedup") or {}).get("same_kernels") else " in paired runs"
     after = formatting.milliseconds(latency) + (f" ({speed}{paired})" if speed else "")
     items = [
@@ -68,6 +68,13 @@ def strip_items(report: dict) -> list[tuple[str, str, str]]:
         left = blocks["dense"] - len(blocks["removed"])
         items.append(("Blocks", f"{blocks['dense']} → {left}", TERMS["blocks"]))
     return items
+
+
+def dense_p50(report: dict) -> float:
+    """The dense p50 to set beside the pruned one: from the runs timed in alternation with the pruned model
+    when there were any (the same load), else the one dense measurement taken earlier."""
+    speedup = report["pruned"].get("speedup") or {}
+    return speedup.get("reference_p50") or report["baseline"]["latency_ms"]["p50"]
 
 
 def _size(value: int | None) -> str:
@@ -228,7 +235,7 @@ def cards(report: dict) -> None:
     _quality_card(top[0], report)
     _card(top[1], "p50 latency", formatting.milliseconds(pruned["latency_ms"]["p50"]),
           _runs(latency_delta, pruned), latency_change(pruned),
-          help=f"{TERMS['p50']}. Dense: {formatting.milliseconds(dense['latency_ms']['p50'])}; "
+          help=f"{TERMS['p50']}. Dense: {formatting.milliseconds(dense_p50(report))}; "
                "the change comes from runs timed in alternation with the dense model")
     _speed_card(top[2], pruned)
     _card(middle[0], "MACs", formatting.count(pruned["macs"]), *_delta(pruned["macs"], dense["macs"]),

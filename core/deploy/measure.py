@@ -172,7 +172,8 @@ def speedup(reference_ms: np.ndarray, ms: np.ndarray) -> dict:
     the interval is a distribution-free 95% interval of the median (binomial order statistics)
     over the medians of blocks of about sqrt(n) consecutive pairs. ``measurable`` is False when
     the interval holds 1 or the median is within SPEEDUP_FLOOR of 1: the difference is run-to-run
-    noise. Returns ``{"p50", "low", "high", "measurable", "pairs"}``.
+    noise. Returns ``{"p50", "low", "high", "measurable", "pairs", "reference_p50"}``, the last the
+    reference's median time in these same runs (ms), to set beside the model's.
     """
     ratios = np.asarray(reference_ms, dtype=float) / np.asarray(ms, dtype=float)  # (pairs,)
     block = max(1, int(round(np.sqrt(len(ratios)))))
@@ -181,7 +182,8 @@ def speedup(reference_ms: np.ndarray, ms: np.ndarray) -> dict:
     rank = _order_rank(len(medians))
     p50, low, high = float(np.median(ratios)), float(medians[rank]), float(medians[len(medians) - 1 - rank])
     measurable = not (low <= 1.0 <= high) and abs(p50 - 1.0) >= SPEEDUP_FLOOR
-    return {"p50": p50, "low": low, "high": high, "measurable": bool(measurable), "pairs": int(len(ratios))}
+    return {"p50": p50, "low": low, "high": high, "measurable": bool(measurable), "pairs": int(len(ratios)),
+            "reference_p50": float(np.median(reference_ms))}
 
 
 def _order_rank(count: int, confidence: float = 0.95) -> int:
