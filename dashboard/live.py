@@ -8,11 +8,18 @@ on from where it stopped.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 
+import streamlit as st
+
 from core.api import Cancelled
 from core.errors import PrunelabError, error_line
+from dashboard import session, state
+
+LIVE_WAIT = 1.0  # default of live_wait()
 
 
 class LiveJob:
@@ -90,3 +97,65 @@ class LiveJob:
             if iterator is not None:
                 iterator.close()  # a stopped plan keeps what it finished, for when it comes back (core.deploy.evaluate)
             self._publish(done=True)
+
+
+# ---------------------------------------------------------------- this session's plan, live
+
+def live_wait() -> float:
+    """Seconds a page run waits at most for the final figures before it shows the stages as they come
+    (PRUNELAB_LIVE_WAIT; the demo models are done within it, so their page never flickers; a big model's
+    first stage shows as soon as it says the final figures will not come within it: LiveJob.wait_shown)."""
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(os.environ.get("PRUNELAB_LIVE_WAIT", LIVE_WAIT)))
+    return LIVE_WAIT
+
+
+def start_measuring() -> None:
+    """Start measuring this session's plan on a worker thread unless it is measured or being measured, so
+    the measurement runs while the page draws its controls (``live_report`` then reads it)."""
+    if session.recovered() is None:
+        with contextlib.suppress(PrunelabError):  # live_report meets the same problem and says it on the page
+            _live_job(session.measured_for())
+
+
+def _live_job(wanted: dict):
+    """(the job measuring ``wanted``, None), or (None, the cached report) when it was measured before; a new
+    job cancels the one it replaces."""
+    job = st.session_state.get(state.LIVE_JOB)
+    if job is not None and job.key == wanted:
+        return job, None
+    if job is not None:
+        job.cancel()
+    chosen, plan = session.evaluator(state.quantize()), session.plan_object()
+    cached = chosen.cached(plan)
+    if cached is not None:
+        st.session_state.pop(state.LIVE_JOB, None)
+        return None, cached
+    job = LiveJob(wanted, lambda cancelled: chosen.stages(plan, cancelled), state.lock(session.model_key()))
+    st.session_state[state.LIVE_JOB] = job
+    return job, None
+
+
+def live_report(wait: float = 0.0) -> dict | None:
+    """The newest figures of this session's plan while it is measured in stages on a worker thread: the
+    finished report when there is one (then also ``session.last_report``), else the latest stage, else
+    None; ``wait`` seconds for the final one first. A plan not measured yet starts its job here and
+    cancels the one it replaces. Raises PrunelabError when the measurement failed."""
+    wanted = session.measured_for()
+    if session.recovered() is not None:
+        return session.measure()
+    job, cached = _live_job(wanted)
+    if cached is not None:
+        return session.keep(cached, wanted)
+    job.wait_shown(wait)
+    if job.error is not None:
+        raise PrunelabError(job.error)
+    if job.latest is None:
+        return None
+    return session.keep(job.latest, wanted) if job.final else {**job.latest, "measured_for": wanted}
+
+
+def live_failed() -> bool:
+    """True when the measurement of this session's plan failed (live_report then raises its error)."""
+    job = st.session_state.get(state.LIVE_JOB)
+    return job is not None and job.error is not None

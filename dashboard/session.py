@@ -18,20 +18,21 @@ Conventions for every page in ``dashboard/pages/``:
 - Per-person state (model source, plan, INT8 switch, ...) lives in ``dashboard/state.py``.
 - Work that can fail goes inside ``with session.guard():`` so the person sees one ``st.error``
   line, never a stack trace, and the rest of the page keeps working.
-- Long jobs run through ``dashboard/jobs.py`` (see ``sweeps.py`` and ``recovery.py``).
+- Long jobs run through ``dashboard/jobs.py`` (see ``sweeps.py`` and ``recovery.py``); the Tune page's
+  staged measurement of the plan through ``dashboard/live.py``; a language model's continuations and
+  the per-layer profile through ``dashboard/closer_look.py``.
 - A new page: add its file to ``dashboard/pages/`` and one line to ``PAGES`` in ``dashboard/app.py``;
   start it with ``st.title`` and one ``st.caption`` saying what it is for.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 
 import streamlit as st
 
 from core import api
 from core.errors import PrunelabError, error_line
-from dashboard import consent, live, state, uploads
+from dashboard import consent, state, uploads
 from dashboard.consent import code_allowed  # noqa: F401 (pages use it)
 from dashboard.uploads import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, save_upload, shown  # noqa: F401 (pages use them)
 
@@ -39,7 +40,6 @@ GRANULARITIES = api.GRANULARITIES
 SCOPES = api.SCOPES
 MAX_SPARSITY = api.MAX_SPARSITY
 DEFAULT_LEVELS, QUICK_LEVELS = api.DEFAULT_LEVELS, api.QUICK_LEVELS  # sensitivity sweeps
-LIVE_WAIT = 1.0  # default of live_wait()
 SPEEDUP_FLOOR = api.SPEEDUP_FLOOR  # a speedup closer to 1x than this reads as no measurable change
 
 
@@ -350,7 +350,7 @@ def baseline() -> dict:
         return evaluator(None).baseline()
 
 
-def _measured_for() -> dict:
+def measured_for() -> dict:
     """What a report must belong to for this session to show it: model, plan, INT8 mode, recovered model."""
     adopted = recovered()
     return {"model_key": model_key(), "plan_digest": plan_object().digest, "quantize": state.quantize(),
@@ -362,7 +362,7 @@ def measure() -> dict:
     ONNX Runtime: ``{"pruned", "baseline", "notes", ...}`` plus ``"measured_for"``. Raises PrunelabError."""
     current, quantize, adopted = plan_object(), state.quantize(), recovered()
     job = st.session_state.get(state.LIVE_JOB)
-    if adopted is None and job is not None and job.key == _measured_for():
+    if adopted is None and job is not None and job.key == measured_for():
         job.wait_final(None)  # the Tune page is measuring this very plan: its final stage is this report
     with state.lock(model_key()):
         if adopted is None:
@@ -372,7 +372,7 @@ def measure() -> dict:
             if quantize not in reports:
                 reports[quantize] = api.measure_recovered(evaluator(quantize), adopted["handle"], current)
             report = reports[quantize]
-    report = {**report, "measured_for": _measured_for()}
+    report = {**report, "measured_for": measured_for()}
     st.session_state[state.LAST_REPORT] = report
     return report
 
@@ -383,75 +383,9 @@ def is_language_model() -> bool:
     return handle.output_kind == "causal" and handle.tokenizer is not None
 
 
-def continuations(prompt: str) -> dict:
-    """The dense and the pruned model's greedy continuations of ``prompt`` under this session's plan
-    (FP32 KV-cache graphs in ONNX Runtime): ``{"dense", "pruned", "prompt_tokens"}``. Raises PrunelabError."""
-    with state.lock(model_key()):
-        return evaluator(None).continuations(plan_object(), prompt)
-
-
-def live_wait() -> float:
-    """Seconds a page run waits at most for the final figures before it shows the stages as they come
-    (PRUNELAB_LIVE_WAIT; the demo models are done within it, so their page never flickers; a big model's
-    first stage shows as soon as it says the final figures will not come within it: LiveJob.wait_shown)."""
-    with contextlib.suppress(ValueError):
-        return max(0.0, float(os.environ.get("PRUNELAB_LIVE_WAIT", LIVE_WAIT)))
-    return LIVE_WAIT
-
-
-def start_measuring() -> None:
-    """Start measuring this session's plan on a worker thread unless it is measured or being measured, so
-    the measurement runs while the page draws its controls (``live_report`` then reads it)."""
-    if recovered() is None:
-        with contextlib.suppress(PrunelabError):  # live_report meets the same problem and says it on the page
-            _live_job(_measured_for())
-
-
-def _live_job(wanted: dict):
-    """(the job measuring ``wanted``, None), or (None, the cached report) when it was measured before; a new
-    job cancels the one it replaces."""
-    job = st.session_state.get(state.LIVE_JOB)
-    if job is not None and job.key == wanted:
-        return job, None
-    if job is not None:
-        job.cancel()
-    chosen, plan = evaluator(state.quantize()), plan_object()
-    cached = chosen.cached(plan)
-    if cached is not None:
-        st.session_state.pop(state.LIVE_JOB, None)
-        return None, cached
-    job = live.LiveJob(wanted, lambda cancelled: chosen.stages(plan, cancelled), state.lock(model_key()))
-    st.session_state[state.LIVE_JOB] = job
-    return job, None
-
-
-def live_report(wait: float = 0.0) -> dict | None:
-    """The newest figures of this session's plan while it is measured in stages on a worker thread
-    (see dashboard/live.py): the finished report when there is one (then also ``last_report``), else
-    the latest stage, else None; ``wait`` seconds for the final one first. A plan not measured yet
-    starts its job here and cancels the one it replaces. Raises PrunelabError when the measurement failed."""
-    wanted = _measured_for()
-    if recovered() is not None:
-        return measure()
-    job, cached = _live_job(wanted)
-    if cached is not None:
-        return _keep(cached, wanted)
-    job.wait_shown(wait)
-    if job.error is not None:
-        raise PrunelabError(job.error)
-    if job.latest is None:
-        return None
-    return _keep(job.latest, wanted) if job.final else {**job.latest, "measured_for": wanted}
-
-
-def live_failed() -> bool:
-    """True when the measurement of this session's plan failed (live_report then raises its error)."""
-    job = st.session_state.get(state.LIVE_JOB)
-    return job is not None and job.error is not None
-
-
-def _keep(report: dict, measured_for: dict) -> dict:
-    report = {**report, "measured_for": measured_for}
+def keep(report: dict, wanted: dict) -> dict:
+    """``report`` marked as measured for ``wanted`` (``measured_for``) and kept as this session's last report."""
+    report = {**report, "measured_for": wanted}
     st.session_state[state.LAST_REPORT] = report
     return report
 
@@ -460,7 +394,7 @@ def last_report() -> dict | None:
     """The last measured report when it belongs to this session's current model, plan and settings."""
     report = st.session_state.get(state.LAST_REPORT)
     with contextlib.suppress(PrunelabError):
-        if report and report.get("measured_for") == _measured_for():
+        if report and report.get("measured_for") == measured_for():
             return report
     return None
 
@@ -487,34 +421,3 @@ def adopt_recovered(handle, plan_digest: str, summary: dict, settings: dict, run
 
 def discard_recovered() -> None:
     st.session_state.pop(state.RECOVERED, None)
-
-
-# ---------------------------------------------------------------- where the time goes
-
-PROFILED = "prunelab.profiled"  # {(model key, plan digest): profile report} of the plans profiled this session
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def _profile(_handle, key: str, plan_digest: str, _plan, batch_size: int) -> dict:
-    return api.profile_plan(_handle, _plan, batch_size=batch_size, threads=2)
-
-
-def layer_time_figure(rows: list[dict], pruned: bool):
-    """Bars of measured ms per layer (see core.history.report.layer_time_figure)."""
-    return api.layer_time_figure(rows, pruned)
-
-
-def profile(pruned: bool = True, batch_size: int = 1) -> dict:
-    """Measured time per layer of the dense model and (``pruned``) this session's plan; see
-    core.deploy.profile.profile_plan. The Tune table then shows it (``known_profile``). Raises PrunelabError."""
-    plan = plan_object() if pruned else None
-    with state.lock(model_key()):
-        report = _profile(model(), model_key(), plan.digest if plan else "", plan, batch_size)
-    if plan is not None and batch_size == 1:
-        st.session_state.setdefault(PROFILED, {})[(model_key(), plan.digest)] = report
-    return report
-
-
-def known_profile() -> dict | None:
-    """The profile of this session's plan when one was taken (Profile buttons), else None: never measured here."""
-    return st.session_state.get(PROFILED, {}).get((model_key(), plan_object().digest))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, formatting, graph_view, session
+from dashboard import charts, closer_look, formatting, graph_view, session
 
 
 def reconciliation(profile: dict, label: str) -> str:
@@ -58,13 +58,13 @@ if st.button("Profile", type="primary", icon=":material/timer:"):
     st.session_state["prunelab.profile.asked"] = True
 if st.session_state.get("prunelab.profile.asked"):
     with session.guard("profiling"), st.spinner("Profiling on ONNX Runtime…"):
-        report = session.profile(pruned)
+        report = closer_look.profile(pruned)
         dense, measured = report["dense"], report["pruned"]
         st.markdown(reconciliation(dense, "Dense"))
         if measured:
             st.markdown(reconciliation(measured, "Pruned"))
         rows = report["rows"]
-        st.plotly_chart(session.layer_time_figure(rows, measured is not None), key="profile-bars",
+        st.plotly_chart(closer_look.layer_time_figure(rows, measured is not None), key="profile-bars",
                         config={"displayModeBar": False})
         other_ui(measured or dense)
         table_ui(rows, dense["p50_ms"])

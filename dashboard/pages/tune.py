@@ -3,7 +3,19 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, formatting, goals, graph_view, plan_editor, session, state, summary, sweeps
+from dashboard import (
+    charts,
+    closer_look,
+    formatting,
+    goals,
+    graph_view,
+    live,
+    plan_editor,
+    session,
+    state,
+    summary,
+    sweeps,
+)
 from dashboard.glossary import CALIBRATED, CRITERIA, TERMS
 
 MAX_PERCENT = round(100 * session.MAX_SPARSITY)  # sliders hold whole percents; the plan holds fractions
@@ -259,7 +271,7 @@ def metrics_panel() -> None:
     """This session's plan, measured in stages: first figures within a second or two, refined in place."""
     measuring = False
     with session.guard("measuring the plan"):
-        report = session.live_report(wait=session.live_wait())
+        report = live.live_report(wait=live.live_wait())
         measuring = not _final(report)
         if not measuring:
             _draw(report)
@@ -270,10 +282,10 @@ def metrics_panel() -> None:
 @st.fragment(run_every=POLL_SECONDS)
 def live_panel() -> None:
     """The figures so far of the plan being measured; the whole page reruns once they are final."""
-    if session.live_failed():
+    if live.live_failed():
         st.rerun(scope="app")  # the page says what failed, once
     with session.guard("measuring the plan"):
-        report = session.live_report()
+        report = live.live_report()
         if _final(report):
             st.rerun(scope="app")  # the per-layer views and the plan's label read the finished report
         if report is not None:
@@ -301,7 +313,7 @@ def prompt_ui() -> None:
         if st.button("Continue with the dense and the pruned model", icon=":material/play_arrow:",
                      key="tune-continue"):
             with session.guard("continuing the prompt"):
-                st.session_state[CONTINUATION] = dict(session.continuations(prompt), plan=plan_digest,
+                st.session_state[CONTINUATION] = dict(closer_look.continuations(prompt), plan=plan_digest,
                                                       prompt=prompt)
         shown = st.session_state.get(CONTINUATION)
         if not shown:
@@ -325,7 +337,7 @@ def layers_ui() -> None:
     view = st.segmented_control("Per-layer view", VIEWS, key="w.tune.view", label_visibility="collapsed",
                                 required=True)
     if view == "Per-layer table":
-        frame = plan_editor.table_rows(report, goals.matching_sweep(), session.known_profile())
+        frame = plan_editor.table_rows(report, goals.matching_sweep(), closer_look.known_profile())
         st.caption("Click a column title to sort; type a target to set it exactly. "
                    "Sensitivity: the sweep's accuracy drop for that layer alone at its target.")
         profile_button()
@@ -345,13 +357,13 @@ def layers_ui() -> None:
 
 def profile_button() -> None:
     """Profile the plan on demand (never on a slider move): the table gains each layer's measured ms."""
-    if session.known_profile() is not None:
+    if closer_look.known_profile() is not None:
         return
     if st.button("Time every layer", icon=":material/timer:", key="tune-profile",
                  help="profile the dense model and this plan in ONNX Runtime; the table gains ms dense, ms pruned, "
                       "ms saved and ms per MAC (a few seconds; longer on big models)"):
         with session.guard("profiling"), st.spinner("Profiling on ONNX Runtime…"):
-            session.profile(True)
+            closer_look.profile(True)
         st.rerun()
 
 
@@ -378,7 +390,7 @@ st.caption("Drag a layer's slider (or pick a goal) to choose how much of each la
 with session.guard("loading the model"):
     plan_editor.track()
     current = state.plan()
-    session.start_measuring()  # the plan is measured while the controls are drawn; the cards show it below
+    live.start_measuring()  # the plan is measured while the controls are drawn; the cards show it below
     st.caption(f"Model: **{session.model().name}**, {session.model().description} (change it on the Model page)")
     controls, panel = st.columns([2, 3], gap="large")
     with controls:
