@@ -26,7 +26,7 @@ class LiveJob:
     """One plan measured in stages: ``latest`` is the newest stage, ``final`` True once it is the last one."""
 
     def __init__(self, key: dict, stages, lock: threading.RLock):
-        self.key = key  # what the report belongs to (session._measured_for)
+        self.key = key  # what the report belongs to (session.measured_for)
         self.latest: dict | None = None
         self.error: str | None = None
         self.done = False
