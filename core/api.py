@@ -42,6 +42,7 @@ from core.prune.result import PruneResult
 from core.search.allocate import allocate, check_request, rise_in_points
 from core.search.executors import executor_for
 from core.search.explore import DEFAULT_GRID, check_grid_size, explore, parse_grid
+from core.search.headline import Headline, headline
 from core.search.parallel import default_workers
 from core.search.sensitivity import DEFAULT_LEVELS, QUICK_LEVELS, SWEPT_GRANULARITIES, parse_levels, sensitivity
 from core.search.spend import SPENDS, Spending, spend_budget
@@ -282,6 +283,7 @@ __all__ = [
     "SPEEDUP_FLOOR", "profile_plan", "profile_summary", "layer_time_figure",
     # search
     "sensitivity", "SWEPT_GRANULARITIES", "DEFAULT_LEVELS", "QUICK_LEVELS", "parse_levels", "allocate", "check_request",
+    "Headline", "headline",
     "rise_in_points", "has_perplexity", "SPENDS", "Spending", "spend_budget",
     "executor_for", "default_workers", "explore", "parse_grid", "check_grid_size", "DEFAULT_GRID",
     # recovery

@@ -168,46 +168,50 @@ def _node_hover(node: dict, cut: float) -> str:
             f"{node['macs']:,} MACs<br>{group}<br>cut {100 * cut:.0f}%")
 
 
-def sensitivity_heatmap(result: dict) -> go.Figure:
-    """Layers x sparsity level, coloured by the accuracy drop (percentage points) when only that layer is pruned.
+def sensitivity_heatmap(result: dict, headline) -> go.Figure:
+    """Layers x sparsity level, coloured by the damage to ``headline`` (core's Headline: a drop in percentage
+    points, or a rise in perplexity) when only that layer is pruned; darker is worse either way.
 
     The levels are categories ('10%' ... '95%'): one column each, all of equal width, labelled as written.
     """
-    baseline, label = result["baseline_accuracy"], result["label"]
     names = [layer["name"] for layer in result["layers"]]
     levels = result["levels"]
-    drops = [[None] * len(levels) for _ in names]
+    damage = [[None] * len(levels) for _ in names]
     for row, layer in enumerate(result["layers"]):
         for point in layer["curve"]:
-            drops[row][levels.index(point["sparsity"])] = round(100 * (baseline - point["accuracy"]), 1)
+            damage[row][levels.index(point["sparsity"])] = round(headline.damage(point), 1)
     columns = [f"{100 * level:g}%" for level in levels]
+    change = f"{headline.name} {headline.word}"
+    unit = " percentage points" if headline.unit == "pts" else ""
     figure = go.Figure(go.Heatmap(
-        z=drops, x=columns, y=names, colorscale="Reds", zmin=0, xgap=1, ygap=1,
-        text=drops, texttemplate="%{text}", colorbar={"title": {"text": f"{label} drop<br>(pts)"}},
-        hovertemplate=f"%{{y}} pruned to %{{x}}<br>{label} drop %{{z}} percentage points<extra></extra>"))
+        z=damage, x=columns, y=names, colorscale="Reds", zmin=0, xgap=1, ygap=1,
+        text=damage, texttemplate="%{text}",
+        colorbar={"title": {"text": change + ("<br>(pts)" if headline.unit == "pts" else "")}},
+        hovertemplate=f"%{{y}} pruned to %{{x}}<br>{change} %{{z}}{unit}<extra></extra>"))
     figure.update_xaxes(type="category", categoryorder="array", categoryarray=columns, side="top")
     figure.update_yaxes(type="category", autorange="reversed")
-    title = f"Drop in {label} (percentage points) when only one layer is pruned"
+    title = f"{headline.word.capitalize()} in {headline.name}{' (percentage points)' if unit else ''} " \
+            "when only one layer is pruned"
     return _layout(figure, title, "sparsity of that layer", "", height=max(HEIGHT, 28 * len(names) + 110))
 
 
-def block_points(result: dict) -> go.Figure:
-    """One point per removable block: its measured latency saving (x) against the quality without it (y),
-    with the dense model's quality as a dashed line; the cheapest blocks to remove sit top right."""
-    label, baseline = result["label"], result["baseline_accuracy"]
-    scale = 1.0 if label == "cosine" else 100.0
+def block_points(result: dict, headline) -> go.Figure:
+    """One point per removable block: its measured latency saving (x) against ``headline`` without it (y),
+    with the dense model's figure as a dashed line; the cheapest blocks to remove sit nearest that line on the
+    right (above it for a higher-is-better figure, below it for perplexity)."""
+    label = headline.name
     blocks = [block for block in result.get("blocks") or [] if block.get("latency_saving_ms") is not None]
     figure = go.Figure(go.Scatter(
-        x=[block["latency_saving_ms"] for block in blocks], y=[scale * block["accuracy"] for block in blocks],
+        x=[block["latency_saving_ms"] for block in blocks], y=[headline.value(block) for block in blocks],
         mode="markers+text", text=[_short_name(block["name"], 24) for block in blocks], textposition="top center",
         customdata=[[block["name"], f"{block['macs']:,}"] for block in blocks], marker={"size": 10},
         hovertemplate=f"without %{{customdata[0]}}<br>{label} %{{y:.4g}}<br>saves %{{x:.3f}} ms "
                       "(p50, batch 1)<br>%{customdata[1]} MACs left<extra></extra>"))
-    figure.add_hline(y=scale * baseline, line_dash="dash", annotation_text=f"dense {scale * baseline:.4g}")
+    figure.add_hline(y=headline.baseline, line_dash="dash", annotation_text=f"dense {headline.baseline:.4g}")
     # From zero: blocks of one model save nearly the same time, and a range fitted around them drew ticks
     # such as 0.03041 ... 0.03044 ms, which read as large differences.
     figure.update_xaxes(rangemode="tozero")
-    unit = "" if label == "cosine" else " (%)"
+    unit = " (%)" if headline.scale == 100.0 else ""
     return _layout(figure, f"Without one whole block: {label} and the time it saves", "measured p50 saving (ms)",
                    f"{label}{unit}")
 

@@ -40,6 +40,7 @@ GRANULARITIES = api.GRANULARITIES
 SCOPES = api.SCOPES
 MAX_SPARSITY = api.MAX_SPARSITY
 DEFAULT_LEVELS, QUICK_LEVELS = api.DEFAULT_LEVELS, api.QUICK_LEVELS  # sensitivity sweeps
+headline = api.headline  # the figure a sweep is read by: perplexity for a language model on text
 SPEEDUP_FLOOR = api.SPEEDUP_FLOOR  # a speedup closer to 1x than this reads as no measurable change
 
 

@@ -1,6 +1,9 @@
 """Dashboard figures: plain data in, a figure out (dashboard/charts.py)."""
 from __future__ import annotations
 
+import math
+
+from core.search.headline import headline
 from dashboard import charts
 
 LEVELS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
@@ -13,12 +16,23 @@ def _sweep() -> dict:
 
 
 def test_the_heatmap_has_one_equal_category_per_level_labelled_in_percent():
-    figure = charts.sensitivity_heatmap(_sweep())
+    figure = charts.sensitivity_heatmap(_sweep(), headline(_sweep()))
     heatmap = figure.data[0]
     assert list(heatmap.x) == ["0%", "10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%", "95%"]
     assert figure.layout.xaxis.type == "category"  # not read as numbers: every column the same width
     assert "pts" in heatmap.colorbar.title.text
     assert heatmap.z[1][-1] == round(100 * 0.5 * 0.95, 1)  # fc at 95%, in percentage points
+
+
+def test_a_language_model_on_text_is_shaded_by_its_perplexity_rise():
+    dense = 50.0
+    layers = [{"name": "mlp", "curve": [{"sparsity": level, "accuracy": 1.0 - level / 4,
+                                         "loss": math.log(dense * (1 + level))} for level in LEVELS]}]
+    result = {"baseline_accuracy": 1.0, "label": "agreement", "levels": LEVELS, "layers": layers,
+              "baseline_perplexity": dense, "baseline_loss": math.log(dense)}
+    heatmap = charts.sensitivity_heatmap(result, headline(result)).data[0]
+    assert list(heatmap.z[0][:3]) == [0.0, 5.0, 10.0]  # perplexity 50 -> 55 -> 60: rises, positive, darker
+    assert heatmap.colorbar.title.text == "perplexity rise" and heatmap.zmin == 0
 
 
 def test_training_curves_are_two_charts_with_whole_epochs():
@@ -50,7 +64,8 @@ def test_block_points_place_each_block_by_its_saving_and_quality_beside_the_dens
     blocks = [{"name": "model.vit.layers.0", "accuracy": 0.97, "macs": 1000, "latency_saving_ms": 0.0304},
               {"name": "model.vit.layers.1", "accuracy": 0.99, "macs": 1000, "latency_saving_ms": 0.0305},
               {"name": "untimed", "accuracy": 0.5, "macs": 1000, "latency_saving_ms": None}]
-    figure = charts.block_points({"label": "accuracy", "baseline_accuracy": 0.995, "blocks": blocks})
+    result = {"label": "accuracy", "baseline_accuracy": 0.995, "blocks": blocks}
+    figure = charts.block_points(result, headline(result))
     (points,) = figure.data
     assert list(points.x) == [0.0304, 0.0305] and list(points.y) == [97.0, 99.0]  # the untimed block is left out
     assert figure.layout.shapes[0].y0 == 99.5 and figure.layout.annotations[0].text == "dense 99.5"

@@ -1,7 +1,9 @@
 """A perplexity goal for language models: a largest perplexity rise (lower is better) drives allocation,
 on the small factory Llama scored on token ids."""
 import dataclasses
+import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -107,3 +109,47 @@ def test_tune_offers_a_language_model_on_text_a_perplexity_goal(open_app, tmp_pa
     assert goal.value == "perplexity" and goal.options[:2] == ["Perplexity rise at most",
                                                                "Perplexity rise at most (%)"]
     assert "largest rise in perplexity (points)" in [box.label for box in app.number_input]
+
+
+def test_sensitivity_text_table_reads_perplexity_rises_with_agreement_beside(swept_llama, capsys):
+    from core.cli.sensitivity import print_table
+
+    _, result = swept_llama
+    print_table(result)
+    out = capsys.readouterr().out
+    assert f"baseline perplexity {result['baseline_perplexity']:.4g}" in out
+    assert "rise in perplexity when only that layer is pruned" in out and "drop in" not in out
+    first = result["layers"][0]
+    rises = out.split(first["name"], 1)[1].splitlines()[0].split()
+    worst = math.exp(first["curve"][-1]["loss"]) - result["baseline_perplexity"]
+    assert rises[-1].startswith(f"{worst:.1f}")  # the rise at the last level, in perplexity
+    assert "  agreement %" in out
+
+
+def _sweep_on_the_page(app):
+    """Press Run sweep (quick) and rerun the page until the sweep's result is shown (the fragment polls)."""
+    next(toggle for toggle in app.toggle if toggle.label.startswith("Quick")).set_value(True)
+    next(button for button in app.button if button.label == "Run sweep").click()
+    app.run()
+    for _ in range(240):
+        if any("baseline" in caption.value for caption in app.caption):
+            return app
+        time.sleep(0.25)  # the sweep runs in a background thread; the page shows it when it ends
+        app.run()
+    raise AssertionError("the sweep did not finish")
+
+
+def test_the_sensitivity_page_shows_a_language_model_on_text_by_its_perplexity(open_app, tmp_path):
+    ids = tmp_path / "ids.npz"
+    np.savez(ids, x=_token_ids())
+    app = open_app(LLAMA, page="sensitivity", env={"PRUNELAB_INPUT_SHAPE": "1,16", "PRUNELAB_DATA": str(ids)})
+    _sweep_on_the_page(app)
+    assert not app.exception and not app.error
+    caption = next(caption.value for caption in app.caption if "baseline" in caption.value)
+    assert "baseline perplexity" in caption and "(agreement 100.00%)" in caption
+    heatmap = json.loads(app.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert heatmap["colorbar"]["title"]["text"] == "perplexity rise" and heatmap["zmin"] == 0
+    assert max(value for row in heatmap["z"] for value in row if value is not None) > 0  # a rise reads positive
+    blocks = app.dataframe[-1].value
+    assert {"perplexity without it", "rise", "agreement without it (%)"} <= set(blocks.columns)
+    assert (blocks["rise"] > 0).any()

@@ -4,7 +4,15 @@ from __future__ import annotations
 import os
 import sys
 
-from core.api import DEFAULT_LEVELS, SWEPT_GRANULARITIES, executor_for, parse_levels, sensitivity, writable_home
+from core.api import (
+    DEFAULT_LEVELS,
+    SWEPT_GRANULARITIES,
+    executor_for,
+    headline,
+    parse_levels,
+    sensitivity,
+    writable_home,
+)
 from core.cli.options import add_metric_argument, add_model_arguments, model_from, print_json
 from core.search.executors import capped_workers
 from core.search.parallel import ADDRESS_VARIABLE
@@ -80,30 +88,30 @@ def run(args) -> int:
 
 
 def print_table(result: dict) -> None:
-    """Drop in points per layer and level, with a shade per cell, and latency for channel sweeps."""
-    label, levels = result["label"], result["levels"]
-    baseline = result["baseline_accuracy"]
-    if baseline is None:
+    """Damage per layer and level (a drop in points, or a rise in perplexity for a language model on text) with a
+    shade per cell, agreement beside a perplexity, and latency for channel sweeps."""
+    if result["baseline_accuracy"] is None:
         print(f"{result['model']}: the dense model's point was lost with its worker twice; nothing to compare")
         return
+    shown_as, levels = headline(result), result["levels"]
     print(f"{result['model']}: {result['granularity']} sensitivity, criterion {result['criterion']}, "
-          f"baseline {label} {baseline:.2%} on {describe(result['evaluated_on'])}")
-    print(f"drop in {label} (points) when only that layer is pruned; shade {SHADES[1:]!r} = more damage:")
+          f"{shown_as.describe()} on {describe(result['evaluated_on'])}")
+    unit = " (points)" if shown_as.unit == "pts" else ""
+    print(f"{shown_as.word} in {shown_as.name}{unit} when only that layer is pruned; "
+          f"shade {SHADES[1:]!r} = more damage:")
     width = max([26] + [len(layer["name"]) + 1 for layer in result["layers"]])  # whole names: LM layers differ late
     print(f"{'layer':<{width}}" + "".join(f"{level:>7.0%}" for level in levels))
     for layer in result["layers"]:
-        cells, measured = [], {point["sparsity"]: point for point in layer["curve"]}
+        measured = {point["sparsity"]: point for point in layer["curve"]}
         shown = levels if result.get("missing") else [point["sparsity"] for point in layer["curve"]]
-        for level in shown:
-            if level not in measured:
-                cells.append(f"{'?':>7}")
-                continue
-            drop = 100 * (baseline - measured[level]["accuracy"])
-            cells.append(f"{drop:>6.1f}{SHADES[min(len(SHADES) - 1, max(0, int(drop / 5.5)))]}")
-        print(f"{layer['name']:<{width}}" + "".join(cells))
+        print(f"{layer['name']:<{width}}" + "".join(_cell(shown_as, measured.get(level)) for level in shown))
+        if shown_as.secondary:
+            print(f"{'  ' + shown_as.secondary + ' %':<{width}}"
+                  + "".join(f"{100 * measured[level]['accuracy']:>7.1f}" if level in measured else f"{'?':>7}"
+                            for level in shown))
         if layer["curve"] and "latency_ms" in layer["curve"][0]:
             print(f"{'  p50 ms':<{width}}" + "".join(f"{point['latency_ms']:>7.3f}" for point in layer["curve"]))
-    _print_blocks(result, label, baseline, width)
+    _print_blocks(result, shown_as, width)
     if result.get("missing"):
         print(f"missing (lost with a worker twice): {', '.join(result['missing'])}")
     elif not result["complete"]:
@@ -111,6 +119,14 @@ def print_table(result: dict) -> None:
     if result["evaluated_on"].get("latency", {}).get("comparable"):
         print(f"note: {result['evaluated_on']['latency']['comparable']}")
     print(f"{result['seconds']:.1f} s to compute")
+
+
+def _cell(headline, point: dict | None) -> str:
+    """One table cell: the damage and its shade (one step per 5.5 points, or per 5.5% of the dense perplexity)."""
+    if point is None:
+        return f"{'?':>7}"
+    shade = SHADES[min(len(SHADES) - 1, max(0, int(headline.relative(point) / 5.5)))]
+    return f"{headline.damage(point):>6.1f}{shade}"
 
 
 def describe(evaluated_on: dict) -> str:
@@ -125,13 +141,17 @@ def describe(evaluated_on: dict) -> str:
     return text
 
 
-def _print_blocks(result: dict, label: str, baseline: float, width: int) -> None:
-    """One line per removable block: the drop without it, its MACs and its measured latency saving."""
+def _print_blocks(result: dict, headline, width: int) -> None:
+    """One line per removable block: the damage without it (and agreement beside a perplexity), its MACs and its
+    measured latency saving."""
     blocks = result.get("blocks") or []
     if not blocks:
         return
-    print(f"\nwithout one whole block (its skip path in its place): drop in {label} (points), MACs, "
-          f"measured p50 saving")
+    unit = " (points)" if headline.unit == "pts" else ""
+    beside = f", {headline.secondary} %" if headline.secondary else ""
+    print(f"\nwithout one whole block (its skip path in its place): {headline.word} in {headline.name}{unit}{beside}, "
+          "MACs, measured p50 saving")
     for block in blocks:
         saving = "-" if block.get("latency_saving_ms") is None else f"{block['latency_saving_ms']:.3f} ms"
-        print(f"{block['name']:<{width}}{100 * (baseline - block['accuracy']):>7.1f} {block['macs']:>14,} {saving:>12}")
+        second = f"{100 * block['accuracy']:>7.1f}" if headline.secondary else ""
+        print(f"{block['name']:<{width}}{headline.damage(block):>7.1f}{second} {block['macs']:>14,} {saving:>12}")

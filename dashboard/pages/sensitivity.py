@@ -1,6 +1,8 @@
 """Sensitivity: prune one layer at a time and see which layers can be cut hard and which must be spared."""
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -48,7 +50,9 @@ def progress_panel() -> None:
 
 
 def _value(point: dict, field: str):
-    """A point's ``field``; 'metrics.NAME' reads a number of the model's own metric."""
+    """A point's ``field``; 'perplexity' is exp(loss), 'metrics.NAME' reads a number of the model's own metric."""
+    if field == "perplexity":
+        return math.exp(point["loss"]) if point.get("loss") is not None else None
     if field.startswith("metrics."):
         return (point.get("metrics") or {}).get(field[len("metrics."):])
     return point.get(field)
@@ -71,33 +75,48 @@ def _layout(figure: go.Figure, title: str, x_title: str, y_title: str, height: i
     return figure
 
 
-def blocks_ui(result: dict) -> None:
-    """The block points: quality without each removable block against its measured latency saving."""
-    st.plotly_chart(charts.block_points(result), key="sensitivity-blocks", config={"displayModeBar": False})
-    scale = 1.0 if result["label"] == "cosine" else 100.0
-    st.dataframe([{"block": block["name"], f"{result['label']} without it": round(scale * block["accuracy"], 2),
-                   "drop": round(scale * (result["baseline_accuracy"] - block["accuracy"]), 2),
+def blocks_ui(result: dict, headline) -> None:
+    """The block points: the headline figure without each removable block against its measured latency saving."""
+    st.plotly_chart(charts.block_points(result, headline), key="sensitivity-blocks", config={"displayModeBar": False})
+    second = headline.secondary
+    st.dataframe([{"block": block["name"], f"{headline.name} without it": round(headline.value(block), 2),
+                   headline.word: round(headline.damage(block), 2),
+                   **({f"{second} without it (%)": round(100 * block["accuracy"], 2)} if second else {}),
                    "MACs left": block["macs"], "saves (ms)": block.get("latency_saving_ms")}
                   for block in result["blocks"]], hide_index=True, key="sensitivity-block-table")
+
+
+def _quality_charts(result: dict, headline) -> None:
+    """The headline figure per layer beside the loss, or, for perplexity (exp of the loss), beside agreement."""
+    left, right = st.columns(2)
+    second = headline.secondary
+    if second:
+        left.plotly_chart(curves(result, "perplexity", "Perplexity per layer (lower is better)", "perplexity"),
+                          key="sensitivity-perplexity", config={"displayModeBar": False})
+        right.plotly_chart(curves(result, "accuracy", f"{second.capitalize()} per layer", "%", 100),
+                           key="sensitivity-accuracy", config={"displayModeBar": False})
+        return
+    left.plotly_chart(curves(result, "accuracy", f"{result['label'].capitalize()} per layer", "%", 100),
+                      key="sensitivity-accuracy", config={"displayModeBar": False})
+    right.plotly_chart(curves(result, "loss", "Loss per layer", "cross-entropy"), key="sensitivity-loss",
+                       config={"displayModeBar": False})
 
 
 def results_ui(result: dict) -> None:
     where = result["evaluated_on"]
     subset = f" ({where['subset']})" if where.get("subset") else ""
+    headline = session.headline(result)
     st.caption(f"{result['granularity']} / {result['criterion']} on {where['items']} {where['split']} items{subset}, "
-               f"baseline {result['label']} {result['baseline_accuracy']:.2%}, computed in {result['seconds']:.1f} s"
+               f"{headline.describe()}, computed in {result['seconds']:.1f} s"
                + (f"; BatchNorm re-estimated on {where['batchnorm_items']} training items per point"
                   if where.get("batchnorm_items") else "")
                + (f"; {where['workers']} worker processes" if (where.get("workers") or 1) > 1 else "")
                + ("" if result["complete"] else " — stopped early, partial result"))
     if result.get("missing"):
         st.warning(f"Points lost with a worker process twice: {', '.join(result['missing'])}")
-    st.plotly_chart(charts.sensitivity_heatmap(result), key="sensitivity-heatmap", config={"displayModeBar": False})
-    left, right = st.columns(2)
-    left.plotly_chart(curves(result, "accuracy", f"{result['label'].capitalize()} per layer", "%", 100),
-                      key="sensitivity-accuracy", config={"displayModeBar": False})
-    right.plotly_chart(curves(result, "loss", "Loss per layer", "cross-entropy"), key="sensitivity-loss",
-                       config={"displayModeBar": False})
+    st.plotly_chart(charts.sensitivity_heatmap(result, headline), key="sensitivity-heatmap",
+                    config={"displayModeBar": False})
+    _quality_charts(result, headline)
     for name in result.get("baseline_metrics") or {}:
         st.plotly_chart(curves(result, f"metrics.{name}", f"{name} per layer (your metric)", name),
                         key=f"sensitivity-metric-{name}", config={"displayModeBar": False})
@@ -105,7 +124,7 @@ def results_ui(result: dict) -> None:
         st.plotly_chart(curves(result, "latency_ms", "Latency each group buys (ONNX Runtime p50, batch 1)", "ms"),
                         key="sensitivity-latency", config={"displayModeBar": False})
     if result.get("blocks"):
-        blocks_ui(result)
+        blocks_ui(result, headline)
     if result["complete"]:
         st.info("On the Tune page, set 'All layers' to an overall target and press Auto-allocate to spread it "
                 "over the layers by these curves.", icon=":material/auto_fix_high:")
