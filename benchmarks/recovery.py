@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from benchmarks.common import print_table  # noqa: E402
 from core.prune.plan import Plan  # noqa: E402
 from core.sources import load_model  # noqa: E402
 from core.train import recovery  # noqa: E402
+from core.train.phases import Recovery  # noqa: E402
 
 UNSTRUCTURED_95 = Plan(granularity="unstructured", criterion="l1", scope="global", sparsity=0.95)
 CHANNEL_50 = Plan(granularity="channel", criterion="l1", sparsity=0.5)
@@ -33,7 +35,7 @@ def timed(function):
     return result, time.perf_counter() - started
 
 
-def row(label: str, result: recovery.Recovery, seconds: float) -> list:
+def row(label: str, result: Recovery, seconds: float) -> list:
     accuracy, summary = result.accuracy, result.summary()
     masked = summary["pruned_layers_sparsity"]
     return [label, accuracy["dense"], accuracy["one_shot"], accuracy["recovered"],
@@ -74,4 +76,6 @@ def main(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="digits-mlp only, one or two epochs per run")
+    main(quick=parser.parse_args().quick)
