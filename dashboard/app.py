@@ -18,13 +18,15 @@ if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` from a checkou
 
 PAGES_DIR = Path(__file__).resolve().parent / "pages"
 
-# (file in pages/, menu title, icon, url path). The order here is the order of the menu.
+# (file in pages/, menu title, icon, url path). The order here is the order of the menu. No file is named
+# after a standard module (profile.py was): a page run on its own has pages/ on sys.path, and `import cProfile`
+# there loaded the page as `profile`.
 PAGES = [
     ("model.py", "Model", ":material/memory:", "model"),
     ("layers.py", "Layers", ":material/stacked_bar_chart:", "layers"),
     ("sensitivity.py", "Sensitivity", ":material/query_stats:", "sensitivity"),
     ("tune.py", "Tune", ":material/tune:", "tune"),
-    ("profile.py", "Profile", ":material/timer:", "profile"),
+    ("layer_times.py", "Profile", ":material/timer:", "profile"),
     ("recover.py", "Recover", ":material/healing:", "recover"),
     ("history.py", "History", ":material/history:", "history"),
     ("export.py", "Export", ":material/download:", "export"),

@@ -80,7 +80,7 @@ def test_cli_table_and_bad_counts(capsys, tmp_path):
 
 
 def test_the_profile_page_times_dense_and_pruned_layers(open_app):
-    app = open_app(page="profile")
+    app = open_app(page="layer_times")
     assert app.title[0].value == "Profile" and not app.exception
     app.button[0].click().run()
     assert not app.exception and not app.error
