@@ -203,7 +203,10 @@ def block_points(result: dict, headline) -> go.Figure:
     blocks = [block for block in result.get("blocks") or [] if block.get("latency_saving_ms") is not None]
     figure = go.Figure(go.Scatter(
         x=[block["latency_saving_ms"] for block in blocks], y=[headline.value(block) for block in blocks],
-        mode="markers+text", text=[_short_name(block["name"], 24) for block in blocks], textposition="top center",
+        mode="markers+text", text=point_labels([block["latency_saving_ms"] for block in blocks],
+                                               [headline.value(block) for block in blocks],
+                                               [_short_name(block["name"], 24) for block in blocks]),
+        textposition="top center",
         customdata=[[block["name"], f"{block['macs']:,}"] for block in blocks], marker={"size": 10},
         hovertemplate=f"without %{{customdata[0]}}<br>{label} %{{y:.4g}}<br>saves %{{x:.3f}} ms "
                       "(p50, batch 1)<br>%{customdata[1]} MACs left<extra></extra>"))
@@ -214,6 +217,25 @@ def block_points(result: dict, headline) -> go.Figure:
     unit = " (%)" if headline.scale == 100.0 else ""
     return _layout(figure, f"Without one whole block: {label} and the time it saves", "measured p50 saving (ms)",
                    f"{label}{unit}")
+
+
+def point_labels(xs: list[float], ys: list[float], names: list[str], near: float = 0.04) -> list[str]:
+    """One label per group of points that would print over each other: points within ``near`` of the axis
+    ranges in both x and y share one label, on the first of them, naming up to three and counting the rest
+    (the others get none; hovering still names each)."""
+    span_x = (max(xs) - min(xs)) or 1.0 if xs else 1.0
+    span_y = (max(ys) - min(ys)) or 1.0 if ys else 1.0
+    labels, owner = [""] * len(names), list(range(len(names)))
+    for index in range(len(names)):
+        for earlier in range(index):
+            if owner[earlier] == earlier and abs(xs[index] - xs[earlier]) <= near * span_x \
+                    and abs(ys[index] - ys[earlier]) <= near * span_y:
+                owner[index] = earlier
+                break
+    for head in set(owner):
+        group = [name for index, name in enumerate(names) if owner[index] == head]
+        labels[head] = ", ".join(group[:3]) + (f" +{len(group) - 3}" if len(group) > 3 else "")
+    return labels
 
 
 def training_curves(history: list[dict]) -> tuple[go.Figure, go.Figure]:

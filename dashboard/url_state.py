@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import session, state
+from dashboard import consent, session, state
 
 READ = "prunelab.url.read"       # set once the address was read in this session
 PROBLEM = "prunelab.url.problem"  # a line saying what in the address could not be used
 FIELDS = ("granularity", "criterion", "scope")
+FACTORY_FIELDS = ("factory-spec", "factory-shape")  # the Model page's factory architecture and input shape
 PLAN_KEYS = (*FIELDS, "sparsity", "layers", "round_to", "recalibrate", "width", "drop", "reconstruct", "int8")
 
 
@@ -107,6 +108,18 @@ def restore() -> None:
                                          state.plan())
     except Exception as error:  # anything in a hand-edited address: one line on the page, defaults stay
         st.session_state[PROBLEM] = (str(error).splitlines()[0][:300], state.plan())
+        _wait_in_factory_fields(params)
+
+
+def _wait_in_factory_fields(params: dict) -> None:
+    """A link to code that did not load (the visitor has not trusted it yet): its model and input shape wait
+    in the Model page's factory fields, so ticking the trust box and pressing Load is all that is left."""
+    spec = params.get("model") or ""
+    if not spec or spec == session.source()["spec"] or not consent.describe(spec, session.builtin_names())[1]:
+        return
+    for key, value in zip(FACTORY_FIELDS, (spec, params.get("shape") or "")):
+        if value:
+            st.session_state.setdefault(key, value)
 
 
 def _known_layers(layers: dict) -> tuple[dict, list[str]]:

@@ -71,3 +71,13 @@ def test_block_points_place_each_block_by_its_saving_and_quality_beside_the_dens
     assert figure.layout.shapes[0].y0 == 99.5 and figure.layout.annotations[0].text == "dense 99.5"
     assert figure.layout.xaxis.rangemode == "tozero"  # savings read from zero, not a range fitted around them
     assert figure.layout.yaxis.title.text == "accuracy (%)"
+
+
+def test_block_points_that_coincide_share_one_label():
+    blocks = [{"name": f"layers.{index}", "accuracy": accuracy, "macs": 1000, "latency_saving_ms": saving}
+              for index, (accuracy, saving) in enumerate([(0.90, 0.50), (0.90, 0.50), (0.70, 0.10), (0.90, 0.501)])]
+    result = {"label": "accuracy", "baseline_accuracy": 0.995, "blocks": blocks}
+    (points,) = charts.block_points(result, headline(result)).data
+    assert list(points.text) == ["layers.0, layers.1, layers.3", "", "layers.2", ""]
+    assert charts.point_labels([0.0, 0.0, 0.0, 0.0, 0.0], [1, 1, 1, 1, 1], list("abcde"))[0] == "a, b, c +2"
+    assert charts.point_labels([0.0, 1.0], [1.0, 1.0], ["a", "b"]) == ["a", "b"]  # apart: each its own label

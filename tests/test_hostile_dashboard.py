@@ -200,9 +200,9 @@ def link_problem(app) -> str:
     return " ".join(element.value for element in app.text)
 
 
-def linked_app(open_app, **params):
-    """The app opened from a link with ``params`` (a new session's first run)."""
-    app = open_app(run=False)
+def linked_app(open_app, env: dict[str, str] | None = None, **params):
+    """The app opened from a link with ``params`` (a new session's first run); ``env``: the server's options."""
+    app = open_app(run=False, env=env)
     app.query_params.update(params)
     return app.run()
 
@@ -234,6 +234,22 @@ def test_the_link_problem_shows_the_address_as_typed_not_as_markdown(open_app):
     app = linked_app(open_app, model="digits-mlp", granularity=hostile)
     assert hostile in link_problem(app)
     assert all(hostile not in element.value for element in [*app.markdown, *app.warning])
+
+
+def test_a_refused_factory_link_waits_in_the_model_page_for_the_trust_tick(open_app, tmp_path):
+    marker = tmp_path / "imported"
+    (tmp_path / "evil.py").write_text(FACTORY.format(marker=str(marker)))
+    spec = f"{tmp_path / 'evil.py'}:factory"
+    app = linked_app(open_app, {"PRUNELAB_MODEL_ROOT": str(tmp_path), "PRUNELAB_ALLOW_CODE": "1"},
+                     model=spec, shape="1,1,8,8")
+    assert "tick the box" in link_problem(app) and not marker.exists()  # a link never carries trust
+    app.switch_page("pages/model.py").run()
+    assert app.text_input(key="factory-spec").value == spec and app.text_input(key="factory-shape").value == "1,1,8,8"
+    app.checkbox(key="factory-trust").check()
+    next(button for button in app.button if button.label == "Load factory").click().run()
+    assert not app.exception and not app.error and marker.exists()
+    assert app.session_state["prunelab.model"]["spec"] == spec
+    assert app.session_state["prunelab.model"]["input_shape"] == "1,1,8,8"
 
 
 @pytest.mark.slow

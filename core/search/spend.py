@@ -37,6 +37,7 @@ from core.sources import ModelHandle
 SPENDS = ("width", "depth", "both", "best")
 WAYS = ("width", "depth", "both")   # what "best" compares, in this order when two score the same
 LATENCY_SLACK = 0.05  # a latency within this share of the cut counts as met: repeated p50s vary that much
+OVERSHOOT = 1.5       # an option whose reduction is this many times the target's says it overshoots
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,23 @@ def _option(way: str, build: Callable[[], Plan], budget: _Budget, scorer: _Quali
         note = f"leaves {reached:,.4g} where the target needs {budget.goal:,.4g}"
     elif max_drop is not None and dense[0] - accuracy > max_drop + 1e-9:
         note = f"loses {dense[0] - accuracy:.4g} of {scorer.label}, more than the allowed {max_drop:.4g}"
+    if not note and overshoots(reached, budget.goal, budget.dense):
+        return Option(way, plan, reached, accuracy, loss, meets=True,
+                      note=f"overshoots: leaves {reached:,.4g} where the target needs {budget.goal:,.4g}")
     return Option(way, plan, reached, accuracy, loss, meets=not note, note=note)
+
+
+def meets(reached: float, goal: float, dense: float, timed: bool) -> bool:
+    """Whether ``reached`` (MACs or p50 ms left) meets ``goal``: within TOLERANCE of the cut for MACs, which
+    are exact, and within LATENCY_SLACK of it for a latency, which varies that much between repeated p50s."""
+    slack = LATENCY_SLACK if timed else TOLERANCE
+    return reached <= goal + slack * (dense - goal)
+
+
+def overshoots(reached: float, goal: float, dense: float) -> bool:
+    """Whether an option cuts far past its target: its reduction (dense over reached) is over
+    OVERSHOOT times the one asked for, as whole blocks can when the fewest that reach it are large."""
+    return reached > 0 and dense / reached > OVERSHOOT * dense / goal
 
 
 class _Budget:
@@ -208,8 +225,7 @@ class _Budget:
         return self.measure_module(apply_plan(self.handle, structure).module.eval())
 
     def met(self, reached: float) -> bool:
-        slack = LATENCY_SLACK if self.timed else TOLERANCE
-        return reached <= self.goal + slack * (self.dense - self.goal)
+        return meets(reached, self.goal, self.dense, self.timed)
 
     def blocks(self) -> list[str]:
         """Removable blocks, cheapest first: by the sweep's damage without each (loss rise + accuracy drop,
@@ -238,10 +254,16 @@ class _Budget:
         return self._ladder
 
     def depth_plan(self) -> Plan:
+        """The cheapest blocks that meet the goal, less any of them the goal does not need: the last block the
+        ladder took may meet it alone, and then the cheaper ones before it only cost quality."""
         names, reached = self.ladder()[-1]
         if not self.met(reached):
             raise PrunelabError(f"removing all {len(names)} removable blocks leaves {reached:,.4g}, above the "
                                 f"target's {self.goal:,.4g}")
+        for name in reversed(names[:-1]):  # the costliest of the cheap ones first
+            fewer = [kept for kept in names if kept != name]
+            if self.met(self.measure(Plan(sparsity=0.0, drop=fewer))):
+                names = fewer
         return Plan(sparsity=0.0, drop=names)
 
     def mixed_plan(self, bounds: tuple[float, float]) -> Plan:

@@ -44,7 +44,7 @@ def upload_ui() -> None:
 
 def factory_ui() -> None:
     """A path to ``file.py:factory`` on this machine, plus an uploaded state dict (read weights-only)."""
-    spec = st.text_input("Architecture", placeholder="/path/to/models.py:make_model",
+    spec = st.text_input("Architecture", placeholder="/path/to/models.py:make_model", key="factory-spec",
                          help="a Python file on this machine and the function in it that builds the nn.Module; "
                               "loading imports the file, which runs its code")
     weights = st.file_uploader("State dict (.pt)", type=["pt", "pth"], key="factory-weights",
