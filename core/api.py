@@ -39,7 +39,8 @@ from core.prune.engine import apply_plan
 from core.prune.plan import AUTO, GRANULARITIES, MAX_SPARSITY, SCOPES, Plan, granularity_kind, nm_share, parse_nm
 from core.prune.resolved import ResolvedPlan, resolve, resolve_names, validate_for
 from core.prune.result import PruneResult
-from core.search.allocate import allocate, check_request, rise_in_points
+from core.search.allocate import allocate, check_request
+from core.search.curves import rise_in_points
 from core.search.executors import executor_for
 from core.search.explore import DEFAULT_GRID, check_grid_size, explore, parse_grid
 from core.search.headline import Headline, headline

@@ -14,7 +14,7 @@ from core.api import allocate, rise_in_points, sensitivity  # noqa: E402
 from core.cli.allocate import rise_value  # noqa: E402
 from core.data import Dataset  # noqa: E402
 from core.errors import PrunelabError  # noqa: E402
-from core.search.allocate import curves_for, predicted_drop  # noqa: E402
+from core.search.curves import curves_for, predicted_drop  # noqa: E402
 from core.sources import load_model  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 

@@ -7,7 +7,8 @@ from core.cli import main
 from core.errors import PrunelabError
 from core.prune.plan import Plan
 from core.search import profile_cost
-from core.search.allocate import allocate, curves_for, greedy
+from core.search.allocate import allocate
+from core.search.curves import curves_for, greedy
 from core.search.sensitivity import sensitivity
 
 

@@ -20,7 +20,8 @@ from core.cli.options import add_metric_argument, add_model_arguments, model_fro
 from core.cli.sensitivity import ProgressBar, add_parallel_arguments, check_parallel
 from core.errors import PrunelabError
 from core.prune.plan import AUTO
-from core.search.allocate import LATENCY_COSTS, LOWER_IS_BETTER, check_latency_cost
+from core.search.allocate import LATENCY_COSTS, check_latency_cost
+from core.search.sweep_points import LOWER_IS_BETTER
 
 
 def round_to_value(text: str) -> int | str:

@@ -2,11 +2,9 @@
 
 The problem is separable: remove a required amount of a resource (weights, MACs or latency)
 while adding up as little damage as possible, where each layer's (or channel group's) damage as
-a function of its sparsity is its measured curve, linearly interpolated between levels. The
-allocation takes the lower convex hull of every curve (in resource removed vs. damage) and
-spends the budget on hull segments in order of damage per unit of resource, splitting the last
-segment. That is the exact solution for the convexified curves (a Lagrangian sweep reaches the
-same points) and is deterministic.
+a function of its sparsity is its measured curve (core/search/curves.py reads the curves and
+spends a budget on them exactly, on their lower convex hulls). This module turns a request into
+that budget and checks what it gives.
 
 Damage is the loss increase on the selection split plus the accuracy drop, both measured with
 every other layer dense. Weights removed add up exactly across layers, so an unstructured target
@@ -16,151 +14,29 @@ engine and the budget is bisected until the real figure meets the target.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
 from core.errors import PrunelabError
 from core.inspect import prunable_layers
 from core.prune.criteria import CRITERIA
 from core.prune.engine import apply_plan
 from core.prune.plan import AUTO, MAX_SPARSITY, Plan
 from core.search import candidates, profile_cost
+from core.search.curves import (
+    BISECTION_STEPS,
+    Curve,
+    check_quality,
+    curves_for,
+    greedy,
+    largest_within,
+    predicted_drop,
+)
 from core.search.executors import executor_for
 from core.search.sensitivity import footprint
 from core.search.sensitivity import sensitivity as sweep
-from core.search.sweep_points import LOWER_IS_BETTER, quality_of
 from core.sources import ModelHandle
 
-ACCURACY_WEIGHT = 1.0   # damage = loss increase + ACCURACY_WEIGHT * accuracy drop
-BISECTION_STEPS = 14
 TOLERANCE = 0.002       # relative slack on the reached target
 # How a latency target is priced: each candidate timed whole, or the dense profile's ms per layer.
 LATENCY_COSTS = ("sweep", "profile")
-
-
-@dataclass(frozen=True)
-class Curve:
-    """One layer's (or group's) options: sparsities with the resource each removes and its damage."""
-
-    name: str
-    sparsity: np.ndarray   # ascending levels within [min, max]
-    removed: np.ndarray    # resource removed at each level, counted from the dense model
-    damage: np.ndarray     # damage at each level (relative to the first)
-    drop: np.ndarray       # accuracy drop at each level, for the max_accuracy_drop check
-
-
-def _interpolate(levels, values, bounds: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Levels clipped to ``bounds`` (adding the interpolated end points) and the values there."""
-    low, high = bounds
-    inside = [level for level in levels if low < level < high]
-    points = np.array([low, *inside, high])
-    return points, np.interp(points, levels, values)
-
-
-def quality_values(points: list[dict], quality: str | None) -> np.ndarray:
-    """The quality figure at each point, higher being better (see sweep_points.quality_of)."""
-    return np.array([quality_of(point, quality) for point in points])
-
-
-def check_quality(result: dict, quality: str | None) -> None:
-    """Refuse a quality figure the sensitivity result does not carry, naming the ones it does."""
-    if quality is None:
-        return
-    if quality in LOWER_IS_BETTER:
-        if result.get(f"baseline_{quality}") is None:
-            raise PrunelabError(f"the sensitivity result has no {quality}: it needs a causal language model "
-                                "scored on text (random token ids have none)")
-        return
-    named = result.get("baseline_metrics") or {}
-    if quality not in named:
-        have = f"its metric gives {', '.join(named)}" if named else "it was measured without --metric"
-        raise PrunelabError(f"the sensitivity result has no figure '{quality}': {have}")
-
-
-def rise_in_points(result: dict, quality: str, percent: float) -> float:
-    """A largest rise of a lower-is-better figure given in percent of its dense value, in the figure's own
-    units (5% of a dense perplexity of 96.6 is 4.83); PrunelabError for a negative percent."""
-    check_quality(result, quality)
-    if percent < 0:
-        raise PrunelabError(f"largest {quality} rise must be at least 0%, got {percent}%")
-    return percent / 100.0 * result[f"baseline_{quality}"]
-
-
-def curves_for(result: dict, resource: str, bounds: tuple[float, float], quality: str | None = None) -> list[Curve]:
-    """Allocation curves from a sensitivity ``result`` for ``resource`` ('weights', 'params', 'macs', 'latency_ms').
-
-    'weights' counts zeroed weights of the layer itself; the others read the measured whole-model
-    figure at each level (channel sweeps), so the removed amount is dense minus pruned. Damage is
-    the loss increase plus the accuracy drop, or, with ``quality`` (a name the model's own metric
-    returns, higher being better, or 'perplexity', lower being better), the drop (or rise) of that figure alone.
-    """
-    curves = []
-    for layer in result["layers"]:
-        points = layer["curve"]
-        levels = np.array([point["sparsity"] for point in points])
-        if len(levels) < 2:
-            continue
-        high = min(bounds[1], float(levels[-1]))
-        low = min(bounds[0], high)
-        values = quality_values(points, quality)
-        loss = np.array([point["loss"] for point in points])
-        if resource == "weights":
-            removed = levels * layer["params"]
-        else:
-            measured = np.array([point[resource] for point in points], dtype=float)
-            removed = measured[0] - measured
-        drop = values[0] - values
-        damage = drop if quality else (loss - loss[0]) + ACCURACY_WEIGHT * drop
-        sparsity, removed = _interpolate(levels, removed, (low, high))
-        _, damage = _interpolate(levels, damage, (low, high))
-        _, drop = _interpolate(levels, drop, (low, high))
-        curves.append(Curve(layer["name"], sparsity, removed, damage - damage[0], drop))
-    return curves
-
-
-def _hull(curve: Curve) -> list[int]:
-    """Indices of the lower convex hull of (removed, damage), from the first point, left to right."""
-    hull: list[int] = [0]
-    for index in range(1, len(curve.sparsity)):
-        if curve.removed[index] <= curve.removed[hull[-1]]:
-            continue  # removes nothing more (a flat or noisy measurement): never worth taking
-        while len(hull) >= 2:
-            a, b = hull[-2], hull[-1]
-            cross = ((curve.removed[b] - curve.removed[a]) * (curve.damage[index] - curve.damage[a])
-                     - (curve.damage[b] - curve.damage[a]) * (curve.removed[index] - curve.removed[a]))
-            if cross > 0:
-                break
-            hull.pop()
-        hull.append(index)
-    return hull
-
-
-def greedy(curves: list[Curve], budget: float) -> dict[str, float]:
-    """Sparsity per curve that removes at least ``budget`` (or all that is possible) at the least damage."""
-    segments = []
-    for order, curve in enumerate(curves):
-        hull = _hull(curve)
-        for a, b in zip(hull, hull[1:]):
-            gain = curve.removed[b] - curve.removed[a]
-            segments.append(((curve.damage[b] - curve.damage[a]) / gain, order, a, b))
-    segments.sort()
-    chosen = {curve.name: float(curve.sparsity[0]) for curve in curves}
-    remaining = budget - sum(curve.removed[0] for curve in curves)  # the minimum sparsities remove this much
-    for _, order, a, b in segments:
-        if remaining <= 0:
-            break
-        curve = curves[order]
-        gain = curve.removed[b] - curve.removed[a]
-        share = min(1.0, remaining / gain)
-        chosen[curve.name] = float(curve.sparsity[a] + share * (curve.sparsity[b] - curve.sparsity[a]))
-        remaining -= share * gain
-    return chosen
-
-
-def predicted_drop(curves: list[Curve], chosen: dict[str, float]) -> float:
-    """The sum of the layers' own accuracy drops at their chosen sparsities (a first-order estimate)."""
-    return float(sum(np.interp(chosen[curve.name], curve.sparsity, curve.drop) for curve in curves))
 
 
 def _check_bounds(min_sparsity: float, max_sparsity: float) -> tuple[float, float]:
@@ -363,24 +239,12 @@ def _global_within(handle: ModelHandle, criterion: str, names: list[str], target
     return None
 
 
-def _largest_within(curves: list[Curve], limit: float, total: float) -> dict[str, float]:
-    """The greedy allocation with the largest budget whose predicted accuracy drop stays within ``limit``."""
-    low, high = 0.0, total
-    for _ in range(BISECTION_STEPS * 2):
-        middle = (low + high) / 2
-        if predicted_drop(curves, greedy(curves, middle)) <= limit:
-            low = middle
-        else:
-            high = middle
-    return greedy(curves, low)
-
-
 def _allocate_weights(result: dict, kind: str, value: float, bounds, quality: str | None) -> dict[str, float]:
     curves = curves_for(result, "weights", bounds, quality)
     params = {layer["name"]: layer["params"] for layer in result["layers"]}
     total = float(sum(params[curve.name] for curve in curves))
     if kind == "drop":
-        return _largest_within(curves, value, total)
+        return largest_within(curves, value, total)
     reachable = sum(curve.removed[-1] for curve in curves) / total
     if value > reachable + 1e-9:
         raise PrunelabError(f"target sparsity {value:.1%} is out of reach: with at most "
@@ -402,7 +266,7 @@ def _allocate_channels(handle: ModelHandle, result: dict, kind: str, value: floa
         raise PrunelabError(f"{handle.name}: the sensitivity result has no channel groups to allocate")
     dense = float(result["layers"][0]["curve"][0][resource])
     if kind == "drop":
-        return _largest_within(curves, value, sum(float(curve.removed[-1]) for curve in curves))
+        return largest_within(curves, value, sum(float(curve.removed[-1]) for curve in curves))
     needed = {"sparsity": value * dense, "mac_reduction": dense * (1.0 - 1.0 / value),
               "latency_ms": dense - value}[kind]
     if needed <= 0:

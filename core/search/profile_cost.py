@@ -37,7 +37,7 @@ def group_rate(members, costs: dict) -> float:
 
 
 def profiled_curves(curves: list, members: dict[str, list[str]], costs: dict) -> list:
-    """MAC ``curves`` (core.search.allocate.Curve) with each group's MACs removed valued at its measured
+    """MAC ``curves`` (core.search.curves.Curve) with each group's MACs removed valued at its measured
     ms per MAC; ``members`` maps a curve's name to its group's layers."""
     return [dataclasses.replace(curve, removed=curve.removed * group_rate(members.get(curve.name, [curve.name]), costs))
             for curve in curves]

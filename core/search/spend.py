@@ -18,18 +18,8 @@ from dataclasses import dataclass
 from core.errors import PrunelabError
 from core.prune.engine import apply_plan
 from core.prune.plan import MAX_SPARSITY, Plan
-from core.search.allocate import (
-    ACCURACY_WEIGHT,
-    BISECTION_STEPS,
-    CHANNEL_RESOURCES,
-    TARGET_WORDS,
-    TOLERANCE,
-    allocate,
-    check_quality,
-    check_request,
-    curves_for,
-    greedy,
-)
+from core.search.allocate import CHANNEL_RESOURCES, TARGET_WORDS, TOLERANCE, allocate, check_request
+from core.search.curves import ACCURACY_WEIGHT, BISECTION_STEPS, check_quality, curves_for, greedy
 from core.search.sensitivity import sensitivity as sweep
 from core.search.sweep_points import Scorer, footprint
 from core.sources import ModelHandle
