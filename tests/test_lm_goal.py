@@ -3,7 +3,6 @@ on the small factory Llama scored on token ids."""
 import dataclasses
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from core.data import Dataset  # noqa: E402
 from core.errors import PrunelabError  # noqa: E402
 from core.search.curves import curves_for, predicted_drop  # noqa: E402
 from core.sources import load_model  # noqa: E402
-from tests.conftest import ROOT  # noqa: E402
+from tests.conftest import ROOT, wait_until  # noqa: E402
 
 LLAMA = f"{ROOT / 'tests' / 'fixtures' / 'causal_lms.py'}:llama"
 LEVELS = [0.0, 0.3, 0.6, 0.9]
@@ -130,13 +129,13 @@ def _sweep_on_the_page(app):
     """Press Run sweep (quick) and rerun the page until the sweep's result is shown (the fragment polls)."""
     next(toggle for toggle in app.toggle if toggle.label.startswith("Quick")).set_value(True)
     next(button for button in app.button if button.label == "Run sweep").click()
-    app.run()
-    for _ in range(240):
-        if any("baseline" in caption.value for caption in app.caption):
-            return app
-        time.sleep(0.25)  # the sweep runs in a background thread; the page shows it when it ends
+
+    def shown() -> bool:  # the sweep runs in a background thread; the page shows it when it ends
         app.run()
-    raise AssertionError("the sweep did not finish")
+        return any("baseline" in caption.value for caption in app.caption)
+
+    wait_until(shown, 60, "the sweep's result on the Sensitivity page", poll=0.25)
+    return app
 
 
 def test_the_sensitivity_page_shows_a_language_model_on_text_by_its_perplexity(open_app, tmp_path):
