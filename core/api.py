@@ -230,7 +230,7 @@ def schedule_curve(handle: ModelHandle, final_sparsity: float, epochs: int, init
 
 TRAINING_BATCH = Training.batch_size  # items per optimizer step of every recovery method
 
-def recover(handle: ModelHandle, plan: Plan, method: str, *, epochs: int, lr: float = 3e-3, rounds: int = 3,
+def recover(handle: ModelHandle, plan: Plan, method: str, *, epochs: int, lr: float = Training.lr, rounds: int = 3,
             rewind_epoch: int = 0, schedule: dict | None = None, on_epoch=None,
             should_stop=None, on_step=None) -> tuple[dict, ModelHandle]:
     """Train ``handle`` back after pruning by ``plan`` with recovery ``method`` (finetune, gradual, iterative,
@@ -290,7 +290,7 @@ __all__ = [
     # recovery
     "Recovery", "finetune", "gradual_prune", "iterative_prune", "lottery_ticket", "next_token_finetune", "recover",
     "recovered_handle", "measure_recovered", "run_recovery", "recovery_epochs", "schedule_curve", "private_copy",
-    "PolynomialDecay", "RECOVERY_METHODS", "TRAINING_BATCH",
+    "PolynomialDecay", "RECOVERY_METHODS", "TRAINING_BATCH", "Training",
     "SCHEDULE_END_FRACTION", "SCHEDULE_POWER",
     "polynomial_decay",
     # history

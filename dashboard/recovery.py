@@ -16,6 +16,7 @@ from dashboard import jobs, session, state
 
 JOB = "recovery run"
 BATCH = api.TRAINING_BATCH  # items per optimizer step, as every recovery method trains
+EPOCHS, LEARNING_RATE = api.Training.epochs, api.Training.lr  # the Recover page's starting values
 METHODS = tuple(api.RECOVERY_METHODS)
 SCHEDULE_END_FRACTION, SCHEDULE_POWER = api.SCHEDULE_END_FRACTION, api.SCHEDULE_POWER  # AGP defaults (core)
 
@@ -37,7 +38,7 @@ def schedule_curve(final_sparsity: float, epochs: int, initial_sparsity: float =
     return api.schedule_curve(session.model(), final_sparsity, epochs, initial_sparsity, end_fraction, power)
 
 
-def start_recovery(method: str, epochs: int, lr: float = 3e-3, rounds: int = 3, rewind_epoch: int = 0,
+def start_recovery(method: str, epochs: int, lr: float = LEARNING_RATE, rounds: int = 3, rewind_epoch: int = 0,
                    schedule: dict | None = None) -> None:
     """Start a recovery run of this session's model and plan. Raises PrunelabError when one is running,
     the method is unknown, or the model cannot be trained (no training split)."""

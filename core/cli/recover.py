@@ -18,6 +18,7 @@ import torch
 from core.api import (
     LiveEvaluator,
     Plan,
+    Training,
     finetune,
     next_token_finetune,
     recovery_epochs,
@@ -59,7 +60,8 @@ def add_finetune_arguments(parser) -> None:
     group.add_argument("--finetune", type=int, default=0, metavar="EPOCHS",
                        help="fine-tune the pruned model this many epochs with its pruned weights held at zero "
                             "(needs training data: a built-in, or --data with x_train/y_train)")
-    group.add_argument("--lr", type=float, default=3e-3, help="peak learning rate for fine-tuning (default 3e-3)")
+    group.add_argument("--lr", type=float, default=Training.lr,
+                       help=f"peak learning rate for fine-tuning (default {Training.lr:g})")
 
 
 def finetuned(handle, plan: Plan, pruned, report: dict, args) -> tuple[dict, object]:
@@ -104,7 +106,7 @@ def register(subparsers) -> None:
     parser.add_argument("--epochs", type=int, default=8, help="epochs of training (per round for iterative/lottery)")
     parser.add_argument("--rounds", type=int, default=3, help="prune-then-train rounds (iterative, lottery)")
     parser.add_argument("--rewind-epoch", type=int, default=0, help="lottery: rewind to weights after this epoch")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
+    parser.add_argument("--lr", type=float, default=Training.lr, help=f"peak learning rate (default {Training.lr:g})")
     parser.add_argument("--seed", type=int, default=0, help="seed for data order and initialization")
     parser.add_argument("--save", help="write the recovered model's state_dict.pt here")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -84,8 +84,8 @@ def finetune_schedule(run: Run, pruned: PruneResult | None = None) -> Schedule:
     return run.finish("finetune", module, accuracies, pruned.masks, stopped)
 
 
-def finetune(model: ModelHandle, plan: Plan, epochs: int = 5, *, lr: float = 3e-3, seed: int = 0,
-             batch_size: int = 64, pruned: PruneResult | None = None, on_epoch=None, on_step=None,
+def finetune(model: ModelHandle, plan: Plan, epochs: int = Training.epochs, *, lr: float = Training.lr, seed: int = 0,
+             batch_size: int = Training.batch_size, pruned: PruneResult | None = None, on_epoch=None, on_step=None,
              should_stop=None) -> Recovery:
     """Prune ``model`` with ``plan`` (or take the ready ``pruned`` result) and fine-tune it with the masks held.
 
@@ -95,7 +95,7 @@ def finetune(model: ModelHandle, plan: Plan, epochs: int = 5, *, lr: float = 3e-
                on_step=on_step, should_stop=should_stop, pruned=pruned)
 
 
-def steps_per_epoch(model: ModelHandle, batch_size: int = 64) -> int:
+def steps_per_epoch(model: ModelHandle, batch_size: int = Training.batch_size) -> int:
     """Optimizer steps in one epoch over the model's training split."""
     require_training(model)
     return math.ceil(len(model.data.x_train) / batch_size)
@@ -131,8 +131,8 @@ def gradual_schedule(run: Run, schedule: PolynomialDecay | None = None) -> Sched
 
 
 def gradual_prune(model: ModelHandle, plan: Plan, epochs: int = 10, *, schedule: PolynomialDecay | None = None,
-                  lr: float = 3e-3, seed: int = 0, batch_size: int = 64, on_epoch=None, on_step=None,
-                  should_stop=None) -> Recovery:
+                  lr: float = Training.lr, seed: int = 0, batch_size: int = Training.batch_size, on_epoch=None,
+                  on_step=None, should_stop=None) -> Recovery:
     """Train ``model`` while its sparsity follows ``schedule`` (by default ``default_schedule`` to plan.sparsity).
 
     At each pruning step the plan is applied with its sparsity set to the schedule's value; per-layer
@@ -164,8 +164,8 @@ def iterative_schedule(run: Run, rounds: int = 3) -> Schedule:
     return run.finish("iterative", module, accuracies, masks, stopped, {"rounds": rows})
 
 
-def iterative_prune(model: ModelHandle, plan: Plan, rounds: int = 3, epochs: int = 2, *, lr: float = 3e-3,
-                    seed: int = 0, batch_size: int = 64, on_epoch=None, on_step=None,
+def iterative_prune(model: ModelHandle, plan: Plan, rounds: int = 3, epochs: int = 2, *, lr: float = Training.lr,
+                    seed: int = 0, batch_size: int = Training.batch_size, on_epoch=None, on_step=None,
                     should_stop=None) -> Recovery:
     """``rounds`` rounds of prune-then-fine-tune (``epochs`` each) reaching the plan's targets in the last round.
 
@@ -235,8 +235,8 @@ def lottery_schedule(run: Run, rounds: int = 3, rewind_epoch: int = 0) -> Schedu
 
 
 def lottery_ticket(model: ModelHandle, plan: Plan, rounds: int = 3, epochs: int = 10, *, rewind_epoch: int = 0,
-                   lr: float = 3e-3, seed: int = 0, batch_size: int = 64, on_epoch=None, on_step=None,
-                   should_stop=None) -> Recovery:
+                   lr: float = Training.lr, seed: int = 0, batch_size: int = Training.batch_size, on_epoch=None,
+                   on_step=None, should_stop=None) -> Recovery:
     """Find a winning ticket by iterative magnitude pruning with rewinding, and train its random-init control.
 
     The architecture of ``model`` is re-initialized with ``seed`` (its trained weights are not used)

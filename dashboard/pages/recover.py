@@ -13,9 +13,9 @@ LANGUAGE_METHODS = ("next_token",)  # what a causal language model offers: it tr
 HEIGHT = 320
 
 
-DEFAULTS = {"w.recover.method": "finetune", "w.recover.epochs": 5, "w.recover.lr": 3e-3, "w.recover.rounds": 3,
-            "w.recover.rewind": 0, "w.recover.initial": 0.0, "w.recover.end": recovery.SCHEDULE_END_FRACTION,
-            "w.recover.power": recovery.SCHEDULE_POWER}
+DEFAULTS = {"w.recover.method": "finetune", "w.recover.epochs": recovery.EPOCHS, "w.recover.lr": recovery.LEARNING_RATE,
+            "w.recover.rounds": 3, "w.recover.rewind": 0, "w.recover.initial": 0.0,
+            "w.recover.end": recovery.SCHEDULE_END_FRACTION, "w.recover.power": recovery.SCHEDULE_POWER}
 
 
 def settings_ui(plan: state.Plan) -> dict | None:
