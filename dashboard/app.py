@@ -31,13 +31,25 @@ PAGES = [
     ("history.py", "History", ":material/history:", "history"),
     ("export.py", "Export", ":material/download:", "export"),
 ]
-DEFAULT_PAGE = "tune.py"
+DEFAULT_PAGE = "tune.py"   # where the root address goes
+START_PAGE = "start"       # the hidden page at the root that goes there
 
 
 def pages() -> list:
-    """The st.Page objects for every listed page whose file exists; Tune is the default."""
-    return [st.Page(PAGES_DIR / file, title=title, icon=icon, url_path=url, default=file == DEFAULT_PAGE)
-            for file, title, icon, url in PAGES if (PAGES_DIR / file).exists()]
+    """The st.Page objects for every listed page whose file exists, after a hidden start page at the root.
+
+    Streamlit serves its default page at the root only, so a default Tune would answer ``/tune`` (the
+    address every link and the README use) with "Page not found". The root instead runs ``_start``,
+    which goes on to Tune at ``/tune`` with the address's query intact.
+    """
+    listed = [st.Page(PAGES_DIR / file, title=title, icon=icon, url_path=url)
+              for file, title, icon, url in PAGES if (PAGES_DIR / file).exists()]
+    start = st.Page(_start, title="prunelab", url_path=START_PAGE, default=True, visibility="hidden")
+    return [start, *listed]
+
+
+def _start() -> None:
+    st.switch_page(PAGES_DIR / DEFAULT_PAGE, query_params=st.query_params.to_dict())
 
 
 # Long figures stay whole at 1280 px; less empty space above the title.

@@ -267,6 +267,11 @@ def test_a_link_works_on_a_fresh_server_and_its_warning_renders_no_image_or_link
     assert page.locator(hostile_elements).count() == 0
     page.get_by_text("Model: digits-mlp").first.wait_for(timeout=120_000)  # the link's model, on the first visit
     assert not [url for url in requested if url.startswith(("http://127.0.0.1:9/", "http://h/"))]
+    assert page.get_by_text("Page not found").count() == 0  # /tune is a page of its own, not the root's
+    page.goto(f"{server}/?model=digits-mlp&sparsity=40")  # the root goes on to Tune with the link's plan
+    page.wait_for_url("**/tune?*sparsity=40*", timeout=120_000)
+    page.get_by_text("Model: digits-mlp").first.wait_for(timeout=120_000)
+    assert page.get_by_text("Page not found").count() == 0
     page.close()
 
 
