@@ -107,19 +107,23 @@ def restore() -> None:
                                          f"({shown}{', ...' if len(unknown) > 3 else ''}); they were left out.",
                                          state.plan())
     except Exception as error:  # anything in a hand-edited address: one line on the page, defaults stay
-        st.session_state[PROBLEM] = (str(error).splitlines()[0][:300], state.plan())
-        _wait_in_factory_fields(params)
+        line = str(error).splitlines()[0][:300]
+        if _wait_in_factory_fields(params):
+            line += " (on the Model page, tab file.py:factory, which the link has filled in)"
+        st.session_state[PROBLEM] = (line, state.plan())
 
 
-def _wait_in_factory_fields(params: dict) -> None:
+def _wait_in_factory_fields(params: dict) -> bool:
     """A link to code that did not load (the visitor has not trusted it yet): its model and input shape wait
-    in the Model page's factory fields, so ticking the trust box and pressing Load is all that is left."""
+    in the Model page's factory fields, so ticking the trust box and pressing Load is all that is left.
+    True when the link named such code."""
     spec = params.get("model") or ""
     if not spec or spec == session.source()["spec"] or not consent.describe(spec, session.builtin_names())[1]:
-        return
+        return False
     for key, value in zip(FACTORY_FIELDS, (spec, params.get("shape") or "")):
         if value:
             st.session_state.setdefault(key, value)
+    return True
 
 
 def _known_layers(layers: dict) -> tuple[dict, list[str]]:

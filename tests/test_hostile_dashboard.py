@@ -242,7 +242,8 @@ def test_a_refused_factory_link_waits_in_the_model_page_for_the_trust_tick(open_
     spec = f"{tmp_path / 'evil.py'}:factory"
     app = linked_app(open_app, {"PRUNELAB_MODEL_ROOT": str(tmp_path), "PRUNELAB_ALLOW_CODE": "1"},
                      model=spec, shape="1,1,8,8")
-    assert "tick the box" in link_problem(app) and not marker.exists()  # a link never carries trust
+    problem = link_problem(app)
+    assert "tick the box" in problem and "tab file.py:factory" in problem and not marker.exists()  # no trust by link
     app.switch_page("pages/model.py").run()
     assert app.text_input(key="factory-spec").value == spec and app.text_input(key="factory-shape").value == "1,1,8,8"
     app.checkbox(key="factory-trust").check()
