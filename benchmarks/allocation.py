@@ -4,7 +4,8 @@
   the allocated plan, the layer-uniform plan and global magnitude pruning.
 - digits-resnet, channel, 2x fewer MACs: the allocated plan against a uniform and a global
   channel plan whose sparsity is bisected until they also halve the MACs; with ORT p50 latency.
-Sweeps run on the val split with a fresh cache; accuracy is on the test split.
+Sweeps run on the val split with a fresh cache; accuracy is on the test split. ``--quick`` (the
+test suite's smoke run) goes through every step on digits-mlp alone, 48 val items per point.
 
     python -m benchmarks.allocation [--quick]
 """
@@ -23,6 +24,8 @@ from core.search.sensitivity import DEFAULT_LEVELS, sensitivity
 from core.sources import load_model
 
 QUICK_LEVELS = (0.0, 0.3, 0.6, 0.9)
+MODELS = ("digits-cnn", "digits-resnet")  # (unstructured, channel)
+QUICK_MODELS = ("digits-mlp", "digits-mlp")
 
 
 def timed_sweep(handle, granularity: str, levels, max_items: int | None = None) -> tuple[dict, float]:
@@ -37,8 +40,7 @@ def zero_share(result) -> float:
     return zeros / sum(mask.numel() for mask in result.masks.values())
 
 
-def unstructured_comparison(sweep: dict, sparsity: float = 0.9) -> list[list]:
-    handle = load_model("digits-cnn")
+def unstructured_comparison(handle, sweep: dict, sparsity: float = 0.9) -> list[list]:
     x, y = handle.data.x_test, handle.data.y_test
     plans = {"allocated": allocate(handle, target_sparsity=sparsity, sensitivity=sweep),
              "uniform (layer scope)": Plan(sparsity=sparsity),
@@ -64,8 +66,7 @@ def halving(handle, scope: str, dense_macs: int) -> Plan:
     return Plan(granularity="channel", scope=scope, sparsity=round(high, 4))
 
 
-def channel_comparison(sweep: dict, quick: bool) -> list[list]:
-    handle = load_model("digits-resnet")
+def channel_comparison(handle, sweep: dict, quick: bool) -> list[list]:
     x, y = handle.data.x_test, handle.data.y_test
     example = handle.example_input(1)
     dense_macs = macs(handle.module, example)
@@ -87,29 +88,30 @@ def channel_comparison(sweep: dict, quick: bool) -> list[list]:
 def main(quick: bool = False) -> None:
     levels = QUICK_LEVELS if quick else DEFAULT_LEVELS
     os.environ["PRUNELAB_HOME"] = tempfile.mkdtemp(prefix="prunelab-bench-")  # a cold cache
-    cnn, resnet = load_model("digits-cnn"), load_model("digits-resnet")
-    cnn_sweep, cnn_seconds = timed_sweep(cnn, "unstructured", levels)
-    _, cached_seconds = timed_sweep(cnn, "unstructured", levels)
+    by_weights, by_channels = (load_model(name) for name in (QUICK_MODELS if quick else MODELS))
+    weights_sweep, weights_seconds = timed_sweep(by_weights, "unstructured", levels)
+    _, cached_seconds = timed_sweep(by_weights, "unstructured", levels)
     items = 48 if quick else None  # the smoke run scores a few items only
-    resnet_sweep, resnet_seconds = timed_sweep(resnet, "unstructured", levels, items)
-    channel_sweep, channel_seconds = timed_sweep(resnet, "channel", levels, items)
+    unstructured_sweep, unstructured_seconds = timed_sweep(by_channels, "unstructured", levels, items)
+    channel_sweep, channel_seconds = timed_sweep(by_channels, "channel", levels, items)
     print(f"Sweep times ({len(levels)} levels, val split, one process, torch threads "
-          f"{cnn_sweep['evaluated_on']['torch_threads']}, BatchNorm re-estimated on "
-          f"{cnn_sweep['evaluated_on']['batchnorm_items']} training items per point):\n")
+          f"{weights_sweep['evaluated_on']['torch_threads']}, BatchNorm re-estimated on "
+          f"{weights_sweep['evaluated_on']['batchnorm_items']} training items per point):\n")
     rows = []
-    for model, kind, sweep, seconds in (("digits-cnn", "unstructured", cnn_sweep, cnn_seconds),
-                                        ("digits-cnn", "unstructured (cached)", cnn_sweep, cached_seconds),
-                                        ("digits-resnet", "unstructured", resnet_sweep, resnet_seconds),
-                                        ("digits-resnet", "channel (+ ORT timing)", channel_sweep, channel_seconds)):
+    for model, kind, sweep, seconds in ((by_weights.name, "unstructured", weights_sweep, weights_seconds),
+                                        (by_weights.name, "unstructured (cached)", weights_sweep, cached_seconds),
+                                        (by_channels.name, "unstructured", unstructured_sweep, unstructured_seconds),
+                                        (by_channels.name, "channel (+ ORT timing)", channel_sweep, channel_seconds)):
         where = sweep["evaluated_on"]
         scored = f"first {where['items']} of {where['available']}" if where["subset"] else str(where["items"])
         points = 0 if "cached" in kind else len(sweep["layers"]) * len(levels)
         rows.append([model, kind, len(sweep["layers"]), points, scored, seconds])
     print_table(["model", "granularity", "layers or groups", "points", "val items scored", "seconds"], rows)
-    print("\ndigits-cnn at 90% unstructured sparsity (test split):\n")
-    print_table(["plan", "sparsity", "test accuracy"], unstructured_comparison(cnn_sweep))
-    print("\ndigits-resnet channel plans at a 2x MAC reduction (test split, ORT p50 at batch 1, 2 threads):\n")
-    print_table(["plan", "MAC reduction", "p50 ms", "test accuracy"], channel_comparison(channel_sweep, quick))
+    print(f"\n{by_weights.name} at 90% unstructured sparsity (test split):\n")
+    print_table(["plan", "sparsity", "test accuracy"], unstructured_comparison(by_weights, weights_sweep))
+    print(f"\n{by_channels.name} channel plans at a 2x MAC reduction (test split, ORT p50 at batch 1, 2 threads):\n")
+    print_table(["plan", "MAC reduction", "p50 ms", "test accuracy"],
+                channel_comparison(by_channels, channel_sweep, quick))
 
 
 if __name__ == "__main__":
