@@ -30,6 +30,7 @@ class LiveJob:
         self.latest: dict | None = None
         self.error: str | None = None
         self.done = False
+        self.published = self.shown = 0  # stages published by the worker, and the newest one a page has shown
         self._stages, self._lock, self._stop = stages, lock, threading.Event()
         self._changed = threading.Condition()
         self._started = self._stage_at = time.monotonic()
@@ -72,11 +73,18 @@ class LiveJob:
         with self._changed:
             self._changed.wait_for(ready, timeout)
 
+    def wait_newer(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a stage newer than the one last shown (or the end of the job),
+        so a poll that comes just before a stage draws it instead of the next poll."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.published > self.shown or self.done or self.error, timeout)
+
     def _publish(self, **values) -> None:
         with self._changed:
             self._stage_at = time.monotonic()
             for name, value in values.items():
                 setattr(self, name, value)
+            self.published += "latest" in values
             self._changed.notify_all()
 
     def _run(self) -> None:
@@ -136,11 +144,12 @@ def _live_job(wanted: dict):
     return job, None
 
 
-def live_report(wait: float = 0.0) -> dict | None:
+def live_report(wait: float = 0.0, newer: float = 0.0) -> dict | None:
     """The newest figures of this session's plan while it is measured in stages on a worker thread: the
     finished report when there is one (then also ``session.last_report``), else the latest stage, else
-    None; ``wait`` seconds for the final one first. A plan not measured yet starts its job here and
-    cancels the one it replaces. Raises PrunelabError when the measurement failed."""
+    None; ``wait`` seconds for the final one first, or ``newer`` seconds for a stage not shown before (a
+    poll). A plan not measured yet starts its job here and cancels the one it replaces. Raises
+    PrunelabError when the measurement failed."""
     wanted = session.measured_for()
     if session.recovered() is not None:
         return session.measure()
@@ -148,6 +157,8 @@ def live_report(wait: float = 0.0) -> dict | None:
     if cached is not None:
         return session.keep(cached, wanted)
     job.wait_shown(wait)
+    job.wait_newer(newer)
+    job.shown = job.published
     if job.error is not None:
         raise PrunelabError(job.error)
     if job.latest is None:

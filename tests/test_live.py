@@ -53,3 +53,26 @@ def test_a_fast_plan_waits_for_its_final_figures(monkeypatch):
     job.wait_shown(30.0)
     assert job.final
     timer.cancel()
+
+
+def test_a_poll_draws_a_stage_that_comes_while_it_waits():
+    release = threading.Event()
+
+    def stages(cancelled):
+        release.wait(60)
+        yield _stage(10, 100, False)
+        release.wait(60)  # set already: the next stage follows at once, then nothing new until the end
+        yield _stage(20, 100, False)
+        threading.Event().wait(0.5)
+        yield _stage(100, 100, True)
+
+    job = live.LiveJob({"plan": 1}, stages, threading.RLock())
+    threading.Timer(0.2, release.set).start()
+    started = time.perf_counter()
+    job.wait_newer(30.0)  # returns with the first stage, not after the 30 s
+    assert job.latest is not None and time.perf_counter() - started < 20
+    job.wait_final(30.0)
+    job.shown = job.published
+    assert job.published == 3
+    job.wait_newer(0.05)  # nothing newer will come: it waits out its time and returns
+    assert job.published == job.shown and job.done

@@ -100,3 +100,19 @@ def test_weights_written_into_the_exported_bytes_equal_a_rebuilt_graph(cnn):
         with_weights(template, changed)
     wrong = {next(iter(changed)): torch.zeros(3)}  # a tensor of another shape: the caller exports again
     assert patched_weights(model_bytes, float_spans(template, model_bytes), wrong) is None
+
+
+def test_a_cheap_plan_with_the_dense_kernels_comes_in_one_stage(mlp, monkeypatch):
+    monkeypatch.setattr(progressive, "REFRESH_SECONDS", 0.0)
+    monkeypatch.setattr(progressive, "ACCURACY_BATCH", 64)
+    monkeypatch.setattr(progressive, "FIRST_ITEMS_MACS", 1)
+    evaluation._REPORTS.clear()
+    evaluator, plan = LiveEvaluator(mlp, live=False), Plan(granularity="unstructured", sparsity=0.4)
+    stages = list(evaluator.stages(plan))
+    assert len(stages) == 1 and stages[0]["pruned"]["progress"]["final"]
+    assert stages[0]["pruned"]["speedup"]["same_kernels"]
+    monkeypatch.setattr(progressive, "SINGLE_STAGE_MACS", 0)  # the same plan counted as dear: in stages
+    evaluation._REPORTS.clear()
+    again = list(evaluator.stages(plan))
+    assert len(again) >= 3 and not again[0]["pruned"]["progress"]["final"]
+    _same_figures(stages[0]["pruned"], again[-1]["pruned"])

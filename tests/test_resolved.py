@@ -76,3 +76,20 @@ def test_a_plans_label_and_the_histogram_threshold():
     assert Plan(sparsity=0.2).label == "unstructured, l1, all layers 20%"
     histogram = {"counts": [2, 2], "edges": [0.0, 1.0, 2.0]}
     assert threshold_of(histogram, 0.25) == 0.5 and threshold_of(histogram, 0.75) == 1.5
+
+
+def test_the_engine_finds_the_layers_left_dense_once_per_model(cnn, monkeypatch):
+    from core.prune import engine
+
+    runs = []
+    found = engine.dense_by_default
+    monkeypatch.setattr(engine, "dense_by_default", lambda *args: runs.append(1) or found(*args))
+    engine._DENSE_DEFAULT.pop(cnn.module, None)  # as if this model had never been pruned
+    classifier = final_classifier(cnn.module, cnn.example_input())
+    first = engine.apply_plan(cnn, Plan(sparsity=0.3))
+    second = engine.apply_plan(cnn, Plan(sparsity=0.6))
+    assert len(runs) == 1  # the model is run for it once, not once per plan
+    assert first.layer_sparsity[classifier] == 0.0 == second.layer_sparsity[classifier]
+    assert second.layer_sparsity[next(iter(second.layer_sparsity))] > 0.5
+    engine.apply_plan(cnn, Plan(sparsity=0.3, ignore=[]))  # a plan with its own ignore list asks nothing
+    assert len(runs) == 1

@@ -270,15 +270,23 @@ def sizes(model_bytes: bytes) -> dict:
 
 def weight_counts(module: nn.Module) -> dict:
     """Parameter counts: all, nonzero, prunable, nonzero prunable, and sparsity among prunable weights."""
-    with torch.no_grad():
-        params = sum(parameter.numel() for parameter in module.parameters())
-        nonzero = sum(int(torch.count_nonzero(parameter)) for parameter in module.parameters())
-        weights = [layer.weight for layer in prunable_layers(module)]
-        prunable = sum(weight.numel() for weight in weights)
-        prunable_nonzero = sum(int(torch.count_nonzero(weight)) for weight in weights)
-    return {"params": int(params), "nonzero_params": int(nonzero), "prunable_params": int(prunable),
+    nonzeros = {id(parameter): _nonzero(parameter) for parameter in module.parameters()}  # each tensor once
+    params = sum(parameter.numel() for parameter in module.parameters())
+    weights = [layer.weight for layer in prunable_layers(module)]
+    prunable = sum(weight.numel() for weight in weights)
+    prunable_nonzero = sum(nonzeros[id(weight)] if id(weight) in nonzeros else _nonzero(weight) for weight in weights)
+    return {"params": int(params), "nonzero_params": int(sum(nonzeros.values())), "prunable_params": int(prunable),
             "nonzero_prunable_params": int(prunable_nonzero),
             "sparsity": 1.0 - prunable_nonzero / prunable if prunable else 0.0}
+
+
+def _nonzero(tensor: torch.Tensor) -> int:
+    """Nonzero entries; counted by numpy for CPU float32 tensors (single-threaded, so it stays fast on a busy
+    machine, as core.prune.unstructured's selection does)."""
+    with torch.no_grad():
+        if tensor.device.type == "cpu" and tensor.dtype == torch.float32 and tensor.is_contiguous():
+            return int(np.count_nonzero(tensor.detach().numpy()))
+        return int(torch.count_nonzero(tensor))
 
 
 def total_macs(module: nn.Module, example_input: torch.Tensor) -> int | None:

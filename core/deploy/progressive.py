@@ -10,6 +10,8 @@ far it has got in ``progress``: ``{"items", "of", "runs", "final"}``.
 A plan that changes only weight values keeps the dense graph and ONNX Runtime runs the same
 dense kernels on it (no sparse execution on CPU), so its latency is the dense model's and its
 speedup 1.00x (``speedup["same_kernels"]``): timing the two again would only measure the noise.
+When such a plan's items are scored in at most SINGLE_STAGE_MACS (the digits demos: 360 items, a
+few tenths of a second), the first stage is the final one: partial figures would only delay it.
 
 ``cancelled`` (a callable) is checked between stages and between scored batches; when it returns
 True the generator raises ``Cancelled`` (a newer plan replaced this one).
@@ -36,6 +38,7 @@ FIRST_RUNS = 8  # pairs of runs in the first, short timing ...
 FIRST_TIMING_MACS = 1.5e10  # ... fewer for a big model, at least MIN_FIRST_RUNS
 MIN_FIRST_RUNS = 3
 REFRESH_SECONDS = 0.4  # at most one refined stage this often while the items are scored
+SINGLE_STAGE_MACS = 1e11  # a graph with the dense kernels (nothing to time) scored in this much work: one stage
 Z95 = 1.959964
 
 
@@ -224,8 +227,11 @@ def metric_stages(artifact: measure.Artifact, data, settings, reference: np.ndar
         carried.session = session or measure.create_session(artifact.model_bytes, settings.threads)
     session, session_ms = carried.session
     total = len(data.x_test)
+    single = dense is not None and artifact.macs is not None and artifact.macs * total <= SINGLE_STAGE_MACS
     if logits is not None:
         stages.parts.append(logits)
+    elif single:
+        pass  # scored below in one go, then the final stage
     elif stages.parts:  # a stopped measurement of this artifact, taken up again: its figures so far at once
         _sizes_if_done(stages, sizes)
         yield stages.metrics(session_ms, final=False)
@@ -239,7 +245,7 @@ def metric_stages(artifact: measure.Artifact, data, settings, reference: np.ndar
     while stages.scored < total:
         _check(stop)
         stages.score(session, stages.scored + stages.batch)
-        if time.perf_counter() - refreshed >= REFRESH_SECONDS and stages.scored < total:
+        if not single and time.perf_counter() - refreshed >= REFRESH_SECONDS and stages.scored < total:
             _sizes_if_done(stages, sizes)
             yield stages.metrics(session_ms, final=False)
             refreshed = time.perf_counter()

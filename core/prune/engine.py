@@ -9,13 +9,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+import weakref
 
 import torch
 from torch import nn
 
 from core.data import Dataset
 from core.errors import PrunelabError
-from core.inspect import prunable_layers
+from core.inspect import dense_by_default, prunable_layers
 from core.prune import batchnorm, calibrated, conv1d, criteria, depth, nm, shrink, unstructured
 from core.prune.plan import Plan, granularity_kind
 from core.prune.resolved import resolve
@@ -70,6 +71,23 @@ def _prune_channels(job: Job) -> PruneResult:
         return shrink.prune_structure(job)
 
 
+# source model -> {input signature: layers plans leave dense}. Finding them runs the model (a ResNet-50: two
+# forward passes), and the answer depends on its structure alone, the same for every plan.
+_DENSE_DEFAULT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _dense_default(source: nn.Module, working: nn.Module, example_input, plan: Plan) -> list[str] | None:
+    """core.inspect.dense_by_default of ``source``, found on its copy ``working`` once per source model and
+    input shape (None when the plan names its own ignore list)."""
+    if plan.ignore is not None:
+        return None
+    signature = None if example_input is None else (tuple(example_input.shape), example_input.dtype)
+    known = _DENSE_DEFAULT.setdefault(source, {})
+    if signature not in known:
+        known[signature] = tuple(dense_by_default(working, example_input))
+    return list(known[signature])
+
+
 HANDLERS = {"unstructured": _prune_weights, "N:M": _prune_weights, "channel": _prune_channels}
 OPERATIONS = {"unstructured": "unstructured", "N:M": "unstructured", "channel": "channel"}
 
@@ -112,7 +130,8 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     working = copy.deepcopy(module).eval()
     for parameter in working.parameters():  # gradients for taylor, even where the original is frozen
         parameter.requires_grad_(True)
-    resolved = resolve(plan, working, example_input).with_depth(working, example_input, data)
+    resolved = resolve(plan, working, example_input, _dense_default(module, working, example_input, plan)) \
+        .with_depth(working, example_input, data)
     ignored = list(resolved.ignored)
     dropped, influence = list(resolved.dropped), dict(resolved.influence)
     depth.skip_blocks(working, dropped, dict(resolved.outputs))

@@ -196,11 +196,12 @@ def resolve_rounding(plan: Plan) -> tuple[int, str]:
     return channel_multiple()
 
 
-def resolve(plan: Plan, model, example_input=None) -> ResolvedPlan:
+def resolve(plan: Plan, model, example_input=None, dense_default: list[str] | None = None) -> ResolvedPlan:
     """Resolve ``plan`` against ``model`` (a ModelHandle with a module, or an nn.Module and its example input).
 
-    The final classifier is found by running ``example_input`` once. Raises PrunelabError for a
-    layer the model lacks.
+    The final classifier is found by running ``example_input`` once, unless ``dense_default`` already
+    names the layers plans leave dense (core.inspect.dense_by_default of this model). Raises
+    PrunelabError for a layer the model lacks.
     """
     from core.inspect import dense_by_default, prunable_layers
     from core.prune.nm import layout
@@ -216,5 +217,6 @@ def resolve(plan: Plan, model, example_input=None) -> ResolvedPlan:
         m = plan.nm[1]
         ungroupable = {layer.name: f"stays dense: its inputs do not split into groups of {m}"
                        for layer in layers if layout(layer.weight, m) is None}
-    classifier = dense_by_default(module, example_input) if plan.ignore is None else None
+    classifier = None if plan.ignore is not None else \
+        list(dense_default) if dense_default is not None else dense_by_default(module, example_input)
     return resolve_names(plan, [layer.name for layer in layers], classifier, ungroupable)

@@ -232,7 +232,8 @@ def sliders_ui(plan: state.Plan) -> None:
                   disabled=name in dense or pattern is not None, help=dense.get(name) or fixed or help_text or None)
 
 
-POLL_SECONDS = 0.4  # how often the page reads the figures of a plan being measured
+POLL_SECONDS = 0.4  # how often the page reads the figures of a plan being measured ...
+NEWER_SECONDS = 0.25  # ... each read waiting this long for a stage not shown yet (a new release waits at most this)
 
 
 def _final(report: dict | None) -> bool:
@@ -285,7 +286,7 @@ def live_panel() -> None:
     if live.live_failed():
         st.rerun(scope="app")  # the page says what failed, once
     with session.guard("measuring the plan"):
-        report = live.live_report()
+        report = live.live_report(newer=NEWER_SECONDS)
         if _final(report):
             st.rerun(scope="app")  # the per-layer views and the plan's label read the finished report
         if report is not None:
