@@ -105,12 +105,12 @@ def restore() -> None:
             shown = ", ".join(repr(name[:40]) for name in unknown[:3])
             st.session_state[PROBLEM] = (f"The link names {len(unknown):,} layer(s) this model does not have "
                                          f"({shown}{', ...' if len(unknown) > 3 else ''}); they were left out.",
-                                         state.plan())
+                                         state.plan(), session.source()["spec"])
     except Exception as error:  # anything in a hand-edited address: one line on the page, defaults stay
         line = str(error).splitlines()[0][:300]
         if _wait_in_factory_fields(params):
             line += " (on the Model page, tab file.py:factory, which the link has filled in)"
-        st.session_state[PROBLEM] = (line, state.plan())
+        st.session_state[PROBLEM] = (line, state.plan(), session.source()["spec"])
 
 
 def _wait_in_factory_fields(params: dict) -> bool:
@@ -144,10 +144,10 @@ def publish() -> None:
 
 
 def problem_ui() -> None:
-    """The one line about an address that could not be used, shown until the plan changes (the Tune
-    page reruns by itself once a plan's final figures are in)."""
+    """The one line about an address that could not be used, shown until the plan or the model changes (the
+    Tune page reruns by itself once a plan's final figures are in)."""
     problem = st.session_state.get(PROBLEM)
-    if not problem or problem[1] != state.plan():
+    if not problem or problem[1:] != (state.plan(), session.source()["spec"]):
         st.session_state.pop(PROBLEM, None)
         return
     # its words come from the address: shown as plain text, never as Markdown (images, links)

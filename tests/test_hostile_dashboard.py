@@ -251,6 +251,7 @@ def test_a_refused_factory_link_waits_in_the_model_page_for_the_trust_tick(open_
     assert not app.exception and not app.error and marker.exists()
     assert app.session_state["prunelab.model"]["spec"] == spec
     assert app.session_state["prunelab.model"]["input_shape"] == "1,1,8,8"
+    assert not app.warning  # the link's line goes once its model is loaded
 
 
 @pytest.mark.slow
