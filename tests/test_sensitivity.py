@@ -19,9 +19,18 @@ LEVELS = (0.0, 0.5, 0.9)
 sensitivity_module = importlib.import_module("core.search.sensitivity")
 
 
-@pytest.fixture
-def sweep(cnn):
-    return sensitivity(cnn, levels=LEVELS)
+@pytest.fixture(scope="module")
+def sweep_home(tmp_path_factory):
+    """A private home for the file's one sweep and its cache entry."""
+    return tmp_path_factory.mktemp("sweep-home")
+
+
+@pytest.fixture(scope="module")
+def sweep(cnn, sweep_home):
+    """One sweep of digits-cnn at LEVELS for the file (read, never changed, by the tests that take it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PRUNELAB_HOME", str(sweep_home))
+        return sensitivity(cnn, levels=LEVELS)
 
 
 @pytest.mark.slow
@@ -59,10 +68,11 @@ def test_the_handle_is_left_unchanged(cnn):
 
 
 @pytest.mark.slow
-def test_a_second_call_reads_the_cache_without_recomputing(cnn, sweep, monkeypatch):
+def test_a_second_call_reads_the_cache_without_recomputing(cnn, sweep, sweep_home, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("recomputed")
 
+    monkeypatch.setenv("PRUNELAB_HOME", str(sweep_home))  # where the fixture's sweep left its cache entry
     monkeypatch.setattr(sensitivity_module, "_run", fail)
     calls = []
     again = sensitivity(cnn, levels=LEVELS, progress=lambda done, total, text: calls.append(text))
