@@ -42,15 +42,27 @@ def test_group_rate_weighs_members_by_their_macs():
     assert profile_cost.group_rate(["c"], costs) == 0.0
 
 
+@pytest.fixture(scope="module")
+def priced(cnn, tmp_path_factory):
+    """One channel sweep and one dense profile of digits-cnn (its ms per layer), shared by the tests below;
+    the sweep's cache goes to a private home, never the person's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PRUNELAB_HOME", str(tmp_path_factory.mktemp("sweep-home")))
+        return sensitivity(cnn, granularity="channel", levels=(0.0, 0.5)), profile_cost.layer_costs(cnn)
+
+
+def reachable_target(costs: dict) -> float:
+    """A latency halfway between the dense p50 and the p50 less every layer's measured time."""
+    return costs["p50_ms"] - 0.5 * min(costs["layers_ms"], costs["p50_ms"])
+
+
 @pytest.mark.slow
-def test_the_profile_priced_plan_meets_the_target_as_the_profile_prices_it(cnn, tmp_path, monkeypatch):
-    monkeypatch.setenv("PRUNELAB_HOME", str(tmp_path))
-    result = sensitivity(cnn, granularity="channel", levels=(0.0, 0.5))
-    costs = profile_cost.layer_costs(cnn)
+def test_the_profile_priced_plan_meets_the_target_as_the_profile_prices_it(cnn, priced, tmp_path, monkeypatch):
+    result, costs = priced
     dense = costs["p50_ms"]
-    assert set(costs["ms_per_mac"]) and costs["layers_ms"] <= costs["p50_ms"]
+    assert set(costs["ms_per_mac"]) and costs["layers_ms"] > 0 and dense > 0
     monkeypatch.setattr(profile_cost, "layer_costs", lambda handle, threads=2: costs)  # the same profile below
-    target = dense - 0.5 * costs["layers_ms"]
+    target = reachable_target(costs)
     plan = allocate(cnn, target_latency_ms=target, granularity="channel", sensitivity=result, latency_cost="profile")
     saved = profile_cost.predicted_saving_ms(cnn, plan.replace(reconstruct=False, recalibrate=False), costs)
     assert saved >= dense - target > 0  # reached, priced by every layer's measured ms per MAC
@@ -63,3 +75,29 @@ def test_the_profile_priced_plan_meets_the_target_as_the_profile_prices_it(cnn, 
     assert isinstance(plan, Plan) and plan.round_to == "auto"
     assert main(["allocate", "digits-cnn", "--out", str(tmp_path / "p.yaml"), "--target-mac-reduction", "2",
                  "--granularity", "channel", "--latency-cost", "profile"]) == 2
+
+
+@pytest.mark.slow
+def test_the_goal_box_switch_prices_a_latency_goal_by_the_profile(cnn, priced, open_page, monkeypatch):
+    from dashboard import goals, session
+
+    result, costs = priced
+    profiled = []
+    monkeypatch.setattr(profile_cost, "layer_costs", lambda handle, threads=2: profiled.append(handle.name) or costs)
+    target = round(reachable_target(costs), 3)
+    page = open_page("tune", timeout=90)
+    page.session_state["prunelab.sensitivity"] = {**result, "model_key": f"{cnn.digest}-{cnn.data.digest}"}
+    page.session_state["prunelab.plan"] = Plan(granularity="channel", criterion="l1", scope="layer", sparsity=0.0)
+    page.run()
+    page.selectbox(key="w.tune.goal.accuracy").set_value("latency").run()
+    page.number_input(key="w.tune.goal.latency").set_value(target).run()
+    assert not page.toggle(key=goals.BY_PROFILE).value and not profiled  # off by default; drawing it profiles nothing
+    page.toggle(key=goals.BY_PROFILE).set_value(True).run()
+    page.button(key="tune-allocate").click().run()
+    assert not page.exception and not page.error
+    assert profiled == [cnn.name]  # priced by the dense model's profile, once
+    expected = allocate(cnn, target_latency_ms=target, granularity="channel", sensitivity=result,
+                        max_sparsity=session.MAX_SPARSITY, latency_cost="profile").layer_targets
+    assert expected and page.session_state["prunelab.plan"].layer_targets == expected
+    for name, level in expected.items():  # the sliders show the priced targets
+        assert page.slider(key=f"w.layer.{name}").value == round(100 * level)

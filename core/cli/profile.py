@@ -16,7 +16,8 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="items per profiled run (default 1)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--runs", type=int, default=PROFILE_RUNS,
-                        help=f"profiled runs per model after a warm-up (default {PROFILE_RUNS})")
+                        help=f"at most this many profiled runs per model after a warm-up, fewer once the "
+                             f"medians are stable (default {PROFILE_RUNS})")
     parser.add_argument("--top", type=int, default=0, help="print only the N layers that take longest (default all)")
     parser.add_argument("--json", action="store_true",
                         help="print JSON: layers [{name, ms, ...}], other_ms, overhead_ms, p50_ms, dense, pruned")
@@ -31,7 +32,7 @@ def run(args) -> int:
     plan = Plan.load(args.plan) if args.plan else None
     if plan is not None:
         check_plan(handle, plan)
-    print(f"prunelab: profiling {handle.name} on ONNX Runtime ({args.runs} runs"
+    print(f"prunelab: profiling {handle.name} on ONNX Runtime (up to {args.runs} runs"
           f"{' each, dense and pruned in turn' if plan else ''}) ...", file=sys.stderr, flush=True)
     report = profile_plan(handle, plan, batch_size=args.batch_size, threads=args.threads, runs=args.runs)
     if args.json:
@@ -81,8 +82,9 @@ def print_table(report: dict, top: int = 0) -> None:
         layers = sum(layer["ms"] for layer in profile["layers"])
         others = ", ".join(f"{op} {ms:.3f}" for op, ms in list(profile["other"].items())[:5])
         print(f"{label}: layers {layers:.3f} ms + outside layers {profile['other_ms']:.3f} ms ({others or 'none'}) "
-              f"+ between nodes {profile['overhead_ms']:.3f} ms = p50 {profile['p50_ms']:.3f} ms "
-              f"over {profile['runs']} runs")
+              f"+ rest {profile['overhead_ms']:.3f} ms = p50 {profile['p50_ms']:.3f} ms over {profile['timed_runs']} "
+              f"plain runs; {profile['runs']} profiled runs took {profile['profiler_ms']:+.3f} ms more, "
+              f"{profile['node_cost_us']:.1f} us of it inside each node, left out of the times above")
     if pruned:
         print("time/MAC: the pruned layer's time per MAC against the dense layer's (above 1: the cut bought "
               "less time than it removed work)")

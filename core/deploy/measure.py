@@ -133,8 +133,9 @@ def paired_latency(sessions: list, example: np.ndarray, min_runs: int = MIN_RUNS
 
 
 def paired_times(sessions: list, example: np.ndarray, min_runs: int = MIN_RUNS, min_seconds: float = MIN_SECONDS,
-                 max_seconds: float | None = None) -> list[np.ndarray]:
-    """The milliseconds of every timed run of each session, run in alternation (see ``paired_latency``).
+                 max_seconds: float | None = None, warmup: int = WARMUP_RUNS) -> list[np.ndarray]:
+    """The milliseconds of every timed run of each session, run in alternation (see ``paired_latency``),
+    after ``warmup`` untimed runs of each (0 for sessions that already ran).
 
     The order turns around every round (A B, B A, ...), so running first or second favours no session.
     """
@@ -143,7 +144,7 @@ def paired_times(sessions: list, example: np.ndarray, min_runs: int = MIN_RUNS, 
     order = list(range(len(sessions)))
     with _TIMING_LOCK, _collector_paused():
         for session, feed in zip(sessions, feeds):
-            for _ in range(WARMUP_RUNS):
+            for _ in range(warmup):
                 session.run(None, feed)
         started = time.perf_counter()
         while True:
@@ -179,14 +180,14 @@ def speedup(reference_ms: np.ndarray, ms: np.ndarray) -> dict:
     block = max(1, int(round(np.sqrt(len(ratios)))))
     medians = np.sort([np.median(ratios[start:start + block])
                        for start in range(0, len(ratios) - block + 1, block)])  # (blocks,)
-    rank = _order_rank(len(medians))
+    rank = order_rank(len(medians))
     p50, low, high = float(np.median(ratios)), float(medians[rank]), float(medians[len(medians) - 1 - rank])
     measurable = not (low <= 1.0 <= high) and abs(p50 - 1.0) >= SPEEDUP_FLOOR
     return {"p50": p50, "low": low, "high": high, "measurable": bool(measurable), "pairs": int(len(ratios)),
             "reference_p50": float(np.median(reference_ms))}
 
 
-def _order_rank(count: int, confidence: float = 0.95) -> int:
+def order_rank(count: int, confidence: float = 0.95) -> int:
     """The 0-based rank r whose order statistics (r, count-1-r) cover the median with ``confidence``
     (0, the extremes, when ``count`` is too small for it)."""
     tail = (1.0 - confidence) / 2.0

@@ -143,8 +143,8 @@ def allocate(handle: ModelHandle, target_sparsity: float | None = None, target_l
 def _allocate_by_profile(handle: ModelHandle, result: dict, target_ms: float, bounds, criterion: str,
                          round_to, quality: str | None = None) -> dict[str, float]:
     """Group sparsities whose latency, priced by the dense model's profile (core.search.profile_cost), meets
-    ``target_ms`` at the least predicted damage. The dense figure is the profiled p50 (layers, the time
-    outside them and between nodes), so a target below the time outside layers is out of reach."""
+    ``target_ms`` at the least predicted damage. The dense figure is the profile's p50 of plain runs, so a target
+    below the time outside layers and between nodes is out of reach."""
     costs = profile_cost.layer_costs(handle)
     members = {layer["name"]: layer.get("members", [layer["name"]]) for layer in result["layers"]}
     curves = profile_cost.profiled_curves(curves_for(result, "macs", bounds, quality), members, costs)

@@ -8,12 +8,15 @@ from dashboard import charts, closer_look, formatting, graph_view, session
 
 
 def reconciliation(profile: dict, label: str) -> str:
-    """'dense: layers 2.08 ms + outside layers 0.02 ms + between nodes 0.35 ms = one run 2.45 ms (median)'."""
+    """'dense: layers 2.08 ms + outside layers 0.02 ms + rest 0.35 ms = one run 2.45 ms (median of 30 plain
+    runs); ...' with what the profiler added, which the layer times leave out."""
     layers = sum(layer["ms"] for layer in profile["layers"])
     return (f"**{label}**: layers {formatting.milliseconds(layers)} + outside layers "
-            f"{formatting.milliseconds(profile['other_ms'])} + between nodes "
-            f"{formatting.milliseconds(profile['overhead_ms'])} ≈ one run {formatting.milliseconds(profile['p50_ms'])} "
-            f"(median of {profile['runs']})")
+            f"{formatting.milliseconds(profile['other_ms'])} + rest "
+            f"{formatting.milliseconds(profile['overhead_ms'])} = one run {formatting.milliseconds(profile['p50_ms'])} "
+            f"(median of {profile['timed_runs']} runs without the profiler). The {profile['runs']} profiled runs took "
+            f"{formatting.milliseconds(profile['profiler_ms'])} more; the {profile['node_cost_us']:.1f} µs the "
+            "profiler spends inside each node is left out of the layer times.")
 
 
 def table_ui(rows: list[dict], dense_p50: float) -> None:
