@@ -9,7 +9,8 @@ import torch
 
 from core.cli import main
 from core.deploy.export import export_onnx
-from core.deploy.profile import LayerMap, profile_plan, scope_path
+from core.deploy.measure import MIN_RUNS
+from core.deploy.profile import LayerMap, calibration_model, profile_plan, scope_path
 from core.inspect import prunable_layers
 from core.prune.plan import Plan
 
@@ -44,13 +45,25 @@ def test_fused_nodes_named_after_a_tensor_map_to_their_convolution(resnet):
         name for name in names if not name.startswith("fc")}
 
 
-def test_layers_outside_and_between_add_up_to_the_median_run(resnet_profile):
+def test_layers_outside_and_the_rest_add_up_to_the_plain_median_run(resnet_profile):
     for profile in (resnet_profile["dense"], resnet_profile["pruned"]):
         layers = sum(layer["ms"] for layer in profile["layers"])
         assert all(layer["ms"] > 0 for layer in profile["layers"])  # every layer ran and was found
-        assert layers + profile["other_ms"] + profile["overhead_ms"] == pytest.approx(profile["p50_ms"], rel=1e-6) \
-            or layers + profile["other_ms"] > profile["p50_ms"]  # per-node medians may exceed the median run
-        assert profile["runs"] == 4
+        assert layers + profile["other_ms"] + profile["overhead_ms"] == pytest.approx(profile["p50_ms"], rel=1e-6)
+        assert profile["runs"] == 4 and profile["timed_runs"] >= MIN_RUNS  # profiled, then timed plain
+        assert profile["profiler_ms"] == pytest.approx(profile["profiled_p50_ms"] - profile["p50_ms"])
+        assert profile["node_cost_us"] > 0 and profile["nodes_per_run"] >= len(profile["layers"])
+
+
+def test_the_profilers_time_inside_a_node_comes_from_trivial_nodes():
+    import numpy as np
+    import onnxruntime as ort
+
+    chain = onnx.load_from_string(calibration_model(50))
+    assert [node.op_type for node in chain.graph.node] == ["Neg"] * 50
+    session = ort.InferenceSession(calibration_model(50), providers=["CPUExecutionProvider"])
+    ones = np.ones((1, 8), dtype=np.float32)
+    assert (session.run(None, {"v0": ones})[0] == ones).all()  # an even number of negations
 
 
 def test_rows_align_dense_and_pruned_layers_with_their_macs(resnet_profile, resnet):
