@@ -67,8 +67,11 @@ def test_the_profile_priced_plan_meets_the_target_as_the_profile_prices_it(cnn, 
     saved = profile_cost.predicted_saving_ms(cnn, plan.replace(reconstruct=False, recalibrate=False), costs)
     assert saved >= dense - target > 0  # reached, priced by every layer's measured ms per MAC
     assert saved <= (dense - target) * 1.25  # and not far beyond it
+    # a run mostly outside the layers (p50 ten times the layers' time): no pruning brings it to a tenth
+    far = {**costs, "p50_ms": 10 * costs["layers_ms"]}
+    monkeypatch.setattr(profile_cost, "layer_costs", lambda handle, threads=2: far)
     with pytest.raises(PrunelabError, match="out of reach"):
-        allocate(cnn, target_latency_ms=dense * 0.01, granularity="channel", sensitivity=result,
+        allocate(cnn, target_latency_ms=far["p50_ms"] * 0.1, granularity="channel", sensitivity=result,
                  latency_cost="profile")
     with pytest.raises(PrunelabError, match="give target_latency_ms"):
         allocate(cnn, target_mac_reduction=2.0, granularity="channel", sensitivity=result, latency_cost="profile")
