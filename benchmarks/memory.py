@@ -33,8 +33,10 @@ def random_plan(rng: random.Random, layers: list[str]) -> Plan:
     return Plan(granularity=granularity, sparsity=round(rng.uniform(0, 0.9), 2), layers=targets)
 
 
-def main(quick: bool = False, changes: int = 200, model: str = "digits-cnn") -> list[dict]:
-    changes = 20 if quick else changes
+def main(quick: bool = False, changes: int = 200, model: str | None = None) -> list[dict]:
+    """Measure ``changes`` random plans of ``model`` (default digits-cnn) and print the resident memory;
+    ``quick`` (the test suite's smoke run): 4 changes of digits-mlp."""
+    changes, model = (4, model or "digits-mlp") if quick else (changes, model or "digits-cnn")
     clear_caches()
     handle = load_model(model)
     evaluator = LiveEvaluator(handle)
