@@ -234,6 +234,7 @@ def sliders_ui(plan: state.Plan) -> None:
 
 POLL_SECONDS = 0.4  # how often the page reads the figures of a plan being measured ...
 NEWER_SECONDS = 0.25  # ... each read waiting this long for a stage not shown yet (a new release waits at most this)
+POLLS = "tune.polls"  # reads of the plan being measured since the page last ran whole
 
 
 def _final(report: dict | None) -> bool:
@@ -277,6 +278,7 @@ def metrics_panel() -> None:
         if not measuring:
             _draw(report)
     if measuring:
+        st.session_state[POLLS] = 0
         live_panel()
 
 
@@ -286,7 +288,8 @@ def live_panel() -> None:
     if live.live_failed():
         st.rerun(scope="app")  # the page says what failed, once
     with session.guard("measuring the plan"):
-        report = live.live_report(newer=NEWER_SECONDS)
+        polls = st.session_state[POLLS] = st.session_state.get(POLLS, 0) + 1
+        report = live.live_report(newer=NEWER_SECONDS if polls > 1 else 0.0)  # the page run waited already
         if _final(report):
             st.rerun(scope="app")  # the per-layer views and the plan's label read the finished report
         if report is not None:
