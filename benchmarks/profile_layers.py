@@ -1,9 +1,11 @@
 """Where the time goes: per-layer ONNX Runtime profiles of dense and pruned models, reconciled with
 the latency measured without the profiler, and what profiling costs against a normal measurement.
 
-For each model: the per-layer sum, the time outside layers and between nodes of the profiled runs,
-the p50 of the same models timed without the profiler (dense and pruned in alternation, as
-``prunelab evaluate`` times them), the gap between the two, and the seconds each took. Then the
+For each model: the per-layer sum and the time outside layers (node durations less the profiler's
+own time inside a node), the rest of the plain p50 (the same sessions timed with the profiler ended,
+dense and pruned in alternation, as ``prunelab evaluate`` times them), the p50 of a separate normal
+measurement, the gap between node times and the plain p50 with and without the profiler's time
+taken out, and the seconds profiling and the normal measurement took. Then the
 per-layer table of minilm with 50% of its attention heads removed (with --quick, of digits-resnet).
 The targets: the per-layer times plus the time outside layers within 10% of the unprofiled p50
 ("gap"), and profiling under 2x the time of the normal latency measurement ("profiling / timing").

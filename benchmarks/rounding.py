@@ -1,23 +1,33 @@
 """Channel rounding against measured speed: transformers' MobileNetV2, EfficientNet-B0 and RegNet at 224,
-random weights, batch 1, a uniform channel plan cutting about half the MACs, with the default
-``round_to: auto`` (core.kernels) and with the plan's own multiples (1 and 16).
+random weights, and the built-in digits-resnet at 32x32 (its small layers), batch 1, a uniform channel
+plan cutting about half the MACs, with the default ``round_to: auto`` (core.kernels), with ``auto`` as the
+other x86 rule would resolve it (8 with AVX2, 16 with AVX-512), and with the plan's own multiples (1 and 16).
 
 For each model the channel share giving a 2x MAC cut under auto rounding is found by a few secant
-steps; every rounding then uses that share. Dense and pruned ONNX Runtime sessions are timed in
-alternation. The target: speedup / MAC cut at least 0.8 with the defaults.
+steps; every rounding then uses that share. The dense model and every rounding's pruned model are
+timed in one alternation, so load falls on all of them alike. On a loaded machine a run's p50 also
+holds the time the process waited for a core, more of it the longer the run (a 2 ms run often fits
+in one time slice, a 5 ms run seldom does), which exaggerates speedups; so each model is also
+profiled (core.deploy.profile) and its per-node medians summed ("ms (nodes)"), which leaves those
+waits out. The target: speedup / MAC cut at least 0.8 with the defaults.
 
     python -m benchmarks.rounding [--quick] [--threads 1] [--rounds 60] [--model mobilenet_v2]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 
 import torch
 from torch import nn
 
-from benchmarks.common import macs, paired_p50_ms, print_table
+from benchmarks.common import macs, print_table
+from core import kernels
+from core.deploy.export import export_onnx
+from core.deploy.measure import create_session, paired_latency
+from core.deploy.profile import profile_models
 from core.kernels import channel_multiple
 from core.prune.engine import apply_plan
 from core.prune.plan import AUTO, Plan
@@ -28,14 +38,15 @@ SECANT_STEPS = 3
 
 
 class Logits(nn.Module):
-    """A transformers image classifier as a tensor-in, logits-out module."""
+    """A transformers image classifier as a tensor-in, logits-out module (a plain module passes through)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixels).logits
+        output = self.model(pixel_values=pixels) if hasattr(self.model, "config") else self.model(pixels)
+        return output if isinstance(output, torch.Tensor) else output.logits
 
 
 def mobilenet_v2() -> nn.Module:
@@ -55,7 +66,14 @@ def regnet() -> nn.Module:
     return RegNetForImageClassification(RegNetConfig())  # the config's default: RegNetY-4GF's widths
 
 
-MODELS = {"mobilenet_v2": mobilenet_v2, "efficientnet_b0": efficientnet_b0, "regnet": regnet}
+def digits_resnet() -> nn.Module:
+    from core.sources import load_model
+    return load_model("digits-resnet").module
+
+
+MODELS = {"mobilenet_v2": mobilenet_v2, "efficientnet_b0": efficientnet_b0, "regnet": regnet,
+          "digits_resnet": digits_resnet}
+SIZES = {"digits_resnet": (1, 32, 32)}  # input (channels, height, width); the others read 3 x SIZE x SIZE
 
 
 def pruned_at(module: nn.Module, example: torch.Tensor, share: float, round_to) -> nn.Module:
@@ -76,21 +94,55 @@ def share_for_cut(module: nn.Module, example: torch.Tensor, dense_macs: int) -> 
     return share, pruned
 
 
+@contextlib.contextmanager
+def cpu_rule(multiple: int | None):
+    """``round_to: auto`` resolved as if this CPU's rule gave ``multiple`` (None: the CPU's own rule)."""
+    if multiple is None:
+        yield
+        return
+    own = kernels.channel_multiple
+    kernels.channel_multiple = lambda: (multiple, f"the rule for {multiple}")
+    try:
+        yield
+    finally:
+        kernels.channel_multiple = own
+
+
+def roundings() -> list[tuple[str, object, int | None]]:
+    """(label, round_to, CPU rule) per row: auto under this CPU's rule and under AVX2's 8, then fixed multiples."""
+    own = channel_multiple()[0]
+    rows = [(f"auto ({own})", AUTO, None)]
+    rows += [(f"auto as with {multiple}", AUTO, multiple) for multiple in (8, 16) if multiple != own]
+    return rows + [("1", 1, None), ("16", 16, None)]
+
+
 def measure(name: str, threads: int, rounds: int) -> list[list]:
+    """Dense and every rounding's pruned model of ``name``, all timed in one alternation."""
     torch.manual_seed(0)
     module = Logits(MODELS[name]()).eval()
-    example = torch.randn(1, 3, SIZE, SIZE)
+    example = torch.randn(1, *SIZES.get(name, (3, SIZE, SIZE)))
     dense_macs = macs(module, example)
     print(f"{name}: {dense_macs / 1e9:.3f} G MACs dense", flush=True)
     share, auto_model = share_for_cut(module, example, dense_macs)
+    labels, models = [], [module]
+    for label, round_to, rule in roundings():
+        with cpu_rule(rule):
+            models.append(auto_model if label.startswith("auto (") else pruned_at(module, example, share, round_to))
+        labels.append(label)
+    exported = [export_onnx(model, example) for model in models]
+    sessions = [create_session(model, threads=threads)[0] for model in exported]
+    timed = paired_latency(sessions, example.numpy(), min_runs=rounds, min_seconds=0.0)
+    profiles = profile_models(exported, example.numpy(), [[] for _ in exported], threads=threads)
+    node_ms = [profile["other_ms"] for profile in profiles]  # no layers named: every node's median counts here
+    dense_ms = timed[0]["latency_ms"]["p50"]
     rows = []
-    for label, round_to in ((f"auto ({channel_multiple()[0]})", AUTO), ("1", 1), ("16", 16)):
-        pruned = auto_model if round_to == AUTO else pruned_at(module, example, share, round_to)
+    for label, pruned, measured, nodes in zip(labels, models[1:], timed[1:], node_ms[1:]):
         cut = dense_macs / macs(pruned, example)
-        dense_ms, pruned_ms = paired_p50_ms(module, pruned, example, threads=threads, rounds=rounds)
-        speedup = dense_ms / pruned_ms
+        pruned_ms = measured["latency_ms"]["p50"]
+        speedup, by_nodes = dense_ms / pruned_ms, node_ms[0] / nodes
         rows.append([name, f"{share:.1%}", label, f"{cut:.2f}x", f"{dense_ms:.2f}", f"{pruned_ms:.2f}",
-                     f"{speedup:.2f}x", f"{speedup / cut:.2f}", f"{os.getloadavg()[0]:.1f}"])
+                     f"{speedup:.2f}x", f"{speedup / cut:.2f}", f"{node_ms[0]:.2f}", f"{nodes:.2f}",
+                     f"{by_nodes:.2f}x", f"{by_nodes / cut:.2f}", f"{os.getloadavg()[0]:.1f}"])
         print("  " + " | ".join(rows[-1]), flush=True)
     return rows
 
@@ -110,7 +162,8 @@ def main() -> None:
     print(f"\nORT {args.threads} thread(s), batch 1, {rounds} alternating rounds, medians; rounding multiple "
           f"{channel_multiple()[0]} ({channel_multiple()[1]}); {time.perf_counter() - started:.0f} s\n")
     print_table(["model", "channel share", "round_to", "MAC cut", "dense ms", "pruned ms", "speedup",
-                 "speedup / MAC cut", "load"], rows)
+                 "speedup / MAC cut", "dense ms (nodes)", "pruned ms (nodes)", "speedup (nodes)",
+                 "speedup (nodes) / MAC cut", "load"], rows)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,20 @@
 
 ONNX Runtime runs convolutions in blocks of channels (its NCHWc layout: 8 channels with AVX2, 16
 with AVX-512); a channel count off those blocks falls back to slower kernels and adds layout
-reorders. Measured with ORT 1.32 on transformers' MobileNetV2 at 224 (30% channels, about half
-the MACs), dense and pruned timed in alternation, on a CPU with AVX2 and AVX-512:
+reorders. Measured with ORT 1.32, 1 thread, batch 1, on a CPU with AVX2 and AVX-512
+(``python -m benchmarks.rounding --rounds 30``: transformers' models at 224, random weights, a
+uniform channel plan cutting half the MACs, dense and pruned timed in alternation), the speedup as
+a share of the MAC cut with kept counts rounded to 8 / 1 / 16:
 
-    kept counts rounded to 1: 0.71x of dense; to 8: 1.87x; to 16: 1.82x
-    digits-resnet at 30%:     1.13x;          1.74x;      1.30x
+    MobileNetV2      0.81 / 0.46 / 0.96
+    EfficientNet-B0  0.76 / 0.40 / 0.90
+    RegNet           0.80 / 0.74 / 0.89
 
-So 8 is the rule on x86 with AVX2 (8 beat 16 even with AVX-512: 16 moves small layers further from
-their targets, and ORT pads output channels to its block). ARM's NEON kernels work on 4 floats. A
+So AVX-512 takes 16 and AVX2 8. The built-in digits-resnet (32x32, 64-256 channels, where small
+groups halve the multiple) is not hurt by 16: at a 2x MAC cut its ``auto`` plan under 16 ran 2.00x
+faster than dense (0.98 of its cut) and under 8 1.86x (0.81 of a larger cut), as sums of per-node
+median times (the profiler's, which leave out the waits for a core on a loaded machine); timed whole
+on 2 threads in alternation, 0.98 against 0.85 of the cut. ARM's NEON kernels work on 4 floats. A
 plan's ``round_to: auto`` (the default) resolves to ``channel_multiple()`` in the resolved plan
 (core.prune.resolved), which also keeps small layers prunable (``group_multiple``).
 """
@@ -19,7 +25,7 @@ import functools
 import platform
 
 # Vector extension -> channel multiple, the first one the CPU has wins.
-RULES = (("avx2", 8), ("asimd", 4), ("neon", 4))
+RULES = (("avx512f", 16), ("avx2", 8), ("asimd", 4), ("neon", 4))
 FALLBACK = 1
 # A group is rounded to a multiple only when it has at least this many multiples of channels.
 MIN_UNITS = 4

@@ -35,9 +35,9 @@ TERMS = {
     "coupled": "(+N coupled): this layer's output channels feed N other layers (through a residual add, a "
                "concatenation or a depthwise convolution), so removing a channel removes it from all of them; "
                "one slider moves the whole group",
-    "round_to": "ONNX Runtime's convolution kernels work in blocks of channels (8 with AVX2): odd counts can run "
-                "slower than the dense model. 'auto' takes the multiple this CPU's kernels want; small layers "
-                "round to smaller multiples so they still lose channels",
+    "round_to": "ONNX Runtime's convolution kernels work in blocks of channels (8 with AVX2, 16 with AVX-512): "
+                "odd counts can run slower than the dense model. 'auto' takes the multiple this CPU's kernels want; "
+                "small layers round to smaller multiples so they still lose channels",
     "by_profile": "on: profile the dense model once and price every candidate plan by each layer's measured ms per "
                   "MAC (no candidate is timed, so load does not move the result; time outside layers is assumed to "
                   "stay). Off: every candidate plan is timed whole",

@@ -100,7 +100,7 @@ def channel_importance(layer: str) -> dict:
 
 
 def round_to_label(value) -> str:
-    """A choice of Round kept channels as shown: 'auto (8 on this CPU)' or the number."""
+    """A choice of Round kept channels as shown: 'auto (16 on this CPU)' or the number."""
     return f"auto ({api.channel_multiple()[0]} on this CPU)" if value == state.AUTO_ROUND else str(value)
 
 

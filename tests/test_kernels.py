@@ -9,7 +9,7 @@ from core.prune.plan import AUTO, Plan
 from core.prune.resolved import resolve_names
 
 
-@pytest.mark.parametrize("features, multiple", [({"sse4_2", "avx2", "avx512f"}, 8), ({"avx2"}, 8),
+@pytest.mark.parametrize("features, multiple", [({"sse4_2", "avx2", "avx512f"}, 16), ({"avx2"}, 8),
                                                 ({"asimd", "fp"}, 4), ({"sse2"}, 1)])
 def test_the_multiple_follows_the_cpus_vector_extensions(monkeypatch, features, multiple):
     monkeypatch.setattr(kernels, "cpu_features", lambda: frozenset(features))
@@ -18,6 +18,7 @@ def test_the_multiple_follows_the_cpus_vector_extensions(monkeypatch, features, 
 
 def test_small_groups_round_to_smaller_multiples():
     assert [kernels.group_multiple(8, channels) for channels in (128, 32, 31, 16, 8, 3)] == [8, 8, 4, 4, 2, 1]
+    assert [kernels.group_multiple(16, channels) for channels in (128, 64, 63, 32, 16)] == [16, 16, 8, 8, 4]
 
 
 def test_auto_is_the_default_and_resolves_once_to_this_cpus_multiple():
