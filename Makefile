@@ -2,7 +2,8 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PORT    ?= 8501
-# Test processes (pytest-xdist): each takes whole test files, so a file's module fixtures are built once.
+# Test processes (pytest-xdist): each takes whole test files, so a file's module fixtures are built once;
+# files go out in collection order, longest first (tests/conftest.py, LONGEST_FIRST).
 WORKERS ?= 2
 
 .PHONY: setup run test test-fast lint bench browser clean testdeps
@@ -36,10 +37,10 @@ lint: setup
 	$(PYTHON) -m ruff check .
 
 test: setup browser lint testdeps
-	$(PYTHON) -m pytest -q -n $(WORKERS) --dist loadfile
+	$(PYTHON) -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: setup
-	$(PYTHON) -m pytest -q -n $(WORKERS) --dist loadfile -m "not slow and not browser"
+	$(PYTHON) -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow and not browser"
 
 bench: setup
 	$(PYTHON) -m benchmarks.run

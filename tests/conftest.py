@@ -20,7 +20,28 @@ PAGES = ROOT / "dashboard" / "pages"
 SOURCE_VARIABLES = ("PRUNELAB_MODEL", "PRUNELAB_WEIGHTS", "PRUNELAB_INPUT_SHAPE", "PRUNELAB_DATA",
                     "PRUNELAB_TRUST", "PRUNELAB_ALLOW_CODE", "PRUNELAB_MODEL_ROOT", "PRUNELAB_METRIC")
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Torch threads per test process: the cores shared out among pytest-xdist's processes (`make test` runs 2 on
+# 2 cores). Two processes of 2 threads each on 2 cores spin against each other: the same forward passes of
+# digits-resnet took 1.5x the CPU time and 1.5x the wall time with 2 threads as with 1 on a busy machine.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+torch.set_num_threads(THREADS)
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))  # the command line and dashboard processes tests start
+
+# The files that take longest, longest first (per-file times of one-file runs). `make test` hands whole
+# files to its processes in collection order (--dist loadfile --no-loadscope-reorder), so the long files
+# start first and the short ones fill in at the end, and both processes finish near the same time.
+LONGEST_FIRST = ("test_benchmarks_smoke.py", "test_allocate.py", "test_spend.py", "test_parallel.py",
+                 "test_browser_tune.py", "test_structured.py", "test_dashboard_app.py", "test_ray.py",
+                 "test_browser.py", "test_sensitivity.py", "test_hostile.py", "test_profile_cost.py",
+                 "test_properties.py", "test_quantize.py", "test_browser_export.py", "test_browser_depth.py")
+
+
+def pytest_collection_modifyitems(items):
+    """Run LONGEST_FIRST's files first; every file keeps its own order of tests, the rest their name order."""
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(autouse=True)
