@@ -26,8 +26,8 @@ MEMORY_BOUND_BYTES = 4 << 30          # peak resident memory static quantization
 ACTIVATION_BUDGET_BYTES = 512 << 20   # one calibration batch's intermediate tensors
 # Measured over the resident memory at planning: a ResNet-50 (90 MB graph, 64x64, batches of 42) and
 # a small ResNet (4 MB graph, 224x224, batches of 26), onnxruntime 1.32.
-PREPARE_COPIES = 5          # graph copies while pre-processing and augmenting: measured 4.6-4.8
-CALIBRATION_COPIES = 4      # graph copies while the calibration session runs: measured 3.8
+PREPARE_COPIES = 4          # graph copies while pre-processing and augmenting: measured 3.6-4.1
+CALIBRATION_COPIES = 3      # graph copies while the calibration session runs: measured 2.9
 ACTIVATION_OVERHEAD = 1.6   # the calibration arena over one batch's activation bytes: measured 1.31-1.58
 BASE_BYTES = 600 << 20                # the Python process with torch and onnxruntime loaded, when unknown
 CALIBRATION_BUDGET_MACS = 1e11

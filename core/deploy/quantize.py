@@ -79,6 +79,8 @@ def quantize_model(model_bytes: bytes, data: Dataset, mode: str = "int8", macs: 
     plan = None
     if resolved == "int8-static":
         plan = plan_calibration(model, len(model_bytes), len(data.calibration(MAX_ITEMS)), macs)
+    input_name = _input_name(model) if plan else None
+    del model  # read from the file from here on: one copy of the graph fewer while preparing and calibrating
     with tempfile.TemporaryDirectory(prefix="prunelab-int8-") as directory, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         source, prepared, output = (Path(directory) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
@@ -90,7 +92,7 @@ def quantize_model(model_bytes: bytes, data: Dataset, mode: str = "int8", macs: 
         try:
             if resolved == "int8-static":
                 calibration = data.calibration(plan.items)
-                reader = _Calibration(_input_name(model), calibration, plan.batch_size)
+                reader = _Calibration(input_name, calibration, plan.batch_size)
                 quantize_static(str(prepared), str(output), reader,
                                 quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
