@@ -156,3 +156,63 @@ def test_global_fisher_shares_heads_and_neurons_between_layers(tinylm):
         assert len({row["target"] for row in rows}) > 1                    # each layer its own share
         kept, total = sum(row["kept"] for row in rows), sum(row["total"] for row in rows)
         assert abs(kept / total - 0.5) < 0.1
+
+
+class _PostNormBlock(nn.Module):
+    """x -> norm(x + down(relu(up(x)))), with an optional layer scale module between down and the sum."""
+
+    def __init__(self, width: int, hidden: int, scaled: bool = False):
+        super().__init__()
+        self.up, self.down, self.norm = nn.Linear(width, hidden), nn.Linear(hidden, width), nn.LayerNorm(width)
+        self.scale = nn.Linear(width, width) if scaled else nn.Identity()
+
+    def forward(self, value):
+        return self.norm(value + self.scale(self.down(torch.relu(self.up(value)))))
+
+
+def _norm_inputs(model: nn.Module, inputs: torch.Tensor) -> list[torch.Tensor]:
+    seen = []
+    handles = [block.norm.register_forward_pre_hook(lambda norm, args: seen.append(args[0].detach()))
+               for block in model]
+    with torch.no_grad():
+        model(inputs)
+    for handle in handles:
+        handle.remove()
+    return seen
+
+
+def _halve_hidden(block: _PostNormBlock) -> None:
+    """Remove the second half of the block's hidden units (the rows of up, the columns of down)."""
+    kept = block.up.out_features // 2
+    up, down = nn.Linear(block.up.in_features, kept), nn.Linear(kept, block.down.out_features)
+    with torch.no_grad():
+        up.weight.copy_(block.up.weight[:kept])
+        up.bias.copy_(block.up.bias[:kept])
+        down.weight.copy_(block.down.weight[:, :kept])
+        down.bias.copy_(block.down.bias)
+    block.up, block.down = up, down
+
+
+def test_a_layer_before_a_norm_is_fit_to_the_dense_residual_sum():
+    torch.manual_seed(0)
+    model = nn.Sequential(_PostNormBlock(8, 16), _PostNormBlock(8, 16)).eval()
+    inputs = torch.randn(600, 8)
+    names = ["0.down", "1.down"]
+    dense = reconstruct.dense_outputs(model, names, inputs, None)
+    sums = _norm_inputs(model, inputs)
+    assert set(dense.sums) == set(names)
+    assert all(torch.equal(dense.sums[name], value) for name, value in zip(names, sums))
+    for block in model:
+        _halve_hidden(block)
+    before = [(value - wanted).norm() for value, wanted in zip(_norm_inputs(model, inputs), sums)]
+    reduced = reconstruct.refit(model, [reconstruct.Target(name, None) for name in names], dense, inputs, None)
+    after = [(value - wanted).norm() for value, wanted in zip(_norm_inputs(model, inputs), sums)]
+    assert set(reduced) == set(names) and min(reduced.values()) > 0
+    assert all(late < early for late, early in zip(after, before))  # the refit weights are in the model
+
+
+def test_a_layer_with_weights_between_the_layer_and_the_norm_breaks_the_pairing():
+    torch.manual_seed(0)
+    model = nn.Sequential(_PostNormBlock(8, 16, scaled=True)).eval()
+    dense = reconstruct.dense_outputs(model, ["0.down"], torch.randn(100, 8), None)
+    assert "0.down" in dense.outputs and dense.sums == {}

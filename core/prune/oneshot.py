@@ -131,7 +131,7 @@ class Reconstruction:
         """Refit every consumer whose inputs shrank; ``removed`` maps layers to the output channels they
         lost. Returns the sentence for the notes (None when nothing was refit)."""
         targets = []
-        for name in self.dense:
+        for name in self.dense.outputs:
             if module.get_submodule(name).weight.shape[1] == self.inputs[name]:
                 continue
             lost = set(removed.get(name, ()))
@@ -143,6 +143,8 @@ class Reconstruction:
         if not reduced:
             return None
         mean = float(np.mean(list(reduced.values())))
+        sums = sum(name in self.dense.sums for name in reduced)
         return (f"reconstruction: {len(reduced)} layers that read removed channels or heads refit by least squares "
-                f"to the dense outputs on {len(self.cal.inputs)} calibration items (their error there down "
+                f"to the dense outputs ({sums} before a norm: to the dense residual sum) on "
+                f"{len(self.cal.inputs)} calibration items (their error there down "
                 f"{mean:.0%} on average; set reconstruct: false to keep the dense weights)")
