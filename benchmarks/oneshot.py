@@ -8,7 +8,7 @@ on the 240 test sentences (calibration reads the 60 val sentences), in ONNX Runt
 digits-resnet: 30/50/70% of channels, round_to 8; test accuracy (calibration and BatchNorm
 re-estimation read the train split). random is the control; seconds are the whole apply_plan.
 
-    python -m benchmarks.oneshot [--quick]
+    python -m benchmarks.oneshot [--quick] [--model minilm] [--criterion fisher]
 """
 from __future__ import annotations
 
@@ -36,7 +36,12 @@ def _timed(handle, plan: Plan):
     return result, time.perf_counter() - started
 
 
-def minilm_rows(quick: bool) -> list[list]:
+def _chosen(criteria, quick: bool, only: tuple[str, ...] | None) -> list[str]:
+    """The criteria to run: random and fisher in quick mode, and only ``only`` when given."""
+    return [name for name in criteria if (not quick or name in ("random", "fisher")) and (not only or name in only)]
+
+
+def minilm_rows(quick: bool, only: tuple[str, ...] | None = None) -> list[list]:
     handle = load_model("minilm")
     items = handle.data.x_test[:32 if quick else None]
     example = handle.example_input(1)
@@ -52,7 +57,7 @@ def minilm_rows(quick: bool) -> list[list]:
                     ("channels 50%, global", dict(sparsity=0.5, scope="global"), ("fisher",))]
     rows = []
     for label, values, criteria in settings:
-        for criterion in [name for name in criteria if name in ("random", "fisher")] if quick else criteria:
+        for criterion in _chosen(criteria, quick, only):
             for reconstruct in (False, True):
                 result, seconds = _timed(handle, Plan(granularity="channel", criterion=criterion,
                                                       reconstruct=reconstruct, **values))
@@ -63,13 +68,13 @@ def minilm_rows(quick: bool) -> list[list]:
     return rows
 
 
-def resnet_rows(quick: bool) -> list[list]:
+def resnet_rows(quick: bool, only: tuple[str, ...] | None = None) -> list[list]:
     handle = load_model("digits-resnet")
     data = handle.data
     dense = test_accuracy(handle.module, data.x_test, data.y_test)
     rows = [["digits-resnet", "dense", "-", "-", round(dense, 3), 0.0]]
     for share in (0.5,) if quick else (0.3, 0.5, 0.7):
-        for criterion in ("random", "fisher") if quick else RESNET_CRITERIA:
+        for criterion in _chosen(RESNET_CRITERIA, quick, only):
             for reconstruct in (False, True):
                 result, seconds = _timed(handle, Plan(granularity="channel", criterion=criterion, sparsity=share,
                                                       round_to=8, reconstruct=reconstruct))
@@ -80,13 +85,14 @@ def resnet_rows(quick: bool) -> list[list]:
     return rows
 
 
-def main(quick: bool = False, models: tuple[str, ...] = ("minilm", "digits-resnet")) -> list[list]:
+def main(quick: bool = False, models: tuple[str, ...] = ("minilm", "digits-resnet"),
+         only: tuple[str, ...] | None = None) -> list[list]:
     torch.set_num_threads(2)
     rows = []
     if "minilm" in models:
-        rows += minilm_rows(quick)
+        rows += minilm_rows(quick, only)
     if "digits-resnet" in models:
-        rows += resnet_rows(quick)
+        rows += resnet_rows(quick, only)
     print()
     print_table(["model", "plan", "criterion", "reconstruct", "cosine / test accuracy", "s per plan"], rows)
     load = np.round(np.array(__import__("os").getloadavg()), 1).tolist()
@@ -101,5 +107,7 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="50% only, random and fisher, 32 sentences")
     parser.add_argument("--model", choices=("minilm", "digits-resnet"), action="append",
                         help="only this model (repeatable)")
+    parser.add_argument("--criterion", choices=RESNET_CRITERIA, action="append",
+                        help="only this criterion (repeatable)")
     args = parser.parse_args()
-    main(args.quick, tuple(args.model or ("minilm", "digits-resnet")))
+    main(args.quick, tuple(args.model or ("minilm", "digits-resnet")), tuple(args.criterion or ()) or None)

@@ -106,7 +106,7 @@ class _Pairing:
         last, self.last = self.last, None
         if last is None or not isinstance(value, torch.Tensor) or value.shape != last[1].shape:
             return None
-        return last
+        return None if value.data_ptr() == last[1].data_ptr() else last  # added in place: no residual to read
 
     def hooks(self, module: nn.Module, consumers: list[str], on_norm) -> list:
         """Watch ``module``: each Linear consumer's output, every other layer with weights, and every norm."""
