@@ -32,10 +32,10 @@ if WORKERS > 1:
 # The files that take longest, longest first (per-file times of one-file runs). `make test` hands whole
 # files to its processes in collection order (--dist loadfile --no-loadscope-reorder), so the long files
 # start first and the short ones fill in at the end, and both processes finish near the same time.
-LONGEST_FIRST = ("test_benchmarks_smoke.py", "test_allocate.py", "test_spend.py", "test_parallel.py",
-                 "test_browser_tune.py", "test_structured.py", "test_dashboard_app.py", "test_ray.py",
-                 "test_browser.py", "test_sensitivity.py", "test_hostile.py", "test_profile_cost.py",
-                 "test_properties.py", "test_quantize.py", "test_browser_export.py", "test_browser_depth.py")
+LONGEST_FIRST = ("test_benchmarks_smoke.py", "test_browser_tune.py", "test_allocate.py", "test_spend.py",
+                 "test_parallel.py", "test_oneshot.py", "test_structured.py", "test_dashboard_app.py", "test_ray.py",
+                 "test_lm.py", "test_browser_export.py", "test_browser.py", "test_sensitivity.py", "test_hostile.py",
+                 "test_profile_cost.py", "test_properties.py", "test_quantize.py", "test_browser_depth.py")
 
 
 def pytest_collection_modifyitems(items):
