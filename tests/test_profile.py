@@ -78,7 +78,8 @@ def test_rows_align_dense_and_pruned_layers_with_their_macs(resnet_profile, resn
 def test_cli_json_carries_layers_other_and_p50(capsys):
     assert main(["profile", "digits-cnn", "--runs", "3", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert {"layers", "other_ms", "p50_ms", "overhead_ms"} <= set(report)
+    assert {"layers", "other_ms", "p50_ms", "overhead_ms", "profiled_p50_ms", "node_cost_us",
+            "profiler_ms"} <= set(report)
     assert report["layers"] and all({"name", "ms"} <= set(row) for row in report["layers"])
     assert report["pruned"] is None
 

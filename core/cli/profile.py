@@ -20,7 +20,8 @@ def register(subparsers) -> None:
                              f"medians are stable (default {PROFILE_RUNS})")
     parser.add_argument("--top", type=int, default=0, help="print only the N layers that take longest (default all)")
     parser.add_argument("--json", action="store_true",
-                        help="print JSON: layers [{name, ms, ...}], other_ms, overhead_ms, p50_ms, dense, pruned")
+                        help="print JSON: layers [{name, ms, ...}], other_ms, overhead_ms, p50_ms, profiled_p50_ms, "
+                             "node_cost_us, profiler_ms, dense, pruned")
     parser.set_defaults(func=run)
 
 
@@ -49,7 +50,9 @@ def as_json(report: dict) -> dict:
               for row in report["rows"]]
     return {"model": report["model"], "plan": report["plan"], "settings": report["settings"], "layers": layers,
             "other_ms": measured["other_ms"], "other": measured["other"], "overhead_ms": measured["overhead_ms"],
-            "p50_ms": measured["p50_ms"], "dense": report["dense"], "pruned": report["pruned"]}
+            "p50_ms": measured["p50_ms"], "profiled_p50_ms": measured["profiled_p50_ms"],
+            "node_cost_us": measured["node_cost_us"], "profiler_ms": measured["profiler_ms"],
+            "dense": report["dense"], "pruned": report["pruned"]}
 
 
 def _ms(value) -> str:

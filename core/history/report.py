@@ -173,7 +173,8 @@ def _profiles(runs: list[Run]) -> str:
             full_html=False, include_plotlyjs=False, config={"displaylogo": False})
         parts.append(f"<h3>{html.escape(run_name(run))}</h3><p class=\"muted\">One run: dense "
                      f"{milliseconds(profile['dense_p50_ms'])}, pruned {milliseconds(profile['pruned_p50_ms'])} "
-                     f"(medians of profiled runs; outside layers {milliseconds(profile['other_ms'])}).</p>{chart}")
+                     f"(medians of runs without the profiler; layer times are the profiler's, less its own time inside "
+                     f"each node; outside layers {milliseconds(profile['other_ms'])}).</p>{chart}")
     return f"<h2>Where the time goes</h2>{''.join(parts)}" if parts else ""
 
 
