@@ -11,8 +11,9 @@ The peak is the larger of two moments, measured over the resident memory when th
 (``python -m tests.int8_memory_probe SPEC SHAPE --phases`` prints them): preparing the graph
 (pre-processing, shape inference, augmenting it) holds copies of the graph only; calibrating holds
 fewer copies plus the calibration session's arena. The arena keeps the first batch's tensors and
-then a memory pattern (one block per batch shape) on top of them, so it exceeds the batch's
-activation bytes. Quantizing after calibration frees the session first and stays below both.
+then a memory pattern (one block per batch shape, hence batches all of one size) on top of them,
+so it exceeds the batch's activation bytes. Quantizing after calibration frees the session first
+and stays below both.
 """
 from __future__ import annotations
 
@@ -24,11 +25,11 @@ from core.errors import PrunelabError
 
 MEMORY_BOUND_BYTES = 4 << 30          # peak resident memory static quantization may reach
 ACTIVATION_BUDGET_BYTES = 512 << 20   # one calibration batch's intermediate tensors
-# Measured over the resident memory at planning: a ResNet-50 (90 MB graph, 64x64, batches of 42) and
-# a small ResNet (4 MB graph, 224x224, batches of 26), onnxruntime 1.32.
+# Measured over the resident memory at planning (onnxruntime 1.32): a ResNet-50 (90 MB graph) at 64x64
+# and 128x128, a small ResNet (4 MB graph) at 96x96, 160x160 and 224x224; batches all of one size.
 PREPARE_COPIES = 4          # graph copies while pre-processing and augmenting: measured 3.6-4.1
 CALIBRATION_COPIES = 3      # graph copies while the calibration session runs: measured 2.9
-ACTIVATION_OVERHEAD = 1.6   # the calibration arena over one batch's activation bytes: measured 1.31-1.58
+ACTIVATION_OVERHEAD = 1.5   # the calibration arena over one batch's activation bytes: measured 1.31-1.48
 BASE_BYTES = 600 << 20                # the Python process with torch and onnxruntime loaded, when unknown
 CALIBRATION_BUDGET_MACS = 1e11
 MAX_ITEMS, MIN_ITEMS, MAX_BATCH = 128, 16, 64
@@ -88,7 +89,8 @@ def plan_calibration(model: onnx.ModelProto, model_bytes: int, available: int, m
     batch = max(1, min(MAX_BATCH, ACTIVATION_BUDGET_BYTES // max(1, per_item)))
     items = MAX_ITEMS if not macs else int(max(MIN_ITEMS, min(MAX_ITEMS, CALIBRATION_BUDGET_MACS // macs)))
     items = max(1, min(items, available))
-    batch = min(batch, items)
+    batches = -(-items // min(batch, items))
+    batch = -(-items // batches)  # batches as even as they go: the reader fills the last one up to this size
     preparing = PREPARE_COPIES * model_bytes
     calibrating = CALIBRATION_COPIES * model_bytes + ACTIVATION_OVERHEAD * batch * per_item
     estimate = resident_bytes() + max(preparing, calibrating)
