@@ -73,7 +73,7 @@ class Phases:
     def report(self) -> str:
         self.running = False
         rows = [f"{'phase':22s} {'sampled peak':>12s} {'VmHWM at its end':>16s}"]
-        rows += [f"{name:22s} {peak / 2**20:9.0f} MB {self.high_water.get(name, 0) / 2**20:13.0f} MB"
+        rows += [f"{name:22s} {peak / 2**20:8.0f} MiB {self.high_water.get(name, 0) / 2**20:12.0f} MiB"
                  for name, peak in self.peaks.items()]
         return "\n".join(rows)
 
