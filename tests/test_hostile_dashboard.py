@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.memory import PeakGrowth
 from tests.test_hostile import LIMIT_MIB, npz_bomb, onnx_with_input
 
 # ---------------------------------------------------------------- the dashboard runs no code without consent
@@ -108,19 +109,18 @@ def test_dashboard_opens_server_paths_only_under_its_model_root(model_page, tmp_
 
 
 def test_dashboard_refuses_an_npz_bomb_and_deletes_the_upload(model_page, tmp_path):
-    import resource
-
     from dashboard import uploads
 
     bomb = npz_bomb(tmp_path / "bomb.npz", (2**20, 1, 32, 32), zero_bytes=2**24)
     kept = set(uploads.folder().rglob("*"))  # other tests' uploads share this server's folder
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     labels = [box.label for box in model_page.file_uploader]
-    model_page.file_uploader[labels.index("Evaluation data (.npz or .txt)")].upload("bomb.npz", bomb.read_bytes()).run()
-    next(button for button in model_page.button if button.label == "Use this data").click().run()
+    with PeakGrowth() as growth:
+        model_page.file_uploader[labels.index("Evaluation data (.npz or .txt)")].upload("bomb.npz",
+                                                                                        bomb.read_bytes()).run()
+        next(button for button in model_page.button if button.label == "Use this data").click().run()
     assert not model_page.exception
     assert any("bomb.npz" in error.value and "PRUNELAB_MAX_DATA_GB" in error.value for error in model_page.error)
-    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < LIMIT_MIB
+    assert growth.mib < LIMIT_MIB
     assert set(uploads.folder().rglob("*")) - kept == set()
 
 
@@ -171,22 +171,20 @@ def test_a_source_that_reaches_the_session_another_way_is_checked_too(model_page
 
 
 def test_dashboard_refuses_an_input_too_big_and_draws_a_big_one_in_bounded_memory(model_page, tmp_path):
-    import resource
-
     from dashboard import uploads
 
     kept = set(uploads.folder().glob("*/*"))  # other tests' uploads share this server's folder
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     errors = []
-    for name, shape in (("huge.onnx", (1, 3, 100_000, 100_000)), ("big.onnx", (1, 3, 1024, 1024))):
-        content = onnx_with_input(tmp_path / name, shape).read_bytes()
-        model_page.file_uploader[0].upload(name, content).run()
-        next(button for button in model_page.button if button.label == "Load file").click().run()
-        assert not model_page.exception
-        errors.append([error.value for error in model_page.error])
+    with PeakGrowth() as growth:
+        for name, shape in (("huge.onnx", (1, 3, 100_000, 100_000)), ("big.onnx", (1, 3, 1024, 1024))):
+            content = onnx_with_input(tmp_path / name, shape).read_bytes()
+            model_page.file_uploader[0].upload(name, content).run()
+            next(button for button in model_page.button if button.label == "Load file").click().run()
+            assert not model_page.exception
+            errors.append([error.value for error in model_page.error])
     assert ["per item" in error and "huge.onnx" in error for error in errors[0]] == [True] and errors[1] == []
     assert model_page.session_state["prunelab.model"]["spec"].endswith("big.onnx")
-    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < LIMIT_MIB
+    assert growth.mib < LIMIT_MIB
     new = set(uploads.folder().glob("*/*")) - kept
     assert [path.name for path in new] == ["big.onnx"]  # the refused file is gone
 
@@ -208,14 +206,12 @@ def linked_app(open_app, env: dict[str, str] | None = None, **params):
 
 
 def test_a_link_asking_for_a_million_tokens_is_refused_in_bounded_memory(open_app):
-    import resource
-
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    app = linked_app(open_app, model="minilm", shape="1,1000000")
+    with PeakGrowth() as growth:
+        app = linked_app(open_app, model="minilm", shape="1,1000000")
     assert not app.exception
     warning = link_problem(app)
     assert "at most 512 tokens" in warning and "1,000,000" in warning
-    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < LIMIT_MIB
+    assert growth.mib < LIMIT_MIB
     assert app.session_state["prunelab.model"]["spec"] == "digits-cnn"  # the default stays
 
 
