@@ -11,7 +11,7 @@ in one time slice, a 5 ms run seldom does), which exaggerates speedups; so each 
 profiled (core.deploy.profile) and its per-node medians summed ("ms (nodes)"), which leaves those
 waits out. The target: speedup / MAC cut at least 0.8 with the defaults.
 
-    python -m benchmarks.rounding [--quick] [--threads 1] [--rounds 60] [--model mobilenet_v2]
+    python -m benchmarks.rounding [--quick] [--threads 1] [--rounds 60] [--model mobilenet_v2] [--min-units 4]
 """
 from __future__ import annotations
 
@@ -153,7 +153,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
     parser.add_argument("--rounds", type=int, default=60, help="timed runs of each session, alternating")
     parser.add_argument("--quick", action="store_true", help="MobileNetV2 only, 15 rounds")
+    parser.add_argument("--min-units", type=int, default=kernels.MIN_UNITS,
+                        help=f"auto rounds a group only when it holds this many multiples (default "
+                             f"{kernels.MIN_UNITS}, core.kernels.MIN_UNITS)")
     args = parser.parse_args()
+    kernels.MIN_UNITS = args.min_units
     names = ["mobilenet_v2"] if args.quick else (args.model or list(MODELS))
     rounds = 15 if args.quick else args.rounds
     started, rows = time.perf_counter(), []

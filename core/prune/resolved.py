@@ -65,8 +65,10 @@ class ResolvedPlan:
             return ""
         if not self.auto_rounding:
             return f"kept channels rounded to multiples of {self.round_to} (the plan's round_to)"
+        from core.kernels import MIN_UNITS
+
         return (f"kept channels rounded to multiples of {self.round_to} (round_to: auto; {self.rounding_reason}; "
-                f"groups under {4 * self.round_to} channels round to smaller multiples)")
+                f"groups under {MIN_UNITS * self.round_to} channels round to smaller multiples)")
 
     def removed(self, name: str) -> bool:
         """Whether layer ``name`` goes with a block the plan removes whole."""
