@@ -33,9 +33,12 @@ if WORKERS > 1:
 # files to its processes in collection order (--dist loadfile --no-loadscope-reorder), so the long files
 # start first and the short ones fill in at the end, and both processes finish near the same time.
 LONGEST_FIRST = ("test_benchmarks_smoke.py", "test_browser_tune.py", "test_allocate.py", "test_spend.py",
-                 "test_parallel.py", "test_oneshot.py", "test_structured.py", "test_dashboard_app.py", "test_ray.py",
-                 "test_lm.py", "test_browser_export.py", "test_browser.py", "test_sensitivity.py", "test_hostile.py",
-                 "test_profile_cost.py", "test_properties.py", "test_quantize.py", "test_browser_depth.py")
+                 "test_parallel.py", "test_conformance.py", "test_generation.py", "test_oneshot.py",
+                 "test_structured.py", "test_dashboard_app.py", "test_depth.py", "test_ray.py",
+                 "test_hostile_models.py", "test_lm.py", "test_browser_export.py", "test_browser.py",
+                 "test_profile.py", "test_huggingface.py", "test_sensitivity.py", "test_profile_cost.py",
+                 "test_properties.py", "test_downloaded.py", "test_hostile_dashboard.py", "test_quantize.py",
+                 "test_hostile_explore.py")
 
 
 def pytest_collection_modifyitems(items):
