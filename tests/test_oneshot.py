@@ -173,7 +173,7 @@ class _PostNormBlock(nn.Module):
 def _norm_inputs(model: nn.Module, inputs: torch.Tensor) -> list[torch.Tensor]:
     seen = []
     handles = [block.norm.register_forward_pre_hook(lambda norm, args: seen.append(args[0].detach()))
-               for block in model]
+               for block in model if isinstance(block, _PostNormBlock)]
     with torch.no_grad():
         model(inputs)
     for handle in handles:
@@ -195,14 +195,14 @@ def _halve_hidden(block: _PostNormBlock) -> None:
 
 def test_a_layer_before_a_norm_is_fit_to_the_dense_residual_sum():
     torch.manual_seed(0)
-    model = nn.Sequential(_PostNormBlock(8, 16), _PostNormBlock(8, 16)).eval()
+    model = nn.Sequential(nn.LayerNorm(8), _PostNormBlock(8, 16), _PostNormBlock(8, 16)).eval()
     inputs = torch.randn(600, 8)
-    names = ["0.down", "1.down"]
+    names = ["1.down", "2.down"]
     dense = reconstruct.dense_outputs(model, names, inputs, None)
     sums = _norm_inputs(model, inputs)
     assert set(dense.sums) == set(names)
     assert all(torch.equal(dense.sums[name], value) for name, value in zip(names, sums))
-    for block in model:
+    for block in model[1:]:
         _halve_hidden(block)
     before = [(value - wanted).norm() for value, wanted in zip(_norm_inputs(model, inputs), sums)]
     reduced = reconstruct.refit(model, [reconstruct.Target(name, None) for name in names], dense, inputs, None)
@@ -213,6 +213,19 @@ def test_a_layer_before_a_norm_is_fit_to_the_dense_residual_sum():
 
 def test_a_layer_with_weights_between_the_layer_and_the_norm_breaks_the_pairing():
     torch.manual_seed(0)
-    model = nn.Sequential(_PostNormBlock(8, 16, scaled=True)).eval()
-    dense = reconstruct.dense_outputs(model, ["0.down"], torch.randn(100, 8), None)
-    assert "0.down" in dense.outputs and dense.sums == {}
+    model = nn.Sequential(nn.LayerNorm(8), _PostNormBlock(8, 16, scaled=True)).eval()
+    dense = reconstruct.dense_outputs(model, ["1.down"], torch.randn(100, 8), None)
+    assert "1.down" in dense.outputs and dense.sums == {}
+
+
+class _PreNormBlock(_PostNormBlock):
+    def forward(self, value):
+        return value + self.down(torch.relu(self.up(self.norm(value))))
+
+
+def test_a_pre_norm_stream_is_not_paired():
+    """Pre-norm (Llama): the stream is never normalised in place, so layers keep the plain target."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_PreNormBlock(8, 16), _PreNormBlock(8, 16), nn.LayerNorm(8)).eval()
+    dense = reconstruct.dense_outputs(model, ["0.down", "1.down"], torch.randn(100, 8), None)
+    assert set(dense.outputs) == {"0.down", "1.down"} and dense.sums == {}

@@ -145,6 +145,6 @@ class Reconstruction:
         mean = float(np.mean(list(reduced.values())))
         sums = sum(name in self.dense.sums for name in reduced)
         return (f"reconstruction: {len(reduced)} layers that read removed channels or heads refit by least squares "
-                f"to the dense outputs ({sums} before a norm: to the dense residual sum) on "
+                f"to the dense outputs{f' ({sums} before a norm: to the dense residual sum)' if sums else ''} on "
                 f"{len(self.cal.inputs)} calibration items (their error there down "
                 f"{mean:.0%} on average; set reconstruct: false to keep the dense weights)")

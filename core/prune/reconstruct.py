@@ -11,14 +11,16 @@ and errors do not pile up. The lost mean of the removed
 inputs goes into the bias (FLAP's compensation) as part of the same solve; a layer without a
 bias gets none (a BatchNorm usually follows, and its statistics are re-estimated afterwards).
 
-A consumer whose output is added to a residual stream that a normalisation layer then reads (a
-transformer's attention output and feed-forward output projections, before LayerNorm or
-RMSNorm) is fit to the whole residual sum instead, as Kwon et al. (2022) reconstruct a layer:
-the target is the dense model's sum minus the pruned model's own residual, so the layer also
-absorbs the drift that the residual brings from the pruned layers upstream. The norm paired with
-a consumer is the first one called after it, before any other consumer, with the consumer's
-output width; the residual is the norm's input minus the consumer's output. A consumer with too
-few calibration rows for its inputs (MIN_ROWS_PER_INPUT) refits its bias alone to that target.
+A consumer whose output is added to a residual stream that a normalisation layer then reads, in
+a post-norm transformer (BERT: the residual is the previous norm's output; attention output and
+feed-forward output projections before LayerNorm), is fit to the whole residual sum instead, as
+Kwon et al. (2022) reconstruct a layer: the target is the dense model's sum minus the pruned
+model's own residual, so the layer also absorbs the drift that the residual brings from the
+pruned layers upstream. The norm paired with a consumer is the first one called after it, before
+any other layer with weights, with the consumer's output width; the residual is the norm's input
+minus the consumer's output. A consumer with too few calibration rows for its inputs
+(MIN_ROWS_PER_INPUT) refits its bias alone to that target. A pre-norm stream (Llama, GPT-2) keeps
+the plain target: on tinylm it fit worse (next-token loss 5.00 against 4.96, dense 4.82).
 """
 from __future__ import annotations
 
@@ -94,9 +96,13 @@ class _Pairing:
 
     def __init__(self):
         self.last: tuple[str, torch.Tensor] | None = None
+        self.normed: torch.Tensor | None = None  # the last norm's output
 
     def ran(self, name: str, output: torch.Tensor) -> None:
         self.last = (name, output)
+
+    def normalized(self, norm, args, output) -> None:
+        self.normed = output
 
     def cancel(self, *_) -> None:
         self.last = None
@@ -106,14 +112,18 @@ class _Pairing:
         last, self.last = self.last, None
         if last is None or not isinstance(value, torch.Tensor) or value.shape != last[1].shape:
             return None
-        return None if value.data_ptr() == last[1].data_ptr() else last  # added in place: no residual to read
+        if value.data_ptr() == last[1].data_ptr() or self.normed is None or self.normed.shape != value.shape:
+            return None  # added in place (no residual to read), or no norm before it
+        residual = value - last[1]
+        # post-norm only (BERT): the residual is the previous norm's output; a pre-norm stream (Llama) is not
+        return last if (residual - self.normed).norm() <= 1e-3 * self.normed.norm() else None
 
     def hooks(self, module: nn.Module, consumers: list[str], on_norm) -> list:
         """Watch ``module``: each Linear consumer's output, every other layer with weights, and every norm."""
         handles = []
         for child in module.modules():
             if is_norm(child):
-                handles.append(child.register_forward_pre_hook(on_norm))
+                handles += [child.register_forward_pre_hook(on_norm), child.register_forward_hook(self.normalized)]
             elif next(child.parameters(recurse=False), None) is not None:
                 handles.append(child.register_forward_pre_hook(self.cancel))
         handles += [module.get_submodule(name).register_forward_hook(
