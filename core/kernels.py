@@ -27,8 +27,11 @@ import platform
 # Vector extension -> channel multiple, the first one the CPU has wins.
 RULES = (("avx512f", 16), ("avx2", 8), ("asimd", 4), ("neon", 4))
 FALLBACK = 1
-# A group is rounded to a multiple only when it has at least this many multiples of channels.
-MIN_UNITS = 4
+# A group is rounded to a multiple only when it has at least this many multiples of channels. 2, not 4: under
+# AVX-512, 4 sent EfficientNet-B0's many 16-63-channel groups to 8 and 4, and its auto plan turned 0.77 of a 2x
+# MAC cut into speed against 0.86 with 2 (MobileNetV2 0.81 -> 0.85, RegNet 0.88 -> 0.89, digits-resnet 0.97
+# either way; `python -m benchmarks.rounding --rounds 20 --min-units 2` against 4, 1 thread, load 0.3-2).
+MIN_UNITS = 2
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,8 +61,8 @@ def channel_multiple() -> tuple[int, str]:
 
 
 def group_multiple(multiple: int, channels: int) -> int:
-    """``multiple`` for a group of ``channels``, halved until the group holds MIN_UNITS of it: a 16-channel
-    layer rounds to 4, so a 30% target still removes channels instead of half or none of them."""
+    """``multiple`` for a group of ``channels``, halved until the group holds MIN_UNITS of it: under 16 a
+    24-channel group rounds to 8 and a 12-channel one to 4, so a small group can still keep 2 steps of it."""
     while multiple > 1 and channels < MIN_UNITS * multiple:
         multiple //= 2
     return multiple

@@ -17,8 +17,8 @@ def test_the_multiple_follows_the_cpus_vector_extensions(monkeypatch, features, 
 
 
 def test_small_groups_round_to_smaller_multiples():
-    assert [kernels.group_multiple(8, channels) for channels in (128, 32, 31, 16, 8, 3)] == [8, 8, 4, 4, 2, 1]
-    assert [kernels.group_multiple(16, channels) for channels in (128, 64, 63, 32, 16)] == [16, 16, 8, 8, 4]
+    assert [kernels.group_multiple(8, channels) for channels in (128, 16, 15, 8, 4, 3)] == [8, 8, 4, 4, 2, 1]
+    assert [kernels.group_multiple(16, channels) for channels in (128, 32, 31, 16, 15)] == [16, 16, 8, 8, 4]
 
 
 def test_auto_is_the_default_and_resolves_once_to_this_cpus_multiple():
