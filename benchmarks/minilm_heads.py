@@ -61,5 +61,5 @@ def main(quick: bool = False) -> list[list]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="16 sentences, 50% of heads, l2 and one random seed")
+    parser.add_argument("--quick", action="store_true", help="16 sentences, 50%% of heads, l2 and one random seed")
     main(parser.parse_args().quick)

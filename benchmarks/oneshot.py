@@ -104,7 +104,7 @@ def main(quick: bool = False, models: tuple[str, ...] = ("minilm", "digits-resne
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="50% only, random and fisher, 32 sentences")
+    parser.add_argument("--quick", action="store_true", help="50%% only, random and fisher, 32 sentences")
     parser.add_argument("--model", choices=("minilm", "digits-resnet"), action="append",
                         help="only this model (repeatable)")
     parser.add_argument("--criterion", choices=RESNET_CRITERIA, action="append",
