@@ -23,6 +23,7 @@ import numpy as np
 
 from core.errors import PrunelabError, error_line
 from core.outputs import split
+from core.user_code import import_location
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,6 @@ def _numbers(values, spec: str) -> dict[str, float]:
 
 def load_metric(spec: str) -> Metric:
     """The metric at ``spec`` ('file.py:function' or 'module:function'); PrunelabError naming what is wrong."""
-    from core.sources.load import import_location
-
     location, colon, name = str(spec).rpartition(":")
     if not colon or not location or not name:
         raise PrunelabError(f"--metric takes file.py:function, got '{spec}'")

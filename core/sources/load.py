@@ -1,9 +1,6 @@
 """Turn a MODEL argument (and optional weights, input shape and data) into a ModelHandle."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -18,6 +15,7 @@ from core.limits import check_tokens, clip
 from core.outputs import layout as output_layout
 from core.sources import huggingface
 from core.sources.handle import ModelHandle
+from core.user_code import import_location
 from core.zoo.registry import BUILTINS, builtin
 
 
@@ -124,27 +122,6 @@ def _adapted(adapted, name: str, source: str, description: str) -> ModelHandle:
                        data=None, description=description, output_kind=adapted.output_kind,
                        vocab_size=adapted.vocab_size, pad_id=adapted.pad_id, encode=adapted.encode,
                        tokenizer=adapted.tokenizer)
-
-
-def import_location(location: str):
-    """The namespace of a user's ``file.py`` (executed) or an importable module; PrunelabError otherwise."""
-    if location.endswith(".py"):
-        path = Path(location)
-        if not path.is_file():
-            raise PrunelabError(f"file not found: {path}")
-        name = f"prunelab_user_{abs(hash(path.resolve()))}"
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        namespace = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = namespace  # dataclasses and pickling look modules up by name
-        try:
-            module_spec.loader.exec_module(namespace)
-        except Exception as error:
-            raise PrunelabError(f"importing {path} raised {error_line(error, with_type=True)}") from None
-        return namespace
-    try:
-        return importlib.import_module(location)
-    except Exception as error:
-        raise PrunelabError(f"cannot import module '{location}': {error}") from None
 
 
 def _load_weights(model: nn.Module, weights, spec: str) -> None:
