@@ -291,7 +291,8 @@ def live_panel() -> None:
         polls = st.session_state[POLLS] = st.session_state.get(POLLS, 0) + 1
         report = live.live_report(newer=NEWER_SECONDS if polls > 1 else 0.0)  # the page run waited already
         if _final(report):
-            st.rerun(scope="app")  # the per-layer views and the plan's label read the finished report
+            _draw(report)  # the final figures at once, before the whole page runs again to redraw them ...
+            st.rerun(scope="app")  # ... with the per-layer views and the plan's label, which read them too
         if report is not None:
             _draw(report)
             return
