@@ -182,7 +182,8 @@ def solve(inputs: torch.Tensor, targets: torch.Tensor, prior: torch.Tensor, bias
     mean_x, mean_y = (mean_x.double(), mean_y.double()) if bias else (None, None)
     penalty = (RIDGE if ridge is None else ridge) * gram.diagonal().mean().clamp_min(1e-12)
     gram.diagonal().add_(penalty)
-    weight = torch.linalg.solve(gram, projected + penalty * prior.T).T          # (outputs, inputs)
+    # The ridge makes the Gram matrix positive definite: Cholesky solves it in about half LU's time.
+    weight = torch.cholesky_solve(projected + penalty * prior.T, torch.linalg.cholesky(gram)).T  # (outputs, inputs)
     return weight, (mean_y - weight @ mean_x) if bias else None
 
 
