@@ -6,6 +6,7 @@ from core import api
 CRITERIA = {name: entry.help for name, entry in api.CRITERIA.items()}  # the criteria table's own help lines
 # Criteria that read calibration items (gradients, activations, layer-by-layer inputs): Tune says what they need.
 CALIBRATED = {name for name, entry in api.CRITERIA.items() if set(entry.needs) - {"batchnorm"}}
+BLOCK_SCORES = {name: entry.block_score for name, entry in api.CRITERIA.items()}  # how a depth share ranks blocks
 
 TERMS = {
     "accuracy": "share of the test split the model classifies correctly",
@@ -56,7 +57,11 @@ TERMS = {
     "blocks": "removable blocks: residual blocks and transformer layers whose input a skip connection adds to "
               "their output; removing one leaves the skip path (the identity), so the whole block's work goes",
     "influence": "block influence: 1 - cosine between what enters a block and what leaves it, on calibration "
-                 "data; a block that barely changes its input costs little to remove",
+                 "data; a block that barely changes its input costs little to remove. A depth share ranks blocks "
+                 "by it under every criterion but fisher",
+    "block_fisher": "block Fisher score (criterion fisher): how much the model's own predictions notice a gate "
+                    "on the block's residual branch (the block's output minus its input) turned down, on 64 "
+                    "calibration items, no labels needed; a depth share under fisher removes the lowest first",
     "sensitivity": "how much accuracy drops when only this layer is pruned to its target, from the sensitivity "
                    "sweep (green: under 0.5 pts, orange: under 2 pts, red: more)",
 }

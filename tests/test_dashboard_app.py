@@ -260,6 +260,9 @@ def test_a_mac_goal_on_a_model_with_blocks_offers_depth(open_app):
     next(box for box in app.selectbox if box.label == "Goal").set_value("macs").run()
     spend = next(box for box in app.selectbox if box.label == "Spend on")
     assert len(spend.options) == 4 and "whole blocks (depth)" in spend.options
+    assert any("remove low influence first" in caption.value for caption in app.caption)
+    app.selectbox(key="w.criterion").set_value("fisher").run()  # blocks then go by their Fisher scores
+    assert any("lowest block Fisher score first" in caption.value for caption in app.caption)
     assert not app.exception
 
 

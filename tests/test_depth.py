@@ -110,7 +110,7 @@ def test_depth_share_drops_the_least_influential_blocks(resnet):
     assert all(0.0 <= value <= 2.0 for value in influence.values())
     result = apply_plan(resnet, Plan(depth=0.34, recalibrate=False, **DEPTH_ONLY))
     assert result.dropped == [min(influence, key=influence.get)]
-    assert result.influence == pytest.approx(influence)
+    assert result.block_scores == pytest.approx(influence) and result.block_score == "influence"
     both = apply_plan(resnet, Plan(drop=["layer5"], depth=0.5, recalibrate=False, **DEPTH_ONLY))
     assert len(both.dropped) == 2 and "layer5" in both.dropped  # the named block counts towards the share
 

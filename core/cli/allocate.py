@@ -75,7 +75,9 @@ def register(subparsers) -> None:
     parser.add_argument("--spend", choices=SPENDS, default="width",
                         help="spend a MAC or latency target on channels (width, the default), on whole blocks "
                              "(depth), on both, or on whichever of the three keeps the most quality (best); "
-                             "every choice but width sweeps channels and prints the options it compared")
+                             "every choice but width sweeps channels and prints the options it compared; depth "
+                             "removes the cheapest blocks first, by block influence (with --criterion fisher: "
+                             "by the Fisher score of a gate on each block's residual branch), as a depth: plan does")
     add_parallel_arguments(parser)
     parser.add_argument("--out", required=True, help="plan file to write (.yaml, .yml or .json)")
     parser.set_defaults(func=run)

@@ -47,6 +47,7 @@ NEEDS = ("gradients", "activations", "batchnorm", "layer_inputs", "mask_gradient
 LAYER_INPUTS = "layer_inputs"
 COMPARE = ("layer", "row")
 KINDS = ("unstructured", "channel", "N:M")  # granularity kinds (core.prune.plan.granularity_kind)
+BLOCK_SCORES = ("influence", "fisher")  # how a depth share ranks whole blocks (core.prune.depth.BlockRanking)
 
 
 @dataclass
@@ -86,6 +87,9 @@ class Criterion:
     comparable: its scores are in the same units in every layer (a loss change), so global scope ranks
         them as they are, heads against heads and channels against channels, instead of dividing each
         group's scores by their mean.
+    block_score: how a plan's ``depth`` share ranks removable blocks under this criterion: 'influence'
+        (1 - cosine of a block's input and output) or 'fisher' (the Fisher information of a gate on the
+        block's residual branch); read through core.prune.depth.BlockRanking.
     """
 
     name: str
@@ -99,10 +103,11 @@ class Criterion:
     compare: str = "layer"
     layer_scope_only: str = ""
     comparable: bool = False
+    block_score: str = "influence"
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(NEEDS) or set(self.granularities) - set(KINDS)
-        unknown = unknown or {self.compare} - set(COMPARE)
+        unknown = unknown or {self.compare} - set(COMPARE) or {self.block_score} - set(BLOCK_SCORES)
         scores = self.weight_score is not None or self.channel_score is not None
         if unknown or not (scores or LAYER_INPUTS in self.needs):
             raise ValueError(f"criterion {self.name}: unknown need, granularity or comparison {sorted(unknown)}, "
@@ -210,8 +215,10 @@ CRITERIA: dict[str, Criterion] = {criterion.name: criterion for criterion in (
     Criterion("fisher", ("channel",), None, _fisher, needs=frozenset({"mask_gradients"}),
               help="fisher: cut the heads, neurons and channels whose removal the model's own predictions "
                    "notice least (Fisher information of unit masks on 64 calibration items, no labels needed; "
-                   "about three forward passes; channel pruning only)",
-              torch_pruning="tp.importance.GroupHessianImportance()", comparable=True),
+                   "about three forward passes; channel pruning only). A depth share then removes the blocks "
+                   "whose removal they notice least too: the Fisher information of a gate on each block's "
+                   "residual branch, in place of block influence",
+              torch_pruning="tp.importance.GroupHessianImportance()", comparable=True, block_score="fisher"),
 )}
 
 

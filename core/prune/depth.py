@@ -1,11 +1,18 @@
 """Depth pruning: score whole blocks, pick the ones a plan drops, and take them out of the model.
 
-Score -> select -> apply, as for weights: ``block_influence`` scores each removable block by how much
-it changes what flows through it (1 - cosine between its input and output on calibration data,
-ShortGPT's Block Influence); ``blocks_to_drop`` turns a plan's ``drop`` list and ``depth`` share
-into names; ``skip_blocks`` and ``compact`` remove them physically, so the exported graph has fewer nodes.
+Score -> select -> apply, as for weights. ``BlockRanking`` is the one ranking of removable blocks,
+cheapest to remove first, that a plan's ``depth`` share and the allocation's depth option
+(core.search.spend) both read; its score follows the criterion (Criterion.block_score):
+``block_influence`` (how much a block changes what flows through it: 1 - cosine between its input
+and output on calibration data, ShortGPT's Block Influence) for every criterion but fisher, and
+``block_fisher`` (the Fisher information of a gate on the block's residual branch under the model's
+own predictions, core.prune.fisher) for fisher. ``blocks_to_drop`` turns a plan's ``drop`` list and
+``depth`` share into names; ``skip_blocks`` and ``compact`` remove them physically, so the exported
+graph has fewer nodes.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,6 +20,7 @@ from torch import nn
 
 from core.errors import PrunelabError
 from core.limits import brief
+from core.prune import criteria, fisher, oneshot
 from core.prune.blocks import Block, find_blocks, hidden_state
 
 INFLUENCE_ITEMS = 64
@@ -98,6 +106,59 @@ def block_influence(module: nn.Module, names: list[str], data=None, example_inpu
     return {name: total / max(count, 1) for name, (total, count) in sums.items()}
 
 
+def block_fisher(module: nn.Module, names: list[str], ranking: BlockRanking) -> dict[str, float]:
+    """Fisher score of each named block: the mean over calibration items (and drawn targets) of the squared
+    gradient of the item's log-likelihood with respect to a gate on the block's residual branch
+    (core.prune.fisher.block_gradients), on 64 calibration items of ``ranking.data``. The module is unchanged.
+    Raises PrunelabError without data, or for a block whose output is not a hidden state shaped like its input."""
+    cal = oneshot.calibration(ranking, "fisher")  # reads the ranking's data and pad_id, as a job's
+    data_key = f"{ranking.data.digest}:{len(cal.inputs)}:{ranking.pad_id}"
+    gradients = fisher.cached_block_gradients(module, names, cal.batches(), ranking.output_kind, ranking.seed,
+                                              data_key)
+    missing = [name for name in names if name not in gradients]
+    if missing:
+        raise PrunelabError(f"fisher cannot score block {brief(missing[0])}: its output is not a hidden state "
+                            f"shaped like its input; rank blocks with another criterion")
+    return {name: float(fisher.fisher(gradients[name]).sum()) for name in names}
+
+
+@dataclass(frozen=True)
+class BlockRanking:
+    """The one ranking of removable blocks, cheapest to remove first: a plan's ``depth`` share and the
+    allocation's depth option both read it, so both remove the same blocks for the same criterion.
+
+    score: 'influence' (``block_influence``) or 'fisher' (``block_fisher``); ``for_criterion`` reads it
+        from the criterion (Criterion.block_score).
+    data: a Dataset whose calibration inputs score the blocks; None: ``example_input`` alone (influence only).
+    output_kind: the model's output (ModelHandle.output_kind), which decides fisher's likelihood.
+    pad_id: a token model's padding id (its positions are not calibration data), else None.
+    seed: seeds the targets fisher draws.
+    """
+
+    score: str = "influence"
+    data: object = None
+    example_input: torch.Tensor | None = None
+    output_kind: str = "logits"
+    pad_id: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def for_criterion(cls, criterion: str, **inputs) -> BlockRanking:
+        """The ranking ``criterion`` gives blocks, on ``inputs`` (the other fields)."""
+        return cls(criteria.criterion(criterion).block_score, **inputs)
+
+    def scores(self, module: nn.Module, names: list[str]) -> dict[str, float]:
+        """{block: score} of the named blocks; low goes first. Raises PrunelabError (see block_fisher)."""
+        if self.score == "fisher":
+            return block_fisher(module, names, self)
+        return block_influence(module, names, self.data, self.example_input)
+
+    def order(self, module: nn.Module, names: list[str]) -> tuple[list[str], dict[str, float]]:
+        """The named blocks cheapest first (ties keep call order), and their scores."""
+        scores = self.scores(module, names)
+        return sorted(names, key=scores.__getitem__), scores
+
+
 def depth_count(depth: float, removable: int) -> int:
     """How many of ``removable`` blocks a ``depth`` share removes: rounded to the nearest whole block
     (halves up), so 0.25 of 6 layers is 2 and 0.25 of 3 blocks is 1."""
@@ -117,23 +178,22 @@ def check_drop(drop, blocks: list[Block]) -> None:
                                 f"(removable blocks: {', '.join(removable) or 'none'})")
 
 
-def blocks_to_drop(module: nn.Module, drop, depth: float, data=None, example_input=None,
+def blocks_to_drop(module: nn.Module, drop, depth: float, ranking: BlockRanking,
                    blocks: list[Block] | None = None) -> tuple[list[str], dict]:
-    """The blocks a plan removes: every name in ``drop``, then the least influential of the other removable
-    blocks until ``depth`` of them all are gone. Returns (names in call order, {block: influence} when
+    """The blocks a plan removes: every name in ``drop``, then the other removable blocks that ``ranking``
+    puts first until ``depth`` of them all are gone. Returns (names in call order, {block: score} when
     ``depth`` needed scores, else {}). ``blocks``: find_blocks' answer when the caller has it.
     Raises PrunelabError for a name that is not a removable block."""
-    blocks = find_blocks(module, example_input) if blocks is None else blocks
+    blocks = find_blocks(module, ranking.example_input) if blocks is None else blocks
     check_drop(drop, blocks)
     removable = [block.name for block in blocks if block.removable]
     chosen = set(drop)
-    influence = {}
+    scores = {}
     extra = depth_count(depth, len(removable)) - len(chosen)
     if extra > 0:
-        influence = block_influence(module, removable, data, example_input)
-        ranked = sorted((name for name in removable if name not in chosen), key=lambda name: influence[name])
-        chosen.update(ranked[:extra])
-    return [name for name in removable if name in chosen], influence
+        ranked, scores = ranking.order(module, removable)
+        chosen.update([name for name in ranked if name not in chosen][:extra])
+    return [name for name in removable if name in chosen], scores
 
 
 def _renumber(container: nn.ModuleList | nn.Sequential, removed: list[int], length: int) -> None:

@@ -130,19 +130,23 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     working = copy.deepcopy(module).eval()
     for parameter in working.parameters():  # gradients for taylor, even where the original is frozen
         parameter.requires_grad_(True)
+    pad_id = getattr(model, "pad_id", None) if getattr(model, "vocab_size", None) else None
+    output_kind = getattr(model, "output_kind", "logits")
     resolved = resolve(plan, working, example_input, _dense_default(module, working, example_input, plan)) \
-        .with_depth(working, example_input, data)
+        .with_depth(working, example_input, data, output_kind, pad_id)
     ignored = list(resolved.ignored)
-    dropped, influence = list(resolved.dropped), dict(resolved.influence)
+    dropped = list(resolved.dropped)
     depth.skip_blocks(working, dropped, dict(resolved.outputs))
     layers = [layer for layer in prunable_layers(working) if layer.name not in ignored]
-    pad_id = getattr(model, "pad_id", None) if getattr(model, "vocab_size", None) else None
-    result = HANDLERS[kind](Job(working, resolved, layers, data, example_input,
-                                output_kind=getattr(model, "output_kind", "logits"), pad_id=pad_id))
-    result.dropped, result.influence = dropped, influence
+    result = HANDLERS[kind](Job(working, resolved, layers, data, example_input, output_kind=output_kind,
+                                pad_id=pad_id))
+    result.dropped, result.block_scores, result.block_score = dropped, dict(resolved.block_scores), \
+        resolved.block_score
     depth.compact(result.module, example_input)  # after the width plan, whose layer names are the dense model's
     if dropped:
-        result.notes.insert(0, f"removed {len(dropped)} block(s), each replaced by its skip path: {', '.join(dropped)}")
+        ranked = f" (the depth share ranked blocks by {resolved.block_score})" if resolved.block_score else ""
+        result.notes.insert(0, f"removed {len(dropped)} block(s), each replaced by its skip path: "
+                               f"{', '.join(dropped)}{ranked}")
     if ignored:
         result.notes.insert(0, f"left dense: {', '.join(ignored)}")
     changed = any(result.layer_sparsity.values()) or dropped

@@ -78,8 +78,9 @@ class Plan:
         layers lose whole heads while feed-forward layers lose hidden neurons.
     drop: whole blocks to remove (residual blocks, transformer layers; see ``prunelab inspect``), each
         replaced by its skip path; combinable with any width plan (use sparsity 0 for depth alone).
-    depth: share of the removable blocks to remove, least influential first, in [0, 1), rounded to the
-        nearest whole block; the blocks in ``drop`` count towards it.
+    depth: share of the removable blocks to remove, cheapest first by the criterion's block ranking (block
+        influence; under fisher the blocks' Fisher scores: core.prune.depth.BlockRanking), in [0, 1), rounded
+        to the nearest whole block; the blocks in ``drop`` count towards it.
     reconstruct: channel plans: refit the layers that read removed channels or heads by least squares
         so they reproduce the dense model's outputs on the calibration items (core.prune.reconstruct;
         skipped for synthetic data).

@@ -28,9 +28,10 @@ class ResolvedPlan:
     layers: every prunable layer, in definition order.
     ignored: layers left dense by the plan's ``ignore`` (None there: the final classifier).
     ungroupable: N:M plans: {layer: reason} for layers the pattern cannot group, which stay dense.
-    dropped: blocks removed whole (the plan's ``drop`` and the least influential blocks its ``depth`` share
-        adds), in call order; filled by ``with_depth``. influence: (block, block influence) pairs when the
-        ``depth`` share ranked them. outputs: (block, "tensor" | "tuple:N") for the dropped blocks.
+    dropped: blocks removed whole (the plan's ``drop`` and the blocks its ``depth`` share adds, lowest score
+        first), in call order; filled by ``with_depth``. block_scores: (block, score) pairs when the ``depth``
+        share ranked them; block_score: what the scores are ('influence' or 'fisher', from the plan's
+        criterion: core.prune.depth.BlockRanking). outputs: (block, "tensor" | "tuple:N") for the dropped blocks.
     round_to: the multiple kept channels round to (channel plans; 1 otherwise): the plan's own number, or
         under ``round_to: auto`` the multiple this CPU's kernels want (core.kernels.channel_multiple), which
         a small group halves (``rounding``). rounding_reason: why, in a few words ("" when the plan set it).
@@ -41,7 +42,8 @@ class ResolvedPlan:
     ignored: tuple[str, ...]
     ungroupable: tuple[tuple[str, str], ...] = ()
     dropped: tuple[str, ...] = ()
-    influence: tuple[tuple[str, float], ...] = ()
+    block_scores: tuple[tuple[str, float], ...] = ()
+    block_score: str = ""
     outputs: tuple[tuple[str, str], ...] = ()
     round_to: int = 1
     rounding_reason: str = ""
@@ -74,21 +76,26 @@ class ResolvedPlan:
         """Whether layer ``name`` goes with a block the plan removes whole."""
         return any(name.startswith(f"{block}.") for block in self.dropped)
 
-    def with_depth(self, module, example_input, data=None) -> ResolvedPlan:
+    def with_depth(self, module, example_input, data=None, output_kind: str = "logits",
+                   pad_id: int | None = None) -> ResolvedPlan:
         """This resolution with the blocks the plan removes named (see core.prune.depth.blocks_to_drop):
-        runs the model once with gradients to find them, and on calibration data when ``depth`` ranks them.
-        Raises PrunelabError for a ``drop`` name that is not a removable block."""
+        runs the model once with gradients to find them, and on calibration data when ``depth`` ranks them,
+        by the ranking the plan's criterion gives blocks (core.prune.depth.BlockRanking; ``output_kind`` and
+        ``pad_id`` as in ModelHandle). Raises PrunelabError for a ``drop`` name that is not a removable block."""
         if not self.plan.removes_blocks:
             return self
         from core.prune.blocks import find_blocks
-        from core.prune.depth import blocks_to_drop
+        from core.prune.depth import BlockRanking, blocks_to_drop
 
         if example_input is None:
             raise PrunelabError("removing blocks needs an example input to find them")
         blocks = find_blocks(module, example_input)
-        names, influence = blocks_to_drop(module, self.plan.drop, self.plan.depth, data, example_input, blocks)
+        ranking = BlockRanking.for_criterion(self.plan.criterion, data=data, example_input=example_input,
+                                             output_kind=output_kind, pad_id=pad_id, seed=self.plan.seed)
+        names, scores = blocks_to_drop(module, self.plan.drop, self.plan.depth, ranking, blocks)
         outputs = {block.name: block.output for block in blocks}
-        return dataclasses.replace(self, dropped=tuple(names), influence=tuple(influence.items()),
+        return dataclasses.replace(self, dropped=tuple(names), block_scores=tuple(scores.items()),
+                                   block_score=ranking.score if scores else "",
                                    outputs=tuple((name, outputs[name]) for name in names))
 
     @property
@@ -143,10 +150,12 @@ class ResolvedPlan:
         (the same granularity and ``ignore``), without running the model again."""
         if (plan.granularity, plan.ignore) != (self.plan.granularity, self.plan.ignore):
             raise ValueError("with_plan needs the same granularity and ignore list; resolve the plan afresh")
-        same_depth = (plan.drop, plan.depth) == (self.plan.drop, self.plan.depth)
+        same_depth = (plan.drop, plan.depth) == (self.plan.drop, self.plan.depth) and (
+            not plan.depth or plan.criterion == self.plan.criterion)  # a depth share ranks blocks by the criterion
         round_to, reason = resolve_rounding(plan)
         return dataclasses.replace(self, plan=plan, round_to=round_to, rounding_reason=reason,
-                                   **({} if same_depth else {"dropped": (), "influence": (), "outputs": ()}))
+                                   **({} if same_depth else {"dropped": (), "block_scores": (), "block_score": "",
+                                                             "outputs": ()}))
 
     def to_dict(self) -> dict:
         """The plan's plain values with the default ``ignore`` and the blocks removed spelled out (what was applied)."""

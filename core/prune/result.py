@@ -22,8 +22,9 @@ class PruneResult:
     notes: sentences for the report (layers left dense, hardware remarks, ...).
     kept: channel plans: {layer: {"unit": "channel" or "head", "total", "target", "target_kept", "kept"}},
         what every included layer kept against what its target asked for.
-    dropped: blocks removed whole (depth plans), in call order; influence: {block: block influence}
-        of the removable blocks when the plan's ``depth`` share ranked them.
+    dropped: blocks removed whole (depth plans), in call order; block_scores: {block: score} of the removable
+        blocks when the plan's ``depth`` share ranked them, and block_score what they are ('influence' or
+        'fisher', core.prune.depth.BlockRanking).
     batchnorm_ms: milliseconds spent re-estimating BatchNorm statistics (0 when none were).
     """
 
@@ -35,7 +36,8 @@ class PruneResult:
     notes: list[str] = field(default_factory=list)
     kept: dict[str, dict] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
-    influence: dict[str, float] = field(default_factory=dict)
+    block_scores: dict[str, float] = field(default_factory=dict)
+    block_score: str = ""
     batchnorm_ms: float = 0.0
 
 

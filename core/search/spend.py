@@ -1,8 +1,9 @@
 """Spending a MAC or latency budget on depth, on width or on both, chosen by measured quality.
 
 Three ways reach the same budget. **width** is the per-group channel allocation of
-core.search.allocate. **depth** removes whole blocks, the ones whose removal cost least in the
-sensitivity sweep's block points first, until the budget is met. **both** removes the blocks that
+core.search.allocate. **depth** removes whole blocks, cheapest first by the one block ranking a
+plan's ``depth`` share also reads (core.prune.depth.BlockRanking: block influence, or the blocks'
+Fisher scores under criterion fisher), until the budget is met. **both** removes the blocks that
 cover about half of the budget and spends the rest on width (the channel curves of the groups that
 are left, with the budget bisected on the real model with those blocks gone). Each candidate is
 applied with the engine, its MACs or latency measured and its quality scored on the validation
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.errors import PrunelabError
+from core.prune.depth import BlockRanking
 from core.prune.engine import apply_plan
 from core.prune.plan import MAX_SPARSITY, Plan
 from core.search.allocate import CHANNEL_RESOURCES, TARGET_WORDS, TOLERANCE, allocate, check_request
@@ -101,8 +103,9 @@ def spend_budget(handle: ModelHandle, way: str = "best", target_mac_reduction: f
     at batch 1). sensitivity: a channel sweep of ``criterion`` with its block points (run when omitted).
     bounds and round_to apply to the channel groups, as in core.search.allocate.allocate.
     max_accuracy_drop: a fraction; an option losing more on the validation items does not qualify.
-    quality: a name the model's own metric returns (higher is better), as in allocate: blocks are ranked,
-    channels allocated and options compared by that figure alone, and max_accuracy_drop is in its units.
+    quality: a name the model's own metric returns (higher is better), as in allocate: channels are
+    allocated and options compared by that figure alone, and max_accuracy_drop is in its units. Blocks are
+    ranked as a ``depth:`` plan of ``criterion`` ranks them (core.prune.depth.BlockRanking).
     Raises PrunelabError for a bad request, a quality figure the sweep did not measure, or when no option
     meets the target (naming why each failed).
     """
@@ -218,19 +221,18 @@ class _Budget:
         return meets(reached, self.goal, self.dense, self.timed)
 
     def blocks(self) -> list[str]:
-        """Removable blocks, cheapest first: by the sweep's damage without each (loss rise + accuracy drop,
-        or the drop of the ``quality`` figure alone)."""
-        points = self.result.get("blocks") or []
-        if not points:
+        """Removable blocks, cheapest first, by the ranking a plan's ``depth`` share reads for the same
+        criterion (core.prune.depth.BlockRanking): block influence, or under fisher the Fisher information
+        of a gate on each block's residual branch. Not by the sweep's block points: a depth option and a
+        ``depth:`` plan of one criterion remove the same blocks; the options' own quality is measured."""
+        names = [point["name"] for point in self.result.get("blocks") or []]
+        if not names:
             raise PrunelabError(f"{self.handle.name} has no removable blocks in its sensitivity sweep")
-        accuracy, loss = self.result["baseline_accuracy"], self.result["baseline_loss"]
-        if self.quality is not None:
-            dense = self.result["baseline_metrics"][self.quality]
-            damage = {point["name"]: dense - point["metrics"][self.quality] for point in points}
-        else:
-            damage = {point["name"]: (point["loss"] - loss) + ACCURACY_WEIGHT * (accuracy - point["accuracy"])
-                      for point in points}
-        return sorted(damage, key=damage.get)
+        handle = self.handle
+        ranking = BlockRanking.for_criterion(self.criterion, data=handle.data, example_input=handle.example_input(1),
+                                             output_kind=handle.output_kind,
+                                             pad_id=handle.pad_id if handle.vocab_size else None)
+        return ranking.order(handle.module, names)[0]
 
     def ladder(self) -> list[tuple[list[str], float]]:
         """(blocks removed, resource left) for the 1, 2, ... cheapest blocks, up to the first that meets the goal."""

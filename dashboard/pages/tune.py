@@ -16,7 +16,7 @@ from dashboard import (
     summary,
     sweeps,
 )
-from dashboard.glossary import CALIBRATED, CRITERIA, TERMS
+from dashboard.glossary import BLOCK_SCORES, CALIBRATED, CRITERIA, TERMS
 
 MAX_PERCENT = round(100 * session.MAX_SPARSITY)  # sliders hold whole percents; the plan holds fractions
 ROUND_TO = (state.AUTO_ROUND, 1, 4, 8, 16)
@@ -259,8 +259,14 @@ def blocks_ui() -> None:
     dropped = set(state.dropped())
     with st.expander(f"Blocks: {len(blocks) - len(dropped & {b['name'] for b in blocks})} of {len(blocks)} kept",
                      expanded=bool(dropped), icon=":material/layers:"):
-        st.caption("Switch a block off to remove it whole (depth pruning); low influence goes first.",
-                   help=TERMS["blocks"])
+        if BLOCK_SCORES[state.plan().criterion] == "fisher":
+            st.caption("Switch a block off to remove it whole (depth pruning). Under criterion fisher, a depth "
+                       "share and Auto-allocate's depth option remove the lowest block Fisher score first, not "
+                       "the lowest influence shown here.", help=TERMS["block_fisher"])
+        else:
+            st.caption("Switch a block off to remove it whole (depth pruning); a depth share and Auto-allocate's "
+                       "depth option remove low influence first.",
+                       help=TERMS["blocks"])
         for block in blocks:
             key = f"w.block.{block['name']}"
             state.seed(key, block["name"] not in dropped)
