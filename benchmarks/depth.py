@@ -23,7 +23,7 @@ import torch
 from benchmarks.common import paired_p50_ms, print_table
 from core.inspect import count_macs
 from core.prune.blocks import removable_blocks
-from core.prune.depth import block_influence
+from core.prune.depth import BlockRanking
 from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 from core.sources import load_model
@@ -85,8 +85,9 @@ def configurations(handle, steps: int, targets: tuple[float, ...] = TARGETS) -> 
     example = handle.example_input()
     dense_macs = count_macs(handle.module, example)
     blocks = removable_blocks(handle.module, example)
-    influence = block_influence(handle.module, blocks, handle.data, example)
-    ranked = sorted(blocks, key=influence.get)
+    # the ranking a depth: plan of the width plans' criterion (l1, the default) reads: block influence
+    ranked, _ = BlockRanking.for_criterion(Plan().criterion, data=handle.data, example_input=example).order(
+        handle.module, blocks)
     block_macs = _block_macs(handle, blocks)
     rows, seen = [], set()
     for target in targets:
