@@ -99,8 +99,8 @@ def test_a_very_long_line_is_cut_before_tokenizing(cli, tokenized, tmp_path):
 
 
 def test_text_tokens_beyond_the_data_limit_are_refused(monkeypatch):
-    from core.data import load_text
     from core.errors import PrunelabError
+    from core.text_data import load_text
 
     def never(sentences, seq_len):
         raise AssertionError("tokenized despite the limit")

@@ -7,7 +7,6 @@ import torch
 
 pytest.importorskip("transformers")
 
-from core.data import load_documents, split_stream, windows, with_stride  # noqa: E402
 from core.deploy.evaluate import LiveEvaluator, evaluate  # noqa: E402
 from core.deploy.fidelity import next_token_quality  # noqa: E402
 from core.errors import PrunelabError  # noqa: E402
@@ -15,6 +14,7 @@ from core.files import ASSETS  # noqa: E402
 from core.prune.plan import Plan  # noqa: E402
 from core.sources import load_model  # noqa: E402
 from core.sources.huggingface import stream_tokenizer  # noqa: E402
+from core.text_data import load_documents, split_stream, windows, with_stride  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
 CAUSAL = ROOT / "tests" / "fixtures" / "causal_lms.py"

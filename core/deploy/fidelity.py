@@ -74,7 +74,7 @@ def next_token_quality(logits: np.ndarray, ids: np.ndarray, reference: np.ndarra
     ``logits`` are its outputs flattened to ``(windows, context * vocabulary)``; position ``t``
     predicts token ``t + 1``. ``stride`` None (or ``context``): the windows do not overlap and each
     scores its ``context - 1`` predictable tokens. A smaller ``stride``: window ``i + 1`` starts
-    ``stride`` tokens after window ``i`` (core.data.with_stride) and, as in Hugging Face's
+    ``stride`` tokens after window ``i`` (core.text_data.with_stride) and, as in Hugging Face's
     sliding-window perplexity, the first window scores all its tokens and every later one only its
     last ``stride``, the tokens no earlier window scored, each with up to ``context - stride`` tokens
     of history. ``reference`` are the dense model's logits (None: these are the dense ones). ``text``

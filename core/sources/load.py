@@ -9,12 +9,13 @@ import onnx
 import torch
 from torch import nn
 
-from core.data import Dataset, load_documents, load_npz, load_text, random_data, with_stride
+from core.data import Dataset, load_npz, random_data
 from core.errors import PrunelabError, error_line
 from core.limits import check_tokens, clip
 from core.outputs import layout as output_layout
 from core.sources import huggingface
 from core.sources.handle import ModelHandle
+from core.text_data import load_documents, load_text, with_stride
 from core.user_code import import_location
 from core.zoo.registry import BUILTINS, builtin
 
@@ -44,7 +45,7 @@ def load_model(spec: str, input_shape: tuple[int, ...] | str | None = None, weig
     its own data and anything else gets seeded random inputs (random token ids for token models):
     agreement, not accuracy. A factory is called with torch's random state seeded, so a randomly
     initialized model is the same on every load. ``stride`` (causal language models) re-cuts the test
-    windows every ``stride`` tokens for sliding-window perplexity (core.data.with_stride); None keeps
+    windows every ``stride`` tokens for sliding-window perplexity (core.text_data.with_stride); None keeps
     them apart. ``metric`` is the person's own ``file.py:function`` (core.metric), which every
     measurement of the model then reports (importing it runs its code). Raises PrunelabError
     naming the file or value at fault.

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.data import load_documents, split_stream
 from core.files import ASSETS
+from core.text_data import load_documents, split_stream
 
 DIRECTORY = ASSETS / "tinylm"
 CORPUS = DIRECTORY / "corpus.txt"
