@@ -4,17 +4,16 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import (
-    charts,
     closer_look,
     formatting,
+    goal_box,
     goals,
-    graph_view,
+    layer_views,
     live,
     plan_editor,
     session,
     state,
     summary,
-    sweeps,
 )
 from dashboard.glossary import BLOCK_SCORES, CALIBRATED, CRITERIA, TERMS
 
@@ -100,83 +99,6 @@ def method_ui(plan: state.Plan) -> None:
     state.seed("w.quantize", state.quantize() is not None)
     st.toggle("Quantize to INT8", key="w.quantize", help=TERMS["quantize"],
                  on_change=lambda: state.set_quantize(bool(st.session_state["w.quantize"])))
-
-
-@st.fragment(run_every=1.0)
-def sweep_progress() -> None:
-    """The quick sweep's progress while it runs; the page reruns when it ends."""
-    job = sweeps.sweep_job()
-    if job is None or not job.running:
-        st.rerun(scope="app")
-    st.progress(job.done / job.total if job.total else 0.0,
-                text=f"Sensitivity sweep {job.done}/{job.total or '?'}: {job.text}")
-
-
-def _allocate(goal: str, value: float, spend: str = "width") -> None:
-    with session.guard("auto-allocate"):
-        goals.allocate_to_goal(goal, value, spend)
-        plan_editor.forget_widgets()
-
-
-def spending_ui() -> None:
-    """What the last depth-aware Auto-allocate chose, beside the options it compared."""
-    spending = st.session_state.get(goals.SPENDING)
-    if spending:
-        st.markdown(f":material/call_split: Spent on **{spending['way']}**, the option that kept most quality "
-                    "on the validation items:")
-        st.dataframe(spending["rows"], hide_index=True, key="tune-spending", **_spending_columns(spending))
-
-
-SHARES = ("accuracy", "agreement")  # quality figures that are a share of the items
-
-
-def _spending_columns(spending: dict) -> dict:
-    """The figures first (the column is narrow: what each way removes and why not come last), formatted."""
-    figures = [name for name in spending["rows"][0] if name not in ("way", "removes", "chosen", "note")]
-    ratio = "speedup" if spending["resource"] == "latency_ms" else "reduction"
-    config = {ratio: st.column_config.NumberColumn(format="%.2f×"),
-              spending["resource"]: st.column_config.NumberColumn(format="localized")}
-    config.update({name: st.column_config.NumberColumn(format="percent") for name in figures
-                   if name in SHARES})  # a share of the items, shown as elsewhere on the page
-    return {"column_order": ["way", *figures, "removes", "note"], "column_config": config}
-
-
-def goal_ui(plan: state.Plan) -> None:
-    """Pick a goal; Auto-allocate fills the sliders, after the sweep it needs (offered right here)."""
-    with st.container(border=True):
-        available = goals.goals_for(plan.granularity)
-        names = {name: goals.goal_text(name)[0] for name in available}  # fixed now: AppTest formats later
-        goal_column, value_column = st.columns([3, 2])
-        goal = goal_column.selectbox("Goal", available, format_func=names.get,
-                                     key=f"w.tune.goal.{session.quality_label()}",
-                                     help="what Auto-allocate aims for; fewer MACs and a "
-                                     "latency need Granularity: channel, since zeroed weights do not change them")
-        _, unit, (low, high, default, step) = goals.goal_text(goal)
-        value = value_column.number_input(unit, low, high, default, step, key=goals.goal_key(goal))
-        if goal == "latency":
-            st.toggle("Price by each layer's measured time", key=goals.BY_PROFILE, help=TERMS["by_profile"])
-        ways = goals.spend_choices(goal)
-        spend = "width" if len(ways) == 1 else st.selectbox(
-            "Spend on", ways, format_func=goals.SPENDS.get, key="w.tune.spend",
-            help="remove channels, whole blocks, both, or let allocation try all three and keep the best")
-        job = sweeps.sweep_job()
-        missing = goals.needs_sweep()
-        if job is not None and job.running:
-            sweep_progress()
-        elif missing:
-            st.markdown(f":material/info: {missing}")
-            if plan.nm is None:
-                st.button("Run the quick sweep (5 levels per layer)", icon=":material/play_arrow:",
-                          on_click=goals.start_quick_sweep, key="tune-quick-sweep",
-                          help="prunes each layer alone to 30/50/70/90% and scores it; the Sensitivity page runs "
-                               "finer sweeps")
-        if job is not None and job.error:
-            st.error(job.error)
-        st.button("Auto-allocate", icon=":material/auto_fix_high:", type="primary", disabled=bool(missing),
-                  on_click=_allocate, args=(goal, value, spend), key="tune-allocate",
-                  help="fills the sliders below to reach the goal while losing as little accuracy as the sweep "
-                       "predicts")
-        spending_ui()
 
 
 def edit_ui() -> None:
@@ -338,63 +260,6 @@ def prompt_ui() -> None:
             box.text(shown["prompt"] + shown[key])
 
 
-VIEWS = ("Sparsity per layer", "Per-layer table", "Model graph")
-
-
-def layers_ui() -> None:
-    """One per-layer view at a time (only the chosen one is drawn, which keeps a slider release quick)."""
-    report = session.last_report()
-    state.seed("w.tune.view", VIEWS[0])
-    view = st.segmented_control("Per-layer view", VIEWS, key="w.tune.view", label_visibility="collapsed",
-                                required=True)
-    if view == "Per-layer table":
-        frame = plan_editor.table_rows(report, goals.matching_sweep(), closer_look.known_profile())
-        st.caption("Click a column title to sort; type a target to set it exactly. "
-                   "Sensitivity: the sweep's accuracy drop for that layer alone at its target.")
-        profile_button()
-        st.data_editor(frame, key=plan_editor.TABLE_KEY, hide_index=True, num_rows="fixed", width="stretch",
-                       disabled=[column for column in frame.columns if column != "target (%)"],
-                       on_change=plan_editor.apply_edits, args=(frame,), column_config=_table_columns())
-    elif view == "Model graph":
-        graph_view.graph_ui()
-    else:
-        names = session.layer_names()
-        measured = (report or {}).get("layer_sparsity") or {}
-        figure = charts.layer_targets(list(formatting.short_names(names).values()),
-                                      [session.target_of_layer(name) for name in names],
-                                      [measured.get(name, 0.0) for name in names] if measured else None)
-        st.plotly_chart(figure, key="tune-targets", config={"displayModeBar": False})
-
-
-def profile_button() -> None:
-    """Profile the plan on demand (never on a slider move): the table gains each layer's measured ms."""
-    if closer_look.known_profile() is not None:
-        return
-    if st.button("Time every layer", icon=":material/timer:", key="tune-profile",
-                 help="profile the dense model and this plan in ONNX Runtime; the table gains ms dense, ms pruned, "
-                      "ms saved and ms per MAC (a few seconds; longer on big models)"):
-        with session.guard("profiling"), st.spinner("Profiling on ONNX Runtime…"):
-            closer_look.profile(True)
-        st.rerun()
-
-
-def _table_columns() -> dict:
-    number = st.column_config.NumberColumn
-    return {"layer": st.column_config.TextColumn("layer", width="medium", pinned=True,
-                                                 help="a long name is cut: double-click its cell to read it whole"),
-            "parameters": number("parameters", format="compact", help="weights in the layer"),
-            "MACs": number("MACs", format="compact", help=TERMS["macs"]),
-            "sensitivity": st.column_config.TextColumn("sensitivity", help=TERMS["sensitivity"]),
-            "drop (pts)": number("drop (pts)", format="%.2f", help=TERMS["pts"]),
-            "target (%)": number("target (%)", min_value=0.0, max_value=100 * session.MAX_SPARSITY, step=0.5,
-                                 format="%.1f", help="the sparsity asked for; type an exact value"),
-            "measured (%)": number("measured (%)", format="%.1f", help="the sparsity the pruned model really has"),
-            "ms dense": number("ms dense", format="%.3f", help="the layer's measured time in the dense model"),
-            "ms pruned": number("ms pruned", format="%.3f", help="the layer's measured time in the pruned model"),
-            "ms saved": number("ms saved", format="%.3f", help="ms dense minus ms pruned"),
-            "ms per MAC": number("ms per MAC", format="%.2fx", help=TERMS["ms_per_mac"])}
-
-
 st.title("Tune")
 st.caption("Drag a layer's slider (or pick a goal) to choose how much of each layer to prune; every figure is "
            "measured on the exported model in ONNX Runtime after each change.")
@@ -406,7 +271,7 @@ with session.guard("loading the model"):
     controls, panel = st.columns([2, 3], gap="large")
     with controls:
         method_ui(current)
-        goal_ui(current)
+        goal_box.goal_ui(current)
         edit_ui()
         blocks_ui()
         sliders_ui(current)
@@ -414,4 +279,4 @@ with session.guard("loading the model"):
         metrics_panel()
         if session.is_language_model():
             prompt_ui()
-        layers_ui()
+        layer_views.layers_ui()
