@@ -32,8 +32,10 @@ from core.inspect import final_classifier as classifier_of
 from core.inspect import inspect_model, layer_by_name, threshold_of, weight_histogram
 from core.kernels import channel_multiple
 from core.prune import criteria
+from core.prune.blocks import removable_blocks
 from core.prune.channel import coupled_groups as module_groups
 from core.prune.criteria import CRITERIA
+from core.prune.depth import BlockRanking
 from core.prune.depth import block_table as depth_blocks
 from core.prune.engine import apply_plan
 from core.prune.plan import AUTO, GRANULARITIES, MAX_SPARSITY, SCOPES, Plan, granularity_kind, nm_share, parse_nm
@@ -89,6 +91,19 @@ def layer_table(handle: ModelHandle) -> dict:
     if handle.module is None:
         return inspect_onnx(handle)
     return inspect_model(handle.module, handle.example_input())
+
+
+def block_scores(handle: ModelHandle, criterion: str) -> tuple[str, dict[str, float]]:
+    """How ``criterion`` ranks ``handle``'s removable blocks ('influence' or 'fisher') and each block's score,
+    low removed first: the ranking depth plans and the allocation's depth option read
+    (core.prune.depth.BlockRanking). ({}, for a model without removable blocks or an ONNX source.)
+    Raises PrunelabError."""
+    handle.require("inspect")
+    ranking = BlockRanking.for_handle(handle, criterion)
+    if handle.module is None:
+        return ranking.score, {}
+    names = removable_blocks(handle.module, handle.example_input())
+    return ranking.score, ranking.scores(handle.module, names) if names else {}
 
 
 def block_table(handle: ModelHandle) -> list[dict]:
@@ -271,7 +286,7 @@ __all__ = [
     "run_folder",
     # models and layers
     "ModelHandle", "load_model", "BUILTINS", "DEFAULT_MODEL", "builtin_models", "default_model", "layer_table",
-    "histogram", "threshold_of", "final_classifier", "coupled_groups", "block_table", "layer_graph",
+    "histogram", "threshold_of", "final_classifier", "coupled_groups", "block_table", "block_scores", "layer_graph",
     "channel_importance",
     # plans and pruning
     "Plan", "GRANULARITIES", "MAX_SPARSITY", "CRITERIA", "SCOPES", "granularity_kind", "nm_share", "criteria_for",

@@ -134,6 +134,21 @@ def block_table() -> list[dict]:
     return _blocks(handle, model_key()) if handle.module is not None else []
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def _block_scores(_handle, key: str, criterion: str) -> tuple[str, dict[str, float]]:
+    with state.lock(key):
+        return api.block_scores(_handle, criterion)
+
+
+def block_scores(criterion: str) -> tuple[str, dict[str, float]]:
+    """What ranks the removable blocks under ``criterion`` ('influence' or 'fisher') and each block's score
+    (see core.api.block_scores); ("influence", {}) for a model that cannot be traced with gradients."""
+    handle, removable = model(), [block for block in block_table() if block["removable"]]
+    if handle.module is None or api.CRITERIA[criterion].block_score == "influence":  # the table has them
+        return "influence", {block["name"]: block["influence"] for block in removable}
+    return _block_scores(handle, model_key(), criterion) if removable else ("influence", {})
+
+
 def layer_names() -> list[str]:
     return [row["name"] for row in layer_table()["layers"]]
 

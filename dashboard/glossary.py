@@ -6,7 +6,6 @@ from core import api
 CRITERIA = {name: entry.help for name, entry in api.CRITERIA.items()}  # the criteria table's own help lines
 # Criteria that read calibration items (gradients, activations, layer-by-layer inputs): Tune says what they need.
 CALIBRATED = {name for name, entry in api.CRITERIA.items() if set(entry.needs) - {"batchnorm"}}
-BLOCK_SCORES = {name: entry.block_score for name, entry in api.CRITERIA.items()}  # how a depth share ranks blocks
 
 TERMS = {
     "accuracy": "share of the test split the model classifies correctly",

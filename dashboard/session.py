@@ -37,6 +37,7 @@ from core.errors import PrunelabError, error_line
 from dashboard import state
 from dashboard.consent import code_allowed  # noqa: F401 (pages use it)
 from dashboard.facts import (  # noqa: F401 (pages use them; the model and facts about it live in facts.py)
+    block_scores,
     block_table,
     builtin_description,
     builtin_names,

@@ -127,3 +127,12 @@ def test_a_block_gate_gradient_is_the_output_change_its_branch_makes():
 def test_only_fisher_ranks_blocks_its_own_way_and_says_so():
     assert {name for name, entry in CRITERIA.items() if entry.block_score != "influence"} == {"fisher"}
     assert "residual branch" in CRITERIA["fisher"].help
+
+
+def test_the_api_gives_the_scores_the_plans_criterion_ranks_blocks_by():
+    from core import api
+    handle = _handle()
+    score, scores = api.block_scores(handle, "fisher")
+    assert score == "fisher" and scores["blocks.0"] < 1e-12 < scores["blocks.1"]
+    score, scores = api.block_scores(handle, "l2")
+    assert score == "influence" and scores["blocks.0"] > scores["blocks.1"]

@@ -260,9 +260,11 @@ def test_a_mac_goal_on_a_model_with_blocks_offers_depth(open_app):
     next(box for box in app.selectbox if box.label == "Goal").set_value("macs").run()
     spend = next(box for box in app.selectbox if box.label == "Spend on")
     assert len(spend.options) == 4 and "whole blocks (depth)" in spend.options
-    assert any("remove low influence first" in caption.value for caption in app.caption)
+    assert any("remove the lowest influence first" in caption.value for caption in app.caption)
+    assert any(toggle.label.startswith("layer3 · influence") for toggle in app.toggle)
     app.selectbox(key="w.criterion").set_value("fisher").run()  # blocks then go by their Fisher scores
     assert any("lowest block Fisher score first" in caption.value for caption in app.caption)
+    assert any(toggle.label.startswith("layer3 · fisher 0.02") for toggle in app.toggle)  # 0.0203
     assert not app.exception
 
 

@@ -147,6 +147,13 @@ class BlockRanking:
         """The ranking ``criterion`` gives blocks, on ``inputs`` (the other fields)."""
         return cls(criteria.criterion(criterion).block_score, **inputs)
 
+    @classmethod
+    def for_handle(cls, handle, criterion: str, seed: int = 0) -> BlockRanking:
+        """The ranking ``criterion`` gives the blocks of ``handle`` (a ModelHandle), on its data."""
+        return cls.for_criterion(criterion, data=handle.data, example_input=handle.example_input(1),
+                                 output_kind=handle.output_kind, pad_id=handle.pad_id if handle.vocab_size else None,
+                                 seed=seed)
+
     def scores(self, module: nn.Module, names: list[str]) -> dict[str, float]:
         """{block: score} of the named blocks; low goes first. Raises PrunelabError (see block_fisher)."""
         if self.score == "fisher":

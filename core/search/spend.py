@@ -228,11 +228,7 @@ class _Budget:
         names = [point["name"] for point in self.result.get("blocks") or []]
         if not names:
             raise PrunelabError(f"{self.handle.name} has no removable blocks in its sensitivity sweep")
-        handle = self.handle
-        ranking = BlockRanking.for_criterion(self.criterion, data=handle.data, example_input=handle.example_input(1),
-                                             output_kind=handle.output_kind,
-                                             pad_id=handle.pad_id if handle.vocab_size else None)
-        return ranking.order(handle.module, names)[0]
+        return BlockRanking.for_handle(self.handle, self.criterion).order(self.handle.module, names)[0]
 
     def ladder(self) -> list[tuple[list[str], float]]:
         """(blocks removed, resource left) for the 1, 2, ... cheapest blocks, up to the first that meets the goal."""

@@ -15,7 +15,7 @@ from dashboard import (
     state,
     summary,
 )
-from dashboard.glossary import BLOCK_SCORES, CALIBRATED, CRITERIA, TERMS
+from dashboard.glossary import CALIBRATED, CRITERIA, TERMS
 
 MAX_PERCENT = round(100 * session.MAX_SPARSITY)  # sliders hold whole percents; the plan holds fractions
 ROUND_TO = (state.AUTO_ROUND, 1, 4, 8, 16)
@@ -174,27 +174,28 @@ def _on_block(name: str) -> None:
 
 
 def blocks_ui() -> None:
-    """One switch per removable block (on: kept); off removes the whole block, leaving its skip path."""
+    """One switch per removable block (on: kept); off removes the whole block, leaving its skip path. Each
+    shows the score the plan's criterion ranks blocks by (influence, or fisher's block Fisher score)."""
     blocks = [block for block in session.block_table() if block["removable"]]
     if not blocks:
         return
     dropped = set(state.dropped())
     with st.expander(f"Blocks: {len(blocks) - len(dropped & {b['name'] for b in blocks})} of {len(blocks)} kept",
                      expanded=bool(dropped), icon=":material/layers:"):
-        if BLOCK_SCORES[state.plan().criterion] == "fisher":
-            st.caption("Switch a block off to remove it whole (depth pruning). Under criterion fisher, a depth "
-                       "share and Auto-allocate's depth option remove the lowest block Fisher score first, not "
-                       "the lowest influence shown here.", help=TERMS["block_fisher"])
-        else:
-            st.caption("Switch a block off to remove it whole (depth pruning); a depth share and Auto-allocate's "
-                       "depth option remove low influence first.",
-                       help=TERMS["blocks"])
+        score, scores = "influence", {}
+        with session.guard("scoring the blocks"):
+            score, scores = session.block_scores(state.plan().criterion)
+        term = "block_fisher" if score == "fisher" else "influence"
+        st.caption(f"Switch a block off to remove it whole (depth pruning); a depth share and Auto-allocate's "
+                   f"depth option remove the lowest {'block Fisher score' if score == 'fisher' else 'influence'} "
+                   f"first.", help=TERMS[term])
         for block in blocks:
             key = f"w.block.{block['name']}"
             state.seed(key, block["name"] not in dropped)
-            st.toggle(f"{block['name']} · influence {block['influence']:.3f} · "
-                      f"{formatting.count(block['macs'])} MACs", key=key, on_change=_on_block, args=(block["name"],),
-                      help=f"{block['kind']}, {len(block['layers'])} prunable layers. {TERMS['influence']}")
+            value = scores.get(block["name"], block["influence"])
+            st.toggle(f"{block['name']} · {score} {value:.3g} · {formatting.count(block['macs'])} MACs", key=key,
+                      on_change=_on_block, args=(block["name"],),
+                      help=f"{block['kind']}, {len(block['layers'])} prunable layers. {TERMS[term]}")
 
 
 def metrics_panel() -> None:
