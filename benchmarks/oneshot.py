@@ -2,7 +2,8 @@
 
 minilm (all-MiniLM-L6-v2): 25% and 50% of attention heads, and the plain 50% channel plan (half
 the heads and half the feed-forward neurons of every layer); fisher also in global scope, where
-its scores share the overall target between layers (heads only: the feed-forward layers at 0);
+its scores share the overall target between layers (heads only: the feed-forward layers at 0), and obs
+(fisher's scores, then each layer chooses its heads and neurons by structured OBS and compensates the rest);
 embedding cosine to the dense model
 on the 240 test sentences (calibration reads the 60 val sentences), in ONNX Runtime.
 digits-resnet: 30/50/70% of channels, round_to 8; test accuracy (calibration and BatchNorm
@@ -26,7 +27,7 @@ from core.prune.engine import apply_plan
 from core.prune.plan import Plan
 from core.sources import load_model
 
-CRITERIA = ("random", "l1", "l2", "taylor", "fisher")
+CRITERIA = ("random", "l1", "l2", "taylor", "fisher", "obs")
 RESNET_CRITERIA = CRITERIA + ("bn_scale", "fpgm")
 
 
@@ -37,8 +38,9 @@ def _timed(handle, plan: Plan):
 
 
 def _chosen(criteria, quick: bool, only: tuple[str, ...] | None) -> list[str]:
-    """The criteria to run: random and fisher in quick mode, and only ``only`` when given."""
-    return [name for name in criteria if (not quick or name in ("random", "fisher")) and (not only or name in only)]
+    """The criteria to run: random, fisher and obs in quick mode, and only ``only`` when given."""
+    quick_ones = ("random", "fisher", "obs")
+    return [name for name in criteria if (not quick or name in quick_ones) and (not only or name in only)]
 
 
 def minilm_rows(quick: bool, only: tuple[str, ...] | None = None) -> list[list]:
@@ -50,11 +52,11 @@ def minilm_rows(quick: bool, only: tuple[str, ...] | None = None) -> list[list]:
     feed_forward = [layer.name for layer in prunable_layers(handle.module) if layer.name.endswith("intermediate.dense")]
     settings = [("heads 50%", dict(sparsity=0.0, layers=dict.fromkeys(leaders, 0.5)), CRITERIA),
                 ("heads 50%, global", dict(sparsity=0.5, scope="global", layers=dict.fromkeys(feed_forward, 0.0)),
-                 ("fisher",))]
+                 ("fisher", "obs"))]
     if not quick:
         settings = [("heads 25%", dict(sparsity=0.0, layers=dict.fromkeys(leaders, 0.25)), CRITERIA), *settings,
                     ("channels 50%", dict(sparsity=0.5), CRITERIA),
-                    ("channels 50%, global", dict(sparsity=0.5, scope="global"), ("fisher",))]
+                    ("channels 50%, global", dict(sparsity=0.5, scope="global"), ("fisher", "obs"))]
     rows = []
     for label, values, criteria in settings:
         for criterion in _chosen(criteria, quick, only):
@@ -104,7 +106,7 @@ def main(quick: bool = False, models: tuple[str, ...] = ("minilm", "digits-resne
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="50%% only, random and fisher, 32 sentences")
+    parser.add_argument("--quick", action="store_true", help="50%% only, random, fisher and obs, 32 sentences")
     parser.add_argument("--model", choices=("minilm", "digits-resnet"), action="append",
                         help="only this model (repeatable)")
     parser.add_argument("--criterion", choices=RESNET_CRITERIA, action="append",

@@ -24,8 +24,10 @@ prunes each layer itself from that layer's own inputs, taken layer by layer from
 pruned model (SparseGPT's reconstruction: core.prune.calibrated); it has no score function.
 ``compare`` says where weights compete for a layer's target: the whole layer (or every layer,
 in global scope) or each output row (Wanda's per-output groups). "mask_gradients" ranks whole units
-(channel groups, heads) at once, so channel plans hand it to core.prune.oneshot. Plans validate their criterion against
-``granularities``; the dashboard's help text is ``help``; plan export reads ``torch_pruning``.
+(channel groups, heads) at once, so channel plans hand it to core.prune.oneshot; with "layer_inputs" as
+well, each layer that reads heads or neurons then chooses its own from its inputs (core.prune.obs). Plans
+validate their criterion against ``granularities``; the dashboard's help text is ``help``; plan export reads
+``torch_pruning``.
 """
 from __future__ import annotations
 
@@ -161,7 +163,7 @@ def _taylor(weight: torch.Tensor, evidence: Evidence) -> torch.Tensor:
 
 
 def _fisher(weight: torch.Tensor, evidence: Evidence) -> torch.Tensor:
-    raise PrunelabError("criterion 'fisher' ranks whole channel groups and heads of a channel plan")
+    raise PrunelabError("criteria 'fisher' and 'obs' rank whole channel groups and heads of a channel plan")
 
 
 def _fpgm(weight: torch.Tensor, evidence: Evidence) -> torch.Tensor:
@@ -218,6 +220,12 @@ CRITERIA: dict[str, Criterion] = {criterion.name: criterion for criterion in (
                    "about three forward passes; channel pruning only). A depth share then removes the blocks "
                    "whose removal they notice least too: the Fisher information of a gate on each block's "
                    "residual branch, in place of block influence",
+              torch_pruning="tp.importance.GroupHessianImportance()", comparable=True, block_score="fisher"),
+    Criterion("obs", ("channel",), None, _fisher, needs=frozenset({"mask_gradients", LAYER_INPUTS}),
+              help="obs: fisher's scores, then each layer that reads heads or feed-forward neurons chooses which "
+                   "go by structured optimal brain surgeon (the error of rebuilding its output from the rest, "
+                   "times the Fisher score) and compensates its remaining weights, layer by layer on the "
+                   "calibration items (ZipLM); a few seconds more than fisher; channel pruning only",
               torch_pruning="tp.importance.GroupHessianImportance()", comparable=True, block_score="fisher"),
 )}
 

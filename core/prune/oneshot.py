@@ -1,10 +1,12 @@
 """One-shot quality of channel plans: Fisher scores for channel groups and heads, and reconstruction.
 
 core.prune.shrink calls these around the removal: ``unit_fisher`` ranks every channel group and
-attention layer by the Fisher information of its unit masks (core.prune.fisher), and
-``Reconstruction`` records the dense outputs of every layer that reads a removed unit before the
-removal, then refits those layers afterwards (core.prune.reconstruct). Both read the same
-calibration items.
+attention layer by the Fisher information of its unit masks (core.prune.fisher); ``surgery`` (a
+criterion that also needs layer inputs) lets each Linear layer that reads heads or neurons choose
+them itself by structured OBS, weighted by those scores, and compensate the rest
+(core.prune.obs); ``Reconstruction`` records the dense outputs of every layer that reads a removed
+unit before the removal, then refits those layers afterwards (core.prune.reconstruct). All read
+the same calibration items.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.prune import channel, criteria, fisher, heads, reconstruct
+from core.prune import channel, criteria, fisher, heads, obs, reconstruct
 
 BATCH = 16
 
@@ -105,6 +107,69 @@ def unit_fisher(job, groups, attention, graph, names: dict, evidence: dict) -> d
     if fallen:
         job.notes.append(f"{job.plan.criterion}: no layer reads the units of {', '.join(fallen)} inside the "
                          f"model; ranked by l2 instead")
+    return scores
+
+
+# ---- structured OBS ---------------------------------------------------------------------------------
+
+def _weighting(scores: torch.Tensor) -> torch.Tensor:
+    """A unit's criterion score relative to its layer's mean: the factor on its OBS cost."""
+    scores = scores.double()
+    return (scores / scores.mean().clamp_min(1e-30)).clamp_min(1e-6)
+
+
+def _neuron_choice(group, graph, names: dict, module: nn.Module, scores: torch.Tensor, count: int):
+    """The obs.Choice of a channel group that one Linear layer reads, a column per channel, in one block;
+    None for any other group (those keep the criterion's own selection)."""
+    items = list(_consumer_items(group, graph, names))
+    if len(items) != 1 or group.blocks != 1 or not isinstance(module.get_submodule(items[0][0]), nn.Linear):
+        return None
+    name, item = items[0]
+    columns = dict(zip(item.root_idxs, item.idxs))
+    if sorted(columns) != list(range(group.channels)):
+        return None
+    order = torch.tensor([columns[channel] for channel in range(group.channels)])
+    return obs.Choice(group.leader, name, order.reshape(-1, 1), count, _weighting(scores))
+
+
+def _head_choice(unit, module: nn.Module, scores: torch.Tensor, count: int):
+    """The obs.Choice of an attention layer's key/value head groups at its output projection (None without one)."""
+    if not unit.output or not isinstance(module.get_submodule(unit.output), nn.Linear):
+        return None
+    size = unit.head_size * (unit.heads // unit.kv_heads)
+    return obs.Choice(unit.leader, unit.output, torch.arange(unit.kv_heads * size).reshape(unit.kv_heads, size),
+                      count, _weighting(scores))
+
+
+def surgery(job, groups, attention, graph, names: dict, scores: dict, targets: dict, dropped: dict) -> dict:
+    """Let every Linear layer that reads heads or neurons choose which of them go by structured OBS
+    weighted by ``scores`` (core.prune.obs), layer by layer on calibration items, compensating its
+    remaining weights in place; as many go as the criterion's own selection takes.
+
+    Returns ``scores`` with those groups' scores replaced by the removal order (lowest first), so the
+    selection takes exactly the units chosen; ``dropped`` (heads by attention leader) is updated in place.
+    """
+    module, rounding = job.module, job.resolved.rounding
+    choices = [_head_choice(unit, module, scores[unit.leader], len(dropped[unit.leader])) for unit in attention]
+    choices += [_neuron_choice(group, graph, names, module, scores[group.leader], len(channel.choose_channels(
+        group, graph, names, scores[group.leader], targets[group.leader], rounding(group.channels))))
+        for group in groups]
+    choices = [choice for choice in choices if choice is not None and choice.count]
+    if not choices:
+        return scores
+    cal = calibration(job, job.plan.criterion)
+    chosen = obs.choose(module, choices, cal.inputs, cal.positions)
+    scores = dict(scores)
+    for leader, order in chosen.items():
+        if leader in dropped:
+            dropped[leader] = sorted(order)
+        else:
+            ranks = torch.full((len(scores[leader]),), float(len(order)), dtype=torch.float64)
+            ranks[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order), dtype=torch.float64)
+            scores[leader] = ranks
+    job.notes.append(f"{job.plan.criterion}: {len(chosen)} layers that read heads or neurons chose which go by "
+                     f"structured OBS weighted by Fisher scores, and compensated their remaining weights, on "
+                     f"{len(cal.inputs)} calibration items")
     return scores
 
 

@@ -132,7 +132,7 @@ class _Pairing:
         return handles
 
 
-def _token_rows(value: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+def token_rows(value: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
     """A (items, tokens, features) value as rows (real tokens only when ``positions`` matches)."""
     rows = value.reshape(-1, value.shape[-1])
     if positions is not None and value.ndim == 3 and tuple(value.shape[:2]) == tuple(positions.shape):
@@ -160,7 +160,7 @@ def dense_outputs(module: nn.Module, names: list[str], inputs: torch.Tensor,
     def norm_hook(norm, args):
         paired = pairing.reached(args[0] if args else None)
         if paired is not None and paired[0] not in found.sums:
-            found.sums[paired[0]] = _token_rows(args[0].detach(), positions)
+            found.sums[paired[0]] = token_rows(args[0].detach(), positions)
     forward_once(module, inputs, handles + pairing.hooks(module, names, norm_hook))
     return found
 
@@ -292,7 +292,7 @@ def refit(module: nn.Module, targets: list[Target], dense: Dense, inputs: torch.
             return None
         layer, value, rows = pending.pop(paired[0])
         residual = args[0] - paired[1]
-        found = _fit(layer, rows, dense.sums[paired[0]] - _token_rows(residual, positions),
+        found = _fit(layer, rows, dense.sums[paired[0]] - token_rows(residual, positions),
                      SUM_RIDGE if ridge is None else ridge)
         if found is None:
             return None

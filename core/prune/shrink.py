@@ -129,6 +129,8 @@ def prune_structure(job) -> PruneResult:
     dropped = {unit.leader: heads.select_heads(scores[unit.leader], heads.kept_heads(unit, targets[unit.leader]))
                for unit in attention}
     reconstruction = _reconstruction(job, groups, attention, graph, names)
+    if criteria.LAYER_INPUTS in criteria.criterion(plan.criterion).needs:  # each layer chooses (core.prune.obs)
+        scores = oneshot.surgery(job, groups, attention, graph, names, scores, targets, dropped)
     removed: dict[str, list[int]] = {}
     report = _remove_groups(groups, graph, names, scores, targets, job.resolved.rounding, notes, removed)
     report += _remove_heads(module, attention, dropped, targets)
