@@ -51,7 +51,8 @@ def _print_blocks(blocks: list[dict]) -> None:
         return
     width = max(len("block"), *(len(block["name"]) for block in blocks))
     print(f"\n{len(removable)} removable blocks (drop: [...] or depth: 0.25 in a plan; influence = 1 - cosine "
-          f"between a block's input and output, low goes first)")
+          f"between a block's input and output, low goes first; under criterion fisher a depth share goes by "
+          f"each block's Fisher score instead)")
     print(f"{'block':<{width}} {'kind':<28} {'layers':>6} {'params':>11} {'MACs':>14} {'influence':>9}")
     for block in removable:
         print(f"{block['name']:<{width}} {block['kind'][:28]:<28} {len(block['layers']):>6} {block['params']:>11,} "
