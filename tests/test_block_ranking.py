@@ -124,8 +124,9 @@ def test_a_block_gate_gradient_is_the_output_change_its_branch_makes():
         torch.testing.assert_close(gradients[name][:, 0], torch.cat(parts).double(), atol=1e-5, rtol=1e-5)
 
 
-def test_only_fisher_ranks_blocks_its_own_way_and_says_so():
-    assert {name for name, entry in CRITERIA.items() if entry.block_score != "influence"} == {"fisher"}
+def test_criteria_built_on_fishers_scores_rank_blocks_by_fisher_and_the_others_by_influence():
+    for name, entry in CRITERIA.items():
+        assert entry.block_score == ("fisher" if "mask_gradients" in entry.needs else "influence"), name
     assert "residual branch" in CRITERIA["fisher"].help
 
 
