@@ -151,7 +151,7 @@ class BlockRanking:
     def for_handle(cls, handle, criterion: str, seed: int = 0) -> BlockRanking:
         """The ranking ``criterion`` gives the blocks of ``handle`` (a ModelHandle), on its data."""
         return cls.for_criterion(criterion, data=handle.data, example_input=handle.example_input(1),
-                                 output_kind=handle.output_kind, pad_id=handle.pad_id if handle.vocab_size else None,
+                                 output_kind=handle.output_kind, pad_id=handle.padding_id,
                                  seed=seed)
 
     def scores(self, module: nn.Module, names: list[str]) -> dict[str, float]:

@@ -130,7 +130,7 @@ def apply_plan(model, plan: Plan, data: Dataset | None = None, example_input=Non
     working = copy.deepcopy(module).eval()
     for parameter in working.parameters():  # gradients for taylor, even where the original is frozen
         parameter.requires_grad_(True)
-    pad_id = getattr(model, "pad_id", None) if getattr(model, "vocab_size", None) else None
+    pad_id = getattr(model, "padding_id", None)  # a bare module has none
     output_kind = getattr(model, "output_kind", "logits")
     resolved = resolve(plan, working, example_input, _dense_default(module, working, example_input, plan)) \
         .with_depth(working, example_input, data, output_kind, pad_id)

@@ -68,6 +68,11 @@ class ModelHandle:
     metric: object = field(default=None, repr=False)
     _digest: str | None = field(default=None, repr=False)
 
+    @property
+    def padding_id(self) -> int | None:
+        """The id whose positions are padding, not data: ``pad_id`` for a token model, None otherwise."""
+        return self.pad_id if self.vocab_size is not None else None
+
     def can(self, operation: str) -> bool:
         return operation in CAPABILITIES[self.source]
 
