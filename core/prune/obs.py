@@ -22,6 +22,7 @@ from torch import nn
 
 from core.hooks import forward_once
 from core.prune.reconstruct import token_rows
+from core.prune.sparsegpt import one_thread
 
 DAMPENING = 0.3  # minilm, plain 50% channel plan: cosine 0.826 at 0.1 and 0.3, 0.816 at 1, 0.799 at 3
 STEPS = 32       # greedy steps per layer at most: each removes count / STEPS units at once
@@ -47,14 +48,15 @@ def costs(weight: torch.Tensor, inverse: torch.Tensor, units: torch.Tensor) -> t
 
 def remove_units(weight: torch.Tensor, inverse: torch.Tensor, units: torch.Tensor, count: int,
                  weighting: torch.Tensor | None = None, steps: int = STEPS) -> tuple[list[int], torch.Tensor]:
-    """Remove ``count`` units greedily; returns (units in removal order, the compensated weight, float64).
+    """Remove ``count`` units greedily; returns (units in removal order, the compensated weight in
+    ``inverse``'s dtype).
 
     weight: (outputs, inputs); inverse: inverse_hessian of the layer's inputs; units: (units, size)
     column indices. weighting: one positive factor per unit multiplying its cost when choosing, or
     None. Each of at most ``steps`` steps removes the cheapest units together. The removed columns of
     the returned weight are zero.
     """
-    weight, inverse = weight.double().clone(), inverse.clone()
+    weight, inverse = weight.to(inverse.dtype).clone(), inverse.clone()
     remaining = torch.ones(len(units), dtype=torch.bool)
     removed: list[int] = []
     per_step = max(1, -(-count // max(1, steps)))
@@ -62,7 +64,7 @@ def remove_units(weight: torch.Tensor, inverse: torch.Tensor, units: torch.Tenso
         alive = remaining.nonzero().squeeze(1)
         found = costs(weight, inverse, units[alive])
         if weighting is not None:
-            found = found * weighting[alive].double()
+            found = found * weighting[alive].to(found.dtype)
         taken = alive[torch.argsort(found, stable=True)[:min(per_step, count - len(removed))]]
         columns = units[taken].reshape(-1)
         rows = inverse[columns]                                                # (taken columns, inputs)
@@ -94,8 +96,9 @@ def _surgery(layer: nn.Linear, rows: torch.Tensor, choice: Choice, dampening: fl
     rows = rows.double()
     weight = layer.weight.detach().double()
     mean = rows.mean(0) if layer.bias is not None else None
-    inverse = inverse_hessian(rows - mean if mean is not None else rows, dampening)
+    inverse = inverse_hessian(rows - mean if mean is not None else rows, dampening).float()  # steps in float32
     removed, updated = remove_units(weight, inverse, choice.columns, choice.count, choice.weighting)
+    updated = updated.double()
     with torch.no_grad():
         if mean is not None:
             layer.bias.add_(((weight - updated) @ mean).to(layer.bias.dtype))
@@ -115,7 +118,9 @@ def choose(module: nn.Module, choices: list[Choice], inputs: torch.Tensor, posit
     def hook_for(choice: Choice):
         def hook(layer, args):
             if choice.leader not in chosen:  # a layer called twice per pass: its first call
-                chosen[choice.leader] = _surgery(layer, token_rows(args[0].detach(), positions), choice, dampening)
+                with one_thread():  # the greedy steps' small products slow down many times on contended cores
+                    chosen[choice.leader] = _surgery(layer, token_rows(args[0].detach(), positions), choice,
+                                                     dampening)
         return hook
 
     handles = [module.get_submodule(choice.layer).register_forward_pre_hook(hook_for(choice)) for choice in choices]
