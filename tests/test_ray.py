@@ -22,7 +22,10 @@ ITEMS = 120
 
 
 def points(result: dict, keys=("accuracy", "loss")) -> list[tuple]:
-    return [(layer["name"], point["sparsity"], *(point[key] for key in keys))
+    """(layer, sparsity, *values) of every point; floats to 6 significant digits: a Ray worker and this process may
+    run torch on different thread counts, which sums the same products in another order (the loss's last bits)."""
+    return [(layer["name"], point["sparsity"], *(float(f"{value:.6g}") if isinstance(value, float) else value
+                                                 for value in (point[key] for key in keys)))
             for layer in result["layers"] for point in layer["curve"]]
 
 
