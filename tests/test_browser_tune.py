@@ -126,7 +126,11 @@ def open_cell_editor(page, grid, column: int, row: int, attempts: int = 5):
     editor = page.locator("input.gdg-input")
     for _ in range(attempts):
         wait_idle(page)
-        box = grid.locator("canvas").first.bounding_box()
+        canvas = grid.locator("canvas").first
+        canvas.wait_for(timeout=TIMEOUT_MS)  # a page run that redraws the grid replaces its canvas for a moment
+        box = canvas.bounding_box()
+        if box is None:
+            continue
         page.mouse.click(box["x"] + 20, box["y"] + 52)  # the first data row's first cell
         for _ in range(column - 1):
             page.keyboard.press("ArrowRight")
