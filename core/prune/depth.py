@@ -20,8 +20,9 @@ from torch import nn
 
 from core.errors import PrunelabError
 from core.limits import brief
-from core.prune import criteria, fisher, oneshot
+from core.prune import criteria, fisher
 from core.prune.blocks import Block, find_blocks, hidden_state
+from core.prune.calibration_items import calibration
 
 INFLUENCE_ITEMS = 64
 INFLUENCE_BATCH = 16
@@ -111,7 +112,7 @@ def block_fisher(module: nn.Module, names: list[str], ranking: BlockRanking) -> 
     gradient of the item's log-likelihood with respect to a gate on the block's residual branch
     (core.prune.fisher.block_gradients), on 64 calibration items of ``ranking.data``. The module is unchanged.
     Raises PrunelabError without data, or for a block whose output is not a hidden state shaped like its input."""
-    cal = oneshot.calibration(ranking, "fisher")  # reads the ranking's data and pad_id, as a job's
+    cal = calibration(ranking, "fisher")  # reads the ranking's data and pad_id, as a job's
     data_key = f"{ranking.data.digest}:{len(cal.inputs)}:{ranking.pad_id}"
     gradients = fisher.cached_block_gradients(module, names, cal.batches(), ranking.output_kind, ranking.seed,
                                               data_key)

@@ -10,58 +10,12 @@ the same calibration items.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
-from core.prune import channel, criteria, fisher, heads, obs, reconstruct
-
-BATCH = 16
-
-
-@dataclass
-class Calibration:
-    """Calibration items, their labels and (token models) which positions are real.
-
-    Token items are sorted by length and cut after the longest sequence, and each batch after its
-    own longest: padded positions are masked out of attention and pooling, so the real positions
-    compute the same values, several times faster.
-    """
-
-    inputs: torch.Tensor
-    labels: torch.Tensor | None
-    positions: torch.Tensor | None      # (items, tokens) bool, or None
-
-    def batches(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """(inputs, labels) per batch of BATCH items."""
-        found = []
-        for start in range(0, len(self.inputs), BATCH):
-            batch = self.inputs[start:start + BATCH]
-            if self.positions is not None:
-                batch = batch[:, :_length(self.positions[start:start + BATCH])]
-            found.append((batch, None if self.labels is None else self.labels[start:start + BATCH]))
-        return found
-
-
-def _length(positions: torch.Tensor) -> int:
-    """Columns up to the last real position of any item (at least one)."""
-    used = positions.any(0).nonzero()
-    return int(used.max()) + 1 if len(used) else 1
-
-
-def calibration(job, name: str) -> Calibration:
-    """The calibration items of ``job`` (PrunelabError naming ``name`` when the model has no data)."""
-    inputs, labels = criteria.calibration_items(job.data, name)
-    if job.pad_id is None or inputs.is_floating_point() or inputs.ndim != 2:
-        return Calibration(inputs, labels, None)
-    order = torch.argsort((inputs != job.pad_id).sum(1), stable=True)
-    inputs, labels = inputs[order], None if labels is None else labels[order]
-    positions = inputs != job.pad_id
-    length = _length(positions)
-    return Calibration(inputs[:, :length], labels, positions[:, :length])
-
+from core.prune import channel, fisher, heads, obs, reconstruct
+from core.prune.calibration_items import calibration
 
 # ---- Fisher scores --------------------------------------------------------------------------------
 
