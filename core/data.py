@@ -3,7 +3,7 @@ user's .npz, or random inputs. Text (sentences and token streams) is cut into Da
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -21,8 +21,10 @@ SPLIT_SEED = 0
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Arrays for evaluation (test), selection and allocation (val) and calibration or training (train).
+    """Arrays for evaluation (test), selection and allocation (val), training (train) and calibration.
 
+    Calibration (the activations criteria, reconstruction, BatchNorm and INT8 read) takes the
+    calibration split when the data has one (unlabelled items kept for that alone), else train, else val.
     Inputs are shaped ``(n, *input_shape[1:])``: float32, or int64 token ids for token models;
     labels are int64 or ``None`` when the data has no labels, in which case prunelab reports
     agreement with the dense model (or embedding fidelity) instead of accuracy.
@@ -38,11 +40,12 @@ class Dataset:
     synthetic: bool = False  # seeded random inputs: fit for agreement, not for statistics
     origin: dict = field(default_factory=dict)  # split -> where its items come from, in words
     stride: int | None = None  # causal LM test windows overlapping, each start this many tokens after the last
+    x_calibration: np.ndarray | None = None  # unlabelled items for calibration only
 
     def describe_splits(self) -> str:
         """Where each split's items come from, e.g. 'test: x (300 items); val: 20% of x_train held out (96 items)'."""
         parts = []
-        for split in ("test", "val", "train"):
+        for split in ("test", "val", "train", "calibration"):
             x = getattr(self, f"x_{split}")
             if x is not None:
                 parts.append(f"{split}: {self.origin.get(split, f'the {split} split')} ({len(x)} items)")
@@ -61,14 +64,23 @@ class Dataset:
         """A short fingerprint of the arrays, for cache keys (hashed once: a Dataset's arrays never change;
         the dashboard asks for it dozens of times per rerun)."""
         hasher = hashlib.sha256(self.name.encode())
-        for array in (self.x_test, self.y_test, self.x_val, self.y_val, self.x_train, self.y_train):
+        for array in (self.x_test, self.y_test, self.x_val, self.y_val, self.x_train, self.y_train,
+                      self.x_calibration):
             hasher.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
         return hasher.hexdigest()[:16]
 
+    @property
+    def calibration_split(self) -> str:
+        """The split calibration reads: 'calibration' when the data has one, else 'train', else 'val'."""
+        return next(split for split in ("calibration", "train", "val") if getattr(self, f"x_{split}") is not None)
+
     def calibration(self, count: int = 128) -> np.ndarray:
-        """A few inputs for criteria and quantization that need activations: train first, else val."""
-        source = self.x_train if self.x_train is not None else self.x_val
-        return source[:count]
+        """The first ``count`` inputs of the calibration split, for what needs activations."""
+        return getattr(self, f"x_{self.calibration_split}")[:count]
+
+    def calibration_labels(self, count: int = 128) -> np.ndarray | None:
+        """The labels of ``calibration(count)``: train's when calibration reads a labelled train split, else None."""
+        return self.y_train[:count] if self.calibration_split == "train" and self.y_train is not None else None
 
     def batches(self, split: str = "train", batch_size: int = 64):
         """Yield ``(x, y)`` numpy batches of a split in order; y is None when unlabelled."""
@@ -88,15 +100,15 @@ class Dataset:
         if count >= len(self.x_test):
             return self
         y_test = None if self.y_test is None else self.y_test[:count]
-        return Dataset(f"{self.name}, first {count} of {len(self.x_test)} items", self.x_test[:count], y_test,
-                       self.x_val, self.y_val, self.x_train, self.y_train, self.synthetic, self.origin, self.stride)
+        return replace(self, name=f"{self.name}, first {count} of {len(self.x_test)} items",
+                       x_test=self.x_test[:count], y_test=y_test)
 
     def as_float(self) -> Dataset:
         """The same data with float32 inputs (integer features fed to a float model)."""
         def cast(x):
             return None if x is None else x.astype(np.float32)
-        return Dataset(self.name, cast(self.x_test), self.y_test, cast(self.x_val), self.y_val,
-                       cast(self.x_train), self.y_train, self.synthetic, self.origin, self.stride)
+        return replace(self, x_test=cast(self.x_test), x_val=cast(self.x_val), x_train=cast(self.x_train),
+                       x_calibration=cast(self.x_calibration))
 
     def check_shape(self, input_shape: tuple[int, ...]) -> None:
         """Raise when the per-item shape of the inputs differs from the model's input shape."""
@@ -146,11 +158,12 @@ def digits(size: int = 8) -> Dataset:
 
 
 def load_npz(path: str | Path, input_shape: tuple[int, ...] | None = None, pad_id: int = 0) -> Dataset:
-    """Read a user's ``.npz`` with ``x`` (and ``y``; optionally ``x_train``/``y_train``, ``x_val``/``y_val``).
+    """Read a user's ``.npz`` with ``x`` (and ``y``; optionally ``x_train``/``y_train``, ``x_val``/``y_val``,
+    and ``x_calibration``: unlabelled items that calibration reads instead of train or val).
 
     Token models may name their inputs ``input_ids`` (with an optional ``attention_mask``, and
-    ``input_ids_val``/``input_ids_train`` for the other splits): integer inputs stay int64, floats
-    become float32. Positions a mask leaves out are set to ``pad_id``, because prunelab's token
+    ``input_ids_val``/``input_ids_train``/``input_ids_calibration`` for the other splits): integer inputs
+    stay int64, floats become float32. Positions a mask leaves out are set to ``pad_id``, because prunelab's token
     models derive the mask from the padding.
     Tuning (sensitivity, allocation, BatchNorm re-estimation, calibration) never sees the items
     accuracy is measured on: without ``x_val``, a seeded VAL_SHARE of ``x_train`` is held out as val
@@ -176,14 +189,9 @@ def load_npz(path: str | Path, input_shape: tuple[int, ...] | None = None, pad_i
     if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape[1:]):
         raise PrunelabError(f"data file {path}: x has items of shape {tuple(x.shape[1:])}, "
                             f"the model takes {tuple(input_shape[1:])}")
-    x_train = arrays.get("x_train")
+    x_train, x_calibration = (_like_x(arrays.get(key), x, path, key) for key in ("x_train", "x_calibration"))
     y_train = _labels(arrays.get("y_train"), 0 if x_train is None else len(x_train), path, "y_train")
-    if x_train is not None:
-        x_train = _inputs(x_train, path, "x_train")
-        if x_train.shape[1:] != x.shape[1:]:
-            raise PrunelabError(f"data file {path}: x_train items {x_train.shape[1:]} differ from x items "
-                                f"{x.shape[1:]}")
-    origin = {"test": "x", "train": "x_train"}
+    origin = {"test": "x", "train": "x_train", "calibration": "x_calibration"}
     if "x_val" in arrays:
         x_val = _inputs(arrays["x_val"], path, "x_val")
         y_val = _labels(arrays.get("y_val"), len(x_val), path, "y_val")
@@ -203,7 +211,17 @@ def load_npz(path: str | Path, input_shape: tuple[int, ...] | None = None, pad_i
         raise PrunelabError(f"data file {path} has {len(x)} item(s) and no x_val or x_train: add x_val/y_val "
                             f"(or x_train/y_train) so tuning never uses the test items")
     return Dataset(name=path.name, x_test=x, y_test=y, x_val=x_val, y_val=y_val,
-                   x_train=x_train, y_train=y_train, origin=origin)
+                   x_train=x_train, y_train=y_train, origin=origin, x_calibration=x_calibration)
+
+
+def _like_x(values, x: np.ndarray, path: Path, key: str) -> np.ndarray | None:
+    """An optional split's inputs, whose items must be shaped like ``x``'s (None when the file has none)."""
+    if values is None:
+        return None
+    values = _inputs(values, path, key)
+    if values.shape[1:] != x.shape[1:]:
+        raise PrunelabError(f"data file {path}: {key} items {values.shape[1:]} differ from x items {x.shape[1:]}")
+    return values
 
 
 VAL_SHARE = 0.2
@@ -229,7 +247,7 @@ def _inputs(values, path: Path, key: str) -> np.ndarray:
 def _token_arrays(arrays: dict, path: Path, pad_id: int) -> dict:
     """Map ``input_ids[_split]`` to ``x[_split]``, applying ``attention_mask[_split]`` as padding."""
     arrays = dict(arrays)
-    for suffix in ("", "_val", "_train"):
+    for suffix in ("", "_val", "_train", "_calibration"):
         ids, mask = arrays.pop(f"input_ids{suffix}", None), arrays.pop(f"attention_mask{suffix}", None)
         if ids is None:
             if mask is not None:

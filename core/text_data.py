@@ -4,6 +4,7 @@ position into train, val and test, each into context-length windows; ``with_stri
 windows for sliding-window perplexity). Bounded before anything large is made (core.limits)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +31,24 @@ def load_text(path: str | Path, encode, seq_len: int) -> Dataset:
     if encode is None:
         raise PrunelabError(f"text data {path.name} needs a model with a tokenizer (a Hugging Face directory "
                             f"with its tokenizer files, or a text built-in); pass token ids in an .npz instead")
-    sentences = _sentences(path, seq_len)
-    ids = np.concatenate([np.asarray(encode(sentences[start:start + TEXT_CHUNK], seq_len), dtype=np.int64)
-                          for start in range(0, len(sentences), TEXT_CHUNK)])
+    ids = _encoded(path, encode, seq_len)
     keep, held = hold_out(len(ids))
     origin = {"test": f"{len(keep)} sentences of {path.name}", "val": f"{VAL_SHARE:.0%} of the sentences held out"}
     return Dataset(name=path.name, x_test=ids[keep], y_test=None, x_val=ids[held], y_val=None, origin=origin)
+
+
+def with_calibration_text(data: Dataset, path: Path, encode, seq_len: int) -> Dataset:
+    """``data`` with the sentences of ``path`` (one per line) as its calibration split."""
+    ids = _encoded(path, encode, seq_len)
+    return replace(data, x_calibration=ids,
+                   origin={**data.origin, "calibration": f"{len(ids)} other sentences of {path.name}"})
+
+
+def _encoded(path: Path, encode, seq_len: int) -> np.ndarray:
+    """Token ids ``(sentences, seq_len)`` of a bounded ``.txt`` with one sentence per line."""
+    sentences = _sentences(path, seq_len)
+    return np.concatenate([np.asarray(encode(sentences[start:start + TEXT_CHUNK], seq_len), dtype=np.int64)
+                           for start in range(0, len(sentences), TEXT_CHUNK)])
 
 
 def _sentences(path: Path, seq_len: int) -> list[str]:
@@ -95,8 +108,7 @@ def with_stride(data: Dataset, stride: int) -> Dataset:
         raise PrunelabError(f"the test windows of {data.name} already overlap (stride {data.stride})")
     cut = windows(data.x_test.reshape(-1), context, int(stride))
     origin = {**data.origin, "test": f"{data.origin.get('test', 'the test split')}, re-cut every {stride} tokens"}
-    return Dataset(data.name, cut, None, data.x_val, data.y_val, data.x_train, data.y_train, data.synthetic,
-                   origin, int(stride))
+    return replace(data, x_test=cut, y_test=None, origin=origin, stride=int(stride))
 
 
 def load_documents(path: str | Path, tokenize, context: int) -> Dataset:

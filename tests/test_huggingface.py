@@ -202,6 +202,28 @@ def test_minilm_demo_reports_embedding_fidelity():
     assert dense["max_abs_diff"] < 1e-3
 
 
+@pytest.mark.slow
+def test_minilm_calibrates_on_its_own_sentences_none_a_paraphrase_of_a_measured_one():
+    from benchmarks.minilm_heads import embeddings
+    from core.prune.calibration_items import TOKENS, calibration
+
+    handle = load_model("minilm", input_shape="1,32")
+    data = handle.data
+    assert data.calibration_split == "calibration" and len(data.x_calibration) == 240
+    assert "calibration: 240 other sentences of calibration_sentences.txt" in data.describe_splits()
+    example = handle.example_input(1)
+    measured = torch.nn.functional.normalize(torch.as_tensor(embeddings(handle.module, example, np.concatenate(
+        [data.x_test, data.x_val]))), dim=1)
+    calibrating = torch.nn.functional.normalize(torch.as_tensor(embeddings(handle.module, example,
+                                                                           data.x_calibration)), dim=1)
+    nearest = (calibrating @ measured.T).max(1).values
+    pairs = (measured @ measured.T).fill_diagonal_(0).max(1).values  # the file's paraphrases of each other
+    assert float(nearest.max()) < 0.7 < float(pairs.median()), (float(nearest.max()), float(pairs.median()))
+    job = type("Job", (), {"data": data, "pad_id": handle.pad_id})()
+    cal = calibration(job, "obs")  # short sentences: more than 64 of them, to reach TOKENS real positions
+    assert len(cal.inputs) == 240 and int(cal.positions.sum()) < TOKENS
+
+
 def test_sensitivity_and_allocation_score_embeddings_by_cosine(bert_dir):
     from core.search.allocate import allocate
     from core.search.sensitivity import sensitivity

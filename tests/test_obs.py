@@ -19,7 +19,7 @@ def test_costs_are_the_least_squares_error_of_rebuilding_the_output_without_the_
     inputs = _inputs() + 0.3 * torch.randn(600, 6, generator=torch.Generator().manual_seed(3))
     weight = torch.randn(3, 6, generator=torch.Generator().manual_seed(1)).double()
     units = torch.tensor([[0, 1], [2, 3], [4, 5]])
-    found = obs.costs(weight, obs.inverse_hessian(inputs, dampening=1e-9), units)
+    found = obs.costs(weight, obs.inverse_hessian(inputs.double(), dampening=1e-9), units)
     x = inputs.double()
     for unit, columns in enumerate(units.tolist()):
         kept = [column for column in range(6) if column not in columns]
@@ -32,7 +32,7 @@ def test_a_redundant_unit_goes_first_and_its_removal_is_compensated_exactly():
     inputs = _inputs()
     weight = torch.randn(4, 6, generator=torch.Generator().manual_seed(2)).double()
     units = torch.arange(6).reshape(6, 1)
-    order, updated = obs.remove_units(weight, obs.inverse_hessian(inputs, dampening=1e-9), units, 1)
+    order, updated = obs.remove_units(weight, obs.inverse_hessian(inputs.double(), dampening=1e-9), units, 1)
     assert order == [5] and torch.all(updated[:, 5] == 0)
     x = inputs.double()
     assert torch.allclose(x @ updated.T, x @ weight.T, atol=1e-5)

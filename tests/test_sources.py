@@ -108,6 +108,30 @@ def test_user_data_without_val_is_never_tuned_on_its_test_items(tmp_path):
         load_model("digits-mlp", data=single)
 
 
+def test_a_calibration_split_is_read_by_calibration_alone(tmp_path):
+    rng = np.random.default_rng(2)
+    x, x_calibration = rng.random((30, 1, 8, 8), dtype=np.float32), rng.random((12, 1, 8, 8), dtype=np.float32)
+    path = tmp_path / "calibrated.npz"
+    np.savez(path, x=x, y=rng.integers(0, 10, 30), x_train=rng.random((50, 1, 8, 8), dtype=np.float32),
+             y_train=rng.integers(0, 10, 50), x_calibration=x_calibration)
+    data = load_model("digits-mlp", data=path).data
+    assert data.calibration_split == "calibration" and np.array_equal(data.calibration(128), x_calibration)
+    assert data.calibration_labels(128) is None and len(data.x_train) == 40  # labels belong to train alone
+    assert "calibration: x_calibration (12 items)" in data.describe_splits()
+    assert data.head(5).x_calibration is data.x_calibration and data.digest != load_model(
+        "digits-mlp", data=_without(path, "x_calibration", tmp_path)).data.digest
+    np.savez(path, x=x, y=rng.integers(0, 10, 30), x_calibration=rng.random((4, 1, 4, 4), dtype=np.float32))
+    with pytest.raises(PrunelabError, match=r"x_calibration items \(1, 4, 4\) differ from x items \(1, 8, 8\)"):
+        load_model("digits-mlp", data=path)
+
+
+def _without(path, key: str, folder) -> str:
+    with np.load(path) as stored:
+        arrays = {name: stored[name] for name in stored.files if name != key}
+    np.savez(folder / "without.npz", **arrays)
+    return str(folder / "without.npz")
+
+
 def test_a_report_says_which_split_its_numbers_come_from(cnn):
     from core.deploy.evaluate import LiveEvaluator
 

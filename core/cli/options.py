@@ -13,7 +13,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a built-in name, file.py:factory, module:factory, a .pt2, a trusted .pt, or an .onnx")
     parser.add_argument("--weights", help="state dict for a file.py:factory model (read with weights_only=True)")
     parser.add_argument("--input-shape", help="input shape with batch dimension, e.g. 1,3,32,32")
-    parser.add_argument("--data", help=".npz with x and y (optionally x_train, y_train, x_val, y_val)")
+    parser.add_argument("--data", help=".npz with x and y (optionally x_train, y_train, x_val, y_val, and "
+                                       "x_calibration: unlabelled items for calibration alone)")
     parser.add_argument("--trust", action="store_true", help="allow unpickling a full module (runs code from the file)")
     parser.add_argument("--stride", type=int,
                         help="causal language models: start a test window every N tokens and score only the "

@@ -244,16 +244,16 @@ def for_granularity(kind: str) -> list[str]:
 
 # ---- evidence --------------------------------------------------------------------------------
 
-def calibration_items(data: Dataset | None, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A few inputs (and their labels, when the train split has them) for data-driven criteria."""
+def calibration_items(data: Dataset | None, name: str,
+                      count: int = CALIBRATION_ITEMS) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Up to ``count`` calibration inputs (and their labels, when they come from a labelled train split)
+    for data-driven criteria."""
     if data is None:
         raise PrunelabError(f"criterion '{name}' needs data (pass --data or use a model that has some)")
-    inputs = torch.from_numpy(np.ascontiguousarray(data.calibration(CALIBRATION_ITEMS)))
+    inputs = torch.from_numpy(np.ascontiguousarray(data.calibration(count)))
     inputs = inputs if not inputs.is_floating_point() else inputs.float()  # token ids stay integer
-    labels = None
-    if data.x_train is not None and data.y_train is not None:
-        labels = torch.from_numpy(np.ascontiguousarray(data.y_train[:len(inputs)])).long()
-    return inputs, labels
+    labels = data.calibration_labels(count)
+    return inputs, None if labels is None else torch.from_numpy(np.ascontiguousarray(labels)).long()
 
 
 def _loss(output: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:

@@ -29,9 +29,12 @@ STEPS = 32       # greedy steps per layer at most: each removes count / STEPS un
 
 
 def inverse_hessian(rows: torch.Tensor, dampening: float = DAMPENING) -> torch.Tensor:
-    """``(X^T X + dampening * mean(diag) * I)^-1`` of input rows X (rows, inputs), float64."""
-    x = rows.double()
-    hessian = x.T @ x                                                          # (inputs, inputs)
+    """``(X^T X + dampening * mean(diag) * I)^-1`` of input rows X (rows, inputs), in X's dtype.
+
+    The dampening bounds the condition number (by about 1 + rank / dampening), so float32 keeps
+    the choices of float64 (minilm's plain 50% channel plan: the same cosine) at a third of the time.
+    """
+    hessian = rows.T @ rows                                                    # (inputs, inputs)
     hessian.diagonal().add_(dampening * float(hessian.diagonal().mean().clamp_min(1e-12)))
     return torch.linalg.inv(hessian)  # cholesky_inverse is several times slower here
 
@@ -93,12 +96,13 @@ class Choice:
 def _surgery(layer: nn.Linear, rows: torch.Tensor, choice: Choice, dampening: float) -> list[int]:
     """Remove ``choice``'s units from ``layer`` in place (columns zeroed, the rest compensated, the
     mean folded into the bias when it has one); the units in removal order."""
-    rows = rows.double()
+    rows = rows.float()
     weight = layer.weight.detach().double()
     mean = rows.mean(0) if layer.bias is not None else None
-    inverse = inverse_hessian(rows - mean if mean is not None else rows, dampening).float()  # steps in float32
-    removed, updated = remove_units(weight, inverse, choice.columns, choice.count, choice.weighting)
-    updated = updated.double()
+    inverse = inverse_hessian(rows - mean if mean is not None else rows, dampening)
+    with one_thread():  # the greedy steps' small products slow down many times on contended cores
+        removed, updated = remove_units(weight, inverse, choice.columns, choice.count, choice.weighting)
+    updated, mean = updated.double(), None if mean is None else mean.double()
     with torch.no_grad():
         if mean is not None:
             layer.bias.add_(((weight - updated) @ mean).to(layer.bias.dtype))
@@ -118,9 +122,7 @@ def choose(module: nn.Module, choices: list[Choice], inputs: torch.Tensor, posit
     def hook_for(choice: Choice):
         def hook(layer, args):
             if choice.leader not in chosen:  # a layer called twice per pass: its first call
-                with one_thread():  # the greedy steps' small products slow down many times on contended cores
-                    chosen[choice.leader] = _surgery(layer, token_rows(args[0].detach(), positions), choice,
-                                                     dampening)
+                chosen[choice.leader] = _surgery(layer, token_rows(args[0].detach(), positions), choice, dampening)
         return hook
 
     handles = [module.get_submodule(choice.layer).register_forward_pre_hook(hook_for(choice)) for choice in choices]

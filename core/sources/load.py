@@ -15,7 +15,7 @@ from core.limits import check_tokens, clip
 from core.outputs import layout as output_layout
 from core.sources import huggingface
 from core.sources.handle import ModelHandle
-from core.text_data import load_documents, load_text, with_stride
+from core.text_data import load_documents, load_text, with_calibration_text, with_stride
 from core.user_code import import_location
 from core.zoo.registry import BUILTINS, builtin
 
@@ -81,6 +81,8 @@ def _builtin(name: str, weights, shape: tuple[int, ...] | None) -> ModelHandle:
         handle.input_shape = tuple(shape) if shape and len(shape) == 2 else spec.input_shape
         _check_tokens(handle, handle.input_shape)
         handle.data = _text(handle, spec.text, handle.input_shape[1])
+        if spec.calibration is not None:
+            handle.data = with_calibration_text(handle.data, spec.calibration, handle.encode, handle.input_shape[1])
         return handle
     module = spec.factory()
     _load_weights(module, weights or spec.weights, name)

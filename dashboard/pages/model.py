@@ -76,7 +76,8 @@ def huggingface_ui() -> None:
 def data_ui() -> None:
     uploaded = st.file_uploader("Evaluation data (.npz or .txt)", type=["npz", "txt"],
                                 help=".npz: arrays x (and y for accuracy), or integer input_ids (and attention_mask); "
-                                     "optional x_train/y_train, x_val/y_val. .txt: one sentence a line, tokenized "
+                                     "optional x_train/y_train, x_val/y_val, x_calibration (unlabelled, for "
+                                     "calibration alone). .txt: one sentence a line, tokenized "
                                      "with the model's own tokenizer")
     if st.button("Use this data", disabled=uploaded is None):
         with session.guard(f"loading {uploaded.name}"):
@@ -130,8 +131,9 @@ def summary_ui() -> None:
     summary.own_metric_cards(dense)
     st.caption(f"{totals['layers']} prunable layers · data: {session.data_name()} · "
                f"can prune: {', '.join(session.capabilities())}")
-    st.caption(f"Splits: {session.data_splits()}. {quality['title']} is measured on test; sensitivity, allocation, "
-               f"BatchNorm re-estimation and INT8 calibration use val and train only.")
+    st.caption(f"Splits: {session.data_splits()}. {quality['title']} is measured on test; sensitivity and "
+               f"allocation use val (and train); calibration (data-driven criteria, reconstruction, BatchNorm "
+               f"re-estimation, INT8) reads the calibration split, else train, else val: never test.")
 
 
 st.title("Model")
