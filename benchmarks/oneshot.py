@@ -5,7 +5,7 @@ the heads and half the feed-forward neurons of every layer); fisher also in glob
 its scores share the overall target between layers (heads only: the feed-forward layers at 0), and obs
 (fisher's scores, then each layer chooses its heads and neurons by structured OBS and compensates the rest);
 embedding cosine to the dense model
-on the 240 test sentences (calibration reads the 60 val sentences), in ONNX Runtime.
+on the 240 test sentences (calibration reads minilm's 240 calibration sentences), in ONNX Runtime.
 digits-resnet: 30/50/70% of channels, round_to 8; test accuracy (calibration and BatchNorm
 re-estimation read the train split). random is the control; seconds are the whole apply_plan.
 

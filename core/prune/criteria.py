@@ -216,7 +216,8 @@ CRITERIA: dict[str, Criterion] = {criterion.name: criterion for criterion in (
               torch_pruning="tp.importance.FPGMImportance()"),
     Criterion("fisher", ("channel",), None, _fisher, needs=frozenset({"mask_gradients"}),
               help="fisher: cut the heads, neurons and channels whose removal the model's own predictions "
-                   "notice least (Fisher information of unit masks on 64 calibration items, no labels needed; "
+                   "notice least (Fisher information of unit masks on 64 calibration items, or up to 256 short "
+                   "sequences of tokens; no labels needed; "
                    "about three forward passes; channel pruning only). A depth share then removes the blocks "
                    "whose removal they notice least too: the Fisher information of a gate on each block's "
                    "residual branch, in place of block influence",

@@ -110,7 +110,8 @@ def block_influence(module: nn.Module, names: list[str], data=None, example_inpu
 def block_fisher(module: nn.Module, names: list[str], ranking: BlockRanking) -> dict[str, float]:
     """Fisher score of each named block: the mean over calibration items (and drawn targets) of the squared
     gradient of the item's log-likelihood with respect to a gate on the block's residual branch
-    (core.prune.fisher.block_gradients), on 64 calibration items of ``ranking.data``. The module is unchanged.
+    (core.prune.fisher.block_gradients), on the calibration items of ``ranking.data`` (core.prune.calibration_items).
+    The module is unchanged.
     Raises PrunelabError without data, or for a block whose output is not a hidden state shaped like its input."""
     cal = calibration(ranking, "fisher")  # reads the ranking's data and pad_id, as a job's
     data_key = f"{ranking.data.digest}:{len(cal.inputs)}:{ranking.pad_id}"
