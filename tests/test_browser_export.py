@@ -64,6 +64,7 @@ def set_channel_plan(page) -> None:
     choose(page, "Granularity", "channel")
     choose(page, "Round kept channels", "8")
     handle = slider(page, "All layers")
+    handle.wait_for(timeout=TIMEOUT_MS)  # the sliders come after the new plan's metrics: under load past 30 s once
     handle.focus()
     for _ in range(10):  # 5% a step
         handle.press("ArrowRight")
