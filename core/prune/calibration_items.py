@@ -52,10 +52,11 @@ def calibration(job, name: str) -> Calibration:
     TOKENS real positions: least squares over a layer's inputs needs more rows than it has inputs,
     and 64 short sentences give fewer rows than a 1536-neuron layer has.
     """
-    inputs, labels = criteria.calibration_items(job.data, name, MAX_ITEMS)
-    if job.pad_id is None or inputs.is_floating_point() or inputs.ndim != 2:
-        return Calibration(inputs[:criteria.CALIBRATION_ITEMS],
-                           None if labels is None else labels[:criteria.CALIBRATION_ITEMS], None)
+    tokens = job.pad_id is not None and job.data is not None and job.data.integer and job.data.x_test.ndim == 2
+    inputs, labels = criteria.calibration_items(job.data, name, MAX_ITEMS if tokens else criteria.CALIBRATION_ITEMS)
+    if not tokens or inputs.is_floating_point() or inputs.ndim != 2:
+        inputs = inputs[:criteria.CALIBRATION_ITEMS]
+        return Calibration(inputs, None if labels is None else labels[:len(inputs)], None)
     reached = torch.cumsum((inputs != job.pad_id).sum(1), 0) < TOKENS
     count = max(criteria.CALIBRATION_ITEMS, int(reached.sum()) + 1)
     inputs, labels = inputs[:count], None if labels is None else labels[:count]
