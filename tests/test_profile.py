@@ -52,7 +52,9 @@ def test_layers_outside_and_the_rest_add_up_to_the_plain_median_run(resnet_profi
         assert layers + profile["other_ms"] + profile["overhead_ms"] == pytest.approx(profile["p50_ms"], rel=1e-6)
         assert profile["runs"] == 4 and profile["timed_runs"] >= MIN_RUNS  # profiled, then timed plain
         assert profile["profiler_ms"] == pytest.approx(profile["profiled_p50_ms"] - profile["p50_ms"])
-        assert profile["node_cost_us"] > 0 and profile["nodes_per_run"] >= len(profile["layers"])
+        # a measured difference of two timings, floored at 0: under load the plain chain can time as slowly as
+        # the profiled one (0.0 in one fresh-clone run), so only its sign is certain
+        assert profile["node_cost_us"] >= 0 and profile["nodes_per_run"] >= len(profile["layers"])
 
 
 def test_the_profilers_time_inside_a_node_comes_from_trivial_nodes():
